@@ -1,0 +1,130 @@
+// Python entry points of the extension: check a launch once, whatever the device, then hand it to
+// the launcher of that device. The Python layer validates first and with friendlier messages; these
+// checks are the last line, so that no kernel ever runs on a malformed bucket.
+#include <torch/extension.h>
+
+#include "launch.h"
+
+namespace extrap {
+namespace {
+
+at::ScalarType state_dtype(at::ScalarType param) {
+  return param == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_launch(const Launch& L) {
+  const size_t n = L.params.size();
+  TORCH_CHECK(L.phase >= kExtrapolate && L.phase <= kUpdateNoise, "extrap_kernels: unknown phase ", L.phase);
+  TORCH_CHECK(L.grads.size() == n && L.anchors.size() == n && L.steps.size() == n && L.indices.size() == n,
+              "extrap_kernels: params, grads, anchors, steps and indices must have the same length");
+  TORCH_CHECK(L.momenta.empty() || L.momenta.size() == n,
+              "extrap_kernels: momenta must be empty (momentum 0) or one per parameter");
+  TORCH_CHECK((L.momentum != 0) == !L.momenta.empty(), "extrap_kernels: momenta given iff momentum != 0");
+  if (n == 0) return;
+  const auto device = L.params[0].device();
+  const auto dtype = L.params[0].scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "extrap_kernels: parameters must be fp32, fp64, bf16 or fp16, got ", dtype);
+  const auto sdtype = state_dtype(dtype);
+  auto check = [&](const at::Tensor& t, at::ScalarType want, int64_t numel, const char* what, size_t i) {
+    TORCH_CHECK(t.layout() == at::kStrided, "extrap_kernels: ", what, " ", i, " is sparse");
+    TORCH_CHECK(t.device() == device, "extrap_kernels: ", what, " ", i, " is on ", t.device(),
+                ", the bucket on ", device);
+    TORCH_CHECK(t.scalar_type() == want, "extrap_kernels: ", what, " ", i, " is ", t.scalar_type(),
+                ", expected ", want);
+    TORCH_CHECK(t.numel() == numel, "extrap_kernels: ", what, " ", i, " has ", t.numel(),
+                " elements, expected ", numel);
+    TORCH_CHECK(t.is_contiguous(), "extrap_kernels: ", what, " ", i, " is not contiguous");
+  };
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t numel = L.params[i].numel();
+    check(L.params[i], dtype, numel, "param", i);
+    check(L.grads[i], dtype, numel, "grad", i);
+    check(L.anchors[i], sdtype, numel, "anchor", i);
+    if (!L.momenta.empty()) check(L.momenta[i], sdtype, numel, "momentum buffer", i);
+    check(L.steps[i], at::kFloat, 1, "step", i);
+  }
+  if (L.trust) check(*L.trust, sdtype, static_cast<int64_t>(n), "trust", 0);
+  if (L.grad_scale) TORCH_CHECK(L.grad_scale->numel() == 1, "extrap_kernels: grad_scale must have one element");
+  if (L.found_inf) TORCH_CHECK(L.found_inf->numel() == 1, "extrap_kernels: found_inf must have one element");
+}
+
+void apply(int64_t phase, std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
+           std::vector<at::Tensor> anchors, std::vector<at::Tensor> momenta, std::vector<at::Tensor> steps,
+           std::vector<int64_t> indices, std::optional<at::Tensor> trust, double lr, double gamma,
+           double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
+           bool wd_after_momentum, bool extrapolate_with_momentum, bool past_grad, double noise_std,
+           int64_t seed, std::optional<at::Tensor> grad_scale, std::optional<at::Tensor> found_inf) {
+  Launch L;
+  L.phase = phase;
+  L.params = std::move(params);
+  L.grads = std::move(grads);
+  L.anchors = std::move(anchors);
+  L.momenta = std::move(momenta);
+  L.steps = std::move(steps);
+  L.indices = std::move(indices);
+  L.trust = std::move(trust);
+  L.lr = lr;
+  L.gamma = gamma;
+  L.momentum = momentum;
+  L.dampening = dampening;
+  L.weight_decay = weight_decay;
+  L.nesterov = nesterov;
+  L.maximize = maximize;
+  L.wd_after_momentum = wd_after_momentum;
+  L.extrapolate_with_momentum = extrapolate_with_momentum;
+  L.past_grad = past_grad;
+  L.noise_std = noise_std;
+  L.seed = seed;
+  L.grad_scale = std::move(grad_scale);
+  L.found_inf = std::move(found_inf);
+  check_launch(L);
+  if (L.params.empty()) return;
+  if (L.params[0].is_cpu()) return apply_cpu(L);
+#ifdef EXTRAP_WITH_CUDA
+  if (L.params[0].is_cuda()) return apply_cuda(L);
+#endif
+  TORCH_CHECK(false, "extrap_kernels: this build has no kernel for device ", L.params[0].device());
+}
+
+// The header's noise generator on the host, for tests: bits[i] = Philox outputs (c0, c1, c2, c3) and
+// normal[i] = the Box-Muller normal of element i of parameter `index` at `step`.
+std::vector<at::Tensor> noise(int64_t seed, int64_t step, int64_t index, int64_t numel) {
+  auto bits = at::empty({numel, 4}, at::kLong);
+  auto normal = at::empty({numel}, at::kFloat);
+  auto* b = bits.data_ptr<int64_t>();
+  auto* z = normal.data_ptr<float>();
+  for (int64_t i = 0; i < numel; ++i) {
+    const auto u = static_cast<uint64_t>(i);
+    const Philox4 r = noise_bits(static_cast<uint64_t>(seed), static_cast<uint32_t>(step),
+                                 static_cast<uint32_t>(index), u);
+    b[4 * i + 0] = r.c0;
+    b[4 * i + 1] = r.c1;
+    b[4 * i + 2] = r.c2;
+    b[4 * i + 3] = r.c3;
+    z[i] = noise_normal(static_cast<uint64_t>(seed), static_cast<uint32_t>(step), static_cast<uint32_t>(index), u);
+  }
+  return {bits, normal};
+}
+
+}  // namespace
+}  // namespace extrap
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  namespace py = pybind11;
+  m.doc() = "extrap-kernels fused multi-tensor optimizer kernels";
+  m.def("apply", &extrap::apply, "One multi-tensor pass of one phase over a (device, dtype) bucket",
+        py::arg("phase"), py::arg("params"), py::arg("grads"), py::arg("anchors"), py::arg("momenta"),
+        py::arg("steps"), py::arg("indices"), py::arg("trust"), py::arg("lr"), py::arg("gamma"),
+        py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"),
+        py::arg("maximize"), py::arg("wd_after_momentum"), py::arg("extrapolate_with_momentum"),
+        py::arg("past_grad"), py::arg("noise_std"), py::arg("seed"), py::arg("grad_scale"),
+        py::arg("found_inf"));
+  m.def("noise", &extrap::noise, "Philox bits and normals of one parameter (test hook)", py::arg("seed"),
+        py::arg("step"), py::arg("index"), py::arg("numel"));
+#ifdef EXTRAP_WITH_CUDA
+  m.attr("has_cuda") = true;
+#else
+  m.attr("has_cuda") = false;
+#endif
+}

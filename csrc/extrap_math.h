@@ -1,0 +1,138 @@
+// The per-element math of every extrap-kernels optimizer (SPEC.md), written once.
+//
+// Included unchanged by the CPU kernel (csrc/cpu) and the CUDA kernels (csrc/cuda): it holds scalar
+// arithmetic only -- no ATen, no std:: calls without a device version -- so every function is
+// __host__ __device__ when compiled by nvcc. Loops, loads, stores and dtype conversions belong to the
+// launchers; this file says what happens to one element.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define EXTRAP_HD __host__ __device__ __forceinline__
+#else
+#define EXTRAP_HD inline
+#endif
+
+namespace extrap {
+
+// One pass over memory. The Python side names them the same (extrap_kernels/_phases.py).
+enum Phase : int32_t {
+  kExtrapolate = 0,  // two-phase, step 2:  s <- x; x <- s - gamma * e(g)
+  kUpdate = 1,       // two-phase, step 4 (and plain fused SGD):  base update of s; x <- s
+  kUpdatePast = 2,   // one-phase "past":  base update of s; x <- s - gamma * e, e = d (or g')
+  kUpdateNoise = 3,  // one-phase "noise": base update of s; x <- s + sigma * xi
+};
+
+// Hyperparameters of one launch, resolved on the host. `acc` is the arithmetic type: float for
+// fp32/bf16/fp16 parameters (fp32 state), double for fp64 parameters.
+template <typename acc>
+struct Hyper {
+  acc lr;
+  acc gamma;
+  acc momentum;
+  acc dampening;
+  acc weight_decay;
+  acc grad_factor;  // 1 / grad_scale, negated when maximize
+  acc noise_std;
+  bool nesterov;
+  bool wd_after_momentum;          // Apex FusedSGD option: decay added to d instead of g
+  bool extrapolate_with_momentum;  // e = g' + mu * m in kExtrapolate
+  bool past_grad;                  // kUpdatePast extrapolates along g' instead of d
+  uint64_t seed;
+};
+
+// g' = (g / grad_scale + wd * s) * trust; the sign flip of `maximize` is folded into grad_factor.
+template <typename acc>
+EXTRAP_HD acc regularized_grad(acc g, acc s, const Hyper<acc>& h, acc trust) {
+  acc gp = g * h.grad_factor;
+  if (!h.wd_after_momentum) gp += h.weight_decay * s;
+  return gp * trust;
+}
+
+// kExtrapolate: s is the anchor x_t, m the momentum buffer (read only; zero before the first update).
+template <typename acc>
+EXTRAP_HD acc extrapolated_point(acc s, acc g, acc m, const Hyper<acc>& h, acc trust) {
+  acc e = regularized_grad(g, s, h, trust);
+  if (h.extrapolate_with_momentum) e += h.momentum * m;
+  return s - h.gamma * e;
+}
+
+// The base update of the anchor (torch.optim.SGD semantics). Updates s and m in place and returns the
+// direction d; gp receives g', which "past" extrapolation may reuse. m is not touched when mu == 0.
+template <typename acc>
+EXTRAP_HD acc base_update(acc& s, acc& m, acc g, const Hyper<acc>& h, acc trust, bool first, acc& gp) {
+  gp = regularized_grad(g, s, h, trust);
+  acc d = gp;
+  if (h.momentum != acc(0)) {
+    m = first ? gp : h.momentum * m + (acc(1) - h.dampening) * gp;
+    d = h.nesterov ? gp + h.momentum * m : m;
+  }
+  if (h.wd_after_momentum) d += h.weight_decay * s;
+  s -= h.lr * d;
+  return d;
+}
+
+// kUpdatePast: the extrapolated point from the freshly updated anchor.
+template <typename acc>
+EXTRAP_HD acc past_point(acc s, acc gp, acc d, const Hyper<acc>& h) {
+  return s - h.gamma * (h.past_grad ? gp : d);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Counter-based noise: Philox4x32-10 and Box-Muller exactly as Triton's tl.randn computes them, with
+// the counter (element index lo, element index hi, parameter index, step) and the key (seed lo, seed hi).
+// Triton's own randn uses the counter (offset lo, offset hi, 0, 0), so parameter 0 at step 0 draws
+// exactly tl.randn(seed, offset).
+// ---------------------------------------------------------------------------------------------------
+struct Philox4 {
+  uint32_t c0, c1, c2, c3;
+};
+
+EXTRAP_HD uint32_t mul_hi32(uint32_t a, uint32_t b) {
+  return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
+}
+
+EXTRAP_HD Philox4 philox4x32_10(Philox4 c, uint64_t seed) {
+  constexpr uint32_t kKeyA = 0x9E3779B9u, kKeyB = 0xBB67AE85u;
+  constexpr uint32_t kRoundA = 0xD2511F53u, kRoundB = 0xCD9E8D57u;
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    const uint32_t c0 = c.c0, c2 = c.c2;
+    c.c0 = mul_hi32(kRoundB, c2) ^ c.c1 ^ k0;
+    c.c2 = mul_hi32(kRoundA, c0) ^ c.c3 ^ k1;
+    c.c1 = kRoundB * c2;
+    c.c3 = kRoundA * c0;
+    k0 += kKeyA;
+    k1 += kKeyB;
+  }
+  return c;
+}
+
+EXTRAP_HD Philox4 noise_bits(uint64_t seed, uint32_t step, uint32_t index, uint64_t element) {
+  Philox4 counter{static_cast<uint32_t>(element), static_cast<uint32_t>(element >> 32), index, step};
+  return philox4x32_10(counter, seed);
+}
+
+// Triton's uint_to_uniform_float for 32-bit integers: [0, 1).
+EXTRAP_HD float uniform_from_bits(uint32_t bits) {
+  int32_t x = static_cast<int32_t>(bits);
+  x = x < 0 ? ~x : x;
+  return static_cast<float>(x) * 4.6566127342e-10f;
+}
+
+// Triton's pair_uniform_to_normal, first output.
+EXTRAP_HD float box_muller(float u1, float u2) {
+  u1 = u1 > 1.0e-7f ? u1 : 1.0e-7f;
+  const float theta = 6.283185307179586f * u2;
+  const float r = sqrtf(-2.0f * logf(u1));
+  return r * cosf(theta);
+}
+
+EXTRAP_HD float noise_normal(uint64_t seed, uint32_t step, uint32_t index, uint64_t element) {
+  const Philox4 bits = noise_bits(seed, step, index, element);
+  return box_muller(uniform_from_bits(bits.c0), uniform_from_bits(bits.c1));
+}
+
+}  // namespace extrap

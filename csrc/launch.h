@@ -1,0 +1,56 @@
+// What one multi-tensor launch is given: the tensors of one (device, dtype) bucket and the group's
+// hyperparameters. Filled by the Python binding (csrc/bindings.cpp), checked once there, and read by
+// the CPU launcher (csrc/cpu) and the CUDA launcher (csrc/cuda).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <vector>
+
+#include "extrap_math.h"
+
+namespace extrap {
+
+struct Launch {
+  int64_t phase = kUpdate;
+  std::vector<at::Tensor> params;   // x, fp32/fp64/bf16/fp16
+  std::vector<at::Tensor> grads;    // g, the dtype of x
+  std::vector<at::Tensor> anchors;  // s: fp32 master for 16-bit x, else the dtype of x (may alias x)
+  std::vector<at::Tensor> momenta;  // m, the dtype of s; empty when momentum == 0
+  std::vector<at::Tensor> steps;    // 0-dim float32 step counts, already incremented for updates
+  std::vector<int64_t> indices;     // parameter index in the optimizer, keys the noise
+  std::optional<at::Tensor> trust;  // per-tensor LARS ratio, the dtype of s
+  double lr = 0, gamma = 0, momentum = 0, dampening = 0, weight_decay = 0, noise_std = 0;
+  bool nesterov = false, maximize = false, wd_after_momentum = false;
+  bool extrapolate_with_momentum = false, past_grad = false;
+  int64_t seed = 0;
+  std::optional<at::Tensor> grad_scale;  // AMP: grads are divided by it
+  std::optional<at::Tensor> found_inf;   // AMP: nonzero skips the update
+};
+
+// Builds the per-launch hyperparameters once the grad scale is known.
+template <typename acc>
+Hyper<acc> make_hyper(const Launch& L, double inv_scale) {
+  Hyper<acc> h;
+  h.lr = static_cast<acc>(L.lr);
+  h.gamma = static_cast<acc>(L.gamma);
+  h.momentum = static_cast<acc>(L.momentum);
+  h.dampening = static_cast<acc>(L.dampening);
+  h.weight_decay = static_cast<acc>(L.weight_decay);
+  h.grad_factor = static_cast<acc>(L.maximize ? -inv_scale : inv_scale);
+  h.noise_std = static_cast<acc>(L.noise_std);
+  h.nesterov = L.nesterov;
+  h.wd_after_momentum = L.wd_after_momentum;
+  h.extrapolate_with_momentum = L.extrapolate_with_momentum;
+  h.past_grad = L.past_grad;
+  h.seed = static_cast<uint64_t>(L.seed);
+  return h;
+}
+
+void apply_cpu(const Launch& L);
+#ifdef EXTRAP_WITH_CUDA
+void apply_cuda(const Launch& L);
+#endif
+
+}  // namespace extrap

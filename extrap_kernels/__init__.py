@@ -1,0 +1,16 @@
+"""extrap-kernels: fused extrapolated-SGD optimizers for PyTorch (SPEC.md).
+
+    from extrap_kernels import ExtrapSGD, FusedSGD
+"""
+from . import backends, functional, reference
+from .bucket import Bucket, Hyper, Phase
+from .optimizer import ExtrapSGD, FusedOptimizer, FusedSGD
+
+__all__ = ["ExtrapSGD", "FusedSGD", "FusedOptimizer", "Bucket", "Hyper", "Phase", "backends",
+           "functional", "reference", "available_backends"]
+__version__ = "0.1.0"
+
+
+def available_backends(device="cpu") -> list[str]:
+    """The backends that can run on `device` in this process."""
+    return backends.available(device)

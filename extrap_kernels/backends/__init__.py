@@ -1,0 +1,67 @@
+"""The one dispatch point: which backend runs a bucket, and what each backend can do.
+
+Every backend has the same entry, `apply(phase, bucket, hyper, grad_scale, found_inf)`, which runs
+ONE phase over ONE (device, dtype) bucket. "auto" picks the fastest one available for the device.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .. import _ext
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    module: str  # where `apply` lives
+    needs_contiguous: bool  # fused kernels walk raw memory
+    devices: tuple[str, ...] | None  # device types it runs on; None: any
+    available: Callable[[], bool]
+
+    @property
+    def apply(self):
+        return importlib.import_module(self.module, __package__).apply
+
+    def supports(self, device: torch.device) -> bool:
+        return self.devices is None or device.type in self.devices
+
+
+BACKENDS = {
+    "reference": Backend("reference", "..reference", False, None, lambda: True),
+    "foreach": Backend("foreach", ".foreach", False, None, lambda: True),
+    "cpu": Backend("cpu", ".cpu", True, ("cpu",), lambda: _ext.load() is not None),
+}
+
+
+def names() -> tuple[str, ...]:
+    return tuple(BACKENDS)
+
+
+def available(device: torch.device | str = "cpu") -> list[str]:
+    """The backends that can run a bucket on `device` in this process."""
+    device = torch.device(device)
+    return [n for n, b in BACKENDS.items() if b.supports(device) and b.available()]
+
+
+def resolve(name: str, device: torch.device) -> Backend:
+    """The backend that runs a bucket on `device`; "auto" prefers a fused kernel, else `foreach`."""
+    if name == "auto":
+        for candidate in ("cpu",):
+            backend = BACKENDS[candidate]
+            if backend.supports(device) and backend.available():
+                return backend
+        return BACKENDS["foreach"]
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {('auto',) + names()}")
+    backend = BACKENDS[name]
+    if not backend.supports(device):
+        raise ValueError(f"backend {name!r} does not run on {device.type} tensors")
+    if not backend.available():
+        detail = getattr(_ext.load, "error", "")
+        raise RuntimeError(f"backend {name!r} is not available: the extension is not built ({detail}); "
+                           "run `pip install --no-build-isolation -e .` or set EXTRAP_JIT=1")
+    return backend

@@ -1,0 +1,90 @@
+"""What every backend is handed: a phase, the hyperparameters of a param group, and one bucket of
+tensors sharing a device and a dtype. The backends (reference, foreach, cpu, ...) differ only in how
+they run one phase over one bucket."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+# Parameter dtypes with a kernel; their state is fp32 (fp64 for fp64 parameters).
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+class Phase(enum.IntEnum):
+    """One pass over memory; the values are csrc/extrap_math.h's `Phase`."""
+
+    EXTRAPOLATE = 0  # two-phase, step 2: s <- x; x <- s - gamma * e(g)
+    UPDATE = 1  # two-phase, step 4 (and plain fused SGD): base update of s; x <- s
+    UPDATE_PAST = 2  # one-phase "past": base update of s; x <- s - gamma * e
+    UPDATE_NOISE = 3  # one-phase "noise": base update of s; x <- s + sigma * xi
+
+
+def state_dtype(param_dtype: torch.dtype) -> torch.dtype:
+    """fp32 state always (the master anchor of a 16-bit parameter too); fp64 for fp64 parameters."""
+    return torch.float64 if param_dtype == torch.float64 else torch.float32
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """The hyperparameters of one param group for one phase, as SPEC.md names them."""
+
+    lr: float | Tensor
+    gamma: float | Tensor = 0.0
+    momentum: float = 0.0
+    dampening: float = 0.0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    maximize: bool = False
+    wd_after_momentum: bool = False  # Apex FusedSGD: weight decay added to d, not to g
+    lars: bool = False
+    trust_coefficient: float = 0.001
+    lars_clip: bool = False
+    extrapolate_with_momentum: bool = False
+    past_grad: bool = False  # "past" mode extrapolates along g' instead of d
+    noise_std: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class Bucket:
+    """The tensors of one (device, dtype) group. Lists are parallel; `anchors[i]` is `params[i]` itself
+    when there is no separate anchor (plain fused SGD on full-precision parameters)."""
+
+    params: list[Tensor]
+    grads: list[Tensor]
+    anchors: list[Tensor]
+    momenta: list[Tensor]  # empty when momentum == 0
+    steps: list[Tensor]  # 0-dim float32; for update phases already counting this update
+    indices: list[int]  # position of each parameter in the optimizer: keys the noise
+    names: list[str] = field(default_factory=list)  # for error messages
+
+    @property
+    def device(self) -> torch.device:
+        return self.params[0].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.params[0].dtype
+
+    @property
+    def has_master(self) -> bool:
+        """16-bit parameters keep their anchor as a separate fp32 master copy."""
+        return state_dtype(self.dtype) != self.dtype
+
+    def anchor_values(self, phase: Phase) -> list[Tensor]:
+        """The tensors holding x_t when `phase` starts: before a full-precision snapshot it is x itself."""
+        if phase == Phase.EXTRAPOLATE and not self.has_master:
+            return self.params
+        return self.anchors
+
+
+def abandon(phase: Phase, bucket: Bucket) -> None:
+    """found_inf is set: anchor, momentum and step stay as they are. Only x is kept consistent with the
+    abandoned iteration: the snapshot is still taken, and an extrapolated x returns to its anchor."""
+    if phase == Phase.EXTRAPOLATE and not bucket.has_master:
+        torch._foreach_copy_(bucket.anchors, bucket.params)
+    elif phase == Phase.UPDATE:
+        torch._foreach_copy_(bucket.params, bucket.anchors)

@@ -1,0 +1,119 @@
+"""The functional core: validate every bucket, then run one phase over all of them.
+
+The optimizer classes gather param groups into (Bucket, Hyper) pairs and call `run`; nothing else in
+the package touches a parameter. All checks happen before the first write, so a bad input raises with
+every tensor as it was.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from . import backends
+from .bucket import SUPPORTED_DTYPES, Bucket, Hyper, Phase, state_dtype
+
+MODES = ("local", "past", "noise")
+
+
+def _number(value) -> float | None:
+    """A hyperparameter's value where reading it costs no device synchronization."""
+    if isinstance(value, Tensor):
+        return value.item() if value.device.type == "cpu" and value.numel() == 1 else None
+    return float(value)
+
+
+def check_hyperparameters(**values) -> None:
+    """The torch.optim convention: ValueError naming the offending hyperparameter."""
+    for name in ("lr", "gamma", "momentum", "dampening", "weight_decay", "noise_std", "trust_coefficient"):
+        if name not in values or values[name] is None:
+            continue
+        number = _number(values[name])
+        if number is not None and not (number >= 0.0 and math.isfinite(number)):
+            raise ValueError(f"Invalid {name}: {values[name]} (must be a finite number >= 0)")
+    if values.get("nesterov") and (_number(values.get("momentum", 0)) <= 0 or _number(values.get("dampening", 0)) != 0):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+    if "mode" in values and values["mode"] not in MODES:
+        raise ValueError(f"Invalid mode: {values['mode']!r}; choose one of {MODES}")
+    if "past" in values and values["past"] not in ("update", "grad"):
+        raise ValueError(f"Invalid past: {values['past']!r}; choose 'update' or 'grad'")
+
+
+def check_param(param: Tensor, grad: Tensor, backend: backends.Backend, name: str) -> None:
+    """A parameter and its gradient can go through `backend`."""
+    if param.is_complex() or grad.is_complex():
+        raise TypeError(f"{name}: complex parameters and gradients are not supported")
+    if param.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name}: dtype {param.dtype} is not supported; use one of {SUPPORTED_DTYPES}")
+    if grad.is_sparse or grad.layout != torch.strided:
+        raise RuntimeError(f"{name}: sparse gradients are not supported")
+    if grad.device != param.device:
+        raise RuntimeError(f"{name}: mixed devices: gradient on {grad.device}, parameter on {param.device}")
+    if grad.dtype != param.dtype:
+        raise TypeError(f"{name}: mismatched dtypes: gradient {grad.dtype}, parameter {param.dtype}")
+    if grad.shape != param.shape:
+        raise RuntimeError(f"{name}: gradient shape {tuple(grad.shape)} != parameter shape {tuple(param.shape)}")
+    if backend.needs_contiguous and not (param.is_contiguous() and grad.is_contiguous()):
+        raise RuntimeError(f"{name}: backend {backend.name!r} needs contiguous parameters and gradients "
+                           "(backend='foreach' or 'auto' handles strided ones)")
+
+
+def check_bucket(bucket: Bucket, backend: backends.Backend) -> None:
+    """The whole bucket, optimizer state included, can go through `backend`."""
+    sdtype = state_dtype(bucket.dtype)
+    names = bucket.names or [f"param {i}" for i in bucket.indices]
+    for i, (x, g) in enumerate(zip(bucket.params, bucket.grads)):
+        check_param(x, g, backend, names[i])
+        if x.dtype != bucket.dtype or x.device != bucket.device:
+            raise RuntimeError(f"{names[i]}: mixed devices or dtypes inside one fused bucket")
+        state = [("anchor", bucket.anchors[i], sdtype if bucket.anchors[i] is not x else x.dtype),
+                 ("step", bucket.steps[i], torch.float32)]
+        if bucket.momenta:
+            state.append(("momentum_buffer", bucket.momenta[i], sdtype))
+        for key, t, dtype in state:
+            if t.device != x.device or t.dtype != dtype:
+                raise RuntimeError(f"{names[i]}: state {key!r} is {t.dtype} on {t.device}, "
+                                   f"expected {dtype} on {x.device}")
+            if key != "step" and (t.shape != x.shape or (backend.needs_contiguous and not t.is_contiguous())):
+                raise RuntimeError(f"{names[i]}: state {key!r} does not match the parameter's shape/layout")
+
+
+def resolve_backend(name: str, params: list[Tensor], grads: list[Tensor]) -> backends.Backend:
+    """The backend for one bucket; "auto" hands strided tensors to `foreach` rather than failing."""
+    backend = backends.resolve(name, params[0].device)
+    if name == "auto" and backend.needs_contiguous and not all(
+            t.is_contiguous() for t in (*params, *grads)):
+        return backends.BACKENDS["foreach"]
+    return backend
+
+
+class Work(NamedTuple):
+    """One launch: a phase over one bucket with its group's hyperparameters, on one backend."""
+
+    phase: Phase
+    bucket: Bucket
+    hyper: Hyper
+    backend: backends.Backend
+
+
+def _on(device: torch.device, t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.to(device, non_blocking=True)
+
+
+def run(work: list[Work], grad_scale: Tensor | None = None, found_inf: Tensor | None = None) -> None:
+    """Runs every launch, after checking all of them. Update phases count the step first (the kernels
+    read the new count) and, where found_inf is set, count it back on the device: no host sync."""
+    for item in work:
+        check_bucket(item.bucket, item.backend)
+    counted = [w.bucket for w in work if w.phase != Phase.EXTRAPOLATE]
+    steps = [s for bucket in counted for s in bucket.steps]
+    if steps:
+        torch._foreach_add_(steps, 1.0)
+    for phase, bucket, hyper, backend in work:
+        backend.apply(phase, bucket, hyper, _on(bucket.device, grad_scale), _on(bucket.device, found_inf))
+    if steps and found_inf is not None:
+        for bucket in counted:
+            skipped = _on(bucket.device, found_inf).reshape(()).ne(0).to(torch.float32)
+            torch._foreach_sub_(bucket.steps, [skipped] * len(bucket.steps))

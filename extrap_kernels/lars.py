@@ -1,0 +1,22 @@
+"""The per-tensor LARS trust ratios of a bucket, computed on the bucket's device for the fused backends
+(one multi-tensor norm per list, no host synchronization). The reference has its own per-tensor
+version, which these are tested against."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .bucket import Bucket, Hyper, Phase, state_dtype
+
+
+def trust_ratios(phase: Phase, bucket: Bucket, h: Hyper, inv_scale: float | Tensor) -> Tensor:
+    """trust[i] = coef * ||s_i|| / (||g_i|| + wd * ||s_i||), 1 where either norm is 0, clipped at 1
+    with LARC; g is the unscaled gradient. A 1-D tensor of the bucket's state dtype."""
+    dtype = state_dtype(bucket.dtype)
+    s_norm = torch.stack(torch._foreach_norm(bucket.anchor_values(phase), 2, dtype=dtype))
+    g_norm = torch.stack(torch._foreach_norm(bucket.grads, 2, dtype=dtype)) * inv_scale
+    trust = h.trust_coefficient * s_norm / (g_norm + h.weight_decay * s_norm)
+    trust = torch.where((s_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust))
+    if h.lars_clip:
+        trust = torch.clamp_max(trust, 1.0)
+    return trust

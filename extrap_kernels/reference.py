@@ -1,0 +1,92 @@
+"""The oracle: SPEC.md written as per-tensor torch ops, for every mode and option.
+
+Slow on purpose (one small expression per line of the SPEC, one tensor at a time) and the thing every
+kernel is tested against. `compute_dtype=torch.float64` evaluates everything in double precision and
+rounds only when storing, which is how the tests bound the kernels' own rounding.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import philox
+from .bucket import Bucket, Hyper, Phase, abandon, state_dtype
+
+
+def lars_trust(s: Tensor, g: Tensor, h: Hyper) -> Tensor:
+    """trust = coef * ||s|| / (||g|| + wd * ||s||), 1 where either norm is 0; LARC clips it at 1
+    (lr_eff = min(trust * eta, eta)). g is the unscaled gradient."""
+    s_norm = torch.linalg.vector_norm(s)
+    g_norm = torch.linalg.vector_norm(g)
+    trust = h.trust_coefficient * s_norm / (g_norm + h.weight_decay * s_norm)
+    trust = torch.where((s_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust))
+    if h.lars_clip:
+        trust = torch.clamp_max(trust, 1.0)
+    return trust
+
+
+def regularized_grad(g: Tensor, s: Tensor, h: Hyper, inv_scale: float) -> Tensor:
+    """g' = g * grad_scale_inv + wd * s (maximize: g -> -g), times the LARS trust ratio."""
+    g = g * inv_scale
+    if h.maximize:
+        g = -g
+    trust = lars_trust(s, g, h) if h.lars else None
+    if h.weight_decay != 0 and not h.wd_after_momentum:
+        g = g + h.weight_decay * s
+    if trust is not None:
+        g = trust * g
+    return g
+
+
+def base_update(s: Tensor, m: Tensor | None, g_prime: Tensor, h: Hyper, first: bool):
+    """m <- mu * m + (1 - dampening) * g' (first step: m <- g'); d = g' + mu * m if nesterov else m
+    (mu = 0: d = g'); s <- s - eta * d. Returns (s, m, d)."""
+    d = g_prime
+    if h.momentum != 0:
+        m = g_prime if first else h.momentum * m + (1 - h.dampening) * g_prime
+        d = g_prime + h.momentum * m if h.nesterov else m
+    if h.wd_after_momentum and h.weight_decay != 0:
+        d = d + h.weight_decay * s
+    return s - float(h.lr) * d, m, d
+
+
+def apply(phase: Phase, bucket: Bucket, h: Hyper, grad_scale: Tensor | None = None,
+          found_inf: Tensor | None = None, compute_dtype: torch.dtype | None = None) -> None:
+    """Runs one phase over the bucket, one tensor at a time."""
+    if found_inf is not None and found_inf.item() != 0:
+        abandon(phase, bucket)
+        return
+    inv_scale = 1.0 / grad_scale.item() if grad_scale is not None else 1.0
+    cd = compute_dtype or state_dtype(bucket.dtype)
+    gamma = float(h.gamma)
+    for i, (x, g, s) in enumerate(zip(bucket.params, bucket.grads, bucket.anchors)):
+        m = bucket.momenta[i] if bucket.momenta else None
+        m_value = m.to(cd) if m is not None else None
+        if phase == Phase.EXTRAPOLATE:
+            # s <- x; x <- s - gamma * e(g), e = g' (+ mu * m, the buffer read only)
+            anchor = (s if bucket.has_master else x).to(cd)
+            e = regularized_grad(g.to(cd), anchor, h, inv_scale)
+            if h.extrapolate_with_momentum and m_value is not None:
+                e = e + h.momentum * m_value
+            if not bucket.has_master:
+                s.copy_(x)
+            x.copy_(anchor - gamma * e)
+            continue
+        step = int(bucket.steps[i].item())
+        g_prime = regularized_grad(g.to(cd), s.to(cd), h, inv_scale)
+        anchor, m_value, d = base_update(s.to(cd), m_value, g_prime, h, first=step <= 1)
+        if m is not None:
+            m.copy_(m_value)
+        if phase == Phase.UPDATE:  # x <- s; a full-precision s was only the snapshot
+            if bucket.has_master:
+                s.copy_(anchor)
+            x.copy_(anchor)
+        elif phase == Phase.UPDATE_PAST:  # x <- s - gamma * e, e = d (or g')
+            s.copy_(anchor)
+            x.copy_(anchor - gamma * (g_prime if h.past_grad else d))
+        elif phase == Phase.UPDATE_NOISE:  # x <- s + sigma * xi
+            s.copy_(anchor)
+            xi = philox.normal(h.seed, step, bucket.indices[i], x.numel(), x.device).view_as(x)
+            x.copy_(anchor + h.noise_std * xi.to(cd))
+        else:
+            raise ValueError(f"unknown phase {phase!r}")

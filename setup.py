@@ -1,0 +1,54 @@
+"""Builds extrap_kernels._C: the fused CPU kernel always, the CUDA kernels when torch has CUDA.
+
+`pip install --no-build-isolation -e .` (torch must already be installed: the extension is compiled
+against it). EXTRAP_FORCE_CUDA=1 builds the CUDA sources even where no GPU is visible (nvcc and a
+CUDA build of torch are enough); EXTRAP_NO_CUDA=1 skips them.
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension, CUDA_HOME
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _want_cuda():
+    if os.environ.get("EXTRAP_NO_CUDA") == "1":
+        return False
+    import torch
+
+    if torch.version.cuda is None or CUDA_HOME is None:
+        return False
+    return os.environ.get("EXTRAP_FORCE_CUDA") == "1" or torch.cuda.is_available()
+
+
+def _extension():
+    cpu_sources = ["csrc/bindings.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    cxx = ["-O3", "-std=c++17"]
+    include = [os.path.join(ROOT, "csrc")]
+    if not _want_cuda():
+        return CppExtension("extrap_kernels._C", cpu_sources, include_dirs=include,
+                            extra_compile_args={"cxx": cxx})
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if not arch:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+    return CUDAExtension(
+        "extrap_kernels._C",
+        cpu_sources + sorted(glob.glob("csrc/cuda/*.cu")),
+        include_dirs=include,
+        define_macros=[("EXTRAP_WITH_CUDA", None)],
+        extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]},
+    )
+
+
+setup(
+    name="extrap-kernels",
+    version="0.1.0",
+    description="Fused extrapolated-SGD optimizer kernels for PyTorch",
+    packages=find_packages(include=["extrap_kernels", "extrap_kernels.*"]),
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4"],
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
