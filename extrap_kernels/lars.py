@@ -9,12 +9,14 @@ from torch import Tensor
 from .bucket import Bucket, Hyper, Phase, state_dtype
 
 
-def trust_ratios(phase: Phase, bucket: Bucket, h: Hyper, inv_scale: float | Tensor) -> Tensor:
+def trust_ratios(phase: Phase, bucket: Bucket, h: Hyper, grad_scale: Tensor | None) -> Tensor:
     """trust[i] = coef * ||s_i|| / (||g_i|| + wd * ||s_i||), 1 where either norm is 0, clipped at 1
     with LARC; g is the unscaled gradient. A 1-D tensor of the bucket's state dtype."""
     dtype = state_dtype(bucket.dtype)
     s_norm = torch.stack(torch._foreach_norm(bucket.anchor_values(phase), 2, dtype=dtype))
-    g_norm = torch.stack(torch._foreach_norm(bucket.grads, 2, dtype=dtype)) * inv_scale
+    g_norm = torch.stack(torch._foreach_norm(bucket.grads, 2, dtype=dtype))
+    if grad_scale is not None:
+        g_norm = g_norm / grad_scale.to(dtype)
     trust = h.trust_coefficient * s_norm / (g_norm + h.weight_decay * s_norm)
     trust = torch.where((s_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust))
     if h.lars_clip:

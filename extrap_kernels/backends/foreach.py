@@ -48,7 +48,7 @@ def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
         return
     inv_scale = 1.0 / grad_scale.item() if grad_scale is not None else 1.0
     weights = b.anchor_values(phase)
-    trust = trust_ratios(phase, b, h, inv_scale) if h.lars else None
+    trust = trust_ratios(phase, b, h, grad_scale) if h.lars else None
     g_prime = _regularized_grads(b, h, weights, inv_scale, trust)
     lr, gamma = float(h.lr), float(h.gamma)
     if phase == Phase.EXTRAPOLATE:

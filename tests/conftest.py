@@ -1,0 +1,64 @@
+"""Shared test helpers: hypothesis profiles, dtype-derived tolerances, random parameter sets."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+import extrap_kernels as ek
+
+settings.register_profile(
+    "ci", max_examples=int(os.environ.get("EXTRAP_EXAMPLES", "25")), deadline=None, derandomize=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("dev", max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+# Backends under test against the reference on this machine: every one that runs on CPU here.
+CPU_BACKENDS = [b for b in ek.available_backends("cpu") if b != "reference"]
+
+# Elementary roundings per element per step in the SGD-family update (g*scale, +wd*s, *trust,
+# momentum mul/add, nesterov add, lr*d, s-, gamma*e, x-): each contributes at most eps/2 relative to
+# a value bounded by the tracked magnitude M; 12 covers them with margin for the norm of LARS.
+ROUNDINGS_PER_STEP = 12
+
+
+def state_eps(dtype: torch.dtype) -> float:
+    return torch.finfo(ek.bucket.state_dtype(dtype)).eps
+
+
+def trajectory_tolerance(dtype: torch.dtype, steps: int, magnitude: float, momentum: float) -> float:
+    """Absolute error bound of a `steps`-long trajectory in the state precision against the exact
+    (float64) one: every step adds ROUNDINGS_PER_STEP * eps * M, and an error in the momentum buffer
+    keeps acting for 1 / (1 - mu) steps."""
+    amplification = 1.0 / (1.0 - momentum) if momentum else 1.0
+    return steps * ROUNDINGS_PER_STEP * state_eps(dtype) * magnitude * amplification
+
+
+def noise_tolerance(noise_std: float) -> float:
+    """The normals are float32 by definition, equal across backends up to the float32 rounding of
+    log and cos (SPEC): a few float32 ulps of |xi| <= sqrt(-2 ln 1e-7) < 5.7, times sigma."""
+    return noise_std * 5.7 * 4 * torch.finfo(torch.float32).eps
+
+
+def output_ulp(dtype: torch.dtype, reference: torch.Tensor) -> torch.Tensor:
+    """One unit of rounding of the stored parameter dtype at the reference's magnitude: a value
+    computed in fp32 and in fp64 may round to neighbouring 16-bit numbers."""
+    if dtype in (torch.float32, torch.float64):
+        return torch.zeros_like(reference)
+    return torch.finfo(dtype).eps * reference.abs() + torch.finfo(dtype).tiny
+
+
+def assert_within(actual: torch.Tensor, expected: torch.Tensor, atol, what: str) -> None:
+    err = (actual.double() - expected.double()).abs()
+    bound = torch.as_tensor(atol, dtype=torch.float64) + torch.zeros_like(err)
+    bad = err > bound
+    if bad.any():
+        i = int(bad.flatten().nonzero()[0])
+        raise AssertionError(f"{what}: {int(bad.sum())} of {err.numel()} elements off; first at {i}: "
+                             f"{actual.flatten()[i].item()} vs {expected.flatten()[i].item()} "
+                             f"(err {err.flatten()[i].item():.3g} > {bound.flatten()[i].item():.3g})")
+
+over_backends = pytest.mark.parametrize("backend", CPU_BACKENDS)

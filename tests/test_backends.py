@@ -1,0 +1,127 @@
+"""Every backend against the reference: random shapes, options, dtypes and hyperparameters, over
+multi-step trajectories. The oracle is the reference backend run on float64 copies of the same
+parameters with the same (dtype-rounded) gradients, so the comparison bounds each backend's own
+rounding with a tolerance derived from the dtype (conftest.trajectory_tolerance)."""
+from __future__ import annotations
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import extrap_kernels as ek
+from extrap_kernels import reference
+from extrap_kernels.bucket import Bucket, Hyper, Phase, state_dtype
+
+from conftest import DTYPES, over_backends, assert_within, noise_tolerance, output_ulp, state_eps, trajectory_tolerance
+
+# 0, 1, odd, power-of-two, and sizes across the CPU kernel's 65536-element chunks
+SIZES = [0, 1, 2, 3, 5, 17, 64, 255, 1000, 4097, 65536 + 3]
+STEPS = 20
+
+
+@st.composite
+def options(draw):
+    momentum = draw(st.sampled_from([0.0, 0.5, 0.9]))
+    nesterov = momentum > 0 and draw(st.booleans())
+    return dict(
+        mode=draw(st.sampled_from(["past", "local", "noise"])),
+        lr=draw(st.floats(1e-3, 0.3)),
+        gamma=draw(st.one_of(st.none(), st.floats(0.0, 0.3))),
+        momentum=momentum,
+        dampening=0.0 if nesterov or momentum == 0 else draw(st.sampled_from([0.0, 0.1, 0.5])),
+        nesterov=nesterov,
+        weight_decay=draw(st.sampled_from([0.0, 1e-4, 1e-2])),
+        maximize=draw(st.booleans()),
+        lars=(lars := draw(st.booleans())),
+        trust_coefficient=draw(st.sampled_from([0.001, 0.02, 1.0])) if lars else 0.001,
+        lars_clip=lars and draw(st.booleans()),
+        extrapolate_with_momentum=draw(st.booleans()),
+        past=draw(st.sampled_from(["update", "grad"])),
+        noise_std=draw(st.sampled_from([0.0, 1e-3, 0.05])),
+        seed=draw(st.integers(0, 2**63 - 1)),
+    )
+
+
+@over_backends
+@given(opts=options(), dtype=st.sampled_from(DTYPES),
+       sizes=st.lists(st.sampled_from(SIZES), min_size=1, max_size=6),
+       grad_scale=st.sampled_from([None, 1024.0, 3.0]), data_seed=st.integers(0, 2**31 - 1))
+def test_trajectory_matches_reference(backend, opts, dtype, sizes, grad_scale, data_seed):
+    gen = torch.Generator().manual_seed(data_seed)
+    init = [torch.randn(n, generator=gen, dtype=torch.float64) for n in sizes]
+    params = [torch.nn.Parameter(t.to(dtype)) for t in init]
+    exact = [torch.nn.Parameter(p.detach().to(torch.float64, copy=True)) for p in params]
+    opt = ek.ExtrapSGD(params, backend=backend, **opts)
+    oracle = ek.ExtrapSGD(exact, backend="reference", **opts)
+    scale = torch.tensor(grad_scale) if grad_scale else None
+    magnitude = max([1.0] + [float(t.abs().max()) for t in init if t.numel()])
+    phases = 2 if opts["mode"] == "local" else 1
+    for step in range(STEPS):
+        for phase in range(phases):
+            for p, q in zip(params, exact):
+                g = torch.randn(p.shape, generator=gen, dtype=torch.float64) * (grad_scale or 1.0)
+                p.grad = g.to(dtype)
+                q.grad = p.grad.to(torch.float64, copy=True)  # both see the same rounded gradient
+                if g.numel():
+                    magnitude = max(magnitude, float(q.grad.abs().max()) / (grad_scale or 1.0))
+            if phase == 0 and phases == 2:
+                opt.extrapolate(grad_scale=scale)
+                oracle.extrapolate(grad_scale=scale)
+            else:
+                opt.step(grad_scale=scale)
+                oracle.step(grad_scale=scale)
+        for q in exact:
+            if q.numel():
+                magnitude = max(magnitude, float(q.detach().abs().max()))
+        tol = trajectory_tolerance(dtype, step + 1, magnitude, opts["momentum"])
+        x_tol = tol + (noise_tolerance(opts["noise_std"]) if opts["mode"] == "noise" else 0.0)
+        for i, (p, q) in enumerate(zip(params, exact)):
+            assert_within(p.detach(), q.detach(), x_tol + output_ulp(dtype, q.detach()), f"step {step} param {i}")
+            if opts["momentum"]:
+                assert_within(opt.state[p]["momentum_buffer"], oracle.state[q]["momentum_buffer"], tol,
+                              f"step {step} momentum {i}")
+            if opts["mode"] != "local":
+                assert_within(opt.state[p]["anchor"], oracle.state[q]["anchor"], tol, f"step {step} anchor {i}")
+            assert float(opt.state[p]["step"]) == step + 1
+
+
+def _bucket(params, grads, anchors, momenta, step):
+    return Bucket(params=params, grads=grads, anchors=anchors, momenta=momenta,
+                  steps=[torch.tensor(float(step)) for _ in params], indices=list(range(len(params))))
+
+
+@over_backends
+@given(phase=st.sampled_from(list(Phase)), opts=options(), dtype=st.sampled_from(DTYPES),
+       sizes=st.lists(st.sampled_from(SIZES), min_size=1, max_size=5), step=st.sampled_from([1, 2, 7]),
+       data_seed=st.integers(0, 2**31 - 1))
+def test_one_phase_against_float64_reference(backend, phase, opts, dtype, sizes, step, data_seed):
+    """One launch on identical inputs against the reference evaluated in float64: the error is the
+    backend's own rounding of a single step."""
+    gen = torch.Generator().manual_seed(data_seed)
+    sdtype = state_dtype(dtype)
+    x = [torch.randn(n, generator=gen).to(dtype) for n in sizes]
+    g = [torch.randn(n, generator=gen).to(dtype) for n in sizes]
+    s = [t.to(sdtype) + 0.01 * torch.randn(t.shape, generator=gen, dtype=sdtype) for t in x]
+    m = [torch.randn(n, generator=gen, dtype=sdtype) for n in sizes] if opts["momentum"] else []
+    gamma = opts["lr"] if opts["gamma"] is None else opts["gamma"]
+    hyper = Hyper(**{k: v for k, v in opts.items() if k not in ("mode", "past", "gamma")},
+                  gamma=gamma, past_grad=opts["past"] == "grad")
+    ours = _bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], step)
+    oracle = _bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], step)
+    ek.backends.resolve(backend, torch.device("cpu")).apply(phase, ours, hyper, None, None)
+    reference.apply(phase, oracle, hyper, compute_dtype=torch.float64)
+    magnitude = max([1.0] + [float(t.abs().max()) for t in (*x, *g, *s, *m) if t.numel()])
+    tol = trajectory_tolerance(dtype, 1, magnitude, opts["momentum"])
+    x_tol = tol + (noise_tolerance(opts["noise_std"]) if phase == Phase.UPDATE_NOISE else 0.0)
+    for i in range(len(sizes)):
+        assert_within(ours.params[i], oracle.params[i], x_tol + output_ulp(dtype, oracle.params[i]), f"x {i}")
+        assert_within(ours.anchors[i], oracle.anchors[i], tol, f"s {i}")
+        if m:
+            assert_within(ours.momenta[i], oracle.momenta[i], tol, f"m {i}")
+
+
+def test_tolerance_is_tight_enough_to_fail():
+    """The bound of a 1-step fp32 comparison is far below a one-ulp error in bf16, so a kernel that
+    rounded its state to 16 bits would fail the tests above."""
+    assert trajectory_tolerance(torch.float32, 1, 1.0, 0.0) < torch.finfo(torch.bfloat16).eps / 100
+    assert state_eps(torch.bfloat16) == torch.finfo(torch.float32).eps
