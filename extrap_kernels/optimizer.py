@@ -103,6 +103,9 @@ class FusedOptimizer(Optimizer):
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         saved_state = state_dict["state"]
         super().load_state_dict(state_dict)
+        for group in self.param_groups:  # e.g. a torch.optim.SGD checkpoint has no gamma or mode
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, p in zip(saved_ids, params):
             if saved_id not in saved_state:
