@@ -55,7 +55,7 @@ def _saddle(backend, mode, lr, gamma, steps):
 
     for _ in range(steps):
         opt.step(closure)
-    return math.hypot(float(x), float(y))
+    return math.hypot(float(x.detach()), float(y.detach()))
 
 
 @pytest.mark.parametrize("backend", ALL)

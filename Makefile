@@ -1,0 +1,40 @@
+# The two set-up commands of the README: `make demo` and `make test`. Both create the virtualenv,
+# install torch (CPU wheel) and the test dependencies, and build the extension, the first time.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+SOURCES := setup.py $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
+PYTEST_ARGS ?=
+
+.PHONY: test demo build cmake-check clean
+
+$(VENV)/.deps: requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) -r requirements-dev.txt
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(VENV)/.built
+
+test: build
+	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+
+demo: build
+	$(PY) python/demo.py
+
+# The same extension built by CMake (CMakeLists.txt) instead of setup.py, and imported.
+cmake-check: $(VENV)/.deps
+	mkdir -p build
+	cmake -S . -B build/cmake -G Ninja -DPython3_EXECUTABLE=$(abspath $(PY)) -DCMAKE_BUILD_TYPE=Release > build/cmake.log 2>&1 || (cat build/cmake.log; exit 1)
+	cmake --build build/cmake
+	$(PY) -c "import sys, torch, importlib.util, glob; \
+	path = glob.glob('build/cmake/_C*.so')[0]; \
+	spec = importlib.util.spec_from_file_location('_C', path); mod = importlib.util.module_from_spec(spec); \
+	spec.loader.exec_module(mod); print('cmake build OK:', path, [n for n in ('apply', 'noise') if hasattr(mod, n)])"
+
+clean:
+	rm -rf build $(VENV) extrap_kernels/*.so *.egg-info
