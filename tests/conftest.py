@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, settings
 import extrap_kernels as ek
 
 settings.register_profile(
-    "ci", max_examples=int(os.environ.get("EXTRAP_EXAMPLES", "25")), deadline=None, derandomize=False,
+    "ci", max_examples=int(os.environ.get("EXTRAP_EXAMPLES", "200")), deadline=None, derandomize=False,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("dev", max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
