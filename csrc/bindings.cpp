@@ -54,7 +54,8 @@ void apply(int64_t phase, std::vector<at::Tensor> params, std::vector<at::Tensor
            std::vector<int64_t> indices, std::optional<at::Tensor> trust, double lr, double gamma,
            double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
            bool wd_after_momentum, bool extrapolate_with_momentum, bool past_grad, double noise_std,
-           int64_t seed, std::optional<at::Tensor> grad_scale, std::optional<at::Tensor> found_inf) {
+           int64_t seed, std::optional<at::Tensor> grad_scale, std::optional<at::Tensor> found_inf,
+           int64_t stream) {
   Launch L;
   L.phase = phase;
   L.params = std::move(params);
@@ -78,6 +79,7 @@ void apply(int64_t phase, std::vector<at::Tensor> params, std::vector<at::Tensor
   L.seed = seed;
   L.grad_scale = std::move(grad_scale);
   L.found_inf = std::move(found_inf);
+  L.stream = stream;
   check_launch(L);
   if (L.params.empty()) return;
   if (L.params[0].is_cpu()) return apply_cpu(L);
@@ -119,7 +121,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"),
         py::arg("maximize"), py::arg("wd_after_momentum"), py::arg("extrapolate_with_momentum"),
         py::arg("past_grad"), py::arg("noise_std"), py::arg("seed"), py::arg("grad_scale"),
-        py::arg("found_inf"));
+        py::arg("found_inf"), py::arg("stream") = 0);
   m.def("noise", &extrap::noise, "Philox bits and normals of one parameter (test hook)", py::arg("seed"),
         py::arg("step"), py::arg("index"), py::arg("numel"));
 #ifdef EXTRAP_WITH_CUDA

@@ -80,6 +80,65 @@ EXTRAP_HD acc past_point(acc s, acc gp, acc d, const Hyper<acc>& h) {
   return s - h.gamma * (h.past_grad ? gp : d);
 }
 
+
+// Per-tensor values of one launch.
+template <typename acc>
+struct TensorArgs {
+  acc trust;       // LARS ratio, 1 without LARS
+  bool first;      // the momentum buffer has never been written
+  uint32_t step;   // the step count (keys the noise)
+  uint32_t index;  // the parameter's index in the optimizer (keys the noise)
+};
+
+// What a phase stores besides x: launchers store s and m only where these say so (SPEC's traffic).
+template <Phase P, bool kMaster>
+EXTRAP_HD constexpr bool stores_anchor() {
+  return P == kExtrapolate ? !kMaster : (P == kUpdate ? kMaster : true);
+}
+template <Phase P, bool kMomentum>
+EXTRAP_HD constexpr bool stores_momentum() {
+  return kMomentum && P != kExtrapolate;
+}
+
+EXTRAP_HD float noise_normal(uint64_t seed, uint32_t step, uint32_t index, uint64_t element);
+
+// One element of one phase, in the arithmetic type: x, s and m are read and replaced by their new
+// values. kMaster: s is the fp32 master of a 16-bit x (else s and x hold the same precision).
+template <Phase P, bool kMomentum, bool kMaster, typename acc>
+EXTRAP_HD void phase_element(acc& x, acc g, acc& s, acc& m, const Hyper<acc>& h, const TensorArgs<acc>& t,
+                             uint64_t element) {
+  if (P == kExtrapolate) {
+    if (!kMaster) s = x;  // the snapshot
+    x = extrapolated_point(s, g, kMomentum ? m : acc(0), h, t.trust);
+    return;
+  }
+  acc gp;
+  const acc d = base_update(s, m, g, h, t.trust, t.first, gp);
+  if (P == kUpdate) {
+    x = s;
+  } else if (P == kUpdatePast) {
+    x = past_point(s, gp, d, h);
+  } else {
+    x = s + h.noise_std * static_cast<acc>(noise_normal(h.seed, t.step, t.index, element));
+  }
+}
+
+// found_inf: anchor, momentum and step stay; the snapshot is still taken and an extrapolated x
+// returns to its anchor, so that x stays consistent with the abandoned iteration.
+template <Phase P, bool kMaster, typename acc>
+EXTRAP_HD void skipped_element(acc& x, acc& s) {
+  if (P == kExtrapolate && !kMaster) s = x;
+  if (P == kUpdate) x = s;
+}
+template <Phase P, bool kMaster>
+EXTRAP_HD constexpr bool skip_stores_anchor() {
+  return P == kExtrapolate && !kMaster;
+}
+template <Phase P>
+EXTRAP_HD constexpr bool skip_stores_param() {
+  return P == kUpdate;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Counter-based noise: Philox4x32-10 and Box-Muller exactly as Triton's tl.randn computes them, with
 // the counter (element index lo, element index hi, parameter index, step) and the key (seed lo, seed hi).

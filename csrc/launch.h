@@ -27,6 +27,7 @@ struct Launch {
   int64_t seed = 0;
   std::optional<at::Tensor> grad_scale;  // AMP: grads are divided by it
   std::optional<at::Tensor> found_inf;   // AMP: nonzero skips the update
+  int64_t stream = 0;                    // CUDA: the cudaStream_t to launch on (the caller's current one)
 };
 
 // Builds the per-launch hyperparameters once the grad scale is known.

@@ -73,7 +73,7 @@ def test_trajectory_matches_reference(backend, opts, dtype, sizes, grad_scale, d
         for q in exact:
             if q.numel():
                 magnitude = max(magnitude, float(q.detach().abs().max()))
-        tol = trajectory_tolerance(dtype, step + 1, magnitude, opts["momentum"])
+        tol = trajectory_tolerance(dtype, step + 1, magnitude, opts["momentum"], max(sizes) if opts["lars"] else 0)
         x_tol = tol + (noise_tolerance(opts["noise_std"]) if opts["mode"] == "noise" else 0.0)
         for i, (p, q) in enumerate(zip(params, exact)):
             assert_within(p.detach(), q.detach(), x_tol + output_ulp(dtype, q.detach()), f"step {step} param {i}")
@@ -111,7 +111,7 @@ def test_one_phase_against_float64_reference(backend, phase, opts, dtype, sizes,
     ek.backends.resolve(backend, torch.device("cpu")).apply(phase, ours, hyper, None, None)
     reference.apply(phase, oracle, hyper, compute_dtype=torch.float64)
     magnitude = max([1.0] + [float(t.abs().max()) for t in (*x, *g, *s, *m) if t.numel()])
-    tol = trajectory_tolerance(dtype, 1, magnitude, opts["momentum"])
+    tol = trajectory_tolerance(dtype, 1, magnitude, opts["momentum"], max(sizes) if opts["lars"] else 0)
     x_tol = tol + (noise_tolerance(opts["noise_std"]) if phase == Phase.UPDATE_NOISE else 0.0)
     for i in range(len(sizes)):
         assert_within(ours.params[i], oracle.params[i], x_tol + output_ulp(dtype, oracle.params[i]), f"x {i}")

@@ -22,77 +22,47 @@ constexpr int64_t kChunk = 1 << 16;
 #define EXTRAP_SIMD_CLONES
 #endif  // elements per work item: large enough to amortize, small enough to balance
 
-template <typename acc>
-struct TensorArgs {
-  acc trust;
-  bool first;  // the momentum buffer has never been written
-  uint32_t step;
-  uint32_t index;
-};
-
-// One span [begin, end) of one tensor. s and x are the same dtype unless x is 16-bit, in which case s
-// is its fp32 master and must be written back by updates. Hyperparameters come by value and pointers
-// are restrict-qualified so that the compiler keeps scalars in registers and vectorizes the loop; the
-// one legal alias (plain fused SGD, where a full-precision x is its own anchor) has its own loop.
+// One span [begin, end) of one tensor: loads, csrc/extrap_math.h's phase_element, and the stores the
+// phase makes. Hyperparameters come by value and pointers are restrict-qualified so that the compiler
+// keeps scalars in registers and vectorizes; the one legal alias (plain fused SGD, where a
+// full-precision x is its own anchor) goes through run_span_in_place.
 template <Phase P, bool kMomentum, typename scalar_t, typename acc>
 EXTRAP_SIMD_CLONES void run_span(scalar_t* __restrict__ x, const scalar_t* __restrict__ g, acc* __restrict__ s,
-              acc* __restrict__ m, int64_t begin, int64_t end, const Hyper<acc> h, const TensorArgs<acc> t) {
+                                 acc* __restrict__ m, int64_t begin, int64_t end, const Hyper<acc> h,
+                                 const TensorArgs<acc> t) {
   constexpr bool kMaster = !std::is_same<scalar_t, acc>::value;
-  if constexpr (P == kExtrapolate) {
-    for (int64_t i = begin; i < end; ++i) {
-      const acc anchor = kMaster ? s[i] : static_cast<acc>(x[i]);
-      if constexpr (!kMaster) s[i] = anchor;  // the snapshot
-      const acc mom = kMomentum ? m[i] : acc(0);
-      x[i] = static_cast<scalar_t>(extrapolated_point(anchor, static_cast<acc>(g[i]), mom, h, t.trust));
-    }
-  } else {
-    for (int64_t i = begin; i < end; ++i) {
-      acc anchor = s[i];
-      acc mom = kMomentum ? m[i] : acc(0);
-      acc gp;
-      const acc d = base_update(anchor, mom, static_cast<acc>(g[i]), h, t.trust, t.first, gp);
-      if constexpr (kMomentum) m[i] = mom;
-      if constexpr (P == kUpdate) {
-        // Two-phase: the new anchor lives in x (and in the master when x is 16-bit); a full-precision
-        // s is only the snapshot, rewritten by the next extrapolate, so it is not stored (SPEC floor).
-        if constexpr (kMaster) s[i] = anchor;
-        x[i] = static_cast<scalar_t>(anchor);
-      } else if constexpr (P == kUpdatePast) {
-        s[i] = anchor;
-        x[i] = static_cast<scalar_t>(past_point(anchor, gp, d, h));
-      } else {
-        s[i] = anchor;
-        const acc xi = static_cast<acc>(noise_normal(h.seed, t.step, t.index, static_cast<uint64_t>(i)));
-        x[i] = static_cast<scalar_t>(anchor + h.noise_std * xi);
-      }
-    }
+  for (int64_t i = begin; i < end; ++i) {
+    acc xv = static_cast<acc>(x[i]);
+    acc sv = (P == kExtrapolate && !kMaster) ? acc(0) : s[i];
+    acc mv = kMomentum ? m[i] : acc(0);
+    phase_element<P, kMomentum, kMaster>(xv, static_cast<acc>(g[i]), sv, mv, h, t, static_cast<uint64_t>(i));
+    if constexpr (stores_anchor<P, kMaster>()) s[i] = sv;
+    if constexpr (stores_momentum<P, kMomentum>()) m[i] = mv;
+    x[i] = static_cast<scalar_t>(xv);
   }
 }
 
 // kUpdate where the full-precision parameter is its own anchor (FusedSGD): x <- x - lr * d in place.
 template <bool kMomentum, typename acc>
-EXTRAP_SIMD_CLONES void run_span_in_place(acc* __restrict__ x, const acc* __restrict__ g, acc* __restrict__ m, int64_t begin,
-                       int64_t end, const Hyper<acc> h, const TensorArgs<acc> t) {
+EXTRAP_SIMD_CLONES void run_span_in_place(acc* __restrict__ x, const acc* __restrict__ g, acc* __restrict__ m,
+                                          int64_t begin, int64_t end, const Hyper<acc> h, const TensorArgs<acc> t) {
   for (int64_t i = begin; i < end; ++i) {
-    acc anchor = x[i];
-    acc mom = kMomentum ? m[i] : acc(0);
-    acc gp;
-    base_update(anchor, mom, g[i], h, t.trust, t.first, gp);
-    if constexpr (kMomentum) m[i] = mom;
-    x[i] = anchor;
+    acc xv = x[i], sv = x[i];
+    acc mv = kMomentum ? m[i] : acc(0);
+    phase_element<kUpdate, kMomentum, false>(xv, g[i], sv, mv, h, t, static_cast<uint64_t>(i));
+    if constexpr (kMomentum) m[i] = mv;
+    x[i] = xv;
   }
 }
 
-// found_inf is set: leave anchor, momentum and step as they are; only keep x consistent with the
-// iteration being abandoned (the snapshot is still taken, an extrapolated x goes back to its anchor).
 template <Phase P, typename scalar_t, typename acc>
 void skip_span(scalar_t* x, acc* s, int64_t begin, int64_t end) {
   constexpr bool kMaster = !std::is_same<scalar_t, acc>::value;
-  if constexpr (P == kExtrapolate) {
-    if constexpr (!kMaster)
-      for (int64_t i = begin; i < end; ++i) s[i] = static_cast<acc>(x[i]);
-  } else if constexpr (P == kUpdate) {
-    for (int64_t i = begin; i < end; ++i) x[i] = static_cast<scalar_t>(s[i]);
+  for (int64_t i = begin; i < end; ++i) {
+    acc xv = static_cast<acc>(x[i]), sv = s[i];
+    skipped_element<P, kMaster>(xv, sv);
+    if constexpr (skip_stores_anchor<P, kMaster>()) s[i] = sv;
+    if constexpr (skip_stores_param<P>()) x[i] = static_cast<scalar_t>(xv);
   }
 }
 

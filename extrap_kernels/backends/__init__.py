@@ -6,6 +6,7 @@ ONE phase over ONE (device, dtype) bucket. "auto" picks the fastest one availabl
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -30,10 +31,25 @@ class Backend:
         return self.devices is None or device.type in self.devices
 
 
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _triton_devices() -> tuple[str, ...]:
+    """Triton compiles for CUDA devices; its interpreter (TRITON_INTERPRET=1) runs on CPU tensors."""
+    return ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET") == "1" else ("cuda",)
+
+
 BACKENDS = {
     "reference": Backend("reference", "..reference", False, None, lambda: True),
     "foreach": Backend("foreach", ".foreach", False, None, lambda: True),
     "cpu": Backend("cpu", ".cpu", True, ("cpu",), lambda: _ext.load() is not None),
+    "cuda": Backend("cuda", ".cuda", True, ("cuda",), lambda: importlib.import_module(".cuda", __package__).available()),
+    "triton": Backend("triton", ".triton_kernels", True, _triton_devices(), _triton_available),
 }
 
 
@@ -50,7 +66,8 @@ def available(device: torch.device | str = "cpu") -> list[str]:
 def resolve(name: str, device: torch.device) -> Backend:
     """The backend that runs a bucket on `device`; "auto" prefers a fused kernel, else `foreach`."""
     if name == "auto":
-        for candidate in ("cpu",):
+        # (on CPU, Triton's interpreter is for testing, never a default)
+        for candidate in ("cpu",) if device.type == "cpu" else ("cuda", "triton"):
             backend = BACKENDS[candidate]
             if backend.supports(device) and backend.available():
                 return backend

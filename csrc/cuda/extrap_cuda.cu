@@ -1,0 +1,141 @@
+// The CUDA launcher: every phase is one pass over memory, as few launches as multi_tensor_apply needs
+// (one per 36 tensors or 320 chunks). Each block walks one 65536-element chunk, four elements per
+// thread per iteration, with 16-byte vector loads and stores where every pointer is aligned. The
+// per-element math is csrc/extrap_math.h's phase_element, the same code the CPU kernel runs.
+// grad_scale and found_inf are read on the device: a skipped step costs no host synchronization.
+// The stream and the current device come from the Python side (torch.cuda), so this file needs only
+// ATen's host headers and the CUDA runtime.
+#include <ATen/Dispatch.h>
+#include <cuda_runtime.h>
+
+#include <type_traits>
+
+#include "../launch.h"
+#include "multi_tensor_apply.cuh"
+
+namespace extrap {
+namespace {
+
+constexpr int kThreads = 512;
+constexpr int kVec = 4;  // elements per thread per iteration
+
+template <typename T>
+struct alignas(sizeof(T) * kVec) Vec {
+  T v[kVec];
+};
+
+template <typename T>
+__device__ __forceinline__ bool aligned(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * kVec) == 0;
+}
+
+template <Phase P, bool kMomentum, typename scalar_t, typename acc>
+__global__ void __launch_bounds__(kThreads) phase_kernel(TensorTable table, Hyper<acc> h, const acc* trust,
+                                                         const float* grad_scale, const float* found_inf) {
+  constexpr bool kMaster = !std::is_same<scalar_t, acc>::value;
+  const int entry = table.block_tensor[blockIdx.x];
+  const int64_t begin = static_cast<int64_t>(table.block_chunk[blockIdx.x]) * kChunkSize;
+  const int64_t end = min(table.numel[entry], begin + kChunkSize);
+  auto* x = static_cast<scalar_t*>(table.x[entry]);
+  const auto* g = static_cast<const scalar_t*>(table.g[entry]);
+  auto* s = static_cast<acc*>(table.s[entry]);
+  auto* m = static_cast<acc*>(table.m[entry]);
+  const bool skip = found_inf != nullptr && *found_inf != 0.0f;
+  if (grad_scale != nullptr) h.grad_factor /= static_cast<acc>(*grad_scale);
+  const float step = *table.step[entry];
+  const TensorArgs<acc> t{trust != nullptr ? trust[table.tensor[entry]] : acc(1), step <= 1.0f,
+                          static_cast<uint32_t>(step), table.index[entry]};
+
+  auto element = [&](acc& xv, acc gv, acc& sv, acc& mv, int64_t i) {
+    if (skip) {
+      skipped_element<P, kMaster>(xv, sv);
+    } else {
+      phase_element<P, kMomentum, kMaster>(xv, gv, sv, mv, h, t, static_cast<uint64_t>(i));
+    }
+  };
+  // (plain fused SGD passes x as its own anchor: it is read twice and, as kUpdate, stored once)
+  const bool store_s = skip ? skip_stores_anchor<P, kMaster>() : stores_anchor<P, kMaster>();
+  const bool store_m = !skip && stores_momentum<P, kMomentum>();
+  const bool store_x = !skip || skip_stores_param<P>();
+
+  const bool vector = aligned<scalar_t>(x) && aligned<scalar_t>(g) && aligned<acc>(s) &&
+                      (!kMomentum || aligned<acc>(m));
+  int64_t tail = begin;
+  if (vector) {
+    const int64_t vector_end = begin + (end - begin) / kVec * kVec;
+    for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * kVec; i < vector_end;
+         i += static_cast<int64_t>(kThreads) * kVec) {
+      Vec<scalar_t> xr = *reinterpret_cast<const Vec<scalar_t>*>(x + i);
+      const Vec<scalar_t> gr = *reinterpret_cast<const Vec<scalar_t>*>(g + i);
+      Vec<acc> sr = *reinterpret_cast<const Vec<acc>*>(s + i);
+      Vec<acc> mr{};
+      if (kMomentum) mr = *reinterpret_cast<const Vec<acc>*>(m + i);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        acc xv = static_cast<acc>(xr.v[k]);
+        element(xv, static_cast<acc>(gr.v[k]), sr.v[k], mr.v[k], i + k);
+        xr.v[k] = static_cast<scalar_t>(xv);
+      }
+      if (store_x) *reinterpret_cast<Vec<scalar_t>*>(x + i) = xr;
+      if (store_s) *reinterpret_cast<Vec<acc>*>(s + i) = sr;
+      if (store_m) *reinterpret_cast<Vec<acc>*>(m + i) = mr;
+    }
+    tail = vector_end;
+  }
+  // unaligned tensors, and the last elements of a chunk
+  for (int64_t j = tail + threadIdx.x; j < end; j += kThreads) {
+    acc xv = static_cast<acc>(x[j]);
+    acc sv = s[j];
+    acc mv = kMomentum ? m[j] : acc(0);
+    element(xv, static_cast<acc>(g[j]), sv, mv, j);
+    if (store_x) x[j] = static_cast<scalar_t>(xv);
+    if (store_s) s[j] = sv;
+    if (store_m) m[j] = mv;
+  }
+}
+
+template <Phase P, bool kMomentum, typename scalar_t, typename acc>
+void launch_phase(const Launch& L) {
+  Hyper<acc> h = make_hyper<acc>(L, 1.0);
+  const acc* trust = L.trust ? L.trust->data_ptr<acc>() : nullptr;
+  const float* grad_scale = L.grad_scale ? L.grad_scale->data_ptr<float>() : nullptr;
+  const float* found_inf = L.found_inf ? L.found_inf->data_ptr<float>() : nullptr;
+  auto stream = reinterpret_cast<cudaStream_t>(L.stream);
+  multi_tensor_apply(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, [&](TensorTable& table, int blocks) {
+    phase_kernel<P, kMomentum, scalar_t, acc><<<blocks, kThreads, 0, stream>>>(table, h, trust, grad_scale,
+                                                                                found_inf);
+    const cudaError_t err = cudaGetLastError();
+    TORCH_CHECK(err == cudaSuccess, "extrap_kernels: CUDA launch failed: ", cudaGetErrorString(err));
+  });
+}
+
+template <typename scalar_t, typename acc>
+void dispatch_phase(const Launch& L) {
+  const bool mom = !L.momenta.empty();
+#define EXTRAP_CASE(P) \
+  case P:              \
+    return mom ? launch_phase<P, true, scalar_t, acc>(L) : launch_phase<P, false, scalar_t, acc>(L);
+  switch (L.phase) {
+    EXTRAP_CASE(kExtrapolate)
+    EXTRAP_CASE(kUpdate)
+    EXTRAP_CASE(kUpdatePast)
+    EXTRAP_CASE(kUpdateNoise)
+    default:
+      TORCH_CHECK(false, "extrap_kernels: unknown phase ", L.phase);
+  }
+#undef EXTRAP_CASE
+}
+
+}  // namespace
+
+void apply_cuda(const Launch& L) {
+  if (L.params.empty()) return;
+  TORCH_CHECK(!L.grad_scale || L.grad_scale->scalar_type() == at::kFloat, "grad_scale must be float32");
+  TORCH_CHECK(!L.found_inf || L.found_inf->scalar_type() == at::kFloat, "found_inf must be float32");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, L.params[0].scalar_type(), "extrap_cuda", [&] {
+    using acc = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
+    dispatch_phase<scalar_t, acc>(L);
+  });
+}
+
+}  // namespace extrap

@@ -1,0 +1,78 @@
+// A multi-tensor launcher in the spirit of Apex's multi_tensor_apply: the tensors of a bucket are cut
+// into fixed-size chunks, and each launch carries (as a kernel argument) a table of tensor addresses
+// and a block -> (tensor, chunk) map, so that one launch covers many tensors. Tensors with more chunks
+// than one table holds continue in the next launch.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+namespace extrap {
+
+constexpr int kMaxTensors = 36;   // table entries per launch: the table stays under 4 KB of arguments
+constexpr int kMaxBlocks = 300;   // blocks per launch
+constexpr int64_t kChunkSize = 65536;  // elements per block; a multiple of every vector width
+
+struct TensorTable {
+  void* x[kMaxTensors];
+  const void* g[kMaxTensors];
+  void* s[kMaxTensors];
+  void* m[kMaxTensors];
+  const float* step[kMaxTensors];
+  int64_t numel[kMaxTensors];
+  int32_t tensor[kMaxTensors];  // the tensor's position in the bucket (its trust ratio)
+  uint32_t index[kMaxTensors];  // the parameter's index in the optimizer (the noise key)
+  uint16_t block_tensor[kMaxBlocks];
+  int32_t block_chunk[kMaxBlocks];
+};
+
+// Calls launch(table, blocks) as often as needed to cover every chunk of every non-empty tensor.
+template <typename Launch>
+void multi_tensor_apply(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+                        const std::vector<at::Tensor>& anchors, const std::vector<at::Tensor>& momenta,
+                        const std::vector<at::Tensor>& steps, const std::vector<int64_t>& indices,
+                        Launch&& launch) {
+  TensorTable table;
+  int entries = 0, blocks = 0;
+  for (size_t t = 0; t < params.size(); ++t) {
+    const int64_t numel = params[t].numel();
+    if (numel == 0) continue;
+    table.x[entries] = params[t].data_ptr();
+    table.g[entries] = grads[t].data_ptr();
+    table.s[entries] = anchors[t].data_ptr();
+    table.m[entries] = momenta.empty() ? nullptr : momenta[t].data_ptr();
+    table.step[entries] = steps[t].data_ptr<float>();
+    table.numel[entries] = numel;
+    table.tensor[entries] = static_cast<int32_t>(t);
+    table.index[entries] = static_cast<uint32_t>(indices[t]);
+    const int64_t chunks = (numel + kChunkSize - 1) / kChunkSize;
+    for (int64_t c = 0; c < chunks; ++c) {
+      table.block_tensor[blocks] = static_cast<uint16_t>(entries);
+      table.block_chunk[blocks] = static_cast<int32_t>(c);
+      ++blocks;
+      const bool last_chunk = c == chunks - 1;
+      if (blocks == kMaxBlocks || (last_chunk && entries == kMaxTensors - 1)) {
+        launch(table, blocks);
+        blocks = 0;
+        if (last_chunk) {
+          entries = -1;  // the table starts empty
+        } else {         // the tensor continues as entry 0 of the next table
+          table.x[0] = table.x[entries];
+          table.g[0] = table.g[entries];
+          table.s[0] = table.s[entries];
+          table.m[0] = table.m[entries];
+          table.step[0] = table.step[entries];
+          table.numel[0] = table.numel[entries];
+          table.tensor[0] = table.tensor[entries];
+          table.index[0] = table.index[entries];
+          entries = 0;
+        }
+      }
+    }
+    ++entries;
+  }
+  if (blocks > 0) launch(table, blocks);
+}
+
+}  // namespace extrap

@@ -1,0 +1,192 @@
+"""The `triton` backend: one Triton launch per phase covers a whole (device, dtype) bucket.
+
+Every program handles one BLOCK of one tensor: a device table of tensor addresses and a block map
+(program -> tensor, first element) are built once and cached until a parameter, gradient or state
+tensor is reallocated. The per-element math mirrors csrc/extrap_math.h function for function (Triton
+cannot include C++); the tests hold both to the same reference. On a machine without a GPU the kernels
+run on CPU tensors under TRITON_INTERPRET=1.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..bucket import Bucket, Hyper, Phase, state_dtype
+from ..lars import trust_ratios
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+# Interpreted programs cost per program, not per element: fewer, larger blocks there.
+BLOCK = 1 << 14 if INTERPRETED else 2048
+_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.bfloat16: tl.bfloat16,
+           torch.float16: tl.float16}
+
+
+# ---- the math: csrc/extrap_math.h, line for line -------------------------------------------------
+@triton.jit
+def regularized_grad(g, s, grad_factor, weight_decay, trust, WD_AFTER_MOMENTUM: tl.constexpr):
+    gp = g * grad_factor
+    if not WD_AFTER_MOMENTUM:
+        gp += weight_decay * s
+    return gp * trust
+
+
+@triton.jit
+def base_update(s, m, g, lr, momentum, dampening, weight_decay, grad_factor, trust, first,
+                MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, WD_AFTER_MOMENTUM: tl.constexpr):
+    """Returns (s, m, d, g')."""
+    gp = regularized_grad(g, s, grad_factor, weight_decay, trust, WD_AFTER_MOMENTUM)
+    d = gp
+    if MOMENTUM:
+        m = tl.where(first, gp, momentum * m + (1.0 - dampening) * gp)
+        if NESTEROV:
+            d = gp + momentum * m
+        else:
+            d = m
+    if WD_AFTER_MOMENTUM:
+        d += weight_decay * s
+    s = s - lr * d
+    return s, m, d, gp
+
+
+@triton.jit
+def noise_normal(seed, step, index, element):
+    """Philox4x32-10 at counter (element lo, element hi, index, step), key seed; Box-Muller."""
+    c0 = (element & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (element >> 32).to(tl.uint32)
+    c2 = tl.zeros_like(c0) + index.to(tl.uint32)
+    c3 = tl.zeros_like(c0) + step.to(tl.uint32)
+    r0, r1, _, _ = tl.philox(seed, c0, c1, c2, c3)
+    n0, _ = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(r0), tl.uint_to_uniform_float(r1))
+    return n0
+
+
+# ---- the multi-tensor kernel ----------------------------------------------------------------------
+@triton.jit
+def _phase_kernel(table, numels, indices, block_tensor, block_start, trust_ptr, scale_ptr, found_inf_ptr,
+                  lr, gamma, momentum, dampening, weight_decay, sign, noise_std, seed,
+                  PHASE: tl.constexpr, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, MASTER: tl.constexpr,
+                  MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, WD_AFTER_MOMENTUM: tl.constexpr,
+                  EXTRAPOLATE_WITH_MOMENTUM: tl.constexpr, PAST_GRAD: tl.constexpr, HAS_TRUST: tl.constexpr,
+                  HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    t = tl.load(block_tensor + pid)
+    numel = tl.load(numels + t)
+    offs = tl.load(block_start + pid) + tl.arange(0, BLOCK).to(tl.int64)
+    mask = offs < numel
+    # table rows: x, g, s, m, step (addresses), one column per tensor
+    x_ptr = tl.load(table + 5 * t + 0).to(tl.pointer_type(X_DTYPE))
+    g_ptr = tl.load(table + 5 * t + 1).to(tl.pointer_type(X_DTYPE))
+    s_ptr = tl.load(table + 5 * t + 2).to(tl.pointer_type(S_DTYPE))
+    step_ptr = tl.load(table + 5 * t + 4).to(tl.pointer_type(tl.float32))
+
+    skip = False
+    if HAS_FOUND_INF:
+        skip = tl.load(found_inf_ptr) != 0
+    if skip:  # found_inf: only keep x consistent with the abandoned iteration (bucket.abandon)
+        if PHASE == 0:
+            if not MASTER:
+                tl.store(s_ptr + offs, tl.load(x_ptr + offs, mask=mask).to(S_DTYPE), mask=mask)
+        elif PHASE == 1:
+            tl.store(x_ptr + offs, tl.load(s_ptr + offs, mask=mask).to(X_DTYPE), mask=mask)
+    else:
+        grad_factor = sign
+        if HAS_SCALE:
+            grad_factor = sign / tl.load(scale_ptr).to(S_DTYPE)
+        trust = 1.0
+        if HAS_TRUST:
+            trust = tl.load(trust_ptr + t)
+        g = tl.load(g_ptr + offs, mask=mask).to(S_DTYPE)
+        m = tl.zeros_like(g)
+        if MOMENTUM:
+            m_ptr = tl.load(table + 5 * t + 3).to(tl.pointer_type(S_DTYPE))
+            m = tl.load(m_ptr + offs, mask=mask)
+        if PHASE == 0:  # extrapolate: s <- x; x <- s - gamma * e
+            if MASTER:
+                anchor = tl.load(s_ptr + offs, mask=mask)
+            else:
+                anchor = tl.load(x_ptr + offs, mask=mask).to(S_DTYPE)
+                tl.store(s_ptr + offs, anchor, mask=mask)
+            e = regularized_grad(g, anchor, grad_factor, weight_decay, trust, WD_AFTER_MOMENTUM)
+            if EXTRAPOLATE_WITH_MOMENTUM:
+                e += momentum * m
+            tl.store(x_ptr + offs, (anchor - gamma * e).to(X_DTYPE), mask=mask)
+        else:
+            step = tl.load(step_ptr)
+            anchor = tl.load(s_ptr + offs, mask=mask)
+            anchor, m, d, gp = base_update(anchor, m, g, lr, momentum, dampening, weight_decay, grad_factor,
+                                           trust, step <= 1.0, MOMENTUM, NESTEROV, WD_AFTER_MOMENTUM)
+            if MOMENTUM:
+                tl.store(m_ptr + offs, m, mask=mask)
+            if PHASE == 1:  # x <- s; a full-precision s is only the snapshot (or x itself)
+                if MASTER:
+                    tl.store(s_ptr + offs, anchor, mask=mask)
+                tl.store(x_ptr + offs, anchor.to(X_DTYPE), mask=mask)
+            elif PHASE == 2:  # past: x <- s - gamma * e
+                tl.store(s_ptr + offs, anchor, mask=mask)
+                if PAST_GRAD:
+                    x = anchor - gamma * gp
+                else:
+                    x = anchor - gamma * d
+                tl.store(x_ptr + offs, x.to(X_DTYPE), mask=mask)
+            else:  # noise: x <- s + sigma * xi
+                tl.store(s_ptr + offs, anchor, mask=mask)
+                xi = noise_normal(seed, step.to(tl.int64), tl.load(indices + t), offs).to(S_DTYPE)
+                tl.store(x_ptr + offs, (anchor + noise_std * xi).to(X_DTYPE), mask=mask)
+
+
+# ---- tables, cached -------------------------------------------------------------------------------
+_TABLES: OrderedDict = OrderedDict()
+_MAX_TABLES = 64
+
+
+def _tables(b: Bucket):
+    """(address table, numels, indices, block->tensor, block->first element, number of blocks)."""
+    momenta = b.momenta or b.anchors  # a placeholder column when there is no momentum
+    columns = (b.params, b.grads, b.anchors, momenta, b.steps)
+    key = (b.device, tuple(t.data_ptr() for column in columns for t in column), tuple(b.indices))
+    cached = _TABLES.get(key)
+    if cached is not None:
+        _TABLES.move_to_end(key)
+        return cached
+    addresses = torch.tensor([[t.data_ptr() for t in column] for column in columns], dtype=torch.int64)
+    numels = torch.tensor([p.numel() for p in b.params], dtype=torch.int64)
+    blocks = (numels + BLOCK - 1) // BLOCK
+    total = int(blocks.sum())
+    block_tensor = torch.repeat_interleave(torch.arange(len(b.params), dtype=torch.int32), blocks)
+    first_block = torch.cumsum(blocks, 0) - blocks
+    block_start = (torch.arange(total, dtype=torch.int64) - first_block[block_tensor.long()]) * BLOCK
+    device = b.device
+    cached = (addresses.t().contiguous().to(device), numels.to(device),
+              torch.tensor(b.indices, dtype=torch.int64, device=device), block_tensor.to(device),
+              block_start.to(device), total)
+    _TABLES[key] = cached
+    if len(_TABLES) > _MAX_TABLES:
+        _TABLES.popitem(last=False)
+    return cached
+
+
+def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
+          found_inf: Tensor | None = None) -> None:
+    table, numels, indices, block_tensor, block_start, total = _tables(b)
+    if total == 0:
+        return
+    trust = trust_ratios(phase, b, h, grad_scale) if h.lars else None
+    dummy = numels  # any device tensor, for pointer arguments that a constexpr switches off
+    seed = int(h.seed) & 0xFFFFFFFFFFFFFFFF
+    _phase_kernel[(total,)](
+        table, numels, indices, block_tensor, block_start,
+        trust if trust is not None else dummy, grad_scale if grad_scale is not None else dummy,
+        found_inf if found_inf is not None else dummy,
+        float(h.lr), float(h.gamma), float(h.momentum), float(h.dampening), float(h.weight_decay),
+        -1.0 if h.maximize else 1.0, float(h.noise_std), seed,
+        PHASE=int(phase), X_DTYPE=_DTYPES[b.dtype], S_DTYPE=_DTYPES[state_dtype(b.dtype)], MASTER=b.has_master,
+        MOMENTUM=bool(b.momenta), NESTEROV=bool(h.nesterov), WD_AFTER_MOMENTUM=bool(h.wd_after_momentum),
+        EXTRAPOLATE_WITH_MOMENTUM=bool(h.extrapolate_with_momentum), PAST_GRAD=bool(h.past_grad),
+        HAS_TRUST=trust is not None, HAS_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
+        BLOCK=BLOCK,
+    )
