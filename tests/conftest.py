@@ -72,3 +72,7 @@ def assert_within(actual: torch.Tensor, expected: torch.Tensor, atol, what: str)
                              f"(err {err.flatten()[i].item():.3g} > {bound.flatten()[i].item():.3g})")
 
 over_backends = pytest.mark.parametrize("backend", CPU_BACKENDS)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")

@@ -1,0 +1,84 @@
+"""GPU suite (marker `gpu`; skipped without CUDA): the `cuda` and `triton` backends on CUDA tensors
+against the reference, found_inf skip, determinism, and a tensor over 2**31 elements."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import extrap_kernels as ek
+
+from conftest import GPU_BACKENDS, assert_within, noise_tolerance, output_ulp, trajectory_tolerance
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not GPU_BACKENDS, reason="no CUDA device or GPU backend")]
+OPTIONS = [dict(mode=m, momentum=mu, nesterov=n, weight_decay=1e-3, lars=lars, noise_std=0.01, seed=3)
+           for m in ("past", "local", "noise") for mu in (0.0, 0.9) for n in (False, True) for lars in (False, True)
+           if not (n and mu == 0)]
+SIZES = [0, 1, 3, 4097, 65536 + 5, 300_001]
+
+
+def _run(params, exact, opt, oracle, local, steps=20, gen=None):
+    for _ in range(steps):
+        for _phase in range(2 if local else 1):
+            for p, q in zip(params, exact):
+                q.grad = torch.randn(q.shape, generator=gen, dtype=torch.float64).to(p.dtype).double()
+                p.grad = q.grad.to(device=p.device, dtype=p.dtype)
+            if local and _phase == 0:
+                opt.extrapolate()
+                oracle.extrapolate()
+            else:
+                opt.step()
+                oracle.step()
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
+def test_gpu_backend_matches_reference(backend, dtype, options):
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(n, generator=gen, dtype=torch.float64) for n in SIZES]
+    params = [torch.nn.Parameter(t.to(dtype).cuda()) for t in init]
+    exact = [torch.nn.Parameter(p.detach().cpu().double()) for p in params]
+    opt = ek.ExtrapSGD(params, lr=0.05, backend=backend, **options)
+    oracle = ek.ExtrapSGD(exact, lr=0.05, backend="reference", **options)
+    _run(params, exact, opt, oracle, options["mode"] == "local", gen=gen)
+    tol = trajectory_tolerance(dtype, 20, 8.0, options["momentum"], max(SIZES) if options["lars"] else 0)
+    tol += noise_tolerance(0.01) if options["mode"] == "noise" else 0.0
+    for p, q in zip(params, exact):
+        assert_within(p.detach().cpu(), q.detach(), tol + output_ulp(dtype, q.detach()), "param")
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_found_inf_and_determinism(backend):
+    def trained(seed):
+        torch.manual_seed(seed)
+        params = [torch.nn.Parameter(torch.randn(n, device="cuda")) for n in (7, 70_000)]
+        opt = ek.ExtrapSGD(params, lr=0.1, momentum=0.9, mode="noise", noise_std=0.1, seed=9, backend=backend)
+        for _ in range(5):
+            for p in params:
+                p.grad = torch.randn_like(p)
+            opt.step()
+        return opt, params
+
+    opt_a, a = trained(1)
+    _, b = trained(1)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    before = [p.detach().clone() for p in a]
+    state = {k: v.clone() for k, v in opt_a.state[a[1]].items()}
+    for p in a:
+        p.grad = torch.full_like(p, float("inf"))
+    opt_a.step(found_inf=torch.ones(1, device="cuda"))
+    assert all(torch.equal(x, y) for x, y in zip(before, a))
+    assert all(torch.equal(v, opt_a.state[a[1]][k]) for k, v in state.items())
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_tensor_over_2_pow_31(backend):
+    numel = 2**31 + 1024
+    free, _ = torch.cuda.mem_get_info()
+    if free < numel * 2 * 6:  # bf16 x, g; fp32 s, m
+        pytest.skip("not enough GPU memory")
+    p = torch.nn.Parameter(torch.zeros(numel, dtype=torch.bfloat16, device="cuda"))
+    p.grad = torch.ones_like(p)
+    opt = ek.ExtrapSGD([p], lr=0.5, gamma=0.0, momentum=0.9, backend=backend)
+    opt.step()
+    assert float(p[-1]) == -0.5 and float(p[0]) == -0.5 and float(p[2**31 + 3]) == -0.5
