@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "extrap_math.h"
@@ -47,6 +48,23 @@ Hyper<acc> make_hyper(const Launch& L, double inv_scale) {
   h.past_grad = L.past_grad;
   h.seed = static_cast<uint64_t>(L.seed);
   return h;
+}
+
+// Calls f(phase, momentum) with both as compile-time constants (std::integral_constant), so that each
+// launcher instantiates its loops once per phase and momentum on/off.
+template <typename F>
+void with_phase(const Launch& L, F&& f) {
+  auto run = [&](auto phase) {
+    if (L.momenta.empty()) return f(phase, std::false_type{});
+    return f(phase, std::true_type{});
+  };
+  switch (L.phase) {
+    case kExtrapolate: return run(std::integral_constant<Phase, kExtrapolate>{});
+    case kUpdate: return run(std::integral_constant<Phase, kUpdate>{});
+    case kUpdatePast: return run(std::integral_constant<Phase, kUpdatePast>{});
+    case kUpdateNoise: return run(std::integral_constant<Phase, kUpdateNoise>{});
+    default: TORCH_CHECK(false, "extrap_kernels: unknown phase ", L.phase);
+  }
 }
 
 void apply_cpu(const Launch& L);

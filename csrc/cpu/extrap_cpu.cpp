@@ -106,24 +106,6 @@ void run_launch(const Launch& L, bool skip, double inv_scale) {
   });
 }
 
-template <typename scalar_t, typename acc>
-void dispatch_phase(const Launch& L, bool skip, double inv_scale) {
-  const bool mom = !L.momenta.empty();
-#define EXTRAP_CASE(P)                                                                   \
-  case P:                                                                                \
-    return mom ? run_launch<P, true, scalar_t, acc>(L, skip, inv_scale)                  \
-               : run_launch<P, false, scalar_t, acc>(L, skip, inv_scale);
-  switch (L.phase) {
-    EXTRAP_CASE(kExtrapolate)
-    EXTRAP_CASE(kUpdate)
-    EXTRAP_CASE(kUpdatePast)
-    EXTRAP_CASE(kUpdateNoise)
-    default:
-      TORCH_CHECK(false, "extrap_kernels: unknown phase ", L.phase);
-  }
-#undef EXTRAP_CASE
-}
-
 }  // namespace
 
 void apply_cpu(const Launch& L) {
@@ -132,7 +114,11 @@ void apply_cpu(const Launch& L) {
   const double inv_scale = L.grad_scale ? 1.0 / L.grad_scale->item<double>() : 1.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, L.params[0].scalar_type(), "extrap_cpu", [&] {
     using acc = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
-    dispatch_phase<scalar_t, acc>(L, skip, inv_scale);
+    with_phase(L, [&](auto phase, auto momentum) {
+      constexpr Phase P = decltype(phase)::value;
+      constexpr bool M = decltype(momentum)::value;
+      run_launch<P, M, scalar_t, acc>(L, skip, inv_scale);
+    });
   });
 }
 

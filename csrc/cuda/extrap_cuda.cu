@@ -109,23 +109,6 @@ void launch_phase(const Launch& L) {
   });
 }
 
-template <typename scalar_t, typename acc>
-void dispatch_phase(const Launch& L) {
-  const bool mom = !L.momenta.empty();
-#define EXTRAP_CASE(P) \
-  case P:              \
-    return mom ? launch_phase<P, true, scalar_t, acc>(L) : launch_phase<P, false, scalar_t, acc>(L);
-  switch (L.phase) {
-    EXTRAP_CASE(kExtrapolate)
-    EXTRAP_CASE(kUpdate)
-    EXTRAP_CASE(kUpdatePast)
-    EXTRAP_CASE(kUpdateNoise)
-    default:
-      TORCH_CHECK(false, "extrap_kernels: unknown phase ", L.phase);
-  }
-#undef EXTRAP_CASE
-}
-
 }  // namespace
 
 void apply_cuda(const Launch& L) {
@@ -134,7 +117,11 @@ void apply_cuda(const Launch& L) {
   TORCH_CHECK(!L.found_inf || L.found_inf->scalar_type() == at::kFloat, "found_inf must be float32");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, L.params[0].scalar_type(), "extrap_cuda", [&] {
     using acc = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
-    dispatch_phase<scalar_t, acc>(L);
+    with_phase(L, [&](auto phase, auto momentum) {
+      constexpr Phase P = decltype(phase)::value;
+      constexpr bool M = decltype(momentum)::value;
+      launch_phase<P, M, scalar_t, acc>(L);
+    });
   });
 }
 
