@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 SOURCES := setup.py $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 PYTEST_ARGS ?=
 
-.PHONY: test demo build cmake-check cuda-check clean
+.PHONY: test demo build cmake-check cuda-check cuda-torch-check clean
 
 $(VENV)/.deps: requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,5 +48,28 @@ cuda-check: $(VENV)/.deps
 	    -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 $$f -o build/nvcc/$$(basename $$f).o; \
 	done
 
+# The whole CUDA extension (setup.py's CUDAExtension: C++ and CUDA objects, linked) built against the
+# CUDA build of torch $(TORCH_VERSION) in its own virtualenv, then imported. That torch comes from PyPI, so
+# the machine's CPU wheel (pip's find-links) is kept out; its nvidia packages bring the cu13 headers
+# (cublas, cusparse) that torch's CUDA headers name and /usr/local/cuda lacks. No GPU needed.
+CUDA_VENV ?= .venv-cuda
+CUDA_HOME ?= /usr/local/cuda
+$(CUDA_VENV)/.deps:
+	test -x $(CUDA_VENV)/bin/python || $(PYTHON) -m venv $(CUDA_VENV)
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(CUDA_VENV)/bin/pip install --quiet \
+	  --disable-pip-version-check torch==$(TORCH_VERSION) numpy pybind11 ninja setuptools
+	$(CUDA_VENV)/bin/python -c "import torch; assert torch.version.cuda, torch.__version__; print('torch', torch.__version__)"
+	touch $@
+
+cuda-torch-check: $(CUDA_VENV)/.deps
+	rm -rf build/cuda-torch
+	set -e; cu13=$$($(CUDA_VENV)/bin/python -c "import nvidia, os; print(os.path.join(nvidia.__path__[0], 'cu13', 'include'))"); \
+	CPATH=$$cu13 CUDA_HOME=$(CUDA_HOME) EXTRAP_FORCE_CUDA=1 $(CUDA_VENV)/bin/python setup.py --quiet build_ext \
+	  --build-lib build/cuda-torch/lib --build-temp build/cuda-torch/tmp > build/cuda-torch.log 2>&1 \
+	  || (tail -50 build/cuda-torch.log; exit 1)
+	readelf -S build/cuda-torch/lib/extrap_kernels/_C*.so | grep -q nv_fatbin
+	cd build/cuda-torch/lib && ../../../$(CUDA_VENV)/bin/python -c "import torch, extrap_kernels._C as C; \
+	assert C.has_cuda; print('CUDA extension built and imported against torch', torch.__version__, C.__file__)"
+
 clean:
-	rm -rf build $(VENV) extrap_kernels/*.so *.egg-info
+	rm -rf build $(VENV) $(CUDA_VENV) extrap_kernels/*.so *.egg-info

@@ -38,7 +38,7 @@ def _extension():
         cpu_sources + sorted(glob.glob("csrc/cuda/*.cu")),
         include_dirs=include,
         define_macros=[("EXTRAP_WITH_CUDA", None)],
-        extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]},
+        extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "-diag-suppress", "3306"]},
     )
 
 

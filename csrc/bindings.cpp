@@ -3,6 +3,8 @@
 // checks are the last line, so that no kernel ever runs on a malformed bucket.
 #include <torch/extension.h>
 
+#include <utility>
+
 #include "launch.h"
 
 namespace extrap {
@@ -45,6 +47,8 @@ void check_launch(const Launch& L) {
     check(L.steps[i], at::kFloat, 1, "step", i);
   }
   if (L.trust) check(*L.trust, sdtype, static_cast<int64_t>(n), "trust", 0);
+  if (L.lr_tensor) check(*L.lr_tensor, sdtype, 1, "lr tensor", 0);
+  if (L.gamma_tensor) check(*L.gamma_tensor, sdtype, 1, "gamma tensor", 0);
   if (L.grad_scale) TORCH_CHECK(L.grad_scale->numel() == 1, "extrap_kernels: grad_scale must have one element");
   if (L.found_inf) TORCH_CHECK(L.found_inf->numel() == 1, "extrap_kernels: found_inf must have one element");
 }
@@ -55,7 +59,7 @@ void apply(int64_t phase, std::vector<at::Tensor> params, std::vector<at::Tensor
            double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
            bool wd_after_momentum, bool extrapolate_with_momentum, bool past_grad, double noise_std,
            int64_t seed, std::optional<at::Tensor> grad_scale, std::optional<at::Tensor> found_inf,
-           int64_t stream) {
+           int64_t stream, std::optional<at::Tensor> lr_tensor, std::optional<at::Tensor> gamma_tensor) {
   Launch L;
   L.phase = phase;
   L.params = std::move(params);
@@ -80,9 +84,15 @@ void apply(int64_t phase, std::vector<at::Tensor> params, std::vector<at::Tensor
   L.grad_scale = std::move(grad_scale);
   L.found_inf = std::move(found_inf);
   L.stream = stream;
+  L.lr_tensor = std::move(lr_tensor);
+  L.gamma_tensor = std::move(gamma_tensor);
   check_launch(L);
   if (L.params.empty()) return;
-  if (L.params[0].is_cpu()) return apply_cpu(L);
+  if (L.params[0].is_cpu()) {  // host memory: the rates are read here, the kernel takes numbers
+    if (L.lr_tensor) L.lr = std::exchange(L.lr_tensor, std::nullopt)->item<double>();
+    if (L.gamma_tensor) L.gamma = std::exchange(L.gamma_tensor, std::nullopt)->item<double>();
+    return apply_cpu(L);
+  }
 #ifdef EXTRAP_WITH_CUDA
   if (L.params[0].is_cuda()) return apply_cuda(L);
 #endif
@@ -121,7 +131,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"),
         py::arg("maximize"), py::arg("wd_after_momentum"), py::arg("extrapolate_with_momentum"),
         py::arg("past_grad"), py::arg("noise_std"), py::arg("seed"), py::arg("grad_scale"),
-        py::arg("found_inf"), py::arg("stream") = 0);
+        py::arg("found_inf"), py::arg("stream") = 0, py::arg("lr_tensor") = py::none(),
+        py::arg("gamma_tensor") = py::none());
   m.def("noise", &extrap::noise, "Philox bits and normals of one parameter (test hook)", py::arg("seed"),
         py::arg("step"), py::arg("index"), py::arg("numel"));
 #ifdef EXTRAP_WITH_CUDA

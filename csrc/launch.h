@@ -23,6 +23,10 @@ struct Launch {
   std::vector<int64_t> indices;     // parameter index in the optimizer, keys the noise
   std::optional<at::Tensor> trust;  // per-tensor LARS ratio, the dtype of s
   double lr = 0, gamma = 0, momentum = 0, dampening = 0, weight_decay = 0, noise_std = 0;
+  // Capturable rates: lr and gamma held as one-element device tensors of the state dtype, read by the
+  // kernel itself, so that a captured CUDA graph replays with their current values. When set they
+  // replace `lr` / `gamma` (a CPU launch reads them on the host: see bindings.cpp).
+  std::optional<at::Tensor> lr_tensor, gamma_tensor;
   bool nesterov = false, maximize = false, wd_after_momentum = false;
   bool extrapolate_with_momentum = false, past_grad = false;
   int64_t seed = 0;

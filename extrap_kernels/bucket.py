@@ -47,6 +47,15 @@ class Hyper:
     noise_std: float = 0.0
     seed: int = 0
 
+    def rate(self, name: str, bucket: "Bucket") -> tuple[float, Tensor | None]:
+        """`lr` or `gamma` as a fused kernel takes it: a number, or (capturable) a one-element tensor of
+        the bucket's state dtype on its device, which the kernel reads when it runs. Reading a device
+        tensor's value here would synchronize the host and freeze the value into a captured graph."""
+        value = getattr(self, name)
+        if not isinstance(value, Tensor):
+            return float(value), None
+        return 0.0, value.detach().to(device=bucket.device, dtype=state_dtype(bucket.dtype)).reshape(1)
+
 
 @dataclass
 class Bucket:

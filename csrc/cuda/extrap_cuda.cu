@@ -2,7 +2,8 @@
 // (one per 36 tensors or 320 chunks). Each block walks one 65536-element chunk, four elements per
 // thread per iteration, with 16-byte vector loads and stores where every pointer is aligned. The
 // per-element math is csrc/extrap_math.h's phase_element, the same code the CPU kernel runs.
-// grad_scale and found_inf are read on the device: a skipped step costs no host synchronization.
+// grad_scale and found_inf are read on the device: a skipped step costs no host synchronization; so are
+// lr and gamma when given as device tensors, which makes a step capturable in a CUDA graph.
 // The stream and the current device come from the Python side (torch.cuda), so this file needs only
 // ATen's host headers and the CUDA runtime.
 #include <ATen/Dispatch.h>
@@ -31,7 +32,8 @@ __device__ __forceinline__ bool aligned(const void* p) {
 
 template <Phase P, bool kMomentum, typename scalar_t, typename acc>
 __global__ void __launch_bounds__(kThreads) phase_kernel(TensorTable table, Hyper<acc> h, const acc* trust,
-                                                         const float* grad_scale, const float* found_inf) {
+                                                         const float* grad_scale, const float* found_inf,
+                                                         const acc* lr, const acc* gamma) {
   constexpr bool kMaster = !std::is_same<scalar_t, acc>::value;
   const int entry = table.block_tensor[blockIdx.x];
   const int64_t begin = static_cast<int64_t>(table.block_chunk[blockIdx.x]) * kChunkSize;
@@ -42,6 +44,8 @@ __global__ void __launch_bounds__(kThreads) phase_kernel(TensorTable table, Hype
   auto* m = static_cast<acc*>(table.m[entry]);
   const bool skip = found_inf != nullptr && *found_inf != 0.0f;
   if (grad_scale != nullptr) h.grad_factor /= static_cast<acc>(*grad_scale);
+  if (lr != nullptr) h.lr = *lr;  // capturable: the rates as they are when the kernel runs
+  if (gamma != nullptr) h.gamma = *gamma;
   const float step = *table.step[entry];
   const TensorArgs<acc> t{trust != nullptr ? trust[table.tensor[entry]] : acc(1), step <= 1.0f,
                           static_cast<uint32_t>(step), table.index[entry]};
@@ -100,10 +104,12 @@ void launch_phase(const Launch& L) {
   const acc* trust = L.trust ? L.trust->data_ptr<acc>() : nullptr;
   const float* grad_scale = L.grad_scale ? L.grad_scale->data_ptr<float>() : nullptr;
   const float* found_inf = L.found_inf ? L.found_inf->data_ptr<float>() : nullptr;
+  const acc* lr = L.lr_tensor ? L.lr_tensor->data_ptr<acc>() : nullptr;
+  const acc* gamma = L.gamma_tensor ? L.gamma_tensor->data_ptr<acc>() : nullptr;
   auto stream = reinterpret_cast<cudaStream_t>(L.stream);
   multi_tensor_apply(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, [&](TensorTable& table, int blocks) {
     phase_kernel<P, kMomentum, scalar_t, acc><<<blocks, kThreads, 0, stream>>>(table, h, trust, grad_scale,
-                                                                                found_inf);
+                                                                                found_inf, lr, gamma);
     const cudaError_t err = cudaGetLastError();
     TORCH_CHECK(err == cudaSuccess, "extrap_kernels: CUDA launch failed: ", cudaGetErrorString(err));
   });

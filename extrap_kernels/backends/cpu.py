@@ -18,11 +18,13 @@ def launch(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None, found_i
            stream: int = 0) -> None:
     """Hands one bucket to the extension, which checks it and runs the launcher of its device."""
     trust = trust_ratios(phase, b, h, grad_scale) if h.lars else None
+    (lr, lr_tensor), (gamma, gamma_tensor) = h.rate("lr", b), h.rate("gamma", b)
     _ext.load().apply(
         int(phase), b.params, b.grads, b.anchors, b.momenta, b.steps, b.indices, trust,
-        float(h.lr), float(h.gamma), float(h.momentum), float(h.dampening), float(h.weight_decay),
+        lr, gamma, float(h.momentum), float(h.dampening), float(h.weight_decay),
         bool(h.nesterov), bool(h.maximize), bool(h.wd_after_momentum), bool(h.extrapolate_with_momentum),
         bool(h.past_grad), float(h.noise_std), _as_int64(h.seed), grad_scale, found_inf, stream,
+        lr_tensor, gamma_tensor,
     )
 
 

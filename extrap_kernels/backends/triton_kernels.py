@@ -68,11 +68,12 @@ def noise_normal(seed, step, index, element):
 # ---- the multi-tensor kernel ----------------------------------------------------------------------
 @triton.jit
 def _phase_kernel(table, numels, indices, block_tensor, block_start, trust_ptr, scale_ptr, found_inf_ptr,
-                  lr, gamma, momentum, dampening, weight_decay, sign, noise_std, seed,
+                  lr, gamma, lr_ptr, gamma_ptr, momentum, dampening, weight_decay, sign, noise_std, seed,
                   PHASE: tl.constexpr, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, MASTER: tl.constexpr,
                   MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, WD_AFTER_MOMENTUM: tl.constexpr,
                   EXTRAPOLATE_WITH_MOMENTUM: tl.constexpr, PAST_GRAD: tl.constexpr, HAS_TRUST: tl.constexpr,
-                  HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr, BLOCK: tl.constexpr):
+                  HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr, LR_TENSOR: tl.constexpr,
+                  GAMMA_TENSOR: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     t = tl.load(block_tensor + pid)
     numel = tl.load(numels + t)
@@ -94,6 +95,10 @@ def _phase_kernel(table, numels, indices, block_tensor, block_start, trust_ptr, 
         elif PHASE == 1:
             tl.store(x_ptr + offs, tl.load(s_ptr + offs, mask=mask).to(X_DTYPE), mask=mask)
     else:
+        if LR_TENSOR:  # capturable: the rates as they are when the kernel runs
+            lr = tl.load(lr_ptr)
+        if GAMMA_TENSOR:
+            gamma = tl.load(gamma_ptr)
         grad_factor = sign
         if HAS_SCALE:
             grad_factor = sign / tl.load(scale_ptr).to(S_DTYPE)
@@ -178,15 +183,17 @@ def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
     trust = trust_ratios(phase, b, h, grad_scale) if h.lars else None
     dummy = numels  # any device tensor, for pointer arguments that a constexpr switches off
     seed = int(h.seed) & 0xFFFFFFFFFFFFFFFF
+    (lr, lr_tensor), (gamma, gamma_tensor) = h.rate("lr", b), h.rate("gamma", b)
     _phase_kernel[(total,)](
         table, numels, indices, block_tensor, block_start,
         trust if trust is not None else dummy, grad_scale if grad_scale is not None else dummy,
         found_inf if found_inf is not None else dummy,
-        float(h.lr), float(h.gamma), float(h.momentum), float(h.dampening), float(h.weight_decay),
+        lr, gamma, lr_tensor if lr_tensor is not None else dummy,
+        gamma_tensor if gamma_tensor is not None else dummy, float(h.momentum), float(h.dampening), float(h.weight_decay),
         -1.0 if h.maximize else 1.0, float(h.noise_std), seed,
         PHASE=int(phase), X_DTYPE=_DTYPES[b.dtype], S_DTYPE=_DTYPES[state_dtype(b.dtype)], MASTER=b.has_master,
         MOMENTUM=bool(b.momenta), NESTEROV=bool(h.nesterov), WD_AFTER_MOMENTUM=bool(h.wd_after_momentum),
         EXTRAPOLATE_WITH_MOMENTUM=bool(h.extrapolate_with_momentum), PAST_GRAD=bool(h.past_grad),
         HAS_TRUST=trust is not None, HAS_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
-        BLOCK=BLOCK,
+        LR_TENSOR=lr_tensor is not None, GAMMA_TENSOR=gamma_tensor is not None, BLOCK=BLOCK,
     )
