@@ -1,7 +1,7 @@
 // The CUDA launcher: every phase is one pass over memory, as few launches as multi_tensor_apply needs
-// (one per 36 tensors or 320 chunks). Each block walks one 65536-element chunk, four elements per
-// thread per iteration, with 16-byte vector loads and stores where every pointer is aligned. The
-// per-element math is csrc/extrap_math.h's phase_element, the same code the CPU kernel runs.
+// (one per 192 tensors or 2560 chunks). Each block walks one 65536-element chunk, a 16-byte vector of
+// the parameter dtype per thread per iteration, with vector loads and stores where every pointer is
+// aligned. The per-element math is csrc/extrap_math.h's phase_element, the same code the CPU kernel runs.
 // grad_scale and found_inf are read on the device: a skipped step costs no host synchronization; so are
 // lr and gamma when given as device tensors, which makes a step capturable in a CUDA graph.
 // The stream and the current device come from the Python side (torch.cuda), so this file needs only
@@ -18,16 +18,19 @@ namespace extrap {
 namespace {
 
 constexpr int kThreads = 512;
-constexpr int kVec = 4;  // elements per thread per iteration
+// Elements per thread per iteration: a 16-byte load of the parameter dtype (4 fp32, 8 bf16/fp16; fp64
+// takes 4, two 16-byte loads). The fp32 state of a 16-bit parameter then moves in 32-byte pieces.
+template <typename scalar_t>
+constexpr int kVectorWidth = sizeof(scalar_t) >= 4 ? 4 : 16 / static_cast<int>(sizeof(scalar_t));
 
-template <typename T>
-struct alignas(sizeof(T) * kVec) Vec {
-  T v[kVec];
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Vec {
+  T v[N];
 };
 
-template <typename T>
+template <typename T, int N>
 __device__ __forceinline__ bool aligned(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * kVec) == 0;
+  return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * N) == 0;
 }
 
 template <Phase P, bool kMomentum, typename scalar_t, typename acc>
@@ -62,27 +65,30 @@ __global__ void __launch_bounds__(kThreads) phase_kernel(TensorTable table, Hype
   const bool store_m = !skip && stores_momentum<P, kMomentum>();
   const bool store_x = !skip || skip_stores_param<P>();
 
-  const bool vector = aligned<scalar_t>(x) && aligned<scalar_t>(g) && aligned<acc>(s) &&
-                      (!kMomentum || aligned<acc>(m));
+  constexpr int kVec = kVectorWidth<scalar_t>;
+  using XVec = Vec<scalar_t, kVec>;
+  using SVec = Vec<acc, kVec>;
+  const bool vector = aligned<scalar_t, kVec>(x) && aligned<scalar_t, kVec>(g) && aligned<acc, kVec>(s) &&
+                      (!kMomentum || aligned<acc, kVec>(m));
   int64_t tail = begin;
   if (vector) {
     const int64_t vector_end = begin + (end - begin) / kVec * kVec;
     for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * kVec; i < vector_end;
          i += static_cast<int64_t>(kThreads) * kVec) {
-      Vec<scalar_t> xr = *reinterpret_cast<const Vec<scalar_t>*>(x + i);
-      const Vec<scalar_t> gr = *reinterpret_cast<const Vec<scalar_t>*>(g + i);
-      Vec<acc> sr = *reinterpret_cast<const Vec<acc>*>(s + i);
-      Vec<acc> mr{};
-      if (kMomentum) mr = *reinterpret_cast<const Vec<acc>*>(m + i);
+      XVec xr = *reinterpret_cast<const XVec*>(x + i);
+      const XVec gr = *reinterpret_cast<const XVec*>(g + i);
+      SVec sr = *reinterpret_cast<const SVec*>(s + i);
+      SVec mr{};
+      if (kMomentum) mr = *reinterpret_cast<const SVec*>(m + i);
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
         acc xv = static_cast<acc>(xr.v[k]);
         element(xv, static_cast<acc>(gr.v[k]), sr.v[k], mr.v[k], i + k);
         xr.v[k] = static_cast<scalar_t>(xv);
       }
-      if (store_x) *reinterpret_cast<Vec<scalar_t>*>(x + i) = xr;
-      if (store_s) *reinterpret_cast<Vec<acc>*>(s + i) = sr;
-      if (store_m) *reinterpret_cast<Vec<acc>*>(m + i) = mr;
+      if (store_x) *reinterpret_cast<XVec*>(x + i) = xr;
+      if (store_s) *reinterpret_cast<SVec*>(s + i) = sr;
+      if (store_m) *reinterpret_cast<SVec*>(m + i) = mr;
     }
     tail = vector_end;
   }
