@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 SOURCES := setup.py $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 PYTEST_ARGS ?=
 
-.PHONY: test demo build cmake-check cuda-check cuda-torch-check clean
+.PHONY: test demo build bench bench-micro cmake-check cuda-check cuda-torch-check clean
 
 $(VENV)/.deps: requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -73,3 +73,11 @@ cuda-torch-check: $(CUDA_VENV)/.deps
 
 clean:
 	rm -rf build $(VENV) $(CUDA_VENV) extrap_kernels/*.so *.egg-info
+
+# Benchmarks (benchmarks/): the full table, JSON and plot for this machine's device, written under
+# benchmarks/results/; and the pytest-benchmark micro-benchmarks of the CPU backend.
+bench: build
+	$(PY) -m benchmarks.bench $(BENCH_ARGS)
+
+bench-micro: build
+	$(PY) -m pytest benchmarks -q --benchmark-only $(PYTEST_ARGS)

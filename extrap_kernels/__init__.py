@@ -5,9 +5,10 @@
 from . import backends, functional, reference
 from .bucket import Bucket, Hyper, Phase
 from .optimizer import ExtrapSGD, FusedOptimizer, FusedSGD
+from .distributed import train_step
 
 __all__ = ["ExtrapSGD", "FusedSGD", "FusedOptimizer", "Bucket", "Hyper", "Phase", "backends",
-           "functional", "reference", "available_backends"]
+           "functional", "reference", "available_backends", "train_step"]
 __version__ = "0.1.0"
 
 

@@ -1,0 +1,1 @@
+"""Optimizer-step benchmarks: `python -m benchmarks.bench` (or `make bench`)."""

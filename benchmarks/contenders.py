@@ -1,0 +1,94 @@
+"""Who is timed: our backends in each mode, what users run today, and what they would write themselves.
+
+A contender builds an optimizer over a parameter list and returns the function that does one full
+iteration's optimizer work (both phases in mode "local"). `floor_bytes` is SPEC.md's traffic per
+element for that work, the numerator of the time floor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+import extrap_kernels as ek
+from extrap_kernels.bucket import state_dtype
+
+LR, GAMMA, MOMENTUM = 0.01, 0.01, 0.9
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    mode: str  # "past", "local" or "sgd" (plain momentum SGD)
+    make: Callable[[list[torch.Tensor]], Callable[[], None]]
+    baseline: str = ""  # "torch-fused" / "foreach-extrap": the rows that ratios are taken against
+
+
+def floor_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
+    """SPEC.md, "Traffic per element", with momentum on; x and g in `dtype`, s and m in the state dtype.
+    past: read s g m, write s m x. local: extrapolate reads x g (16-bit: s g), writes s x (16-bit: x);
+    step reads s g m, writes m x (16-bit: and s). sgd (torch's step on the parameters themselves, no
+    master copy): read x g m, write x m, m in the parameter dtype."""
+    x = torch.empty((), dtype=dtype).element_size()
+    s = torch.empty((), dtype=state_dtype(dtype)).element_size()
+    sixteen_bit = master and s != x
+    if mode == "past":
+        return 2 * x + 4 * s
+    if mode == "local":
+        extrapolate = s + 2 * x if sixteen_bit else 2 * x + 2 * s
+        step = 2 * x + 3 * s + (s if sixteen_bit else 0)
+        return extrapolate + step
+    if mode == "sgd":
+        return 5 * x
+    raise ValueError(mode)
+
+
+def _ours(backend: str, mode: str):
+    def make(params):
+        opt = ek.ExtrapSGD(params, lr=LR, gamma=GAMMA, momentum=MOMENTUM, mode=mode, backend=backend)
+        if mode == "local":
+            def iteration():
+                opt.extrapolate()
+                opt.step()
+            return iteration
+        return opt.step
+    return make
+
+
+def _torch_sgd(**flags):
+    def make(params):
+        return torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, **flags).step
+    return make
+
+
+def _python_loop(params):
+    """Past-mode extrapolation as a per-parameter Python loop of torch ops (the SAM-style way):
+    m <- mu m + g; s <- s - lr m; x <- s - gamma m."""
+    state = [(p.detach().clone(memory_format=torch.contiguous_format).float(), torch.zeros_like(p, dtype=torch.float32))
+             for p in params]
+
+    @torch.no_grad()
+    def step():
+        for p, (anchor, buf) in zip(params, state):
+            buf.mul_(MOMENTUM).add_(p.grad)
+            anchor.add_(buf, alpha=-LR)
+            p.copy_(anchor.add(buf, alpha=-GAMMA))
+    return step
+
+
+def contenders(device: str) -> list[Contender]:
+    """Every contender that runs on `device`, in table order."""
+    out = []
+    fused = ek.available_backends(device)
+    for backend in [b for b in ("cuda", "triton", "cpu") if b in fused]:
+        if device == "cpu" and backend == "triton":
+            continue  # the interpreter is a test vehicle, not a contender
+        out += [Contender(f"ours-{backend}", m, _ours(backend, m)) for m in ("past", "local")]
+    out += [Contender("ours-foreach", m, _ours("foreach", m), baseline="foreach-extrap")
+            for m in ("past", "local")]
+    out += [Contender("ours-reference", "past", _ours("reference", "past"))]
+    out += [Contender("torch-sgd-fused", "sgd", _torch_sgd(fused=True), baseline="torch-fused"),
+            Contender("torch-sgd-foreach", "sgd", _torch_sgd(foreach=True)),
+            Contender("python-loop-extrap", "past", _python_loop)]
+    return out
