@@ -1,0 +1,122 @@
+"""The large-batch experiment: for a task, a small-batch SGD baseline and, at a >= 16x larger batch,
+SGD, LARS and EXTRAP-SGD in each mode, over several seeds; a results table (mean +- std of the final
+test metric) and plots, written with the exact commands under --out.
+
+    python python/experiment.py --task digits --small 32 --large 512 --epochs 30 --seeds 0 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train  # noqa: E402
+
+CONFIGS = {  # name -> (batch: "small" or "large", harness arguments)
+    "SGD small batch": ("small", ["--optimizer", "sgd"]),
+    "SGD": ("large", ["--optimizer", "sgd"]),
+    "LARS": ("large", ["--optimizer", "lars"]),
+    "EXTRAP-SGD local": ("large", ["--optimizer", "extrap-sgd", "--mode", "local"]),
+    "EXTRAP-SGD past": ("large", ["--optimizer", "extrap-sgd", "--mode", "past"]),
+    "EXTRAP-SGD noise": ("large", ["--optimizer", "extrap-sgd", "--mode", "noise"]),
+}
+
+
+def commands(args) -> list[tuple[str, int, list[str]]]:
+    out = []
+    for name in args.configs:
+        batch, extra = CONFIGS[name]
+        size = args.small if batch == "small" else args.large
+        for seed in args.seeds:
+            argv = ["--task", args.task, "--batch-size", str(size), "--base-batch-size", str(args.small),
+                    "--epochs", str(args.epochs), "--seed", str(seed), "--out", str(Path(args.out) / "runs"),
+                    "--quiet", *extra, *args.extra]
+            if args.gamma is not None and "extrap-sgd" in extra:
+                argv += ["--gamma", str(args.gamma)]
+            out.append((name, seed, argv))
+    return out
+
+
+def summarize(results: dict[str, list[dict]]) -> str:
+    first = next(iter(results.values()))[0]
+    better = "higher" if first["higher_is_better"] else "lower"
+    lines = [f"| optimizer | batch | final {first['metric']} ({better} is better), mean ± std | "
+             f"best epoch mean | seeds | seconds/run |", "|---|---|---|---|---|---|"]
+    for name, runs in results.items():
+        final = [r["history"][-1]["metric"] for r in runs]
+        pick = max if first["higher_is_better"] else min
+        best = [pick(h["metric"] for h in r["history"]) for r in runs]
+        std = statistics.stdev(final) if len(final) > 1 else 0.0
+        lines.append(f"| {name} | {runs[0]['args']['batch_size']} | {statistics.mean(final):.4f} ± {std:.4f} | "
+                     f"{statistics.mean(best):.4f} | {len(runs)} | "
+                     f"{statistics.mean(r['history'][-1]['seconds'] for r in runs):.1f} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
+    """Train loss and test metric against epoch and against wall time, mean over seeds."""
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+    for name, runs in results.items():
+        epochs = min(len(r["history"]) for r in runs)
+        mean = lambda key: [statistics.mean(r["history"][e][key] for r in runs) for e in range(epochs)]  # noqa: E731
+        x = list(range(1, epochs + 1))
+        style = "--" if "small" in name else "-"
+        axes[0].plot(x, mean("train_loss"), style, label=name)
+        axes[1].plot(x, mean("metric"), style, label=name)
+        axes[2].plot(mean("seconds"), mean("metric"), style, label=name)
+    metric = next(iter(results.values()))[0]["metric"]
+    for ax, (xl, yl) in zip(axes, [("epoch", "train loss"), ("epoch", metric), ("wall seconds", metric)]):
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="digits")
+    p.add_argument("--small", type=int, default=32)
+    p.add_argument("--large", type=int, default=512)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--gamma", type=float, default=None)
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--out", default="python/results/digits")
+    p.add_argument("extra", nargs="*", help="more harness arguments after --, e.g. -- --lr 0.1")
+    args = p.parse_args(argv)
+    results: dict[str, list[dict]] = {}
+    ran = []
+    for name, seed, argv_ in commands(args):
+        print(f"[{name} seed {seed}] python python/train.py {shlex.join(argv_)}", flush=True)
+        results.setdefault(name, []).append(train.run(train.parser().parse_args(argv_)))
+        ran.append("python python/train.py " + shlex.join(argv_))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = summarize(results)
+    title = (f"{args.task}: batch {args.small} vs {args.large} ({args.large // args.small}x), "
+             f"{args.epochs} epochs, seeds {args.seeds}")
+    plot(results, out / "curves.png", title)
+    invocation = "python python/experiment.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    (out / "results.md").write_text(f"# {title}\n\n{table}\n\nReproduce: `{invocation}`\n\nRuns:\n\n" +
+                                    "\n".join(f"    {c}" for c in ran) + "\n")
+    (out / "results.json").write_text(json.dumps({k: [r["history"] for r in v] for k, v in results.items()}))
+    print(table)
+    print(f"wrote {out / 'results.md'} and {out / 'curves.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The training harness (python/train.py) end to end on the smallest task, and its error messages."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+pytest.importorskip("sklearn")
+import train  # noqa: E402
+
+
+@pytest.mark.parametrize("optimizer", [["--optimizer", "extrap-sgd", "--mode", "local"], ["--optimizer", "lars"],
+                                       ["--optimizer", "fused-sgd"], ["--optimizer", "sgd"]], ids=lambda a: a[1])
+def test_harness_trains_and_logs(tmp_path, optimizer):
+    args = train.parser().parse_args(["--task", "digits", "--epochs", "2", "--batch-size", "64",
+                                      "--out", str(tmp_path), "--quiet", *optimizer])
+    result = train.run(args)
+    logged = json.loads((tmp_path / f"{result['label']}.json").read_text())
+    assert [h["epoch"] for h in logged["history"]] == [1, 2]
+    assert logged["history"][-1]["train_loss"] < logged["history"][0]["train_loss"] * 1.5
+    assert 0.0 <= logged["history"][-1]["metric"] <= 1.0
+    assert (tmp_path / f"{result['label']}.csv").read_text().startswith("epoch,train_loss,metric")
+
+
+def test_lr_schedule_scales_warms_up_and_decays():
+    args = train.parser().parse_args(["--batch-size", "512", "--base-batch-size", "32", "--epochs", "10",
+                                      "--warmup-epochs", "2"])
+    factors = [train.lr_factor(args, it, per_epoch=10) for it in range(100)]
+    assert factors[0] == 1.0 and factors[20] == pytest.approx(16.0)  # linear scaling after warm-up
+    assert factors[10] == pytest.approx(8.5) and factors[-1] < 0.1  # half-way through warm-up; cosine end
+
+
+def test_cifar10_without_data_says_where_to_get_it(tmp_path):
+    args = train.parser().parse_args(["--task", "cifar10", "--data-dir", str(tmp_path), "--quiet"])
+    with pytest.raises(SystemExit, match="data_batch_1.*--data-dir"):
+        train.run(args)
