@@ -69,6 +69,7 @@ class Bucket:
     steps: list[Tensor]  # 0-dim float32; for update phases already counting this update
     indices: list[int]  # position of each parameter in the optimizer: keys the noise
     names: list[str] = field(default_factory=list)  # for error messages
+    shard_group: object = None  # FSDP2 + LARS: the process group whole-tensor norms are summed over
 
     @property
     def device(self) -> torch.device:

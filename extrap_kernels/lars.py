@@ -9,12 +9,22 @@ from torch import Tensor
 from .bucket import Bucket, Hyper, Phase, state_dtype
 
 
+def whole_tensor_norms(norms: Tensor, group) -> Tensor:
+    """Norms of sharded tensors (sharded.py) from their local shards' norms: one all-reduce of the squares."""
+    if group is None:
+        return norms
+    squares = norms.square()
+    torch.distributed.all_reduce(squares, group=group)
+    return squares.sqrt()
+
+
 def trust_ratios(phase: Phase, bucket: Bucket, h: Hyper, grad_scale: Tensor | None) -> Tensor:
     """trust[i] = coef * ||s_i|| / (||g_i|| + wd * ||s_i||), 1 where either norm is 0, clipped at 1
     with LARC; g is the unscaled gradient. A 1-D tensor of the bucket's state dtype."""
     dtype = state_dtype(bucket.dtype)
     s_norm = torch.stack(torch._foreach_norm(bucket.anchor_values(phase), 2, dtype=dtype))
     g_norm = torch.stack(torch._foreach_norm(bucket.grads, 2, dtype=dtype))
+    s_norm, g_norm = whole_tensor_norms(torch.stack([s_norm, g_norm]), bucket.shard_group)
     if grad_scale is not None:
         g_norm = g_norm / grad_scale.to(dtype)
     trust = h.trust_coefficient * s_norm / (g_norm + h.weight_decay * s_norm)

@@ -15,6 +15,7 @@ from torch.optim.optimizer import required
 from . import functional
 from .bucket import Bucket, Hyper, Phase, state_dtype
 from .functional import Work, check_hyperparameters, check_param, resolve_backend
+from .sharded import is_dtensor, local, shard_group
 
 _HYPER_KEYS = ("lr", "gamma", "momentum", "dampening", "weight_decay", "nesterov", "noise_std",
                "trust_coefficient", "mode", "past")
@@ -71,23 +72,28 @@ class FusedOptimizer(Optimizer):
                 if p.grad is not None:
                     by_key[(p.device, p.dtype)].append(p)
             for params in by_key.values():
-                grads = [p.grad for p in params]
-                backend = resolve_backend(self.backend, params, grads)
+                grads = [local(p.grad) for p in params]
+                backend = resolve_backend(self.backend, [local(p) for p in params], grads)
                 names = [f"param {index[p]} (shape {tuple(p.shape)})" for p in params]
                 for p, g, name in zip(params, grads, names):
-                    check_param(p, g, backend, name)
-                plan.append((group, phase, hyper, backend, params, names))
+                    check_param(local(p), g, backend, name)
+                    if phase == Phase.UPDATE_NOISE and is_dtensor(p):
+                        raise RuntimeError(f"{name}: mode='noise' keys its noise by element index and does not "
+                                           "support sharded (FSDP2) parameters; use mode 'local' or 'past'")
+                group_of_shards = shard_group(params, names) if hyper.lars else None
+                plan.append((group, phase, hyper, backend, params, names, group_of_shards))
         work = []
-        for group, phase, hyper, backend, params, names in plan:
+        for group, phase, hyper, backend, params, names, group_of_shards in plan:
             states = [self._init_state(p, group) for p in params]
-            bucket = Bucket(
-                params=params,
-                grads=[p.grad for p in params],
-                anchors=[st.get("anchor", p) for p, st in zip(params, states)],
-                momenta=[st["momentum_buffer"] for st in states] if group["momentum"] != 0 else [],
+            bucket = Bucket(  # the kernels see local tensors: FSDP2 shards step where they live
+                params=[local(p) for p in params],
+                grads=[local(p.grad) for p in params],
+                anchors=[local(st.get("anchor", p)) for p, st in zip(params, states)],
+                momenta=[local(st["momentum_buffer"]) for st in states] if group["momentum"] != 0 else [],
                 steps=[st["step"] for st in states],
                 indices=[index[p] for p in params],
                 names=names,
+                shard_group=group_of_shards,
             )
             work.append(Work(phase, bucket, hyper, backend))
         return work
@@ -142,7 +148,7 @@ class ExtrapSGD(FusedOptimizer):
                         noise_std=noise_std, seed=seed)
         check_hyperparameters(**defaults)
         super().__init__(params, defaults, backend)
-        self._extrapolated: set[int] | None = None  # ids of the parameters awaiting the local step()
+        self._extrapolated: set[int] | None = None  # indices of the parameters awaiting the local step()
 
     def _has_anchor(self, param: Tensor) -> bool:
         return True
@@ -174,7 +180,7 @@ class ExtrapSGD(FusedOptimizer):
             raise RuntimeError("extrapolate() called twice: call step() to finish the iteration first")
         work = self._gather(local, phase_of=Phase.EXTRAPOLATE)
         self._run(work, grad_scale, found_inf)
-        self._extrapolated = {id(p) for w in work for p in w.bucket.params}
+        self._extrapolated = {i for w in work for i in w.bucket.indices}
 
     @torch.no_grad()
     def step(self, closure=None, *, grad_scale: Tensor | None = None, found_inf: Tensor | None = None):
@@ -189,11 +195,11 @@ class ExtrapSGD(FusedOptimizer):
                 with torch.enable_grad():
                     closure()
         work = self._gather(self.param_groups)
-        local = [p for w in work if w.phase == Phase.UPDATE for p in w.bucket.params]
-        if local or self._extrapolated:
+        updated = {i for w in work if w.phase == Phase.UPDATE for i in w.bucket.indices}
+        if updated or self._extrapolated:
             if self._extrapolated is None:
                 raise RuntimeError("step() in mode='local' needs extrapolate() first (or pass a closure)")
-            if {id(p) for p in local} != self._extrapolated:
+            if updated != self._extrapolated:
                 raise RuntimeError("mode='local': the parameters with gradients at step() are not the "
                                    "ones extrapolated by extrapolate()")
         self._run(work, grad_scale, found_inf)

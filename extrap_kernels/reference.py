@@ -11,13 +11,15 @@ from torch import Tensor
 
 from . import philox
 from .bucket import Bucket, Hyper, Phase, abandon, state_dtype
+from .lars import whole_tensor_norms
 
 
-def lars_trust(s: Tensor, g: Tensor, h: Hyper) -> Tensor:
+def lars_trust(s: Tensor, g: Tensor, h: Hyper, shard_group=None) -> Tensor:
     """trust = coef * ||s|| / (||g|| + wd * ||s||), 1 where either norm is 0; LARC clips it at 1
-    (lr_eff = min(trust * eta, eta)). g is the unscaled gradient."""
-    s_norm = torch.linalg.vector_norm(s)
-    g_norm = torch.linalg.vector_norm(g)
+    (lr_eff = min(trust * eta, eta)). g is the unscaled gradient; s and g may be shards of the tensor
+    (FSDP2), whose squared norms are then summed over `shard_group`."""
+    s_norm, g_norm = whole_tensor_norms(torch.stack([torch.linalg.vector_norm(s), torch.linalg.vector_norm(g)]),
+                                        shard_group)
     trust = h.trust_coefficient * s_norm / (g_norm + h.weight_decay * s_norm)
     trust = torch.where((s_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust))
     if h.lars_clip:
@@ -25,12 +27,12 @@ def lars_trust(s: Tensor, g: Tensor, h: Hyper) -> Tensor:
     return trust
 
 
-def regularized_grad(g: Tensor, s: Tensor, h: Hyper, inv_scale: float) -> Tensor:
+def regularized_grad(g: Tensor, s: Tensor, h: Hyper, inv_scale: float, shard_group=None) -> Tensor:
     """g' = g * grad_scale_inv + wd * s (maximize: g -> -g), times the LARS trust ratio."""
     g = g * inv_scale
     if h.maximize:
         g = -g
-    trust = lars_trust(s, g, h) if h.lars else None
+    trust = lars_trust(s, g, h, shard_group) if h.lars else None
     if h.weight_decay != 0 and not h.wd_after_momentum:
         g = g + h.weight_decay * s
     if trust is not None:
@@ -65,7 +67,7 @@ def apply(phase: Phase, bucket: Bucket, h: Hyper, grad_scale: Tensor | None = No
         if phase == Phase.EXTRAPOLATE:
             # s <- x; x <- s - gamma * e(g), e = g' (+ mu * m, the buffer read only)
             anchor = (s if bucket.has_master else x).to(cd)
-            e = regularized_grad(g.to(cd), anchor, h, inv_scale)
+            e = regularized_grad(g.to(cd), anchor, h, inv_scale, bucket.shard_group)
             if h.extrapolate_with_momentum and m_value is not None:
                 e = e + h.momentum * m_value
             if not bucket.has_master:
@@ -73,7 +75,7 @@ def apply(phase: Phase, bucket: Bucket, h: Hyper, grad_scale: Tensor | None = No
             x.copy_(anchor - gamma * e)
             continue
         step = int(bucket.steps[i].item())
-        g_prime = regularized_grad(g.to(cd), s.to(cd), h, inv_scale)
+        g_prime = regularized_grad(g.to(cd), s.to(cd), h, inv_scale, bucket.shard_group)
         anchor, m_value, d = base_update(s.to(cd), m_value, g_prime, h, first=step <= 1)
         if m is not None:
             m.copy_(m_value)

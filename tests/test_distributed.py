@@ -4,7 +4,6 @@ communication hook); a rank that raises fails the test instead of hanging it."""
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import time
 from datetime import timedelta
@@ -12,11 +11,11 @@ from datetime import timedelta
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import extrap_kernels as ek
+from workers import free_port, spawn
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="no gloo")
 WORLD, ITERATIONS, BATCH = 2, 6, 8
@@ -64,22 +63,8 @@ def _worker(rank: int, port: int, out: str, mode: str, backend: str, fail_rank: 
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawn(mode: str, backend: str, out: str, fail_rank: int = -1) -> None:
-    """Runs the workers; raises if one fails, and kills them all if they outlive TIMEOUT_S."""
-    ctx = mp.start_processes(_worker, args=(_free_port(), out, mode, backend, fail_rank), nprocs=WORLD,
-                             join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            raise TimeoutError(f"DDP workers still running after {TIMEOUT_S} s")
+    spawn(_worker, (free_port(), out, mode, backend, fail_rank), WORLD, TIMEOUT_S)
 
 
 def _emulation(mode: str, backend: str) -> list[torch.Tensor]:
