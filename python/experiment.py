@@ -46,6 +46,19 @@ def commands(args) -> list[tuple[str, int, list[str]]]:
     return out
 
 
+def finished(argv: list[str]) -> dict | None:
+    """The log of an earlier run with exactly these arguments (so an interrupted experiment resumes)."""
+    args = train.parser().parse_args(argv)
+    log = Path(args.out) / f"{args.label or train.label_of(args)}.json"
+    if not log.is_file():
+        return None
+    result = json.loads(log.read_text())
+    if result["args"] != vars(args) or len(result["history"]) == 0:
+        return None
+    print(f"  reusing {log}", flush=True)
+    return result
+
+
 def summarize(results: dict[str, list[dict]]) -> str:
     first = next(iter(results.values()))[0]
     better = "higher" if first["higher_is_better"] else "lower"
@@ -102,7 +115,7 @@ def main(argv=None):
     ran = []
     for name, seed, argv_ in commands(args):
         print(f"[{name} seed {seed}] python python/train.py {shlex.join(argv_)}", flush=True)
-        results.setdefault(name, []).append(train.run(train.parser().parse_args(argv_)))
+        results.setdefault(name, []).append(finished(argv_) or train.run(train.parser().parse_args(argv_)))
         ran.append("python python/train.py " + shlex.join(argv_))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
