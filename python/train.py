@@ -2,6 +2,7 @@
 
     python python/train.py --task digits --optimizer extrap-sgd --mode local --batch-size 512 --epochs 30
     torchrun --nproc-per-node 2 python/train.py ...      # data-parallel (DDP; gloo on CPU, nccl on GPU)
+    torchrun --nproc-per-node 2 python/train.py --parallel fsdp2 ...   # sharded (FSDP2 fully_shard)
 
 The learning rate follows the linear scaling rule, lr = --lr * batch / --base-batch-size, reached by a
 linear warm-up from --lr over --warmup-epochs, then decays (cosine, step at 50%/75%, or constant).
@@ -50,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="auto", help="extrap_kernels backend for extrap-sgd/lars/fused-sgd")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--parallel", choices=("ddp", "fsdp2"), default="ddp",
+                   help="with several workers: DDP (replicated), or FSDP2 (parameters and state sharded)")
     p.add_argument("--data-dir", default=None, help="cifar10: the cifar-10-batches-py folder")
     p.add_argument("--out", default="out/runs")
     p.add_argument("--label", default=None, help="file name of the logs (default: from the arguments)")
@@ -71,6 +74,17 @@ def build_optimizer(args, params):
                             trust_coefficient=args.trust_coefficient, **common)
     return ek.ExtrapSGD(params, gamma=args.gamma, mode=args.mode, noise_std=args.noise_std, seed=args.seed,
                         **common)
+
+
+def wrap(model: torch.nn.Module, parallel: str, device: torch.device) -> torch.nn.Module:
+    """DDP, or FSDP2 with the whole model as one sharded group (FSDP2 has no no_sync: mode "local" there
+    extrapolates with the reduce-scattered gradient, see README)."""
+    if parallel == "ddp":
+        return torch.nn.parallel.DistributedDataParallel(model)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    return fully_shard(model, mesh=init_device_mesh(device.type, (dist.get_world_size(),)))
 
 
 def lr_factor(args, iteration: int, per_epoch: int) -> float:
@@ -109,7 +123,7 @@ def run(args) -> dict:
     task = TASKS[args.task](args)
     torch.manual_seed(args.seed)
     model = task.model().to(device)
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    net = wrap(model, args.parallel, device) if world > 1 else model
     optimizer = build_optimizer(args, model.parameters())
     per_epoch = len(task.train[1]) // args.batch_size
     if per_epoch == 0:

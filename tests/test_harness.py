@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -37,3 +39,24 @@ def test_cifar10_without_data_says_where_to_get_it(tmp_path):
     args = train.parser().parse_args(["--task", "cifar10", "--data-dir", str(tmp_path), "--quiet"])
     with pytest.raises(SystemExit, match="data_batch_1.*--data-dir"):
         train.run(args)
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
+def test_harness_under_torchrun(tmp_path, parallel):
+    """The documented data-parallel command: two workers on CPU (gloo), extrap-sgd in local mode."""
+    torch = pytest.importorskip("torch")
+    if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
+        pytest.skip("no gloo")
+    script = Path(__file__).resolve().parents[1] / "python" / "train.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+               "--task", "digits", "--parallel", parallel, "--optimizer", "extrap-sgd", "--mode", "local",
+               "--batch-size", "128", "--base-batch-size", "128", "--epochs", "2", "--quiet",
+               "--out", str(tmp_path), "--label", "run"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    logged = json.loads((tmp_path / "run.json").read_text())
+    assert logged["world_size"] == 2 and logged["args"]["parallel"] == parallel
+    assert [h["epoch"] for h in logged["history"]] == [1, 2]
+    assert logged["history"][1]["train_loss"] < logged["history"][0]["train_loss"]  # it learns
+    assert logged["history"][-1]["metric"] > 0.15  # 10 classes: above chance
