@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import statistics
 import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train  # noqa: E402
+from plot import plot  # noqa: E402
 
 CONFIGS = {  # name -> (batch: "small" or "large", harness arguments)
     "SGD small batch": ("small", ["--optimizer", "sgd"]),
@@ -53,7 +50,8 @@ def finished(argv: list[str]) -> dict | None:
     if not log.is_file():
         return None
     result = json.loads(log.read_text())
-    if result["args"] != vars(args) or len(result["history"]) == 0:
+    defaults = vars(train.parser().parse_args([]))  # for options added after the log was written
+    if any(result["args"].get(k, defaults[k]) != v for k, v in vars(args).items()) or not result["history"]:
         return None
     print(f"  reusing {log}", flush=True)
     return result
@@ -63,40 +61,18 @@ def summarize(results: dict[str, list[dict]]) -> str:
     first = next(iter(results.values()))[0]
     better = "higher" if first["higher_is_better"] else "lower"
     lines = [f"| optimizer | batch | final {first['metric']} ({better} is better), mean ± std | "
-             f"best epoch mean | seeds | seconds/run |", "|---|---|---|---|---|---|"]
+             f"best epoch mean | seeds | diverged | seconds/run |", "|---|---|---|---|---|---|---|"]
     for name, runs in results.items():
-        final = [r["history"][-1]["metric"] for r in runs]
+        final = [r["history"][-1]["metric"] for r in runs]  # nan where a run diverged
         pick = max if first["higher_is_better"] else min
-        best = [pick(h["metric"] for h in r["history"]) for r in runs]
+        best = [pick((h["metric"] for h in r["history"] if math.isfinite(h["metric"])), default=math.nan)
+                for r in runs]
         std = statistics.stdev(final) if len(final) > 1 else 0.0
+        diverged = sum(not math.isfinite(f) for f in final)
         lines.append(f"| {name} | {runs[0]['args']['batch_size']} | {statistics.mean(final):.4f} ± {std:.4f} | "
-                     f"{statistics.mean(best):.4f} | {len(runs)} | "
+                     f"{statistics.mean(best):.4f} | {len(runs)} | {diverged} | "
                      f"{statistics.mean(r['history'][-1]['seconds'] for r in runs):.1f} |")
     return "\n".join(lines)
-
-
-def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
-    """Train loss and test metric against epoch and against wall time, mean over seeds."""
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
-    for name, runs in results.items():
-        epochs = min(len(r["history"]) for r in runs)
-        mean = lambda key: [statistics.mean(r["history"][e][key] for r in runs) for e in range(epochs)]  # noqa: E731
-        x = list(range(1, epochs + 1))
-        style = "--" if "small" in name else "-"
-        axes[0].plot(x, mean("train_loss"), style, label=name)
-        axes[1].plot(x, mean("metric"), style, label=name)
-        axes[2].plot(mean("seconds"), mean("metric"), style, label=name)
-    metric = next(iter(results.values()))[0]["metric"]
-    for ax, (xl, yl) in zip(axes, [("epoch", "train loss"), ("epoch", metric), ("wall seconds", metric)]):
-        ax.set_xlabel(xl)
-        ax.set_ylabel(yl)
-        ax.grid(alpha=0.3)
-    axes[0].set_yscale("log")
-    axes[1].legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main(argv=None):
