@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 pytest.importorskip("sklearn")
+import plot  # noqa: E402
 import train  # noqa: E402
 
 
@@ -25,6 +26,18 @@ def test_harness_trains_and_logs(tmp_path, optimizer):
     assert logged["history"][-1]["train_loss"] < logged["history"][0]["train_loss"] * 1.5
     assert 0.0 <= logged["history"][-1]["metric"] <= 1.0
     assert (tmp_path / f"{result['label']}.csv").read_text().startswith("epoch,train_loss,metric")
+
+
+def test_plot_groups_seeds_and_draws(tmp_path):
+    for seed in (0, 1):
+        train.run(train.parser().parse_args(["--task", "digits", "--epochs", "1", "--batch-size", "256",
+                                             "--seed", str(seed), "--out", str(tmp_path), "--quiet"]))
+    logs = sorted(tmp_path.glob("*.json"))
+    assert [p.name for p in logs] == ["digits-sgd-b256-s0.json", "digits-sgd-b256-s1.json"]
+    groups = plot.group_by_config([json.loads(p.read_text()) for p in logs])
+    assert list(groups) == ["digits-sgd-b256"] and len(groups["digits-sgd-b256"]) == 2
+    plot.main([*map(str, logs), "--out", str(tmp_path / "curves.png")])
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
 
 
 def test_lr_schedule_scales_warms_up_and_decays():
