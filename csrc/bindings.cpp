@@ -53,39 +53,8 @@ void check_launch(const Launch& L) {
   if (L.found_inf) TORCH_CHECK(L.found_inf->numel() == 1, "extrap_kernels: found_inf must have one element");
 }
 
-void apply(int64_t phase, std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
-           std::vector<at::Tensor> anchors, std::vector<at::Tensor> momenta, std::vector<at::Tensor> steps,
-           std::vector<int64_t> indices, std::optional<at::Tensor> trust, double lr, double gamma,
-           double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
-           bool wd_after_momentum, bool extrapolate_with_momentum, bool past_grad, double noise_std,
-           int64_t seed, std::optional<at::Tensor> grad_scale, std::optional<at::Tensor> found_inf,
-           int64_t stream, std::optional<at::Tensor> lr_tensor, std::optional<at::Tensor> gamma_tensor) {
-  Launch L;
-  L.phase = phase;
-  L.params = std::move(params);
-  L.grads = std::move(grads);
-  L.anchors = std::move(anchors);
-  L.momenta = std::move(momenta);
-  L.steps = std::move(steps);
-  L.indices = std::move(indices);
-  L.trust = std::move(trust);
-  L.lr = lr;
-  L.gamma = gamma;
-  L.momentum = momentum;
-  L.dampening = dampening;
-  L.weight_decay = weight_decay;
-  L.nesterov = nesterov;
-  L.maximize = maximize;
-  L.wd_after_momentum = wd_after_momentum;
-  L.extrapolate_with_momentum = extrapolate_with_momentum;
-  L.past_grad = past_grad;
-  L.noise_std = noise_std;
-  L.seed = seed;
-  L.grad_scale = std::move(grad_scale);
-  L.found_inf = std::move(found_inf);
-  L.stream = stream;
-  L.lr_tensor = std::move(lr_tensor);
-  L.gamma_tensor = std::move(gamma_tensor);
+// Takes the launch by value: a CPU launch resolves its rate tensors into numbers on this copy.
+void apply(Launch L) {
   check_launch(L);
   if (L.params.empty()) return;
   if (L.params[0].is_cpu()) {  // host memory: the rates are read here, the kernel takes numbers
@@ -125,14 +94,36 @@ std::vector<at::Tensor> noise(int64_t seed, int64_t step, int64_t index, int64_t
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
   m.doc() = "extrap-kernels fused multi-tensor optimizer kernels";
+  // The launch is built field by field from Python (extrap_kernels/backends/cpu.py): names, not positions.
+  py::class_<extrap::Launch>(m, "Launch", "One multi-tensor launch: a bucket's tensors and hyperparameters")
+      .def(py::init<>())
+      .def_readwrite("phase", &extrap::Launch::phase)
+      .def_readwrite("params", &extrap::Launch::params)
+      .def_readwrite("grads", &extrap::Launch::grads)
+      .def_readwrite("anchors", &extrap::Launch::anchors)
+      .def_readwrite("momenta", &extrap::Launch::momenta)
+      .def_readwrite("steps", &extrap::Launch::steps)
+      .def_readwrite("indices", &extrap::Launch::indices)
+      .def_readwrite("trust", &extrap::Launch::trust)
+      .def_readwrite("lr", &extrap::Launch::lr)
+      .def_readwrite("gamma", &extrap::Launch::gamma)
+      .def_readwrite("momentum", &extrap::Launch::momentum)
+      .def_readwrite("dampening", &extrap::Launch::dampening)
+      .def_readwrite("weight_decay", &extrap::Launch::weight_decay)
+      .def_readwrite("noise_std", &extrap::Launch::noise_std)
+      .def_readwrite("lr_tensor", &extrap::Launch::lr_tensor)
+      .def_readwrite("gamma_tensor", &extrap::Launch::gamma_tensor)
+      .def_readwrite("nesterov", &extrap::Launch::nesterov)
+      .def_readwrite("maximize", &extrap::Launch::maximize)
+      .def_readwrite("wd_after_momentum", &extrap::Launch::wd_after_momentum)
+      .def_readwrite("extrapolate_with_momentum", &extrap::Launch::extrapolate_with_momentum)
+      .def_readwrite("past_grad", &extrap::Launch::past_grad)
+      .def_readwrite("seed", &extrap::Launch::seed)
+      .def_readwrite("grad_scale", &extrap::Launch::grad_scale)
+      .def_readwrite("found_inf", &extrap::Launch::found_inf)
+      .def_readwrite("stream", &extrap::Launch::stream);
   m.def("apply", &extrap::apply, "One multi-tensor pass of one phase over a (device, dtype) bucket",
-        py::arg("phase"), py::arg("params"), py::arg("grads"), py::arg("anchors"), py::arg("momenta"),
-        py::arg("steps"), py::arg("indices"), py::arg("trust"), py::arg("lr"), py::arg("gamma"),
-        py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"),
-        py::arg("maximize"), py::arg("wd_after_momentum"), py::arg("extrapolate_with_momentum"),
-        py::arg("past_grad"), py::arg("noise_std"), py::arg("seed"), py::arg("grad_scale"),
-        py::arg("found_inf"), py::arg("stream") = 0, py::arg("lr_tensor") = py::none(),
-        py::arg("gamma_tensor") = py::none());
+        py::arg("launch"));
   m.def("noise", &extrap::noise, "Philox bits and normals of one parameter (test hook)", py::arg("seed"),
         py::arg("step"), py::arg("index"), py::arg("numel"));
 #ifdef EXTRAP_WITH_CUDA

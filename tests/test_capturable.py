@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import extrap_kernels as ek
+from extrap_kernels.backends.cpu import make_launch
 
 from conftest import over_backends
 
@@ -68,5 +69,5 @@ def test_tensor_rate_on_the_wrong_device_or_shape_is_refused():
     if ext is None:
         pytest.skip("extension not built")
     with pytest.raises(RuntimeError, match="lr tensor"):
-        ext.apply(1, [p.data], [p.grad], [p.data.clone()], [], [torch.ones(())], [0], None, 0.0, 0.0, 0.0, 0.0,
-                  0.0, False, False, False, False, False, 0.0, 0, None, None, 0, torch.ones(2), None)
+        ext.apply(make_launch(phase=1, params=[p.data], grads=[p.grad], anchors=[p.data.clone()],
+                              steps=[torch.ones(())], indices=[0], lr_tensor=torch.ones(2)))

@@ -8,6 +8,7 @@ import torch
 
 import extrap_kernels as ek
 from extrap_kernels import functional
+from extrap_kernels.backends.cpu import make_launch
 from extrap_kernels.bucket import Bucket, Hyper, Phase
 
 from conftest import CPU_BACKENDS
@@ -135,17 +136,21 @@ def test_extension_checks_its_launch():
     """The C++ binding refuses a malformed bucket on its own, whatever the Python layer did."""
     C = ek._ext.load()
     x, g, s = torch.zeros(4), torch.zeros(4), torch.zeros(4)
-    args = dict(trust=None, lr=0.1, gamma=0.0, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
-                maximize=False, wd_after_momentum=False, extrapolate_with_momentum=False, past_grad=False,
-                noise_std=0.0, seed=0, grad_scale=None, found_inf=None)
+
+    def apply(phase, grads, momenta=()):
+        C.apply(make_launch(phase=phase, params=[x], grads=grads, anchors=[s], momenta=list(momenta),
+                            steps=[torch.tensor(1.0)], indices=[0], lr=0.1))
+
     with pytest.raises(RuntimeError, match="not contiguous"):
-        C.apply(1, [x], [torch.zeros(8)[::2]], [s], [], [torch.tensor(1.0)], [0], **args)
+        apply(1, [torch.zeros(8)[::2]])
     with pytest.raises(RuntimeError, match="elements"):
-        C.apply(1, [x], [torch.zeros(5)], [s], [], [torch.tensor(1.0)], [0], **args)
+        apply(1, [torch.zeros(5)])
     with pytest.raises(RuntimeError, match="momenta"):
-        C.apply(1, [x], [g], [s], [torch.zeros(4)], [torch.tensor(1.0)], [0], **args)
+        apply(1, [g], [torch.zeros(4)])
     with pytest.raises(RuntimeError, match="unknown phase"):
-        C.apply(9, [x], [g], [s], [], [torch.tensor(1.0)], [0], **args)
+        apply(9, [g])
+    with pytest.raises(AttributeError):
+        make_launch(learning_rate=0.1)  # fields go by name: a misspelled one is an error
 
 
 @pytest.mark.parametrize("backend", ALL)
