@@ -63,14 +63,15 @@ def summarize(results: dict[str, list[dict]]) -> str:
     lines = [f"| optimizer | batch | final {first['metric']} ({better} is better), mean ± std | "
              f"best epoch mean | seeds | diverged | seconds/run |", "|---|---|---|---|---|---|---|"]
     for name, runs in results.items():
-        final = [r["history"][-1]["metric"] for r in runs]  # nan where a run diverged
+        final = [r["history"][-1]["metric"] for r in runs]  # nan where a run diverged (loss not finite)
+        finished = [f for f in final if math.isfinite(f)]  # mean and std over these; diverged ones counted
         pick = max if first["higher_is_better"] else min
-        best = [pick((h["metric"] for h in r["history"] if math.isfinite(h["metric"])), default=math.nan)
-                for r in runs]
-        std = statistics.stdev(final) if len(final) > 1 else 0.0
-        diverged = sum(not math.isfinite(f) for f in final)
-        lines.append(f"| {name} | {runs[0]['args']['batch_size']} | {statistics.mean(final):.4f} ± {std:.4f} | "
-                     f"{statistics.mean(best):.4f} | {len(runs)} | {diverged} | "
+        best = [pick(h["metric"] for h in r["history"] if math.isfinite(h["metric"])) for r in runs
+                if any(math.isfinite(h["metric"]) for h in r["history"])]
+        mean = f"{statistics.mean(finished):.4f}" if finished else "-"
+        std = f" ± {statistics.stdev(finished):.4f}" if len(finished) > 1 else ""
+        lines.append(f"| {name} | {runs[0]['args']['batch_size']} | {mean}{std} | "
+                     f"{statistics.mean(best) if best else math.nan:.4f} | {len(runs)} | {len(final) - len(finished)} | "
                      f"{statistics.mean(r['history'][-1]['seconds'] for r in runs):.1f} |")
     return "\n".join(lines)
 
