@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import statistics
 from pathlib import Path
@@ -34,11 +35,29 @@ def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
         ax.set_ylabel(yl)
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
+    low, high = metric_range(results)
+    for ax in axes[1:]:  # a diverging run would flatten every other curve: it leaves the frame instead
+        ax.set_ylim(low, high)
     axes[1].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def metric_range(results: dict[str, list[dict]]) -> tuple[float, float]:
+    """Axis limits of the test metric spanning every seed's curve of the runs that ended within 50% of the
+    best final value (runs that diverged or blew up are drawn, but may leave the frame)."""
+    higher = next(iter(results.values()))[0]["higher_is_better"]
+    finals = {name: [r["history"][-1]["metric"] for r in runs] for name, runs in results.items()}
+    finite = [f for fs in finals.values() for f in fs if math.isfinite(f)]
+    best = max(finite) if higher else min(finite)
+    near = (lambda f: f >= best / 1.5) if higher else (lambda f: f <= best * 1.5)
+    kept = [h["metric"] for name, runs in results.items() for r in runs for h in r["history"]
+            if all(math.isfinite(f) and near(f) for f in finals[name]) and math.isfinite(h["metric"])]
+    low, high = min(kept), max(kept)
+    margin = 0.05 * (high - low or 1.0)
+    return low - margin, high + margin
 
 
 def group_by_config(logs: list[dict]) -> dict[str, list[dict]]:
