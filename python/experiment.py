@@ -61,7 +61,9 @@ def summarize(results: dict[str, list[dict]]) -> str:
     first = next(iter(results.values()))[0]
     better = "higher" if first["higher_is_better"] else "lower"
     lines = [f"| optimizer | batch | final {first['metric']} ({better} is better), mean ± std | "
-             f"best epoch mean | seeds | diverged | seconds/run |", "|---|---|---|---|---|---|---|"]
+             f"best epoch mean | seeds | diverged | seconds/run | gap closed |", "|---|---|---|---|---|---|---|---|"]
+    means = {name: _finished_mean(runs) for name, runs in results.items()}
+    small, large = means.get("SGD small batch", math.nan), means.get("SGD", math.nan)
     for name, runs in results.items():
         final = [r["history"][-1]["metric"] for r in runs]  # nan where a run diverged (loss not finite)
         finished = [f for f in final if math.isfinite(f)]  # mean and std over these; diverged ones counted
@@ -72,8 +74,22 @@ def summarize(results: dict[str, list[dict]]) -> str:
         std = f" ± {statistics.stdev(finished):.4f}" if len(finished) > 1 else ""
         lines.append(f"| {name} | {runs[0]['args']['batch_size']} | {mean}{std} | "
                      f"{statistics.mean(best) if best else math.nan:.4f} | {len(runs)} | {len(final) - len(finished)} | "
-                     f"{statistics.mean(r['history'][-1]['seconds'] for r in runs):.1f} |")
+                     f"{statistics.mean(r['history'][-1]['seconds'] for r in runs):.1f} | "
+                     f"{_gap_closed(means[name], small, large)} |")
     return "\n".join(lines)
+
+
+def _finished_mean(runs: list[dict]) -> float:
+    finished = [r["history"][-1]["metric"] for r in runs if math.isfinite(r["history"][-1]["metric"])]
+    return statistics.mean(finished) if finished else math.nan
+
+
+def _gap_closed(value: float, small: float, large: float) -> str:
+    """How much of the large-batch gap (SGD at the large batch vs at the small one) a configuration
+    closed: 0% is large-batch SGD, 100% the small-batch metric, negative is worse than large-batch SGD."""
+    if not all(math.isfinite(v) for v in (value, small, large)) or small == large:
+        return "-"
+    return f"{round(100 * (value - large) / (small - large))}%"
 
 
 def main(argv=None):
