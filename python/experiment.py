@@ -51,7 +51,8 @@ def finished(argv: list[str]) -> dict | None:
         return None
     result = json.loads(log.read_text())
     defaults = vars(train.parser().parse_args([]))  # for options added after the log was written
-    if any(result["args"].get(k, defaults[k]) != v for k, v in vars(args).items()) or not result["history"]:
+    same = lambda k, v: k in ("out", "quiet") or result["args"].get(k, defaults[k]) == v  # noqa: E731
+    if not all(same(k, v) for k, v in vars(args).items()) or not result["history"]:
         return None
     print(f"  reusing {log}", flush=True)
     return result

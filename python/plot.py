@@ -35,9 +35,10 @@ def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
         ax.set_ylabel(yl)
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
-    low, high = metric_range(results)
+    frame = metric_range(results)
     for ax in axes[1:]:  # a diverging run would flatten every other curve: it leaves the frame instead
-        ax.set_ylim(low, high)
+        if frame is not None:
+            ax.set_ylim(*frame)
     axes[1].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
@@ -45,17 +46,24 @@ def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def metric_range(results: dict[str, list[dict]]) -> tuple[float, float]:
-    """Axis limits of the test metric spanning every seed's curve of the runs that ended within 50% of the
-    best final value (runs that diverged or blew up are drawn, but may leave the frame)."""
+def metric_range(results: dict[str, list[dict]]) -> tuple[float, float] | None:
+    """Axis limits of the test metric spanning the curves of the configurations whose mean final value is
+    within 50% of the best one (configurations that diverged or blew up are drawn but may leave the frame).
+    None (matplotlib's own limits) when no run has a finite metric."""
     higher = next(iter(results.values()))[0]["higher_is_better"]
     finals = {name: [r["history"][-1]["metric"] for r in runs] for name, runs in results.items()}
-    finite = [f for fs in finals.values() for f in fs if math.isfinite(f)]
-    best = max(finite) if higher else min(finite)
-    near = (lambda f: f >= best / 1.5) if higher else (lambda f: f <= best * 1.5)
-    kept = [h["metric"] for name, runs in results.items() for r in runs for h in r["history"]
-            if all(math.isfinite(f) and near(f) for f in finals[name]) and math.isfinite(h["metric"])]
-    low, high = min(kept), max(kept)
+    means = {name: statistics.mean(fs) for name, fs in finals.items() if all(math.isfinite(f) for f in fs)}
+    curves = {name: [h["metric"] for r in runs for h in r["history"] if math.isfinite(h["metric"])]
+              for name, runs in results.items()}
+    if not any(curves.values()):
+        return None
+    kept = list(curves)
+    if means:
+        best = max(means.values()) if higher else min(means.values())
+        near = (lambda m: m >= best / 1.5) if higher else (lambda m: m <= best * 1.5)
+        kept = [name for name, m in means.items() if near(m)]
+    values = [v for name in kept for v in curves[name]]
+    low, high = min(values), max(values)
     margin = 0.05 * (high - low or 1.0)
     return low - margin, high + margin
 

@@ -40,6 +40,16 @@ def test_plot_groups_seeds_and_draws(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 10_000
 
 
+def test_plot_frame_leaves_out_diverged_runs():
+    def runs(*curves):
+        return [dict(higher_is_better=False, history=[dict(metric=m) for m in c]) for c in curves]
+
+    frame = plot.metric_range({"sgd": runs([3.0, 2.0], [3.2, 2.2]), "blew up": runs([3.0, 60.0], [3.0, 50.0]),
+                               "diverged": runs([3.0, float("nan")], [2.9, float("inf")])})
+    assert 1.9 < frame[0] < 2.0 and 3.2 < frame[1] < 3.3  # only "sgd" frames the axes
+    assert plot.metric_range({"diverged": runs([float("nan")])}) is None
+
+
 def test_lr_schedule_scales_warms_up_and_decays():
     args = train.parser().parse_args(["--batch-size", "512", "--base-batch-size", "32", "--epochs", "10",
                                       "--warmup-epochs", "2"])
