@@ -15,7 +15,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import extrap_kernels as ek
-from workers import free_port, spawn
+from workers import free_port, mlp, spawn, worker_batch
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="no gloo")
 WORLD, ITERATIONS, BATCH = 2, 6, 8
@@ -23,13 +23,11 @@ TIMEOUT_S = 120
 
 
 def _model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    return mlp(16)
 
 
 def _batch(rank: int, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(1000 * iteration + rank)
-    return torch.randn(BATCH, 5, generator=gen), torch.randint(0, 3, (BATCH,), generator=gen)
+    return worker_batch(rank, iteration, BATCH)
 
 
 def _optimizer(params, mode: str, backend: str):

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 import extrap_kernels as ek
-from workers import free_port, spawn
+from workers import free_port, mlp, spawn, worker_batch
 
 try:
     from torch.distributed.device_mesh import init_device_mesh
@@ -34,14 +34,11 @@ CASES = [c for c in CASES if c[1] in ek.available_backends("cpu")]
 
 
 def _model() -> torch.nn.Module:
-    """17 and 3 rows: shards of 9/8 and 2/1 rows on two ranks."""
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(5, 17), torch.nn.Tanh(), torch.nn.Linear(17, 3))
+    return mlp(17)  # 17 and 3 rows: shards of 9/8 and 2/1 rows on two ranks
 
 
 def _batch(rank: int, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(1000 * iteration + rank)
-    return torch.randn(BATCH, 5, generator=gen), torch.randint(0, 3, (BATCH,), generator=gen)
+    return worker_batch(rank, iteration, BATCH)
 
 
 def _optimizer(params, mode: str, backend: str, lars: bool):

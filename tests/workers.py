@@ -1,10 +1,12 @@
-"""Multi-process test workers (torch.distributed on CPU, gloo): a free port, and a spawn that fails
-instead of hanging when a worker raises or outlives its time."""
+"""Multi-process test workers (torch.distributed on CPU, gloo): a free port, a spawn that fails instead
+of hanging when a worker raises or outlives its time, and the small model and per-worker batches the
+data-parallel tests train."""
 from __future__ import annotations
 
 import socket
 import time
 
+import torch
 import torch.multiprocessing as mp
 
 
@@ -24,3 +26,15 @@ def spawn(worker, args: tuple, nprocs: int, timeout_s: float) -> None:
             for p in ctx.processes:
                 p.kill()
             raise TimeoutError(f"workers still running after {timeout_s} s")
+
+
+def mlp(hidden: int) -> torch.nn.Module:
+    """5 -> hidden -> 3, the same initial weights in every process."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 3))
+
+
+def worker_batch(rank: int, iteration: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Worker `rank`'s classification batch at `iteration`, reproducible in any process."""
+    gen = torch.Generator().manual_seed(1000 * iteration + rank)
+    return torch.randn(size, 5, generator=gen), torch.randint(0, 3, (size,), generator=gen)
