@@ -72,23 +72,24 @@ class FusedOptimizer(Optimizer):
                 if p.grad is not None:
                     by_key[(p.device, p.dtype)].append(p)
             for params in by_key.values():
-                grads = [local(p.grad) for p in params]
-                backend = resolve_backend(self.backend, [local(p) for p in params], grads)
+                # the kernels see local tensors: FSDP2 shards step where they live
+                shards, grads = [local(p) for p in params], [local(p.grad) for p in params]
+                backend = resolve_backend(self.backend, shards, grads)
                 names = [f"param {index[p]} (shape {tuple(p.shape)})" for p in params]
-                for p, g, name in zip(params, grads, names):
-                    check_param(local(p), g, backend, name)
+                for p, x, g, name in zip(params, shards, grads, names):
+                    check_param(x, g, backend, name)
                     if phase == Phase.UPDATE_NOISE and is_dtensor(p):
                         raise RuntimeError(f"{name}: mode='noise' keys its noise by element index and does not "
                                            "support sharded (FSDP2) parameters; use mode 'local' or 'past'")
                 group_of_shards = shard_group(params, names) if hyper.lars else None
-                plan.append((group, phase, hyper, backend, params, names, group_of_shards))
+                plan.append((group, phase, hyper, backend, params, shards, grads, names, group_of_shards))
         work = []
-        for group, phase, hyper, backend, params, names, group_of_shards in plan:
+        for group, phase, hyper, backend, params, shards, grads, names, group_of_shards in plan:
             states = [self._init_state(p, group) for p in params]
-            bucket = Bucket(  # the kernels see local tensors: FSDP2 shards step where they live
-                params=[local(p) for p in params],
-                grads=[local(p.grad) for p in params],
-                anchors=[local(st.get("anchor", p)) for p, st in zip(params, states)],
+            bucket = Bucket(
+                params=shards,
+                grads=grads,
+                anchors=[local(st["anchor"]) if "anchor" in st else x for x, st in zip(shards, states)],
                 momenta=[local(st["momentum_buffer"]) for st in states] if group["momentum"] != 0 else [],
                 steps=[st["step"] for st in states],
                 indices=[index[p] for p in params],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train  # noqa: E402
-from plot import plot  # noqa: E402
+from plot import final_metrics, plot  # noqa: E402
 
 CONFIGS = {  # name -> (batch: "small" or "large", harness arguments)
     "SGD small batch": ("small", ["--optimizer", "sgd"]),
@@ -63,26 +63,21 @@ def summarize(results: dict[str, list[dict]]) -> str:
     better = "higher" if first["higher_is_better"] else "lower"
     lines = [f"| optimizer | batch | final {first['metric']} ({better} is better), mean ± std | "
              f"best epoch mean | seeds | diverged | seconds/run | gap closed |", "|---|---|---|---|---|---|---|---|"]
-    means = {name: _finished_mean(runs) for name, runs in results.items()}
+    finished = {name: final_metrics(runs) for name, runs in results.items()}  # diverged runs counted apart
+    means = {name: statistics.mean(f) if f else math.nan for name, f in finished.items()}
     small, large = means.get("SGD small batch", math.nan), means.get("SGD", math.nan)
     for name, runs in results.items():
-        final = [r["history"][-1]["metric"] for r in runs]  # nan where a run diverged (loss not finite)
-        finished = [f for f in final if math.isfinite(f)]  # mean and std over these; diverged ones counted
         pick = max if first["higher_is_better"] else min
         best = [pick(h["metric"] for h in r["history"] if math.isfinite(h["metric"])) for r in runs
                 if any(math.isfinite(h["metric"]) for h in r["history"])]
-        mean = f"{statistics.mean(finished):.4f}" if finished else "-"
-        std = f" ± {statistics.stdev(finished):.4f}" if len(finished) > 1 else ""
+        mean = f"{means[name]:.4f}" if finished[name] else "-"
+        std = f" ± {statistics.stdev(finished[name]):.4f}" if len(finished[name]) > 1 else ""
         lines.append(f"| {name} | {runs[0]['args']['batch_size']} | {mean}{std} | "
-                     f"{statistics.mean(best) if best else math.nan:.4f} | {len(runs)} | {len(final) - len(finished)} | "
+                     f"{statistics.mean(best) if best else math.nan:.4f} | {len(runs)} | "
+                     f"{len(runs) - len(finished[name])} | "
                      f"{statistics.mean(r['history'][-1]['seconds'] for r in runs):.1f} | "
                      f"{_gap_closed(means[name], small, large)} |")
     return "\n".join(lines)
-
-
-def _finished_mean(runs: list[dict]) -> float:
-    finished = [r["history"][-1]["metric"] for r in runs if math.isfinite(r["history"][-1]["metric"])]
-    return statistics.mean(finished) if finished else math.nan
 
 
 def _gap_closed(value: float, small: float, large: float) -> str:

@@ -46,13 +46,18 @@ def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def final_metrics(runs: list[dict]) -> list[float]:
+    """The last test metric of each run that finished (a diverged run ends with nan and is left out)."""
+    return [r["history"][-1]["metric"] for r in runs if math.isfinite(r["history"][-1]["metric"])]
+
+
 def metric_range(results: dict[str, list[dict]]) -> tuple[float, float] | None:
     """Axis limits of the test metric spanning the curves of the configurations whose mean final value is
     within 50% of the best one (configurations that diverged or blew up are drawn but may leave the frame).
     None (matplotlib's own limits) when no run has a finite metric."""
     higher = next(iter(results.values()))[0]["higher_is_better"]
-    finals = {name: [r["history"][-1]["metric"] for r in runs] for name, runs in results.items()}
-    means = {name: statistics.mean(fs) for name, fs in finals.items() if all(math.isfinite(f) for f in fs)}
+    finals = {name: final_metrics(runs) for name, runs in results.items()}
+    means = {name: statistics.mean(fs) for name, fs in finals.items() if fs and len(fs) == len(results[name])}
     curves = {name: [h["metric"] for r in runs for h in r["history"] if math.isfinite(h["metric"])]
               for name, runs in results.items()}
     if not any(curves.values()):

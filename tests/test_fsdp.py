@@ -119,7 +119,7 @@ def test_fsdp2_equals_unsharded_training(ranks, mode, backend, lars):
     for r in ranks:
         result = r[(mode, backend, lars)]
         assert result["state_is_sharded"]
-        assert [rows for rows in result["local_rows"]] == ([9, 9, 2, 2] if r is ranks[0] else [8, 8, 1, 1])
+        assert result["local_rows"] == ([9, 9, 2, 2] if r is ranks[0] else [8, 8, 1, 1])
         for p, q in zip(result["params"], expected):
             # the gradients sum the 2 * BATCH rows in another order: up to that many ulps of the
             # parameters' magnitude (< 4) per iteration
