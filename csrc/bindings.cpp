@@ -1,8 +1,19 @@
-// Python entry points of the extension: check a launch once, whatever the device, then hand it to
-// the launcher of that device. The Python layer validates first and with friendlier messages; these
-// checks are the last line, so that no kernel ever runs on a malformed bucket.
+// The extension's entry points: the phases registered as PyTorch operators,
+//   torch.ops.extrap_kernels.{extrapolate_, update_, update_past_, update_noise_}
+// (and extrap_kernels::check, which validates a launch without running it). Each call checks its
+// whole launch once, whatever the device, then hands it to the launcher of that device: the CPU
+// launcher (csrc/cpu), the CUDA launcher (csrc/cuda), or nothing for meta tensors (FakeTensor and
+// torch.compile tracing run the checks only). These checks are the only per-step validation of the
+// fused backends: nothing is written before all of them pass.
 #include <torch/extension.h>
+#include <torch/library.h>
 
+#ifdef EXTRAP_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include <sstream>
 #include <utility>
 
 #include "launch.h"
@@ -10,62 +21,171 @@
 namespace extrap {
 namespace {
 
+// The schema of every phase operator, and of `check` (phase first, nothing written). Tensor lists that a
+// phase writes are marked mutable (x, s, m and the step counts); grads are read only.
+std::string schema(const std::string& name, bool writes) {
+  auto list = [&](const char* alias) { return writes ? std::string("Tensor(") + alias + "!)[]" : std::string("Tensor[]"); };
+  return name + "(" + (writes ? "" : "int phase, ") + list("a") + " params, Tensor[] grads, " + list("b") +
+         " anchors, " + list("c") + " momenta, " + list("d") + " steps, int[] indices, *, "
+         "float lr=0., float gamma=0., Tensor? lr_tensor=None, Tensor? gamma_tensor=None, float momentum=0., "
+         "float dampening=0., float weight_decay=0., bool nesterov=False, bool maximize=False, "
+         "bool wd_after_momentum=False, bool extrapolate_with_momentum=False, bool past_grad=False, "
+         "float noise_std=0., int seed=0, Tensor? trust=None, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()";
+}
+constexpr int kNumArgs = 23;  // the arguments of a phase operator (check takes the phase before them)
+constexpr const char* kPhaseOps[] = {"extrapolate_", "update_", "update_past_", "update_noise_"};  // Phase order
+
+std::optional<at::Tensor> optional_tensor(const c10::IValue& v) {
+  return v.isNone() ? std::nullopt : std::optional<at::Tensor>(v.toTensor());
+}
+
+// The launch from the last kNumArgs values on the stack, in schema order.
+Launch read_launch(int64_t phase, const c10::IValue* a) {
+  Launch L;
+  L.phase = phase;
+  L.params = a[0].toTensorVector();
+  L.grads = a[1].toTensorVector();
+  L.anchors = a[2].toTensorVector();
+  L.momenta = a[3].toTensorVector();
+  L.steps = a[4].toTensorVector();
+  L.indices = a[5].toIntVector();
+  L.lr = a[6].toDouble();
+  L.gamma = a[7].toDouble();
+  L.lr_tensor = optional_tensor(a[8]);
+  L.gamma_tensor = optional_tensor(a[9]);
+  L.momentum = a[10].toDouble();
+  L.dampening = a[11].toDouble();
+  L.weight_decay = a[12].toDouble();
+  L.nesterov = a[13].toBool();
+  L.maximize = a[14].toBool();
+  L.wd_after_momentum = a[15].toBool();
+  L.extrapolate_with_momentum = a[16].toBool();
+  L.past_grad = a[17].toBool();
+  L.noise_std = a[18].toDouble();
+  L.seed = a[19].toInt();
+  L.trust = optional_tensor(a[20]);
+  L.grad_scale = optional_tensor(a[21]);
+  L.found_inf = optional_tensor(a[22]);
+  return L;
+}
+
 at::ScalarType state_dtype(at::ScalarType param) {
   return param == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+std::string name_of(const Launch& L, size_t i) {
+  std::ostringstream out;
+  out << "extrap_kernels: param " << L.indices[i] << " (shape " << L.params[i].sizes() << ")";
+  return out.str();
+}
+
+// Everything a kernel relies on, for every tensor of the launch, before anything is written. A refusal
+// is a ValueError (TypeError for dtypes): the Python layer tells it from a failure while running.
 void check_launch(const Launch& L) {
   const size_t n = L.params.size();
-  TORCH_CHECK(L.phase >= kExtrapolate && L.phase <= kUpdateNoise, "extrap_kernels: unknown phase ", L.phase);
-  TORCH_CHECK(L.grads.size() == n && L.anchors.size() == n && L.steps.size() == n && L.indices.size() == n,
-              "extrap_kernels: params, grads, anchors, steps and indices must have the same length");
-  TORCH_CHECK(L.momenta.empty() || L.momenta.size() == n,
+  TORCH_CHECK_VALUE(L.phase >= kExtrapolate && L.phase <= kUpdateNoise, "extrap_kernels: unknown phase ", L.phase);
+  TORCH_CHECK_VALUE(L.grads.size() == n && L.steps.size() == n && L.indices.size() == n,
+              "extrap_kernels: params, grads, steps and indices must have the same length");
+  TORCH_CHECK_VALUE(L.anchors.size() == n || (L.anchors.empty() && L.phase == kUpdate),
+              "extrap_kernels: anchors must be one per parameter (or empty for update_ on parameters that "
+              "are their own anchors)");
+  TORCH_CHECK_VALUE(L.momenta.empty() || L.momenta.size() == n,
               "extrap_kernels: momenta must be empty (momentum 0) or one per parameter");
-  TORCH_CHECK((L.momentum != 0) == !L.momenta.empty(), "extrap_kernels: momenta given iff momentum != 0");
+  TORCH_CHECK_VALUE((L.momentum != 0) == !L.momenta.empty(), "extrap_kernels: momenta given iff momentum != 0");
   if (n == 0) return;
   const auto device = L.params[0].device();
   const auto dtype = L.params[0].scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
-              "extrap_kernels: parameters must be fp32, fp64, bf16 or fp16, got ", dtype);
   const auto sdtype = state_dtype(dtype);
-  auto check = [&](const at::Tensor& t, at::ScalarType want, int64_t numel, const char* what, size_t i) {
-    TORCH_CHECK(t.layout() == at::kStrided, "extrap_kernels: ", what, " ", i, " is sparse");
-    TORCH_CHECK(t.device() == device, "extrap_kernels: ", what, " ", i, " is on ", t.device(),
-                ", the bucket on ", device);
-    TORCH_CHECK(t.scalar_type() == want, "extrap_kernels: ", what, " ", i, " is ", t.scalar_type(),
-                ", expected ", want);
-    TORCH_CHECK(t.numel() == numel, "extrap_kernels: ", what, " ", i, " has ", t.numel(),
-                " elements, expected ", numel);
-    TORCH_CHECK(t.is_contiguous(), "extrap_kernels: ", what, " ", i, " is not contiguous");
+  TORCH_CHECK_VALUE(!L.anchors.empty() || sdtype == dtype,
+              "extrap_kernels: 16-bit parameters need their fp32 master anchors");
+  auto check_state = [&](const at::Tensor& t, at::ScalarType want, int64_t numel, const char* key, size_t i) {
+    TORCH_CHECK_VALUE(t.device() == device && t.scalar_type() == want, name_of(L, i), ": state '", key, "' is ",
+                t.scalar_type(), " on ", t.device(), ", expected ", want, " on ", device);
+    TORCH_CHECK_VALUE(t.layout() == at::kStrided && t.numel() == numel && t.is_contiguous(), name_of(L, i),
+                ": state '", key, "' does not match the parameter's shape/layout");
   };
   for (size_t i = 0; i < n; ++i) {
-    const int64_t numel = L.params[i].numel();
-    check(L.params[i], dtype, numel, "param", i);
-    check(L.grads[i], dtype, numel, "grad", i);
-    check(L.anchors[i], sdtype, numel, "anchor", i);
-    if (!L.momenta.empty()) check(L.momenta[i], sdtype, numel, "momentum buffer", i);
-    check(L.steps[i], at::kFloat, 1, "step", i);
+    const at::Tensor& x = L.params[i];
+    const at::Tensor& g = L.grads[i];
+    TORCH_CHECK_TYPE(!x.is_complex() && !g.is_complex(), name_of(L, i),
+                     ": complex parameters and gradients are not supported");
+    TORCH_CHECK_TYPE(x.scalar_type() == dtype, name_of(L, i), ": mixed dtypes inside one fused bucket (",
+                     x.scalar_type(), " and ", dtype, ")");
+    TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
+                     name_of(L, i), ": dtype ", dtype, " is not supported (fp32, fp64, bf16 or fp16)");
+    TORCH_CHECK_VALUE(g.layout() == at::kStrided && x.layout() == at::kStrided, name_of(L, i),
+                ": sparse gradients are not supported");
+    TORCH_CHECK_VALUE(x.device() == device, name_of(L, i), ": mixed devices inside one fused bucket (", x.device(),
+                " and ", device, ")");
+    TORCH_CHECK_VALUE(g.device() == device, name_of(L, i), ": mixed devices: gradient on ", g.device(),
+                ", parameter on ", device);
+    TORCH_CHECK_TYPE(g.scalar_type() == dtype, name_of(L, i), ": mismatched dtypes: gradient ", g.scalar_type(),
+                     ", parameter ", dtype);
+    TORCH_CHECK_VALUE(g.sizes() == x.sizes(), name_of(L, i), ": gradient shape ", g.sizes(), " != parameter shape ",
+                x.sizes());
+    TORCH_CHECK_VALUE(x.is_contiguous() && g.is_contiguous(), name_of(L, i),
+                ": fused kernels need contiguous parameters and gradients (backend='foreach' or 'auto' "
+                "handles strided ones)");
+    const int64_t numel = x.numel();
+    if (!L.anchors.empty()) check_state(L.anchors[i], sdtype, numel, "anchor", i);
+    if (!L.momenta.empty()) check_state(L.momenta[i], sdtype, numel, "momentum_buffer", i);
+    check_state(L.steps[i], at::kFloat, 1, "step", i);
   }
-  if (L.trust) check(*L.trust, sdtype, static_cast<int64_t>(n), "trust", 0);
-  if (L.lr_tensor) check(*L.lr_tensor, sdtype, 1, "lr tensor", 0);
-  if (L.gamma_tensor) check(*L.gamma_tensor, sdtype, 1, "gamma tensor", 0);
-  if (L.grad_scale) TORCH_CHECK(L.grad_scale->numel() == 1, "extrap_kernels: grad_scale must have one element");
-  if (L.found_inf) TORCH_CHECK(L.found_inf->numel() == 1, "extrap_kernels: found_inf must have one element");
+  auto check_rate = [&](const std::optional<at::Tensor>& t, int64_t numel, const char* what) {
+    if (!t) return;
+    TORCH_CHECK_VALUE(t->device() == device && t->scalar_type() == sdtype && t->numel() == numel && t->is_contiguous(),
+                "extrap_kernels: ", what, " must be ", numel, " contiguous ", sdtype, " on ", device, ", got ",
+                t->numel(), " ", t->scalar_type(), " on ", t->device());
+  };
+  check_rate(L.trust, static_cast<int64_t>(n), "trust");
+  check_rate(L.lr_tensor, 1, "lr tensor");
+  check_rate(L.gamma_tensor, 1, "gamma tensor");
+  TORCH_CHECK_VALUE(!L.grad_scale || L.grad_scale->numel() == 1, "extrap_kernels: grad_scale must have one element");
+  TORCH_CHECK_VALUE(!L.found_inf || L.found_inf->numel() == 1, "extrap_kernels: found_inf must have one element");
 }
 
-// Takes the launch by value: a CPU launch resolves its rate tensors into numbers on this copy.
-void apply(Launch L) {
-  check_launch(L);
+// Runs a checked launch on its device. A CPU launch reads its rate tensors here: the kernel takes numbers.
+void run(Launch L) {
   if (L.params.empty()) return;
-  if (L.params[0].is_cpu()) {  // host memory: the rates are read here, the kernel takes numbers
+  const auto& device = L.params[0].device();
+  if (device.is_meta()) return;  // shapes and dtypes only (FakeTensor, torch.compile)
+  if (device.is_cpu()) {
     if (L.lr_tensor) L.lr = std::exchange(L.lr_tensor, std::nullopt)->item<double>();
     if (L.gamma_tensor) L.gamma = std::exchange(L.gamma_tensor, std::nullopt)->item<double>();
     return apply_cpu(L);
   }
 #ifdef EXTRAP_WITH_CUDA
-  if (L.params[0].is_cuda()) return apply_cuda(L);
+  if (device.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(device);
+    L.stream = reinterpret_cast<int64_t>(c10::cuda::getCurrentCUDAStream(device.index()).stream());
+    if (L.grad_scale) L.grad_scale = L.grad_scale->to(at::kFloat);  // the kernel reads float32 (GradScaler's)
+    if (L.found_inf) L.found_inf = L.found_inf->to(at::kFloat);
+    if (L.counts_step()) {  // on the device: a skipped step (found_inf) is not counted, no host sync
+      if (L.found_inf) {
+        at::_foreach_add_(L.steps, L.found_inf->eq(0).to(at::kFloat));
+      } else {
+        at::_foreach_add_(L.steps, 1.0);
+      }
+    }
+    return apply_cuda(L);
+  }
 #endif
-  TORCH_CHECK(false, "extrap_kernels: this build has no kernel for device ", L.params[0].device());
+  TORCH_CHECK(false, "extrap_kernels: this build has no kernel for device ", device);
+}
+
+template <Phase P>
+void phase_op(const c10::OperatorHandle&, torch::jit::Stack* stack) {
+  Launch L = read_launch(P, &*(stack->end() - kNumArgs));
+  torch::jit::drop(*stack, kNumArgs);
+  check_launch(L);
+  run(std::move(L));
+}
+
+void check_op(const c10::OperatorHandle&, torch::jit::Stack* stack) {
+  const c10::IValue* args = &*(stack->end() - kNumArgs);
+  Launch L = read_launch((args - 1)->toInt(), args);
+  torch::jit::drop(*stack, kNumArgs + 1);
+  check_launch(L);
 }
 
 // The header's noise generator on the host, for tests: bits[i] = Philox outputs (c0, c1, c2, c3) and
@@ -88,42 +208,37 @@ std::vector<at::Tensor> noise(int64_t seed, int64_t step, int64_t index, int64_t
   return {bits, normal};
 }
 
+void register_kernels(torch::Library& m) {
+  m.impl(kPhaseOps[kExtrapolate], torch::CppFunction::makeFromBoxedFunction<&phase_op<kExtrapolate>>());
+  m.impl(kPhaseOps[kUpdate], torch::CppFunction::makeFromBoxedFunction<&phase_op<kUpdate>>());
+  m.impl(kPhaseOps[kUpdatePast], torch::CppFunction::makeFromBoxedFunction<&phase_op<kUpdatePast>>());
+  m.impl(kPhaseOps[kUpdateNoise], torch::CppFunction::makeFromBoxedFunction<&phase_op<kUpdateNoise>>());
+  m.impl("check", torch::CppFunction::makeFromBoxedFunction<&check_op>());
+}
+
 }  // namespace
 }  // namespace extrap
 
+TORCH_LIBRARY(extrap_kernels, m) {
+  for (const char* name : extrap::kPhaseOps) m.def(extrap::schema(name, true).c_str());
+  m.def(extrap::schema("check", false).c_str());
+}
+
+TORCH_LIBRARY_IMPL(extrap_kernels, CPU, m) { extrap::register_kernels(m); }
+// An optimizer step has no gradient: autograd passes the operators straight through (no graph, no
+// per-tensor requires_grad walk), as it does for torch's own fused optimizers under no_grad.
+TORCH_LIBRARY_IMPL(extrap_kernels, Autograd, m) {
+  for (const char* name : extrap::kPhaseOps) m.impl(name, torch::CppFunction::makeFallthrough());
+  m.impl("check", torch::CppFunction::makeFallthrough());
+}
+TORCH_LIBRARY_IMPL(extrap_kernels, Meta, m) { extrap::register_kernels(m); }
+#ifdef EXTRAP_WITH_CUDA
+TORCH_LIBRARY_IMPL(extrap_kernels, CUDA, m) { extrap::register_kernels(m); }
+#endif
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
-  m.doc() = "extrap-kernels fused multi-tensor optimizer kernels";
-  // The launch is built field by field from Python (extrap_kernels/backends/cpu.py): names, not positions.
-  py::class_<extrap::Launch>(m, "Launch", "One multi-tensor launch: a bucket's tensors and hyperparameters")
-      .def(py::init<>())
-      .def_readwrite("phase", &extrap::Launch::phase)
-      .def_readwrite("params", &extrap::Launch::params)
-      .def_readwrite("grads", &extrap::Launch::grads)
-      .def_readwrite("anchors", &extrap::Launch::anchors)
-      .def_readwrite("momenta", &extrap::Launch::momenta)
-      .def_readwrite("steps", &extrap::Launch::steps)
-      .def_readwrite("indices", &extrap::Launch::indices)
-      .def_readwrite("trust", &extrap::Launch::trust)
-      .def_readwrite("lr", &extrap::Launch::lr)
-      .def_readwrite("gamma", &extrap::Launch::gamma)
-      .def_readwrite("momentum", &extrap::Launch::momentum)
-      .def_readwrite("dampening", &extrap::Launch::dampening)
-      .def_readwrite("weight_decay", &extrap::Launch::weight_decay)
-      .def_readwrite("noise_std", &extrap::Launch::noise_std)
-      .def_readwrite("lr_tensor", &extrap::Launch::lr_tensor)
-      .def_readwrite("gamma_tensor", &extrap::Launch::gamma_tensor)
-      .def_readwrite("nesterov", &extrap::Launch::nesterov)
-      .def_readwrite("maximize", &extrap::Launch::maximize)
-      .def_readwrite("wd_after_momentum", &extrap::Launch::wd_after_momentum)
-      .def_readwrite("extrapolate_with_momentum", &extrap::Launch::extrapolate_with_momentum)
-      .def_readwrite("past_grad", &extrap::Launch::past_grad)
-      .def_readwrite("seed", &extrap::Launch::seed)
-      .def_readwrite("grad_scale", &extrap::Launch::grad_scale)
-      .def_readwrite("found_inf", &extrap::Launch::found_inf)
-      .def_readwrite("stream", &extrap::Launch::stream);
-  m.def("apply", &extrap::apply, "One multi-tensor pass of one phase over a (device, dtype) bucket",
-        py::arg("launch"));
+  m.doc() = "extrap-kernels fused multi-tensor optimizer kernels: see torch.ops.extrap_kernels";
   m.def("noise", &extrap::noise, "Philox bits and normals of one parameter (test hook)", py::arg("seed"),
         py::arg("step"), py::arg("index"), py::arg("numel"));
 #ifdef EXTRAP_WITH_CUDA

@@ -60,12 +60,13 @@ EXTRAP_HD acc extrapolated_point(acc s, acc g, acc m, const Hyper<acc>& h, acc t
 }
 
 // The base update of the anchor (torch.optim.SGD semantics). Updates s and m in place and returns the
-// direction d; gp receives g', which "past" extrapolation may reuse. m is not touched when mu == 0.
-template <typename acc>
+// direction d; gp receives g', which "past" extrapolation may reuse. kMomentum: mu != 0 (the launchers
+// get momentum buffers exactly then); m is not touched without it.
+template <bool kMomentum, typename acc>
 EXTRAP_HD acc base_update(acc& s, acc& m, acc g, const Hyper<acc>& h, acc trust, bool first, acc& gp) {
   gp = regularized_grad(g, s, h, trust);
   acc d = gp;
-  if (h.momentum != acc(0)) {
+  if (kMomentum) {
     m = first ? gp : h.momentum * m + (acc(1) - h.dampening) * gp;
     d = h.nesterov ? gp + h.momentum * m : m;
   }
@@ -113,7 +114,7 @@ EXTRAP_HD void phase_element(acc& x, acc g, acc& s, acc& m, const Hyper<acc>& h,
     return;
   }
   acc gp;
-  const acc d = base_update(s, m, g, h, t.trust, t.first, gp);
+  const acc d = base_update<kMomentum>(s, m, g, h, t.trust, t.first, gp);
   if (P == kUpdate) {
     x = s;
   } else if (P == kUpdatePast) {

@@ -1,6 +1,7 @@
 // What one multi-tensor launch is given: the tensors of one (device, dtype) bucket and the group's
-// hyperparameters. Filled by the Python binding (csrc/bindings.cpp), checked once there, and read by
-// the CPU launcher (csrc/cpu) and the CUDA launcher (csrc/cuda).
+// hyperparameters. Filled by the operator entry points (csrc/bindings.cpp) from the arguments of a
+// `torch.ops.extrap_kernels.<phase>_` call, checked once there, and read by the CPU launcher
+// (csrc/cpu) and the CUDA launcher (csrc/cuda).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -17,9 +18,10 @@ struct Launch {
   int64_t phase = kUpdate;
   std::vector<at::Tensor> params;   // x, fp32/fp64/bf16/fp16
   std::vector<at::Tensor> grads;    // g, the dtype of x
-  std::vector<at::Tensor> anchors;  // s: fp32 master for 16-bit x, else the dtype of x (may alias x)
+  std::vector<at::Tensor> anchors;  // s: fp32 master for 16-bit x, else the dtype of x; EMPTY: x is its
+                                    // own anchor (plain fused SGD on full-precision parameters, kUpdate)
   std::vector<at::Tensor> momenta;  // m, the dtype of s; empty when momentum == 0
-  std::vector<at::Tensor> steps;    // 0-dim float32 step counts, already incremented for updates
+  std::vector<at::Tensor> steps;    // 0-dim float32 step counts; update phases count this update themselves
   std::vector<int64_t> indices;     // parameter index in the optimizer, keys the noise
   std::optional<at::Tensor> trust;  // per-tensor LARS ratio, the dtype of s
   double lr = 0, gamma = 0, momentum = 0, dampening = 0, weight_decay = 0, noise_std = 0;
@@ -33,6 +35,10 @@ struct Launch {
   std::optional<at::Tensor> grad_scale;  // AMP: grads are divided by it
   std::optional<at::Tensor> found_inf;   // AMP: nonzero skips the update
   int64_t stream = 0;                    // CUDA: the cudaStream_t to launch on (the caller's current one)
+
+  // The tensor holding s for parameter i (x itself where the parameters are their own anchors).
+  const at::Tensor& anchor(size_t i) const { return anchors.empty() ? params[i] : anchors[i]; }
+  bool counts_step() const { return phase != kExtrapolate; }
 };
 
 // Builds the per-launch hyperparameters once the grad scale is known.
@@ -71,6 +77,8 @@ void with_phase(const Launch& L, F&& f) {
   }
 }
 
+// The launchers count the step of an update phase themselves (after every check, before any kernel
+// reads it): the CPU one on the host, where found_inf is already known, the CUDA one on the device.
 void apply_cpu(const Launch& L);
 #ifdef EXTRAP_WITH_CUDA
 void apply_cuda(const Launch& L);

@@ -66,7 +66,7 @@ class Bucket:
     grads: list[Tensor]
     anchors: list[Tensor]
     momenta: list[Tensor]  # empty when momentum == 0
-    steps: list[Tensor]  # 0-dim float32; for update phases already counting this update
+    steps: list[Tensor]  # 0-dim float32 update counts; an update phase counts its own update first
     indices: list[int]  # position of each parameter in the optimizer: keys the noise
     names: list[str] = field(default_factory=list)  # for error messages
     shard_group: object = None  # FSDP2 + LARS: the process group whole-tensor norms are summed over
@@ -98,3 +98,15 @@ def abandon(phase: Phase, bucket: Bucket) -> None:
         torch._foreach_copy_(bucket.anchors, bucket.params)
     elif phase == Phase.UPDATE:
         torch._foreach_copy_(bucket.params, bucket.anchors)
+
+
+def count_step(phase: Phase, bucket: Bucket, found_inf: Tensor | None) -> None:
+    """An update phase counts its update before the math reads the count (the first-step flag, the
+    noise key); a skipped one (found_inf set) is not counted. Device tensors only: no host sync. The
+    extension's operators do the same in C++."""
+    if phase == Phase.EXTRAPOLATE or not bucket.steps:
+        return
+    if found_inf is None:
+        torch._foreach_add_(bucket.steps, 1.0)
+    else:
+        torch._foreach_add_(bucket.steps, found_inf.reshape(()).eq(0).to(torch.float32))

@@ -1,8 +1,9 @@
-"""The functional core: validate every bucket, then run one phase over all of them.
+"""The functional core: the checks of hyperparameters, parameters and buckets, and `run`, which
+validates a list of launches (phase, bucket, hyperparameters, backend) and then runs them.
 
-The optimizer classes gather param groups into (Bucket, Hyper) pairs and call `run`; nothing else in
-the package touches a parameter. All checks happen before the first write, so a bad input raises with
-every tensor as it was.
+The optimizer classes keep their launches in a cached `plan.Plan` and run them the same way
+(plan.run_launches). All checks happen before the first write, so a bad input raises with every tensor
+as it was.
 """
 from __future__ import annotations
 
@@ -98,22 +99,12 @@ class Work(NamedTuple):
     backend: backends.Backend
 
 
-def _on(device: torch.device, t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.to(device, non_blocking=True)
-
-
 def run(work: list[Work], grad_scale: Tensor | None = None, found_inf: Tensor | None = None) -> None:
-    """Runs every launch, after checking all of them. Update phases count the step first (the kernels
-    read the new count) and, where found_inf is set, count it back on the device: no host sync."""
-    for item in work:
-        check_bucket(item.bucket, item.backend)
-    counted = [w.bucket for w in work if w.phase != Phase.EXTRAPOLATE]
-    steps = [s for bucket in counted for s in bucket.steps]
-    if steps:
-        torch._foreach_add_(steps, 1.0)
-    for phase, bucket, hyper, backend in work:
-        backend.apply(phase, bucket, hyper, _on(bucket.device, grad_scale), _on(bucket.device, found_inf))
-    if steps and found_inf is not None:
-        for bucket in counted:
-            skipped = _on(bucket.device, found_inf).reshape(()).ne(0).to(torch.float32)
-            torch._foreach_sub_(bucket.steps, [skipped] * len(bucket.steps))
+    """Runs every launch, after checking all of them. Update phases count their step first and, where
+    found_inf is set, do not count it (on the device: no host sync)."""
+    from .plan import Launch, Rejected, run_launches
+
+    try:
+        run_launches([Launch(w, None) for w in work], [], grad_scale, found_inf)
+    except Rejected as rejected:
+        raise rejected.__cause__ from None

@@ -1,11 +1,10 @@
-"""The optimizer classes: thin torch.optim.Optimizer front ends over `functional.run`.
+"""The optimizer classes: thin torch.optim.Optimizer front ends over a cached `plan.Plan`.
 
-`FusedOptimizer` turns param groups into validated (device, dtype) buckets with their state;
-`ExtrapSGD` and `FusedSGD` only say which phase each group runs and with which hyperparameters.
+`FusedOptimizer` keeps one plan per kind of step (its launches: validated (device, dtype) buckets with
+their state and operator arguments, built once) and runs it with each step's gradients; `ExtrapSGD`
+and `FusedSGD` only say which phase each group runs and with which hyperparameters.
 """
 from __future__ import annotations
-
-from collections import defaultdict
 
 import torch
 from torch import Tensor
@@ -13,20 +12,18 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import required
 
 from . import functional
-from .bucket import Bucket, Hyper, Phase, state_dtype
-from .functional import Work, check_hyperparameters, check_param, resolve_backend
-from .sharded import is_dtensor, local, shard_group
-
-_HYPER_KEYS = ("lr", "gamma", "momentum", "dampening", "weight_decay", "nesterov", "noise_std",
-               "trust_coefficient", "mode", "past")
+from .bucket import Hyper, Phase, state_dtype
+from .functional import check_hyperparameters
+from .plan import _GRAD, Plan, Rejected, flat_params
 
 
 class FusedOptimizer(Optimizer):
-    """Shared machinery: state, buckets, AMP arguments, state_dict dtypes. Subclasses define
+    """Shared machinery: state, the cached plans, AMP arguments, state_dict dtypes. Subclasses define
     `_launch_args(group)` -> (phase, Hyper) and `_has_anchor(param)`."""
 
     def __init__(self, params, defaults: dict, backend: str = "auto"):
         self.backend = backend
+        self._plans: dict = {}  # Phase.EXTRAPOLATE or None (a step) -> Plan
         super().__init__(params, defaults)
         # torch.amp.GradScaler hands grad_scale and found_inf to step() instead of unscaling grads.
         self._step_supports_amp_scaling = True
@@ -57,52 +54,38 @@ class FusedOptimizer(Optimizer):
             state["momentum_buffer"] = torch.zeros_like(p, dtype=sdtype, memory_format=torch.contiguous_format)
         return state
 
-    def _gather(self, groups: list[dict], phase_of=None) -> list[Work]:
-        """Validates every parameter with a gradient in `groups` (before any state is created), then
-        builds one bucket per (group, device, dtype)."""
-        index = {p: i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
-        plan = []
-        for group in groups:
-            check_hyperparameters(**{k: group[k] for k in _HYPER_KEYS if k in group})
-            phase, hyper = self._launch_args(group)
-            if phase_of is not None:
-                phase = phase_of
-            by_key = defaultdict(list)
-            for p in group["params"]:
-                if p.grad is not None:
-                    by_key[(p.device, p.dtype)].append(p)
-            for params in by_key.values():
-                # the kernels see local tensors: FSDP2 shards step where they live
-                shards, grads = [local(p) for p in params], [local(p.grad) for p in params]
-                backend = resolve_backend(self.backend, shards, grads)
-                names = [f"param {index[p]} (shape {tuple(p.shape)})" for p in params]
-                for p, x, g, name in zip(params, shards, grads, names):
-                    check_param(x, g, backend, name)
-                    if phase == Phase.UPDATE_NOISE and is_dtensor(p):
-                        raise RuntimeError(f"{name}: mode='noise' keys its noise by element index and does not "
-                                           "support sharded (FSDP2) parameters; use mode 'local' or 'past'")
-                group_of_shards = shard_group(params, names) if hyper.lars else None
-                plan.append((group, phase, hyper, backend, params, shards, grads, names, group_of_shards))
-        work = []
-        for group, phase, hyper, backend, params, shards, grads, names, group_of_shards in plan:
-            states = [self._init_state(p, group) for p in params]
-            bucket = Bucket(
-                params=shards,
-                grads=grads,
-                anchors=[local(st["anchor"]) if "anchor" in st else x for x, st in zip(shards, states)],
-                momenta=[local(st["momentum_buffer"]) for st in states] if group["momentum"] != 0 else [],
-                steps=[st["step"] for st in states],
-                indices=[index[p] for p in params],
-                names=names,
-                shard_group=group_of_shards,
-            )
-            work.append(Work(phase, bucket, hyper, backend))
-        return work
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        self._plans = {}
 
-    def _run(self, work: list[Work], grad_scale, found_inf) -> None:
+    def _plan(self, groups: list[dict], phase_of: Phase | None = None) -> tuple[Plan, list]:
+        """The plan of this step over `groups` and the step's gradients, one per parameter (None where
+        there is none). The cached plan is reused while it still matches (plan.py says when)."""
+        params = flat_params(groups)
+        grads = list(map(_GRAD, params))
+        plan = self._plans.get(phase_of)
+        if plan is None or not plan.matches(self, groups, params, grads):
+            plan = self._plans[phase_of] = Plan(self, groups, phase_of, params, grads)
+        return plan, grads
+
+    def _run(self, plan: Plan, grads: list, grad_scale, found_inf) -> None:
+        """Runs a plan. A reused plan that the per-step validation refuses (nothing was written: e.g. a
+        parameter re-allocated with another dtype) is planned anew, which re-validates the step with
+        the Python layer's messages, and run again."""
         grad_scale, found_inf = self._amp_args(grad_scale, found_inf)
-        with torch.no_grad():
-            functional.run(work, grad_scale, found_inf)
+        try:
+            plan.run(grads, grad_scale, found_inf)
+            return
+        except Rejected as rejected:
+            if plan.fresh:
+                raise rejected.__cause__ from None
+        groups, phase_of = plan.groups, plan.phase_of
+        params = flat_params(groups)
+        plan = self._plans[phase_of] = Plan(self, groups, phase_of, params, grads)
+        try:
+            plan.run(grads, grad_scale, found_inf)
+        except Rejected as rejected:
+            raise rejected.__cause__ from None
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch casts every floating state tensor to its parameter's dtype, which would round the fp32
@@ -110,6 +93,7 @@ class FusedOptimizer(Optimizer):
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         saved_state = state_dict["state"]
         super().load_state_dict(state_dict)
+        self._plans = {}
         for group in self.param_groups:  # e.g. a torch.optim.SGD checkpoint has no gamma or mode
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
@@ -179,9 +163,9 @@ class ExtrapSGD(FusedOptimizer):
                                "extrapolate inside step()")
         if self._extrapolated is not None:
             raise RuntimeError("extrapolate() called twice: call step() to finish the iteration first")
-        work = self._gather(local, phase_of=Phase.EXTRAPOLATE)
-        self._run(work, grad_scale, found_inf)
-        self._extrapolated = {i for w in work for i in w.bucket.indices}
+        plan, grads = self._plan(local, Phase.EXTRAPOLATE)
+        self._run(plan, grads, grad_scale, found_inf)
+        self._extrapolated = plan.indices(Phase.EXTRAPOLATE)
 
     @torch.no_grad()
     def step(self, closure=None, *, grad_scale: Tensor | None = None, found_inf: Tensor | None = None):
@@ -195,15 +179,15 @@ class ExtrapSGD(FusedOptimizer):
                 self.extrapolate(grad_scale=grad_scale, found_inf=found_inf)
                 with torch.enable_grad():
                     closure()
-        work = self._gather(self.param_groups)
-        updated = {i for w in work if w.phase == Phase.UPDATE for i in w.bucket.indices}
+        plan, grads = self._plan(self.param_groups)
+        updated = plan.indices(Phase.UPDATE)
         if updated or self._extrapolated:
             if self._extrapolated is None:
                 raise RuntimeError("step() in mode='local' needs extrapolate() first (or pass a closure)")
             if updated != self._extrapolated:
                 raise RuntimeError("mode='local': the parameters with gradients at step() are not the "
                                    "ones extrapolated by extrapolate()")
-        self._run(work, grad_scale, found_inf)
+        self._run(plan, grads, grad_scale, found_inf)
         self._extrapolated = None
         return loss
 
@@ -247,5 +231,5 @@ class FusedSGD(FusedOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._run(self._gather(self.param_groups), grad_scale, found_inf)
+        self._run(*self._plan(self.param_groups), grad_scale, found_inf)
         return loss

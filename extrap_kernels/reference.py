@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from . import philox
-from .bucket import Bucket, Hyper, Phase, abandon, state_dtype
+from .bucket import Bucket, Hyper, Phase, abandon, count_step, state_dtype
 from .lars import whole_tensor_norms
 
 
@@ -55,6 +55,7 @@ def base_update(s: Tensor, m: Tensor | None, g_prime: Tensor, h: Hyper, first: b
 def apply(phase: Phase, bucket: Bucket, h: Hyper, grad_scale: Tensor | None = None,
           found_inf: Tensor | None = None, compute_dtype: torch.dtype | None = None) -> None:
     """Runs one phase over the bucket, one tensor at a time."""
+    count_step(phase, bucket, found_inf)
     if found_inf is not None and found_inf.item() != 0:
         abandon(phase, bucket)
         return

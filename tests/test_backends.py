@@ -92,7 +92,7 @@ def _bucket(params, grads, anchors, momenta, step):
 
 @over_backends
 @given(phase=st.sampled_from(list(Phase)), opts=options(), dtype=st.sampled_from(DTYPES),
-       sizes=st.lists(st.sampled_from(SIZES), min_size=1, max_size=5), step=st.sampled_from([1, 2, 7]),
+       sizes=st.lists(st.sampled_from(SIZES), min_size=1, max_size=5), step=st.sampled_from([0, 1, 6]),
        data_seed=st.integers(0, 2**31 - 1))
 def test_one_phase_against_float64_reference(backend, phase, opts, dtype, sizes, step, data_seed):
     """One launch on identical inputs against the reference evaluated in float64: the error is the

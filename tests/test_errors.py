@@ -8,7 +8,6 @@ import torch
 
 import extrap_kernels as ek
 from extrap_kernels import functional
-from extrap_kernels.backends.cpu import make_launch
 from extrap_kernels.bucket import Bucket, Hyper, Phase
 
 from conftest import CPU_BACKENDS
@@ -133,24 +132,32 @@ def test_functional_bucket_checks():
 
 @pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="extension not built")
 def test_extension_checks_its_launch():
-    """The C++ binding refuses a malformed bucket on its own, whatever the Python layer did."""
-    C = ek._ext.load()
+    """The operators refuse a malformed launch on their own, whatever the Python layer did, and write
+    nothing: the step count is not advanced either."""
+    ek._ext.load()
     x, g, s = torch.zeros(4), torch.zeros(4), torch.zeros(4)
+    step = torch.tensor(1.0)
 
-    def apply(phase, grads, momenta=()):
-        C.apply(make_launch(phase=phase, params=[x], grads=grads, anchors=[s], momenta=list(momenta),
-                            steps=[torch.tensor(1.0)], indices=[0], lr=0.1))
+    def update(grads, momenta=(), **kwargs):
+        torch.ops.extrap_kernels.update_([x], grads, [s], list(momenta), [step], [0], lr=0.1, **kwargs)
 
-    with pytest.raises(RuntimeError, match="not contiguous"):
-        apply(1, [torch.zeros(8)[::2]])
-    with pytest.raises(RuntimeError, match="elements"):
-        apply(1, [torch.zeros(5)])
-    with pytest.raises(RuntimeError, match="momenta"):
-        apply(1, [g], [torch.zeros(4)])
-    with pytest.raises(RuntimeError, match="unknown phase"):
-        apply(9, [g])
-    with pytest.raises(AttributeError):
-        make_launch(learning_rate=0.1)  # fields go by name: a misspelled one is an error
+    with pytest.raises(ValueError, match="contiguous"):
+        update([torch.zeros(8)[::2]])
+    with pytest.raises(ValueError, match="gradient shape"):
+        update([torch.zeros(5)])
+    with pytest.raises(ValueError, match="momenta"):
+        update([g], [torch.zeros(4)])
+    with pytest.raises(TypeError, match="mismatched dtypes"):
+        update([g.double()])
+    with pytest.raises(ValueError, match="momentum_buffer"):
+        update([g], [torch.zeros(3)], momentum=0.9)
+    with pytest.raises(ValueError, match="anchors"):
+        torch.ops.extrap_kernels.update_past_([x], [g], [], [], [step], [0], lr=0.1)
+    with pytest.raises(ValueError, match="unknown phase"):
+        torch.ops.extrap_kernels.check(9, [x], [g], [s], [], [step], [0], lr=0.1)
+    with pytest.raises(RuntimeError, match="Unknown keyword argument 'learning_rate'"):
+        update([g], learning_rate=0.1)  # arguments go by schema name: a misspelled one is an error
+    assert float(step) == 1.0 and torch.equal(x, torch.zeros(4))
 
 
 @pytest.mark.parametrize("backend", ALL)

@@ -1,7 +1,7 @@
 // The CPU launcher: one multi-tensor pass over every tensor of a bucket, split into fixed-size chunks
 // that at::parallel_for hands to the threads. The inner loops are plain loops over contiguous memory
-// with the phase, the dtypes and momentum fixed at compile time, so the compiler can vectorize them;
-// the math itself is csrc/extrap_math.h.
+// with the phase, the dtypes, momentum and the common values of the option flags fixed at compile
+// time, so that the compiler vectorizes them; the math itself is csrc/extrap_math.h.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -12,7 +12,8 @@
 namespace extrap {
 namespace {
 
-constexpr int64_t kChunk = 1 << 16;
+constexpr int64_t kChunk = 1 << 16;  // elements per work item: large enough to amortize, small enough to balance
+constexpr int64_t kSerialBelow = 1 << 15;  // launches with fewer elements run on the calling thread
 
 // The loops are compute-bound whenever the data sits in cache, so they are compiled for AVX-512 and
 // AVX2+FMA as well as the baseline, and the loader picks the widest one the processor has.
@@ -20,19 +21,45 @@ constexpr int64_t kChunk = 1 << 16;
 #define EXTRAP_SIMD_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
 #else
 #define EXTRAP_SIMD_CLONES
-#endif  // elements per work item: large enough to amortize, small enough to balance
+#endif
+
+// A branch on a runtime flag inside the loop keeps GCC from vectorizing it (it falls back to scalar
+// code: a third of the bandwidth). The flags are loop-invariant, so the launcher picks a loop compiled
+// with them fixed: kPlain (every flag at its default, not the first step), kNesterov (the same with
+// Nesterov momentum), or kGeneric (read at run time: first steps, rare options, noise).
+enum Flags : int { kGeneric = 0, kPlain = 1, kNesterov = 2 };
+
+template <int F, typename acc>
+EXTRAP_HD void fix_flags(Hyper<acc>& h, TensorArgs<acc>& t) {
+  if constexpr (F != kGeneric) {
+    h.nesterov = F == kNesterov;
+    h.wd_after_momentum = false;
+    h.extrapolate_with_momentum = false;
+    h.past_grad = false;
+    t.first = false;
+  }
+}
+
+template <Phase P, typename acc>
+int flags_of(const Hyper<acc>& h, const TensorArgs<acc>& t) {
+  if (P == kUpdateNoise || h.wd_after_momentum || h.extrapolate_with_momentum || h.past_grad) return kGeneric;
+  if (P == kExtrapolate) return kPlain;  // reads neither the first-step flag nor Nesterov
+  if (t.first) return kGeneric;
+  return h.nesterov ? kNesterov : kPlain;
+}
 
 // One span [begin, end) of one tensor: loads, csrc/extrap_math.h's phase_element, and the stores the
 // phase makes. Hyperparameters come by value and pointers are restrict-qualified so that the compiler
 // keeps scalars in registers and vectorizes; the one legal alias (plain fused SGD, where a
 // full-precision x is its own anchor) goes through run_span_in_place.
-template <Phase P, bool kMomentum, typename scalar_t, typename acc>
+template <Phase P, bool kMomentum, int F, typename scalar_t, typename acc>
 EXTRAP_SIMD_CLONES void run_span(scalar_t* __restrict__ x, const scalar_t* __restrict__ g, acc* __restrict__ s,
-                                 acc* __restrict__ m, int64_t begin, int64_t end, const Hyper<acc> h,
-                                 const TensorArgs<acc> t) {
+                                 acc* __restrict__ m, int64_t begin, int64_t end, Hyper<acc> h, TensorArgs<acc> t) {
   constexpr bool kMaster = !std::is_same<scalar_t, acc>::value;
+  fix_flags<F>(h, t);
   for (int64_t i = begin; i < end; ++i) {
-    acc xv = static_cast<acc>(x[i]);
+    // x is read only where the phase reads it: a full-precision snapshot, or a skipped update
+    acc xv = (P == kExtrapolate && !kMaster) ? static_cast<acc>(x[i]) : acc(0);
     acc sv = (P == kExtrapolate && !kMaster) ? acc(0) : s[i];
     acc mv = kMomentum ? m[i] : acc(0);
     phase_element<P, kMomentum, kMaster>(xv, static_cast<acc>(g[i]), sv, mv, h, t, static_cast<uint64_t>(i));
@@ -43,9 +70,10 @@ EXTRAP_SIMD_CLONES void run_span(scalar_t* __restrict__ x, const scalar_t* __res
 }
 
 // kUpdate where the full-precision parameter is its own anchor (FusedSGD): x <- x - lr * d in place.
-template <bool kMomentum, typename acc>
+template <bool kMomentum, int F, typename acc>
 EXTRAP_SIMD_CLONES void run_span_in_place(acc* __restrict__ x, const acc* __restrict__ g, acc* __restrict__ m,
-                                          int64_t begin, int64_t end, const Hyper<acc> h, const TensorArgs<acc> t) {
+                                          int64_t begin, int64_t end, Hyper<acc> h, TensorArgs<acc> t) {
+  fix_flags<F>(h, t);
   for (int64_t i = begin; i < end; ++i) {
     acc xv = x[i], sv = x[i];
     acc mv = kMomentum ? m[i] : acc(0);
@@ -66,6 +94,17 @@ void skip_span(scalar_t* x, acc* s, int64_t begin, int64_t end) {
   }
 }
 
+template <Phase P, bool kMomentum, int F, typename scalar_t, typename acc>
+void run_item(scalar_t* x, const scalar_t* g, acc* s, acc* m, int64_t begin, int64_t end, const Hyper<acc>& h,
+              const TensorArgs<acc>& t) {
+  if constexpr (P == kUpdate && std::is_same<scalar_t, acc>::value) {
+    if (static_cast<void*>(x) == static_cast<void*>(s)) {
+      return run_span_in_place<kMomentum, F, acc>(x, g, m, begin, end, h, t);
+    }
+  }
+  run_span<P, kMomentum, F, scalar_t, acc>(x, g, s, m, begin, end, h, t);
+}
+
 struct WorkItem {
   int64_t tensor, begin, end;
 };
@@ -75,33 +114,38 @@ void run_launch(const Launch& L, bool skip, double inv_scale) {
   const int64_t n = static_cast<int64_t>(L.params.size());
   const Hyper<acc> h = make_hyper<acc>(L, inv_scale);
   std::vector<TensorArgs<acc>> args(n);
+  std::vector<int> flags(n);
   std::vector<WorkItem> items;
+  int64_t total = 0;
   const acc* trust = L.trust ? L.trust->data_ptr<acc>() : nullptr;
   for (int64_t t = 0; t < n; ++t) {
-    const float step = L.steps[t].item<float>();
+    const float step = *L.steps[t].data_ptr<float>();
     args[t] = {trust ? trust[t] : acc(1), step <= 1.0f, static_cast<uint32_t>(step),
                static_cast<uint32_t>(L.indices[t])};
+    flags[t] = flags_of<P>(h, args[t]);
     const int64_t numel = L.params[t].numel();
+    total += numel;
     for (int64_t b = 0; b < numel; b += kChunk) items.push_back({t, b, std::min(numel, b + kChunk)});
   }
-  at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t lo, int64_t hi) {
+  // Threads only where there is work for them: waking the pool costs more than a small launch.
+  const int64_t grain = total < kSerialBelow ? static_cast<int64_t>(items.size()) : 1;
+  at::parallel_for(0, static_cast<int64_t>(items.size()), grain, [&](int64_t lo, int64_t hi) {
     for (int64_t k = lo; k < hi; ++k) {
       const WorkItem& w = items[k];
       auto* x = L.params[w.tensor].data_ptr<scalar_t>();
-      auto* s = L.anchors[w.tensor].data_ptr<acc>();
+      auto* s = L.anchor(w.tensor).data_ptr<acc>();
       if (skip) {
         skip_span<P, scalar_t, acc>(x, s, w.begin, w.end);
         continue;
       }
       const auto* g = L.grads[w.tensor].data_ptr<scalar_t>();
       acc* m = kMomentum ? L.momenta[w.tensor].data_ptr<acc>() : nullptr;
-      if constexpr (P == kUpdate && std::is_same<scalar_t, acc>::value) {
-        if (static_cast<void*>(x) == static_cast<void*>(s)) {
-          run_span_in_place<kMomentum, acc>(s, g, m, w.begin, w.end, h, args[w.tensor]);
-          continue;
-        }
+      const TensorArgs<acc>& t = args[w.tensor];
+      switch (flags[w.tensor]) {
+        case kPlain: run_item<P, kMomentum, kPlain>(x, g, s, m, w.begin, w.end, h, t); break;
+        case kNesterov: run_item<P, kMomentum, kNesterov>(x, g, s, m, w.begin, w.end, h, t); break;
+        default: run_item<P, kMomentum, kGeneric>(x, g, s, m, w.begin, w.end, h, t);
       }
-      run_span<P, kMomentum, scalar_t, acc>(x, g, s, m, w.begin, w.end, h, args[w.tensor]);
     }
   });
 }
@@ -111,6 +155,9 @@ void run_launch(const Launch& L, bool skip, double inv_scale) {
 void apply_cpu(const Launch& L) {
   if (L.params.empty()) return;
   const bool skip = L.found_inf && L.found_inf->item<double>() != 0.0;
+  if (L.counts_step() && !skip) {  // the kernel reads the count of this update (a skipped one is not counted)
+    for (const at::Tensor& step : L.steps) *step.data_ptr<float>() += 1.0f;
+  }
   const double inv_scale = L.grad_scale ? 1.0 / L.grad_scale->item<double>() : 1.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, L.params[0].scalar_type(), "extrap_cpu", [&] {
     using acc = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;

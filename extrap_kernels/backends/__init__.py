@@ -1,7 +1,9 @@
 """The one dispatch point: which backend runs a bucket, and what each backend can do.
 
 Every backend has the same entry, `apply(phase, bucket, hyper, grad_scale, found_inf)`, which runs
-ONE phase over ONE (device, dtype) bucket. "auto" picks the fastest one available for the device.
+ONE phase over ONE (device, dtype) bucket (an update phase counts its step first). "auto" picks the
+fastest one available for the device. The extension's backends (`cpu`, `cuda`) validate each launch in
+C++ (`validates`); the others are validated by functional.check_bucket.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ class Backend:
     needs_contiguous: bool  # fused kernels walk raw memory
     devices: tuple[str, ...] | None  # device types it runs on; None: any
     available: Callable[[], bool]
+    validates: bool = False  # the extension's operators check every launch themselves (csrc/bindings.cpp)
 
     @property
     def apply(self):
@@ -47,8 +50,9 @@ def _triton_devices() -> tuple[str, ...]:
 BACKENDS = {
     "reference": Backend("reference", "..reference", False, None, lambda: True),
     "foreach": Backend("foreach", ".foreach", False, None, lambda: True),
-    "cpu": Backend("cpu", ".cpu", True, ("cpu",), lambda: _ext.load() is not None),
-    "cuda": Backend("cuda", ".cuda", True, ("cuda",), lambda: importlib.import_module(".cuda", __package__).available()),
+    "cpu": Backend("cpu", ".cpu", True, ("cpu",), lambda: _ext.load() is not None, validates=True),
+    "cuda": Backend("cuda", ".cuda", True, ("cuda",), lambda: importlib.import_module(".cuda", __package__).available(),
+                    validates=True),
     "triton": Backend("triton", ".triton_kernels", True, _triton_devices(), _triton_available),
 }
 

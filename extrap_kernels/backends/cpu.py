@@ -1,43 +1,58 @@
-"""The `cpu` backend: the fused C++ kernel (csrc/cpu), one multi-tensor pass per phase."""
+"""The extension's backends, `cpu` (csrc/cpu) and `cuda` (csrc/cuda): one multi-tensor pass per phase,
+called as the PyTorch operator torch.ops.extrap_kernels.<phase>_ (csrc/bindings.cpp). The operator
+validates its whole launch in C++ before writing anything and counts the step of an update phase."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .. import _ext
 from ..bucket import Bucket, Hyper, Phase
 from ..lars import trust_ratios
 
+OPS = ("extrapolate_", "update_", "update_past_", "update_noise_")  # in Phase order
+
+
+def operator(phase: Phase):
+    """torch.ops.extrap_kernels.<phase>_ (the extension registers it when it is loaded)."""
+    _ext.load()
+    return getattr(torch.ops.extrap_kernels, OPS[phase]).default
+
+
+def check_operator():
+    """torch.ops.extrap_kernels.check: a phase's validation alone, nothing written."""
+    _ext.load()
+    return torch.ops.extrap_kernels.check.default
+
 
 def _as_int64(seed: int) -> int:
-    """The seed's 64 bits as the signed integer the binding takes."""
+    """The seed's 64 bits as the signed integer the operator takes."""
     seed = int(seed) & 0xFFFFFFFFFFFFFFFF
     return seed - 2**64 if seed >= 2**63 else seed
 
 
-def make_launch(**fields):
-    """The extension's `Launch`, filled by field name (an unknown name raises AttributeError)."""
-    launch_ = _ext.load().Launch()
-    for name, value in fields.items():
-        setattr(launch_, name, value)
-    return launch_
+def tensor_args(phase: Phase, b: Bucket) -> tuple:
+    """The operator's positional arguments after params and grads: anchors (empty where the parameters
+    are their own anchors: plain fused SGD), momenta, steps, indices."""
+    own = phase == Phase.UPDATE and all(s is x for s, x in zip(b.anchors, b.params))
+    return [] if own else b.anchors, b.momenta, b.steps, b.indices
 
 
-def launch(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None, found_inf: Tensor | None,
-           stream: int = 0) -> None:
-    """Hands one bucket to the extension, which checks it and runs the launcher of its device."""
+def hyper_kwargs(h: Hyper, b: Bucket) -> dict:
+    """The operator's keyword arguments for the hyperparameters (rates as numbers, or as one-element
+    tensors of the state dtype on the bucket's device, read by the kernel when it runs)."""
     (lr, lr_tensor), (gamma, gamma_tensor) = h.rate("lr", b), h.rate("gamma", b)
-    _ext.load().apply(make_launch(
-        phase=int(phase), params=b.params, grads=b.grads, anchors=b.anchors, momenta=b.momenta, steps=b.steps,
-        indices=b.indices, trust=trust_ratios(phase, b, h, grad_scale) if h.lars else None,
-        lr=lr, gamma=gamma, lr_tensor=lr_tensor, gamma_tensor=gamma_tensor, momentum=float(h.momentum),
-        dampening=float(h.dampening), weight_decay=float(h.weight_decay), nesterov=bool(h.nesterov),
-        maximize=bool(h.maximize), wd_after_momentum=bool(h.wd_after_momentum),
-        extrapolate_with_momentum=bool(h.extrapolate_with_momentum), past_grad=bool(h.past_grad),
-        noise_std=float(h.noise_std), seed=_as_int64(h.seed), grad_scale=grad_scale, found_inf=found_inf,
-        stream=stream))
+    return dict(lr=lr, gamma=gamma, lr_tensor=lr_tensor, gamma_tensor=gamma_tensor, momentum=float(h.momentum),
+                dampening=float(h.dampening), weight_decay=float(h.weight_decay), nesterov=bool(h.nesterov),
+                maximize=bool(h.maximize), wd_after_momentum=bool(h.wd_after_momentum),
+                extrapolate_with_momentum=bool(h.extrapolate_with_momentum), past_grad=bool(h.past_grad),
+                noise_std=float(h.noise_std), seed=_as_int64(h.seed))
 
 
 def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
           found_inf: Tensor | None = None) -> None:
-    launch(phase, b, h, grad_scale, found_inf)
-
+    """One bucket through the operator of its phase (the per-step path of an optimizer calls the
+    operator with arguments it prepared once: extrap_kernels/plan.py)."""
+    trust = trust_ratios(phase, b, h, grad_scale) if h.lars else None
+    operator(phase)(b.params, b.grads, *tensor_args(phase, b), **hyper_kwargs(h, b), trust=trust,
+                    grad_scale=grad_scale, found_inf=found_inf)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .. import philox
-from ..bucket import Bucket, Hyper, Phase, abandon, state_dtype
+from ..bucket import Bucket, Hyper, Phase, abandon, count_step, state_dtype
 from ..lars import trust_ratios
 
 def _regularized_grads(b: Bucket, h: Hyper, weights: list[Tensor], inv_scale, trust) -> list[Tensor]:
@@ -43,6 +43,7 @@ def _direction(b: Bucket, h: Hyper, g_prime: list[Tensor]) -> list[Tensor]:
 
 def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
           found_inf: Tensor | None = None) -> None:
+    count_step(phase, b, found_inf)
     if found_inf is not None and found_inf.item() != 0:
         abandon(phase, b)
         return

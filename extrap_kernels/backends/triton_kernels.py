@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..bucket import Bucket, Hyper, Phase, state_dtype
+from ..bucket import Bucket, Hyper, Phase, count_step, state_dtype
 from ..lars import trust_ratios
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -177,6 +177,7 @@ def _tables(b: Bucket):
 
 def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
           found_inf: Tensor | None = None) -> None:
+    count_step(phase, b, found_inf)
     table, numels, indices, block_tensor, block_start, total = _tables(b)
     if total == 0:
         return
