@@ -23,8 +23,10 @@ class FusedOptimizer(Optimizer):
 
     def __init__(self, params, defaults: dict, backend: str = "auto"):
         self.backend = backend
-        self._plans: dict = {}  # Phase.EXTRAPOLATE or None (a step) -> Plan
         super().__init__(params, defaults)
+        # Phase.EXTRAPOLATE or None (a step) -> Plan; a plan checks itself against the param groups and
+        # the state at every step (plan.Plan.matches), so nothing here needs to invalidate it
+        self._plans: dict = {}
         # torch.amp.GradScaler hands grad_scale and found_inf to step() instead of unscaling grads.
         self._step_supports_amp_scaling = True
 
@@ -53,10 +55,6 @@ class FusedOptimizer(Optimizer):
         if group["momentum"] != 0 and "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p, dtype=sdtype, memory_format=torch.contiguous_format)
         return state
-
-    def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)
-        self._plans = {}
 
     def _plan(self, groups: list[dict], phase_of: Phase | None = None) -> tuple[Plan, list]:
         """The plan of this step over `groups` and the step's gradients, one per parameter (None where
@@ -93,7 +91,6 @@ class FusedOptimizer(Optimizer):
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         saved_state = state_dict["state"]
         super().load_state_dict(state_dict)
-        self._plans = {}
         for group in self.param_groups:  # e.g. a torch.optim.SGD checkpoint has no gamma or mode
             for key, value in self.defaults.items():
                 group.setdefault(key, value)

@@ -33,6 +33,7 @@ struct TensorTable {
 static_assert(sizeof(TensorTable) <= 32764 - 1024, "the table must fit the 32 KB kernel-argument limit");
 
 // Calls launch(table, blocks) as often as needed to cover every chunk of every non-empty tensor.
+// Empty `anchors`: the parameters are their own anchors (plain fused SGD on full-precision x).
 template <typename Launch>
 void multi_tensor_apply(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
                         const std::vector<at::Tensor>& anchors, const std::vector<at::Tensor>& momenta,
@@ -45,7 +46,7 @@ void multi_tensor_apply(const std::vector<at::Tensor>& params, const std::vector
     if (numel == 0) continue;
     table.x[entries] = params[t].data_ptr();
     table.g[entries] = grads[t].data_ptr();
-    table.s[entries] = anchors[t].data_ptr();
+    table.s[entries] = anchors.empty() ? params[t].data_ptr() : anchors[t].data_ptr();
     table.m[entries] = momenta.empty() ? nullptr : momenta[t].data_ptr();
     table.step[entries] = steps[t].data_ptr<float>();
     table.numel[entries] = numel;
