@@ -17,6 +17,14 @@ from .functional import check_hyperparameters
 from .plan import _GRAD, Plan, Rejected, flat_params
 
 
+def eager(method):
+    """Runs `method` eagerly under torch.compile (one graph break where it is called): a step looks up
+    and checks a cached Python plan and then makes one fused operator call per bucket, so a trace
+    would guard on that state and gain nothing. The operators themselves are traceable (a Meta kernel
+    each: csrc/bindings.cpp)."""
+    return torch.compiler.disable(method)
+
+
 class FusedOptimizer(Optimizer):
     """Shared machinery: state, the cached plans, AMP arguments, state_dict dtypes. Subclasses define
     `_launch_args(group)` -> (phase, Hyper) and `_has_anchor(param)`."""
@@ -150,6 +158,7 @@ class ExtrapSGD(FusedOptimizer):
     def _local_groups(self) -> list[dict]:
         return [g for g in self.param_groups if g["mode"] == "local"]
 
+    @eager
     @torch.no_grad()
     def extrapolate(self, *, grad_scale: Tensor | None = None, found_inf: Tensor | None = None) -> None:
         """Two-phase step 2 for the mode="local" groups: s <- x; x <- s - gamma * e(g), with g the
@@ -164,6 +173,7 @@ class ExtrapSGD(FusedOptimizer):
         self._run(plan, grads, grad_scale, found_inf)
         self._extrapolated = plan.indices(Phase.EXTRAPOLATE)
 
+    @eager
     @torch.no_grad()
     def step(self, closure=None, *, grad_scale: Tensor | None = None, found_inf: Tensor | None = None):
         """One iteration. With a closure (which zeroes grads, computes the loss and calls backward), a
@@ -222,6 +232,7 @@ class FusedSGD(FusedOptimizer):
     def zero_grad(self, set_to_none: bool | None = None) -> None:
         super().zero_grad(set_to_none=self.set_grad_none if set_to_none is None else set_to_none)
 
+    @eager
     @torch.no_grad()
     def step(self, closure=None, *, grad_scale: Tensor | None = None, found_inf: Tensor | None = None):
         loss = None
