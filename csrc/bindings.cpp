@@ -241,6 +241,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "extrap-kernels fused multi-tensor optimizer kernels: see torch.ops.extrap_kernels";
   m.def("noise", &extrap::noise, "Philox bits and normals of one parameter (test hook)", py::arg("seed"),
         py::arg("step"), py::arg("index"), py::arg("numel"));
+  m.attr("cpu_stream_above") = extrap::kCpuStreamAbove;
 #ifdef EXTRAP_WITH_CUDA
   m.attr("has_cuda") = true;
 #else

@@ -77,6 +77,11 @@ void with_phase(const Launch& L, F&& f) {
   }
 }
 
+// CPU launches of at least this many elements (64 MB or more over a phase's arrays: past the last-level
+// cache) write the array a phase does not read with non-temporal stores; smaller ones keep their
+// results in cache, where the next forward pass reads the parameters. (Exported for the tests.)
+constexpr int64_t kCpuStreamAbove = 1 << 22;
+
 // The launchers count the step of an update phase themselves (after every check, before any kernel
 // reads it): the CPU one on the host, where found_inf is already known, the CUDA one on the device.
 void apply_cpu(const Launch& L);

@@ -4,6 +4,7 @@ parameters with the same (dtype-rounded) gradients, so the comparison bounds eac
 rounding with a tolerance derived from the dtype (conftest.trajectory_tolerance)."""
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,7 +13,7 @@ import extrap_kernels as ek
 from extrap_kernels import reference
 from extrap_kernels.bucket import Bucket, Hyper, Phase, state_dtype
 
-from conftest import DTYPES, over_backends, assert_within, noise_tolerance, output_ulp, state_eps, trajectory_tolerance
+from conftest import CPU_BACKENDS, DTYPES, over_backends, assert_within, noise_tolerance, output_ulp, state_eps, trajectory_tolerance
 
 # 0, 1, odd, power-of-two, and sizes across the CPU kernel's 65536-element chunks
 SIZES = [0, 1, 2, 3, 5, 17, 64, 255, 1000, 4097, 65536 + 3]
@@ -118,6 +119,34 @@ def test_one_phase_against_float64_reference(backend, phase, opts, dtype, sizes,
         assert_within(ours.anchors[i], oracle.anchors[i], tol, f"s {i}")
         if m:
             assert_within(ours.momenta[i], oracle.momenta[i], tol, f"m {i}")
+
+
+@pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="extension not built")
+@pytest.mark.parametrize("phase", list(Phase))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_large_launch_with_streaming_stores(phase, dtype):
+    """Launches past the CPU kernel's streaming threshold write through non-temporal stores (staged
+    blocks, an unaligned tensor start, a tail shorter than a block): the same values as the reference."""
+    total = ek._ext.load().cpu_stream_above + 1037
+    sizes = [total // 3 + 1, total - total // 3 - 1]
+    gen = torch.Generator().manual_seed(int(phase))
+    sdtype = state_dtype(dtype)
+    x = [torch.randn(n + 1, generator=gen).to(dtype)[1:] for n in sizes]  # storage offset: unaligned start
+    g = [torch.randn(n, generator=gen).to(dtype) for n in sizes]
+    s = [t.to(sdtype) + 0.01 * torch.randn(t.shape, generator=gen, dtype=sdtype) for t in x]
+    m = [torch.randn(n, generator=gen, dtype=sdtype) for n in sizes]
+    hyper = Hyper(lr=0.1, gamma=0.05, momentum=0.9, weight_decay=1e-3, noise_std=0.01, seed=3)
+    ours = _bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], 3)
+    oracle = _bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], 3)
+    ek.backends.resolve("cpu", torch.device("cpu")).apply(phase, ours, hyper, None, None)
+    reference.apply(phase, oracle, hyper, compute_dtype=torch.float64)
+    magnitude = max(float(t.abs().max()) for t in (*x, *g, *s, *m))
+    tol = trajectory_tolerance(dtype, 1, magnitude, 0.9)
+    x_tol = tol + (noise_tolerance(0.01) if phase == Phase.UPDATE_NOISE else 0.0)
+    for i in range(len(sizes)):
+        assert_within(ours.params[i], oracle.params[i], x_tol + output_ulp(dtype, oracle.params[i]), f"x {i}")
+        assert_within(ours.anchors[i], oracle.anchors[i], tol, f"s {i}")
+        assert_within(ours.momenta[i], oracle.momenta[i], tol, f"m {i}")
 
 
 def test_tolerance_is_tight_enough_to_fail():

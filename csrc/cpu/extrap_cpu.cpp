@@ -20,10 +20,6 @@ namespace {
 
 constexpr int64_t kChunk = 1 << 16;  // elements per work item: large enough to amortize, small enough to balance
 constexpr int64_t kSerialBelow = 1 << 15;  // launches with fewer elements run on the calling thread
-// Launches larger than the last-level cache stream the array they write without reading (below); 4M
-// elements are 64 MB or more over the phase's arrays. Smaller ones keep their results in cache, where
-// the next forward pass reads the parameters.
-constexpr int64_t kStreamAbove = 1 << 22;
 constexpr int64_t kStreamBlock = 512;  // elements staged in L1 between the math and the streaming stores
 
 // A store to a cache line that was not read first makes the core read it anyway (read for ownership):
@@ -212,7 +208,7 @@ void run_launch(const Launch& L, bool skip, double inv_scale) {
   }
   // Threads only where there is work for them: waking the pool costs more than a small launch.
   const int64_t grain = total < kSerialBelow ? static_cast<int64_t>(items.size()) : 1;
-  const bool stream = total >= kStreamAbove;
+  const bool stream = total >= kCpuStreamAbove;
   at::parallel_for(0, static_cast<int64_t>(items.size()), grain, [&](int64_t lo, int64_t hi) {
     for (int64_t k = lo; k < hi; ++k) {
       const WorkItem& w = items[k];
