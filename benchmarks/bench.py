@@ -1,8 +1,11 @@
 """Times one optimizer iteration of every contender on every workload, in one process and one run, and
 reports it against the memory-bandwidth floor of SPEC.md, torch's fused SGD and the `_foreach`
-extrapolation. Writes a terminal table, a JSON file and a PNG plot.
+extrapolation; on the overhead workloads (tiny tensors) it reports the host time per step against
+torch's fused SGD. Writes a terminal table, a JSON file and a PNG plot (under out/bench/ unless --out
+says where: committed results are written on purpose, never by default).
 
     python -m benchmarks.bench                      # this machine's device (cuda if there is one)
+    python -m benchmarks.bench --quick              # a minute: overhead, 16M fp32, ResNet-50
     python -m benchmarks.bench --device cpu --largest 67108864 --dtypes float32
 """
 from __future__ import annotations
@@ -24,7 +27,7 @@ import extrap_kernels as ek
 from .contenders import Contender, contenders, floor_bytes
 from .workloads import Workload, standard
 
-RESULTS = Path(__file__).parent / "results"
+OUT = Path("out") / "bench"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -33,37 +36,52 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def median_seconds(fn, device: str, repeats: int, budget: float) -> tuple[float, int]:
-    """Median over repeats after two warm-up calls: CUDA events on a GPU, perf_counter on CPU. On CPU
-    the repeats stop early once `budget` seconds are spent (at least 3)."""
-    fn()
-    fn()
+def time_once(fn, device: str, host: bool) -> float:
+    """One call: CUDA events on a GPU (the kernels' time), perf_counter on a CPU; `host`: until the call
+    returns (on a GPU without waiting for its kernels, which are drained first)."""
+    if device == "cuda" and not host:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
     synchronize(device)
-    times = []
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def round_robin(fns: dict, device: str, repeats: int, budget: float, host: bool = False) -> dict:
+    """Median seconds of each function, timed in turn within every round, so that a machine whose
+    bandwidth drifts (a shared VM) slows all of them alike and their ratios hold. Two warm-up calls
+    each; on a CPU the rounds stop once `budget` seconds are spent (at least 3 rounds)."""
+    for fn in fns.values():
+        fn()
+        fn()
+    times = {name: [] for name in fns}
     spent = time.perf_counter()
-    for _ in range(repeats):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-            if len(times) >= 3 and time.perf_counter() - spent > budget:
-                break
-    return statistics.median(times), len(times)
+    for done in range(1, repeats + 1):
+        for name, fn in fns.items():
+            times[name].append(time_once(fn, device, host))
+        if device != "cuda" and done >= 3 and time.perf_counter() - spent > budget:
+            break
+    synchronize(device)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def copy_bandwidth(device: str, nbytes: int, repeats: int) -> float:
-    """Bytes read plus written per second by one large tensor copy on `device`."""
-    src = torch.rand(nbytes // 4, device=device)
-    dst = torch.empty_like(src)
-    seconds, _ = median_seconds(lambda: dst.copy_(src), device, repeats, budget=5.0)
-    return 2 * src.numel() * 4 / seconds
+def streaming_probes(device: str, nbytes: int) -> dict:
+    """SPEC.md's floor: bytes read plus written per second by large streaming kernels, timed beside the
+    contenders: a copy, a triad c = a + k * b, and the same triad in place (c = a); the floor takes the
+    best. On a CPU a store to a line that was not read first costs a read for ownership, so the copy and
+    the out-of-place triad move more bytes than they count, while kernels that write what they read
+    (torch's fused SGD, most of ours) do not: the in-place triad measures the bandwidth those see.
+    Returns name -> (bytes counted, function)."""
+    a = torch.rand(nbytes // 4, device=device)
+    b, c = torch.rand_like(a), torch.empty_like(a)
+    n = a.numel()
+    return {"copy": (8 * n, lambda: c.copy_(a)), "triad": (12 * n, lambda: torch.add(a, b, alpha=0.5, out=c)),
+            "triad_in_place": (12 * n, lambda: a.add_(b, alpha=1e-9))}
 
 
 def kernel_launches(fn, device: str) -> int | None:
@@ -87,50 +105,100 @@ def device_name(device: str) -> str:
     return f"{model} ({torch.get_num_threads()} threads)"
 
 
+# Workloads up to this many elements time all contenders in one round robin (their states side by side in
+# memory), with the streaming probes; larger ones time each contender in a round robin with torch's fused
+# SGD and the probes, so that its ratio and floor come from the same minutes.
+INTERLEAVE_BELOW = 80 * 2**20
+
+
 def run_workload(work: Workload, dtype: torch.dtype, device: str, chosen: list[Contender], repeats: int,
-                 bandwidth: float, budget: float, progress) -> list[dict]:
+                 probes: dict, budget: float, progress) -> tuple[list[dict], dict]:
+    """The rows of one workload, and the streaming bandwidths measured beside it."""
     gen = torch.Generator().manual_seed(0)
     init = [torch.randn(s, generator=gen).to(dtype) for s in work.shapes]
     grads = [torch.randn(s, generator=gen).mul_(1e-3).to(dtype=dtype, device=device) for s in work.shapes]
-    rows = []
-    for c in chosen:
-        progress.set_postfix_str(f"{work.name} {str(dtype)[6:]} {c.name} {c.mode}")
-        params = [torch.nn.Parameter(t.to(device)) for t in init]
+    probes = {} if work.overhead else probes
+    repeats = max(repeats, 200) if work.overhead else repeats
+
+    def build(c: Contender):
+        params = [torch.nn.Parameter(t.to(device, copy=True)) for t in init]
         for p, g in zip(params, grads):
             p.grad = g
+        return c.make(params)
+
+    seconds, errors, launches, bandwidth_of, fused_of = {}, {}, {}, {}, {}
+    speeds = {}
+    baseline = next(c for c in chosen if c.baseline == "torch-fused")
+    if work.numel <= INTERLEAVE_BELOW:
+        groups = [chosen]
+    else:  # each contender beside torch's fused SGD, the baseline of its ratio
+        groups = [[baseline]] + [[baseline, c] for c in chosen if c is not baseline]
+    for group in groups:
+        steps = {}
+        for c in group:
+            progress.set_postfix_str(f"{work.name} {str(dtype)[6:]} {c.name} {c.mode}")
+            try:
+                steps[c] = build(c)
+            except (RuntimeError, TypeError, NotImplementedError) as exc:  # e.g. a dtype torch's fused SGD lacks
+                errors[c] = f"{type(exc).__name__}: {exc}"[:200]
+        fns = {**{name: fn for name, (_, fn) in probes.items()}, **steps}
         try:
-            step = c.make(params)
-            seconds, n = median_seconds(step, device, repeats, budget)
-            launches = kernel_launches(step, device)
-            error = None
-        except (RuntimeError, TypeError, NotImplementedError) as exc:  # e.g. a dtype torch's fused SGD lacks
-            seconds, n, launches, error = float("nan"), 0, None, f"{type(exc).__name__}: {exc}"[:200]
-        del params, step
+            measured = round_robin(fns, device, repeats, budget * len(fns), host=work.overhead)
+        except (RuntimeError, TypeError, NotImplementedError) as exc:
+            measured = {}
+            errors.update({c: f"{type(exc).__name__}: {exc}"[:200] for c in steps})
+        group_speeds = {name: probes[name][0] / measured[name] for name in probes if name in measured}
+        for name, speed in group_speeds.items():
+            speeds[name] = max(speeds.get(name, 0.0), speed)
+        for c, step in steps.items():
+            if c in measured and (c not in seconds or len(group) == 1):
+                seconds[c] = measured[c]
+                launches[c] = kernel_launches(step, device)
+                bandwidth_of[c] = max(group_speeds.values(), default=float("nan"))
+                fused_of[c] = measured.get(baseline, float("nan"))
+        del steps, fns
         gc.collect()
+        progress.update(len(group) if len(groups) == 1 else 1)
+    rows = []
+    for c in chosen:
+        t = seconds.get(c, float("nan"))
         bytes_per_element = floor_bytes(c.mode, dtype, master=c.name.startswith("ours"))
-        floor = bytes_per_element * work.numel / bandwidth
+        floor = bytes_per_element * work.numel / bandwidth_of.get(c, float("nan"))
         rows.append(dict(workload=work.name, numel=work.numel, tensors=work.tensors, dtype=str(dtype)[6:],
-                         contender=c.name, mode=c.mode, baseline=c.baseline, median_ms=seconds * 1e3,
-                         repeats=n, floor_bytes_per_element=bytes_per_element, floor_ms=floor * 1e3,
-                         floor_fraction=floor / seconds, effective_GBps=bytes_per_element * work.numel / seconds / 1e9,
-                         launches=launches, error=error))
-        progress.update()
-    fused = next((r["median_ms"] for r in rows if r["baseline"] == "torch-fused"), float("nan"))
+                         contender=c.name, mode=c.mode, baseline=c.baseline, overhead=work.overhead,
+                         median_ms=t * 1e3, repeats=repeats, floor_bytes_per_element=bytes_per_element,
+                         floor_ms=floor * 1e3, floor_fraction=None if work.overhead else floor / t,
+                         effective_GBps=bytes_per_element * work.numel / t / 1e9,
+                         us_per_tensor=t * 1e6 / work.tensors, launches=launches.get(c), error=errors.get(c),
+                         time_vs_torch_fused=t / fused_of.get(c, float("nan"))))
     for r in rows:
         foreach = next((q["median_ms"] for q in rows if q["baseline"] == "foreach-extrap" and q["mode"] == r["mode"]),
                        float("nan"))
-        r["time_vs_torch_fused"] = r["median_ms"] / fused
         r["speedup_vs_foreach_extrap"] = foreach / r["median_ms"]
-    return rows
+    return rows, speeds
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'workload':11s} {'dtype':8s} {'contender':19s} {'mode':5s} {'ms':>9s} {'GB/s':>7s} {'floor':>6s} "
+    lines = []
+    overhead = [r for r in rows if r["overhead"]]
+    if overhead:
+        head = (f"{'host time':15s} {'dtype':8s} {'contender':19s} {'mode':9s} {'ms':>8s} {'us/tensor':>9s} "
+                f"{'t/torch':>7s} {'launch':>6s}")
+        lines += [head, "-" * len(head)]
+        for r in overhead:
+            launches = "-" if r["launches"] is None else str(r["launches"])
+            lines.append(f"{r['workload']:15s} {r['dtype']:8s} {r['contender']:19s} {r['mode']:9s} "
+                         f"{r['median_ms']:8.3f} {r['us_per_tensor']:9.2f} {r['time_vs_torch_fused']:7.2f} "
+                         f"{launches:>6s}")
+        lines.append("")
+    head = (f"{'workload':11s} {'dtype':8s} {'contender':19s} {'mode':9s} {'ms':>9s} {'GB/s':>7s} {'floor':>6s} "
             f"{'t/torch':>7s} {'fe/t':>6s} {'launch':>6s}")
-    lines = [head, "-" * len(head)]
+    lines += [head, "-" * len(head)]
     for r in rows:
+        if r["overhead"]:
+            continue
         launches = "-" if r["launches"] is None else str(r["launches"])
-        lines.append(f"{r['workload']:11s} {r['dtype']:8s} {r['contender']:19s} {r['mode']:5s} "
+        lines.append(f"{r['workload']:11s} {r['dtype']:8s} {r['contender']:19s} {r['mode']:9s} "
                      f"{r['median_ms']:9.2f} {r['effective_GBps']:7.1f} {r['floor_fraction']:6.0%} "
                      f"{r['time_vs_torch_fused']:7.2f} {r['speedup_vs_foreach_extrap']:6.2f} {launches:>6s}")
     return "\n".join(lines)
@@ -144,9 +212,16 @@ def main(argv=None):
                         help="largest flat set (elements); default 256M on CPU, all on a GPU with room")
     parser.add_argument("--workloads", default="", help="comma-separated names to keep (default: all)")
     parser.add_argument("--repeats", type=int, default=None, help="default 50 on GPU, 10 on CPU")
-    parser.add_argument("--budget", type=float, default=3.0, help="CPU: seconds per row before stopping early")
-    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<device>.json)")
+    parser.add_argument("--budget", type=float, default=3.0, help="CPU: seconds per row (per contender or probe) "
+                        "before the rounds stop early")
+    parser.add_argument("--quick", action="store_true", help="the overhead workloads, 16M and ResNet-50 in "
+                        "fp32 (about a minute on a 2-core CPU)")
+    parser.add_argument("--out", default=None, help="JSON path (default out/bench/<device>.json; committed "
+                        "results go to benchmarks/results/<device>.json)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.workloads = args.workloads or "tensors-161,tensors-1000,resnet50-tiny,flat-16M,resnet50"
+        args.dtypes = "float32"
     device = args.device
     repeats = args.repeats or (50 if device == "cuda" else 10)
     largest = args.largest
@@ -156,24 +231,32 @@ def main(argv=None):
             largest = 2**30
     works = [w for w in standard(device, largest) if not args.workloads or w.name in args.workloads.split(",")]
     dtypes = [DTYPES[d] for d in args.dtypes.split(",")]
-    chosen = contenders(device)
-    bandwidth = copy_bandwidth(device, 2**30, repeats)
+    probes = streaming_probes(device, 2**30)
     name = device_name(device)
-    print(f"{name}: copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write, 1 GiB copy)")
-    rows = []
-    with tqdm(total=len(works) * len(dtypes) * len(chosen), unit="row") as progress:
+    rows, bandwidths = [], {}
+    total = sum(len(contenders(device, w.overhead)) for w in works) * len(dtypes)
+    with tqdm(total=total, unit="row", disable=None) as progress:
         for work in works:
             for dtype in dtypes:
-                rows += run_workload(work, dtype, device, chosen, repeats, bandwidth, args.budget, progress)
+                new_rows, speeds = run_workload(work, dtype, device, contenders(device, work.overhead), repeats,
+                                                probes, args.budget, progress)
+                rows += new_rows
+                if speeds:
+                    bandwidths[f"{work.name} {str(dtype)[6:]}"] = {k: v / 1e9 for k, v in speeds.items()}
+    print(f"{name}: streaming bandwidth (GB/s read + written, 1 GiB arrays, timed beside each workload; the floor "
+          "takes the best):")
+    for key, speeds in bandwidths.items():
+        print(f"  {key:22s} " + ", ".join(f"{k} {v:.1f}" for k, v in speeds.items()))
     print(table(rows))
-    print("floor: SPEC.md bytes/element x numel / copy bandwidth, as a fraction of the time (100% = at the floor);"
-          "\nt/torch: time over torch.optim.SGD(fused=True)'s plain momentum step; fe/t: speedup over the same"
-          " mode written with torch _foreach ops (backend foreach)")
-    out = Path(args.out) if args.out else RESULTS / (re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() + ".json")
+    print("host time: median time for a step to return on tiny tensors; us/tensor: that per tensor;"
+          "\nfloor: SPEC.md bytes/element x numel / the best streaming bandwidth timed beside it, as a fraction of the time"
+          " (100% = at the floor);\nt/torch: time over torch.optim.SGD(fused=True)'s plain momentum step on the"
+          " same workload; fe/t: speedup over the same mode written with torch _foreach ops (backend foreach)")
+    out = Path(args.out) if args.out else OUT / (re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() + ".json")
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(device=name, device_type=device, torch=torch.__version__, cuda=torch.version.cuda,
                 triton=_version("triton"), extrap_kernels=ek.__version__, threads=torch.get_num_threads(),
-                copy_bandwidth_GBps=bandwidth / 1e9, repeats=repeats, date=time.strftime("%Y-%m-%d"))
+                bandwidth_GBps=bandwidths, repeats=repeats, date=time.strftime("%Y-%m-%d"))
     out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     from .plot import plot
 

@@ -20,21 +20,24 @@ LR, GAMMA, MOMENTUM = 0.01, 0.01, 0.9
 @dataclass(frozen=True)
 class Contender:
     name: str
-    mode: str  # "past", "local" or "sgd" (plain momentum SGD)
+    mode: str  # "past", "local", "noise", "fused-sgd" (our FusedSGD) or "sgd" (torch's plain momentum SGD)
     make: Callable[[list[torch.Tensor]], Callable[[], None]]
     baseline: str = ""  # "torch-fused" / "foreach-extrap": the rows that ratios are taken against
 
 
 def floor_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
     """SPEC.md, "Traffic per element", with momentum on; x and g in `dtype`, s and m in the state dtype.
-    past: read s g m, write s m x. local: extrapolate reads x g (16-bit: s g), writes s x (16-bit: x);
-    step reads s g m, writes m x (16-bit: and s). sgd (torch's step on the parameters themselves, no
-    master copy): read x g m, write x m, m in the parameter dtype."""
+    past and noise: read s g m, write s m x. local: extrapolate reads x g (16-bit: s g), writes s x
+    (16-bit: x); step reads s g m, writes m x (16-bit: and s). fused-sgd (our FusedSGD): read x g m, write
+    x m (16-bit: the fp32 master s read and written too). sgd (torch's step on the parameters themselves,
+    no master copy): read x g m, write x m, m in the parameter dtype."""
     x = torch.empty((), dtype=dtype).element_size()
     s = torch.empty((), dtype=state_dtype(dtype)).element_size()
     sixteen_bit = master and s != x
-    if mode == "past":
+    if mode in ("past", "noise"):
         return 2 * x + 4 * s
+    if mode == "fused-sgd":
+        return 2 * x + 4 * s if sixteen_bit else 5 * x
     if mode == "local":
         extrapolate = s + 2 * x if sixteen_bit else 2 * x + 2 * s
         step = 2 * x + 3 * s + (s if sixteen_bit else 0)
@@ -53,6 +56,12 @@ def _ours(backend: str, mode: str):
                 opt.step()
             return iteration
         return opt.step
+    return make
+
+
+def _fused_sgd(backend: str):
+    def make(params):
+        return ek.FusedSGD(params, lr=LR, momentum=MOMENTUM, backend=backend).step
     return make
 
 
@@ -77,14 +86,17 @@ def _python_loop(params):
     return step
 
 
-def contenders(device: str) -> list[Contender]:
-    """Every contender that runs on `device`, in table order."""
+def contenders(device: str, overhead: bool = False) -> list[Contender]:
+    """Every contender that runs on `device`, in table order; `overhead` (tiny tensors, where only host
+    time is left) adds noise mode, whose kernel is compute-bound and otherwise like past."""
     out = []
     fused = ek.available_backends(device)
+    modes = ("past", "local", "noise") if overhead else ("past", "local")
     for backend in [b for b in ("cuda", "triton", "cpu") if b in fused]:
         if device == "cpu" and backend == "triton":
             continue  # the interpreter is a test vehicle, not a contender
-        out += [Contender(f"ours-{backend}", m, _ours(backend, m)) for m in ("past", "local")]
+        out += [Contender(f"ours-{backend}", m, _ours(backend, m)) for m in modes]
+        out += [Contender(f"ours-{backend}", "fused-sgd", _fused_sgd(backend))]
     out += [Contender("ours-foreach", m, _ours("foreach", m), baseline="foreach-extrap")
             for m in ("past", "local")]
     out += [Contender("ours-reference", "past", _ours("reference", "past"))]

@@ -1,5 +1,6 @@
 """The plot of a results file: fraction of the bandwidth floor against parameter count, one line per
-contender and mode, one panel per dtype.   python -m benchmarks.plot benchmarks/results/X.json"""
+contender and mode, one panel per dtype; and, where the file has the overhead workloads, the host time
+per step against the tensor count.   python -m benchmarks.plot benchmarks/results/X.json"""
 from __future__ import annotations
 
 import json
@@ -14,9 +15,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def plot(path: Path) -> Path:
     data = json.loads(Path(path).read_text())
-    rows = [r for r in data["rows"] if r["error"] is None]
+    overhead = [r for r in data["rows"] if r["error"] is None and r.get("overhead")]
+    rows = [r for r in data["rows"] if r["error"] is None and not r.get("overhead")]
     dtypes = sorted({r["dtype"] for r in rows}, reverse=True)
-    fig, axes = plt.subplots(1, len(dtypes), figsize=(7 * len(dtypes), 5), squeeze=False, sharey=True)
+    panels = len(dtypes) + bool(overhead)
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 5), squeeze=False)
+    if overhead:
+        _host_time(axes[0][-1], overhead, data["meta"]["device"])
     for ax, dtype in zip(axes[0], dtypes):
         lines = sorted({(r["contender"], r["mode"]) for r in rows if r["dtype"] == dtype})
         for contender, mode in lines:
@@ -33,13 +38,30 @@ def plot(path: Path) -> Path:
         ax.set_xlabel("parameters (lines: flat sets; stars: ResNet-50, GPT-2 small)")
         ax.set_title(f"{data['meta']['device']}\n{dtype} params, momentum 0.9")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("fraction of the SPEC bandwidth floor (1 = at the floor)")
-    axes[0][-1].legend(fontsize=7, loc="best")
+    if dtypes:
+        axes[0][0].set_ylabel("fraction of the SPEC bandwidth floor (1 = at the floor)")
+        axes[0][len(dtypes) - 1].legend(fontsize=7, loc="best")
     fig.tight_layout()
     out = Path(path).with_suffix(".png")
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _host_time(ax, rows: list[dict], device: str) -> None:
+    """Host time per step against the tensor count (one-element tensors and the tiny model lists)."""
+    for contender, mode in sorted({(r["contender"], r["mode"]) for r in rows}):
+        points = sorted((r["tensors"], r["median_ms"]) for r in rows
+                        if r["contender"] == contender and r["mode"] == mode and r["workload"].startswith("tensors"))
+        style = "-" if contender.startswith("ours") else "--"
+        ax.plot([n for n, _ in points], [t for _, t in points], style, marker="o", label=f"{contender} ({mode})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("one-element tensors")
+    ax.set_ylabel("host time per step (ms)")
+    ax.set_title(f"{device}\nhost time per step (tiny tensors)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from math import prod
 class Workload:
     name: str
     shapes: tuple[tuple[int, ...], ...]
+    overhead: bool = False  # tiny tensors: the step's time is its host (Python and launch) time
 
     @property
     def numel(self) -> int:
@@ -55,8 +56,20 @@ def gpt2_small(vocab: int = 50257, context: int = 1024, width: int = 768, layers
     return Workload("gpt2-small", tuple(shapes))
 
 
+def tiny(workload: Workload) -> Workload:
+    """The same tensor list with every dimension cut to at most 2: what is left is the host work."""
+    return Workload(f"{workload.name}-tiny", tuple(tuple(min(d, 2) for d in s) for s in workload.shapes), True)
+
+
+def overhead() -> list[Workload]:
+    """Host time per step: 161 (ResNet-50's count) and 1000 one-element tensors, and the ResNet-50 and
+    GPT-2 small lists at tiny sizes."""
+    return ([Workload(f"tensors-{n}", ((1,),) * n, True) for n in (161, 1000)]
+            + [tiny(resnet50()), tiny(gpt2_small())])
+
+
 def standard(device: str, largest: int) -> list[Workload]:
-    """The issue's set: flat 1M..256M (1B where the device has room), ResNet-50, GPT-2 small; flat sets
+    """The overhead set, flat 1M..256M (1B where the device has room), ResNet-50, GPT-2 small; flat sets
     over `largest` elements are left out (memory and time on small machines)."""
     sizes = [2**20, 16 * 2**20, 64 * 2**20, 256 * 2**20] + ([2**30] if device == "cuda" else [])
-    return [flat(n) for n in sizes if n <= largest] + [resnet50(), gpt2_small()]
+    return overhead() + [flat(n) for n in sizes if n <= largest] + [resnet50(), gpt2_small()]

@@ -1,10 +1,11 @@
-// The CPU launcher: one multi-tensor pass over every tensor of a bucket, split into fixed-size chunks
-// that at::parallel_for hands to the threads. The inner loops are plain loops over contiguous memory
+// The CPU launcher: one multi-tensor pass over every tensor of a bucket, whose elements at::parallel_for
+// splits evenly between the threads. The inner loops are plain loops over contiguous memory
 // with the phase, the dtypes, momentum and the common values of the option flags fixed at compile
 // time, so that the compiler vectorizes them; the math itself is csrc/extrap_math.h.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 
@@ -18,7 +19,7 @@
 namespace extrap {
 namespace {
 
-constexpr int64_t kChunk = 1 << 16;  // elements per work item: large enough to amortize, small enough to balance
+constexpr int64_t kChunk = 1 << 16;  // the smallest share of a thread: large enough to amortize
 constexpr int64_t kSerialBelow = 1 << 15;  // launches with fewer elements run on the calling thread
 constexpr int64_t kStreamBlock = 512;  // elements staged in L1 between the math and the streaming stores
 
@@ -184,47 +185,45 @@ void run_item(scalar_t* x, const scalar_t* g, acc* s, acc* m, int64_t begin, int
   run_span<P, kMomentum, F, scalar_t, acc>(x, g, s, m, begin, end, h, t, stream);
 }
 
-struct WorkItem {
-  int64_t tensor, begin, end;
-};
-
 template <Phase P, bool kMomentum, typename scalar_t, typename acc>
 void run_launch(const Launch& L, bool skip, double inv_scale) {
   const int64_t n = static_cast<int64_t>(L.params.size());
   const Hyper<acc> h = make_hyper<acc>(L, inv_scale);
   std::vector<TensorArgs<acc>> args(n);
   std::vector<int> flags(n);
-  std::vector<WorkItem> items;
-  int64_t total = 0;
+  std::vector<int64_t> first(n + 1, 0);  // tensor t holds elements [first[t], first[t + 1]) of the launch
   const acc* trust = L.trust ? L.trust->data_ptr<acc>() : nullptr;
   for (int64_t t = 0; t < n; ++t) {
     const float step = *L.steps[t].data_ptr<float>();
     args[t] = {trust ? trust[t] : acc(1), step <= 1.0f, static_cast<uint32_t>(step),
                static_cast<uint32_t>(L.indices[t])};
     flags[t] = flags_of<P>(h, args[t]);
-    const int64_t numel = L.params[t].numel();
-    total += numel;
-    for (int64_t b = 0; b < numel; b += kChunk) items.push_back({t, b, std::min(numel, b + kChunk)});
+    first[t + 1] = first[t] + L.params[t].numel();
   }
-  // Threads only where there is work for them: waking the pool costs more than a small launch.
-  const int64_t grain = total < kSerialBelow ? static_cast<int64_t>(items.size()) : 1;
+  const int64_t total = first[n];
   const bool stream = total >= kCpuStreamAbove;
-  at::parallel_for(0, static_cast<int64_t>(items.size()), grain, [&](int64_t lo, int64_t hi) {
-    for (int64_t k = lo; k < hi; ++k) {
-      const WorkItem& w = items[k];
-      auto* x = L.params[w.tensor].data_ptr<scalar_t>();
-      auto* s = L.anchor(w.tensor).data_ptr<acc>();
+  // The threads split the launch's elements evenly, whatever the tensor sizes (a model's list mixes
+  // 64-element biases with million-element weights); a small launch runs on the calling thread, where
+  // waking the pool would cost more than the work.
+  const int64_t grain = total < kSerialBelow ? std::max<int64_t>(total, 1) : kChunk;
+  at::parallel_for(0, total, grain, [&](int64_t lo, int64_t hi) {
+    int64_t t = std::upper_bound(first.begin(), first.end(), lo) - first.begin() - 1;
+    for (; t < n && first[t] < hi; ++t) {
+      const int64_t begin = std::max(lo, first[t]) - first[t];
+      const int64_t end = std::min(hi, first[t + 1]) - first[t];
+      if (begin >= end) continue;  // an empty tensor
+      auto* x = L.params[t].data_ptr<scalar_t>();
+      auto* s = L.anchor(t).data_ptr<acc>();
       if (skip) {
-        skip_span<P, scalar_t, acc>(x, s, w.begin, w.end);
+        skip_span<P, scalar_t, acc>(x, s, begin, end);
         continue;
       }
-      const auto* g = L.grads[w.tensor].data_ptr<scalar_t>();
-      acc* m = kMomentum ? L.momenta[w.tensor].data_ptr<acc>() : nullptr;
-      const TensorArgs<acc>& t = args[w.tensor];
-      switch (flags[w.tensor]) {
-        case kPlain: run_item<P, kMomentum, kPlain>(x, g, s, m, w.begin, w.end, h, t, stream); break;
-        case kNesterov: run_item<P, kMomentum, kNesterov>(x, g, s, m, w.begin, w.end, h, t, stream); break;
-        default: run_item<P, kMomentum, kGeneric>(x, g, s, m, w.begin, w.end, h, t, stream);
+      const auto* g = L.grads[t].data_ptr<scalar_t>();
+      acc* m = kMomentum ? L.momenta[t].data_ptr<acc>() : nullptr;
+      switch (flags[t]) {
+        case kPlain: run_item<P, kMomentum, kPlain>(x, g, s, m, begin, end, h, args[t], stream); break;
+        case kNesterov: run_item<P, kMomentum, kNesterov>(x, g, s, m, begin, end, h, args[t], stream); break;
+        default: run_item<P, kMomentum, kGeneric>(x, g, s, m, begin, end, h, args[t], stream);
       }
     }
     if (stream) stream_fence();
