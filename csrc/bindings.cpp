@@ -5,6 +5,7 @@
 // launcher (csrc/cpu), the CUDA launcher (csrc/cuda), or nothing for meta tensors (FakeTensor and
 // torch.compile tracing run the checks only). These checks are the only per-step validation of the
 // fused backends: nothing is written before all of them pass.
+#include <torch/csrc/jit/python/pybind_utils.h>
 #include <torch/extension.h>
 #include <torch/library.h>
 
@@ -216,6 +217,52 @@ void register_kernels(torch::Library& m) {
   m.impl("check", torch::CppFunction::makeFromBoxedFunction<&check_op>());
 }
 
+// An operator call with every argument but the per-step ones converted once: the optimizers' per-step
+// path (extrap_kernels/plan.py). A call converts only the gradients (and the optional per-step tensors)
+// and calls the operator through the dispatcher, as torch.ops would: the same kernels and checks run,
+// without converting the unchanged parameter and state lists every step.
+class PreparedCall {
+ public:
+  // `arguments`: the operator's arguments by schema name (defaults fill the rest); the per-step ones
+  // are given at each call.
+  PreparedCall(const std::string& name, const py::dict& arguments)
+      : op_(c10::Dispatcher::singleton().findSchemaOrThrow(("extrap_kernels::" + name).c_str(), "")) {
+    const auto& schema = op_.schema().arguments();
+    for (size_t i = 0; i < schema.size(); ++i) {
+      const auto& argument = schema[i];
+      const std::string& arg = argument.name();
+      if (arg == "grads") grads_ = i;
+      if (arg == "trust") trust_ = i;
+      if (arg == "grad_scale") grad_scale_ = i;
+      if (arg == "found_inf") found_inf_ = i;
+      if (arguments.contains(arg)) {
+        stack_.push_back(torch::jit::toIValue(arguments[arg.c_str()], argument.real_type()));
+      } else if (arg == "grads") {
+        stack_.emplace_back(c10::List<at::Tensor>());
+      } else {
+        TORCH_CHECK(argument.default_value().has_value(), "extrap_kernels: ", name, " needs argument ", arg);
+        stack_.push_back(*argument.default_value());
+      }
+    }
+    TORCH_CHECK(arguments.size() <= schema.size(), "extrap_kernels: ", name, ": unknown arguments");
+  }
+
+  void call(std::vector<at::Tensor> grads, std::optional<at::Tensor> trust, std::optional<at::Tensor> grad_scale,
+            std::optional<at::Tensor> found_inf) const {
+    torch::jit::Stack stack = stack_;
+    stack[grads_] = c10::IValue(c10::List<at::Tensor>(std::move(grads)));
+    stack[trust_] = c10::IValue(std::move(trust));
+    stack[grad_scale_] = c10::IValue(std::move(grad_scale));
+    stack[found_inf_] = c10::IValue(std::move(found_inf));
+    op_.callBoxed(stack);  // with the GIL held: releasing it here hung the 2-process DDP tests (gloo)
+  }
+
+ private:
+  c10::OperatorHandle op_;
+  torch::jit::Stack stack_;
+  size_t grads_ = 0, trust_ = 0, grad_scale_ = 0, found_inf_ = 0;
+};
+
 }  // namespace
 }  // namespace extrap
 
@@ -242,6 +289,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("noise", &extrap::noise, "Philox bits and normals of one parameter (test hook)", py::arg("seed"),
         py::arg("step"), py::arg("index"), py::arg("numel"));
   m.attr("cpu_stream_above") = extrap::kCpuStreamAbove;
+  py::class_<extrap::PreparedCall>(m, "PreparedCall", "An operator call with its unchanging arguments converted once")
+      .def(py::init<const std::string&, const py::dict&>(), py::arg("name"), py::arg("arguments"))
+      .def("__call__", &extrap::PreparedCall::call, py::arg("grads"), py::arg("trust"), py::arg("grad_scale"),
+           py::arg("found_inf"));
 #ifdef EXTRAP_WITH_CUDA
   m.attr("has_cuda") = true;
 #else

@@ -38,8 +38,6 @@ from .sharded import is_dtensor, local, shard_group
 
 _GRAD = operator.attrgetter("grad")
 _PARAMS = operator.itemgetter("params")
-# The state a launch reads: a plan holds while these are the same tensor objects.
-_STATE_KEYS = ("anchor", "momentum_buffer", "step")
 HYPER_KEYS = ("lr", "gamma", "momentum", "dampening", "weight_decay", "nesterov", "noise_std",
               "trust_coefficient", "mode", "past")
 
@@ -91,30 +89,32 @@ class Launch:
         """Takes a group's new hyperparameters (same phase and state layout)."""
         self.work = self.work._replace(hyper=hyper)
         phase, bucket, _, backend = self.work
-        if backend.validates:
-            self.operator = extension.operator(phase)
-            self.tensors = extension.tensor_args(phase, bucket)
-            self.kwargs = extension.hyper_kwargs(hyper, bucket)
-            # a rate tensor converted to the bucket's device/dtype is a copy: convert it anew each step
-            given = [v for v in (hyper.lr, hyper.gamma) if isinstance(v, Tensor)]
-            made = [v for v in (self.kwargs["lr_tensor"], self.kwargs["gamma_tensor"]) if v is not None]
-            self.live_rates = any(a.data_ptr() != b.data_ptr() for a, b in zip(given, made))
+        self._calls: dict[bool, object] = {}  # check? -> extension.prepared_call
+        self.live_rates = False
+        for name in ("lr", "gamma"):  # a rate tensor converted to the bucket's device and dtype is a copy:
+            value = getattr(hyper, name)  # the call is then prepared anew each step, to read its value
+            if backend.validates and isinstance(value, Tensor):
+                self.live_rates |= hyper.rate(name, bucket)[1].data_ptr() != value.data_ptr()
+
+    def _call(self, check: bool = False):
+        """The extension's prepared operator call (made again each step where a rate is a converted copy)."""
+        call = self._calls.get(check)
+        if call is None:
+            phase, bucket, hyper, _ = self.work
+            call = extension.prepared_call(phase, bucket, hyper, check=check)
+            if not self.live_rates:
+                self._calls[check] = call
+        return call
 
     def grads(self, flat: list) -> list[Tensor]:
         grads = self.pick(flat)
         return [local(g) for g in grads] if self.sharded else grads
 
-    def _kwargs(self) -> dict:
-        if self.live_rates:
-            return extension.hyper_kwargs(self.work.hyper, self.work.bucket)
-        return self.kwargs
-
     def validate(self, grads, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
         """Raises, writing nothing, if the launch would be refused."""
         phase, bucket, _, backend = self.work
         if backend.validates:
-            extension.check_operator()(int(phase), bucket.params, grads, *self.tensors, **self._kwargs(),
-                                       grad_scale=grad_scale, found_inf=found_inf)
+            self._call(check=True)(grads, None, grad_scale, found_inf)
         else:
             functional.check_bucket(replace(bucket, grads=list(grads)), backend)
 
@@ -127,8 +127,7 @@ class Launch:
         trust = None
         if hyper.lars:
             trust = trust_ratios(phase, replace(bucket, grads=list(grads)), hyper, grad_scale)
-        self.operator(bucket.params, grads, *self.tensors, **self._kwargs(), trust=trust, grad_scale=grad_scale,
-                      found_inf=found_inf)
+        self._call()(grads, trust, grad_scale, found_inf)
 
 
 def run_launches(launches: list[Launch], flat_grads: list, grad_scale: Tensor | None,
@@ -215,8 +214,12 @@ class Plan:
             self.by_group[number].append(launch)
         self.reusable = not sharded_any
         self.stepped = [p for _, _, _, _, _, members, *_ in staged for p in members]
-        dicts = list(map(opt.state.__getitem__, self.stepped))
-        self.state_ids = {key: list(map(id, map(dict.get, dicts, repeat(key)))) for key in _STATE_KEYS}
+        self.state_ids = self._state_ids(opt)
+
+    def _state_ids(self, opt) -> list[int]:
+        """The identities of every state value of the stepped parameters, in order: a replaced, added or
+        deleted state tensor (or a replaced state dict) changes them."""
+        return list(map(id, chain.from_iterable(map(dict.values, map(opt.state.__getitem__, self.stepped)))))
 
     def indices(self, phase: Phase) -> frozenset[int]:
         """The optimizer indices of the parameters that `phase` runs on (the phases of a plan's launches
@@ -235,10 +238,8 @@ class Plan:
             return False
         if tuple(map(operator.is_not, grads, repeat(None))) != self.mask:
             return False
-        dicts = list(map(opt.state.__getitem__, self.stepped))
-        for key, ids in self.state_ids.items():
-            if list(map(id, map(dict.get, dicts, repeat(key)))) != ids:
-                return False
+        if self._state_ids(opt) != self.state_ids:
+            return False
         for number, group in enumerate(groups):
             if group is not self.groups[number]:
                 return False

@@ -49,10 +49,22 @@ def hyper_kwargs(h: Hyper, b: Bucket) -> dict:
                 noise_std=float(h.noise_std), seed=_as_int64(h.seed))
 
 
+def prepared_call(phase: Phase, b: Bucket, h: Hyper, check: bool = False):
+    """The operator call of `phase` over `b` (or, `check`, its validation alone) with every argument
+    converted once but the per-step ones: call it as (grads, trust, grad_scale, found_inf). The
+    optimizers' per-step path (extrap_kernels/plan.py): it saves converting the parameter and state
+    lists at every step."""
+    anchors, momenta, steps, indices = tensor_args(phase, b)
+    arguments = dict(params=b.params, anchors=anchors, momenta=momenta, steps=steps, indices=indices,
+                     **hyper_kwargs(h, b))
+    if check:
+        arguments["phase"] = int(phase)
+    return _ext.load().PreparedCall("check" if check else OPS[phase], arguments)
+
+
 def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
           found_inf: Tensor | None = None) -> None:
-    """One bucket through the operator of its phase (the per-step path of an optimizer calls the
-    operator with arguments it prepared once: extrap_kernels/plan.py)."""
+    """One bucket through the operator of its phase."""
     trust = trust_ratios(phase, b, h, grad_scale) if h.lars else None
     operator(phase)(b.params, b.grads, *tensor_args(phase, b), **hyper_kwargs(h, b), trust=trust,
                     grad_scale=grad_scale, found_inf=found_inf)
