@@ -15,7 +15,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import extrap_kernels as ek
-from workers import free_port, mlp, spawn, worker_batch
+from workers import free_port, mlp, shut_down, spawn, worker_batch
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="no gloo")
 WORLD, ITERATIONS, BATCH = 2, 6, 8
@@ -58,7 +58,7 @@ def _worker(rank: int, port: int, out: str, mode: str, backend: str, fail_rank: 
         torch.save(dict(params=[p.detach() for p in model.module.parameters()], allreduces=per_iteration),
                    os.path.join(out, f"rank{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        shut_down()
 
 
 def _spawn(mode: str, backend: str, out: str, fail_rank: int = -1) -> None:
@@ -116,6 +116,7 @@ def test_ddp_equals_single_process_emulation(mode, backend):
 def test_a_failing_rank_does_not_hang():
     with tempfile.TemporaryDirectory() as out:
         start = time.monotonic()
-        with pytest.raises(Exception, match="fails on purpose"):
+        # the failing rank's error, or its peer's lost connection, whichever the spawn sees first
+        with pytest.raises(Exception, match="fails on purpose|Connection closed by peer"):
             _spawn("local", "foreach", out, fail_rank=1)
         assert time.monotonic() - start < TIMEOUT_S

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 import extrap_kernels as ek
-from workers import free_port, mlp, spawn, worker_batch
+from workers import free_port, mlp, shut_down, spawn, worker_batch
 
 try:
     from torch.distributed.device_mesh import init_device_mesh
@@ -91,7 +91,7 @@ def _worker(rank: int, port: int, out: str) -> None:
                                          for a, p in zip(before, model.parameters()))
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        shut_down()
 
 
 @pytest.fixture(scope="module")
