@@ -34,10 +34,12 @@ cmake-check: $(VENV)/.deps
 	$(PY) -c "import sys, torch, importlib.util, glob; \
 	path = glob.glob('build/cmake/_C*.so')[0]; \
 	spec = importlib.util.spec_from_file_location('_C', path); mod = importlib.util.module_from_spec(spec); \
-	spec.loader.exec_module(mod); print('cmake build OK:', path, [n for n in ('apply', 'noise') if hasattr(mod, n)])"
+	spec.loader.exec_module(mod); ops = [n for n in ('extrapolate_', 'update_', 'update_past_', 'update_noise_', 'check') \
+	if hasattr(torch.ops.extrap_kernels, n)]; assert len(ops) == 5 and hasattr(mod, 'noise'), ops; \
+	print('cmake build OK:', path, 'registers torch.ops.extrap_kernels.' + ', '.join(ops))"
 
 # Every .cu file compiles with nvcc for sm_80 and sm_90 (no GPU needed; torch's host headers suffice,
-# since the CUDA sources take their stream from Python). A compile error fails.
+# since the CUDA sources take their stream from csrc/bindings.cpp). A compile error fails.
 NVCC ?= $(or $(wildcard /usr/local/cuda/bin/nvcc),nvcc)
 cuda-check: $(VENV)/.deps
 	@mkdir -p build/nvcc
@@ -74,8 +76,9 @@ cuda-torch-check: $(CUDA_VENV)/.deps
 clean:
 	rm -rf build $(VENV) $(CUDA_VENV) extrap_kernels/*.so *.egg-info
 
-# Benchmarks (benchmarks/): the full table, JSON and plot for this machine's device, written under
-# benchmarks/results/; and the pytest-benchmark micro-benchmarks of the CPU backend.
+# Benchmarks (benchmarks/): the full table, JSON and plot for this machine's device, written under out/bench/
+# (BENCH_ARGS="--quick" for a one-minute run; "--out benchmarks/results/<device>.json" to replace the committed
+# results); and the pytest-benchmark micro-benchmarks of the CPU backend.
 bench: build
 	$(PY) -m benchmarks.bench $(BENCH_ARGS)
 

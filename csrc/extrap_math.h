@@ -17,7 +17,8 @@
 
 namespace extrap {
 
-// One pass over memory. The Python side names them the same (extrap_kernels/_phases.py).
+// One pass over memory. The Python side names them the same (extrap_kernels/bucket.py, Phase), and each
+// is an operator, torch.ops.extrap_kernels.<name>_ (csrc/bindings.cpp).
 enum Phase : int32_t {
   kExtrapolate = 0,  // two-phase, step 2:  s <- x; x <- s - gamma * e(g)
   kUpdate = 1,       // two-phase, step 4 (and plain fused SGD):  base update of s; x <- s

@@ -8,10 +8,12 @@ as it was.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import required
 
 from . import backends
 from .bucket import SUPPORTED_DTYPES, Bucket, Hyper, Phase, state_dtype
@@ -19,22 +21,30 @@ from .bucket import SUPPORTED_DTYPES, Bucket, Hyper, Phase, state_dtype
 MODES = ("local", "past", "noise")
 
 
-def _number(value) -> float | None:
-    """A hyperparameter's value where reading it costs no device synchronization."""
+def _number(value, name: str = "value") -> float | None:
+    """A hyperparameter's value where reading it costs no device synchronization (None: a device tensor,
+    read by the kernels). A tensor must have one element (torch.optim's rule) and anything else must be a
+    real number: a string or a list is refused here, not at the first step."""
     if isinstance(value, Tensor):
-        return value.item() if value.device.type == "cpu" and value.numel() == 1 else None
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element")
+        return value.item() if value.device.type == "cpu" else None
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"Invalid {name}: {value!r} (must be a real number or a one-element tensor)")
     return float(value)
 
 
 def check_hyperparameters(**values) -> None:
-    """The torch.optim convention: ValueError naming the offending hyperparameter."""
+    """The torch.optim convention: ValueError naming the offending hyperparameter (TypeError for a value
+    that is not a number). `required` (an Apex lr each param group must set) passes."""
     for name in ("lr", "gamma", "momentum", "dampening", "weight_decay", "noise_std", "trust_coefficient"):
-        if name not in values or values[name] is None:
+        if name not in values or values[name] is None or values[name] is required:
             continue
-        number = _number(values[name])
+        number = _number(values[name], name)
         if number is not None and not (number >= 0.0 and math.isfinite(number)):
             raise ValueError(f"Invalid {name}: {values[name]} (must be a finite number >= 0)")
-    if values.get("nesterov") and (_number(values.get("momentum", 0)) <= 0 or _number(values.get("dampening", 0)) != 0):
+    if values.get("nesterov") and (_number(values.get("momentum", 0), "momentum") <= 0
+                                   or _number(values.get("dampening", 0), "dampening") != 0):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
     if "mode" in values and values["mode"] not in MODES:
         raise ValueError(f"Invalid mode: {values['mode']!r}; choose one of {MODES}")

@@ -6,15 +6,18 @@ and `FusedSGD` only say which phase each group runs and with which hyperparamete
 """
 from __future__ import annotations
 
+from collections import defaultdict
+
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import required
 
-from . import functional
+from . import backends, functional
 from .bucket import Hyper, Phase, state_dtype
 from .functional import check_hyperparameters
 from .plan import _GRAD, Plan, Rejected, flat_params
+from .sharded import local
 
 
 def eager(method):
@@ -29,14 +32,41 @@ class FusedOptimizer(Optimizer):
     """Shared machinery: state, the cached plans, AMP arguments, state_dict dtypes. Subclasses define
     `_launch_args(group)` -> (phase, Hyper) and `_has_anchor(param)`."""
 
+    # What torch.optim's __getstate__ (deepcopy, pickle, torch.save of the optimizer) would drop.
+    _PICKLED = ("backend", "_extrapolated", "set_grad_none", "materialize_master_grads")
+
     def __init__(self, params, defaults: dict, backend: str = "auto"):
+        backends.check_name(backend)
         self.backend = backend
         super().__init__(params, defaults)
+        self._init_transient()
+
+    def _init_transient(self) -> None:
         # Phase.EXTRAPOLATE or None (a step) -> Plan; a plan checks itself against the param groups and
         # the state at every step (plan.Plan.matches), so nothing here needs to invalidate it
         self._plans: dict = {}
         # torch.amp.GradScaler hands grad_scale and found_inf to step() instead of unscaling grads.
         self._step_supports_amp_scaling = True
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.update({k: self.__dict__[k] for k in self._PICKLED if k in self.__dict__})
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("backend", "auto")
+        self._init_transient()
+
+    def resolved_backends(self) -> dict[tuple[torch.device, torch.dtype], str]:
+        """The backend that runs each (device, dtype) group of parameters ("auto" resolved): strided
+        tensors, say, send a group to `foreach`."""
+        by_key = defaultdict(list)
+        for p in flat_params(self.param_groups):
+            by_key[(p.device, p.dtype)].append(p)
+        return {key: functional.resolve_backend(self.backend, [local(p) for p in ps],
+                                                [local(p.grad) for p in ps if p.grad is not None]).name
+                for key, ps in by_key.items()}
 
     def _launch_args(self, group: dict) -> tuple[Phase, Hyper]:
         raise NotImplementedError
@@ -101,7 +131,8 @@ class FusedOptimizer(Optimizer):
         super().load_state_dict(state_dict)
         for group in self.param_groups:  # e.g. a torch.optim.SGD checkpoint has no gamma or mode
             for key, value in self.defaults.items():
-                group.setdefault(key, value)
+                if key != "differentiable":  # torch's own default, which our groups do not carry
+                    group.setdefault(key, value)
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, p in zip(saved_ids, params):
             if saved_id not in saved_state:
@@ -110,6 +141,8 @@ class FusedOptimizer(Optimizer):
             for key, value in saved_state[saved_id].items():
                 if key == "momentum_buffer" and value is None:  # torch.optim.SGD with momentum 0
                     state.pop(key, None)
+                elif key == "step" and not torch.is_tensor(value):  # older checkpoints count in a number
+                    state[key] = torch.tensor(float(value), dtype=torch.float32, device=p.device)
                 elif torch.is_tensor(value):
                     dtype = torch.float32 if key == "step" else state_dtype(p.dtype)
                     state[key] = value.to(device=p.device, dtype=dtype, copy=True)
@@ -146,7 +179,7 @@ class ExtrapSGD(FusedOptimizer):
     def _launch_args(self, group: dict) -> tuple[Phase, Hyper]:
         gamma = group["lr"] if group["gamma"] is None else group["gamma"]
         phase = {"local": Phase.UPDATE, "past": Phase.UPDATE_PAST, "noise": Phase.UPDATE_NOISE}[group["mode"]]
-        if phase == Phase.UPDATE_NOISE and (functional._number(gamma) == 0 or group["noise_std"] == 0):
+        if phase == Phase.UPDATE_NOISE and (functional._number(gamma, "gamma") == 0 or group["noise_std"] == 0):
             phase, gamma = Phase.UPDATE_PAST, 0.0  # extrapolation switched off: plain SGD
         return phase, Hyper(
             lr=group["lr"], gamma=gamma, momentum=group["momentum"], dampening=group["dampening"],
@@ -211,8 +244,6 @@ class FusedSGD(FusedOptimizer):
                  weight_decay: float = 0.0, nesterov: bool = False, wd_after_momentum: bool = False,
                  materialize_master_grads: bool = True, set_grad_none: bool = False, *,
                  backend: str = "auto"):
-        if lr is required:
-            raise ValueError("FusedSGD needs lr")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, wd_after_momentum=wd_after_momentum)
         check_hyperparameters(**defaults)
@@ -229,8 +260,10 @@ class FusedSGD(FusedOptimizer):
             weight_decay=group["weight_decay"], nesterov=group["nesterov"],
             wd_after_momentum=group["wd_after_momentum"])
 
-    def zero_grad(self, set_to_none: bool | None = None) -> None:
-        super().zero_grad(set_to_none=self.set_grad_none if set_to_none is None else set_to_none)
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Apex's: None with set_grad_none, else torch.optim's zero_grad, whose default on torch 2.x is
+        also None (a parameter that gets no gradient then gets no weight decay or momentum either)."""
+        super().zero_grad(set_to_none=True if self.set_grad_none else set_to_none)
 
     @eager
     @torch.no_grad()

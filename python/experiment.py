@@ -28,6 +28,11 @@ CONFIGS = {  # name -> (batch: "small" or "large", harness arguments)
 }
 
 
+def default_out(task: str) -> Path:
+    """Where an experiment writes unless told: untracked, and apart for each task."""
+    return Path("out") / "experiments" / task
+
+
 def commands(args) -> list[tuple[str, int, list[str]]]:
     out = []
     for name in args.configs:
@@ -97,9 +102,11 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--gamma", type=float, default=None)
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    p.add_argument("--out", default="python/results/digits")
+    p.add_argument("--out", default=None, help="default out/experiments/<task> (untracked): committed results "
+                   "are written there only when asked, e.g. --out python/results/<task>")
     p.add_argument("extra", nargs="*", help="more harness arguments after --, e.g. -- --lr 0.1")
     args = p.parse_args(argv)
+    args.out = args.out or str(default_out(args.task))
     results: dict[str, list[dict]] = {}
     ran = []
     for name, seed, argv_ in commands(args):

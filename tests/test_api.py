@@ -21,13 +21,30 @@ def test_zero_grad_set_to_none():
     assert torch.equal(p.grad, torch.zeros(3))
 
 
-def test_fused_sgd_set_grad_none_default_is_apex():
-    p = torch.nn.Parameter(torch.zeros(3))
+def test_fused_sgd_zero_grad_is_apex_on_torch_2():
+    """Apex's FusedSGD.zero_grad sets None with set_grad_none, else calls torch.optim's zero_grad, whose
+    default on torch 2.x is None too; so a parameter that gets no gradient in an iteration gets no weight
+    decay or momentum either, as with torch.optim.SGD."""
+    for set_grad_none in (False, True):
+        p = torch.nn.Parameter(torch.zeros(3))
+        p.grad = torch.ones(3)
+        ek.FusedSGD([p], lr=0.1, set_grad_none=set_grad_none).zero_grad()
+        assert p.grad is None
     p.grad = torch.ones(3)
-    ek.FusedSGD([p], lr=0.1).zero_grad()
-    assert p.grad is not None and torch.equal(p.grad, torch.zeros(3))
-    ek.FusedSGD([p], lr=0.1, set_grad_none=True).zero_grad()
-    assert p.grad is None
+    ek.FusedSGD([p], lr=0.1).zero_grad(set_to_none=False)
+    assert torch.equal(p.grad, torch.zeros(3))
+    # torch's own two-step example: the second step has no gradient for `idle`
+    results = []
+    for make in (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1),
+                 lambda ps: ek.FusedSGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1)):
+        idle = torch.nn.Parameter(torch.ones(1))
+        opt = make([idle])
+        idle.grad = torch.ones(1)
+        opt.step()
+        opt.zero_grad()
+        opt.step()
+        results.append(idle.detach().clone())
+    assert torch.equal(results[0], results[1])
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -83,3 +83,14 @@ def test_harness_under_torchrun(tmp_path, parallel):
     assert [h["epoch"] for h in logged["history"]] == [1, 2]
     assert logged["history"][1]["train_loss"] < logged["history"][0]["train_loss"]  # it learns
     assert logged["history"][-1]["metric"] > 0.15  # 10 classes: above chance
+
+
+def test_experiments_write_untracked_results_unless_told():
+    """The README's experiment commands name no --out: they must not overwrite committed results."""
+    import experiment
+
+    out = experiment.default_out("char-lstm")
+    assert out.parts[0] == "out" and "char-lstm" in out.parts
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(out / "results.md")],
+                             cwd=Path(__file__).resolve().parents[1])
+    assert ignored.returncode == 0  # git ignores it

@@ -4,7 +4,7 @@
 // aligned. The per-element math is csrc/extrap_math.h's phase_element, the same code the CPU kernel runs.
 // grad_scale and found_inf are read on the device: a skipped step costs no host synchronization; so are
 // lr and gamma when given as device tensors, which makes a step capturable in a CUDA graph.
-// The stream and the current device come from the Python side (torch.cuda), so this file needs only
+// The stream and the current device come from the operator entry (csrc/bindings.cpp), so this file needs only
 // ATen's host headers and the CUDA runtime.
 #include <ATen/Dispatch.h>
 #include <cuda_runtime.h>

@@ -67,6 +67,11 @@ def available(device: torch.device | str = "cpu") -> list[str]:
     return [n for n, b in BACKENDS.items() if b.supports(device) and b.available()]
 
 
+def check_name(name: str) -> None:
+    if name != "auto" and name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {('auto',) + names()}")
+
+
 def resolve(name: str, device: torch.device) -> Backend:
     """The backend that runs a bucket on `device`; "auto" prefers a fused kernel, else `foreach`."""
     if name == "auto":
@@ -76,8 +81,7 @@ def resolve(name: str, device: torch.device) -> Backend:
             if backend.supports(device) and backend.available():
                 return backend
         return BACKENDS["foreach"]
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {('auto',) + names()}")
+    check_name(name)
     backend = BACKENDS[name]
     if not backend.supports(device):
         raise ValueError(f"backend {name!r} does not run on {device.type} tensors")
