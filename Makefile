@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 SOURCES := setup.py $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 PYTEST_ARGS ?=
 
-.PHONY: test demo build bench bench-micro cmake-check cuda-check cuda-torch-check clean
+.PHONY: test demo build bench bench-micro cmake-check cuda-check cuda-torch-check install-check clean
 
 $(VENV)/.deps: requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,25 @@ cuda-torch-check: $(CUDA_VENV)/.deps
 	readelf -S build/cuda-torch/lib/extrap_kernels/_C*.so | grep -q nv_fatbin
 	cd build/cuda-torch/lib && ../../../$(CUDA_VENV)/bin/python -c "import torch, extrap_kernels._C as C; \
 	assert C.has_cuda; print('CUDA extension built and imported against torch', torch.__version__, C.__file__)"
+
+# The README's library install in fresh virtualenvs that have torch: `pip install --no-build-isolation
+# --no-deps .` in one without the `wheel` package, `-e .` in one with it; then an import and one step of the
+# fused CPU kernel.
+INSTALL_CHECK := import torch, extrap_kernels as ek; p = torch.nn.Parameter(torch.ones(3)); p.grad = torch.ones(3); \
+	opt = ek.ExtrapSGD([p], lr=0.5, momentum=0.9); opt.step(); assert opt.resolved_backends() == \
+	{(torch.device('cpu'), torch.float32): 'cpu'}, opt.resolved_backends(); print('installed:', ek.__file__, p.tolist())
+install-check:
+	rm -rf build/install-check && mkdir -p build/install-check
+	set -e; for case in "plain ." "wheel -e ."; do \
+	  set -- $$case; venv=build/install-check/$$1; shift; \
+	  $(PYTHON) -m venv $$venv; \
+	  $$venv/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) setuptools ninja; \
+	  if [ "$$(basename $$venv)" = wheel ]; then $$venv/bin/pip install --quiet --disable-pip-version-check wheel; fi; \
+	  echo "install-check: pip install --no-build-isolation --no-deps $$* (venv $$(basename $$venv))"; \
+	  $$venv/bin/pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps $$* > build/install-check/$$(basename $$venv).log 2>&1 \
+	    || (tail -30 build/install-check/$$(basename $$venv).log; exit 1); \
+	  (cd build/install-check && ./$$(basename $$venv)/bin/python -c "$(INSTALL_CHECK)"); \
+	done
 
 clean:
 	rm -rf build $(VENV) $(CUDA_VENV) extrap_kernels/*.so *.egg-info

@@ -1,14 +1,22 @@
-"""Builds extrap_kernels._C: the fused CPU kernel always, the CUDA kernels when torch has CUDA.
+"""Builds extrap_kernels._C: the fused CPU kernel always, the CUDA kernels when torch has CUDA. The
+package's metadata is in pyproject.toml.
 
-`pip install --no-build-isolation -e .` (torch must already be installed: the extension is compiled
-against it). EXTRAP_FORCE_CUDA=1 builds the CUDA sources even where no GPU is visible (nvcc and a
-CUDA build of torch are enough); EXTRAP_NO_CUDA=1 skips them.
+`pip install --no-build-isolation --no-deps .` (or `-e .`): torch must already be installed, since the
+extension is compiled against it. EXTRAP_FORCE_CUDA=1 builds the CUDA sources even where no GPU is visible
+(nvcc and a CUDA build of torch are enough); EXTRAP_NO_CUDA=1 skips them.
 """
 import glob
 import os
+import sys
 
-from setuptools import find_packages, setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension, CUDA_HOME
+from setuptools import setup
+
+try:
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension, CUDA_HOME
+except ImportError:
+    sys.exit("extrap-kernels compiles its extension against the installed PyTorch, and this Python has none "
+             f"({sys.executable}). Install torch first (pip install torch), then this package with build "
+             "isolation off: pip install --no-build-isolation --no-deps .")
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -43,12 +51,6 @@ def _extension():
 
 
 setup(
-    name="extrap-kernels",
-    version="0.1.0",
-    description="Fused extrapolated-SGD optimizer kernels for PyTorch",
-    packages=find_packages(include=["extrap_kernels", "extrap_kernels.*"]),
-    python_requires=">=3.10",
-    install_requires=["torch>=2.4"],
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -109,13 +109,14 @@ void check_launch(const Launch& L) {
     const at::Tensor& x = L.params[i];
     const at::Tensor& g = L.grads[i];
     TORCH_CHECK_TYPE(!x.is_complex() && !g.is_complex(), name_of(L, i),
-                     ": complex parameters and gradients are not supported");
+                     ": complex tensors go to the kernels as their real views (torch.view_as_real)");
     TORCH_CHECK_TYPE(x.scalar_type() == dtype, name_of(L, i), ": mixed dtypes inside one fused bucket (",
                      x.scalar_type(), " and ", dtype, ")");
     TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
                      name_of(L, i), ": dtype ", dtype, " is not supported (fp32, fp64, bf16 or fp16)");
     TORCH_CHECK_VALUE(g.layout() == at::kStrided && x.layout() == at::kStrided, name_of(L, i),
-                ": sparse gradients are not supported");
+                ": sparse gradients are not supported: give these parameters an optimizer that takes them "
+                "(torch.optim.SGD, SparseAdam)");
     TORCH_CHECK_VALUE(x.device() == device, name_of(L, i), ": mixed devices inside one fused bucket (", x.device(),
                 " and ", device, ")");
     TORCH_CHECK_VALUE(g.device() == device, name_of(L, i), ": mixed devices: gradient on ", g.device(),

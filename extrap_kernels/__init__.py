@@ -1,4 +1,4 @@
-"""extrap-kernels: fused extrapolated-SGD optimizers for PyTorch (SPEC.md).
+"""extrap-kernels: fused extrapolated-SGD optimizers for PyTorch (docs/SPEC.md).
 
     from extrap_kernels import ExtrapSGD, FusedSGD
 """

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import glob
 import os
+import shutil
 
 _CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
 
@@ -21,7 +22,16 @@ def load():
         if os.environ.get("EXTRAP_JIT") != "1" or not os.path.isdir(_CSRC):
             load.error = str(err)  # type: ignore[attr-defined]
             return None
-    return _jit_build()
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        load.error = (f"EXTRAP_JIT=1 builds the extension now, which needs a C++17 compiler: {compiler!r} is not "  # type: ignore[attr-defined]
+                      "on PATH (set CXX, or install one: apt-get install g++)")
+        return None
+    try:
+        return _jit_build()
+    except Exception as err:  # a failed build leaves the foreach and reference backends working
+        load.error = f"EXTRAP_JIT=1: building the extension failed: {err}"  # type: ignore[attr-defined]
+        return None
 
 
 def _jit_build():

@@ -23,13 +23,16 @@ class Phase(enum.IntEnum):
 
 
 def state_dtype(param_dtype: torch.dtype) -> torch.dtype:
-    """fp32 state always (the master anchor of a 16-bit parameter too); fp64 for fp64 parameters."""
+    """fp32 state always (the master anchor of a 16-bit parameter too); fp64 for fp64 parameters; a
+    complex parameter keeps complex state of its own precision (the kernels see its real view)."""
+    if param_dtype.is_complex:
+        return param_dtype
     return torch.float64 if param_dtype == torch.float64 else torch.float32
 
 
 @dataclass(frozen=True)
 class Hyper:
-    """The hyperparameters of one param group for one phase, as SPEC.md names them."""
+    """The hyperparameters of one param group for one phase, as docs/SPEC.md names them."""
 
     lr: float | Tensor
     gamma: float | Tensor = 0.0

@@ -19,6 +19,9 @@ from . import backends
 from .bucket import SUPPORTED_DTYPES, Bucket, Hyper, Phase, state_dtype
 
 MODES = ("local", "past", "noise")
+SPARSE = ("sparse gradients are not supported (the fused steps are dense passes over memory): give these "
+          "parameters an optimizer of their own that takes sparse gradients (torch.optim.SGD, SparseAdam), "
+          "or make their gradients dense (nn.Embedding(..., sparse=False))")
 
 
 def _number(value, name: str = "value") -> float | None:
@@ -53,13 +56,14 @@ def check_hyperparameters(**values) -> None:
 
 
 def check_param(param: Tensor, grad: Tensor, backend: backends.Backend, name: str) -> None:
-    """A parameter and its gradient can go through `backend`."""
-    if param.is_complex() or grad.is_complex():
-        raise TypeError(f"{name}: complex parameters and gradients are not supported")
-    if param.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name}: dtype {param.dtype} is not supported; use one of {SUPPORTED_DTYPES}")
+    """A parameter and its gradient can go through `backend` (a complex one as its real view, as
+    torch.optim does: every phase is elementwise)."""
+    real = param.dtype.to_real() if param.is_complex() else param.dtype
+    if real not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name}: dtype {param.dtype} is not supported; use one of {SUPPORTED_DTYPES} "
+                        "or their complex types")
     if grad.is_sparse or grad.layout != torch.strided:
-        raise RuntimeError(f"{name}: sparse gradients are not supported")
+        raise RuntimeError(f"{name}: {SPARSE}")
     if grad.device != param.device:
         raise RuntimeError(f"{name}: mixed devices: gradient on {grad.device}, parameter on {param.device}")
     if grad.dtype != param.dtype:

@@ -149,7 +149,7 @@ class FusedOptimizer(Optimizer):
 
 
 class ExtrapSGD(FusedOptimizer):
-    r"""Extrapolated SGD (Lin, Kong, Stich, Jaggi, ICML 2020), SPEC.md.
+    r"""Extrapolated SGD (Lin, Kong, Stich, Jaggi, ICML 2020), docs/SPEC.md.
 
     mode="past" (default): one backward per `step()`, which updates the anchor and extrapolates from
     the past: a drop-in replacement for torch.optim.SGD. mode="local": the paper's two-phase

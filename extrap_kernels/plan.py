@@ -16,8 +16,8 @@ tensor is written. A plan no longer holds (each case tested in tests/test_plan.p
 - a parameter was re-allocated with another dtype, device or shape: the per-step validation refuses
   the stale launch before writing anything, and the step is planned anew, which re-buckets the
   parameters or raises the Python layer's error.
-Steps on DTensor (FSDP2) parameters are planned anew every time: their local shards are views made
-per call.
+Steps on DTensor (FSDP2) or complex parameters are planned anew every time: the kernels see their local
+shards or real views, views made per call.
 """
 from __future__ import annotations
 
@@ -55,6 +55,17 @@ def check_group(group: dict) -> None:
     functional.check_hyperparameters(**{k: group[k] for k in HYPER_KEYS if k in group})
 
 
+def as_real(t: Tensor) -> Tensor:
+    """A complex tensor's real view (same storage: every phase is elementwise, as torch.optim treats
+    complex parameters); any other tensor itself."""
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def kernel_view(t: Tensor) -> Tensor:
+    """The tensor the kernels write: the real view of a DTensor's local shard or of the tensor itself."""
+    return as_real(local(t))
+
+
 def _device(t: Tensor | None, device: torch.device) -> Tensor | None:
     return None if t is None else t.to(device, non_blocking=True)
 
@@ -67,9 +78,9 @@ class Launch:
     """One phase over one bucket, ready to run with the gradients of a step: a `Work` and the positions
     of its gradients in the step's flat gradient list."""
 
-    def __init__(self, work: Work, positions: list[int] | None, total: int = 0, sharded: bool = False):
+    def __init__(self, work: Work, positions: list[int] | None, total: int = 0, views: bool = False):
         self.work = work
-        self.sharded = sharded
+        self.views = views  # DTensor or complex parameters: the gradients' kernel views are taken per step
         if positions is None:  # a one-off launch (functional.run): the bucket's own gradients
             self.pick = lambda flat: work.bucket.grads
         elif len(positions) == total and positions == list(range(total)):
@@ -108,7 +119,7 @@ class Launch:
 
     def grads(self, flat: list) -> list[Tensor]:
         grads = self.pick(flat)
-        return [local(g) for g in grads] if self.sharded else grads
+        return [kernel_view(g) for g in grads] if self.views else grads
 
     def validate(self, grads, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
         """Raises, writing nothing, if the launch would be refused."""
@@ -167,7 +178,7 @@ class Plan:
         self._indices: dict = {}
         index = {p: i for i, p in enumerate(flat_params(opt.param_groups))}  # keys the noise
         position = {id(p): i for i, p in enumerate(params)}
-        sharded_any = False
+        with_views = False
         staged = []
         for number, group in enumerate(groups):
             check_group(group)
@@ -183,25 +194,26 @@ class Plan:
                 shards, local_grads = [local(p) for p in members], [local(p.grad) for p in members]
                 backend = functional.resolve_backend(opt.backend, shards, local_grads)
                 names = [f"param {index[p]} (shape {tuple(p.shape)})" for p in members]
-                sharded = any(map(is_dtensor, members))
-                sharded_any |= sharded
                 for p, x, g, name in zip(members, shards, local_grads, names):
                     functional.check_param(x, g, backend, name)
                     if phase == Phase.UPDATE_NOISE and is_dtensor(p):
                         raise RuntimeError(f"{name}: mode='noise' keys its noise by element index and does not "
                                            "support sharded (FSDP2) parameters; use mode 'local' or 'past'")
+                views = any(is_dtensor(p) or p.is_complex() for p in members)
+                with_views |= views
                 group_of_shards = shard_group(members, names) if hyper.lars else None
                 staged.append((number, group, phase, hyper, backend, members, shards, local_grads, names,
-                               group_of_shards, sharded))
+                               group_of_shards, views))
         self.launches: list[Launch] = []
         self.by_group: list[list[Launch]] = [[] for _ in groups]
-        for number, group, phase, hyper, backend, members, shards, local_grads, names, shards_group, sharded in staged:
+        for number, group, phase, hyper, backend, members, shards, local_grads, names, shards_group, views in staged:
             states = [opt._init_state(p, group) for p in members]
+            shards = [as_real(x) for x in shards]
             bucket = Bucket(
                 params=shards,
-                grads=local_grads,
-                anchors=[local(st["anchor"]) if "anchor" in st else x for x, st in zip(shards, states)],
-                momenta=[local(st["momentum_buffer"]) for st in states] if group["momentum"] != 0 else [],
+                grads=[as_real(g) for g in local_grads],
+                anchors=[kernel_view(st["anchor"]) if "anchor" in st else x for x, st in zip(shards, states)],
+                momenta=[kernel_view(st["momentum_buffer"]) for st in states] if group["momentum"] != 0 else [],
                 steps=[st["step"] for st in states],
                 indices=[index[p] for p in members],
                 names=names,
@@ -209,10 +221,10 @@ class Plan:
             )
             functional.check_bucket(bucket, backend)
             launch = Launch(Work(phase, bucket, hyper, backend), [position[id(p)] for p in members], len(params),
-                            sharded)
+                            views)
             self.launches.append(launch)
             self.by_group[number].append(launch)
-        self.reusable = not sharded_any
+        self.reusable = not with_views
         self.stepped = [p for _, _, _, _, _, members, *_ in staged for p in members]
         self.state_ids = self._state_ids(opt)
 

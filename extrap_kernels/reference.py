@@ -1,4 +1,4 @@
-"""The oracle: SPEC.md written as per-tensor torch ops, for every mode and option.
+"""The oracle: docs/SPEC.md written as per-tensor torch ops, for every mode and option.
 
 Slow on purpose (one small expression per line of the SPEC, one tensor at a time) and the thing every
 kernel is tested against. `compute_dtype=torch.float64` evaluates everything in double precision and

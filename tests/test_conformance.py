@@ -13,7 +13,7 @@ import torch
 
 import extrap_kernels as ek
 
-from conftest import CPU_BACKENDS
+from conftest import CPU_BACKENDS, trajectory_tolerance
 
 BACKENDS = CPU_BACKENDS + ["reference"]
 OPTIMIZERS = {
@@ -253,3 +253,32 @@ def test_resolved_backends_say_what_runs():
     fused = "cpu" if "cpu" in CPU_BACKENDS else "foreach"
     assert resolved[(torch.device("cpu"), torch.float64)] == fused
     assert resolved[(torch.device("cpu"), torch.float32)] == "foreach"  # a strided parameter in the group
+
+
+@every
+@pytest.mark.parametrize("name", ["extrap-past", "extrap-local", "fused-sgd"])
+def test_complex_parameters_step_as_torch_sgd(backend, name):
+    """Complex parameters step as their real views (torch.optim's rule), with complex state; gamma 0 is
+    torch.optim.SGD within fp32 rounding (our order of operations differs)."""
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(5, dtype=torch.complex64, generator=gen), torch.randn(3, generator=gen)]
+    ours = [torch.nn.Parameter(t.clone()) for t in start]
+    theirs = [torch.nn.Parameter(t.clone()) for t in start]
+    options = dict(lr=0.1, momentum=0.9, weight_decay=1e-2)
+    opt = OPTIMIZERS[name](ours, backend, **options, **({} if name == "fused-sgd" else {"gamma": 0.0}))
+    sgd = torch.optim.SGD(theirs, **options)
+    steps = 10
+    for _ in range(steps):
+        grads = [torch.randn(t.shape, dtype=t.dtype, generator=gen) for t in start]
+        for p, q, g in zip(ours, theirs, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        if name == "extrap-local":
+            opt.extrapolate()
+        opt.step()
+        sgd.step()
+    assert opt.state[ours[0]]["momentum_buffer"].dtype == torch.complex64
+    magnitude = max(float(torch.view_as_real(t).abs().max()) if t.is_complex() else float(t.abs().max())
+                    for t in theirs)
+    tolerance = trajectory_tolerance(torch.float32, steps, max(magnitude, 1.0), 0.9)
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=tolerance)
