@@ -19,6 +19,8 @@ from . import backends
 from .bucket import SUPPORTED_DTYPES, Bucket, Hyper, Phase, state_dtype
 
 MODES = ("local", "past", "noise")
+# torch.optim.SGD's words for its own options ("Invalid learning rate: -0.1"); ours go by their names
+_TORCH_WORDING = {"lr": "learning rate", "momentum": "momentum value", "weight_decay": "weight_decay value"}
 SPARSE = ("sparse gradients are not supported (the fused steps are dense passes over memory): give these "
           "parameters an optimizer of their own that takes sparse gradients (torch.optim.SGD, SparseAdam), "
           "or make their gradients dense (nn.Embedding(..., sparse=False))")
@@ -33,7 +35,8 @@ def _number(value, name: str = "value") -> float | None:
             raise ValueError(f"Tensor {name} must be 1-element")
         return value.item() if value.device.type == "cpu" else None
     if not isinstance(value, numbers.Real):
-        raise TypeError(f"Invalid {name}: {value!r} (must be a real number or a one-element tensor)")
+        raise TypeError(f"Invalid {_TORCH_WORDING.get(name, name)}: {value!r} (must be a real number or a "
+                        "one-element tensor)")
     return float(value)
 
 
@@ -45,7 +48,7 @@ def check_hyperparameters(**values) -> None:
             continue
         number = _number(values[name], name)
         if number is not None and not (number >= 0.0 and math.isfinite(number)):
-            raise ValueError(f"Invalid {name}: {values[name]} (must be a finite number >= 0)")
+            raise ValueError(f"Invalid {_TORCH_WORDING.get(name, name)}: {values[name]} (must be a finite number >= 0)")
     if values.get("nesterov") and (_number(values.get("momentum", 0), "momentum") <= 0
                                    or _number(values.get("dampening", 0), "dampening") != 0):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")

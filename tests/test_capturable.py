@@ -62,7 +62,7 @@ def test_tensor_lr_follows_in_place_schedule(backend):
 def test_tensor_rate_on_the_wrong_device_or_shape_is_refused():
     p = torch.nn.Parameter(torch.zeros(3))
     p.grad = torch.ones(3)
-    with pytest.raises(ValueError, match="lr"):
+    with pytest.raises(ValueError, match="Invalid learning rate"):
         ek.ExtrapSGD([p], lr=torch.tensor(-1.0))
     if ek._ext.load() is None:
         pytest.skip("extension not built")

@@ -213,9 +213,9 @@ def test_step_and_load_state_dict_hooks(backend, name):
 
 @pytest.mark.parametrize("cls", [ek.ExtrapSGD, ek.FusedSGD])
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(lr=-0.1), ValueError, "Invalid lr"),
+    (dict(lr=-0.1), ValueError, "Invalid learning rate"),
     (dict(lr=torch.tensor([0.1, 0.1])), ValueError, "Tensor lr must be 1-element"),
-    (dict(lr="0.1"), TypeError, "Invalid lr"),
+    (dict(lr="0.1"), TypeError, "Invalid learning rate"),
     (dict(lr=0.1, momentum=-0.9), ValueError, "Invalid momentum"),
     (dict(lr=0.1, weight_decay=-1.0), ValueError, "Invalid weight_decay"),
     (dict(lr=0.1, nesterov=True), ValueError, "Nesterov momentum requires a momentum and zero dampening"),

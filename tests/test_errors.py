@@ -39,11 +39,11 @@ def _trained(backend, mode="past", n=3, **kwargs):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(lr=-0.1), "Invalid lr"), (dict(gamma=-1.0), "Invalid gamma"), (dict(momentum=-0.5), "Invalid momentum"),
+    (dict(lr=-0.1), "Invalid learning rate"), (dict(gamma=-1.0), "Invalid gamma"), (dict(momentum=-0.5), "Invalid momentum"),
     (dict(weight_decay=-1e-4), "Invalid weight_decay"), (dict(noise_std=-1.0), "Invalid noise_std"),
     (dict(nesterov=True), "Nesterov"), (dict(nesterov=True, momentum=0.9, dampening=0.1), "Nesterov"),
     (dict(mode="extra"), "Invalid mode"), (dict(past="future"), "Invalid past"),
-    (dict(lr=float("nan")), "Invalid lr"),
+    (dict(lr=float("nan")), "Invalid learning rate"),
 ])
 def test_bad_hyperparameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -62,7 +62,7 @@ def test_negative_lr_set_later_is_caught_at_step(backend):
     opt.param_groups[0]["lr"] = -1.0
     for p in params:
         p.grad = torch.randn(5)
-    with pytest.raises(ValueError, match="Invalid lr"):
+    with pytest.raises(ValueError, match="Invalid learning rate"):
         opt.step()
     _unchanged(before, _state(opt, params))
 
