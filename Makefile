@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 SOURCES := setup.py $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 PYTEST_ARGS ?=
 
-.PHONY: test demo build bench bench-micro cmake-check cuda-check cuda-torch-check install-check clean
+.PHONY: test demo build bench bench-micro gpu-report cmake-check cuda-check cuda-torch-check install-check clean
 
 $(VENV)/.deps: requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -103,3 +103,11 @@ bench: build
 
 bench-micro: build
 	$(PY) -m pytest benchmarks -q --benchmark-only $(PYTEST_ARGS)
+
+# On a lent GPU machine (its python3 has torch, triton, pytest, hypothesis, matplotlib): build the CUDA
+# extension, run the tests, the benchmarks and one ncu profile, everything to commit in one folder
+# (benchmarks/gpu_report.py). GPU_REPORT_ARGS="--out $$OUT --steps build,tests" runs a part; CI runs
+# GPU_REPORT_ARGS=--dry-run.
+GPU_PY ?= python3
+gpu-report:
+	$(GPU_PY) -m benchmarks.gpu_report $(GPU_REPORT_ARGS)
