@@ -19,12 +19,6 @@ def operator(phase: Phase):
     return getattr(torch.ops.extrap_kernels, OPS[phase]).default
 
 
-def check_operator():
-    """torch.ops.extrap_kernels.check: a phase's validation alone, nothing written."""
-    _ext.load()
-    return torch.ops.extrap_kernels.check.default
-
-
 def _as_int64(seed: int) -> int:
     """The seed's 64 bits as the signed integer the operator takes."""
     seed = int(seed) & 0xFFFFFFFFFFFFFFFF
