@@ -1,5 +1,5 @@
 // The extension's entry points: the phases registered as PyTorch operators,
-//   torch.ops.extrap_kernels.{extrapolate_, update_, update_past_, update_noise_}
+//   torch.ops.extrap_kernels.{extrapolate_, update_, update_past_, update_noise_, update_past_anchor_free_}
 // (and extrap_kernels::check, which validates a launch without running it). Each call checks its
 // whole launch once, whatever the device, then hands it to the launcher of that device: the CPU
 // launcher (csrc/cpu), the CUDA launcher (csrc/cuda), or nothing for meta tensors (FakeTensor and
@@ -23,18 +23,21 @@ namespace extrap {
 namespace {
 
 // The schema of every phase operator, and of `check` (phase first, nothing written). Tensor lists that a
-// phase writes are marked mutable (x, s, m and the step counts); grads are read only.
+// phase writes are marked mutable (x, s, m, the step counts and the anchor-free update's last gammas);
+// grads are read only.
 std::string schema(const std::string& name, bool writes) {
   auto list = [&](const char* alias) { return writes ? std::string("Tensor(") + alias + "!)[]" : std::string("Tensor[]"); };
   return name + "(" + (writes ? "" : "int phase, ") + list("a") + " params, Tensor[] grads, " + list("b") +
-         " anchors, " + list("c") + " momenta, " + list("d") + " steps, int[] indices, *, "
+         " anchors, " + list("c") + " momenta, " + list("d") + " steps, int[] indices, " + list("e") +
+         " last_gammas, *, "
          "float lr=0., float gamma=0., Tensor? lr_tensor=None, Tensor? gamma_tensor=None, float momentum=0., "
          "float dampening=0., float weight_decay=0., bool nesterov=False, bool maximize=False, "
          "bool wd_after_momentum=False, bool extrapolate_with_momentum=False, bool past_grad=False, "
          "float noise_std=0., int seed=0, Tensor? trust=None, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()";
 }
-constexpr int kNumArgs = 23;  // the arguments of a phase operator (check takes the phase before them)
-constexpr const char* kPhaseOps[] = {"extrapolate_", "update_", "update_past_", "update_noise_"};  // Phase order
+constexpr int kNumArgs = 24;  // the arguments of a phase operator (check takes the phase before them)
+constexpr const char* kPhaseOps[] = {"extrapolate_", "update_", "update_past_", "update_noise_",
+                                     "update_past_anchor_free_"};  // Phase order
 
 std::optional<at::Tensor> optional_tensor(const c10::IValue& v) {
   return v.isNone() ? std::nullopt : std::optional<at::Tensor>(v.toTensor());
@@ -50,23 +53,24 @@ Launch read_launch(int64_t phase, const c10::IValue* a) {
   L.momenta = a[3].toTensorVector();
   L.steps = a[4].toTensorVector();
   L.indices = a[5].toIntVector();
-  L.lr = a[6].toDouble();
-  L.gamma = a[7].toDouble();
-  L.lr_tensor = optional_tensor(a[8]);
-  L.gamma_tensor = optional_tensor(a[9]);
-  L.momentum = a[10].toDouble();
-  L.dampening = a[11].toDouble();
-  L.weight_decay = a[12].toDouble();
-  L.nesterov = a[13].toBool();
-  L.maximize = a[14].toBool();
-  L.wd_after_momentum = a[15].toBool();
-  L.extrapolate_with_momentum = a[16].toBool();
-  L.past_grad = a[17].toBool();
-  L.noise_std = a[18].toDouble();
-  L.seed = a[19].toInt();
-  L.trust = optional_tensor(a[20]);
-  L.grad_scale = optional_tensor(a[21]);
-  L.found_inf = optional_tensor(a[22]);
+  L.last_gammas = a[6].toTensorVector();
+  L.lr = a[7].toDouble();
+  L.gamma = a[8].toDouble();
+  L.lr_tensor = optional_tensor(a[9]);
+  L.gamma_tensor = optional_tensor(a[10]);
+  L.momentum = a[11].toDouble();
+  L.dampening = a[12].toDouble();
+  L.weight_decay = a[13].toDouble();
+  L.nesterov = a[14].toBool();
+  L.maximize = a[15].toBool();
+  L.wd_after_momentum = a[16].toBool();
+  L.extrapolate_with_momentum = a[17].toBool();
+  L.past_grad = a[18].toBool();
+  L.noise_std = a[19].toDouble();
+  L.seed = a[20].toInt();
+  L.trust = optional_tensor(a[21]);
+  L.grad_scale = optional_tensor(a[22]);
+  L.found_inf = optional_tensor(a[23]);
   return L;
 }
 
@@ -84,12 +88,24 @@ std::string name_of(const Launch& L, size_t i) {
 // is a ValueError (TypeError for dtypes): the Python layer tells it from a failure while running.
 void check_launch(const Launch& L) {
   const size_t n = L.params.size();
-  TORCH_CHECK_VALUE(L.phase >= kExtrapolate && L.phase <= kUpdateNoise, "extrap_kernels: unknown phase ", L.phase);
+  TORCH_CHECK_VALUE(L.phase >= kExtrapolate && L.phase <= kUpdatePastAnchorFree, "extrap_kernels: unknown phase ",
+                    L.phase);
   TORCH_CHECK_VALUE(L.grads.size() == n && L.steps.size() == n && L.indices.size() == n,
               "extrap_kernels: params, grads, steps and indices must have the same length");
-  TORCH_CHECK_VALUE(L.anchors.size() == n || (L.anchors.empty() && L.phase == kUpdate),
-              "extrap_kernels: anchors must be one per parameter (or empty for update_ on parameters that "
-              "are their own anchors)");
+  if (L.anchor_free()) {
+    TORCH_CHECK_VALUE(L.anchors.empty() && L.last_gammas.size() == n && !L.momenta.empty(),
+                      "extrap_kernels: update_past_anchor_free_ takes no anchors, and one last_gamma and one "
+                      "momentum buffer per parameter");
+    // the anchor is recomputed as x + last_gamma * m only where the past direction d is m (SPEC)
+    TORCH_CHECK_VALUE(!L.nesterov && !L.wd_after_momentum && !L.past_grad && !L.trust,
+                      "extrap_kernels: update_past_anchor_free_ needs heavy-ball momentum: no nesterov, "
+                      "wd_after_momentum, past_grad or LARS trust");
+  } else {
+    TORCH_CHECK_VALUE(L.anchors.size() == n || (L.anchors.empty() && L.phase == kUpdate),
+                      "extrap_kernels: anchors must be one per parameter (or empty for update_ on parameters "
+                      "that are their own anchors)");
+    TORCH_CHECK_VALUE(L.last_gammas.empty(), "extrap_kernels: last_gammas belong to update_past_anchor_free_");
+  }
   TORCH_CHECK_VALUE(L.momenta.empty() || L.momenta.size() == n,
               "extrap_kernels: momenta must be empty (momentum 0) or one per parameter");
   TORCH_CHECK_VALUE((L.momentum != 0) == !L.momenta.empty(), "extrap_kernels: momenta given iff momentum != 0");
@@ -132,6 +148,7 @@ void check_launch(const Launch& L) {
     if (!L.anchors.empty()) check_state(L.anchors[i], sdtype, numel, "anchor", i);
     if (!L.momenta.empty()) check_state(L.momenta[i], sdtype, numel, "momentum_buffer", i);
     check_state(L.steps[i], at::kFloat, 1, "step", i);
+    if (!L.last_gammas.empty()) check_state(L.last_gammas[i], sdtype, 1, "last_gamma", i);
   }
   auto check_rate = [&](const std::optional<at::Tensor>& t, int64_t numel, const char* what) {
     if (!t) return;
@@ -145,6 +162,21 @@ void check_launch(const Launch& L) {
   TORCH_CHECK_VALUE(!L.grad_scale || L.grad_scale->numel() == 1, "extrap_kernels: grad_scale must have one element");
   TORCH_CHECK_VALUE(!L.found_inf || L.found_inf->numel() == 1, "extrap_kernels: found_inf must have one element");
 }
+
+#ifdef EXTRAP_WITH_CUDA
+// After an anchor-free launch on the device (same stream, so after its kernels read them): x was
+// extrapolated with this gamma, unless found_inf skipped the update. No host synchronization.
+void record_gamma_cuda(const Launch& L) {
+  const auto options = L.last_gammas[0].options();
+  const at::Tensor gamma = L.gamma_tensor ? L.gamma_tensor->reshape({}) : at::scalar_tensor(L.gamma, options);
+  if (L.found_inf) {
+    const at::Tensor kept = at::where(L.found_inf->ne(0), at::stack(L.last_gammas), gamma);
+    at::_foreach_copy_(L.last_gammas, kept.unbind());
+  } else {
+    at::_foreach_copy_(L.last_gammas, std::vector<at::Tensor>(L.last_gammas.size(), gamma));
+  }
+}
+#endif
 
 // Runs a checked launch on its device. A CPU launch reads its rate tensors here: the kernel takes numbers.
 void run(Launch L) {
@@ -169,7 +201,9 @@ void run(Launch L) {
         at::_foreach_add_(L.steps, 1.0);
       }
     }
-    return apply_cuda(L);
+    apply_cuda(L);
+    if (L.anchor_free()) record_gamma_cuda(L);
+    return;
   }
 #endif
   TORCH_CHECK(false, "extrap_kernels: this build has no kernel for device ", device);
@@ -215,6 +249,8 @@ void register_kernels(torch::Library& m) {
   m.impl(kPhaseOps[kUpdate], torch::CppFunction::makeFromBoxedFunction<&phase_op<kUpdate>>());
   m.impl(kPhaseOps[kUpdatePast], torch::CppFunction::makeFromBoxedFunction<&phase_op<kUpdatePast>>());
   m.impl(kPhaseOps[kUpdateNoise], torch::CppFunction::makeFromBoxedFunction<&phase_op<kUpdateNoise>>());
+  m.impl(kPhaseOps[kUpdatePastAnchorFree],
+         torch::CppFunction::makeFromBoxedFunction<&phase_op<kUpdatePastAnchorFree>>());
   m.impl("check", torch::CppFunction::makeFromBoxedFunction<&check_op>());
 }
 

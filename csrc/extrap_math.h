@@ -24,6 +24,9 @@ enum Phase : int32_t {
   kUpdate = 1,       // two-phase, step 4 (and plain fused SGD):  base update of s; x <- s
   kUpdatePast = 2,   // one-phase "past":  base update of s; x <- s - gamma * e, e = d (or g')
   kUpdateNoise = 3,  // one-phase "noise": base update of s; x <- s + sigma * xi
+  // one-phase "past" with the anchor recomputed, not stored (heavy-ball momentum, full precision):
+  // s = x + last_gamma * m; base update of s; x <- s - gamma * m
+  kUpdatePastAnchorFree = 4,
 };
 
 // Hyperparameters of one launch, resolved on the host. `acc` is the arithmetic type: float for
@@ -76,7 +79,14 @@ EXTRAP_HD acc base_update(acc& s, acc& m, acc g, const Hyper<acc>& h, acc trust,
   return d;
 }
 
-// kUpdatePast: the extrapolated point from the freshly updated anchor.
+// kUpdatePastAnchorFree: x was made as s - last_gamma * m (with this m, before its update), which gives
+// the anchor back (SPEC "Memory-lean variants").
+template <typename acc>
+EXTRAP_HD acc recomputed_anchor(acc x, acc m, acc last_gamma) {
+  return x + last_gamma * m;
+}
+
+// kUpdatePast(AnchorFree): the extrapolated point from the freshly updated anchor.
 template <typename acc>
 EXTRAP_HD acc past_point(acc s, acc gp, acc d, const Hyper<acc>& h) {
   return s - h.gamma * (h.past_grad ? gp : d);
@@ -90,12 +100,19 @@ struct TensorArgs {
   bool first;      // the momentum buffer has never been written
   uint32_t step;   // the step count (keys the noise)
   uint32_t index;  // the parameter's index in the optimizer (keys the noise)
+  acc last_gamma;  // kUpdatePastAnchorFree: the gamma x was last extrapolated with
 };
 
-// What a phase stores besides x: launchers store s and m only where these say so (SPEC's traffic).
+// What a phase reads and stores: launchers move s and m only where these say so (SPEC's traffic). Every
+// phase reads exactly one of x and s: x for a full-precision snapshot and where the anchor is recomputed
+// from it, s (the anchor, or x itself where x is its own anchor) everywhere else.
+template <Phase P, bool kMaster>
+EXTRAP_HD constexpr bool reads_param() {
+  return (P == kExtrapolate && !kMaster) || P == kUpdatePastAnchorFree;
+}
 template <Phase P, bool kMaster>
 EXTRAP_HD constexpr bool stores_anchor() {
-  return P == kExtrapolate ? !kMaster : (P == kUpdate ? kMaster : true);
+  return P == kExtrapolate ? !kMaster : (P == kUpdate ? kMaster : P != kUpdatePastAnchorFree);
 }
 template <Phase P, bool kMomentum>
 EXTRAP_HD constexpr bool stores_momentum() {
@@ -104,8 +121,9 @@ EXTRAP_HD constexpr bool stores_momentum() {
 
 EXTRAP_HD float noise_normal(uint64_t seed, uint32_t step, uint32_t index, uint64_t element);
 
-// One element of one phase, in the arithmetic type: x, s and m are read and replaced by their new
-// values. kMaster: s is the fp32 master of a 16-bit x (else s and x hold the same precision).
+// One element of one phase, in the arithmetic type: x (where reads_param), s (elsewhere) and m are read,
+// and replaced by their new values. kMaster: s is the fp32 master of a 16-bit x (else s and x hold the
+// same precision).
 template <Phase P, bool kMomentum, bool kMaster, typename acc>
 EXTRAP_HD void phase_element(acc& x, acc g, acc& s, acc& m, const Hyper<acc>& h, const TensorArgs<acc>& t,
                              uint64_t element) {
@@ -114,11 +132,12 @@ EXTRAP_HD void phase_element(acc& x, acc g, acc& s, acc& m, const Hyper<acc>& h,
     x = extrapolated_point(s, g, kMomentum ? m : acc(0), h, t.trust);
     return;
   }
+  if (P == kUpdatePastAnchorFree) s = recomputed_anchor(x, m, t.last_gamma);
   acc gp;
   const acc d = base_update<kMomentum>(s, m, g, h, t.trust, t.first, gp);
   if (P == kUpdate) {
     x = s;
-  } else if (P == kUpdatePast) {
+  } else if (P == kUpdatePast || P == kUpdatePastAnchorFree) {
     x = past_point(s, gp, d, h);
   } else {
     x = s + h.noise_std * static_cast<acc>(noise_normal(h.seed, t.step, t.index, element));

@@ -23,6 +23,8 @@ struct Launch {
   std::vector<at::Tensor> momenta;  // m, the dtype of s; empty when momentum == 0
   std::vector<at::Tensor> steps;    // 0-dim float32 step counts; update phases count this update themselves
   std::vector<int64_t> indices;     // parameter index in the optimizer, keys the noise
+  std::vector<at::Tensor> last_gammas;  // kUpdatePastAnchorFree: 0-dim, the dtype of s; the gamma x was
+                                        // last extrapolated with (the launch records this one's)
   std::optional<at::Tensor> trust;  // per-tensor LARS ratio, the dtype of s
   double lr = 0, gamma = 0, momentum = 0, dampening = 0, weight_decay = 0, noise_std = 0;
   // Capturable rates: lr and gamma held as one-element device tensors of the state dtype, read by the
@@ -38,6 +40,7 @@ struct Launch {
 
   // The tensor holding s for parameter i (x itself where the parameters are their own anchors).
   const at::Tensor& anchor(size_t i) const { return anchors.empty() ? params[i] : anchors[i]; }
+  bool anchor_free() const { return phase == kUpdatePastAnchorFree; }
   bool counts_step() const { return phase != kExtrapolate; }
 };
 
@@ -73,6 +76,7 @@ void with_phase(const Launch& L, F&& f) {
     case kUpdate: return run(std::integral_constant<Phase, kUpdate>{});
     case kUpdatePast: return run(std::integral_constant<Phase, kUpdatePast>{});
     case kUpdateNoise: return run(std::integral_constant<Phase, kUpdateNoise>{});
+    case kUpdatePastAnchorFree: return run(std::integral_constant<Phase, kUpdatePastAnchorFree>{});
     default: TORCH_CHECK(false, "extrap_kernels: unknown phase ", L.phase);
   }
 }

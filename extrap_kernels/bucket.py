@@ -20,6 +20,9 @@ class Phase(enum.IntEnum):
     UPDATE = 1  # two-phase, step 4 (and plain fused SGD): base update of s; x <- s
     UPDATE_PAST = 2  # one-phase "past": base update of s; x <- s - gamma * e
     UPDATE_NOISE = 3  # one-phase "noise": base update of s; x <- s + sigma * xi
+    # one-phase "past" without a stored anchor (heavy-ball momentum, full precision): the anchor is
+    # recomputed as s = x + last_gamma * m; base update of s; x <- s - gamma * m
+    UPDATE_PAST_ANCHOR_FREE = 4
 
 
 def state_dtype(param_dtype: torch.dtype) -> torch.dtype:
@@ -28,6 +31,22 @@ def state_dtype(param_dtype: torch.dtype) -> torch.dtype:
     if param_dtype.is_complex:
         return param_dtype
     return torch.float64 if param_dtype == torch.float64 else torch.float32
+
+
+def anchor_free_applies(hyper: "Hyper") -> bool:
+    """SPEC "Memory-lean variants": with heavy-ball momentum (no Nesterov, no Apex wd_after_momentum, no
+    LARS) and past="update", the update direction d is m, so x = s - gamma * m gives the anchor back and
+    it need not be stored (on full-precision parameters: see bucket_phase)."""
+    return (hyper.momentum != 0 and not hyper.nesterov and not hyper.wd_after_momentum and not hyper.lars
+            and not hyper.past_grad)
+
+
+def bucket_phase(phase: Phase, dtype: torch.dtype) -> Phase:
+    """The phase a group's bucket of `dtype` runs: a 16-bit x keeps its fp32 master as the anchor, so
+    an anchor-free group runs the stored-anchor past update there."""
+    if phase == Phase.UPDATE_PAST_ANCHOR_FREE and state_dtype(dtype) != dtype:
+        return Phase.UPDATE_PAST
+    return phase
 
 
 @dataclass(frozen=True)
@@ -72,6 +91,8 @@ class Bucket:
     steps: list[Tensor]  # 0-dim float32 update counts; an update phase counts its own update first
     indices: list[int]  # position of each parameter in the optimizer: keys the noise
     names: list[str] = field(default_factory=list)  # for error messages
+    # UPDATE_PAST_ANCHOR_FREE: the gamma each x was last extrapolated with (0-dim, state dtype)
+    last_gammas: list[Tensor] = field(default_factory=list)
     shard_group: object = None  # FSDP2 + LARS: the process group whole-tensor norms are summed over
 
     @property
@@ -101,6 +122,21 @@ def abandon(phase: Phase, bucket: Bucket) -> None:
         torch._foreach_copy_(bucket.anchors, bucket.params)
     elif phase == Phase.UPDATE:
         torch._foreach_copy_(bucket.params, bucket.anchors)
+
+
+def record_gamma(phase: Phase, bucket: Bucket, gamma: float | Tensor, found_inf: Tensor | None) -> None:
+    """After an anchor-free past update: x was extrapolated with `gamma`, which the next update reads to
+    recompute the anchor. A skipped update (found_inf) left x, and so the gamma it was made with, as it
+    was. Device tensors only: no host sync (the extension's operators do the same in C++)."""
+    if phase != Phase.UPDATE_PAST_ANCHOR_FREE or not bucket.last_gammas:
+        return
+    olds = bucket.last_gammas
+    gamma = torch.as_tensor(gamma, dtype=olds[0].dtype).to(olds[0].device).reshape(())
+    if found_inf is None:
+        torch._foreach_copy_(olds, [gamma] * len(olds))
+    else:
+        kept = torch.where(found_inf.reshape(()) != 0, torch.stack(olds), gamma)
+        torch._foreach_copy_(olds, list(kept.unbind()))
 
 
 def count_step(phase: Phase, bucket: Bucket, found_inf: Tensor | None) -> None:

@@ -54,6 +54,8 @@ def check_hyperparameters(**values) -> None:
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
     if "mode" in values and values["mode"] not in MODES:
         raise ValueError(f"Invalid mode: {values['mode']!r}; choose one of {MODES}")
+    if "store_anchor" in values and not isinstance(values["store_anchor"], bool):
+        raise TypeError(f"Invalid store_anchor: {values['store_anchor']!r} (must be True or False)")
     if "past" in values and values["past"] not in ("update", "grad"):
         raise ValueError(f"Invalid past: {values['past']!r}; choose 'update' or 'grad'")
 
@@ -90,11 +92,15 @@ def check_bucket(bucket: Bucket, backend: backends.Backend) -> None:
                  ("step", bucket.steps[i], torch.float32)]
         if bucket.momenta:
             state.append(("momentum_buffer", bucket.momenta[i], sdtype))
+        if bucket.last_gammas:
+            state.append(("last_gamma", bucket.last_gammas[i], sdtype))
         for key, t, dtype in state:
             if t.device != x.device or t.dtype != dtype:
                 raise RuntimeError(f"{names[i]}: state {key!r} is {t.dtype} on {t.device}, "
                                    f"expected {dtype} on {x.device}")
-            if key != "step" and (t.shape != x.shape or (backend.needs_contiguous and not t.is_contiguous())):
+            if key == "last_gamma" and t.numel() != 1:
+                raise RuntimeError(f"{names[i]}: state 'last_gamma' must have one element")
+            if key not in ("step", "last_gamma") and (t.shape != x.shape or (backend.needs_contiguous and not t.is_contiguous())):
                 raise RuntimeError(f"{names[i]}: state {key!r} does not match the parameter's shape/layout")
 
 

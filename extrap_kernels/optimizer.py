@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import required
 
 from . import backends, functional
-from .bucket import Hyper, Phase, state_dtype
+from .bucket import Hyper, Phase, anchor_free_applies, state_dtype
 from .functional import check_hyperparameters
 from .plan import _GRAD, Plan, Rejected, flat_params
 from .sharded import local
@@ -82,16 +82,31 @@ class FusedOptimizer(Optimizer):
             found_inf = getattr(self, "found_inf", None)
         return grad_scale, found_inf
 
-    def _init_state(self, p: Tensor, group: dict) -> dict:
+    def _init_state(self, p: Tensor, group: dict, phase: Phase) -> dict:
+        """The state `phase` needs for `p`, created where missing. The anchor is stored or recomputed as the
+        group says (ExtrapSGD's store_anchor); a state of the other kind is converted, so that checkpoints
+        load either way: a stored anchor s becomes x (x <- s and last_gamma = 0 recompute s exactly; x is
+        rewritten by the step anyway), and a recomputed one becomes s = x + last_gamma * m."""
         state = self.state[p]
         if "step" not in state:  # a loaded torch.optim.SGD state has a momentum buffer but no step
             first = 1.0 if "momentum_buffer" in state else 0.0
             state["step"] = torch.tensor(first, dtype=torch.float32, device=p.device)
         sdtype = state_dtype(p.dtype)
-        if self._has_anchor(p) and "anchor" not in state:
-            state["anchor"] = torch.empty_like(p, dtype=sdtype, memory_format=torch.contiguous_format).copy_(p)
         if group["momentum"] != 0 and "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p, dtype=sdtype, memory_format=torch.contiguous_format)
+        if phase == Phase.UPDATE_PAST_ANCHOR_FREE:
+            if "anchor" in state:
+                p.copy_(state.pop("anchor"))
+                state.pop("last_gamma", None)
+            if "last_gamma" not in state:
+                state["last_gamma"] = torch.zeros((), dtype=state_dtype(p.dtype.to_real()), device=p.device)
+            return state
+        if self._has_anchor(p) and "anchor" not in state:
+            anchor = torch.empty_like(p, dtype=sdtype, memory_format=torch.contiguous_format).copy_(p)
+            if "last_gamma" in state and "momentum_buffer" in state:
+                anchor.add_(state["momentum_buffer"] * state["last_gamma"])
+            state["anchor"] = anchor
+        state.pop("last_gamma", None)
         return state
 
     def _plan(self, groups: list[dict], phase_of: Phase | None = None) -> tuple[Plan, list]:
@@ -144,7 +159,8 @@ class FusedOptimizer(Optimizer):
                 elif key == "step" and not torch.is_tensor(value):  # older checkpoints count in a number
                     state[key] = torch.tensor(float(value), dtype=torch.float32, device=p.device)
                 elif torch.is_tensor(value):
-                    dtype = torch.float32 if key == "step" else state_dtype(p.dtype)
+                    dtype = {"step": torch.float32, "last_gamma": state_dtype(p.dtype.to_real())}.get(
+                        key, state_dtype(p.dtype))
                     state[key] = value.to(device=p.device, dtype=dtype, copy=True)
 
 
@@ -156,6 +172,10 @@ class ExtrapSGD(FusedOptimizer):
     EXTRAP-SGD: backward, `extrapolate()`, backward, `step()` (or `step(closure)`, which does all four).
     mode="noise": one phase, the parameters perturbed by counter-based Gaussian noise around the anchor.
     gamma=None uses the group's current lr (it follows LR schedulers); gamma=0 is exactly SGD.
+    With heavy-ball momentum (momentum > 0, no Nesterov, no LARS, past="update") and fp32/fp64
+    parameters, mode="past" keeps no anchor: it is recomputed from x and the momentum buffer (state
+    "last_gamma"), so the optimizer needs the memory and bandwidth of torch.optim.SGD. store_anchor=True
+    keeps it in the state anyway ("anchor"); checkpoints of either kind load into the other.
     """
 
     def __init__(self, params, lr: float | Tensor = 1e-3, gamma: float | Tensor | None = None,
@@ -163,12 +183,12 @@ class ExtrapSGD(FusedOptimizer):
                  weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False,
                  lars: bool = False, trust_coefficient: float = 0.001, lars_clip: bool = False,
                  extrapolate_with_momentum: bool = False, past: str = "update", noise_std: float = 0.01,
-                 seed: int = 0, *, backend: str = "auto"):
+                 seed: int = 0, store_anchor: bool = False, *, backend: str = "auto"):
         defaults = dict(lr=lr, gamma=gamma, mode=mode, momentum=momentum, dampening=dampening,
                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, lars=lars,
                         trust_coefficient=trust_coefficient, lars_clip=lars_clip,
                         extrapolate_with_momentum=extrapolate_with_momentum, past=past,
-                        noise_std=noise_std, seed=seed)
+                        noise_std=noise_std, seed=seed, store_anchor=store_anchor)
         check_hyperparameters(**defaults)
         super().__init__(params, defaults, backend)
         self._extrapolated: set[int] | None = None  # indices of the parameters awaiting the local step()
@@ -181,12 +201,15 @@ class ExtrapSGD(FusedOptimizer):
         phase = {"local": Phase.UPDATE, "past": Phase.UPDATE_PAST, "noise": Phase.UPDATE_NOISE}[group["mode"]]
         if phase == Phase.UPDATE_NOISE and (functional._number(gamma, "gamma") == 0 or group["noise_std"] == 0):
             phase, gamma = Phase.UPDATE_PAST, 0.0  # extrapolation switched off: plain SGD
-        return phase, Hyper(
+        hyper = Hyper(
             lr=group["lr"], gamma=gamma, momentum=group["momentum"], dampening=group["dampening"],
             weight_decay=group["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"],
             lars=group["lars"], trust_coefficient=group["trust_coefficient"], lars_clip=group["lars_clip"],
             extrapolate_with_momentum=group["extrapolate_with_momentum"], past_grad=group["past"] == "grad",
             noise_std=group["noise_std"], seed=group["seed"])
+        if group["mode"] == "past" and not group.get("store_anchor", False) and anchor_free_applies(hyper):
+            phase = Phase.UPDATE_PAST_ANCHOR_FREE  # (16-bit parameters keep their master: bucket_phase)
+        return phase, hyper
 
     def _local_groups(self) -> list[dict]:
         return [g for g in self.param_groups if g["mode"] == "local"]

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from . import functional
 from .backends import cpu as extension
-from .bucket import Bucket, Hyper, Phase
+from .bucket import Bucket, Hyper, Phase, bucket_phase
 from .functional import Work
 from .lars import trust_ratios
 from .sharded import is_dtensor, local, shard_group
@@ -39,7 +39,7 @@ from .sharded import is_dtensor, local, shard_group
 _GRAD = operator.attrgetter("grad")
 _PARAMS = operator.itemgetter("params")
 HYPER_KEYS = ("lr", "gamma", "momentum", "dampening", "weight_decay", "nesterov", "noise_std",
-              "trust_coefficient", "mode", "past")
+              "trust_coefficient", "mode", "past", "store_anchor")
 
 
 def flat_params(groups: list[dict]) -> list[Tensor]:
@@ -182,14 +182,15 @@ class Plan:
         staged = []
         for number, group in enumerate(groups):
             check_group(group)
-            phase, hyper = opt._launch_args(group)
+            group_phase, hyper = opt._launch_args(group)
             if phase_of is not None:
-                phase = phase_of
+                group_phase = phase_of
             by_key = defaultdict(list)
             for p in group["params"]:
                 if p.grad is not None:
                     by_key[(p.device, p.dtype)].append(p)
-            for members in by_key.values():
+            for (_, dtype), members in by_key.items():
+                phase = bucket_phase(group_phase, dtype)
                 # the kernels see local tensors: FSDP2 shards step where they live
                 shards, local_grads = [local(p) for p in members], [local(p.grad) for p in members]
                 backend = functional.resolve_backend(opt.backend, shards, local_grads)
@@ -207,7 +208,7 @@ class Plan:
         self.launches: list[Launch] = []
         self.by_group: list[list[Launch]] = [[] for _ in groups]
         for number, group, phase, hyper, backend, members, shards, local_grads, names, shards_group, views in staged:
-            states = [opt._init_state(p, group) for p in members]
+            states = [opt._init_state(p, group, phase) for p in members]
             shards = [as_real(x) for x in shards]
             bucket = Bucket(
                 params=shards,
@@ -218,6 +219,7 @@ class Plan:
                 indices=[index[p] for p in members],
                 names=names,
                 shard_group=shards_group,
+                last_gammas=[st["last_gamma"] for st in states] if phase == Phase.UPDATE_PAST_ANCHOR_FREE else [],
             )
             functional.check_bucket(bucket, backend)
             launch = Launch(Work(phase, bucket, hyper, backend), [position[id(p)] for p in members], len(params),
@@ -268,7 +270,7 @@ class Plan:
             phase = self.phase_of
         for launch in self.by_group[number]:
             old = launch.work
-            if (old.phase != phase or (old.hyper.momentum != 0) != (hyper.momentum != 0)
+            if (old.phase != bucket_phase(phase, old.bucket.dtype) or (old.hyper.momentum != 0) != (hyper.momentum != 0)
                     or old.hyper.lars != hyper.lars):
                 return False
         for launch in self.by_group[number]:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from . import philox
-from .bucket import Bucket, Hyper, Phase, abandon, count_step, state_dtype
+from .bucket import Bucket, Hyper, Phase, abandon, count_step, record_gamma, state_dtype
 from .lars import whole_tensor_norms
 
 
@@ -76,8 +76,11 @@ def apply(phase: Phase, bucket: Bucket, h: Hyper, grad_scale: Tensor | None = No
             x.copy_(anchor - gamma * e)
             continue
         step = int(bucket.steps[i].item())
-        g_prime = regularized_grad(g.to(cd), s.to(cd), h, inv_scale, bucket.shard_group)
-        anchor, m_value, d = base_update(s.to(cd), m_value, g_prime, h, first=step <= 1)
+        anchor = s.to(cd)
+        if phase == Phase.UPDATE_PAST_ANCHOR_FREE:  # x = s - last_gamma * m gives the anchor back
+            anchor = x.to(cd) + bucket.last_gammas[i].to(cd) * m_value
+        g_prime = regularized_grad(g.to(cd), anchor, h, inv_scale, bucket.shard_group)
+        anchor, m_value, d = base_update(anchor, m_value, g_prime, h, first=step <= 1)
         if m is not None:
             m.copy_(m_value)
         if phase == Phase.UPDATE:  # x <- s; a full-precision s was only the snapshot
@@ -87,9 +90,12 @@ def apply(phase: Phase, bucket: Bucket, h: Hyper, grad_scale: Tensor | None = No
         elif phase == Phase.UPDATE_PAST:  # x <- s - gamma * e, e = d (or g')
             s.copy_(anchor)
             x.copy_(anchor - gamma * (g_prime if h.past_grad else d))
+        elif phase == Phase.UPDATE_PAST_ANCHOR_FREE:  # x <- s - gamma * m; s is not kept
+            x.copy_(anchor - gamma * d)
         elif phase == Phase.UPDATE_NOISE:  # x <- s + sigma * xi
             s.copy_(anchor)
             xi = philox.normal(h.seed, step, bucket.indices[i], x.numel(), x.device).view_as(x)
             x.copy_(anchor + h.noise_std * xi.to(cd))
         else:
             raise ValueError(f"unknown phase {phase!r}")
+    record_gamma(phase, bucket, h.gamma, found_inf)

@@ -81,14 +81,38 @@ def test_trajectory_matches_reference(backend, opts, dtype, sizes, grad_scale, d
             if opts["momentum"]:
                 assert_within(opt.state[p]["momentum_buffer"], oracle.state[q]["momentum_buffer"], tol,
                               f"step {step} momentum {i}")
-            if opts["mode"] != "local":
-                assert_within(opt.state[p]["anchor"], oracle.state[q]["anchor"], tol, f"step {step} anchor {i}")
+            if opts["mode"] != "local":  # (local: the anchor is a snapshot, taken next time)
+                assert_within(anchor_of(opt.state[p], p), anchor_of(oracle.state[q], q), tol, f"step {step} anchor {i}")
+            if "last_gamma" in opt.state[p]:  # the anchor-free past update's: the gamma, rounded to the state dtype
+                expected = float(oracle.state[q]["last_gamma"])
+                assert_within(opt.state[p]["last_gamma"], oracle.state[q]["last_gamma"],
+                              state_eps(dtype) * expected + torch.finfo(state_dtype(dtype)).tiny, f"step {step} gamma {i}")
             assert float(opt.state[p]["step"]) == step + 1
 
 
-def _bucket(params, grads, anchors, momenta, step):
+def anchor_of(state: dict, param: torch.Tensor) -> torch.Tensor:
+    """x_t, stored or (anchor-free past) recomputed as x + last_gamma * m, in float64."""
+    if "anchor" in state:
+        return state["anchor"].double()
+    return param.detach().double() + state["last_gamma"].double() * state["momentum_buffer"].double()
+
+
+def _bucket(params, grads, anchors, momenta, step, phase=Phase.UPDATE_PAST, last_gammas=()):
+    """A bucket as the optimizers build it; the anchor-free update's parameters are their own anchors."""
+    if phase == Phase.UPDATE_PAST_ANCHOR_FREE:
+        anchors = params
     return Bucket(params=params, grads=grads, anchors=anchors, momenta=momenta,
-                  steps=[torch.tensor(float(step)) for _ in params], indices=list(range(len(params))))
+                  steps=[torch.tensor(float(step)) for _ in params], indices=list(range(len(params))),
+                  last_gammas=[t.clone() for t in last_gammas] if phase == Phase.UPDATE_PAST_ANCHOR_FREE else [])
+
+
+def anchor_free_case(phase, opts, dtype):
+    """The options and dtype a phase runs with: the anchor-free update only exists with heavy-ball
+    momentum on full-precision parameters (bucket.anchor_free_applies)."""
+    if phase != Phase.UPDATE_PAST_ANCHOR_FREE:
+        return opts, dtype
+    opts = dict(opts, momentum=opts["momentum"] or 0.9, nesterov=False, lars=False, lars_clip=False, past="update")
+    return opts, dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 @over_backends
@@ -98,6 +122,7 @@ def _bucket(params, grads, anchors, momenta, step):
 def test_one_phase_against_float64_reference(backend, phase, opts, dtype, sizes, step, data_seed):
     """One launch on identical inputs against the reference evaluated in float64: the error is the
     backend's own rounding of a single step."""
+    opts, dtype = anchor_free_case(phase, opts, dtype)
     gen = torch.Generator().manual_seed(data_seed)
     sdtype = state_dtype(dtype)
     x = [torch.randn(n, generator=gen).to(dtype) for n in sizes]
@@ -107,11 +132,14 @@ def test_one_phase_against_float64_reference(backend, phase, opts, dtype, sizes,
     gamma = opts["lr"] if opts["gamma"] is None else opts["gamma"]
     hyper = Hyper(**{k: v for k, v in opts.items() if k not in ("mode", "past", "gamma")},
                   gamma=gamma, past_grad=opts["past"] == "grad")
-    ours = _bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], step)
-    oracle = _bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], step)
+    last = [torch.rand((), generator=gen, dtype=sdtype) * 0.3 for _ in sizes]
+    ours = _bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], step, phase, last)
+    oracle = _bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], step, phase, last)
     ek.backends.resolve(backend, torch.device("cpu")).apply(phase, ours, hyper, None, None)
     reference.apply(phase, oracle, hyper, compute_dtype=torch.float64)
     magnitude = max([1.0] + [float(t.abs().max()) for t in (*x, *g, *s, *m) if t.numel()])
+    if phase == Phase.UPDATE_PAST_ANCHOR_FREE:
+        assert [float(t) for t in ours.last_gammas] == [float(torch.tensor(gamma, dtype=sdtype))] * len(sizes)
     tol = trajectory_tolerance(dtype, 1, magnitude, opts["momentum"], max(sizes) if opts["lars"] else 0)
     x_tol = tol + (noise_tolerance(opts["noise_std"]) if phase == Phase.UPDATE_NOISE else 0.0)
     for i in range(len(sizes)):
@@ -126,7 +154,10 @@ def test_one_phase_against_float64_reference(backend, phase, opts, dtype, sizes,
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_large_launch_with_streaming_stores(phase, dtype):
     """Launches past the CPU kernel's streaming threshold write through non-temporal stores (staged
-    blocks, an unaligned tensor start, a tail shorter than a block): the same values as the reference."""
+    blocks, an unaligned tensor start, a tail shorter than a block): the same values as the reference.
+    (The anchor-free update writes only arrays it reads, and streams nothing: it is here for its size.)"""
+    if phase == Phase.UPDATE_PAST_ANCHOR_FREE and dtype != torch.float32:
+        pytest.skip("the anchor-free update runs on full-precision parameters only")
     total = ek._ext.load().cpu_stream_above + 1037
     sizes = [total // 3 + 1, total - total // 3 - 1]
     gen = torch.Generator().manual_seed(int(phase))
@@ -136,8 +167,9 @@ def test_large_launch_with_streaming_stores(phase, dtype):
     s = [t.to(sdtype) + 0.01 * torch.randn(t.shape, generator=gen, dtype=sdtype) for t in x]
     m = [torch.randn(n, generator=gen, dtype=sdtype) for n in sizes]
     hyper = Hyper(lr=0.1, gamma=0.05, momentum=0.9, weight_decay=1e-3, noise_std=0.01, seed=3)
-    ours = _bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], 3)
-    oracle = _bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], 3)
+    last = [torch.tensor(0.04) for _ in sizes]
+    ours = _bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], 3, phase, last)
+    oracle = _bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], 3, phase, last)
     ek.backends.resolve("cpu", torch.device("cpu")).apply(phase, ours, hyper, None, None)
     reference.apply(phase, oracle, hyper, compute_dtype=torch.float64)
     magnitude = max(float(t.abs().max()) for t in (*x, *g, *s, *m))

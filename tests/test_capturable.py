@@ -68,4 +68,4 @@ def test_tensor_rate_on_the_wrong_device_or_shape_is_refused():
         pytest.skip("extension not built")
     with pytest.raises(ValueError, match="lr tensor"):
         torch.ops.extrap_kernels.update_(params=[p.data], grads=[p.grad], anchors=[p.data.clone()], momenta=[],
-                                         steps=[torch.ones(())], indices=[0], lr_tensor=torch.ones(2))
+                                         steps=[torch.ones(())], indices=[0], last_gammas=[], lr_tensor=torch.ones(2))

@@ -139,7 +139,7 @@ def test_extension_checks_its_launch():
     step = torch.tensor(1.0)
 
     def update(grads, momenta=(), **kwargs):
-        torch.ops.extrap_kernels.update_([x], grads, [s], list(momenta), [step], [0], lr=0.1, **kwargs)
+        torch.ops.extrap_kernels.update_([x], grads, [s], list(momenta), [step], [0], [], lr=0.1, **kwargs)
 
     with pytest.raises(ValueError, match="contiguous"):
         update([torch.zeros(8)[::2]])
@@ -152,9 +152,9 @@ def test_extension_checks_its_launch():
     with pytest.raises(ValueError, match="momentum_buffer"):
         update([g], [torch.zeros(3)], momentum=0.9)
     with pytest.raises(ValueError, match="anchors"):
-        torch.ops.extrap_kernels.update_past_([x], [g], [], [], [step], [0], lr=0.1)
+        torch.ops.extrap_kernels.update_past_([x], [g], [], [], [step], [0], [], lr=0.1)
     with pytest.raises(ValueError, match="unknown phase"):
-        torch.ops.extrap_kernels.check(9, [x], [g], [s], [], [step], [0], lr=0.1)
+        torch.ops.extrap_kernels.check(9, [x], [g], [s], [], [step], [0], [], lr=0.1)
     with pytest.raises(RuntimeError, match="Unknown keyword argument 'learning_rate'"):
         update([g], learning_rate=0.1)  # arguments go by schema name: a misspelled one is an error
     assert float(step) == 1.0 and torch.equal(x, torch.zeros(4))

@@ -77,7 +77,7 @@ def _worker(rank: int, port: int, out: str) -> None:
                 local_rows=[p.to_local().shape[0] for p in model.parameters()],
                 state_is_sharded=all(isinstance(st[k], DTensor) and st[k].to_local().shape == p.to_local().shape
                                      for st, p in zip(states, model.parameters())
-                                     for k in ("anchor", "momentum_buffer")))
+                                     for k in ("anchor", "momentum_buffer") if k in st))
         model = _sharded_model(mesh)
         opt = ek.ExtrapSGD(model.parameters(), lr=0.1, mode="noise", backend="foreach")
         before = [p.detach().full_tensor() for p in model.parameters()]

@@ -19,13 +19,14 @@ def _launch(seed=0, n=2, numel=5):
 
 
 def _past(x, g, s, m, steps):
-    torch.ops.extrap_kernels.update_past_(x, g, s, m, steps, list(range(len(x))), lr=0.1, gamma=0.01,
+    torch.ops.extrap_kernels.update_past_(x, g, s, m, steps, list(range(len(x))), [], lr=0.1, gamma=0.01,
                                           momentum=0.9)
 
 
 def test_every_phase_is_registered_with_its_schema():
     ek._ext.load()
-    for name in ("extrapolate_", "update_", "update_past_", "update_noise_"):
+    for name in ("extrapolate_", "update_", "update_past_", "update_noise_",
+                 "update_past_anchor_free_"):
         schema = str(getattr(torch.ops.extrap_kernels, name).default._schema)
         assert "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] anchors" in schema
         assert schema.endswith("-> ()")

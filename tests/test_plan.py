@@ -146,7 +146,7 @@ def test_a_parameter_gains_or_loses_its_gradient(backend, change):
 @pytest.mark.parametrize("option, value", [
     ("lr", 0.02), ("gamma", 0.3), ("gamma", None), ("momentum", 0.5), ("momentum", 0.0), ("dampening", 0.1),
     ("weight_decay", 1e-2), ("nesterov", True), ("maximize", True), ("mode", "noise"), ("mode", "local"),
-    ("past", "grad"), ("lars", True), ("noise_std", 0.5), ("seed", 7),
+    ("past", "grad"), ("lars", True), ("noise_std", 0.5), ("seed", 7), ("store_anchor", True),
 ])
 def test_a_changed_group_option(backend, option, value):
     def scenario(opt, params):
@@ -155,6 +155,18 @@ def test_a_changed_group_option(backend, option, value):
 
     mode = "noise" if option in ("noise_std", "seed") else "past"
     _assert_same(_run(extrap(mode=mode), scenario, backend))
+
+
+@over
+@pytest.mark.parametrize("option, value", [("store_anchor", False), ("nesterov", False), ("lars", False)])
+def test_a_group_option_that_drops_the_stored_anchor(backend, option, value):
+    """From a stored anchor to the anchor-free past update (the state converted at the next plan)."""
+    def scenario(opt, params):
+        for group in opt.param_groups:
+            group[option] = value
+
+    _assert_same(_run(extrap(store_anchor=option == "store_anchor", nesterov=option == "nesterov",
+                             lars=option == "lars"), scenario, backend))
 
 
 @over
@@ -195,13 +207,13 @@ def test_a_tensor_lr_of_another_dtype_is_read_every_step(backend):
 
 
 @over
-@pytest.mark.parametrize("key", ["anchor", "momentum_buffer", "step"])
+@pytest.mark.parametrize("key", ["anchor", "momentum_buffer", "step", "last_gamma"])
 def test_a_state_tensor_replaced(backend, key):
     def scenario(opt, params):
         state = opt.state[params[1]]
         state[key] = torch.zeros_like(state[key])
 
-    _assert_same(_run(extrap(), scenario, backend))
+    _assert_same(_run(extrap(store_anchor=key == "anchor"), scenario, backend))
 
 
 @over
@@ -252,7 +264,7 @@ def test_a_parameter_reallocated_against_its_state_is_refused(backend):
     params[1].data = params[1].data.double()
     params[1].grad = torch.ones(params[1].shape, dtype=torch.float64)
     before = [p.detach().clone() for p in params]
-    with pytest.raises(RuntimeError, match="param 1 .*state 'anchor' is torch.float32"):
+    with pytest.raises(RuntimeError, match="param 1 .*state 'momentum_buffer' is torch.float32"):
         opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, params))
 

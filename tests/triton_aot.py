@@ -27,13 +27,18 @@ BASE = dict(MOMENTUM=True, NESTEROV=False, WD_AFTER_MOMENTUM=False, EXTRAPOLATE_
 
 
 def cover() -> list[tuple[str, dict]]:
-    """Every phase with every parameter dtype, and each switch a user can turn on (momentum off, Nesterov,
+    """Every phase with every parameter dtype (the anchor-free update with fp32 and fp64), and each switch a user can turn on (momentum off, Nesterov,
     Apex's wd_after_momentum, extrapolation with momentum, past along g', LARS, AMP, tensor rates) once
     on the one-phase past step of fp32 and of bf16 with its fp32 master."""
     out = []
     for phase in range(4):
         for name, (x, s, master) in DTYPES.items():
             out.append((f"phase{phase}-{name}", dict(BASE, PHASE=phase, X_DTYPE=x, S_DTYPE=s, MASTER=master)))
+    for name in ("fp32", "fp64"):  # the anchor-free past update exists for full-precision parameters only
+        x, s, master = DTYPES[name]
+        out.append((f"phase4-{name}", dict(BASE, PHASE=4, X_DTYPE=x, S_DTYPE=s, MASTER=master)))
+    out.append(("phase4-fp32-amp-rates", dict(BASE, PHASE=4, X_DTYPE=tl.float32, S_DTYPE=tl.float32, MASTER=False,
+                                              HAS_SCALE=True, HAS_FOUND_INF=True, LR_TENSOR=True, GAMMA_TENSOR=True)))
     switches = [dict(MOMENTUM=False), dict(NESTEROV=True), dict(WD_AFTER_MOMENTUM=True), dict(PAST_GRAD=True),
                 dict(HAS_TRUST=True), dict(HAS_SCALE=True, HAS_FOUND_INF=True), dict(LR_TENSOR=True, GAMMA_TENSOR=True)]
     for name in ("fp32", "bf16"):

@@ -109,8 +109,9 @@ EXTRAP_SIMD_CLONES void run_span(scalar_t* __restrict__ x, const scalar_t* __res
                                  acc* __restrict__ m, int64_t begin, int64_t end, Hyper<acc> h, TensorArgs<acc> t,
                                  bool stream) {
   constexpr bool kMaster = !std::is_same<scalar_t, acc>::value;
-  // x is read only by a full-precision snapshot (which writes s without reading it instead)
-  constexpr bool kReadsX = P == kExtrapolate && !kMaster;
+  // x is read by a full-precision snapshot (which writes s without reading it) and where the anchor is
+  // recomputed (s is then not touched: the launcher passes it as null)
+  constexpr bool kReadsX = reads_param<P, kMaster>();
   fix_flags<F>(h, t);
   if (!stream) {
     for (int64_t i = begin; i < end; ++i) {
@@ -166,6 +167,7 @@ EXTRAP_SIMD_CLONES void run_span_in_place(acc* __restrict__ x, const acc* __rest
 template <Phase P, typename scalar_t, typename acc>
 void skip_span(scalar_t* x, acc* s, int64_t begin, int64_t end) {
   constexpr bool kMaster = !std::is_same<scalar_t, acc>::value;
+  if constexpr (!skip_stores_anchor<P, kMaster>() && !skip_stores_param<P>()) return;  // nothing moves
   for (int64_t i = begin; i < end; ++i) {
     acc xv = static_cast<acc>(x[i]), sv = s[i];
     skipped_element<P, kMaster>(xv, sv);
@@ -196,12 +198,13 @@ void run_launch(const Launch& L, bool skip, double inv_scale) {
   for (int64_t t = 0; t < n; ++t) {
     const float step = *L.steps[t].data_ptr<float>();
     args[t] = {trust ? trust[t] : acc(1), step <= 1.0f, static_cast<uint32_t>(step),
-               static_cast<uint32_t>(L.indices[t])};
+               static_cast<uint32_t>(L.indices[t]), P == kUpdatePastAnchorFree ? *L.last_gammas[t].data_ptr<acc>() : acc(0)};
     flags[t] = flags_of<P>(h, args[t]);
     first[t + 1] = first[t] + L.params[t].numel();
   }
   const int64_t total = first[n];
-  const bool stream = total >= kCpuStreamAbove;
+  // (an anchor-free update writes only x and m, which it reads: nothing to stream)
+  const bool stream = P != kUpdatePastAnchorFree && total >= kCpuStreamAbove;
   // The threads split the launch's elements evenly, whatever the tensor sizes (a model's list mixes
   // 64-element biases with million-element weights); a small launch runs on the calling thread, where
   // waking the pool would cost more than the work.
@@ -213,7 +216,7 @@ void run_launch(const Launch& L, bool skip, double inv_scale) {
       const int64_t end = std::min(hi, first[t + 1]) - first[t];
       if (begin >= end) continue;  // an empty tensor
       auto* x = L.params[t].data_ptr<scalar_t>();
-      auto* s = L.anchor(t).data_ptr<acc>();
+      auto* s = P == kUpdatePastAnchorFree ? nullptr : L.anchor(t).data_ptr<acc>();
       if (skip) {
         skip_span<P, scalar_t, acc>(x, s, begin, end);
         continue;
@@ -245,6 +248,9 @@ void apply_cpu(const Launch& L) {
       constexpr Phase P = decltype(phase)::value;
       constexpr bool M = decltype(momentum)::value;
       run_launch<P, M, scalar_t, acc>(L, skip, inv_scale);
+      if (P == kUpdatePastAnchorFree && !skip) {  // x was extrapolated with this gamma (read by the next update)
+        for (const at::Tensor& last : L.last_gammas) *last.data_ptr<acc>() = static_cast<acc>(L.gamma);
+      }
     });
   });
 }

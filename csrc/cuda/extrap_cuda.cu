@@ -50,8 +50,9 @@ __global__ void __launch_bounds__(kThreads) phase_kernel(TensorTable table, Hype
   if (lr != nullptr) h.lr = *lr;  // capturable: the rates as they are when the kernel runs
   if (gamma != nullptr) h.gamma = *gamma;
   const float step = *table.step[entry];
+  const acc last_gamma = P == kUpdatePastAnchorFree ? *static_cast<const acc*>(table.last_gamma[entry]) : acc(0);
   const TensorArgs<acc> t{trust != nullptr ? trust[table.tensor[entry]] : acc(1), step <= 1.0f,
-                          static_cast<uint32_t>(step), table.index[entry]};
+                          static_cast<uint32_t>(step), table.index[entry], last_gamma};
 
   auto element = [&](acc& xv, acc gv, acc& sv, acc& mv, int64_t i) {
     if (skip) {
@@ -64,20 +65,27 @@ __global__ void __launch_bounds__(kThreads) phase_kernel(TensorTable table, Hype
   const bool store_s = skip ? skip_stores_anchor<P, kMaster>() : stores_anchor<P, kMaster>();
   const bool store_m = !skip && stores_momentum<P, kMomentum>();
   const bool store_x = !skip || skip_stores_param<P>();
+  // each phase reads one of x and s (SPEC's traffic: a write-only x is not loaded)
+  constexpr bool kReadsX = reads_param<P, kMaster>();
 
   constexpr int kVec = kVectorWidth<scalar_t>;
   using XVec = Vec<scalar_t, kVec>;
   using SVec = Vec<acc, kVec>;
-  const bool vector = aligned<scalar_t, kVec>(x) && aligned<scalar_t, kVec>(g) && aligned<acc, kVec>(s) &&
-                      (!kMomentum || aligned<acc, kVec>(m));
+  const bool vector = aligned<scalar_t, kVec>(x) && aligned<scalar_t, kVec>(g) &&
+                      (kReadsX || aligned<acc, kVec>(s)) && (!kMomentum || aligned<acc, kVec>(m));
   int64_t tail = begin;
   if (vector) {
     const int64_t vector_end = begin + (end - begin) / kVec * kVec;
     for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * kVec; i < vector_end;
          i += static_cast<int64_t>(kThreads) * kVec) {
-      XVec xr = *reinterpret_cast<const XVec*>(x + i);
+      XVec xr{};
+      SVec sr{};
+      if (kReadsX) {
+        xr = *reinterpret_cast<const XVec*>(x + i);
+      } else {
+        sr = *reinterpret_cast<const SVec*>(s + i);
+      }
       const XVec gr = *reinterpret_cast<const XVec*>(g + i);
-      SVec sr = *reinterpret_cast<const SVec*>(s + i);
       SVec mr{};
       if (kMomentum) mr = *reinterpret_cast<const SVec*>(m + i);
 #pragma unroll
@@ -94,8 +102,8 @@ __global__ void __launch_bounds__(kThreads) phase_kernel(TensorTable table, Hype
   }
   // unaligned tensors, and the last elements of a chunk
   for (int64_t j = tail + threadIdx.x; j < end; j += kThreads) {
-    acc xv = static_cast<acc>(x[j]);
-    acc sv = s[j];
+    acc xv = kReadsX ? static_cast<acc>(x[j]) : acc(0);
+    acc sv = kReadsX ? acc(0) : s[j];
     acc mv = kMomentum ? m[j] : acc(0);
     element(xv, static_cast<acc>(g[j]), sv, mv, j);
     if (store_x) x[j] = static_cast<scalar_t>(xv);
@@ -113,7 +121,8 @@ void launch_phase(const Launch& L) {
   const acc* lr = L.lr_tensor ? L.lr_tensor->data_ptr<acc>() : nullptr;
   const acc* gamma = L.gamma_tensor ? L.gamma_tensor->data_ptr<acc>() : nullptr;
   auto stream = reinterpret_cast<cudaStream_t>(L.stream);
-  multi_tensor_apply(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, [&](TensorTable& table, int blocks) {
+  multi_tensor_apply(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas,
+                     [&](TensorTable& table, int blocks) {
     phase_kernel<P, kMomentum, scalar_t, acc><<<blocks, kThreads, 0, stream>>>(table, h, trust, grad_scale,
                                                                                 found_inf, lr, gamma);
     const cudaError_t err = cudaGetLastError();

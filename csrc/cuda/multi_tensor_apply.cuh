@@ -23,6 +23,7 @@ struct TensorTable {
   void* s[kMaxTensors];
   void* m[kMaxTensors];
   const float* step[kMaxTensors];
+  const void* last_gamma[kMaxTensors];  // the anchor-free update's recorded gamma (state dtype); else null
   int64_t numel[kMaxTensors];
   int32_t tensor[kMaxTensors];  // the tensor's position in the bucket (its trust ratio)
   uint32_t index[kMaxTensors];  // the parameter's index in the optimizer (the noise key)
@@ -33,12 +34,13 @@ struct TensorTable {
 static_assert(sizeof(TensorTable) <= 32764 - 1024, "the table must fit the 32 KB kernel-argument limit");
 
 // Calls launch(table, blocks) as often as needed to cover every chunk of every non-empty tensor.
-// Empty `anchors`: the parameters are their own anchors (plain fused SGD on full-precision x).
+// Empty `anchors`: the parameters are their own anchors (plain fused SGD on full-precision x), or the
+// anchors are recomputed (the anchor-free update, which gives `last_gammas`, else empty).
 template <typename Launch>
 void multi_tensor_apply(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
                         const std::vector<at::Tensor>& anchors, const std::vector<at::Tensor>& momenta,
                         const std::vector<at::Tensor>& steps, const std::vector<int64_t>& indices,
-                        Launch&& launch) {
+                        const std::vector<at::Tensor>& last_gammas, Launch&& launch) {
   TensorTable table;
   int entries = 0, blocks = 0;
   for (size_t t = 0; t < params.size(); ++t) {
@@ -49,6 +51,7 @@ void multi_tensor_apply(const std::vector<at::Tensor>& params, const std::vector
     table.s[entries] = anchors.empty() ? params[t].data_ptr() : anchors[t].data_ptr();
     table.m[entries] = momenta.empty() ? nullptr : momenta[t].data_ptr();
     table.step[entries] = steps[t].data_ptr<float>();
+    table.last_gamma[entries] = last_gammas.empty() ? nullptr : last_gammas[t].data_ptr();
     table.numel[entries] = numel;
     table.tensor[entries] = static_cast<int32_t>(t);
     table.index[entries] = static_cast<uint32_t>(indices[t]);
@@ -69,6 +72,7 @@ void multi_tensor_apply(const std::vector<at::Tensor>& params, const std::vector
           table.s[0] = table.s[entries];
           table.m[0] = table.m[entries];
           table.step[0] = table.step[entries];
+          table.last_gamma[0] = table.last_gamma[entries];
           table.numel[0] = table.numel[entries];
           table.tensor[0] = table.tensor[entries];
           table.index[0] = table.index[entries];

@@ -10,7 +10,7 @@ from .. import _ext
 from ..bucket import Bucket, Hyper, Phase
 from ..lars import trust_ratios
 
-OPS = ("extrapolate_", "update_", "update_past_", "update_noise_")  # in Phase order
+OPS = ("extrapolate_", "update_", "update_past_", "update_noise_", "update_past_anchor_free_")  # in Phase order
 
 
 def operator(phase: Phase):
@@ -27,9 +27,11 @@ def _as_int64(seed: int) -> int:
 
 def tensor_args(phase: Phase, b: Bucket) -> tuple:
     """The operator's positional arguments after params and grads: anchors (empty where the parameters
-    are their own anchors: plain fused SGD), momenta, steps, indices."""
-    own = phase == Phase.UPDATE and all(s is x for s, x in zip(b.anchors, b.params))
-    return [] if own else b.anchors, b.momenta, b.steps, b.indices
+    are their own anchors, plain fused SGD, or where the anchors are recomputed), momenta, steps, indices,
+    last_gammas (the anchor-free update's; else empty)."""
+    own = phase == Phase.UPDATE_PAST_ANCHOR_FREE or (
+        phase == Phase.UPDATE and all(s is x for s, x in zip(b.anchors, b.params)))
+    return [] if own else b.anchors, b.momenta, b.steps, b.indices, b.last_gammas
 
 
 def hyper_kwargs(h: Hyper, b: Bucket) -> dict:
@@ -48,9 +50,9 @@ def prepared_call(phase: Phase, b: Bucket, h: Hyper, check: bool = False):
     converted once but the per-step ones: call it as (grads, trust, grad_scale, found_inf). The
     optimizers' per-step path (extrap_kernels/plan.py): it saves converting the parameter and state
     lists at every step."""
-    anchors, momenta, steps, indices = tensor_args(phase, b)
+    anchors, momenta, steps, indices, last_gammas = tensor_args(phase, b)
     arguments = dict(params=b.params, anchors=anchors, momenta=momenta, steps=steps, indices=indices,
-                     **hyper_kwargs(h, b))
+                     last_gammas=last_gammas, **hyper_kwargs(h, b))
     if check:
         arguments["phase"] = int(phase)
     return _ext.load().PreparedCall("check" if check else OPS[phase], arguments)

@@ -4,11 +4,13 @@ over memory, which is what the fused backends are measured against. It reads a f
 host (found_inf, first-step flags, noise steps), a synchronization the fused backends avoid."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor
 
 from .. import philox
-from ..bucket import Bucket, Hyper, Phase, abandon, count_step, state_dtype
+from ..bucket import Bucket, Hyper, Phase, abandon, count_step, record_gamma, state_dtype
 from ..lars import trust_ratios
 
 def _regularized_grads(b: Bucket, h: Hyper, weights: list[Tensor], inv_scale, trust) -> list[Tensor]:
@@ -49,6 +51,9 @@ def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
         return
     inv_scale = 1.0 / grad_scale.item() if grad_scale is not None else 1.0
     weights = b.anchor_values(phase)
+    if phase == Phase.UPDATE_PAST_ANCHOR_FREE:  # x = s - last_gamma * m gives the anchor back
+        weights = torch._foreach_add(b.params, torch._foreach_mul(b.momenta, b.last_gammas))
+        b = replace(b, anchors=weights)
     trust = trust_ratios(phase, b, h, grad_scale) if h.lars else None
     g_prime = _regularized_grads(b, h, weights, inv_scale, trust)
     lr, gamma = float(h.lr), float(h.gamma)
@@ -68,7 +73,7 @@ def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
         torch._foreach_copy_(b.params, new_anchor)
         return
     torch._foreach_add_(b.anchors, d, alpha=-lr)
-    if phase == Phase.UPDATE_PAST:
+    if phase in (Phase.UPDATE_PAST, Phase.UPDATE_PAST_ANCHOR_FREE):
         x = torch._foreach_add(b.anchors, g_prime if h.past_grad else d, alpha=-gamma)
     else:
         numels = [p.numel() for p in b.params]
@@ -77,3 +82,4 @@ def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
         noise = [n.view_as(p) for n, p in zip(torch.split(xi, numels), b.params)]
         x = torch._foreach_add(b.anchors, noise, alpha=h.noise_std)
     torch._foreach_copy_(b.params, x)
+    record_gamma(phase, b, h.gamma, None)

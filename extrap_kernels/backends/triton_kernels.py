@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..bucket import Bucket, Hyper, Phase, count_step, state_dtype
+from ..bucket import Bucket, Hyper, Phase, count_step, record_gamma, state_dtype
 from ..lars import trust_ratios
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -79,11 +79,11 @@ def _phase_kernel(table, numels, indices, block_tensor, block_start, trust_ptr, 
     numel = tl.load(numels + t)
     offs = tl.load(block_start + pid) + tl.arange(0, BLOCK).to(tl.int64)
     mask = offs < numel
-    # table rows: x, g, s, m, step (addresses), one column per tensor
-    x_ptr = tl.load(table + 5 * t + 0).to(tl.pointer_type(X_DTYPE))
-    g_ptr = tl.load(table + 5 * t + 1).to(tl.pointer_type(X_DTYPE))
-    s_ptr = tl.load(table + 5 * t + 2).to(tl.pointer_type(S_DTYPE))
-    step_ptr = tl.load(table + 5 * t + 4).to(tl.pointer_type(tl.float32))
+    # table rows: x, g, s, m, step, last gamma (addresses), one column per tensor
+    x_ptr = tl.load(table + 6 * t + 0).to(tl.pointer_type(X_DTYPE))
+    g_ptr = tl.load(table + 6 * t + 1).to(tl.pointer_type(X_DTYPE))
+    s_ptr = tl.load(table + 6 * t + 2).to(tl.pointer_type(S_DTYPE))
+    step_ptr = tl.load(table + 6 * t + 4).to(tl.pointer_type(tl.float32))
 
     skip = False
     if HAS_FOUND_INF:
@@ -108,7 +108,7 @@ def _phase_kernel(table, numels, indices, block_tensor, block_start, trust_ptr, 
         g = tl.load(g_ptr + offs, mask=mask).to(S_DTYPE)
         m = tl.zeros_like(g)
         if MOMENTUM:
-            m_ptr = tl.load(table + 5 * t + 3).to(tl.pointer_type(S_DTYPE))
+            m_ptr = tl.load(table + 6 * t + 3).to(tl.pointer_type(S_DTYPE))
             m = tl.load(m_ptr + offs, mask=mask)
         if PHASE == 0:  # extrapolate: s <- x; x <- s - gamma * e
             if MASTER:
@@ -122,7 +122,11 @@ def _phase_kernel(table, numels, indices, block_tensor, block_start, trust_ptr, 
             tl.store(x_ptr + offs, (anchor - gamma * e).to(X_DTYPE), mask=mask)
         else:
             step = tl.load(step_ptr)
-            anchor = tl.load(s_ptr + offs, mask=mask)
+            if PHASE == 4:  # anchor-free past: x = s - last_gamma * m gives the anchor back
+                last_gamma = tl.load(tl.load(table + 6 * t + 5).to(tl.pointer_type(S_DTYPE)))
+                anchor = tl.load(x_ptr + offs, mask=mask) + last_gamma * m
+            else:
+                anchor = tl.load(s_ptr + offs, mask=mask)
             anchor, m, d, gp = base_update(anchor, m, g, lr, momentum, dampening, weight_decay, grad_factor,
                                            trust, step <= 1.0, MOMENTUM, NESTEROV, WD_AFTER_MOMENTUM)
             if MOMENTUM:
@@ -131,8 +135,9 @@ def _phase_kernel(table, numels, indices, block_tensor, block_start, trust_ptr, 
                 if MASTER:
                     tl.store(s_ptr + offs, anchor, mask=mask)
                 tl.store(x_ptr + offs, anchor.to(X_DTYPE), mask=mask)
-            elif PHASE == 2:  # past: x <- s - gamma * e
-                tl.store(s_ptr + offs, anchor, mask=mask)
+            elif PHASE == 2 or PHASE == 4:  # past: x <- s - gamma * e (s stored unless recomputed)
+                if PHASE == 2:
+                    tl.store(s_ptr + offs, anchor, mask=mask)
                 if PAST_GRAD:
                     x = anchor - gamma * gp
                 else:
@@ -151,8 +156,8 @@ _MAX_TABLES = 64
 
 def _tables(b: Bucket):
     """(address table, numels, indices, block->tensor, block->first element, number of blocks)."""
-    momenta = b.momenta or b.anchors  # a placeholder column when there is no momentum
-    columns = (b.params, b.grads, b.anchors, momenta, b.steps)
+    # placeholder columns where there is no momentum or no last gamma (never read then)
+    columns = (b.params, b.grads, b.anchors, b.momenta or b.anchors, b.steps, b.last_gammas or b.steps)
     key = (b.device, tuple(t.data_ptr() for column in columns for t in column), tuple(b.indices))
     cached = _TABLES.get(key)
     if cached is not None:
@@ -179,12 +184,13 @@ def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
           found_inf: Tensor | None = None) -> None:
     count_step(phase, b, found_inf)
     table, numels, indices, block_tensor, block_start, total = _tables(b)
+    (lr, lr_tensor), (gamma, gamma_tensor) = h.rate("lr", b), h.rate("gamma", b)
     if total == 0:
+        record_gamma(phase, b, gamma_tensor if gamma_tensor is not None else gamma, found_inf)
         return
     trust = trust_ratios(phase, b, h, grad_scale) if h.lars else None
     dummy = numels  # any device tensor, for pointer arguments that a constexpr switches off
     seed = int(h.seed) & 0xFFFFFFFFFFFFFFFF
-    (lr, lr_tensor), (gamma, gamma_tensor) = h.rate("lr", b), h.rate("gamma", b)
     _phase_kernel[(total,)](
         table, numels, indices, block_tensor, block_start,
         trust if trust is not None else dummy, grad_scale if grad_scale is not None else dummy,
@@ -198,3 +204,4 @@ def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
         HAS_TRUST=trust is not None, HAS_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
         LR_TENSOR=lr_tensor is not None, GAMMA_TENSOR=gamma_tensor is not None, BLOCK=BLOCK,
     )
+    record_gamma(phase, b, gamma_tensor if gamma_tensor is not None else gamma, found_inf)
