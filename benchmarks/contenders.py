@@ -20,21 +20,32 @@ LR, GAMMA, MOMENTUM = 0.01, 0.01, 0.9
 @dataclass(frozen=True)
 class Contender:
     name: str
-    mode: str  # "past", "local", "noise", "fused-sgd" (our FusedSGD) or "sgd" (torch's plain momentum SGD)
+    # "past" (anchor-free where it applies: ExtrapSGD's default), "past-stored" (store_anchor=True), "local",
+    # "noise", "fused-sgd" (our FusedSGD) or "sgd" (torch's plain momentum SGD)
+    mode: str
     make: Callable[[list[torch.Tensor]], Callable[[], None]]
     baseline: str = ""  # "torch-fused" / "foreach-extrap": the rows that ratios are taken against
 
 
+def anchor_free(mode: str, dtype: torch.dtype) -> bool:
+    """ExtrapSGD's past mode keeps no anchor on full-precision parameters (with the contenders' plain
+    heavy-ball momentum)."""
+    return mode == "past" and state_dtype(dtype) == dtype
+
+
 def floor_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
     """SPEC.md, "Traffic per element", with momentum on; x and g in `dtype`, s and m in the state dtype.
-    past and noise: read s g m, write s m x. local: extrapolate reads x g (16-bit: s g), writes s x
+    past without an anchor (fp32/fp64): read x g m, write x m. past with one, and noise: read s g m,
+    write s m x. local: extrapolate reads x g (16-bit: s g), writes s x
     (16-bit: x); step reads s g m, writes m x (16-bit: and s). fused-sgd (our FusedSGD): read x g m, write
     x m (16-bit: the fp32 master s read and written too). sgd (torch's step on the parameters themselves,
     no master copy): read x g m, write x m, m in the parameter dtype."""
     x = torch.empty((), dtype=dtype).element_size()
     s = torch.empty((), dtype=state_dtype(dtype)).element_size()
     sixteen_bit = master and s != x
-    if mode in ("past", "noise"):
+    if anchor_free(mode, dtype):
+        return 3 * x + 2 * s
+    if mode in ("past", "past-stored", "noise"):
         return 2 * x + 4 * s
     if mode == "fused-sgd":
         return 2 * x + 4 * s if sixteen_bit else 5 * x
@@ -47,9 +58,22 @@ def floor_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
     raise ValueError(mode)
 
 
+def memory_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
+    """Bytes per parameter element that training holds for the optimizer's sake: the parameter itself
+    and its optimizer state (an anchor or fp32 master, a momentum buffer; per-tensor scalars left out)."""
+    x = torch.empty((), dtype=dtype).element_size()
+    s = torch.empty((), dtype=state_dtype(dtype)).element_size()
+    if mode == "sgd":  # torch's: a momentum buffer in the parameter dtype
+        return 2 * x
+    if mode == "fused-sgd" or anchor_free(mode, dtype):
+        return x + s + (s if master and s != x else 0)
+    return x + 2 * s
+
+
 def _ours(backend: str, mode: str):
     def make(params):
-        opt = ek.ExtrapSGD(params, lr=LR, gamma=GAMMA, momentum=MOMENTUM, mode=mode, backend=backend)
+        opt = ek.ExtrapSGD(params, lr=LR, gamma=GAMMA, momentum=MOMENTUM, mode="past" if mode == "past-stored" else mode,
+                           store_anchor=mode == "past-stored", backend=backend)
         if mode == "local":
             def iteration():
                 opt.extrapolate()
@@ -91,7 +115,7 @@ def contenders(device: str, overhead: bool = False) -> list[Contender]:
     time is left) adds noise mode, whose kernel is compute-bound and otherwise like past."""
     out = []
     fused = ek.available_backends(device)
-    modes = ("past", "local", "noise") if overhead else ("past", "local")
+    modes = ("past", "past-stored", "local", "noise") if overhead else ("past", "past-stored", "local")
     for backend in [b for b in ("cuda", "triton", "cpu") if b in fused]:
         if device == "cpu" and backend == "triton":
             continue  # the interpreter is a test vehicle, not a contender

@@ -42,11 +42,13 @@ def _assert_same(before, after, scratch=()):
 
 
 @pytest.mark.parametrize("backend", ALL)
-@pytest.mark.parametrize("mode", ["past", "local", "noise"])
+@pytest.mark.parametrize("mode, lars", [("past", True), ("past", False), ("local", True), ("noise", True)],
+                         ids=["past", "past-anchor-free", "local", "noise"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_found_inf_changes_nothing(backend, mode, dtype):
+def test_found_inf_changes_nothing(backend, mode, lars, dtype):
+    """(Without LARS, past mode on fp32 keeps no anchor: its last_gamma must not move either.)"""
     params = _params(dtype)
-    opt = ek.ExtrapSGD(params, lr=0.1, mode=mode, momentum=0.9, lars=True, backend=backend)
+    opt = ek.ExtrapSGD(params, lr=0.1, gamma=0.05, mode=mode, momentum=0.9, lars=lars, backend=backend)
     for step in range(3):  # some history first, then a skipped iteration
         _set_grads(params, step)
         if mode == "local":

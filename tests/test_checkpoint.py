@@ -11,7 +11,6 @@ import extrap_kernels as ek
 
 from conftest import CPU_BACKENDS
 
-MODES = ["past", "local", "noise"]
 
 
 def _model(seed, dtype):
@@ -36,12 +35,13 @@ def _train(model, opt, batches, local):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS + ["reference"])
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode, lars", [("past", True), ("past", False), ("local", True), ("noise", True)],
+                         ids=["past", "past-anchor-free", "local", "noise"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_resume_is_bit_identical(backend, mode, dtype):
+def test_resume_is_bit_identical(backend, mode, lars, dtype):
     gen = torch.Generator().manual_seed(1)
     batches = [(torch.randn(8, 7, generator=gen).to(dtype), torch.randn(8, 3, generator=gen)) for _ in range(20)]
-    kwargs = dict(lr=0.05, mode=mode, momentum=0.9, weight_decay=1e-3, lars=True, noise_std=0.01, seed=5,
+    kwargs = dict(lr=0.05, mode=mode, momentum=0.9, weight_decay=1e-3, lars=lars, noise_std=0.01, seed=5,
                   backend=backend)
 
     straight = _model(0, dtype)
