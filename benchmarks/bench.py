@@ -183,23 +183,23 @@ def table(rows: list[dict]) -> str:
     lines = []
     overhead = [r for r in rows if r["overhead"]]
     if overhead:
-        head = (f"{'host time':15s} {'dtype':8s} {'contender':19s} {'mode':11s} {'ms':>8s} {'us/tensor':>9s} "
+        head = (f"{'host time':15s} {'dtype':8s} {'contender':19s} {'mode':13s} {'ms':>8s} {'us/tensor':>9s} "
                 f"{'t/torch':>7s} {'launch':>6s}")
         lines += [head, "-" * len(head)]
         for r in overhead:
             launches = "-" if r["launches"] is None else str(r["launches"])
-            lines.append(f"{r['workload']:15s} {r['dtype']:8s} {r['contender']:19s} {r['mode']:11s} "
+            lines.append(f"{r['workload']:15s} {r['dtype']:8s} {r['contender']:19s} {r['mode']:13s} "
                          f"{r['median_ms']:8.3f} {r['us_per_tensor']:9.2f} {r['time_vs_torch_fused']:7.2f} "
                          f"{launches:>6s}")
         lines.append("")
-    head = (f"{'workload':11s} {'dtype':8s} {'contender':19s} {'mode':11s} {'B/el':>4s} {'mem':>4s} {'ms':>9s} "
+    head = (f"{'workload':11s} {'dtype':8s} {'contender':19s} {'mode':13s} {'B/el':>4s} {'mem':>4s} {'ms':>9s} "
             f"{'GB/s':>7s} {'floor':>6s} {'t/torch':>7s} {'fe/t':>6s} {'launch':>6s}")
     lines += [head, "-" * len(head)]
     for r in rows:
         if r["overhead"]:
             continue
         launches = "-" if r["launches"] is None else str(r["launches"])
-        lines.append(f"{r['workload']:11s} {r['dtype']:8s} {r['contender']:19s} {r['mode']:11s} "
+        lines.append(f"{r['workload']:11s} {r['dtype']:8s} {r['contender']:19s} {r['mode']:13s} "
                      f"{r['floor_bytes_per_element']:4d} {r['memory_bytes_per_element']:4d} {r['median_ms']:9.2f} {r['effective_GBps']:7.1f} {r['floor_fraction']:6.0%} "
                      f"{r['time_vs_torch_fused']:7.2f} {r['speedup_vs_foreach_extrap']:6.2f} {launches:>6s}")
     return "\n".join(lines)
@@ -251,7 +251,8 @@ def main(argv=None):
     print(table(rows))
     print("host time: median time for a step to return on tiny tensors; us/tensor: that per tensor;"
           "\nB/el: SPEC.md's bytes moved per element; mem: bytes held per parameter element (the parameter and "
-          "the optimizer state);\npast: anchor-free where it applies (fp32), past-stored: store_anchor=True;"
+          "the optimizer state);\npast: anchor-free where it applies (fp32), past-stored: store_anchor=True, "
+          "past-nomaster: master_weights=False (16-bit state, stochastic rounding; fp32: as past);"
           "\nfloor: SPEC.md bytes/element x numel / the best streaming bandwidth timed beside it, as a fraction of the time"
           " (100% = at the floor);\nt/torch: time over torch.optim.SGD(fused=True)'s plain momentum step on the"
           " same workload; fe/t: speedup over the same mode written with torch _foreach ops (backend foreach)")

@@ -20,8 +20,9 @@ LR, GAMMA, MOMENTUM = 0.01, 0.01, 0.9
 @dataclass(frozen=True)
 class Contender:
     name: str
-    # "past" (anchor-free where it applies: ExtrapSGD's default), "past-stored" (store_anchor=True), "local",
-    # "noise", "fused-sgd" (our FusedSGD) or "sgd" (torch's plain momentum SGD)
+    # "past" (anchor-free where it applies: ExtrapSGD's default), "past-stored" (store_anchor=True),
+    # "past-nomaster" (master_weights=False: 16-bit state), "local", "noise", "fused-sgd" (our FusedSGD) or
+    # "sgd" (torch's plain momentum SGD)
     mode: str
     make: Callable[[list[torch.Tensor]], Callable[[], None]]
     baseline: str = ""  # "torch-fused" / "foreach-extrap": the rows that ratios are taken against
@@ -30,7 +31,7 @@ class Contender:
 def anchor_free(mode: str, dtype: torch.dtype) -> bool:
     """ExtrapSGD's past mode keeps no anchor on full-precision parameters (with the contenders' plain
     heavy-ball momentum)."""
-    return mode == "past" and state_dtype(dtype) == dtype
+    return mode in ("past", "past-nomaster") and state_dtype(dtype) == dtype
 
 
 def floor_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
@@ -45,6 +46,8 @@ def floor_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
     sixteen_bit = master and s != x
     if anchor_free(mode, dtype):
         return 3 * x + 2 * s
+    if mode == "past-nomaster":  # read s g m, write s m x, all 16-bit
+        return 6 * x
     if mode in ("past", "past-stored", "noise"):
         return 2 * x + 4 * s
     if mode == "fused-sgd":
@@ -67,13 +70,15 @@ def memory_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
         return 2 * x
     if mode == "fused-sgd" or anchor_free(mode, dtype):
         return x + s + (s if master and s != x else 0)
+    if mode == "past-nomaster":
+        return 3 * x
     return x + 2 * s
 
 
 def _ours(backend: str, mode: str):
     def make(params):
-        opt = ek.ExtrapSGD(params, lr=LR, gamma=GAMMA, momentum=MOMENTUM, mode="past" if mode == "past-stored" else mode,
-                           store_anchor=mode == "past-stored", backend=backend)
+        opt = ek.ExtrapSGD(params, lr=LR, gamma=GAMMA, momentum=MOMENTUM, mode="past" if mode.startswith("past") else mode,
+                           store_anchor=mode == "past-stored", master_weights=mode != "past-nomaster", backend=backend)
         if mode == "local":
             def iteration():
                 opt.extrapolate()
@@ -115,7 +120,8 @@ def contenders(device: str, overhead: bool = False) -> list[Contender]:
     time is left) adds noise mode, whose kernel is compute-bound and otherwise like past."""
     out = []
     fused = ek.available_backends(device)
-    modes = ("past", "past-stored", "local", "noise") if overhead else ("past", "past-stored", "local")
+    modes = ("past", "past-stored", "past-nomaster", "local", "noise") if overhead else (
+        "past", "past-stored", "past-nomaster", "local")
     for backend in [b for b in ("cuda", "triton", "cpu") if b in fused]:
         if device == "cpu" and backend == "triton":
             continue  # the interpreter is a test vehicle, not a contender

@@ -33,9 +33,10 @@ std::string schema(const std::string& name, bool writes) {
          "float lr=0., float gamma=0., Tensor? lr_tensor=None, Tensor? gamma_tensor=None, float momentum=0., "
          "float dampening=0., float weight_decay=0., bool nesterov=False, bool maximize=False, "
          "bool wd_after_momentum=False, bool extrapolate_with_momentum=False, bool past_grad=False, "
-         "float noise_std=0., int seed=0, Tensor? trust=None, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()";
+         "float noise_std=0., int seed=0, Tensor? trust=None, Tensor? grad_scale=None, Tensor? found_inf=None, "
+         "bool master_weights=True) -> ()";
 }
-constexpr int kNumArgs = 24;  // the arguments of a phase operator (check takes the phase before them)
+constexpr int kNumArgs = 25;  // the arguments of a phase operator (check takes the phase before them)
 constexpr const char* kPhaseOps[] = {"extrapolate_", "update_", "update_past_", "update_noise_",
                                      "update_past_anchor_free_"};  // Phase order
 
@@ -71,6 +72,7 @@ Launch read_launch(int64_t phase, const c10::IValue* a) {
   L.trust = optional_tensor(a[21]);
   L.grad_scale = optional_tensor(a[22]);
   L.found_inf = optional_tensor(a[23]);
+  L.master_weights = a[24].toBool();
   return L;
 }
 
@@ -112,7 +114,10 @@ void check_launch(const Launch& L) {
   if (n == 0) return;
   const auto device = L.params[0].device();
   const auto dtype = L.params[0].scalar_type();
-  const auto sdtype = state_dtype(dtype);
+  const auto cdtype = state_dtype(dtype);  // the arithmetic's (and the rate and trust tensors')
+  const auto sdtype = L.master_weights ? cdtype : dtype;  // the stored anchor's and momentum's
+  TORCH_CHECK_VALUE(!L.anchor_free() || cdtype == dtype,
+                    "extrap_kernels: update_past_anchor_free_ needs fp32 or fp64 parameters (a 16-bit one rounds x)");
   TORCH_CHECK_VALUE(!L.anchors.empty() || sdtype == dtype,
               "extrap_kernels: 16-bit parameters need their fp32 master anchors");
   auto check_state = [&](const at::Tensor& t, at::ScalarType want, int64_t numel, const char* key, size_t i) {
@@ -152,8 +157,8 @@ void check_launch(const Launch& L) {
   }
   auto check_rate = [&](const std::optional<at::Tensor>& t, int64_t numel, const char* what) {
     if (!t) return;
-    TORCH_CHECK_VALUE(t->device() == device && t->scalar_type() == sdtype && t->numel() == numel && t->is_contiguous(),
-                "extrap_kernels: ", what, " must be ", numel, " contiguous ", sdtype, " on ", device, ", got ",
+    TORCH_CHECK_VALUE(t->device() == device && t->scalar_type() == cdtype && t->numel() == numel && t->is_contiguous(),
+                "extrap_kernels: ", what, " must be ", numel, " contiguous ", cdtype, " on ", device, ", got ",
                 t->numel(), " ", t->scalar_type(), " on ", t->device());
   };
   check_rate(L.trust, static_cast<int64_t>(n), "trust");

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define EXTRAP_HD __host__ __device__ __forceinline__
@@ -103,63 +104,6 @@ struct TensorArgs {
   acc last_gamma;  // kUpdatePastAnchorFree: the gamma x was last extrapolated with
 };
 
-// What a phase reads and stores: launchers move s and m only where these say so (SPEC's traffic). Every
-// phase reads exactly one of x and s: x for a full-precision snapshot and where the anchor is recomputed
-// from it, s (the anchor, or x itself where x is its own anchor) everywhere else.
-template <Phase P, bool kMaster>
-EXTRAP_HD constexpr bool reads_param() {
-  return (P == kExtrapolate && !kMaster) || P == kUpdatePastAnchorFree;
-}
-template <Phase P, bool kMaster>
-EXTRAP_HD constexpr bool stores_anchor() {
-  return P == kExtrapolate ? !kMaster : (P == kUpdate ? kMaster : P != kUpdatePastAnchorFree);
-}
-template <Phase P, bool kMomentum>
-EXTRAP_HD constexpr bool stores_momentum() {
-  return kMomentum && P != kExtrapolate;
-}
-
-EXTRAP_HD float noise_normal(uint64_t seed, uint32_t step, uint32_t index, uint64_t element);
-
-// One element of one phase, in the arithmetic type: x (where reads_param), s (elsewhere) and m are read,
-// and replaced by their new values. kMaster: s is the fp32 master of a 16-bit x (else s and x hold the
-// same precision).
-template <Phase P, bool kMomentum, bool kMaster, typename acc>
-EXTRAP_HD void phase_element(acc& x, acc g, acc& s, acc& m, const Hyper<acc>& h, const TensorArgs<acc>& t,
-                             uint64_t element) {
-  if (P == kExtrapolate) {
-    if (!kMaster) s = x;  // the snapshot
-    x = extrapolated_point(s, g, kMomentum ? m : acc(0), h, t.trust);
-    return;
-  }
-  if (P == kUpdatePastAnchorFree) s = recomputed_anchor(x, m, t.last_gamma);
-  acc gp;
-  const acc d = base_update<kMomentum>(s, m, g, h, t.trust, t.first, gp);
-  if (P == kUpdate) {
-    x = s;
-  } else if (P == kUpdatePast || P == kUpdatePastAnchorFree) {
-    x = past_point(s, gp, d, h);
-  } else {
-    x = s + h.noise_std * static_cast<acc>(noise_normal(h.seed, t.step, t.index, element));
-  }
-}
-
-// found_inf: anchor, momentum and step stay; the snapshot is still taken and an extrapolated x
-// returns to its anchor, so that x stays consistent with the abandoned iteration.
-template <Phase P, bool kMaster, typename acc>
-EXTRAP_HD void skipped_element(acc& x, acc& s) {
-  if (P == kExtrapolate && !kMaster) s = x;
-  if (P == kUpdate) x = s;
-}
-template <Phase P, bool kMaster>
-EXTRAP_HD constexpr bool skip_stores_anchor() {
-  return P == kExtrapolate && !kMaster;
-}
-template <Phase P>
-EXTRAP_HD constexpr bool skip_stores_param() {
-  return P == kUpdate;
-}
-
 // ---------------------------------------------------------------------------------------------------
 // Counter-based noise: Philox4x32-10 and Box-Muller exactly as Triton's tl.randn computes them, with
 // the counter (element index lo, element index hi, parameter index, step) and the key (seed lo, seed hi).
@@ -213,6 +157,129 @@ EXTRAP_HD float box_muller(float u1, float u2) {
 EXTRAP_HD float noise_normal(uint64_t seed, uint32_t step, uint32_t index, uint64_t element) {
   const Philox4 bits = noise_bits(seed, step, index, element);
   return box_muller(uniform_from_bits(bits.c0), uniform_from_bits(bits.c1));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Stochastic rounding: 16-bit parameters without an fp32 master (master_weights=False) keep x, s and m in
+// their own dtype; each stored value, computed in fp32, goes to one of its two 16-bit neighbours, the one
+// away from zero with probability equal to the fraction of the gap (unbiased: small updates are not lost
+// on average). The random bits are the noise generator's counter under a key of their own (the seed XOR
+// kRoundingKey): Philox output c0 rounds s, c1 m, c2 x.
+// ---------------------------------------------------------------------------------------------------
+enum Rounding : int { kNearest = 0, kStochasticBF16 = 1, kStochasticFP16 = 2 };
+constexpr uint64_t kRoundingKey = 0x243F6A8885A308D3ull;  // (pi's first hex digits)
+
+EXTRAP_HD Philox4 rounding_bits(uint64_t seed, uint32_t step, uint32_t index, uint64_t element) {
+  return noise_bits(seed ^ kRoundingKey, step, index, element);
+}
+
+EXTRAP_HD uint32_t float_bits(float v) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(v);
+#else
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  return u;
+#endif
+}
+EXTRAP_HD float bits_float(uint32_t u) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(u);
+#else
+  float v;
+  std::memcpy(&v, &u, sizeof(v));
+  return v;
+#endif
+}
+
+// The fp32 value of the chosen 16-bit neighbour of v (exactly representable: the launcher's conversion to
+// the 16-bit type is then exact). `random`: 32 uniform bits. Infinities and NaN pass unchanged.
+template <int R>
+EXTRAP_HD float stochastic_round(float v, uint32_t random) {
+  if (R == kNearest) return v;
+  const uint32_t u = float_bits(v);
+  const uint32_t exponent = (u >> 23) & 0xFFu;
+  if (exponent == 0xFFu) return v;
+  // the bits of v below the 16-bit type's last place: bf16 keeps 7 of fp32's 23 stored fraction bits at
+  // every exponent (its range is fp32's); fp16 keeps 10 down to 2^-14, and below that its subnormals are
+  // spaced 2^-24: one more bit dropped per halving
+  int drop = 16;
+  if (R == kStochasticFP16) {
+    drop = 13 + (exponent < 113u ? static_cast<int>(113u - exponent) : 0);
+    if (drop > 23) {  // |v| < 2^-24: 0 or 2^-24, the latter with probability |v| / 2^-24 (to 2^-24)
+      const float fraction = fabsf(v) * 16777216.0f;
+      const float uniform = static_cast<float>(random >> 8) * 5.9604644775390625e-8f;  // [0, 1), 2^-24 steps
+      return copysignf(uniform < fraction ? 5.9604644775390625e-8f : 0.0f, v);
+    }
+  }
+  // add `drop` random bits below the last place and truncate: the magnitude steps up to the next
+  // neighbour (a carry may move into the exponent) exactly when they overflow it
+  const uint32_t mask = (1u << drop) - 1u;
+  return bits_float((u + (random & mask)) & ~mask);
+}
+
+// What a phase reads and stores: launchers move s and m only where these say so (SPEC's traffic). Every
+// phase reads exactly one of x and s: x for a full-precision snapshot and where the anchor is recomputed
+// from it, s (the anchor, or x itself where x is its own anchor) everywhere else.
+template <Phase P, bool kMaster>
+EXTRAP_HD constexpr bool reads_param() {
+  return (P == kExtrapolate && !kMaster) || P == kUpdatePastAnchorFree;
+}
+template <Phase P, bool kMaster>
+EXTRAP_HD constexpr bool stores_anchor() {
+  return P == kExtrapolate ? !kMaster : (P == kUpdate ? kMaster : P != kUpdatePastAnchorFree);
+}
+template <Phase P, bool kMomentum>
+EXTRAP_HD constexpr bool stores_momentum() {
+  return kMomentum && P != kExtrapolate;
+}
+
+// One element of one phase, in the arithmetic type: x (where reads_param), s (elsewhere) and m are read,
+// and replaced by their new values. kMaster: s is the fp32 master of a 16-bit x (else s and x hold the
+// same precision).
+template <Phase P, bool kMomentum, bool kMaster, typename acc>
+EXTRAP_HD void phase_element(acc& x, acc g, acc& s, acc& m, const Hyper<acc>& h, const TensorArgs<acc>& t,
+                             uint64_t element) {
+  if (P == kExtrapolate) {
+    if (!kMaster) s = x;  // the snapshot
+    x = extrapolated_point(s, g, kMomentum ? m : acc(0), h, t.trust);
+    return;
+  }
+  if (P == kUpdatePastAnchorFree) s = recomputed_anchor(x, m, t.last_gamma);
+  acc gp;
+  const acc d = base_update<kMomentum>(s, m, g, h, t.trust, t.first, gp);
+  if (P == kUpdate) {
+    x = s;
+  } else if (P == kUpdatePast || P == kUpdatePastAnchorFree) {
+    x = past_point(s, gp, d, h);
+  } else {
+    x = s + h.noise_std * static_cast<acc>(noise_normal(h.seed, t.step, t.index, element));
+  }
+}
+
+// 16-bit state without a master: the values a phase stores, each rounded stochastically (`bits`: the
+// element's rounding_bits). The x of a local step is its anchor, rounded once.
+template <Phase P, int R, typename acc>
+EXTRAP_HD void round_stored(acc& x, acc& s, acc& m, const Philox4& bits) {
+  s = stochastic_round<R>(s, bits.c0);
+  m = stochastic_round<R>(m, bits.c1);
+  x = P == kUpdate ? s : stochastic_round<R>(x, bits.c2);
+}
+
+// found_inf: anchor, momentum and step stay; the snapshot is still taken and an extrapolated x
+// returns to its anchor, so that x stays consistent with the abandoned iteration.
+template <Phase P, bool kMaster, typename acc>
+EXTRAP_HD void skipped_element(acc& x, acc& s) {
+  if (P == kExtrapolate && !kMaster) s = x;
+  if (P == kUpdate) x = s;
+}
+template <Phase P, bool kMaster>
+EXTRAP_HD constexpr bool skip_stores_anchor() {
+  return P == kExtrapolate && !kMaster;
+}
+template <Phase P>
+EXTRAP_HD constexpr bool skip_stores_param() {
+  return P == kUpdate;
 }
 
 }  // namespace extrap

@@ -34,6 +34,9 @@ struct Launch {
   bool nesterov = false, maximize = false, wd_after_momentum = false;
   bool extrapolate_with_momentum = false, past_grad = false;
   int64_t seed = 0;
+  // false: 16-bit parameters keep s and m in their own dtype, every stored value rounded stochastically
+  // (keyed by `seed`); their arithmetic is still fp32
+  bool master_weights = true;
   std::optional<at::Tensor> grad_scale;  // AMP: grads are divided by it
   std::optional<at::Tensor> found_inf;   // AMP: nonzero skips the update
   int64_t stream = 0;                    // CUDA: the cudaStream_t to launch on (the caller's current one)
@@ -41,6 +44,9 @@ struct Launch {
   // The tensor holding s for parameter i (x itself where the parameters are their own anchors).
   const at::Tensor& anchor(size_t i) const { return anchors.empty() ? params[i] : anchors[i]; }
   bool anchor_free() const { return phase == kUpdatePastAnchorFree; }
+  bool rounds_stochastically() const {
+    return !master_weights && !params.empty() && params[0].element_size() == 2;
+  }
   bool counts_step() const { return phase != kExtrapolate; }
 };
 
@@ -62,6 +68,13 @@ Hyper<acc> make_hyper(const Launch& L, double inv_scale) {
   h.seed = static_cast<uint64_t>(L.seed);
   return h;
 }
+
+// How a launcher stores a value of type state_t (s, m) for parameters of type scalar_t: stochastically
+// where 16-bit parameters keep 16-bit state (master_weights=False), else to nearest.
+template <typename scalar_t, typename state_t>
+constexpr int kRoundingOf = !std::is_same<scalar_t, state_t>::value || sizeof(scalar_t) != 2
+                                ? kNearest
+                                : (std::is_same<scalar_t, at::BFloat16>::value ? kStochasticBF16 : kStochasticFP16);
 
 // Calls f(phase, momentum) with both as compile-time constants (std::integral_constant), so that each
 // launcher instantiates its loops once per phase and momentum on/off.

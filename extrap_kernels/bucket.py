@@ -93,6 +93,8 @@ class Bucket:
     names: list[str] = field(default_factory=list)  # for error messages
     # UPDATE_PAST_ANCHOR_FREE: the gamma each x was last extrapolated with (0-dim, state dtype)
     last_gammas: list[Tensor] = field(default_factory=list)
+    # False: 16-bit parameters keep s and m in their own dtype, each stored value rounded stochastically
+    master: bool = True
     shard_group: object = None  # FSDP2 + LARS: the process group whole-tensor norms are summed over
 
     @property
@@ -104,9 +106,18 @@ class Bucket:
         return self.params[0].dtype
 
     @property
+    def storage_dtype(self) -> torch.dtype:
+        """The dtype of the stored anchor and momentum (the arithmetic is always in state_dtype's)."""
+        return state_dtype(self.dtype) if self.master else self.dtype
+
+    @property
     def has_master(self) -> bool:
-        """16-bit parameters keep their anchor as a separate fp32 master copy."""
-        return state_dtype(self.dtype) != self.dtype
+        """16-bit parameters keep their anchor as a separate fp32 master copy (unless master=False)."""
+        return self.storage_dtype != self.dtype
+
+    @property
+    def rounds_stochastically(self) -> bool:
+        return self.storage_dtype != state_dtype(self.dtype)
 
     def anchor_values(self, phase: Phase) -> list[Tensor]:
         """The tensors holding x_t when `phase` starts: before a full-precision snapshot it is x itself."""

@@ -54,8 +54,9 @@ def check_hyperparameters(**values) -> None:
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
     if "mode" in values and values["mode"] not in MODES:
         raise ValueError(f"Invalid mode: {values['mode']!r}; choose one of {MODES}")
-    if "store_anchor" in values and not isinstance(values["store_anchor"], bool):
-        raise TypeError(f"Invalid store_anchor: {values['store_anchor']!r} (must be True or False)")
+    for flag in ("store_anchor", "master_weights"):
+        if flag in values and not isinstance(values[flag], bool):
+            raise TypeError(f"Invalid {flag}: {values[flag]!r} (must be True or False)")
     if "past" in values and values["past"] not in ("update", "grad"):
         raise ValueError(f"Invalid past: {values['past']!r}; choose 'update' or 'grad'")
 
@@ -82,7 +83,7 @@ def check_param(param: Tensor, grad: Tensor, backend: backends.Backend, name: st
 
 def check_bucket(bucket: Bucket, backend: backends.Backend) -> None:
     """The whole bucket, optimizer state included, can go through `backend`."""
-    sdtype = state_dtype(bucket.dtype)
+    sdtype = bucket.storage_dtype
     names = bucket.names or [f"param {i}" for i in bucket.indices]
     for i, (x, g) in enumerate(zip(bucket.params, bucket.grads)):
         check_param(x, g, backend, names[i])

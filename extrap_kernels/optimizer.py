@@ -71,7 +71,7 @@ class FusedOptimizer(Optimizer):
     def _launch_args(self, group: dict) -> tuple[Phase, Hyper]:
         raise NotImplementedError
 
-    def _has_anchor(self, param: Tensor) -> bool:
+    def _has_anchor(self, param: Tensor, group: dict) -> bool:
         raise NotImplementedError
 
     def _amp_args(self, grad_scale, found_inf):
@@ -91,7 +91,12 @@ class FusedOptimizer(Optimizer):
         if "step" not in state:  # a loaded torch.optim.SGD state has a momentum buffer but no step
             first = 1.0 if "momentum_buffer" in state else 0.0
             state["step"] = torch.tensor(first, dtype=torch.float32, device=p.device)
-        sdtype = state_dtype(p.dtype)
+        # fp32 (fp64) state; with master_weights=False a 16-bit parameter keeps its own dtype, and a state of
+        # the other kind (a checkpoint, or the option switched) is converted
+        sdtype = state_dtype(p.dtype) if group.get("master_weights", True) else p.dtype
+        for key in ("anchor", "momentum_buffer"):
+            if key in state and state[key].dtype != sdtype:
+                state[key] = state[key].to(sdtype)
         if group["momentum"] != 0 and "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p, dtype=sdtype, memory_format=torch.contiguous_format)
         if phase == Phase.UPDATE_PAST_ANCHOR_FREE:
@@ -101,7 +106,7 @@ class FusedOptimizer(Optimizer):
             if "last_gamma" not in state:
                 state["last_gamma"] = torch.zeros((), dtype=state_dtype(p.dtype.to_real()), device=p.device)
             return state
-        if self._has_anchor(p) and "anchor" not in state:
+        if self._has_anchor(p, group) and "anchor" not in state:
             anchor = torch.empty_like(p, dtype=sdtype, memory_format=torch.contiguous_format).copy_(p)
             if "last_gamma" in state and "momentum_buffer" in state:
                 anchor.add_(state["momentum_buffer"] * state["last_gamma"])
@@ -140,7 +145,8 @@ class FusedOptimizer(Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch casts every floating state tensor to its parameter's dtype, which would round the fp32
-        master anchor and momentum of 16-bit parameters: restore them at their own precision."""
+        master anchor and momentum of 16-bit parameters: restore them at their own precision (the
+        parameter's dtype with master_weights=False)."""
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         saved_state = state_dict["state"]
         super().load_state_dict(state_dict)
@@ -148,8 +154,8 @@ class FusedOptimizer(Optimizer):
             for key, value in self.defaults.items():
                 if key != "differentiable":  # torch's own default, which our groups do not carry
                     group.setdefault(key, value)
-        params = [p for g in self.param_groups for p in g["params"]]
-        for saved_id, p in zip(saved_ids, params):
+        params = [(p, g) for g in self.param_groups for p in g["params"]]
+        for saved_id, (p, group) in zip(saved_ids, params):
             if saved_id not in saved_state:
                 continue
             state = self.state[p]
@@ -159,8 +165,8 @@ class FusedOptimizer(Optimizer):
                 elif key == "step" and not torch.is_tensor(value):  # older checkpoints count in a number
                     state[key] = torch.tensor(float(value), dtype=torch.float32, device=p.device)
                 elif torch.is_tensor(value):
-                    dtype = {"step": torch.float32, "last_gamma": state_dtype(p.dtype.to_real())}.get(
-                        key, state_dtype(p.dtype))
+                    stored = state_dtype(p.dtype) if group.get("master_weights", True) else p.dtype
+                    dtype = {"step": torch.float32, "last_gamma": state_dtype(p.dtype.to_real())}.get(key, stored)
                     state[key] = value.to(device=p.device, dtype=dtype, copy=True)
 
 
@@ -183,17 +189,17 @@ class ExtrapSGD(FusedOptimizer):
                  weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False,
                  lars: bool = False, trust_coefficient: float = 0.001, lars_clip: bool = False,
                  extrapolate_with_momentum: bool = False, past: str = "update", noise_std: float = 0.01,
-                 seed: int = 0, store_anchor: bool = False, *, backend: str = "auto"):
+                 seed: int = 0, store_anchor: bool = False, *, master_weights: bool = True, backend: str = "auto"):
         defaults = dict(lr=lr, gamma=gamma, mode=mode, momentum=momentum, dampening=dampening,
                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, lars=lars,
                         trust_coefficient=trust_coefficient, lars_clip=lars_clip,
                         extrapolate_with_momentum=extrapolate_with_momentum, past=past,
-                        noise_std=noise_std, seed=seed, store_anchor=store_anchor)
+                        noise_std=noise_std, seed=seed, store_anchor=store_anchor, master_weights=master_weights)
         check_hyperparameters(**defaults)
         super().__init__(params, defaults, backend)
         self._extrapolated: set[int] | None = None  # indices of the parameters awaiting the local step()
 
-    def _has_anchor(self, param: Tensor) -> bool:
+    def _has_anchor(self, param: Tensor, group: dict) -> bool:
         return True
 
     def _launch_args(self, group: dict) -> tuple[Phase, Hyper]:
@@ -266,22 +272,23 @@ class FusedSGD(FusedOptimizer):
     def __init__(self, params, lr=required, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, wd_after_momentum: bool = False,
                  materialize_master_grads: bool = True, set_grad_none: bool = False, *,
-                 backend: str = "auto"):
+                 master_weights: bool = True, seed: int = 0, backend: str = "auto"):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                        nesterov=nesterov, wd_after_momentum=wd_after_momentum)
+                        nesterov=nesterov, wd_after_momentum=wd_after_momentum, master_weights=master_weights,
+                        seed=seed)
         check_hyperparameters(**defaults)
         super().__init__(params, defaults, backend)
         self.materialize_master_grads = materialize_master_grads
         self.set_grad_none = set_grad_none
 
-    def _has_anchor(self, param: Tensor) -> bool:
-        return state_dtype(param.dtype) != param.dtype  # the fp32 master of a 16-bit parameter
+    def _has_anchor(self, param: Tensor, group: dict) -> bool:  # the fp32 master of a 16-bit parameter
+        return state_dtype(param.dtype) != param.dtype and group.get("master_weights", True)
 
     def _launch_args(self, group: dict) -> tuple[Phase, Hyper]:
         return Phase.UPDATE, Hyper(
             lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
             weight_decay=group["weight_decay"], nesterov=group["nesterov"],
-            wd_after_momentum=group["wd_after_momentum"])
+            wd_after_momentum=group["wd_after_momentum"], seed=group.get("seed", 0))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Apex's: None with set_grad_none, else torch.optim's zero_grad, whose default on torch 2.x is

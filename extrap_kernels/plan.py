@@ -39,7 +39,7 @@ from .sharded import is_dtensor, local, shard_group
 _GRAD = operator.attrgetter("grad")
 _PARAMS = operator.itemgetter("params")
 HYPER_KEYS = ("lr", "gamma", "momentum", "dampening", "weight_decay", "nesterov", "noise_std",
-              "trust_coefficient", "mode", "past", "store_anchor")
+              "trust_coefficient", "mode", "past", "store_anchor", "master_weights")
 
 
 def flat_params(groups: list[dict]) -> list[Tensor]:
@@ -220,6 +220,7 @@ class Plan:
                 names=names,
                 shard_group=shards_group,
                 last_gammas=[st["last_gamma"] for st in states] if phase == Phase.UPDATE_PAST_ANCHOR_FREE else [],
+                master=group.get("master_weights", True),
             )
             functional.check_bucket(bucket, backend)
             launch = Launch(Work(phase, bucket, hyper, backend), [position[id(p)] for p in members], len(params),
@@ -270,7 +271,7 @@ class Plan:
             phase = self.phase_of
         for launch in self.by_group[number]:
             old = launch.work
-            if (old.phase != bucket_phase(phase, old.bucket.dtype) or (old.hyper.momentum != 0) != (hyper.momentum != 0)
+            if (old.phase != bucket_phase(phase, old.bucket.dtype) or old.bucket.master != group.get("master_weights", True) or (old.hyper.momentum != 0) != (hyper.momentum != 0)
                     or old.hyper.lars != hyper.lars):
                 return False
         for launch in self.by_group[number]:

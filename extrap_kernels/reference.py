@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import philox
+from . import philox, rounding
 from .bucket import Bucket, Hyper, Phase, abandon, count_step, record_gamma, state_dtype
 from .lars import whole_tensor_norms
 
@@ -52,6 +52,20 @@ def base_update(s: Tensor, m: Tensor | None, g_prime: Tensor, h: Hyper, first: b
     return s - float(h.lr) * d, m, d
 
 
+def _store(bucket: Bucket, i: int, seed: int):
+    """put(dst, value, which): dst <- value, rounded to nearest; or, for 16-bit state without a master,
+    stochastically with Philox output `which` (0: the anchor, 1: the momentum, 2: the parameter)."""
+    if not bucket.rounds_stochastically:
+        return lambda dst, value, which: dst.copy_(value)
+    x = bucket.params[i]
+    bits = rounding.bits_flat(seed, bucket.steps[i].reshape(1), torch.tensor([bucket.indices[i]]), [x.numel()],
+                              x.device)
+
+    def put(dst: Tensor, value: Tensor, which: int) -> None:
+        dst.copy_(rounding.stochastic_round(value.reshape(-1), dst.dtype, bits[which]).view_as(dst))
+    return put
+
+
 def apply(phase: Phase, bucket: Bucket, h: Hyper, grad_scale: Tensor | None = None,
           found_inf: Tensor | None = None, compute_dtype: torch.dtype | None = None) -> None:
     """Runs one phase over the bucket, one tensor at a time."""
@@ -63,6 +77,7 @@ def apply(phase: Phase, bucket: Bucket, h: Hyper, grad_scale: Tensor | None = No
     cd = compute_dtype or state_dtype(bucket.dtype)
     gamma = float(h.gamma)
     for i, (x, g, s) in enumerate(zip(bucket.params, bucket.grads, bucket.anchors)):
+        put = _store(bucket, i, h.seed)
         m = bucket.momenta[i] if bucket.momenta else None
         m_value = m.to(cd) if m is not None else None
         if phase == Phase.EXTRAPOLATE:
@@ -73,7 +88,7 @@ def apply(phase: Phase, bucket: Bucket, h: Hyper, grad_scale: Tensor | None = No
                 e = e + h.momentum * m_value
             if not bucket.has_master:
                 s.copy_(x)
-            x.copy_(anchor - gamma * e)
+            put(x, anchor - gamma * e, 2)
             continue
         step = int(bucket.steps[i].item())
         anchor = s.to(cd)
@@ -82,20 +97,20 @@ def apply(phase: Phase, bucket: Bucket, h: Hyper, grad_scale: Tensor | None = No
         g_prime = regularized_grad(g.to(cd), anchor, h, inv_scale, bucket.shard_group)
         anchor, m_value, d = base_update(anchor, m_value, g_prime, h, first=step <= 1)
         if m is not None:
-            m.copy_(m_value)
+            put(m, m_value, 1)
         if phase == Phase.UPDATE:  # x <- s; a full-precision s was only the snapshot
             if bucket.has_master:
                 s.copy_(anchor)
-            x.copy_(anchor)
+            put(x, anchor, 0)  # (16-bit without a master: the anchor's rounding, as s would be stored)
         elif phase == Phase.UPDATE_PAST:  # x <- s - gamma * e, e = d (or g')
-            s.copy_(anchor)
-            x.copy_(anchor - gamma * (g_prime if h.past_grad else d))
+            put(s, anchor, 0)
+            put(x, anchor - gamma * (g_prime if h.past_grad else d), 2)
         elif phase == Phase.UPDATE_PAST_ANCHOR_FREE:  # x <- s - gamma * m; s is not kept
             x.copy_(anchor - gamma * d)
         elif phase == Phase.UPDATE_NOISE:  # x <- s + sigma * xi
-            s.copy_(anchor)
+            put(s, anchor, 0)
             xi = philox.normal(h.seed, step, bucket.indices[i], x.numel(), x.device).view_as(x)
-            x.copy_(anchor + h.noise_std * xi.to(cd))
+            put(x, anchor + h.noise_std * xi.to(cd), 2)
         else:
             raise ValueError(f"unknown phase {phase!r}")
     record_gamma(phase, bucket, h.gamma, found_inf)

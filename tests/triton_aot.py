@@ -39,6 +39,11 @@ def cover() -> list[tuple[str, dict]]:
         out.append((f"phase4-{name}", dict(BASE, PHASE=4, X_DTYPE=x, S_DTYPE=s, MASTER=master)))
     out.append(("phase4-fp32-amp-rates", dict(BASE, PHASE=4, X_DTYPE=tl.float32, S_DTYPE=tl.float32, MASTER=False,
                                               HAS_SCALE=True, HAS_FOUND_INF=True, LR_TENSOR=True, GAMMA_TENSOR=True)))
+    for name, rounding in (("bf16", 1), ("fp16", 2)):  # 16-bit state without a master, every phase
+        x, _, _ = DTYPES[name]
+        for phase in range(4):
+            out.append((f"phase{phase}-{name}-no-master", dict(BASE, PHASE=phase, X_DTYPE=x, S_DTYPE=x, MASTER=False,
+                                                              C_DTYPE=tl.float32, ROUNDING=rounding)))
     switches = [dict(MOMENTUM=False), dict(NESTEROV=True), dict(WD_AFTER_MOMENTUM=True), dict(PAST_GRAD=True),
                 dict(HAS_TRUST=True), dict(HAS_SCALE=True, HAS_FOUND_INF=True), dict(LR_TENSOR=True, GAMMA_TENSOR=True)]
     for name in ("fp32", "bf16"):
@@ -57,7 +62,7 @@ def signature(state: tl.dtype) -> dict[str, str]:
     return {"table": "*i64", "numels": "*i64", "indices": "*i64", "block_tensor": "*i32", "block_start": "*i64",
             "trust_ptr": f"*{s}", "scale_ptr": "*fp32", "found_inf_ptr": "*fp32", "lr": "fp32", "gamma": "fp32",
             "lr_ptr": f"*{s}", "gamma_ptr": f"*{s}", "momentum": "fp32", "dampening": "fp32",
-            "weight_decay": "fp32", "sign": "fp32", "noise_std": "fp32", "seed": "u64"}
+            "weight_decay": "fp32", "sign": "fp32", "noise_std": "fp32", "seed": "u64", "rounding_seed": "u64"}
 
 
 def main(argv=None) -> int:
@@ -68,8 +73,9 @@ def main(argv=None) -> int:
     archs = [int(a) for a in args.arch.split(",")]
     for arch in archs:
         for label, constexprs in cover():
-            constexprs = dict(constexprs, BLOCK=2048)
-            sig = signature(constexprs["S_DTYPE"])
+            # (the arithmetic is in the state dtype, rounded to nearest, unless an entry says otherwise)
+            constexprs = dict({"C_DTYPE": constexprs["S_DTYPE"], "ROUNDING": 0}, **constexprs, BLOCK=2048)
+            sig = signature(constexprs["C_DTYPE"])
             sig.update({k: "constexpr" for k in constexprs})
             try:
                 kernel = triton.compile(ASTSource(fn=tk._phase_kernel, signature=sig, constexprs=constexprs),

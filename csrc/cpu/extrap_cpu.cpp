@@ -102,13 +102,14 @@ int flags_of(const Hyper<acc>& h, const TensorArgs<acc>& t) {
 
 // One span [begin, end) of one tensor: loads, csrc/extrap_math.h's phase_element, and the stores the
 // phase makes. Hyperparameters come by value and pointers are restrict-qualified so that the compiler
-// keeps scalars in registers and vectorizes; the one legal alias (plain fused SGD, where a
-// full-precision x is its own anchor) goes through run_span_in_place.
-template <Phase P, bool kMomentum, int F, typename scalar_t, typename acc>
-EXTRAP_SIMD_CLONES void run_span(scalar_t* __restrict__ x, const scalar_t* __restrict__ g, acc* __restrict__ s,
-                                 acc* __restrict__ m, int64_t begin, int64_t end, Hyper<acc> h, TensorArgs<acc> t,
+// keeps scalars in registers and vectorizes; the one legal alias (plain fused SGD, where x is its own
+// anchor) goes through run_span_in_place. s and m are state_t: acc, or a 16-bit x's own type.
+template <Phase P, bool kMomentum, int F, typename scalar_t, typename state_t, typename acc>
+EXTRAP_SIMD_CLONES void run_span(scalar_t* __restrict__ x, const scalar_t* __restrict__ g, state_t* __restrict__ s,
+                                 state_t* __restrict__ m, int64_t begin, int64_t end, Hyper<acc> h, TensorArgs<acc> t,
                                  bool stream) {
-  constexpr bool kMaster = !std::is_same<scalar_t, acc>::value;
+  constexpr bool kMaster = !std::is_same<scalar_t, state_t>::value;
+  constexpr int R = kRoundingOf<scalar_t, state_t>;
   // x is read by a full-precision snapshot (which writes s without reading it) and where the anchor is
   // recomputed (s is then not touched: the launcher passes it as null)
   constexpr bool kReadsX = reads_param<P, kMaster>();
@@ -116,15 +117,19 @@ EXTRAP_SIMD_CLONES void run_span(scalar_t* __restrict__ x, const scalar_t* __res
   if (!stream) {
     for (int64_t i = begin; i < end; ++i) {
       acc xv = kReadsX ? static_cast<acc>(x[i]) : acc(0);
-      acc sv = kReadsX ? acc(0) : s[i];
-      acc mv = kMomentum ? m[i] : acc(0);
+      acc sv = kReadsX ? acc(0) : static_cast<acc>(s[i]);
+      acc mv = kMomentum ? static_cast<acc>(m[i]) : acc(0);
       phase_element<P, kMomentum, kMaster>(xv, static_cast<acc>(g[i]), sv, mv, h, t, static_cast<uint64_t>(i));
-      if constexpr (stores_anchor<P, kMaster>()) s[i] = sv;
-      if constexpr (stores_momentum<P, kMomentum>()) m[i] = mv;
+      if constexpr (R != kNearest) {
+        round_stored<P, R>(xv, sv, mv, rounding_bits(h.seed, t.step, t.index, static_cast<uint64_t>(i)));
+      }
+      if constexpr (stores_anchor<P, kMaster>()) s[i] = static_cast<state_t>(sv);
+      if constexpr (stores_momentum<P, kMomentum>()) m[i] = static_cast<state_t>(mv);
       x[i] = static_cast<scalar_t>(xv);
     }
     return;
   }
+  if constexpr (R == kNearest) {  // (the launcher streams nothing that is rounded stochastically)
   // The same, with the array written unread (s for a snapshot, else x) staged in L1 and streamed out.
   using staged_t = std::conditional_t<kReadsX, acc, scalar_t>;
   alignas(64) staged_t staged[kStreamBlock];
@@ -148,46 +153,50 @@ EXTRAP_SIMD_CLONES void run_span(scalar_t* __restrict__ x, const scalar_t* __res
     void* out = kReadsX ? static_cast<void*>(s + block) : static_cast<void*>(x + block);
     stream_bytes(static_cast<char*>(out), reinterpret_cast<const char*>(staged), n * sizeof(staged_t));
   }
+  }
 }
 
-// kUpdate where the full-precision parameter is its own anchor (FusedSGD): x <- x - lr * d in place.
-template <bool kMomentum, int F, typename acc>
-EXTRAP_SIMD_CLONES void run_span_in_place(acc* __restrict__ x, const acc* __restrict__ g, acc* __restrict__ m,
-                                          int64_t begin, int64_t end, Hyper<acc> h, TensorArgs<acc> t) {
+// kUpdate where the parameter is its own anchor (FusedSGD without a master): x <- x - lr * d in place.
+template <bool kMomentum, int F, typename scalar_t, typename acc>
+EXTRAP_SIMD_CLONES void run_span_in_place(scalar_t* __restrict__ x, const scalar_t* __restrict__ g,
+                                          scalar_t* __restrict__ m, int64_t begin, int64_t end, Hyper<acc> h,
+                                          TensorArgs<acc> t) {
+  constexpr int R = kRoundingOf<scalar_t, scalar_t>;
   fix_flags<F>(h, t);
   for (int64_t i = begin; i < end; ++i) {
-    acc xv = x[i], sv = x[i];
-    acc mv = kMomentum ? m[i] : acc(0);
-    phase_element<kUpdate, kMomentum, false>(xv, g[i], sv, mv, h, t, static_cast<uint64_t>(i));
-    if constexpr (kMomentum) m[i] = mv;
-    x[i] = xv;
+    acc xv = static_cast<acc>(x[i]), sv = xv;
+    acc mv = kMomentum ? static_cast<acc>(m[i]) : acc(0);
+    phase_element<kUpdate, kMomentum, false>(xv, static_cast<acc>(g[i]), sv, mv, h, t, static_cast<uint64_t>(i));
+    if constexpr (R != kNearest) {
+      round_stored<kUpdate, R>(xv, sv, mv, rounding_bits(h.seed, t.step, t.index, static_cast<uint64_t>(i)));
+    }
+    if constexpr (kMomentum) m[i] = static_cast<scalar_t>(mv);
+    x[i] = static_cast<scalar_t>(xv);
   }
 }
 
-template <Phase P, typename scalar_t, typename acc>
-void skip_span(scalar_t* x, acc* s, int64_t begin, int64_t end) {
-  constexpr bool kMaster = !std::is_same<scalar_t, acc>::value;
+template <Phase P, typename scalar_t, typename state_t>
+void skip_span(scalar_t* x, state_t* s, int64_t begin, int64_t end) {
+  constexpr bool kMaster = !std::is_same<scalar_t, state_t>::value;
   if constexpr (!skip_stores_anchor<P, kMaster>() && !skip_stores_param<P>()) return;  // nothing moves
-  for (int64_t i = begin; i < end; ++i) {
-    acc xv = static_cast<acc>(x[i]), sv = s[i];
-    skipped_element<P, kMaster>(xv, sv);
-    if constexpr (skip_stores_anchor<P, kMaster>()) s[i] = sv;
-    if constexpr (skip_stores_param<P>()) x[i] = static_cast<scalar_t>(xv);
+  for (int64_t i = begin; i < end; ++i) {  // copies between x and s: exact, whatever their types
+    if constexpr (skip_stores_anchor<P, kMaster>()) s[i] = static_cast<state_t>(x[i]);
+    if constexpr (skip_stores_param<P>()) x[i] = static_cast<scalar_t>(s[i]);
   }
 }
 
-template <Phase P, bool kMomentum, int F, typename scalar_t, typename acc>
-void run_item(scalar_t* x, const scalar_t* g, acc* s, acc* m, int64_t begin, int64_t end, const Hyper<acc>& h,
-              const TensorArgs<acc>& t, bool stream) {
-  if constexpr (P == kUpdate && std::is_same<scalar_t, acc>::value) {
+template <Phase P, bool kMomentum, int F, typename scalar_t, typename state_t, typename acc>
+void run_item(scalar_t* x, const scalar_t* g, state_t* s, state_t* m, int64_t begin, int64_t end,
+              const Hyper<acc>& h, const TensorArgs<acc>& t, bool stream) {
+  if constexpr (P == kUpdate && std::is_same<scalar_t, state_t>::value) {
     if (static_cast<void*>(x) == static_cast<void*>(s)) {
-      return run_span_in_place<kMomentum, F, acc>(x, g, m, begin, end, h, t);
+      return run_span_in_place<kMomentum, F, scalar_t, acc>(x, g, m, begin, end, h, t);
     }
   }
-  run_span<P, kMomentum, F, scalar_t, acc>(x, g, s, m, begin, end, h, t, stream);
+  run_span<P, kMomentum, F, scalar_t, state_t, acc>(x, g, s, m, begin, end, h, t, stream);
 }
 
-template <Phase P, bool kMomentum, typename scalar_t, typename acc>
+template <Phase P, bool kMomentum, typename scalar_t, typename state_t, typename acc>
 void run_launch(const Launch& L, bool skip, double inv_scale) {
   const int64_t n = static_cast<int64_t>(L.params.size());
   const Hyper<acc> h = make_hyper<acc>(L, inv_scale);
@@ -204,7 +213,8 @@ void run_launch(const Launch& L, bool skip, double inv_scale) {
   }
   const int64_t total = first[n];
   // (an anchor-free update writes only x and m, which it reads: nothing to stream)
-  const bool stream = P != kUpdatePastAnchorFree && total >= kCpuStreamAbove;
+  const bool stream = P != kUpdatePastAnchorFree && kRoundingOf<scalar_t, state_t> == kNearest &&
+                      total >= kCpuStreamAbove;
   // The threads split the launch's elements evenly, whatever the tensor sizes (a model's list mixes
   // 64-element biases with million-element weights); a small launch runs on the calling thread, where
   // waking the pool would cost more than the work.
@@ -216,13 +226,13 @@ void run_launch(const Launch& L, bool skip, double inv_scale) {
       const int64_t end = std::min(hi, first[t + 1]) - first[t];
       if (begin >= end) continue;  // an empty tensor
       auto* x = L.params[t].data_ptr<scalar_t>();
-      auto* s = P == kUpdatePastAnchorFree ? nullptr : L.anchor(t).data_ptr<acc>();
+      auto* s = P == kUpdatePastAnchorFree ? nullptr : L.anchor(t).data_ptr<state_t>();
       if (skip) {
-        skip_span<P, scalar_t, acc>(x, s, begin, end);
+        skip_span<P, scalar_t, state_t>(x, s, begin, end);
         continue;
       }
       const auto* g = L.grads[t].data_ptr<scalar_t>();
-      acc* m = kMomentum ? L.momenta[t].data_ptr<acc>() : nullptr;
+      state_t* m = kMomentum ? L.momenta[t].data_ptr<state_t>() : nullptr;
       switch (flags[t]) {
         case kPlain: run_item<P, kMomentum, kPlain>(x, g, s, m, begin, end, h, args[t], stream); break;
         case kNesterov: run_item<P, kMomentum, kNesterov>(x, g, s, m, begin, end, h, args[t], stream); break;
@@ -247,7 +257,10 @@ void apply_cpu(const Launch& L) {
     with_phase(L, [&](auto phase, auto momentum) {
       constexpr Phase P = decltype(phase)::value;
       constexpr bool M = decltype(momentum)::value;
-      run_launch<P, M, scalar_t, acc>(L, skip, inv_scale);
+      if constexpr (!std::is_same<scalar_t, acc>::value) {
+        if (L.rounds_stochastically()) return run_launch<P, M, scalar_t, scalar_t, acc>(L, skip, inv_scale);
+      }
+      run_launch<P, M, scalar_t, acc, acc>(L, skip, inv_scale);
       if (P == kUpdatePastAnchorFree && !skip) {  // x was extrapolated with this gamma (read by the next update)
         for (const at::Tensor& last : L.last_gammas) *last.data_ptr<acc>() = static_cast<acc>(L.gamma);
       }

@@ -33,18 +33,20 @@ __device__ __forceinline__ bool aligned(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * N) == 0;
 }
 
-template <Phase P, bool kMomentum, typename scalar_t, typename acc>
+// s and m are state_t: acc, or (master_weights=False) a 16-bit x's own type.
+template <Phase P, bool kMomentum, typename scalar_t, typename state_t, typename acc>
 __global__ void __launch_bounds__(kThreads) phase_kernel(TensorTable table, Hyper<acc> h, const acc* trust,
                                                          const float* grad_scale, const float* found_inf,
                                                          const acc* lr, const acc* gamma) {
-  constexpr bool kMaster = !std::is_same<scalar_t, acc>::value;
+  constexpr bool kMaster = !std::is_same<scalar_t, state_t>::value;
+  constexpr int R = kRoundingOf<scalar_t, state_t>;
   const int entry = table.block_tensor[blockIdx.x];
   const int64_t begin = static_cast<int64_t>(table.block_chunk[blockIdx.x]) * kChunkSize;
   const int64_t end = min(table.numel[entry], begin + kChunkSize);
   auto* x = static_cast<scalar_t*>(table.x[entry]);
   const auto* g = static_cast<const scalar_t*>(table.g[entry]);
-  auto* s = static_cast<acc*>(table.s[entry]);
-  auto* m = static_cast<acc*>(table.m[entry]);
+  auto* s = static_cast<state_t*>(table.s[entry]);
+  auto* m = static_cast<state_t*>(table.m[entry]);
   const bool skip = found_inf != nullptr && *found_inf != 0.0f;
   if (grad_scale != nullptr) h.grad_factor /= static_cast<acc>(*grad_scale);
   if (lr != nullptr) h.lr = *lr;  // capturable: the rates as they are when the kernel runs
@@ -59,6 +61,7 @@ __global__ void __launch_bounds__(kThreads) phase_kernel(TensorTable table, Hype
       skipped_element<P, kMaster>(xv, sv);
     } else {
       phase_element<P, kMomentum, kMaster>(xv, gv, sv, mv, h, t, static_cast<uint64_t>(i));
+      if (R != kNearest) round_stored<P, R>(xv, sv, mv, rounding_bits(h.seed, t.step, t.index, static_cast<uint64_t>(i)));
     }
   };
   // (plain fused SGD passes x as its own anchor: it is read twice and, as kUpdate, stored once)
@@ -70,9 +73,9 @@ __global__ void __launch_bounds__(kThreads) phase_kernel(TensorTable table, Hype
 
   constexpr int kVec = kVectorWidth<scalar_t>;
   using XVec = Vec<scalar_t, kVec>;
-  using SVec = Vec<acc, kVec>;
+  using SVec = Vec<state_t, kVec>;
   const bool vector = aligned<scalar_t, kVec>(x) && aligned<scalar_t, kVec>(g) &&
-                      (kReadsX || aligned<acc, kVec>(s)) && (!kMomentum || aligned<acc, kVec>(m));
+                      (kReadsX || aligned<state_t, kVec>(s)) && (!kMomentum || aligned<state_t, kVec>(m));
   int64_t tail = begin;
   if (vector) {
     const int64_t vector_end = begin + (end - begin) / kVec * kVec;
@@ -90,9 +93,11 @@ __global__ void __launch_bounds__(kThreads) phase_kernel(TensorTable table, Hype
       if (kMomentum) mr = *reinterpret_cast<const SVec*>(m + i);
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
-        acc xv = static_cast<acc>(xr.v[k]);
-        element(xv, static_cast<acc>(gr.v[k]), sr.v[k], mr.v[k], i + k);
+        acc xv = static_cast<acc>(xr.v[k]), sv = static_cast<acc>(sr.v[k]), mv = static_cast<acc>(mr.v[k]);
+        element(xv, static_cast<acc>(gr.v[k]), sv, mv, i + k);
         xr.v[k] = static_cast<scalar_t>(xv);
+        sr.v[k] = static_cast<state_t>(sv);
+        mr.v[k] = static_cast<state_t>(mv);
       }
       if (store_x) *reinterpret_cast<XVec*>(x + i) = xr;
       if (store_s) *reinterpret_cast<SVec*>(s + i) = sr;
@@ -103,16 +108,16 @@ __global__ void __launch_bounds__(kThreads) phase_kernel(TensorTable table, Hype
   // unaligned tensors, and the last elements of a chunk
   for (int64_t j = tail + threadIdx.x; j < end; j += kThreads) {
     acc xv = kReadsX ? static_cast<acc>(x[j]) : acc(0);
-    acc sv = kReadsX ? acc(0) : s[j];
-    acc mv = kMomentum ? m[j] : acc(0);
+    acc sv = kReadsX ? acc(0) : static_cast<acc>(s[j]);
+    acc mv = kMomentum ? static_cast<acc>(m[j]) : acc(0);
     element(xv, static_cast<acc>(g[j]), sv, mv, j);
     if (store_x) x[j] = static_cast<scalar_t>(xv);
-    if (store_s) s[j] = sv;
-    if (store_m) m[j] = mv;
+    if (store_s) s[j] = static_cast<state_t>(sv);
+    if (store_m) m[j] = static_cast<state_t>(mv);
   }
 }
 
-template <Phase P, bool kMomentum, typename scalar_t, typename acc>
+template <Phase P, bool kMomentum, typename scalar_t, typename state_t, typename acc>
 void launch_phase(const Launch& L) {
   Hyper<acc> h = make_hyper<acc>(L, 1.0);
   const acc* trust = L.trust ? L.trust->data_ptr<acc>() : nullptr;
@@ -123,7 +128,7 @@ void launch_phase(const Launch& L) {
   auto stream = reinterpret_cast<cudaStream_t>(L.stream);
   multi_tensor_apply(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas,
                      [&](TensorTable& table, int blocks) {
-    phase_kernel<P, kMomentum, scalar_t, acc><<<blocks, kThreads, 0, stream>>>(table, h, trust, grad_scale,
+    phase_kernel<P, kMomentum, scalar_t, state_t, acc><<<blocks, kThreads, 0, stream>>>(table, h, trust, grad_scale,
                                                                                 found_inf, lr, gamma);
     const cudaError_t err = cudaGetLastError();
     TORCH_CHECK(err == cudaSuccess, "extrap_kernels: CUDA launch failed: ", cudaGetErrorString(err));
@@ -141,7 +146,10 @@ void apply_cuda(const Launch& L) {
     with_phase(L, [&](auto phase, auto momentum) {
       constexpr Phase P = decltype(phase)::value;
       constexpr bool M = decltype(momentum)::value;
-      launch_phase<P, M, scalar_t, acc>(L);
+      if constexpr (!std::is_same<scalar_t, acc>::value) {
+        if (L.rounds_stochastically()) return launch_phase<P, M, scalar_t, scalar_t, acc>(L);
+      }
+      launch_phase<P, M, scalar_t, acc, acc>(L);
     });
   });
 }

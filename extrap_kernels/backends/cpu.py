@@ -42,7 +42,7 @@ def hyper_kwargs(h: Hyper, b: Bucket) -> dict:
                 dampening=float(h.dampening), weight_decay=float(h.weight_decay), nesterov=bool(h.nesterov),
                 maximize=bool(h.maximize), wd_after_momentum=bool(h.wd_after_momentum),
                 extrapolate_with_momentum=bool(h.extrapolate_with_momentum), past_grad=bool(h.past_grad),
-                noise_std=float(h.noise_std), seed=_as_int64(h.seed))
+                noise_std=float(h.noise_std), seed=_as_int64(h.seed), master_weights=b.master)
 
 
 def prepared_call(phase: Phase, b: Bucket, h: Hyper, check: bool = False):

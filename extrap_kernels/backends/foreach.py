@@ -9,13 +9,13 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from .. import philox
+from .. import philox, rounding
 from ..bucket import Bucket, Hyper, Phase, abandon, count_step, record_gamma, state_dtype
 from ..lars import trust_ratios
 
 def _regularized_grads(b: Bucket, h: Hyper, weights: list[Tensor], inv_scale, trust) -> list[Tensor]:
     dtype = state_dtype(b.dtype)
-    grads = b.grads if b.dtype == dtype else [g.to(dtype) for g in b.grads]
+    grads = [g if g.dtype == dtype else g.to(dtype) for g in b.grads]  # (16-bit x, or its fp32 working copy)
     g_prime = torch._foreach_mul(grads, -inv_scale if h.maximize else inv_scale)
     if h.weight_decay != 0 and not h.wd_after_momentum:
         torch._foreach_add_(g_prime, weights, alpha=h.weight_decay)
@@ -49,6 +49,35 @@ def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
     if found_inf is not None and found_inf.item() != 0:
         abandon(phase, b)
         return
+    if b.rounds_stochastically:
+        _apply_rounded(phase, b, h, grad_scale)
+        return
+    _apply(phase, b, h, grad_scale)
+
+
+def _apply_rounded(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None) -> None:
+    """16-bit state without a master: the phase on fp32 copies, then every stored value rounded
+    stochastically (values a phase leaves alone are 16-bit numbers, which rounding keeps exactly)."""
+    own = all(s is x for s, x in zip(b.anchors, b.params))
+    xs = [x.float() for x in b.params]
+    ss = xs if own else [s.float() for s in b.anchors]
+    ms = [m.float() for m in b.momenta]
+    _apply(phase, replace(b, params=xs, anchors=ss, momenta=ms, master=True), h, grad_scale)
+    numels = [x.numel() for x in b.params]
+    c0, c1, c2 = rounding.bits_flat(h.seed, torch.stack(b.steps), torch.tensor(b.indices), numels, b.device)
+
+    def store(dst: list[Tensor], values: list[Tensor], bits: Tensor) -> None:
+        flat = rounding.stochastic_round(torch.cat([v.reshape(-1) for v in values]), b.dtype, bits)
+        torch._foreach_copy_(dst, [r.view_as(t) for r, t in zip(torch.split(flat, numels), dst)])
+
+    if not own:
+        store(b.anchors, ss, c0)
+    if ms:
+        store(b.momenta, ms, c1)
+    store(b.params, xs, c0 if phase == Phase.UPDATE else c2)  # a local step's x is its anchor
+
+
+def _apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None) -> None:
     inv_scale = 1.0 / grad_scale.item() if grad_scale is not None else 1.0
     weights = b.anchor_values(phase)
     if phase == Phase.UPDATE_PAST_ANCHOR_FREE:  # x = s - last_gamma * m gives the anchor back

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..bucket import Bucket, Hyper, Phase, count_step, record_gamma, state_dtype
 from ..lars import trust_ratios
+from ..rounding import ROUNDING_KEY
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # Interpreted programs cost per program, not per element: fewer, larger blocks there.
@@ -65,15 +66,51 @@ def noise_normal(seed, step, index, element):
     return n0
 
 
+@triton.jit
+def stochastic_round(v, random, ROUNDING: tl.constexpr):
+    """csrc/extrap_math.h's stochastic_round: v (fp32) to the fp32 value of a bf16 (ROUNDING 1) or fp16
+    (2) neighbour, away from zero with probability equal to the fraction of the gap."""
+    if ROUNDING == 0:
+        return v
+    u = v.to(tl.uint32, bitcast=True)
+    exponent = (u >> 23) & 0xFF
+    if ROUNDING == 1:
+        drop = tl.full(u.shape, 16, tl.uint32)
+    else:
+        drop = 13 + tl.where(exponent < 113, 113 - exponent, 0)
+    mask = (tl.full(u.shape, 1, tl.uint32) << tl.minimum(drop, 23)) - 1
+    rounded = ((u + (random & mask)) & ~mask).to(tl.float32, bitcast=True)
+    if ROUNDING == 2:  # below 2^-24: 0 or 2^-24, the latter with probability |v| / 2^-24
+        uniform = (random >> 8).to(tl.float32) * 5.9604644775390625e-8
+        tiny = tl.where(uniform < tl.abs(v) * 16777216.0, 5.9604644775390625e-8, 0.0)
+        tiny = tl.where(v < 0, -tiny, tiny)
+        rounded = tl.where(drop > 23, tiny, rounded)
+    return tl.where(exponent == 0xFF, v, rounded)
+
+
+@triton.jit
+def rounding_bits(seed, step, index, element):
+    """Philox4x32-10 at the noise's counter under the key seed ^ ROUNDING_KEY: (c0, c1, c2)."""
+    c0 = (element & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (element >> 32).to(tl.uint32)
+    c2 = tl.zeros_like(c0) + index.to(tl.uint32)
+    c3 = tl.zeros_like(c0) + step.to(tl.uint32)
+    r0, r1, r2, _ = tl.philox(seed, c0, c1, c2, c3)
+    return r0, r1, r2
+
+
 # ---- the multi-tensor kernel ----------------------------------------------------------------------
 @triton.jit
 def _phase_kernel(table, numels, indices, block_tensor, block_start, trust_ptr, scale_ptr, found_inf_ptr,
                   lr, gamma, lr_ptr, gamma_ptr, momentum, dampening, weight_decay, sign, noise_std, seed,
-                  PHASE: tl.constexpr, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, MASTER: tl.constexpr,
+                  rounding_seed, PHASE: tl.constexpr, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, MASTER: tl.constexpr,
                   MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, WD_AFTER_MOMENTUM: tl.constexpr,
                   EXTRAPOLATE_WITH_MOMENTUM: tl.constexpr, PAST_GRAD: tl.constexpr, HAS_TRUST: tl.constexpr,
                   HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr, LR_TENSOR: tl.constexpr,
-                  GAMMA_TENSOR: tl.constexpr, BLOCK: tl.constexpr):
+                  GAMMA_TENSOR: tl.constexpr, BLOCK: tl.constexpr, C_DTYPE: tl.constexpr,
+                  ROUNDING: tl.constexpr):
+    # S_DTYPE stores s and m; C_DTYPE computes (they differ for 16-bit state without a master, ROUNDING 1
+    # bf16 or 2 fp16: every stored value rounded stochastically with the bits keyed by rounding_seed)
     pid = tl.program_id(0)
     t = tl.load(block_tensor + pid)
     numel = tl.load(numels + t)
@@ -101,52 +138,56 @@ def _phase_kernel(table, numels, indices, block_tensor, block_start, trust_ptr, 
             gamma = tl.load(gamma_ptr)
         grad_factor = sign
         if HAS_SCALE:
-            grad_factor = sign / tl.load(scale_ptr).to(S_DTYPE)
+            grad_factor = sign / tl.load(scale_ptr).to(C_DTYPE)
         trust = 1.0
         if HAS_TRUST:
             trust = tl.load(trust_ptr + t)
-        g = tl.load(g_ptr + offs, mask=mask).to(S_DTYPE)
+        g = tl.load(g_ptr + offs, mask=mask).to(C_DTYPE)
         m = tl.zeros_like(g)
         if MOMENTUM:
             m_ptr = tl.load(table + 6 * t + 3).to(tl.pointer_type(S_DTYPE))
-            m = tl.load(m_ptr + offs, mask=mask)
+            m = tl.load(m_ptr + offs, mask=mask).to(C_DTYPE)
+        r_s, r_m, r_x = tl.zeros_like(offs).to(tl.uint32), tl.zeros_like(offs).to(tl.uint32), tl.zeros_like(offs).to(tl.uint32)
+        if ROUNDING != 0:
+            r_s, r_m, r_x = rounding_bits(rounding_seed, tl.load(step_ptr).to(tl.int64), tl.load(indices + t), offs)
         if PHASE == 0:  # extrapolate: s <- x; x <- s - gamma * e
             if MASTER:
-                anchor = tl.load(s_ptr + offs, mask=mask)
+                anchor = tl.load(s_ptr + offs, mask=mask).to(C_DTYPE)
             else:
-                anchor = tl.load(x_ptr + offs, mask=mask).to(S_DTYPE)
-                tl.store(s_ptr + offs, anchor, mask=mask)
+                anchor = tl.load(x_ptr + offs, mask=mask).to(C_DTYPE)
+                tl.store(s_ptr + offs, anchor.to(S_DTYPE), mask=mask)
             e = regularized_grad(g, anchor, grad_factor, weight_decay, trust, WD_AFTER_MOMENTUM)
             if EXTRAPOLATE_WITH_MOMENTUM:
                 e += momentum * m
-            tl.store(x_ptr + offs, (anchor - gamma * e).to(X_DTYPE), mask=mask)
+            tl.store(x_ptr + offs, stochastic_round(anchor - gamma * e, r_x, ROUNDING).to(X_DTYPE), mask=mask)
         else:
             step = tl.load(step_ptr)
             if PHASE == 4:  # anchor-free past: x = s - last_gamma * m gives the anchor back
                 last_gamma = tl.load(tl.load(table + 6 * t + 5).to(tl.pointer_type(S_DTYPE)))
                 anchor = tl.load(x_ptr + offs, mask=mask) + last_gamma * m
             else:
-                anchor = tl.load(s_ptr + offs, mask=mask)
+                anchor = tl.load(s_ptr + offs, mask=mask).to(C_DTYPE)
             anchor, m, d, gp = base_update(anchor, m, g, lr, momentum, dampening, weight_decay, grad_factor,
                                            trust, step <= 1.0, MOMENTUM, NESTEROV, WD_AFTER_MOMENTUM)
+            anchor_stored = stochastic_round(anchor, r_s, ROUNDING)  # (as stored: the local step's x too)
             if MOMENTUM:
-                tl.store(m_ptr + offs, m, mask=mask)
+                tl.store(m_ptr + offs, stochastic_round(m, r_m, ROUNDING).to(S_DTYPE), mask=mask)
             if PHASE == 1:  # x <- s; a full-precision s is only the snapshot (or x itself)
                 if MASTER:
                     tl.store(s_ptr + offs, anchor, mask=mask)
-                tl.store(x_ptr + offs, anchor.to(X_DTYPE), mask=mask)
+                tl.store(x_ptr + offs, anchor_stored.to(X_DTYPE), mask=mask)
             elif PHASE == 2 or PHASE == 4:  # past: x <- s - gamma * e (s stored unless recomputed)
                 if PHASE == 2:
-                    tl.store(s_ptr + offs, anchor, mask=mask)
+                    tl.store(s_ptr + offs, anchor_stored.to(S_DTYPE), mask=mask)
                 if PAST_GRAD:
                     x = anchor - gamma * gp
                 else:
                     x = anchor - gamma * d
-                tl.store(x_ptr + offs, x.to(X_DTYPE), mask=mask)
+                tl.store(x_ptr + offs, stochastic_round(x, r_x, ROUNDING).to(X_DTYPE), mask=mask)
             else:  # noise: x <- s + sigma * xi
-                tl.store(s_ptr + offs, anchor, mask=mask)
-                xi = noise_normal(seed, step.to(tl.int64), tl.load(indices + t), offs).to(S_DTYPE)
-                tl.store(x_ptr + offs, (anchor + noise_std * xi).to(X_DTYPE), mask=mask)
+                tl.store(s_ptr + offs, anchor_stored.to(S_DTYPE), mask=mask)
+                xi = noise_normal(seed, step.to(tl.int64), tl.load(indices + t), offs).to(C_DTYPE)
+                tl.store(x_ptr + offs, stochastic_round(anchor + noise_std * xi, r_x, ROUNDING).to(X_DTYPE), mask=mask)
 
 
 # ---- tables, cached -------------------------------------------------------------------------------
@@ -191,14 +232,16 @@ def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
     trust = trust_ratios(phase, b, h, grad_scale) if h.lars else None
     dummy = numels  # any device tensor, for pointer arguments that a constexpr switches off
     seed = int(h.seed) & 0xFFFFFFFFFFFFFFFF
+    rounding_mode = {torch.bfloat16: 1, torch.float16: 2}[b.dtype] if b.rounds_stochastically else 0
     _phase_kernel[(total,)](
         table, numels, indices, block_tensor, block_start,
         trust if trust is not None else dummy, grad_scale if grad_scale is not None else dummy,
         found_inf if found_inf is not None else dummy,
         lr, gamma, lr_tensor if lr_tensor is not None else dummy,
         gamma_tensor if gamma_tensor is not None else dummy, float(h.momentum), float(h.dampening), float(h.weight_decay),
-        -1.0 if h.maximize else 1.0, float(h.noise_std), seed,
-        PHASE=int(phase), X_DTYPE=_DTYPES[b.dtype], S_DTYPE=_DTYPES[state_dtype(b.dtype)], MASTER=b.has_master,
+        -1.0 if h.maximize else 1.0, float(h.noise_std), seed, seed ^ ROUNDING_KEY,
+        PHASE=int(phase), X_DTYPE=_DTYPES[b.dtype], S_DTYPE=_DTYPES[b.storage_dtype],
+        C_DTYPE=_DTYPES[state_dtype(b.dtype)], ROUNDING=rounding_mode, MASTER=b.has_master,
         MOMENTUM=bool(b.momenta), NESTEROV=bool(h.nesterov), WD_AFTER_MOMENTUM=bool(h.wd_after_momentum),
         EXTRAPOLATE_WITH_MOMENTUM=bool(h.extrapolate_with_momentum), PAST_GRAD=bool(h.past_grad),
         HAS_TRUST=trust is not None, HAS_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
