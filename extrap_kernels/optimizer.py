@@ -94,8 +94,8 @@ class FusedOptimizer(Optimizer):
         # fp32 (fp64) state; with master_weights=False a 16-bit parameter keeps its own dtype, and a state of
         # the other kind (a checkpoint, or the option switched) is converted
         sdtype = state_dtype(p.dtype) if group.get("master_weights", True) else p.dtype
-        for key in ("anchor", "momentum_buffer"):
-            if key in state and state[key].dtype != sdtype:
+        for key in ("anchor", "momentum_buffer"):  # (any other dtype is corrupt state, refused by the checks)
+            if key in state and state[key].dtype != sdtype and state[key].dtype in (p.dtype, state_dtype(p.dtype)):
                 state[key] = state[key].to(sdtype)
         if group["momentum"] != 0 and "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p, dtype=sdtype, memory_format=torch.contiguous_format)

@@ -69,23 +69,24 @@ def noise_normal(seed, step, index, element):
 @triton.jit
 def stochastic_round(v, random, ROUNDING: tl.constexpr):
     """csrc/extrap_math.h's stochastic_round: v (fp32) to the fp32 value of a bf16 (ROUNDING 1) or fp16
-    (2) neighbour, away from zero with probability equal to the fraction of the gap."""
-    if ROUNDING == 0:
-        return v
-    u = v.to(tl.uint32, bitcast=True)
-    exponent = (u >> 23) & 0xFF
-    if ROUNDING == 1:
-        drop = tl.full(u.shape, 16, tl.uint32)
-    else:
-        drop = 13 + tl.where(exponent < 113, 113 - exponent, 0)
-    mask = (tl.full(u.shape, 1, tl.uint32) << tl.minimum(drop, 23)) - 1
-    rounded = ((u + (random & mask)) & ~mask).to(tl.float32, bitcast=True)
-    if ROUNDING == 2:  # below 2^-24: 0 or 2^-24, the latter with probability |v| / 2^-24
-        uniform = (random >> 8).to(tl.float32) * 5.9604644775390625e-8
-        tiny = tl.where(uniform < tl.abs(v) * 16777216.0, 5.9604644775390625e-8, 0.0)
-        tiny = tl.where(v < 0, -tiny, tiny)
-        rounded = tl.where(drop > 23, tiny, rounded)
-    return tl.where(exponent == 0xFF, v, rounded)
+    (2) neighbour, away from zero with probability equal to the fraction of the gap; 0: v itself."""
+    out = v
+    if ROUNDING != 0:  # (one return at the end: a constexpr-false branch is never compiled)
+        u = v.to(tl.uint32, bitcast=True)
+        exponent = (u >> 23) & 0xFF
+        if ROUNDING == 1:
+            drop = tl.full(u.shape, 16, tl.uint32)
+        else:
+            drop = 13 + tl.where(exponent < 113, 113 - exponent, 0)
+        mask = (tl.full(u.shape, 1, tl.uint32) << tl.minimum(drop, 23)) - 1
+        rounded = ((u + (random & mask)) & ~mask).to(tl.float32, bitcast=True)
+        if ROUNDING == 2:  # below 2^-24: 0 or 2^-24, the latter with probability |v| / 2^-24
+            uniform = (random >> 8).to(tl.float32) * 5.9604644775390625e-8
+            tiny = tl.where(uniform < tl.abs(v) * 16777216.0, 5.9604644775390625e-8, 0.0)
+            tiny = tl.where(v < 0, -tiny, tiny)
+            rounded = tl.where(drop > 23, tiny, rounded)
+        out = tl.where(exponent == 0xFF, v, rounded)
+    return out
 
 
 @triton.jit
