@@ -60,9 +60,9 @@ def box_muller(u1: Tensor, u2: Tensor) -> Tensor:
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(theta)
 
 
-def normal_flat(seed: int, steps: Tensor, indices: Tensor, numels: list[int], device) -> Tensor:
-    """The float32 normals of many parameters at once, concatenated: parameter i contributes numels[i]
-    values keyed by (seed, steps[i], indices[i], 0..numels[i]-1). One vectorized pass, no loop."""
+def bits_flat(seed: int, steps: Tensor, indices: Tensor, numels: list[int], device) -> tuple[Tensor, ...]:
+    """The Philox outputs of many parameters' elements at once, concatenated: parameter i contributes
+    numels[i] counters (element 0..numels[i]-1, indices[i], steps[i]). One vectorized pass, no loop."""
     sizes = torch.tensor(numels, dtype=torch.int64, device=device)
     total = int(sum(numels))
     offsets = torch.cumsum(sizes, 0) - sizes
@@ -70,7 +70,12 @@ def normal_flat(seed: int, steps: Tensor, indices: Tensor, numels: list[int], de
     element = torch.arange(total, dtype=torch.int64, device=device) - offsets[owner]
     steps = steps.to(device=device, dtype=torch.int64)[owner]
     indices = indices.to(device=device, dtype=torch.int64)[owner]
-    c0, c1, _, _ = noise_bits(seed, steps, indices, element)
+    return noise_bits(seed, steps, indices, element)
+
+
+def normal_flat(seed: int, steps: Tensor, indices: Tensor, numels: list[int], device) -> Tensor:
+    """The float32 normals of many parameters at once, concatenated (as bits_flat)."""
+    c0, c1, _, _ = bits_flat(seed, steps, indices, numels, device)
     return box_muller(uniform_from_bits(c0), uniform_from_bits(c1))
 
 

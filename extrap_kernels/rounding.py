@@ -19,14 +19,7 @@ _TWO_POW_24 = 16777216.0
 
 def bits_flat(seed: int, steps: Tensor, indices: Tensor, numels: list[int], device) -> tuple[Tensor, Tensor, Tensor]:
     """(c0, c1, c2) for the elements of many tensors, concatenated (int64 tensors holding uint32)."""
-    sizes = torch.tensor(numels, dtype=torch.int64, device=device)
-    total = int(sum(numels))
-    offsets = torch.cumsum(sizes, 0) - sizes
-    owner = torch.repeat_interleave(torch.arange(len(numels), device=device), sizes, output_size=total)
-    element = torch.arange(total, dtype=torch.int64, device=device) - offsets[owner]
-    step = steps.to(device=device, dtype=torch.int64)[owner]
-    index = indices.to(device=device, dtype=torch.int64)[owner]
-    return philox.noise_bits((int(seed) & 0xFFFFFFFFFFFFFFFF) ^ ROUNDING_KEY, step, index, element)[:3]
+    return philox.bits_flat((int(seed) & 0xFFFFFFFFFFFFFFFF) ^ ROUNDING_KEY, steps, indices, numels, device)[:3]
 
 
 def stochastic_round(value: Tensor, dtype: torch.dtype, random: Tensor) -> Tensor:

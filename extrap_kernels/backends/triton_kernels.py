@@ -55,13 +55,19 @@ def base_update(s, m, g, lr, momentum, dampening, weight_decay, grad_factor, tru
 
 
 @triton.jit
-def noise_normal(seed, step, index, element):
-    """Philox4x32-10 at counter (element lo, element hi, index, step), key seed; Box-Muller."""
+def philox_at(seed, step, index, element):
+    """Philox4x32-10 at counter (element lo, element hi, index, step), key seed: its four outputs."""
     c0 = (element & 0xFFFFFFFF).to(tl.uint32)
     c1 = (element >> 32).to(tl.uint32)
     c2 = tl.zeros_like(c0) + index.to(tl.uint32)
     c3 = tl.zeros_like(c0) + step.to(tl.uint32)
-    r0, r1, _, _ = tl.philox(seed, c0, c1, c2, c3)
+    return tl.philox(seed, c0, c1, c2, c3)
+
+
+@triton.jit
+def noise_normal(seed, step, index, element):
+    """The noise: Box-Muller of the first two Philox outputs."""
+    r0, r1, _, _ = philox_at(seed, step, index, element)
     n0, _ = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(r0), tl.uint_to_uniform_float(r1))
     return n0
 
@@ -90,13 +96,9 @@ def stochastic_round(v, random, ROUNDING: tl.constexpr):
 
 
 @triton.jit
-def rounding_bits(seed, step, index, element):
-    """Philox4x32-10 at the noise's counter under the key seed ^ ROUNDING_KEY: (c0, c1, c2)."""
-    c0 = (element & 0xFFFFFFFF).to(tl.uint32)
-    c1 = (element >> 32).to(tl.uint32)
-    c2 = tl.zeros_like(c0) + index.to(tl.uint32)
-    c3 = tl.zeros_like(c0) + step.to(tl.uint32)
-    r0, r1, r2, _ = tl.philox(seed, c0, c1, c2, c3)
+def rounding_bits(rounding_seed, step, index, element):
+    """The stochastic rounding's bits: the noise's counter under the key seed ^ ROUNDING_KEY; (c0, c1, c2)."""
+    r0, r1, r2, _ = philox_at(rounding_seed, step, index, element)
     return r0, r1, r2
 
 
