@@ -71,6 +71,14 @@ def assert_within(actual: torch.Tensor, expected: torch.Tensor, atol, what: str)
                              f"{actual.flatten()[i].item()} vs {expected.flatten()[i].item()} "
                              f"(err {err.flatten()[i].item():.3g} > {bound.flatten()[i].item():.3g})")
 
+def anchor_of(state: dict, param: torch.Tensor) -> torch.Tensor:
+    """x_t of a parameter's optimizer state, in float64: stored, or (anchor-free past) recomputed as
+    x + last_gamma * m."""
+    if "anchor" in state:
+        return state["anchor"].double()
+    return param.detach().double() + state["last_gamma"].double() * state["momentum_buffer"].double()
+
+
 over_backends = pytest.mark.parametrize("backend", CPU_BACKENDS)
 
 

@@ -13,7 +13,7 @@ import extrap_kernels as ek
 from extrap_kernels import reference
 from extrap_kernels.bucket import Bucket, Hyper, Phase, state_dtype
 
-from conftest import CPU_BACKENDS, DTYPES, over_backends, assert_within, noise_tolerance, output_ulp, state_eps, trajectory_tolerance
+from conftest import CPU_BACKENDS, DTYPES, anchor_of, over_backends, assert_within, noise_tolerance, output_ulp, state_eps, trajectory_tolerance
 
 # 0, 1, odd, power-of-two, and sizes across the CPU kernel's 65536-element chunks
 SIZES = [0, 1, 2, 3, 5, 17, 64, 255, 1000, 4097, 65536 + 3]
@@ -88,13 +88,6 @@ def test_trajectory_matches_reference(backend, opts, dtype, sizes, grad_scale, d
                 assert_within(opt.state[p]["last_gamma"], oracle.state[q]["last_gamma"],
                               state_eps(dtype) * expected + torch.finfo(state_dtype(dtype)).tiny, f"step {step} gamma {i}")
             assert float(opt.state[p]["step"]) == step + 1
-
-
-def anchor_of(state: dict, param: torch.Tensor) -> torch.Tensor:
-    """x_t, stored or (anchor-free past) recomputed as x + last_gamma * m, in float64."""
-    if "anchor" in state:
-        return state["anchor"].double()
-    return param.detach().double() + state["last_gamma"].double() * state["momentum_buffer"].double()
 
 
 def _bucket(params, grads, anchors, momenta, step, phase=Phase.UPDATE_PAST, last_gammas=()):

@@ -175,13 +175,15 @@ EXTRAP_SIMD_CLONES void run_span_in_place(scalar_t* __restrict__ x, const scalar
   }
 }
 
-template <Phase P, typename scalar_t, typename state_t>
+template <Phase P, typename scalar_t, typename state_t, typename acc>
 void skip_span(scalar_t* x, state_t* s, int64_t begin, int64_t end) {
   constexpr bool kMaster = !std::is_same<scalar_t, state_t>::value;
   if constexpr (!skip_stores_anchor<P, kMaster>() && !skip_stores_param<P>()) return;  // nothing moves
-  for (int64_t i = begin; i < end; ++i) {  // copies between x and s: exact, whatever their types
-    if constexpr (skip_stores_anchor<P, kMaster>()) s[i] = static_cast<state_t>(x[i]);
-    if constexpr (skip_stores_param<P>()) x[i] = static_cast<scalar_t>(s[i]);
+  for (int64_t i = begin; i < end; ++i) {
+    acc xv = static_cast<acc>(x[i]), sv = static_cast<acc>(s[i]);
+    skipped_element<P, kMaster>(xv, sv);
+    if constexpr (skip_stores_anchor<P, kMaster>()) s[i] = static_cast<state_t>(sv);
+    if constexpr (skip_stores_param<P>()) x[i] = static_cast<scalar_t>(xv);
   }
 }
 
@@ -228,7 +230,7 @@ void run_launch(const Launch& L, bool skip, double inv_scale) {
       auto* x = L.params[t].data_ptr<scalar_t>();
       auto* s = P == kUpdatePastAnchorFree ? nullptr : L.anchor(t).data_ptr<state_t>();
       if (skip) {
-        skip_span<P, scalar_t, state_t>(x, s, begin, end);
+        skip_span<P, scalar_t, state_t, acc>(x, s, begin, end);
         continue;
       }
       const auto* g = L.grads[t].data_ptr<scalar_t>();
