@@ -5,6 +5,9 @@
 // launcher (csrc/cpu), the CUDA launcher (csrc/cuda), or nothing for meta tensors (FakeTensor and
 // torch.compile tracing run the checks only). These checks are the only per-step validation of the
 // fused backends: nothing is written before all of them pass.
+//
+// Built with EXTRAP_CUDA_EMULATION (csrc/emulation), the same operators are registered under the namespace
+// extrap_kernels_cuda_emulation, for CPU tensors, and run the CUDA launcher's code on the host.
 #include <torch/csrc/jit/python/pybind_utils.h>
 #include <torch/extension.h>
 #include <torch/library.h>
@@ -19,8 +22,26 @@
 
 #include "launch.h"
 
+#ifdef EXTRAP_CUDA_EMULATION
+#define EXTRAP_OPS extrap_kernels_cuda_emulation
+#else
+#define EXTRAP_OPS extrap_kernels
+#endif
+#define EXTRAP_STRING(x) EXTRAP_STRING_(x)
+#define EXTRAP_STRING_(x) #x
+// (TORCH_LIBRARY pastes its namespace argument: expanded one level up)
+#define EXTRAP_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define EXTRAP_LIBRARY_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
+
 namespace extrap {
 namespace {
+
+constexpr const char* kNamespace = EXTRAP_STRING(EXTRAP_OPS);
+#ifdef EXTRAP_CUDA_EMULATION
+constexpr bool kEmulatesCuda = true;
+#else
+constexpr bool kEmulatesCuda = false;
+#endif
 
 // The schema of every phase operator, and of `check` (phase first, nothing written). Tensor lists that a
 // phase writes are marked mutable (x, s, m, the step counts and the anchor-free update's last gammas);
@@ -168,18 +189,37 @@ void check_launch(const Launch& L) {
   TORCH_CHECK_VALUE(!L.found_inf || L.found_inf->numel() == 1, "extrap_kernels: found_inf must have one element");
 }
 
-#ifdef EXTRAP_WITH_CUDA
+#if defined(EXTRAP_WITH_CUDA) || defined(EXTRAP_CUDA_EMULATION)
 // After an anchor-free launch on the device (same stream, so after its kernels read them): x was
 // extrapolated with this gamma, unless found_inf skipped the update. No host synchronization.
 void record_gamma_cuda(const Launch& L) {
   const auto options = L.last_gammas[0].options();
   const at::Tensor gamma = L.gamma_tensor ? L.gamma_tensor->reshape({}) : at::scalar_tensor(L.gamma, options);
   if (L.found_inf) {
-    const at::Tensor kept = at::where(L.found_inf->ne(0), at::stack(L.last_gammas), gamma);
+    const at::Tensor kept = at::where(L.found_inf->reshape({}).ne(0), at::stack(L.last_gammas), gamma);
     at::_foreach_copy_(L.last_gammas, kept.unbind());
   } else {
     at::_foreach_copy_(L.last_gammas, std::vector<at::Tensor>(L.last_gammas.size(), gamma));
   }
+}
+#endif
+
+#if defined(EXTRAP_WITH_CUDA) || defined(EXTRAP_CUDA_EMULATION)
+// The CUDA launcher's launch, on the device's current stream (L.stream): the step counted and the
+// anchor-free gamma recorded by device ops, so that nothing synchronizes with the host.
+void run_cuda(Launch L) {
+  if (L.grad_scale) L.grad_scale = L.grad_scale->to(at::kFloat);  // the kernel reads float32 (GradScaler's)
+  if (L.found_inf) L.found_inf = L.found_inf->to(at::kFloat);
+  if (L.counts_step()) {  // a skipped step (found_inf) is not counted
+    if (L.found_inf) {
+      // (_foreach_add_ takes a 0-dim tensor; GradScaler's found_inf has shape [1])
+      at::_foreach_add_(L.steps, L.found_inf->reshape({}).eq(0).to(at::kFloat));
+    } else {
+      at::_foreach_add_(L.steps, 1.0);
+    }
+  }
+  apply_cuda(L);
+  if (L.anchor_free()) record_gamma_cuda(L);
 }
 #endif
 
@@ -188,27 +228,20 @@ void run(Launch L) {
   if (L.params.empty()) return;
   const auto& device = L.params[0].device();
   if (device.is_meta()) return;  // shapes and dtypes only (FakeTensor, torch.compile)
+#ifdef EXTRAP_CUDA_EMULATION
+  if (device.is_cpu()) return run_cuda(std::move(L));  // the CUDA launcher, emulated on the host
+#else
   if (device.is_cpu()) {
     if (L.lr_tensor) L.lr = std::exchange(L.lr_tensor, std::nullopt)->item<double>();
     if (L.gamma_tensor) L.gamma = std::exchange(L.gamma_tensor, std::nullopt)->item<double>();
     return apply_cpu(L);
   }
+#endif
 #ifdef EXTRAP_WITH_CUDA
   if (device.is_cuda()) {
     const c10::cuda::CUDAGuard guard(device);
     L.stream = reinterpret_cast<int64_t>(c10::cuda::getCurrentCUDAStream(device.index()).stream());
-    if (L.grad_scale) L.grad_scale = L.grad_scale->to(at::kFloat);  // the kernel reads float32 (GradScaler's)
-    if (L.found_inf) L.found_inf = L.found_inf->to(at::kFloat);
-    if (L.counts_step()) {  // on the device: a skipped step (found_inf) is not counted, no host sync
-      if (L.found_inf) {
-        at::_foreach_add_(L.steps, L.found_inf->eq(0).to(at::kFloat));
-      } else {
-        at::_foreach_add_(L.steps, 1.0);
-      }
-    }
-    apply_cuda(L);
-    if (L.anchor_free()) record_gamma_cuda(L);
-    return;
+    return run_cuda(std::move(L));
   }
 #endif
   TORCH_CHECK(false, "extrap_kernels: this build has no kernel for device ", device);
@@ -268,7 +301,7 @@ class PreparedCall {
   // `arguments`: the operator's arguments by schema name (defaults fill the rest); the per-step ones
   // are given at each call.
   PreparedCall(const std::string& name, const py::dict& arguments)
-      : op_(c10::Dispatcher::singleton().findSchemaOrThrow(("extrap_kernels::" + name).c_str(), "")) {
+      : op_(c10::Dispatcher::singleton().findSchemaOrThrow((std::string(kNamespace) + "::" + name).c_str(), "")) {
     const auto& schema = op_.schema().arguments();
     for (size_t i = 0; i < schema.size(); ++i) {
       const auto& argument = schema[i];
@@ -308,21 +341,21 @@ class PreparedCall {
 }  // namespace
 }  // namespace extrap
 
-TORCH_LIBRARY(extrap_kernels, m) {
+EXTRAP_LIBRARY(EXTRAP_OPS, m) {
   for (const char* name : extrap::kPhaseOps) m.def(extrap::schema(name, true).c_str());
   m.def(extrap::schema("check", false).c_str());
 }
 
-TORCH_LIBRARY_IMPL(extrap_kernels, CPU, m) { extrap::register_kernels(m); }
+EXTRAP_LIBRARY_IMPL(EXTRAP_OPS, CPU, m) { extrap::register_kernels(m); }
 // An optimizer step has no gradient: autograd passes the operators straight through (no graph, no
 // per-tensor requires_grad walk), as it does for torch's own fused optimizers under no_grad.
-TORCH_LIBRARY_IMPL(extrap_kernels, Autograd, m) {
+EXTRAP_LIBRARY_IMPL(EXTRAP_OPS, Autograd, m) {
   for (const char* name : extrap::kPhaseOps) m.impl(name, torch::CppFunction::makeFallthrough());
   m.impl("check", torch::CppFunction::makeFallthrough());
 }
-TORCH_LIBRARY_IMPL(extrap_kernels, Meta, m) { extrap::register_kernels(m); }
+EXTRAP_LIBRARY_IMPL(EXTRAP_OPS, Meta, m) { extrap::register_kernels(m); }
 #ifdef EXTRAP_WITH_CUDA
-TORCH_LIBRARY_IMPL(extrap_kernels, CUDA, m) { extrap::register_kernels(m); }
+EXTRAP_LIBRARY_IMPL(EXTRAP_OPS, CUDA, m) { extrap::register_kernels(m); }
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -331,10 +364,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("noise", &extrap::noise, "Philox bits and normals of one parameter (test hook)", py::arg("seed"),
         py::arg("step"), py::arg("index"), py::arg("numel"));
   m.attr("cpu_stream_above") = extrap::kCpuStreamAbove;
+  m.attr("ops_namespace") = extrap::kNamespace;  // torch.ops.<this>
   py::class_<extrap::PreparedCall>(m, "PreparedCall", "An operator call with its unchanging arguments converted once")
       .def(py::init<const std::string&, const py::dict&>(), py::arg("name"), py::arg("arguments"))
       .def("__call__", &extrap::PreparedCall::call, py::arg("grads"), py::arg("trust"), py::arg("grad_scale"),
            py::arg("found_inf"));
+  m.attr("emulates_cuda") = extrap::kEmulatesCuda;
 #ifdef EXTRAP_WITH_CUDA
   m.attr("has_cuda") = true;
 #else

@@ -102,8 +102,8 @@ constexpr int64_t kCpuStreamAbove = 1 << 22;
 // The launchers count the step of an update phase themselves (after every check, before any kernel
 // reads it): the CPU one on the host, where found_inf is already known, the CUDA one on the device.
 void apply_cpu(const Launch& L);
-#ifdef EXTRAP_WITH_CUDA
-void apply_cuda(const Launch& L);
+#if defined(EXTRAP_WITH_CUDA) || defined(EXTRAP_CUDA_EMULATION)
+void apply_cuda(const Launch& L);  // (emulated: CPU tensors, csrc/cuda/runtime.h)
 #endif
 
 }  // namespace extrap

@@ -112,7 +112,7 @@ class Launch:
         call = self._calls.get(check)
         if call is None:
             phase, bucket, hyper, _ = self.work
-            call = extension.prepared_call(phase, bucket, hyper, check=check)
+            call = extension.prepared_call(phase, bucket, hyper, check=check, backend=self.work.backend.name)
             if not self.live_rates:
                 self._calls[check] = call
         return call

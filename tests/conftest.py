@@ -10,6 +10,9 @@ import torch
 # Without a GPU the Triton kernels run on CPU tensors in Triton's interpreter; it is chosen when the
 # kernels are defined, so before extrap_kernels is imported.
 os.environ.setdefault("TRITON_INTERPRET", "0" if torch.cuda.is_available() else "1")
+# Likewise the CUDA launcher and kernels run on CPU tensors in their host emulation (csrc/emulation), built
+# just in time: the `cuda` backend is then one of the CPU backends below, under every test that runs them.
+os.environ.setdefault("EXTRAP_CUDA_EMULATION", "1")
 from hypothesis import HealthCheck, settings
 
 import extrap_kernels as ek
@@ -77,6 +80,15 @@ def anchor_of(state: dict, param: torch.Tensor) -> torch.Tensor:
     if "anchor" in state:
         return state["anchor"].double()
     return param.detach().double() + state["last_gamma"].double() * state["momentum_buffer"].double()
+
+
+def phase_bucket(params, grads, anchors, momenta, step, phase=ek.bucket.Phase.UPDATE_PAST, last_gammas=()):
+    """A bucket as the optimizers build it, for one launch of `phase`; the anchor-free update's parameters
+    are their own anchors."""
+    anchor_free = phase == ek.bucket.Phase.UPDATE_PAST_ANCHOR_FREE
+    return ek.bucket.Bucket(params=params, grads=grads, anchors=params if anchor_free else anchors, momenta=momenta,
+                            steps=[torch.tensor(float(step)) for _ in params], indices=list(range(len(params))),
+                            last_gammas=[t.clone() for t in last_gammas] if anchor_free else [])
 
 
 over_backends = pytest.mark.parametrize("backend", CPU_BACKENDS)

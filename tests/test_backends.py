@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 import extrap_kernels as ek
 from extrap_kernels import reference
-from extrap_kernels.bucket import Bucket, Hyper, Phase, state_dtype
+from extrap_kernels.bucket import Hyper, Phase, state_dtype
 
-from conftest import CPU_BACKENDS, DTYPES, anchor_of, over_backends, assert_within, noise_tolerance, output_ulp, state_eps, trajectory_tolerance
+from conftest import CPU_BACKENDS, DTYPES, anchor_of, phase_bucket, over_backends, assert_within, noise_tolerance, output_ulp, state_eps, trajectory_tolerance
 
 # 0, 1, odd, power-of-two, and sizes across the CPU kernel's 65536-element chunks
 SIZES = [0, 1, 2, 3, 5, 17, 64, 255, 1000, 4097, 65536 + 3]
@@ -90,15 +90,6 @@ def test_trajectory_matches_reference(backend, opts, dtype, sizes, grad_scale, d
             assert float(opt.state[p]["step"]) == step + 1
 
 
-def _bucket(params, grads, anchors, momenta, step, phase=Phase.UPDATE_PAST, last_gammas=()):
-    """A bucket as the optimizers build it; the anchor-free update's parameters are their own anchors."""
-    if phase == Phase.UPDATE_PAST_ANCHOR_FREE:
-        anchors = params
-    return Bucket(params=params, grads=grads, anchors=anchors, momenta=momenta,
-                  steps=[torch.tensor(float(step)) for _ in params], indices=list(range(len(params))),
-                  last_gammas=[t.clone() for t in last_gammas] if phase == Phase.UPDATE_PAST_ANCHOR_FREE else [])
-
-
 def anchor_free_case(phase, opts, dtype):
     """The options and dtype a phase runs with: the anchor-free update only exists with heavy-ball
     momentum on full-precision parameters (bucket.anchor_free_applies)."""
@@ -126,8 +117,8 @@ def test_one_phase_against_float64_reference(backend, phase, opts, dtype, sizes,
     hyper = Hyper(**{k: v for k, v in opts.items() if k not in ("mode", "past", "gamma")},
                   gamma=gamma, past_grad=opts["past"] == "grad")
     last = [torch.rand((), generator=gen, dtype=sdtype) * 0.3 for _ in sizes]
-    ours = _bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], step, phase, last)
-    oracle = _bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], step, phase, last)
+    ours = phase_bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], step, phase, last)
+    oracle = phase_bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], step, phase, last)
     ek.backends.resolve(backend, torch.device("cpu")).apply(phase, ours, hyper, None, None)
     reference.apply(phase, oracle, hyper, compute_dtype=torch.float64)
     magnitude = max([1.0] + [float(t.abs().max()) for t in (*x, *g, *s, *m) if t.numel()])
@@ -161,8 +152,8 @@ def test_large_launch_with_streaming_stores(phase, dtype):
     m = [torch.randn(n, generator=gen, dtype=sdtype) for n in sizes]
     hyper = Hyper(lr=0.1, gamma=0.05, momentum=0.9, weight_decay=1e-3, noise_std=0.01, seed=3)
     last = [torch.tensor(0.04) for _ in sizes]
-    ours = _bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], 3, phase, last)
-    oracle = _bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], 3, phase, last)
+    ours = phase_bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], 3, phase, last)
+    oracle = phase_bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], 3, phase, last)
     ek.backends.resolve("cpu", torch.device("cpu")).apply(phase, ours, hyper, None, None)
     reference.apply(phase, oracle, hyper, compute_dtype=torch.float64)
     magnitude = max(float(t.abs().max()) for t in (*x, *g, *s, *m))

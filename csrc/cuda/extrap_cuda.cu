@@ -7,17 +7,20 @@
 // The stream and the current device come from the operator entry (csrc/bindings.cpp), so this file needs only
 // ATen's host headers and the CUDA runtime.
 #include <ATen/Dispatch.h>
-#include <cuda_runtime.h>
 
 #include <type_traits>
 
 #include "../launch.h"
 #include "multi_tensor_apply.cuh"
+#include "runtime.h"
 
 namespace extrap {
 namespace {
 
-constexpr int kThreads = 512;
+#ifndef EXTRAP_CUDA_THREADS
+#define EXTRAP_CUDA_THREADS 512  // (the host emulation runs with fewer: csrc/emulation)
+#endif
+constexpr int kThreads = EXTRAP_CUDA_THREADS;
 // Elements per thread per iteration: a 16-byte load of the parameter dtype (4 fp32, 8 bf16/fp16; fp64
 // takes 4, two 16-byte loads). The fp32 state of a 16-bit parameter then moves in 32-byte pieces.
 template <typename scalar_t>
@@ -128,8 +131,8 @@ void launch_phase(const Launch& L) {
   auto stream = reinterpret_cast<cudaStream_t>(L.stream);
   multi_tensor_apply(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas,
                      [&](TensorTable& table, int blocks) {
-    phase_kernel<P, kMomentum, scalar_t, state_t, acc><<<blocks, kThreads, 0, stream>>>(table, h, trust, grad_scale,
-                                                                                found_inf, lr, gamma);
+    launch_kernel(phase_kernel<P, kMomentum, scalar_t, state_t, acc>, blocks, kThreads, stream, table, h, trust,
+                  grad_scale, found_inf, lr, gamma);
     const cudaError_t err = cudaGetLastError();
     TORCH_CHECK(err == cudaSuccess, "extrap_kernels: CUDA launch failed: ", cudaGetErrorString(err));
   });

@@ -13,9 +13,16 @@ namespace extrap {
 // Since CUDA 12.1 a kernel on Volta or newer takes up to 32764 bytes of arguments (4 KB before, Apex's
 // limit of 36 tensors). A 26 KB table covers a ResNet-50 (161 tensors, ~400 chunks) or a GPT-2 small
 // (148 tensors, ~2000 chunks) parameter list in ONE launch per phase.
-constexpr int kMaxTensors = 192;   // table entries per launch
-constexpr int kMaxBlocks = 2560;   // blocks per launch
-constexpr int64_t kChunkSize = 65536;  // elements per block; a multiple of every vector width
+// (The host emulation, csrc/emulation, builds with small limits, so that its tests cross every boundary.)
+#ifndef EXTRAP_TABLE_TENSORS
+#define EXTRAP_TABLE_TENSORS 192
+#define EXTRAP_TABLE_BLOCKS 2560
+#define EXTRAP_CHUNK_SIZE 65536
+#endif
+constexpr int kMaxTensors = EXTRAP_TABLE_TENSORS;   // table entries per launch
+constexpr int kMaxBlocks = EXTRAP_TABLE_BLOCKS;     // blocks per launch
+constexpr int64_t kChunkSize = EXTRAP_CHUNK_SIZE;   // elements per block
+static_assert(kChunkSize % 8 == 0, "a chunk must be a multiple of every vector width");
 
 struct TensorTable {
   void* x[kMaxTensors];

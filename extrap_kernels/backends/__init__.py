@@ -23,7 +23,7 @@ class Backend:
     module: str  # where `apply` lives
     needs_contiguous: bool  # fused kernels walk raw memory
     devices: tuple[str, ...] | None  # device types it runs on; None: any
-    available: Callable[[], bool]
+    available: Callable[[torch.device], bool]  # can run on this (supported) device in this process
     validates: bool = False  # the extension's operators check every launch themselves (csrc/bindings.cpp)
 
     @property
@@ -34,7 +34,7 @@ class Backend:
         return self.devices is None or device.type in self.devices
 
 
-def _triton_available() -> bool:
+def _triton_available(device: torch.device) -> bool:
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -47,12 +47,17 @@ def _triton_devices() -> tuple[str, ...]:
     return ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET") == "1" else ("cuda",)
 
 
+def _cuda_devices() -> tuple[str, ...]:
+    """The CUDA launcher runs on CUDA devices; its host emulation (EXTRAP_CUDA_EMULATION=1) on CPU tensors."""
+    return ("cuda", "cpu") if _ext.cuda_emulation_requested() else ("cuda",)
+
+
 BACKENDS = {
-    "reference": Backend("reference", "..reference", False, None, lambda: True),
-    "foreach": Backend("foreach", ".foreach", False, None, lambda: True),
-    "cpu": Backend("cpu", ".cpu", True, ("cpu",), lambda: _ext.load() is not None, validates=True),
-    "cuda": Backend("cuda", ".cuda", True, ("cuda",), lambda: importlib.import_module(".cuda", __package__).available(),
-                    validates=True),
+    "reference": Backend("reference", "..reference", False, None, lambda device: True),
+    "foreach": Backend("foreach", ".foreach", False, None, lambda device: True),
+    "cpu": Backend("cpu", ".cpu", True, ("cpu",), lambda device: _ext.load() is not None, validates=True),
+    "cuda": Backend("cuda", ".cuda", True, _cuda_devices(),
+                    lambda device: importlib.import_module(".cuda", __package__).available(device), validates=True),
     "triton": Backend("triton", ".triton_kernels", True, _triton_devices(), _triton_available),
 }
 
@@ -64,7 +69,7 @@ def names() -> tuple[str, ...]:
 def available(device: torch.device | str = "cpu") -> list[str]:
     """The backends that can run a bucket on `device` in this process."""
     device = torch.device(device)
-    return [n for n, b in BACKENDS.items() if b.supports(device) and b.available()]
+    return [n for n, b in BACKENDS.items() if b.supports(device) and b.available(device)]
 
 
 def check_name(name: str) -> None:
@@ -78,15 +83,18 @@ def resolve(name: str, device: torch.device) -> Backend:
         # (on CPU, Triton's interpreter is for testing, never a default)
         for candidate in ("cpu",) if device.type == "cpu" else ("cuda", "triton"):
             backend = BACKENDS[candidate]
-            if backend.supports(device) and backend.available():
+            if backend.supports(device) and backend.available(device):
                 return backend
         return BACKENDS["foreach"]
     check_name(name)
     backend = BACKENDS[name]
     if not backend.supports(device):
         raise ValueError(f"backend {name!r} does not run on {device.type} tensors")
-    if not backend.available():
-        detail = getattr(_ext.load, "error", "")
-        raise RuntimeError(f"backend {name!r} is not available: the extension is not built ({detail}); "
-                           "run `pip install --no-build-isolation -e .` or set EXTRAP_JIT=1")
+    if not backend.available(device):
+        if name == "cuda" and device.type == "cpu":
+            raise RuntimeError(f"backend 'cuda' on CPU tensors is the CUDA launcher's host emulation, which is not "
+                               f"available: {getattr(_ext.load_cuda_emulation, 'error', '')}")
+        raise RuntimeError(f"backend {name!r} is not available: the extension is not built "
+                           f"({getattr(_ext.load, 'error', '')}); run `pip install --no-build-isolation -e .` or "
+                           "set EXTRAP_JIT=1")
     return backend

@@ -1,6 +1,8 @@
 """The extension's backends, `cpu` (csrc/cpu) and `cuda` (csrc/cuda): one multi-tensor pass per phase,
 called as the PyTorch operator torch.ops.extrap_kernels.<phase>_ (csrc/bindings.cpp). The operator
-validates its whole launch in C++ before writing anything and counts the step of an update phase."""
+validates its whole launch in C++ before writing anything and counts the step of an update phase.
+The `cuda` backend on CPU tensors (EXTRAP_CUDA_EMULATION=1) calls the same operators of the CUDA launcher's
+host emulation instead, registered as torch.ops.extrap_kernels_cuda_emulation.<phase>_."""
 from __future__ import annotations
 
 import torch
@@ -13,10 +15,19 @@ from ..lars import trust_ratios
 OPS = ("extrapolate_", "update_", "update_past_", "update_noise_", "update_past_anchor_free_")  # in Phase order
 
 
-def operator(phase: Phase):
-    """torch.ops.extrap_kernels.<phase>_ (the extension registers it when it is loaded)."""
-    _ext.load()
-    return getattr(torch.ops.extrap_kernels, OPS[phase]).default
+def extension(backend: str, device: torch.device):
+    """The compiled module whose operators run `backend` on `device`: the extension, or for the `cuda`
+    backend on CPU tensors the CUDA launcher's host emulation."""
+    if backend == "cuda" and device.type == "cpu":
+        return _ext.load_cuda_emulation()
+    return _ext.load()
+
+
+def operator(phase: Phase, ext=None):
+    """torch.ops.extrap_kernels.<phase>_ (the extension registers it when it is loaded), or the same
+    operator of another build `ext` of the bindings."""
+    ext = ext or _ext.load()
+    return getattr(getattr(torch.ops, ext.ops_namespace), OPS[phase]).default
 
 
 def _as_int64(seed: int) -> int:
@@ -45,7 +56,7 @@ def hyper_kwargs(h: Hyper, b: Bucket) -> dict:
                 noise_std=float(h.noise_std), seed=_as_int64(h.seed), master_weights=b.master)
 
 
-def prepared_call(phase: Phase, b: Bucket, h: Hyper, check: bool = False):
+def prepared_call(phase: Phase, b: Bucket, h: Hyper, check: bool = False, backend: str = "cpu"):
     """The operator call of `phase` over `b` (or, `check`, its validation alone) with every argument
     converted once but the per-step ones: call it as (grads, trust, grad_scale, found_inf). The
     optimizers' per-step path (extrap_kernels/plan.py): it saves converting the parameter and state
@@ -55,12 +66,12 @@ def prepared_call(phase: Phase, b: Bucket, h: Hyper, check: bool = False):
                      last_gammas=last_gammas, **hyper_kwargs(h, b))
     if check:
         arguments["phase"] = int(phase)
-    return _ext.load().PreparedCall("check" if check else OPS[phase], arguments)
+    return extension(backend, b.device).PreparedCall("check" if check else OPS[phase], arguments)
 
 
 def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
-          found_inf: Tensor | None = None) -> None:
+          found_inf: Tensor | None = None, backend: str = "cpu") -> None:
     """One bucket through the operator of its phase."""
     trust = trust_ratios(phase, b, h, grad_scale) if h.lars else None
-    operator(phase)(b.params, b.grads, *tensor_args(phase, b), **hyper_kwargs(h, b), trust=trust,
+    operator(phase, extension(backend, b.device))(b.params, b.grads, *tensor_args(phase, b), **hyper_kwargs(h, b), trust=trust,
                     grad_scale=grad_scale, found_inf=found_inf)
