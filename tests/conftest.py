@@ -82,6 +82,11 @@ def anchor_of(state: dict, param: torch.Tensor) -> torch.Tensor:
     return param.detach().double() + state["last_gamma"].double() * state["momentum_buffer"].double()
 
 
+def misaligned_copy(t: torch.Tensor) -> torch.Tensor:
+    """A copy of `t` one element into its storage: no longer 16-byte aligned (clone() would align it)."""
+    return torch.empty(t.numel() + 1, dtype=t.dtype)[1:].view(t.shape).copy_(t)
+
+
 def phase_bucket(params, grads, anchors, momenta, step, phase=ek.bucket.Phase.UPDATE_PAST, last_gammas=()):
     """A bucket as the optimizers build it, for one launch of `phase`; the anchor-free update's parameters
     are their own anchors."""

@@ -13,7 +13,7 @@ import extrap_kernels as ek
 from extrap_kernels import reference
 from extrap_kernels.bucket import Hyper, Phase, state_dtype
 
-from conftest import CPU_BACKENDS, DTYPES, anchor_of, phase_bucket, over_backends, assert_within, noise_tolerance, output_ulp, state_eps, trajectory_tolerance
+from conftest import CPU_BACKENDS, DTYPES, anchor_of, misaligned_copy, phase_bucket, over_backends, assert_within, noise_tolerance, output_ulp, state_eps, trajectory_tolerance
 
 # 0, 1, odd, power-of-two, and sizes across the CPU kernel's 65536-element chunks
 SIZES = [0, 1, 2, 3, 5, 17, 64, 255, 1000, 4097, 65536 + 3]
@@ -170,3 +170,41 @@ def test_tolerance_is_tight_enough_to_fail():
     rounded its state to 16 bits would fail the tests above."""
     assert trajectory_tolerance(torch.float32, 1, 1.0, 0.0) < torch.finfo(torch.bfloat16).eps / 100
     assert state_eps(torch.bfloat16) == torch.finfo(torch.float32).eps
+
+
+@over_backends
+@pytest.mark.parametrize("phase", list(Phase), ids=lambda p: p.name.lower())
+@pytest.mark.parametrize("misaligned", [False, True], ids=["aligned", "misaligned"])
+def test_whole_blocks_and_misaligned_buckets(backend, phase, misaligned):
+    """A bucket whose tensors all start on 16 bytes takes the kernels' vector paths (Triton: unmasked whole
+    blocks, with alignment hints; CUDA and CPU: vector loops), one misaligned tensor (a storage offset of one
+    element) the scalar ones for it or, in Triton, for the whole bucket: both give the reference's values."""
+    sizes = [2 * 16384 + 5, 2 * 65536, 17]
+    gen = torch.Generator().manual_seed(int(phase) + 10 * misaligned)
+    x = [torch.randn(n, generator=gen) for n in sizes]
+    g = [torch.randn(n, generator=gen) for n in sizes]
+    s = [t + 0.01 * torch.randn(t.shape, generator=gen) for t in x]
+    m = [torch.randn(n, generator=gen) for n in sizes]
+    last = [torch.tensor(0.04) for _ in sizes]
+    hyper = Hyper(lr=0.1, gamma=0.05, momentum=0.9, weight_decay=1e-3, noise_std=0.01, seed=5)
+
+    def copy(t, i):  # the last tensor one element into its storage when misaligned
+        return misaligned_copy(t) if misaligned and i == 2 else t.clone()
+
+    ours = phase_bucket([copy(t, i) for i, t in enumerate(x)], [copy(t, i) for i, t in enumerate(g)],
+                        [copy(t, i) for i, t in enumerate(s)], [copy(t, i) for i, t in enumerate(m)], 2, phase, last)
+    oracle = phase_bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], 2, phase, last)
+    assert (ours.params[2].data_ptr() % 16 != 0) is misaligned
+    if backend == "triton":
+        from extrap_kernels.backends import triton_kernels
+
+        assert triton_kernels._tables(ours)[-1] is not misaligned  # the bucket's ALIGNED switch
+    ek.backends.resolve(backend, torch.device("cpu")).apply(phase, ours, hyper, None, None)
+    reference.apply(phase, oracle, hyper, compute_dtype=torch.float64)
+    magnitude = max(float(t.abs().max()) for t in (*x, *g, *s, *m))
+    tol = trajectory_tolerance(torch.float32, 1, magnitude, 0.9)
+    x_tol = tol + (noise_tolerance(0.01) if phase == Phase.UPDATE_NOISE else 0.0)
+    for i in range(len(sizes)):
+        assert_within(ours.params[i], oracle.params[i], x_tol, f"x {i}")
+        assert_within(ours.anchors[i], oracle.anchors[i], tol, f"s {i}")
+        assert_within(ours.momenta[i], oracle.momenta[i], tol, f"m {i}")

@@ -15,7 +15,8 @@ import extrap_kernels as ek
 from extrap_kernels import reference
 from extrap_kernels.bucket import Hyper, Phase, state_dtype
 
-from conftest import CPU_BACKENDS, assert_within, noise_tolerance, output_ulp, phase_bucket, trajectory_tolerance
+from conftest import (CPU_BACKENDS, assert_within, misaligned_copy, noise_tolerance, output_ulp, phase_bucket,
+                      trajectory_tolerance)
 
 LIMITS = ek._ext.EMULATION_LIMITS
 CHUNK, BLOCKS, TENSORS = LIMITS["EXTRAP_CHUNK_SIZE"], LIMITS["EXTRAP_TABLE_BLOCKS"], LIMITS["EXTRAP_TABLE_TENSORS"]
@@ -58,20 +59,27 @@ def test_the_cases_reach_the_boundaries():
     assert any(n % 8 for n in CASES["vector-tails"][0])
 
 
-def _inputs(sizes, misaligned, dtype, gen, momentum):
+def _inputs(sizes, dtype, gen, momentum):
     sdtype = state_dtype(dtype)
-
-    def tensor(n, i, dt):
-        if i in misaligned:  # one element in: no 16-byte alignment, the kernel's scalar path
-            return torch.randn(n + 1, generator=gen).to(dt)[1:]
-        return torch.randn(n, generator=gen).to(dt)
-
-    x = [tensor(n, i, dtype) for i, n in enumerate(sizes)]
-    g = [tensor(n, i, dtype) for i, n in enumerate(sizes)]
+    x = [torch.randn(n, generator=gen).to(dtype) for n in sizes]
+    g = [torch.randn(n, generator=gen).to(dtype) for n in sizes]
     s = [t.to(sdtype) + 0.01 * torch.randn(t.shape, generator=gen, dtype=sdtype) for t in x]
-    m = [tensor(n, i, sdtype) for i, n in enumerate(sizes)] if momentum else []
+    m = [torch.randn(n, generator=gen, dtype=sdtype) for n in sizes] if momentum else []
     last = [torch.rand((), generator=gen, dtype=sdtype) * 0.3 for _ in sizes]
     return x, g, s, m, last
+
+
+def _buckets(phase, sizes, misaligned, x, g, s, m, last):
+    """The launch's bucket and the oracle's, on copies; the tensors listed in `misaligned` start one element
+    into their storage in the launch's (no 16-byte alignment: the kernel's scalar path)."""
+    def copy(tensors):
+        return [misaligned_copy(t) if i in misaligned else t.clone() for i, t in enumerate(tensors)]
+
+    ours = phase_bucket(copy(x), copy(g), copy(s), copy(m), 3, phase, last)
+    for i in misaligned:
+        assert ours.params[i].data_ptr() % 16 != 0
+    oracle = phase_bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], 3, phase, last)
+    return ours, oracle
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -90,11 +98,10 @@ def test_launch_boundaries_against_reference(case, phase, dtype, variant):
         lr, gamma = torch.tensor(0.1), torch.tensor(0.05)
     hyper = Hyper(lr=lr, gamma=gamma, momentum=momentum, weight_decay=1e-3, noise_std=0.01, seed=11)
     grad_scale = torch.tensor([512.0]) if variant == "grad-scale" else None
-    x, g, s, m, last = _inputs(sizes, misaligned, dtype, gen, momentum)
+    x, g, s, m, last = _inputs(sizes, dtype, gen, momentum)
     if grad_scale is not None:
         g = [t * 512 for t in g]
-    ours = phase_bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], 3, phase, last)
-    oracle = phase_bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], 3, phase, last)
+    ours, oracle = _buckets(phase, sizes, misaligned, x, g, s, m, last)
     ek.backends.resolve("cuda", torch.device("cpu")).apply(phase, ours, hyper, grad_scale, None)
     reference.apply(phase, oracle, hyper, grad_scale, compute_dtype=torch.float64)
     magnitude = max([1.0] + [float(t.abs().max()) for t in (*x, *s, *m) if t.numel()])
@@ -117,12 +124,11 @@ def test_found_inf_writes_what_the_reference_writes(case, phase):
     bit for bit, and counts no step."""
     sizes, misaligned = CASES[case]
     gen = torch.Generator().manual_seed(int(phase))
-    x, g, s, m, last = _inputs(sizes, misaligned, torch.float32, gen, 0.9)
+    x, g, s, m, last = _inputs(sizes, torch.float32, gen, 0.9)
     g[0][:1] = float("inf") if g[0].numel() else 0.0
     hyper = Hyper(lr=0.1, gamma=0.05, momentum=0.9)
     found_inf = torch.tensor([1.0])
-    ours = phase_bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], 3, phase, last)
-    oracle = phase_bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], 3, phase, last)
+    ours, oracle = _buckets(phase, sizes, misaligned, x, g, s, m, last)
     ek.backends.resolve("cuda", torch.device("cpu")).apply(phase, ours, hyper, None, found_inf)
     reference.apply(phase, oracle, hyper, None, found_inf)
     for name in ("params", "anchors", "momenta", "steps", "last_gammas"):

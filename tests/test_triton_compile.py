@@ -1,5 +1,6 @@
 """The Triton kernel compiles for sm_80 and sm_90 in every specialization of the cover in
-tests/triton_aot.py, without a GPU (issue 13: compile-only errors are caught on every CI run)."""
+tests/triton_aot.py, without a GPU (issue 13: compile-only errors are caught on every CI run), and its
+hot specializations move their arrays in 128-bit accesses (the PTX check there, with its control)."""
 from __future__ import annotations
 
 import os
@@ -20,3 +21,6 @@ def test_every_specialization_compiles_for_sm80_and_sm90():
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     counts = re.search(r"compiled (\d+) of (\d+) specializations", result.stdout)
     assert counts and counts[1] == counts[2] and int(counts[2]) >= 60, result.stdout
+    hot = re.findall(r"^PTX sm_(\d+) phase\d-\w+: 128-bit loads", result.stdout, re.M)
+    assert sorted(set(hot)) == ["80", "90"] and len(hot) == 2 * 9, result.stdout  # 5 phases x fp32/bf16, less one
+    assert result.stdout.count("(control): 128-bit loads/stores (0, 0)") == 2, result.stdout

@@ -1,11 +1,17 @@
 """Compiles the Triton kernel ahead of time for GPU targets, on a machine without a GPU (the interpreter
 never runs Triton's compiler, so a compile-only error would otherwise reach users). Run by
 tests/test_triton_compile.py in a process of its own, since TRITON_INTERPRET must be off before the
-kernel is defined.   python tests/triton_aot.py [--arch 80,90]"""
+kernel is defined.   python tests/triton_aot.py [--arch 80,90]
+
+It then reads the PTX of the hot specializations (every phase with momentum, fp32 and bf16, on 16-byte
+aligned buckets) and fails unless each array a phase moves is loaded and stored in 128-bit accesses in
+the whole-block path: as many of them as the block's bytes per thread make (SPEC's traffic per phase).
+The same phase on an unaligned bucket, which must show none, is the control."""
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 
@@ -46,6 +52,11 @@ def cover() -> list[tuple[str, dict]]:
                                                               C_DTYPE=tl.float32, ROUNDING=rounding)))
     switches = [dict(MOMENTUM=False), dict(NESTEROV=True), dict(WD_AFTER_MOMENTUM=True), dict(PAST_GRAD=True),
                 dict(HAS_TRUST=True), dict(HAS_SCALE=True, HAS_FOUND_INF=True), dict(LR_TENSOR=True, GAMMA_TENSOR=True)]
+    for phase in range(5):  # the unaligned path (a misaligned tensor in the bucket) of every phase
+        for name in ("fp32", "bf16") if phase != 4 else ("fp32",):
+            x, s, master = DTYPES[name]
+            out.append((f"phase{phase}-{name}-unaligned", dict(BASE, PHASE=phase, X_DTYPE=x, S_DTYPE=s, MASTER=master,
+                                                                ALIGNED=False)))
     for name in ("fp32", "bf16"):
         x, s, master = DTYPES[name]
         for switch in switches:
@@ -65,6 +76,61 @@ def signature(state: tl.dtype) -> dict[str, str]:
             "weight_decay": "fp32", "sign": "fp32", "noise_std": "fp32", "seed": "u64", "rounding_seed": "u64"}
 
 
+def compile_kernel(constexprs: dict, arch: int):
+    # (the arithmetic is in the state dtype, rounded to nearest, on an aligned bucket, unless said otherwise)
+    constexprs = dict({"C_DTYPE": constexprs["S_DTYPE"], "ROUNDING": 0, "ALIGNED": True}, **constexprs, BLOCK=2048)
+    sig = signature(constexprs["C_DTYPE"])
+    sig.update({k: "constexpr" for k in constexprs})
+    kernel = triton.compile(ASTSource(fn=tk._phase_kernel, signature=sig, constexprs=constexprs),
+                            target=GPUTarget("cuda", arch, 32))
+    assert kernel.asm["cubin"], "no cubin"
+    return kernel
+
+
+def moved_arrays(phase: int, master: bool) -> tuple[str, str]:
+    """The arrays a phase with momentum reads and writes (x, g, s, m), as SPEC counts its traffic."""
+    if phase == 0:
+        return "gs" if master else "gx", "x" if master else "xs"
+    if phase == 4:
+        return "xgm", "mx"
+    return "sgm", "mxs" if phase != 1 or master else "mx"
+
+
+VECTOR = r"{op}\.global(?:\.[\w:]+)*?\.(?:v4\.b32|v2\.b64)\b"
+
+
+def vector_accesses(ptx: str) -> tuple[int, int]:
+    """The 128-bit global loads and stores in a kernel's PTX."""
+    return len(re.findall(VECTOR.format(op="ld"), ptx)), len(re.findall(VECTOR.format(op="st"), ptx))
+
+
+def check_ptx(arch: int) -> list[str]:
+    """The hot specializations' 128-bit accesses (see the module's docstring); returns the failures."""
+    failures = []
+    hot = [(phase, name) for phase in range(5) for name in ("fp32", "bf16") if phase != 4 or name == "fp32"]
+    for phase, name in hot:
+        x, s, master = DTYPES[name]
+        constexprs = dict(BASE, PHASE=phase, X_DTYPE=x, S_DTYPE=s, MASTER=master)
+        kernel = compile_kernel(constexprs, arch)
+        per_thread = 2048 // (32 * kernel.metadata.num_warps)  # elements of a whole block per thread
+        size = {"x": x.primitive_bitwidth // 8, "g": x.primitive_bitwidth // 8, "s": s.primitive_bitwidth // 8,
+                "m": s.primitive_bitwidth // 8}
+        reads, writes = moved_arrays(phase, master)
+        want = (sum(per_thread * size[a] // 16 for a in reads), sum(per_thread * size[a] // 16 for a in writes))
+        got = vector_accesses(kernel.asm["ptx"])
+        print(f"PTX sm_{arch} phase{phase}-{name}: 128-bit loads {got[0]} (want >= {want[0]}: {reads}), "
+              f"stores {got[1]} (want >= {want[1]}: {writes})")
+        if got[0] < want[0] or got[1] < want[1]:
+            failures.append(f"PTX sm_{arch} phase{phase}-{name}: {got} 128-bit loads/stores, want {want}")
+        if (phase, name) == (2, "fp32"):  # the control: unaligned, the same phase has no vector access
+            unaligned = vector_accesses(compile_kernel(dict(constexprs, ALIGNED=False), arch).asm["ptx"])
+            print(f"PTX sm_{arch} phase2-fp32-unaligned (control): 128-bit loads/stores {unaligned}")
+            if unaligned != (0, 0):
+                failures.append(f"PTX control: the unaligned kernel has 128-bit accesses {unaligned}: the check "
+                                "cannot tell the paths apart")
+    return failures
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--arch", default="80,90")
@@ -73,19 +139,15 @@ def main(argv=None) -> int:
     archs = [int(a) for a in args.arch.split(",")]
     for arch in archs:
         for label, constexprs in cover():
-            # (the arithmetic is in the state dtype, rounded to nearest, unless an entry says otherwise)
-            constexprs = dict({"C_DTYPE": constexprs["S_DTYPE"], "ROUNDING": 0}, **constexprs, BLOCK=2048)
-            sig = signature(constexprs["C_DTYPE"])
-            sig.update({k: "constexpr" for k in constexprs})
             try:
-                kernel = triton.compile(ASTSource(fn=tk._phase_kernel, signature=sig, constexprs=constexprs),
-                                        target=GPUTarget("cuda", arch, 32))
-                assert kernel.asm["cubin"], "no cubin"
+                compile_kernel(constexprs, arch)
                 compiled += 1
             except Exception as err:  # report every failing specialization, not just the first
                 failures.append(f"sm_{arch} {label}: {type(err).__name__}: {str(err)[:300]}")
     print(f"compiled {compiled} of {len(archs) * len(cover())} specializations for sm_{args.arch} "
           f"in {time.monotonic() - start:.0f} s")
+    for arch in archs:
+        failures += check_ptx(arch)
     for failure in failures:
         print("FAILED", failure)
     return 1 if failures else 0

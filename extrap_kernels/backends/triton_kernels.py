@@ -104,27 +104,14 @@ def rounding_bits(rounding_seed, step, index, element):
 
 # ---- the multi-tensor kernel ----------------------------------------------------------------------
 @triton.jit
-def _phase_kernel(table, numels, indices, block_tensor, block_start, trust_ptr, scale_ptr, found_inf_ptr,
-                  lr, gamma, lr_ptr, gamma_ptr, momentum, dampening, weight_decay, sign, noise_std, seed,
-                  rounding_seed, PHASE: tl.constexpr, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, MASTER: tl.constexpr,
-                  MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, WD_AFTER_MOMENTUM: tl.constexpr,
-                  EXTRAPOLATE_WITH_MOMENTUM: tl.constexpr, PAST_GRAD: tl.constexpr, HAS_TRUST: tl.constexpr,
-                  HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr, LR_TENSOR: tl.constexpr,
-                  GAMMA_TENSOR: tl.constexpr, BLOCK: tl.constexpr, C_DTYPE: tl.constexpr,
-                  ROUNDING: tl.constexpr):
-    # S_DTYPE stores s and m; C_DTYPE computes (they differ for 16-bit state without a master, ROUNDING 1
-    # bf16 or 2 fp16: every stored value rounded stochastically with the bits keyed by rounding_seed)
-    pid = tl.program_id(0)
-    t = tl.load(block_tensor + pid)
-    numel = tl.load(numels + t)
-    offs = tl.load(block_start + pid) + tl.arange(0, BLOCK).to(tl.int64)
-    mask = offs < numel
-    # table rows: x, g, s, m, step, last gamma (addresses), one column per tensor
-    x_ptr = tl.load(table + 6 * t + 0).to(tl.pointer_type(X_DTYPE))
-    g_ptr = tl.load(table + 6 * t + 1).to(tl.pointer_type(X_DTYPE))
-    s_ptr = tl.load(table + 6 * t + 2).to(tl.pointer_type(S_DTYPE))
-    step_ptr = tl.load(table + 6 * t + 4).to(tl.pointer_type(tl.float32))
-
+def _phase_block(x_ptr, g_ptr, s_ptr, m_ptr, step_ptr, last_gamma_ptr, offs, mask, index, trust_ptr, t, scale_ptr,
+                 found_inf_ptr, lr, gamma, lr_ptr, gamma_ptr, momentum, dampening, weight_decay, sign, noise_std, seed,
+                 rounding_seed, PHASE: tl.constexpr, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, MASTER: tl.constexpr,
+                 MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, WD_AFTER_MOMENTUM: tl.constexpr,
+                 EXTRAPOLATE_WITH_MOMENTUM: tl.constexpr, PAST_GRAD: tl.constexpr, HAS_TRUST: tl.constexpr,
+                 HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr, LR_TENSOR: tl.constexpr,
+                 GAMMA_TENSOR: tl.constexpr, C_DTYPE: tl.constexpr, ROUNDING: tl.constexpr):
+    """One phase over the elements `offs` of tensor `t` (`mask`: those inside it; None: all of them)."""
     skip = False
     if HAS_FOUND_INF:
         skip = tl.load(found_inf_ptr) != 0
@@ -148,11 +135,10 @@ def _phase_kernel(table, numels, indices, block_tensor, block_start, trust_ptr, 
         g = tl.load(g_ptr + offs, mask=mask).to(C_DTYPE)
         m = tl.zeros_like(g)
         if MOMENTUM:
-            m_ptr = tl.load(table + 6 * t + 3).to(tl.pointer_type(S_DTYPE))
             m = tl.load(m_ptr + offs, mask=mask).to(C_DTYPE)
         r_s, r_m, r_x = tl.zeros_like(offs).to(tl.uint32), tl.zeros_like(offs).to(tl.uint32), tl.zeros_like(offs).to(tl.uint32)
         if ROUNDING != 0:
-            r_s, r_m, r_x = rounding_bits(rounding_seed, tl.load(step_ptr).to(tl.int64), tl.load(indices + t), offs)
+            r_s, r_m, r_x = rounding_bits(rounding_seed, tl.load(step_ptr).to(tl.int64), index, offs)
         if PHASE == 0:  # extrapolate: s <- x; x <- s - gamma * e
             if MASTER:
                 anchor = tl.load(s_ptr + offs, mask=mask).to(C_DTYPE)
@@ -166,8 +152,7 @@ def _phase_kernel(table, numels, indices, block_tensor, block_start, trust_ptr, 
         else:
             step = tl.load(step_ptr)
             if PHASE == 4:  # anchor-free past: x = s - last_gamma * m gives the anchor back
-                last_gamma = tl.load(tl.load(table + 6 * t + 5).to(tl.pointer_type(S_DTYPE)))
-                anchor = tl.load(x_ptr + offs, mask=mask) + last_gamma * m
+                anchor = tl.load(x_ptr + offs, mask=mask) + tl.load(last_gamma_ptr) * m
             else:
                 anchor = tl.load(s_ptr + offs, mask=mask).to(C_DTYPE)
             anchor, m, d, gp = base_update(anchor, m, g, lr, momentum, dampening, weight_decay, grad_factor,
@@ -189,8 +174,56 @@ def _phase_kernel(table, numels, indices, block_tensor, block_start, trust_ptr, 
                 tl.store(x_ptr + offs, stochastic_round(x, r_x, ROUNDING).to(X_DTYPE), mask=mask)
             else:  # noise: x <- s + sigma * xi
                 tl.store(s_ptr + offs, anchor_stored.to(S_DTYPE), mask=mask)
-                xi = noise_normal(seed, step.to(tl.int64), tl.load(indices + t), offs).to(C_DTYPE)
+                xi = noise_normal(seed, step.to(tl.int64), index, offs).to(C_DTYPE)
                 tl.store(x_ptr + offs, stochastic_round(anchor + noise_std * xi, r_x, ROUNDING).to(X_DTYPE), mask=mask)
+
+
+@triton.jit
+def _phase_kernel(table, numels, indices, block_tensor, block_start, trust_ptr, scale_ptr, found_inf_ptr,
+                  lr, gamma, lr_ptr, gamma_ptr, momentum, dampening, weight_decay, sign, noise_std, seed,
+                  rounding_seed, PHASE: tl.constexpr, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, MASTER: tl.constexpr,
+                  MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, WD_AFTER_MOMENTUM: tl.constexpr,
+                  EXTRAPOLATE_WITH_MOMENTUM: tl.constexpr, PAST_GRAD: tl.constexpr, HAS_TRUST: tl.constexpr,
+                  HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr, LR_TENSOR: tl.constexpr,
+                  GAMMA_TENSOR: tl.constexpr, BLOCK: tl.constexpr, C_DTYPE: tl.constexpr,
+                  ROUNDING: tl.constexpr, ALIGNED: tl.constexpr):
+    # S_DTYPE stores s and m; C_DTYPE computes (they differ for 16-bit state without a master, ROUNDING 1
+    # bf16 or 2 fp16: every stored value rounded stochastically with the bits keyed by rounding_seed)
+    pid = tl.program_id(0)
+    t = tl.load(block_tensor + pid)
+    numel = tl.load(numels + t)
+    start = tl.load(block_start + pid)
+    # table rows: x, g, s, m, step, last gamma (addresses), one column per tensor (m and the last gamma
+    # hold placeholders where a bucket has none)
+    x_ptr = tl.load(table + 6 * t + 0).to(tl.pointer_type(X_DTYPE))
+    g_ptr = tl.load(table + 6 * t + 1).to(tl.pointer_type(X_DTYPE))
+    s_ptr = tl.load(table + 6 * t + 2).to(tl.pointer_type(S_DTYPE))
+    m_ptr = tl.load(table + 6 * t + 3).to(tl.pointer_type(S_DTYPE))
+    if ALIGNED:  # every x, g, s and m of the bucket starts on 16 bytes (checked on the host), and a block
+        # starts on a multiple of BLOCK: said to the compiler (on the pointers: it does not follow a hint on
+        # the integer address through the cast), which then moves 16 bytes per access
+        x_ptr, g_ptr = tl.multiple_of(x_ptr, 16), tl.multiple_of(g_ptr, 16)
+        s_ptr, m_ptr = tl.multiple_of(s_ptr, 16), tl.multiple_of(m_ptr, 16)
+        start = tl.multiple_of(start, BLOCK)
+    step_ptr = tl.load(table + 6 * t + 4).to(tl.pointer_type(tl.float32))
+    last_gamma_ptr = tl.load(table + 6 * t + 5).to(tl.pointer_type(S_DTYPE))
+    offs = start + tl.arange(0, BLOCK).to(tl.int64)
+    index = tl.load(indices + t)
+    whole = False
+    if ALIGNED:
+        whole = start + BLOCK <= numel
+    if whole:  # a whole block: no mask, which would split the vectors
+        _phase_block(x_ptr, g_ptr, s_ptr, m_ptr, step_ptr, last_gamma_ptr, offs, None, index, trust_ptr, t, scale_ptr,
+                     found_inf_ptr, lr, gamma, lr_ptr, gamma_ptr, momentum, dampening, weight_decay, sign, noise_std,
+                     seed, rounding_seed, PHASE, X_DTYPE, S_DTYPE, MASTER, MOMENTUM, NESTEROV, WD_AFTER_MOMENTUM,
+                     EXTRAPOLATE_WITH_MOMENTUM, PAST_GRAD, HAS_TRUST, HAS_SCALE, HAS_FOUND_INF, LR_TENSOR,
+                     GAMMA_TENSOR, C_DTYPE, ROUNDING)
+    else:
+        _phase_block(x_ptr, g_ptr, s_ptr, m_ptr, step_ptr, last_gamma_ptr, offs, offs < numel, index, trust_ptr, t,
+                     scale_ptr, found_inf_ptr, lr, gamma, lr_ptr, gamma_ptr, momentum, dampening, weight_decay, sign,
+                     noise_std, seed, rounding_seed, PHASE, X_DTYPE, S_DTYPE, MASTER, MOMENTUM, NESTEROV,
+                     WD_AFTER_MOMENTUM, EXTRAPOLATE_WITH_MOMENTUM, PAST_GRAD, HAS_TRUST, HAS_SCALE, HAS_FOUND_INF,
+                     LR_TENSOR, GAMMA_TENSOR, C_DTYPE, ROUNDING)
 
 
 # ---- tables, cached -------------------------------------------------------------------------------
@@ -199,7 +232,8 @@ _MAX_TABLES = 64
 
 
 def _tables(b: Bucket):
-    """(address table, numels, indices, block->tensor, block->first element, number of blocks)."""
+    """(address table, numels, indices, block->tensor, block->first element, number of blocks, whether every
+    x, g, s and m starts on 16 bytes)."""
     # placeholder columns where there is no momentum or no last gamma (never read then)
     columns = (b.params, b.grads, b.anchors, b.momenta or b.anchors, b.steps, b.last_gammas or b.steps)
     key = (b.device, tuple(t.data_ptr() for column in columns for t in column), tuple(b.indices))
@@ -208,6 +242,7 @@ def _tables(b: Bucket):
         _TABLES.move_to_end(key)
         return cached
     addresses = torch.tensor([[t.data_ptr() for t in column] for column in columns], dtype=torch.int64)
+    aligned = bool((addresses[:4] % 16 == 0).all())
     numels = torch.tensor([p.numel() for p in b.params], dtype=torch.int64)
     blocks = (numels + BLOCK - 1) // BLOCK
     total = int(blocks.sum())
@@ -217,7 +252,7 @@ def _tables(b: Bucket):
     device = b.device
     cached = (addresses.t().contiguous().to(device), numels.to(device),
               torch.tensor(b.indices, dtype=torch.int64, device=device), block_tensor.to(device),
-              block_start.to(device), total)
+              block_start.to(device), total, aligned)
     _TABLES[key] = cached
     if len(_TABLES) > _MAX_TABLES:
         _TABLES.popitem(last=False)
@@ -227,7 +262,7 @@ def _tables(b: Bucket):
 def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
           found_inf: Tensor | None = None) -> None:
     count_step(phase, b, found_inf)
-    table, numels, indices, block_tensor, block_start, total = _tables(b)
+    table, numels, indices, block_tensor, block_start, total, aligned = _tables(b)
     (lr, lr_tensor), (gamma, gamma_tensor) = h.rate("lr", b), h.rate("gamma", b)
     if total == 0:
         record_gamma(phase, b, gamma_tensor if gamma_tensor is not None else gamma, found_inf)
@@ -248,6 +283,6 @@ def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
         MOMENTUM=bool(b.momenta), NESTEROV=bool(h.nesterov), WD_AFTER_MOMENTUM=bool(h.wd_after_momentum),
         EXTRAPOLATE_WITH_MOMENTUM=bool(h.extrapolate_with_momentum), PAST_GRAD=bool(h.past_grad),
         HAS_TRUST=trust is not None, HAS_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
-        LR_TENSOR=lr_tensor is not None, GAMMA_TENSOR=gamma_tensor is not None, BLOCK=BLOCK,
+        LR_TENSOR=lr_tensor is not None, GAMMA_TENSOR=gamma_tensor is not None, BLOCK=BLOCK, ALIGNED=aligned,
     )
     record_gamma(phase, b, gamma_tensor if gamma_tensor is not None else gamma, found_inf)
