@@ -39,7 +39,8 @@ cmake-check: $(VENV)/.deps
 	print('cmake build OK:', path, 'registers torch.ops.extrap_kernels.' + ', '.join(ops))"
 
 # Every .cu file compiles with nvcc for sm_80 and sm_90 (no GPU needed; torch's host headers suffice,
-# since the CUDA sources take their stream from csrc/bindings.cpp). A compile error fails.
+# since the CUDA sources take their stream from csrc/bindings.cpp). A compile error fails; so does a kernel
+# that spills or a hot kernel whose SASS lacks 128-bit loads and stores (tests/cuda_sass.py).
 NVCC ?= $(or $(wildcard /usr/local/cuda/bin/nvcc),nvcc)
 cuda-check: $(VENV)/.deps
 	@mkdir -p build/nvcc
@@ -49,6 +50,7 @@ cuda-check: $(VENV)/.deps
 	  $(NVCC) -c -std=c++17 -O3 -DEXTRAP_WITH_CUDA -Icsrc $$inc -diag-suppress 3306 \
 	    -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 $$f -o build/nvcc/$$(basename $$f).o; \
 	done
+	$(PY) tests/cuda_sass.py --arch 80,90 --nvcc $(NVCC) --out build/sass
 
 # The whole CUDA extension (setup.py's CUDAExtension: C++ and CUDA objects, linked) built against the
 # CUDA build of torch $(TORCH_VERSION) in its own virtualenv, then imported. That torch comes from PyPI, so

@@ -71,14 +71,16 @@ __global__ void __launch_bounds__(kThreads) phase_kernel(TensorTable table, Hype
   const bool store_s = skip ? skip_stores_anchor<P, kMaster>() : stores_anchor<P, kMaster>();
   const bool store_m = !skip && stores_momentum<P, kMomentum>();
   const bool store_x = !skip || skip_stores_param<P>();
-  // each phase reads one of x and s (SPEC's traffic: a write-only x is not loaded)
+  // each phase reads one of x and s (SPEC's traffic: a write-only x is not loaded), and m where it is used:
+  // the extrapolation reads it only to extrapolate along it
   constexpr bool kReadsX = reads_param<P, kMaster>();
+  const bool load_m = kMomentum && (P != kExtrapolate || h.extrapolate_with_momentum);
 
   constexpr int kVec = kVectorWidth<scalar_t>;
   using XVec = Vec<scalar_t, kVec>;
   using SVec = Vec<state_t, kVec>;
   const bool vector = aligned<scalar_t, kVec>(x) && aligned<scalar_t, kVec>(g) &&
-                      (kReadsX || aligned<state_t, kVec>(s)) && (!kMomentum || aligned<state_t, kVec>(m));
+                      (kReadsX || aligned<state_t, kVec>(s)) && (!load_m || aligned<state_t, kVec>(m));
   int64_t tail = begin;
   if (vector) {
     const int64_t vector_end = begin + (end - begin) / kVec * kVec;
@@ -93,7 +95,7 @@ __global__ void __launch_bounds__(kThreads) phase_kernel(TensorTable table, Hype
       }
       const XVec gr = *reinterpret_cast<const XVec*>(g + i);
       SVec mr{};
-      if (kMomentum) mr = *reinterpret_cast<const SVec*>(m + i);
+      if (load_m) mr = *reinterpret_cast<const SVec*>(m + i);
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
         acc xv = static_cast<acc>(xr.v[k]), sv = static_cast<acc>(sr.v[k]), mv = static_cast<acc>(mr.v[k]);
@@ -112,7 +114,7 @@ __global__ void __launch_bounds__(kThreads) phase_kernel(TensorTable table, Hype
   for (int64_t j = tail + threadIdx.x; j < end; j += kThreads) {
     acc xv = kReadsX ? static_cast<acc>(x[j]) : acc(0);
     acc sv = kReadsX ? acc(0) : static_cast<acc>(s[j]);
-    acc mv = kMomentum ? static_cast<acc>(m[j]) : acc(0);
+    acc mv = load_m ? static_cast<acc>(m[j]) : acc(0);
     element(xv, static_cast<acc>(g[j]), sv, mv, j);
     if (store_x) x[j] = static_cast<scalar_t>(xv);
     if (store_s) s[j] = static_cast<state_t>(sv);

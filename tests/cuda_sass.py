@@ -1,0 +1,163 @@
+"""What nvcc makes of the CUDA kernels, checked without a GPU (`make cuda-check` runs it; so does CI):
+csrc/cuda/extrap_cuda.cu is compiled to a cubin for each target with ptxas's resource report, and its SASS
+(cuobjdump, shipped in the triton wheel) is read.
+- No kernel instantiation spills to local memory (ptxas: 0 bytes spill stores and loads), but for the
+  known ones in KNOWN_SPILLS, each bounded. (A noise kernel's stack frame is cosf's argument-reduction
+  array, which only arguments beyond 105615 use; the noise's argument is below 2 pi.)
+- The hot kernels (every phase with momentum, fp32 and bf16 parameters with fp32 state) load and store
+  in 128-bit accesses (LDG.E.128 / STG.E.128) at least as often as one vector iteration moves 16-byte
+  pieces of the arrays the phase reads and writes (SPEC's traffic). Their scalar tail loop must show
+  32-bit accesses too: the parser sees both kinds, so a kernel that lost its vector loop fails.
+
+    python tests/cuda_sass.py [--arch 80,90] [--nvcc PATH] [--out build/sass]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNEL = re.compile(r"phase_kernel<\(extrap::Phase\)(\d), (true|false), ([\w:]+), ([\w:]+), (\w+)>")
+SIZES = {"float": 4, "double": 8, "c10::BFloat16": 2, "c10::Half": 2}
+# (arch, phase, momentum, parameter dtype, state dtype) -> the most bytes it may spill. Measured with nvcc 12/13:
+# on sm_80 the noise phase of 16-bit parameters without momentum stores one register to local memory at
+# entry (STL before the loop) and reloads it; no hot kernel (tests below) is among them.
+KNOWN_SPILLS = {(80, 3, "false", "c10::BFloat16", "float"): 4, (80, 3, "false", "c10::Half", "float"): 4}
+
+
+def tools(nvcc: str | None) -> tuple[str, str, str]:
+    nvcc = nvcc or shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+    import triton
+
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not cuobjdump.exists():
+        cuobjdump = Path(shutil.which("cuobjdump") or "cuobjdump")
+    cxxfilt = shutil.which("c++filt") or "c++filt"
+    return nvcc, str(cuobjdump), cxxfilt
+
+
+def demangle(cxxfilt: str, names: list[str]) -> dict[str, str]:
+    out = subprocess.run([cxxfilt], input="\n".join(names), capture_output=True, text=True, check=True).stdout
+    return dict(zip(names, out.splitlines()))
+
+
+def compile_cubin(nvcc: str, arch: int, out: Path) -> tuple[Path, str]:
+    from torch.utils.cpp_extension import include_paths
+
+    includes = [f"-I{p}" for p in include_paths() + [sysconfig.get_paths()["include"], str(ROOT / "csrc")]]
+    cubin = out / f"extrap_cuda.sm_{arch}.cubin"
+    result = subprocess.run([nvcc, "-cubin", "-std=c++17", "-O3", "-DEXTRAP_WITH_CUDA", *includes, "-diag-suppress",
+                             "3306", f"-arch=sm_{arch}", "-Xptxas", "-v", str(ROOT / "csrc/cuda/extrap_cuda.cu"),
+                             "-o", str(cubin)], capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"nvcc failed for sm_{arch}:\n{result.stderr[-4000:]}")
+    return cubin, result.stdout + result.stderr
+
+
+def spills(ptxas_log: str) -> dict[str, tuple[int, int, int]]:
+    """mangled kernel -> (stack frame, spill stores, spill loads) bytes, from ptxas -v."""
+    found = {}
+    for name, frame, stores, loads in re.findall(
+            r"Function properties for (\S+)\n\s*(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
+            ptxas_log):
+        found[name] = (int(frame), int(stores), int(loads))
+    return found
+
+
+def sass_accesses(cuobjdump: str, cubin: Path) -> dict[str, dict[str, int]]:
+    """mangled kernel -> counts of its global loads and stores by kind (LDG.E.128, STG.E, ...)."""
+    sass = subprocess.run([cuobjdump, "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+    counts: dict[str, dict[str, int]] = {}
+    current = None
+    for line in sass.splitlines():
+        function = re.search(r"Function : (\S+)", line)
+        if function:
+            current = counts.setdefault(function[1], defaultdict(int))
+            continue
+        access = re.search(r"\b((?:LDG|STG)(?:\.[A-Z0-9_]+)*)\b", line)
+        if access and current is not None:
+            current[access[1]] += 1
+    return counts
+
+
+def moved_arrays(phase: int, master: bool) -> tuple[str, str]:
+    """The arrays a phase with momentum reads and writes (x, g, s, m): extrap_math.h's reads_param,
+    stores_anchor and stores_momentum (the extrapolation reads m only to extrapolate along it)."""
+    if phase == 0:
+        return "gs" if master else "gx", "x" if master else "xs"
+    if phase == 4:
+        return "xgm", "mx"
+    return "sgm", "mxs" if phase != 1 or master else "mx"
+
+
+def check(arch: int, nvcc: str, cuobjdump: str, cxxfilt: str, out: Path) -> tuple[list[str], int]:
+    cubin, log = compile_cubin(nvcc, arch, out)
+    (out / f"ptxas.sm_{arch}.log").write_text(log)
+    resources = spills(log)
+    accesses = sass_accesses(cuobjdump, cubin)
+    names = demangle(cxxfilt, sorted(set(resources) | set(accesses)))
+    failures = []
+    if not resources or set(resources) != set(accesses):
+        failures.append(f"sm_{arch}: ptxas reported {len(resources)} kernels, the SASS holds {len(accesses)}")
+    for mangled, (frame, stores, loads) in sorted(resources.items()):
+        kernel = KERNEL.search(names[mangled])
+        allowed = KNOWN_SPILLS.get((arch, int(kernel[1]), kernel[2], kernel[3], kernel[4]), 0) if kernel else 0
+        if stores > allowed or loads > allowed:
+            failures.append(f"sm_{arch} {names[mangled]}: spills ({stores} B stored, {loads} B loaded; "
+                            f"{allowed} B known)")
+        elif stores or loads:
+            print(f"sm_{arch} {names[mangled]}: known spill, {stores} B stored, {loads} B loaded")
+    hot = 0
+    for mangled, counts in sorted(accesses.items()):
+        kernel = KERNEL.search(names[mangled])
+        if not kernel:
+            continue
+        phase, momentum, scalar, state = int(kernel[1]), kernel[2] == "true", kernel[3], kernel[4]
+        master = scalar != state
+        if not momentum or scalar not in ("float", "c10::BFloat16") or state != "float" or (phase == 4 and master):
+            continue
+        vector = 4 if SIZES[scalar] >= 4 else 16 // SIZES[scalar]  # extrap_cuda.cu's kVectorWidth
+        size = {"x": SIZES[scalar], "g": SIZES[scalar], "s": SIZES[state], "m": SIZES[state]}
+        reads, writes = moved_arrays(phase, master)
+        want = (sum(vector * size[a] // 16 for a in reads), sum(vector * size[a] // 16 for a in writes))
+        got = (counts.get("LDG.E.128", 0), counts.get("STG.E.128", 0))
+        scalar_path = counts.get("LDG.E", 0) + counts.get("LDG.E.U16", 0) > 0
+        hot += 1
+        print(f"SASS sm_{arch} phase{phase} {scalar}/{state}: LDG.E.128 {got[0]} (want >= {want[0]}: {reads}), "
+              f"STG.E.128 {got[1]} (want >= {want[1]}: {writes}); scalar tail {'yes' if scalar_path else 'NO'}; "
+              f"stack {resources[mangled][0]} B, spills {resources[mangled][1]} B")
+        if got[0] < want[0] or got[1] < want[1] or not scalar_path or resources[mangled][1:] != (0, 0):
+            failures.append(f"sm_{arch} {names[mangled]}: 128-bit loads/stores {got}, want {want}, spills "
+                            f"{resources[mangled][1:]}{'' if scalar_path else '; no scalar tail accesses found'}")
+    if hot != 9:
+        failures.append(f"sm_{arch}: found {hot} hot kernels, want 9 (5 phases x fp32/bf16, less bf16 phase 4)")
+    print(f"sm_{arch}: {len(resources)} kernels' spills checked, {hot} hot kernels' SASS read")
+    return failures, len(resources)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="80,90")
+    parser.add_argument("--nvcc", default=os.environ.get("NVCC"))
+    parser.add_argument("--out", default=str(ROOT / "build" / "sass"))
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    nvcc, cuobjdump, cxxfilt = tools(args.nvcc)
+    failures = []
+    for arch in (int(a) for a in args.arch.split(",")):
+        failures += check(arch, nvcc, cuobjdump, cxxfilt, out)[0]
+    for failure in failures:
+        print("FAILED", failure)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
