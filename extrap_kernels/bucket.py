@@ -68,6 +68,21 @@ class Hyper:
     past_grad: bool = False  # "past" mode extrapolates along g' instead of d
     noise_std: float = 0.0
     seed: int = 0
+    # SPEC "Base update, Adam family and LAMB": base "adam" or "lamb" (momentum is then 0; the bucket's
+    # momenta are the first moments m and second_moments the v)
+    base: str = "sgd"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    decoupled: bool = False  # AdamW / adam_w_mode: e = a + wd * s instead of g' += wd * s
+    amsgrad: bool = False
+    bias_correction: bool = True
+    grad_averaging: bool = True  # LAMB: m <- b1 * m + (1 - b1) * g' (False: + g')
+    max_grad_norm: float = 0.0  # LAMB: g' / max(1, ||g||_global / max_grad_norm); 0: no clipping
+    use_nvlamb: bool = False  # LAMB: the trust ratio also where wd == 0
+
+    def layout(self) -> tuple:
+        """What decides the state a phase keeps: a change of it plans the step anew."""
+        return self.base, self.momentum != 0, self.lars, self.amsgrad
 
     def rate(self, name: str, bucket: "Bucket") -> tuple[float, Tensor | None]:
         """`lr` or `gamma` as a fused kernel takes it: a number, or (capturable) a one-element tensor of
@@ -96,6 +111,11 @@ class Bucket:
     # False: 16-bit parameters keep s and m in their own dtype, each stored value rounded stochastically
     master: bool = True
     shard_group: object = None  # FSDP2 + LARS: the process group whole-tensor norms are summed over
+    # Adam and LAMB: the second moments v (exp_avg_sq), and their running maxima with amsgrad
+    second_moments: list[Tensor] = field(default_factory=list)
+    max_second_moments: list[Tensor] = field(default_factory=list)
+    # LAMB with max_grad_norm: the norm of all the step's gradients (still scaled), set per step
+    global_grad_norm: Tensor | None = None
 
     @property
     def device(self) -> torch.device:

@@ -95,6 +95,10 @@ def check_bucket(bucket: Bucket, backend: backends.Backend) -> None:
             state.append(("momentum_buffer", bucket.momenta[i], sdtype))
         if bucket.last_gammas:
             state.append(("last_gamma", bucket.last_gammas[i], sdtype))
+        if bucket.second_moments:
+            state.append(("exp_avg_sq", bucket.second_moments[i], sdtype))
+        if bucket.max_second_moments:
+            state.append(("max_exp_avg_sq", bucket.max_second_moments[i], sdtype))
         for key, t, dtype in state:
             if t.device != x.device or t.dtype != dtype:
                 raise RuntimeError(f"{names[i]}: state {key!r} is {t.dtype} on {t.device}, "
@@ -105,9 +109,14 @@ def check_bucket(bucket: Bucket, backend: backends.Backend) -> None:
                 raise RuntimeError(f"{names[i]}: state {key!r} does not match the parameter's shape/layout")
 
 
-def resolve_backend(name: str, params: list[Tensor], grads: list[Tensor]) -> backends.Backend:
-    """The backend for one bucket; "auto" hands strided tensors to `foreach` rather than failing."""
+def resolve_backend(name: str, params: list[Tensor], grads: list[Tensor], base: str = "sgd") -> backends.Backend:
+    """The backend for one bucket of a `base` ("sgd", "adam", "lamb") optimizer; "auto" hands strided
+    tensors, and bases without a kernel in the fused backend, to `foreach` rather than failing."""
     backend = backends.resolve(name, params[0].device)
+    if base not in backend.bases:
+        if name != "auto":
+            raise ValueError(f"backend {name!r} has no {base} kernel yet: use 'foreach', 'reference' or 'auto'")
+        return backends.BACKENDS["foreach"]
     if name == "auto" and backend.needs_contiguous and not all(
             t.is_contiguous() for t in (*params, *grads)):
         return backends.BACKENDS["foreach"]

@@ -32,6 +32,7 @@ class FusedOptimizer(Optimizer):
     """Shared machinery: state, the cached plans, AMP arguments, state_dict dtypes. Subclasses define
     `_launch_args(group)` -> (phase, Hyper) and `_has_anchor(param)`."""
 
+    BASE = "sgd"  # the base optimizer (bucket.Hyper.base): which backends have a kernel for it
     # What torch.optim's __getstate__ (deepcopy, pickle, torch.save of the optimizer) would drop.
     _PICKLED = ("backend", "_extrapolated", "set_grad_none", "materialize_master_grads")
 
@@ -65,7 +66,7 @@ class FusedOptimizer(Optimizer):
         for p in flat_params(self.param_groups):
             by_key[(p.device, p.dtype)].append(p)
         return {key: functional.resolve_backend(self.backend, [local(p) for p in ps],
-                                                [local(p.grad) for p in ps if p.grad is not None]).name
+                                                [local(p.grad) for p in ps if p.grad is not None], self.BASE).name
                 for key, ps in by_key.items()}
 
     def _launch_args(self, group: dict) -> tuple[Phase, Hyper]:
@@ -73,6 +74,15 @@ class FusedOptimizer(Optimizer):
 
     def _has_anchor(self, param: Tensor, group: dict) -> bool:
         raise NotImplementedError
+
+    def _state_lists(self, group: dict, phase: Phase) -> dict[str, str]:
+        """The bucket's per-parameter state lists besides anchors and steps: bucket field -> state key."""
+        lists = {}
+        if group["momentum"] != 0:
+            lists["momenta"] = "momentum_buffer"
+        if phase == Phase.UPDATE_PAST_ANCHOR_FREE:
+            lists["last_gammas"] = "last_gamma"
+        return lists
 
     def _amp_args(self, grad_scale, found_inf):
         """Explicit arguments, else what GradScaler.step set on the optimizer for this call."""
@@ -143,6 +153,17 @@ class FusedOptimizer(Optimizer):
         except Rejected as rejected:
             raise rejected.__cause__ from None
 
+    @eager
+    @torch.no_grad()
+    def step(self, closure=None, *, grad_scale: Tensor | None = None, found_inf: Tensor | None = None):
+        """One update of every parameter with a gradient (the closure, if given, computes them first)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._run(*self._plan(self.param_groups), grad_scale, found_inf)
+        return loss
+
     def load_state_dict(self, state_dict: dict) -> None:
         """torch casts every floating state tensor to its parameter's dtype, which would round the fp32
         master anchor and momentum of 16-bit parameters: restore them at their own precision (the
@@ -170,55 +191,17 @@ class FusedOptimizer(Optimizer):
                     state[key] = value.to(device=p.device, dtype=dtype, copy=True)
 
 
-class ExtrapSGD(FusedOptimizer):
-    r"""Extrapolated SGD (Lin, Kong, Stich, Jaggi, ICML 2020), docs/SPEC.md.
+class ExtrapolatingOptimizer(FusedOptimizer):
+    """The iteration of the extrapolating optimizers (ExtrapSGD, ExtrapAdam, ExtrapLAMB), whatever their
+    base: mode "local" is backward, `extrapolate()`, backward, `step()` (or `step(closure)`); modes
+    "past" and "noise" extrapolate inside `step()`."""
 
-    mode="past" (default): one backward per `step()`, which updates the anchor and extrapolates from
-    the past: a drop-in replacement for torch.optim.SGD. mode="local": the paper's two-phase
-    EXTRAP-SGD: backward, `extrapolate()`, backward, `step()` (or `step(closure)`, which does all four).
-    mode="noise": one phase, the parameters perturbed by counter-based Gaussian noise around the anchor.
-    gamma=None uses the group's current lr (it follows LR schedulers); gamma=0 is exactly SGD.
-    With heavy-ball momentum (momentum > 0, no Nesterov, no LARS, past="update") and fp32/fp64
-    parameters, mode="past" keeps no anchor: it is recomputed from x and the momentum buffer (state
-    "last_gamma"), so the optimizer needs the memory and bandwidth of torch.optim.SGD. store_anchor=True
-    keeps it in the state anyway ("anchor"); checkpoints of either kind load into the other.
-    """
-
-    def __init__(self, params, lr: float | Tensor = 1e-3, gamma: float | Tensor | None = None,
-                 mode: str = "past", momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False,
-                 lars: bool = False, trust_coefficient: float = 0.001, lars_clip: bool = False,
-                 extrapolate_with_momentum: bool = False, past: str = "update", noise_std: float = 0.01,
-                 seed: int = 0, store_anchor: bool = False, *, master_weights: bool = True, backend: str = "auto"):
-        defaults = dict(lr=lr, gamma=gamma, mode=mode, momentum=momentum, dampening=dampening,
-                        weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, lars=lars,
-                        trust_coefficient=trust_coefficient, lars_clip=lars_clip,
-                        extrapolate_with_momentum=extrapolate_with_momentum, past=past,
-                        noise_std=noise_std, seed=seed, store_anchor=store_anchor, master_weights=master_weights)
-        check_hyperparameters(**defaults)
+    def __init__(self, params, defaults: dict, backend: str = "auto"):
         super().__init__(params, defaults, backend)
         self._extrapolated: set[int] | None = None  # indices of the parameters awaiting the local step()
 
-    def _has_anchor(self, param: Tensor, group: dict) -> bool:
-        return True
-
-    def _launch_args(self, group: dict) -> tuple[Phase, Hyper]:
-        gamma = group["lr"] if group["gamma"] is None else group["gamma"]
-        phase = {"local": Phase.UPDATE, "past": Phase.UPDATE_PAST, "noise": Phase.UPDATE_NOISE}[group["mode"]]
-        if phase == Phase.UPDATE_NOISE and (functional._number(gamma, "gamma") == 0 or group["noise_std"] == 0):
-            phase, gamma = Phase.UPDATE_PAST, 0.0  # extrapolation switched off: plain SGD
-        hyper = Hyper(
-            lr=group["lr"], gamma=gamma, momentum=group["momentum"], dampening=group["dampening"],
-            weight_decay=group["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"],
-            lars=group["lars"], trust_coefficient=group["trust_coefficient"], lars_clip=group["lars_clip"],
-            extrapolate_with_momentum=group["extrapolate_with_momentum"], past_grad=group["past"] == "grad",
-            noise_std=group["noise_std"], seed=group["seed"])
-        if group["mode"] == "past" and not group.get("store_anchor", False) and anchor_free_applies(hyper):
-            phase = Phase.UPDATE_PAST_ANCHOR_FREE  # (16-bit parameters keep their master: bucket_phase)
-        return phase, hyper
-
     def _local_groups(self) -> list[dict]:
-        return [g for g in self.param_groups if g["mode"] == "local"]
+        return [g for g in self.param_groups if g.get("mode") == "local"]
 
     @eager
     @torch.no_grad()
@@ -261,7 +244,66 @@ class ExtrapSGD(FusedOptimizer):
         return loss
 
 
-class FusedSGD(FusedOptimizer):
+class ExtrapSGD(ExtrapolatingOptimizer):
+    r"""Extrapolated SGD (Lin, Kong, Stich, Jaggi, ICML 2020), docs/SPEC.md.
+
+    mode="past" (default): one backward per `step()`, which updates the anchor and extrapolates from
+    the past: a drop-in replacement for torch.optim.SGD. mode="local": the paper's two-phase
+    EXTRAP-SGD: backward, `extrapolate()`, backward, `step()` (or `step(closure)`, which does all four).
+    mode="noise": one phase, the parameters perturbed by counter-based Gaussian noise around the anchor.
+    gamma=None uses the group's current lr (it follows LR schedulers); gamma=0 is exactly SGD.
+    With heavy-ball momentum (momentum > 0, no Nesterov, no LARS, past="update") and fp32/fp64
+    parameters, mode="past" keeps no anchor: it is recomputed from x and the momentum buffer (state
+    "last_gamma"), so the optimizer needs the memory and bandwidth of torch.optim.SGD. store_anchor=True
+    keeps it in the state anyway ("anchor"); checkpoints of either kind load into the other.
+    """
+
+    def __init__(self, params, lr: float | Tensor = 1e-3, gamma: float | Tensor | None = None,
+                 mode: str = "past", momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False,
+                 lars: bool = False, trust_coefficient: float = 0.001, lars_clip: bool = False,
+                 extrapolate_with_momentum: bool = False, past: str = "update", noise_std: float = 0.01,
+                 seed: int = 0, store_anchor: bool = False, *, master_weights: bool = True, backend: str = "auto"):
+        defaults = dict(lr=lr, gamma=gamma, mode=mode, momentum=momentum, dampening=dampening,
+                        weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, lars=lars,
+                        trust_coefficient=trust_coefficient, lars_clip=lars_clip,
+                        extrapolate_with_momentum=extrapolate_with_momentum, past=past,
+                        noise_std=noise_std, seed=seed, store_anchor=store_anchor, master_weights=master_weights)
+        check_hyperparameters(**defaults)
+        super().__init__(params, defaults, backend)
+
+    def _has_anchor(self, param: Tensor, group: dict) -> bool:
+        return True
+
+    def _launch_args(self, group: dict) -> tuple[Phase, Hyper]:
+        gamma = group["lr"] if group["gamma"] is None else group["gamma"]
+        phase = {"local": Phase.UPDATE, "past": Phase.UPDATE_PAST, "noise": Phase.UPDATE_NOISE}[group["mode"]]
+        if phase == Phase.UPDATE_NOISE and (functional._number(gamma, "gamma") == 0 or group["noise_std"] == 0):
+            phase, gamma = Phase.UPDATE_PAST, 0.0  # extrapolation switched off: plain SGD
+        hyper = Hyper(
+            lr=group["lr"], gamma=gamma, momentum=group["momentum"], dampening=group["dampening"],
+            weight_decay=group["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"],
+            lars=group["lars"], trust_coefficient=group["trust_coefficient"], lars_clip=group["lars_clip"],
+            extrapolate_with_momentum=group["extrapolate_with_momentum"], past_grad=group["past"] == "grad",
+            noise_std=group["noise_std"], seed=group["seed"])
+        if group["mode"] == "past" and not group.get("store_anchor", False) and anchor_free_applies(hyper):
+            phase = Phase.UPDATE_PAST_ANCHOR_FREE  # (16-bit parameters keep their master: bucket_phase)
+        return phase, hyper
+
+class ApexDropIn:
+    """What Apex's fused optimizers share (a mixin before FusedOptimizer): zero_grad with set_grad_none, and
+    the fp32 master of a 16-bit parameter kept in the optimizer state as its anchor."""
+
+    def _has_anchor(self, param: Tensor, group: dict) -> bool:
+        return state_dtype(param.dtype) != param.dtype and group.get("master_weights", True)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Apex's: None with set_grad_none, else torch.optim's zero_grad, whose default on torch 2.x is
+        also None (a parameter that gets no gradient then gets no weight decay or momentum either)."""
+        super().zero_grad(set_to_none=True if self.set_grad_none else set_to_none)
+
+
+class FusedSGD(ApexDropIn, FusedOptimizer):
     """Drop-in for `apex.optimizers.FusedSGD`: torch.optim.SGD semantics in one fused pass.
 
     `wd_after_momentum` adds the weight decay to the update direction instead of the gradient, as in
@@ -281,26 +323,8 @@ class FusedSGD(FusedOptimizer):
         self.materialize_master_grads = materialize_master_grads
         self.set_grad_none = set_grad_none
 
-    def _has_anchor(self, param: Tensor, group: dict) -> bool:  # the fp32 master of a 16-bit parameter
-        return state_dtype(param.dtype) != param.dtype and group.get("master_weights", True)
-
     def _launch_args(self, group: dict) -> tuple[Phase, Hyper]:
         return Phase.UPDATE, Hyper(
             lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
             weight_decay=group["weight_decay"], nesterov=group["nesterov"],
             wd_after_momentum=group["wd_after_momentum"], seed=group.get("seed", 0))
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Apex's: None with set_grad_none, else torch.optim's zero_grad, whose default on torch 2.x is
-        also None (a parameter that gets no gradient then gets no weight decay or momentum either)."""
-        super().zero_grad(set_to_none=True if self.set_grad_none else set_to_none)
-
-    @eager
-    @torch.no_grad()
-    def step(self, closure=None, *, grad_scale: Tensor | None = None, found_inf: Tensor | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._run(*self._plan(self.param_groups), grad_scale, found_inf)
-        return loss

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from . import functional
 from .backends import cpu as extension
-from .bucket import Bucket, Hyper, Phase, bucket_phase
+from .bucket import Bucket, Hyper, Phase, bucket_phase, state_dtype
 from .functional import Work
 from .lars import trust_ratios
 from .sharded import is_dtensor, local, shard_group
@@ -81,6 +81,7 @@ class Launch:
     def __init__(self, work: Work, positions: list[int] | None, total: int = 0, views: bool = False):
         self.work = work
         self.views = views  # DTensor or complex parameters: the gradients' kernel views are taken per step
+        self.global_grad_norm: Tensor | None = None  # LAMB: set by run_launches each step
         if positions is None:  # a one-off launch (functional.run): the bucket's own gradients
             self.pick = lambda flat: work.bucket.grads
         elif len(positions) == total and positions == list(range(total)):
@@ -133,7 +134,8 @@ class Launch:
         phase, bucket, hyper, backend = self.work
         grad_scale, found_inf = _device(grad_scale, bucket.device), _device(found_inf, bucket.device)
         if not backend.validates:
-            backend.apply(phase, replace(bucket, grads=list(grads)), hyper, grad_scale, found_inf)
+            backend.apply(phase, replace(bucket, grads=list(grads), global_grad_norm=self.global_grad_norm), hyper,
+                          grad_scale, found_inf)
             return
         trust = None
         if hyper.lars:
@@ -141,11 +143,26 @@ class Launch:
         self._call()(grads, trust, grad_scale, found_inf)
 
 
+def global_grad_norm(grads: list[list[Tensor]]) -> Tensor | None:
+    """LAMB's clipping norm: of all the step's gradients together (still scaled by AMP), on the device of
+    the first; None where no gradient is there."""
+    flat = [g for gs in grads for g in gs]
+    if not flat:
+        return None
+    device = flat[0].device
+    norms = [n.to(device, torch.float64) for n in torch._foreach_norm([g.to(state_dtype(g.dtype)) for g in flat])]
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
 def run_launches(launches: list[Launch], flat_grads: list, grad_scale: Tensor | None,
                  found_inf: Tensor | None) -> None:
     """Validates every launch, then runs them; an extension operator alone validates itself. A
     refusal, before anything is written, raises `Rejected`."""
     grads = [launch.grads(flat_grads) for launch in launches]
+    if any(launch.work.hyper.base == "lamb" and launch.work.hyper.max_grad_norm > 0 for launch in launches):
+        norm = global_grad_norm(grads)
+        for launch in launches:
+            launch.global_grad_norm = norm
     if len(launches) == 1 and launches[0].validates_itself:
         try:
             launches[0].run(grads[0], grad_scale, found_inf)
@@ -193,7 +210,7 @@ class Plan:
                 phase = bucket_phase(group_phase, dtype)
                 # the kernels see local tensors: FSDP2 shards step where they live
                 shards, local_grads = [local(p) for p in members], [local(p.grad) for p in members]
-                backend = functional.resolve_backend(opt.backend, shards, local_grads)
+                backend = functional.resolve_backend(opt.backend, shards, local_grads, hyper.base)
                 names = [f"param {index[p]} (shape {tuple(p.shape)})" for p in members]
                 for p, x, g, name in zip(members, shards, local_grads, names):
                     functional.check_param(x, g, backend, name)
@@ -214,13 +231,13 @@ class Plan:
                 params=shards,
                 grads=[as_real(g) for g in local_grads],
                 anchors=[kernel_view(st["anchor"]) if "anchor" in st else x for x, st in zip(shards, states)],
-                momenta=[kernel_view(st["momentum_buffer"]) for st in states] if group["momentum"] != 0 else [],
                 steps=[st["step"] for st in states],
                 indices=[index[p] for p in members],
                 names=names,
                 shard_group=shards_group,
-                last_gammas=[st["last_gamma"] for st in states] if phase == Phase.UPDATE_PAST_ANCHOR_FREE else [],
                 master=group.get("master_weights", True),
+                **{"momenta": [], **{key: [kernel_view(st[name]) if name != "last_gamma" else st[name] for st in states]
+                                     for key, name in opt._state_lists(group, phase).items()}},
             )
             functional.check_bucket(bucket, backend)
             launch = Launch(Work(phase, bucket, hyper, backend), [position[id(p)] for p in members], len(params),
@@ -271,8 +288,8 @@ class Plan:
             phase = self.phase_of
         for launch in self.by_group[number]:
             old = launch.work
-            if (old.phase != bucket_phase(phase, old.bucket.dtype) or old.bucket.master != group.get("master_weights", True) or (old.hyper.momentum != 0) != (hyper.momentum != 0)
-                    or old.hyper.lars != hyper.lars):
+            if (old.phase != bucket_phase(phase, old.bucket.dtype) or old.bucket.master != group.get("master_weights", True)
+                    or old.hyper.layout() != hyper.layout()):
                 return False
         for launch in self.by_group[number]:
             launch.retune(hyper)

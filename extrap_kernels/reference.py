@@ -68,7 +68,11 @@ def _store(bucket: Bucket, i: int, seed: int):
 
 def apply(phase: Phase, bucket: Bucket, h: Hyper, grad_scale: Tensor | None = None,
           found_inf: Tensor | None = None, compute_dtype: torch.dtype | None = None) -> None:
-    """Runs one phase over the bucket, one tensor at a time."""
+    """Runs one phase over the bucket, one tensor at a time (the Adam and LAMB bases: reference_adaptive)."""
+    if h.base != "sgd":
+        from . import reference_adaptive
+
+        return reference_adaptive.apply(phase, bucket, h, grad_scale, found_inf, compute_dtype)
     count_step(phase, bucket, found_inf)
     if found_inf is not None and found_inf.item() != 0:
         abandon(phase, bucket)

@@ -25,6 +25,7 @@ class Backend:
     devices: tuple[str, ...] | None  # device types it runs on; None: any
     available: Callable[[torch.device], bool]  # can run on this (supported) device in this process
     validates: bool = False  # the extension's operators check every launch themselves (csrc/bindings.cpp)
+    bases: tuple[str, ...] = ("sgd",)  # the base optimizers it has a kernel for (bucket.Hyper.base)
 
     @property
     def apply(self):
@@ -52,9 +53,10 @@ def _cuda_devices() -> tuple[str, ...]:
     return ("cuda", "cpu") if _ext.cuda_emulation_requested() else ("cuda",)
 
 
+ADAPTIVE = ("sgd", "adam", "lamb")  # every base
 BACKENDS = {
-    "reference": Backend("reference", "..reference", False, None, lambda device: True),
-    "foreach": Backend("foreach", ".foreach", False, None, lambda device: True),
+    "reference": Backend("reference", "..reference", False, None, lambda device: True, bases=ADAPTIVE),
+    "foreach": Backend("foreach", ".foreach", False, None, lambda device: True, bases=ADAPTIVE),
     "cpu": Backend("cpu", ".cpu", True, ("cpu",), lambda device: _ext.load() is not None, validates=True),
     "cuda": Backend("cuda", ".cuda", True, _cuda_devices(),
                     lambda device: importlib.import_module(".cuda", __package__).available(device), validates=True),

@@ -4,6 +4,7 @@ over memory, which is what the fused backends are measured against. It reads a f
 host (found_inf, first-step flags, noise steps), a synchronization the fused backends avoid."""
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import torch
@@ -48,6 +49,9 @@ def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
     count_step(phase, b, found_inf)
     if found_inf is not None and found_inf.item() != 0:
         abandon(phase, b)
+        return
+    if h.base != "sgd":
+        _apply_adaptive(phase, b, h, grad_scale)
         return
     if b.rounds_stochastically:
         _apply_rounded(phase, b, h, grad_scale)
@@ -112,3 +116,65 @@ def _apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None) -> None
         x = torch._foreach_add(b.anchors, noise, alpha=h.noise_std)
     torch._foreach_copy_(b.params, x)
     record_gamma(phase, b, h.gamma, None)
+
+
+def _apply_adaptive(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None) -> None:
+    """Adam, AdamW and LAMB (reference_adaptive says what each line computes), the step counts read on
+    the host for the bias corrections."""
+    inv_scale = 1.0 / grad_scale.item() if grad_scale is not None else 1.0
+    clip = 1.0
+    if h.base == "lamb" and h.max_grad_norm > 0 and b.global_grad_norm is not None:
+        clip = max(1.0, float(b.global_grad_norm) * inv_scale / h.max_grad_norm)
+    dtype = state_dtype(b.dtype)
+    anchors = b.anchor_values(phase)
+    grads = [g if g.dtype == dtype else g.to(dtype) for g in b.grads]
+    g_prime = torch._foreach_mul(grads, (-inv_scale if h.maximize else inv_scale) / clip)
+    if h.weight_decay != 0 and not h.decoupled:
+        torch._foreach_add_(g_prime, anchors, alpha=h.weight_decay)
+    b1, b2 = h.betas
+    lookahead = phase == Phase.EXTRAPOLATE  # the moments as if updated: copies, the state read only
+    m = torch._foreach_mul(b.momenta, b1) if lookahead else b.momenta
+    v = torch._foreach_mul(b.second_moments, b2) if lookahead else b.second_moments
+    if not lookahead:
+        torch._foreach_mul_(m, b1)
+        torch._foreach_mul_(v, b2)
+    torch._foreach_add_(m, g_prime, alpha=(1 - b1) if (h.grad_averaging or h.base != "lamb") else 1.0)
+    torch._foreach_addcmul_(v, g_prime, g_prime, value=1 - b2)
+    if b.max_second_moments:
+        v = torch._foreach_maximum(b.max_second_moments, v) if lookahead else b.max_second_moments
+        if not lookahead:
+            torch._foreach_maximum_(v, b.second_moments)
+    steps = [int(t) + lookahead for t in torch.stack(b.steps).tolist()]
+    if h.bias_correction:
+        denominators = torch._foreach_sqrt(v)
+        torch._foreach_div_(denominators, [math.sqrt(1 - b2 ** t) for t in steps])
+        torch._foreach_add_(denominators, h.eps)
+        e = torch._foreach_div(m, [1 - b1 ** t for t in steps])
+        torch._foreach_div_(e, denominators)
+    else:
+        e = torch._foreach_div(m, torch._foreach_add(torch._foreach_sqrt(v), h.eps))
+    if h.decoupled and h.weight_decay != 0:
+        torch._foreach_add_(e, anchors, alpha=h.weight_decay)
+    if h.base == "lamb" and (h.weight_decay != 0 or h.use_nvlamb):
+        s_norms, u_norms = torch.stack(torch._foreach_norm(anchors)), torch.stack(torch._foreach_norm(e))
+        trust = torch.where((s_norms > 0) & (u_norms > 0), s_norms / u_norms, torch.ones_like(s_norms))
+        torch._foreach_mul_(e, list(trust.unbind()))
+    gamma = float(h.gamma)
+    if phase == Phase.EXTRAPOLATE:
+        if not b.has_master:
+            torch._foreach_copy_(b.anchors, b.params)
+        torch._foreach_copy_(b.params, torch._foreach_add(anchors, e, alpha=-gamma))
+        return
+    new_anchor = torch._foreach_add(b.anchors, e, alpha=-float(h.lr))
+    if phase != Phase.UPDATE or b.has_master:
+        torch._foreach_copy_(b.anchors, new_anchor)
+    if phase == Phase.UPDATE:
+        x = new_anchor
+    elif phase == Phase.UPDATE_PAST:
+        x = torch._foreach_add(new_anchor, e, alpha=-gamma)
+    else:
+        numels = [p.numel() for p in b.params]
+        xi = philox.normal_flat(h.seed, torch.stack(b.steps), torch.tensor(b.indices), numels, b.device).to(dtype)
+        x = torch._foreach_add(new_anchor, [n.view_as(p) for n, p in zip(torch.split(xi, numels), b.params)],
+                               alpha=h.noise_std)
+    torch._foreach_copy_(b.params, x)

@@ -1,0 +1,173 @@
+"""The adaptive optimizer classes (docs/SPEC.md "Base update, Adam family and LAMB"): `ExtrapAdam`,
+`ExtrapAdamW` and `ExtrapLAMB`, which extrapolate as ExtrapSGD does (modes local, past, noise; gamma=0
+is the base optimizer), and the Apex drop-ins `FusedAdam` and `FusedLAMB`. As thin as ExtrapSGD: each
+says which phase a group runs with which hyperparameters and which state it keeps; the iteration, the
+cached plan and the backends are shared. (Kernels: `foreach` and `reference` so far; "auto" picks
+`foreach` for them.)"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import functional
+from .bucket import Hyper, Phase, state_dtype
+from .optimizer import ApexDropIn, ExtrapolatingOptimizer, FusedOptimizer
+
+
+def check_adaptive(lr, betas, eps, weight_decay) -> None:
+    """torch.optim.Adam's checks, in its words."""
+    functional.check_hyperparameters(lr=lr, weight_decay=weight_decay)
+    number = functional._number(eps, "eps")
+    if number is not None and not number >= 0.0:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"Invalid betas: {betas!r} (a pair (beta1, beta2))")
+    for index, beta in enumerate(betas):
+        if not 0.0 <= functional._number(beta, "beta") < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
+
+
+class AdaptiveOptimizer(FusedOptimizer):
+    """The state and launch arguments every adaptive base shares: the anchor, the moments exp_avg and
+    exp_avg_sq (max_exp_avg_sq with amsgrad), with torch.optim.Adam's names (its checkpoints load)."""
+
+    BASE = "adam"
+
+    def _has_anchor(self, param: Tensor, group: dict) -> bool:
+        return True  # (the Apex drop-ins: a 16-bit parameter's master only)
+
+    def _state_lists(self, group: dict, phase: Phase) -> dict[str, str]:
+        lists = {"momenta": "exp_avg", "second_moments": "exp_avg_sq"}
+        if group.get("amsgrad", False):
+            lists["max_second_moments"] = "max_exp_avg_sq"
+        return lists
+
+    def _init_state(self, p: Tensor, group: dict, phase: Phase) -> dict:
+        state = self.state[p]
+        if "step" not in state:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
+        sdtype = state_dtype(p.dtype)
+        for key in self._state_lists(group, phase).values():
+            if key not in state:
+                state[key] = torch.zeros_like(p, dtype=sdtype, memory_format=torch.contiguous_format)
+        if self._has_anchor(p, group) and "anchor" not in state:
+            state["anchor"] = torch.empty_like(p, dtype=sdtype, memory_format=torch.contiguous_format).copy_(p)
+        return state
+
+    def _hyper(self, group: dict, gamma) -> Hyper:
+        return Hyper(lr=group["lr"], gamma=gamma, weight_decay=group["weight_decay"],
+                     maximize=group.get("maximize", False), noise_std=group.get("noise_std", 0.0),
+                     seed=group.get("seed", 0), base=self.BASE, betas=tuple(group["betas"]), eps=group["eps"],
+                     decoupled=group["decoupled"], amsgrad=group.get("amsgrad", False),
+                     bias_correction=group.get("bias_correction", True),
+                     grad_averaging=group.get("grad_averaging", True), max_grad_norm=group.get("max_grad_norm", 0.0),
+                     use_nvlamb=group.get("use_nvlamb", False))
+
+    def _launch_args(self, group: dict) -> tuple[Phase, Hyper]:
+        check_adaptive(group["lr"], group["betas"], group["eps"], group["weight_decay"])
+        gamma = group["lr"] if group.get("gamma") is None else group["gamma"]
+        mode = group.get("mode", "past")
+        phase = {"local": Phase.UPDATE, "past": Phase.UPDATE_PAST, "noise": Phase.UPDATE_NOISE}[mode]
+        if phase == Phase.UPDATE_NOISE and (functional._number(gamma, "gamma") == 0 or group["noise_std"] == 0):
+            phase, gamma = Phase.UPDATE_PAST, 0.0  # extrapolation switched off: the base optimizer
+        return phase, self._hyper(group, gamma)
+
+
+class ExtrapAdam(ExtrapolatingOptimizer, AdaptiveOptimizer):
+    """Adam (torch.optim.Adam's arguments and defaults) with extrapolation: mode="past" (default)
+    extrapolates along the direction of the update just applied, "local" is the two-phase EXTRAP
+    iteration with the look-ahead direction (the moments as if updated, the state read only), "noise"
+    perturbs around the anchor. gamma=None follows the group's lr; gamma=0 is exactly Adam.
+    decoupled_weight_decay=True is AdamW."""
+
+    def __init__(self, params, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
+                 decoupled_weight_decay: bool = False, gamma: float | Tensor | None = None, mode: str = "past",
+                 noise_std: float = 0.01, seed: int = 0, backend: str = "auto"):
+        check_adaptive(lr, betas, eps, weight_decay)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        maximize=maximize, decoupled=decoupled_weight_decay, gamma=gamma, mode=mode,
+                        noise_std=noise_std, seed=seed)
+        functional.check_hyperparameters(gamma=gamma, mode=mode, noise_std=noise_std)
+        super().__init__(params, defaults, backend)
+
+
+class ExtrapAdamW(ExtrapAdam):
+    """AdamW (torch.optim.AdamW's arguments and defaults: decoupled weight decay 0.01) with extrapolation."""
+
+    def __init__(self, params, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
+                 gamma: float | Tensor | None = None, mode: str = "past", noise_std: float = 0.01, seed: int = 0,
+                 backend: str = "auto"):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, decoupled_weight_decay=True,
+                         gamma=gamma, mode=mode, noise_std=noise_std, seed=seed, backend=backend)
+
+
+class ExtrapLAMB(ExtrapolatingOptimizer, AdaptiveOptimizer):
+    """LAMB (Apex FusedLAMB's arguments, defaults and meaning) with extrapolation: the gradients are
+    clipped by their global norm (max_grad_norm), the Adam direction (decoupled weight decay with
+    adam_w_mode) is scaled per tensor by ||s|| / ||u||, and extrapolation reads that direction."""
+
+    BASE = "lamb"
+
+    def __init__(self, params, lr: float | Tensor = 1e-3, bias_correction: bool = True,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.01,
+                 adam_w_mode: bool = True, grad_averaging: bool = True, max_grad_norm: float = 1.0,
+                 use_nvlamb: bool = False, *, gamma: float | Tensor | None = None, mode: str = "past",
+                 noise_std: float = 0.01, seed: int = 0, backend: str = "auto"):
+        check_adaptive(lr, betas, eps, weight_decay)
+        if not max_grad_norm >= 0:
+            raise ValueError(f"Invalid max_grad_norm: {max_grad_norm} (must be >= 0; 0 turns clipping off)")
+        defaults = dict(lr=lr, bias_correction=bias_correction, betas=tuple(betas), eps=eps,
+                        weight_decay=weight_decay, decoupled=adam_w_mode, grad_averaging=grad_averaging,
+                        max_grad_norm=max_grad_norm, use_nvlamb=use_nvlamb, gamma=gamma, mode=mode,
+                        noise_std=noise_std, seed=seed)
+        functional.check_hyperparameters(gamma=gamma, mode=mode, noise_std=noise_std)
+        super().__init__(params, defaults, backend)
+
+
+class _ApexAdaptive(ApexDropIn, AdaptiveOptimizer):
+    """Apex's FusedAdam and FusedLAMB: the base update alone, one phase per step. A 16-bit parameter keeps
+    its fp32 master in the state whatever master_weights says: the results are Apex's with
+    master_weights=True."""
+
+    def _launch_args(self, group: dict) -> tuple[Phase, Hyper]:
+        check_adaptive(group["lr"], group["betas"], group["eps"], group["weight_decay"])
+        return Phase.UPDATE, self._hyper(group, 0.0)
+
+
+class FusedAdam(_ApexAdaptive):
+    """Drop-in for `apex.optimizers.FusedAdam`: Adam (adam_w_mode=True: AdamW) in one pass per step."""
+
+    _PICKLED = AdaptiveOptimizer._PICKLED + ("capturable", "master_weights")
+
+    def __init__(self, params, lr: float = 1e-3, bias_correction: bool = True, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, adam_w_mode: bool = True, weight_decay: float = 0.0, amsgrad: bool = False,
+                 set_grad_none: bool = True, capturable: bool = False, master_weights: bool = False, *,
+                 backend: str = "auto"):
+        if amsgrad:
+            raise RuntimeError("FusedAdam does not support the AMSGrad variant.")
+        check_adaptive(lr, betas, eps, weight_decay)
+        defaults = dict(lr=lr, bias_correction=bias_correction, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        decoupled=adam_w_mode)
+        super().__init__(params, defaults, backend)
+        self.set_grad_none, self.capturable, self.master_weights = set_grad_none, capturable, master_weights
+
+
+class FusedLAMB(_ApexAdaptive):
+    """Drop-in for `apex.optimizers.FusedLAMB`: LAMB with Apex's defaults and meaning."""
+
+    BASE = "lamb"
+
+    def __init__(self, params, lr: float = 1e-3, bias_correction: bool = True, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-6, weight_decay: float = 0.01, amsgrad: bool = False, adam_w_mode: bool = True,
+                 grad_averaging: bool = True, set_grad_none: bool = True, max_grad_norm: float = 1.0,
+                 use_nvlamb: bool = False, *, backend: str = "auto"):
+        if amsgrad:
+            raise RuntimeError("FusedLAMB does not support the AMSGrad variant.")
+        check_adaptive(lr, betas, eps, weight_decay)
+        defaults = dict(lr=lr, bias_correction=bias_correction, betas=tuple(betas), eps=eps,
+                        weight_decay=weight_decay, decoupled=adam_w_mode, grad_averaging=grad_averaging,
+                        max_grad_norm=max_grad_norm, use_nvlamb=use_nvlamb)
+        super().__init__(params, defaults, backend)
+        self.set_grad_none = set_grad_none
