@@ -13,12 +13,12 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .optimizer import ExtrapSGD
+from .optimizer import ExtrapolatingOptimizer
 
 
 def needs_extrapolation_pass(optimizer: torch.optim.Optimizer) -> bool:
     """The optimizer has mode="local" groups, which take a second backward per iteration."""
-    return isinstance(optimizer, ExtrapSGD) and bool(optimizer._local_groups())
+    return isinstance(optimizer, ExtrapolatingOptimizer) and bool(optimizer._local_groups())
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,

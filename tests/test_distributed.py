@@ -1,4 +1,4 @@
-"""Data-parallel EXTRAP-SGD on CPU: 2 processes, gloo. The DDP run equals a single-process emulation of
+"""Data-parallel EXTRAP-SGD (and the adaptive bases, ExtrapAdamW and ExtrapLAMB) on CPU: 2 processes, gloo. The DDP run equals a single-process emulation of
 the same per-worker batches; each iteration makes exactly one gradient all-reduce (counted by a DDP
 communication hook); a rank that raises fails the test instead of hanging it."""
 from __future__ import annotations
@@ -30,11 +30,15 @@ def _batch(rank: int, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
     return worker_batch(rank, iteration, BATCH)
 
 
-def _optimizer(params, mode: str, backend: str):
+def _optimizer(params, mode: str, backend: str, base: str = "sgd"):
+    if base == "adamw":
+        return ek.ExtrapAdamW(params, lr=0.01, gamma=0.005, mode=mode, weight_decay=1e-3, backend=backend)
+    if base == "lamb":
+        return ek.ExtrapLAMB(params, lr=0.01, gamma=0.005, mode=mode, backend=backend)
     return ek.ExtrapSGD(params, lr=0.1, gamma=0.05, mode=mode, momentum=0.9, weight_decay=1e-3, backend=backend)
 
 
-def _worker(rank: int, port: int, out: str, mode: str, backend: str, fail_rank: int) -> None:
+def _worker(rank: int, port: int, out: str, mode: str, backend: str, fail_rank: int, base: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
     try:
@@ -46,7 +50,7 @@ def _worker(rank: int, port: int, out: str, mode: str, backend: str, fail_rank: 
             return default_hooks.allreduce_hook(state, bucket)
 
         model.register_comm_hook(None, counting_allreduce)
-        opt = _optimizer(model.parameters(), mode, backend)
+        opt = _optimizer(model.parameters(), mode, backend, base)
         per_iteration = []
         for it in range(ITERATIONS):
             if rank == fail_rank and it == 2:
@@ -61,15 +65,15 @@ def _worker(rank: int, port: int, out: str, mode: str, backend: str, fail_rank: 
         shut_down()
 
 
-def _spawn(mode: str, backend: str, out: str, fail_rank: int = -1) -> None:
-    spawn(_worker, (free_port(), out, mode, backend, fail_rank), WORLD, TIMEOUT_S)
+def _spawn(mode: str, backend: str, out: str, fail_rank: int = -1, base: str = "sgd") -> None:
+    spawn(_worker, (free_port(), out, mode, backend, fail_rank, base), WORLD, TIMEOUT_S)
 
 
-def _emulation(mode: str, backend: str) -> list[torch.Tensor]:
+def _emulation(mode: str, backend: str, base: str = "sgd") -> list[torch.Tensor]:
     """One process, one model copy per worker: each extrapolates with its own gradient; the update
     gradient is the average over workers (what the all-reduce computes)."""
     replicas = [_model() for _ in range(WORLD)]
-    opts = [_optimizer(m.parameters(), mode, backend) for m in replicas]
+    opts = [_optimizer(m.parameters(), mode, backend, base) for m in replicas]
 
     def grads_at(rank, model, it):
         model.zero_grad(set_to_none=True)
@@ -92,13 +96,16 @@ def _emulation(mode: str, backend: str) -> list[torch.Tensor]:
     return [p.detach() for p in replicas[0].parameters()]
 
 
-@pytest.mark.parametrize("backend", [b for b in ("cpu", "foreach") if b in ek.available_backends("cpu")])
-@pytest.mark.parametrize("mode", ["local", "past"])
-def test_ddp_equals_single_process_emulation(mode, backend):
+CASES = [(mode, backend, "sgd") for backend in ("cpu", "foreach") if backend in ek.available_backends("cpu")
+         for mode in ("local", "past")] + [("local", "foreach", "adamw"), ("local", "foreach", "lamb")]
+
+
+@pytest.mark.parametrize("mode, backend, base", CASES)
+def test_ddp_equals_single_process_emulation(mode, backend, base):
     with tempfile.TemporaryDirectory() as out:
-        _spawn(mode, backend, out)
+        _spawn(mode, backend, out, base=base)
         ranks = [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(WORLD)]
-    expected = _emulation(mode, backend)
+    expected = _emulation(mode, backend, base)
     eps = torch.finfo(torch.float32).eps
     for r in ranks:
         assert r["allreduces"] == [1] * ITERATIONS  # one gradient all-reduce per iteration, either mode
@@ -109,7 +116,7 @@ def test_ddp_equals_single_process_emulation(mode, backend):
     assert all(torch.equal(a, b) for a, b in zip(ranks[0]["params"], ranks[1]["params"]))
     # the test can fail: extrapolation with the local gradient differs from that with the mean one
     if mode == "local":
-        other = _emulation("past", backend)
+        other = _emulation("past", backend, base)
         assert not all(torch.allclose(p, q, atol=1e-4) for p, q in zip(ranks[0]["params"], other))
 
 
