@@ -1,8 +1,10 @@
 """The large-batch experiment: for a task, a small-batch SGD baseline and, at a >= 16x larger batch,
 SGD, LARS and EXTRAP-SGD in each mode, over several seeds; a results table (mean +- std of the final
-test metric) and plots, written with the exact commands under --out.
+test metric) and plots, written with the exact commands under --out. `--family adaptive` runs the same
+for AdamW (the baseline, small and large), LAMB, EXTRAP-AdamW and EXTRAP-LAMB.
 
     python python/experiment.py --task digits --small 32 --large 512 --epochs 30 --seeds 0 1 2
+    python python/experiment.py --family adaptive --task transformer --small 16 --large 256 -- --lr 1e-3
 """
 from __future__ import annotations
 
@@ -26,6 +28,16 @@ CONFIGS = {  # name -> (batch: "small" or "large", harness arguments)
     "EXTRAP-SGD past": ("large", ["--optimizer", "extrap-sgd", "--mode", "past"]),
     "EXTRAP-SGD noise": ("large", ["--optimizer", "extrap-sgd", "--mode", "noise"]),
 }
+ADAPTIVE_CONFIGS = {  # the first two: the baseline at the small and the large batch (the gap)
+    "AdamW small batch": ("small", ["--optimizer", "adamw"]),
+    "AdamW": ("large", ["--optimizer", "adamw"]),
+    "LAMB": ("large", ["--optimizer", "lamb"]),
+    "EXTRAP-AdamW local": ("large", ["--optimizer", "extrap-adamw", "--mode", "local"]),
+    "EXTRAP-AdamW past": ("large", ["--optimizer", "extrap-adamw", "--mode", "past"]),
+    "EXTRAP-LAMB local": ("large", ["--optimizer", "extrap-lamb", "--mode", "local"]),
+    "EXTRAP-LAMB past": ("large", ["--optimizer", "extrap-lamb", "--mode", "past"]),
+}
+FAMILIES = {"sgd": CONFIGS, "adaptive": ADAPTIVE_CONFIGS}
 
 
 def default_out(task: str) -> Path:
@@ -36,13 +48,13 @@ def default_out(task: str) -> Path:
 def commands(args) -> list[tuple[str, int, list[str]]]:
     out = []
     for name in args.configs:
-        batch, extra = CONFIGS[name]
+        batch, extra = {**CONFIGS, **ADAPTIVE_CONFIGS}[name]
         size = args.small if batch == "small" else args.large
         for seed in args.seeds:
             argv = ["--task", args.task, "--batch-size", str(size), "--base-batch-size", str(args.small),
                     "--epochs", str(args.epochs), "--seed", str(seed), "--out", str(Path(args.out) / "runs"),
                     "--quiet", *extra, *args.extra]
-            if args.gamma is not None and "extrap-sgd" in extra:
+            if args.gamma is not None and any(a.startswith("extrap-") for a in extra):
                 argv += ["--gamma", str(args.gamma)]
             out.append((name, seed, argv))
     return out
@@ -70,7 +82,8 @@ def summarize(results: dict[str, list[dict]]) -> str:
              f"best epoch mean | seeds | diverged | seconds/run | gap closed |", "|---|---|---|---|---|---|---|---|"]
     finished = {name: final_metrics(runs) for name, runs in results.items()}  # diverged runs counted apart
     means = {name: statistics.mean(f) if f else math.nan for name, f in finished.items()}
-    small, large = means.get("SGD small batch", math.nan), means.get("SGD", math.nan)
+    small_name, large_name = list(results)[:2]  # the baseline at the small and at the large batch
+    small, large = means.get(small_name, math.nan), means.get(large_name, math.nan)
     for name, runs in results.items():
         pick = max if first["higher_is_better"] else min
         best = [pick(h["metric"] for h in r["history"] if math.isfinite(h["metric"])) for r in runs
@@ -86,8 +99,8 @@ def summarize(results: dict[str, list[dict]]) -> str:
 
 
 def _gap_closed(value: float, small: float, large: float) -> str:
-    """How much of the large-batch gap (SGD at the large batch vs at the small one) a configuration
-    closed: 0% is large-batch SGD, 100% the small-batch metric, negative is worse than large-batch SGD."""
+    """How much of the large-batch gap (the baseline at the large batch vs at the small one) a configuration
+    closed: 0% is the large-batch baseline, 100% the small-batch metric, negative is worse than the former."""
     if not all(math.isfinite(v) for v in (value, small, large)) or small == large:
         return "-"
     return f"{round(100 * (value - large) / (small - large))}%"
@@ -101,12 +114,15 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--gamma", type=float, default=None)
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--family", choices=list(FAMILIES), default="sgd")
+    p.add_argument("--configs", nargs="+", default=None, choices=list(CONFIGS) + list(ADAPTIVE_CONFIGS),
+                   help="default: every configuration of --family, its baseline first")
     p.add_argument("--out", default=None, help="default out/experiments/<task> (untracked): committed results "
                    "are written there only when asked, e.g. --out python/results/<task>")
     p.add_argument("extra", nargs="*", help="more harness arguments after --, e.g. -- --lr 0.1")
     args = p.parse_args(argv)
-    args.out = args.out or str(default_out(args.task))
+    args.out = args.out or str(default_out(args.task) if args.family == "sgd" else default_out(args.task) / "adaptive")
+    args.configs = args.configs or list(FAMILIES[args.family])
     results: dict[str, list[dict]] = {}
     ran = []
     for name, seed, argv_ in commands(args):

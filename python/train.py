@@ -28,14 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import extrap_kernels as ek  # noqa: E402
 from tasks import TASKS, evaluate  # noqa: E402
 
-OPTIMIZERS = ("sgd", "lars", "extrap-sgd", "fused-sgd")
+OPTIMIZERS = ("sgd", "lars", "extrap-sgd", "fused-sgd", "adamw", "lamb", "extrap-adamw", "extrap-lamb")
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=sorted(TASKS), default="digits")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
-    p.add_argument("--mode", choices=("local", "past", "noise"), default="local", help="extrap-sgd only")
+    p.add_argument("--mode", choices=("local", "past", "noise"), default="local", help="extrap-* only")
     p.add_argument("--gamma", type=float, default=None, help="extrapolation rate (default: the current lr)")
     p.add_argument("--noise-std", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=32, help="global batch (all workers together)")
@@ -49,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-epochs", type=float, default=None, help="default: 5 when lr is scaled up, else 0")
     p.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", default="auto", help="extrap_kernels backend for extrap-sgd/lars/fused-sgd")
+    p.add_argument("--backend", default="auto", help="extrap_kernels backend (every optimizer but sgd and adamw)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--parallel", choices=("ddp", "fsdp2"), default="ddp",
                    help="with several workers: DDP (replicated), or FSDP2 (parameters and state sharded)")
@@ -72,6 +72,16 @@ def build_optimizer(args, params):
     if args.optimizer == "lars":  # LARS = ExtrapSGD without extrapolation, trust ratio per tensor
         return ek.ExtrapSGD(params, gamma=0.0, lars=True, lars_clip=True,
                             trust_coefficient=args.trust_coefficient, **common)
+    if args.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    if args.optimizer == "lamb":  # Apex FusedLAMB's defaults (max_grad_norm 1)
+        return ek.FusedLAMB(params, lr=args.lr, weight_decay=args.weight_decay, backend=args.backend)
+    extrap = dict(lr=args.lr, weight_decay=args.weight_decay, gamma=args.gamma, mode=args.mode,
+                  noise_std=args.noise_std, seed=args.seed, backend=args.backend)
+    if args.optimizer == "extrap-adamw":
+        return ek.ExtrapAdamW(params, **extrap)
+    if args.optimizer == "extrap-lamb":
+        return ek.ExtrapLAMB(params, **extrap)
     return ek.ExtrapSGD(params, gamma=args.gamma, mode=args.mode, noise_std=args.noise_std, seed=args.seed,
                         **common)
 
@@ -103,8 +113,9 @@ def lr_factor(args, iteration: int, per_epoch: int) -> float:
 
 
 def label_of(args) -> str:
-    name = args.optimizer + (f"-{args.mode}" if args.optimizer == "extrap-sgd" else "")
-    gamma = f"-g{args.gamma:g}" if args.gamma is not None and args.optimizer == "extrap-sgd" else ""
+    extrap = args.optimizer.startswith("extrap-")
+    name = args.optimizer + (f"-{args.mode}" if extrap else "")
+    gamma = f"-g{args.gamma:g}" if args.gamma is not None and extrap else ""
     return f"{args.task}-{name}{gamma}-b{args.batch_size}-s{args.seed}"
 
 

@@ -16,7 +16,11 @@ import train  # noqa: E402
 
 
 @pytest.mark.parametrize("optimizer", [["--optimizer", "extrap-sgd", "--mode", "local"], ["--optimizer", "lars"],
-                                       ["--optimizer", "fused-sgd"], ["--optimizer", "sgd"]], ids=lambda a: a[1])
+                                       ["--optimizer", "fused-sgd"], ["--optimizer", "sgd"],
+                                       ["--optimizer", "adamw", "--lr", "1e-3"], ["--optimizer", "lamb", "--lr", "1e-3"],
+                                       ["--optimizer", "extrap-adamw", "--mode", "local", "--lr", "1e-3"],
+                                       ["--optimizer", "extrap-lamb", "--mode", "past", "--lr", "1e-3"]],
+                         ids=lambda a: a[1])
 def test_harness_trains_and_logs(tmp_path, optimizer):
     args = train.parser().parse_args(["--task", "digits", "--epochs", "2", "--batch-size", "64",
                                       "--out", str(tmp_path), "--quiet", *optimizer])
