@@ -128,11 +128,13 @@ def run_workload(work: Workload, dtype: torch.dtype, device: str, chosen: list[C
 
     seconds, errors, launches, bandwidth_of, fused_of = {}, {}, {}, {}, {}
     speeds = {}
-    baseline = next(c for c in chosen if c.baseline == "torch-fused")
+    # torch's fused step of each family (SGD, AdamW): the baseline of the family's ratios
+    baselines = {c.family: c for c in chosen if c.baseline == "torch-fused"}
     if work.numel <= INTERLEAVE_BELOW:
         groups = [chosen]
-    else:  # each contender beside torch's fused SGD, the baseline of its ratio
-        groups = [[baseline]] + [[baseline, c] for c in chosen if c is not baseline]
+    else:  # each contender beside its family's torch fused step
+        groups = [[b] for b in baselines.values()] + [[baselines[c.family], c] for c in chosen
+                                                      if c is not baselines[c.family]]
     for group in groups:
         steps = {}
         for c in group:
@@ -155,7 +157,7 @@ def run_workload(work: Workload, dtype: torch.dtype, device: str, chosen: list[C
                 seconds[c] = measured[c]
                 launches[c] = kernel_launches(step, device)
                 bandwidth_of[c] = max(group_speeds.values(), default=float("nan"))
-                fused_of[c] = measured.get(baseline, float("nan"))
+                fused_of[c] = measured.get(baselines[c.family], float("nan"))
         del steps, fns
         gc.collect()
         progress.update(len(group) if len(groups) == 1 else 1)
@@ -255,7 +257,8 @@ def main(argv=None):
           "past-nomaster: master_weights=False (16-bit state, stochastic rounding; fp32: as past);"
           "\nfloor: SPEC.md bytes/element x numel / the best streaming bandwidth timed beside it, as a fraction of the time"
           " (100% = at the floor);\nt/torch: time over torch.optim.SGD(fused=True)'s plain momentum step on the"
-          " same workload; fe/t: speedup over the same mode written with torch _foreach ops (backend foreach)")
+          " same workload (the adam-* and adamw rows: over torch.optim.AdamW(fused=True)'s step); fe/t: speedup"
+          " over the same mode written with torch _foreach ops (backend foreach)")
     out = Path(args.out) if args.out else OUT / (re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() + ".json")
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(device=name, device_type=device, torch=torch.__version__, cuda=torch.version.cuda,

@@ -26,6 +26,7 @@ class Contender:
     mode: str
     make: Callable[[list[torch.Tensor]], Callable[[], None]]
     baseline: str = ""  # "torch-fused" / "foreach-extrap": the rows that ratios are taken against
+    family: str = "sgd"  # "adam": the AdamW rows ("adam-past", "adam-local", "adamw"), against torch's fused AdamW
 
 
 def anchor_free(mode: str, dtype: torch.dtype) -> bool:
@@ -44,6 +45,16 @@ def floor_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
     x = torch.empty((), dtype=dtype).element_size()
     s = torch.empty((), dtype=state_dtype(dtype)).element_size()
     sixteen_bit = master and s != x
+    # AdamW (SPEC "Base update, Adam family and LAMB"): past reads s g m v, writes s m v x; local's
+    # extrapolation reads x g m v (16-bit: s g m v) and writes s x (16-bit: x), its step reads s g m v and
+    # writes m v x (16-bit: and s); torch's fused AdamW reads x g m v, writes x m v, all in the parameter dtype
+    if mode == "adam-past":
+        return 2 * x + 6 * s
+    if mode == "adam-local":
+        extrapolate = 2 * x + 3 * s if sixteen_bit else 3 * x + 3 * s
+        return extrapolate + 2 * x + 5 * s + (s if sixteen_bit else 0)
+    if mode == "adamw":
+        return 7 * x
     if anchor_free(mode, dtype):
         return 3 * x + 2 * s
     if mode == "past-nomaster":  # read s g m, write s m x, all 16-bit
@@ -68,6 +79,10 @@ def memory_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
     s = torch.empty((), dtype=state_dtype(dtype)).element_size()
     if mode == "sgd":  # torch's: a momentum buffer in the parameter dtype
         return 2 * x
+    if mode == "adamw":  # torch's: m and v in the parameter dtype
+        return 3 * x
+    if mode.startswith("adam-"):  # the anchor (the fp32 master of a 16-bit x), m and v
+        return x + 3 * s
     if mode == "fused-sgd" or anchor_free(mode, dtype):
         return x + s + (s if master and s != x else 0)
     if mode == "past-nomaster":
@@ -100,6 +115,24 @@ def _torch_sgd(**flags):
     return make
 
 
+def _ours_adamw(backend: str, mode: str):
+    def make(params):
+        opt = ek.ExtrapAdamW(params, lr=LR, gamma=GAMMA, mode=mode.removeprefix("adam-"), backend=backend)
+        if mode == "adam-local":
+            def iteration():
+                opt.extrapolate()
+                opt.step()
+            return iteration
+        return opt.step
+    return make
+
+
+def _torch_adamw(**flags):
+    def make(params):
+        return torch.optim.AdamW(params, lr=LR, **flags).step
+    return make
+
+
 def _python_loop(params):
     """Past-mode extrapolation as a per-parameter Python loop of torch ops (the SAM-style way):
     m <- mu m + g; s <- s - lr m; x <- s - gamma m."""
@@ -123,8 +156,8 @@ def contenders(device: str, overhead: bool = False) -> list[Contender]:
     modes = ("past", "past-stored", "past-nomaster", "local", "noise") if overhead else (
         "past", "past-stored", "past-nomaster", "local")
     for backend in [b for b in ("cuda", "triton", "cpu") if b in fused]:
-        if device == "cpu" and backend == "triton":
-            continue  # the interpreter is a test vehicle, not a contender
+        if device == "cpu" and backend in ("triton", "cuda"):
+            continue  # the interpreter and the CUDA emulation are test vehicles, not contenders
         out += [Contender(f"ours-{backend}", m, _ours(backend, m)) for m in modes]
         out += [Contender(f"ours-{backend}", "fused-sgd", _fused_sgd(backend))]
     out += [Contender("ours-foreach", m, _ours("foreach", m), baseline="foreach-extrap")
@@ -133,4 +166,9 @@ def contenders(device: str, overhead: bool = False) -> list[Contender]:
     out += [Contender("torch-sgd-fused", "sgd", _torch_sgd(fused=True), baseline="torch-fused"),
             Contender("torch-sgd-foreach", "sgd", _torch_sgd(foreach=True)),
             Contender("python-loop-extrap", "past", _python_loop)]
+    # AdamW: ours has no fused kernel yet (foreach and reference only), torch's fused and foreach steps
+    out += [Contender("ours-foreach", m, _ours_adamw("foreach", m), baseline="foreach-extrap", family="adam")
+            for m in ("adam-past", "adam-local")]
+    out += [Contender("torch-adamw-fused", "adamw", _torch_adamw(fused=True), baseline="torch-fused", family="adam"),
+            Contender("torch-adamw-foreach", "adamw", _torch_adamw(foreach=True), family="adam")]
     return out
