@@ -143,15 +143,20 @@ class Launch:
         self._call()(grads, trust, grad_scale, found_inf)
 
 
-def global_grad_norm(grads: list[list[Tensor]]) -> Tensor | None:
-    """LAMB's clipping norm: of all the step's gradients together (still scaled by AMP), on the device of
-    the first; None where no gradient is there."""
-    flat = [g for gs in grads for g in gs]
-    if not flat:
-        return None
-    device = flat[0].device
-    norms = [n.to(device, torch.float64) for n in torch._foreach_norm([g.to(state_dtype(g.dtype)) for g in flat])]
-    return torch.linalg.vector_norm(torch.stack(norms))
+def global_grad_norm(launches: list[Launch], grads: list[list[Tensor]]) -> Tensor | None:
+    """LAMB's clipping norm: of all the step's gradients together (still scaled by AMP), in float64 on the
+    device of the first; a sharded (FSDP2) bucket's squares are summed over its shard group. None where no
+    gradient is there."""
+    total = None
+    for launch, gs in zip(launches, grads):
+        if not gs:
+            continue
+        norms = torch.stack(torch._foreach_norm([g.to(state_dtype(g.dtype)) for g in gs])).double()
+        squares = norms.square().sum()
+        if launch.work.bucket.shard_group is not None:
+            torch.distributed.all_reduce(squares, group=launch.work.bucket.shard_group)
+        total = squares if total is None else total + squares.to(total.device)
+    return None if total is None else total.sqrt()
 
 
 def run_launches(launches: list[Launch], flat_grads: list, grad_scale: Tensor | None,
@@ -160,7 +165,7 @@ def run_launches(launches: list[Launch], flat_grads: list, grad_scale: Tensor | 
     refusal, before anything is written, raises `Rejected`."""
     grads = [launch.grads(flat_grads) for launch in launches]
     if any(launch.work.hyper.base == "lamb" and launch.work.hyper.max_grad_norm > 0 for launch in launches):
-        norm = global_grad_norm(grads)
+        norm = global_grad_norm(launches, grads)
         for launch in launches:
             launch.global_grad_norm = norm
     if len(launches) == 1 and launches[0].validates_itself:
@@ -219,7 +224,8 @@ class Plan:
                                            "support sharded (FSDP2) parameters; use mode 'local' or 'past'")
                 views = any(is_dtensor(p) or p.is_complex() for p in members)
                 with_views |= views
-                group_of_shards = shard_group(members, names) if hyper.lars else None
+                # whole-tensor norms of sharded tensors: LARS's and LAMB's trust ratios
+                group_of_shards = shard_group(members, names) if hyper.lars or hyper.base == "lamb" else None
                 staged.append((number, group, phase, hyper, backend, members, shards, local_grads, names,
                                group_of_shards, views))
         self.launches: list[Launch] = []

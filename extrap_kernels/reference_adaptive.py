@@ -16,6 +16,7 @@ from torch import Tensor
 
 from . import philox
 from .bucket import Bucket, Hyper, Phase, abandon, count_step, state_dtype
+from .lars import whole_tensor_norms
 
 
 def clip_factor(bucket: Bucket, h: Hyper, inv_scale: float) -> float:
@@ -47,11 +48,12 @@ def moments(m: Tensor, v: Tensor, v_max: Tensor | None, g_prime: Tensor, h: Hype
     return m, v, v_max
 
 
-def direction(s: Tensor, m: Tensor, v: Tensor, v_max: Tensor | None, t: int, h: Hyper) -> Tensor:
+def direction(s: Tensor, m: Tensor, v: Tensor, v_max: Tensor | None, t: int, h: Hyper, shard_group=None) -> Tensor:
     """e, the direction of the update s <- s - eta * e, from the moments after step t:
     a = (m / (1 - b1^t)) / (sqrt(v) / sqrt(1 - b2^t) + eps) (bias_correction=False: no divisions; v_max
     in place of v with amsgrad); Adam: e = a; AdamW: e = a + wd * s; LAMB: u = a (+ wd * s decoupled),
-    e = trust * u, trust = ||s|| / ||u|| (1 where either is 0; only where wd != 0 unless use_nvlamb)."""
+    e = trust * u, trust = ||s|| / ||u|| (1 where either is 0; only where wd != 0 unless use_nvlamb; the
+    norms of the whole tensors where s and u are shards, summed over `shard_group`)."""
     b1, b2 = h.betas
     second = v_max if v_max is not None else v
     if h.bias_correction:
@@ -60,7 +62,8 @@ def direction(s: Tensor, m: Tensor, v: Tensor, v_max: Tensor | None, t: int, h: 
         a = m / (second.sqrt() + h.eps)
     e = a + h.weight_decay * s if h.decoupled else a
     if h.base == "lamb" and (h.weight_decay != 0 or h.use_nvlamb):
-        s_norm, u_norm = torch.linalg.vector_norm(s), torch.linalg.vector_norm(e)
+        s_norm, u_norm = whole_tensor_norms(torch.stack([torch.linalg.vector_norm(s), torch.linalg.vector_norm(e)]),
+                                            shard_group)
         trust = torch.where((s_norm > 0) & (u_norm > 0), s_norm / u_norm, torch.ones_like(s_norm))
         e = trust * e
     return e
@@ -88,12 +91,12 @@ def apply(phase: Phase, bucket: Bucket, h: Hyper, grad_scale: Tensor | None = No
         m, v, v_max = moments(bucket.momenta[i].to(cd), bucket.second_moments[i].to(cd), v_max, g_prime, h)
         step = int(bucket.steps[i].item())
         if phase == Phase.EXTRAPOLATE:
-            e = direction(anchor, m, v, v_max, step + 1, h)
+            e = direction(anchor, m, v, v_max, step + 1, h, bucket.shard_group)
             if not bucket.has_master:
                 s.copy_(x)
             x.copy_(anchor - gamma * e)
             continue
-        e = direction(anchor, m, v, v_max, step, h)
+        e = direction(anchor, m, v, v_max, step, h, bucket.shard_group)
         anchor = anchor - float(h.lr) * e
         bucket.momenta[i].copy_(m)
         bucket.second_moments[i].copy_(v)

@@ -1,7 +1,8 @@
 """FSDP2 (`torch.distributed.fsdp.fully_shard`) on CPU: 2 processes, gloo. The optimizer steps on the
 local shards of DTensor parameters (uneven shards included) and its state is sharded like them. The
-sharded run equals one process training the unsharded model on the concatenated batch, LARS (whole-tensor
-norms summed over the shards) included. mode="noise" is refused for sharded parameters."""
+sharded run equals one process training the unsharded model on the concatenated batch, LARS and LAMB
+(whole-tensor norms summed over the shards; LAMB's global gradient norm too) included. mode="noise" is
+refused for sharded parameters."""
 from __future__ import annotations
 
 import os
@@ -26,9 +27,10 @@ pytestmark = pytest.mark.skipif(fully_shard is None or not (dist.is_available() 
                                 reason="no FSDP2 or no gloo")
 WORLD, ITERATIONS, BATCH = 2, 6, 8
 TIMEOUT_S = 180
-CASES = [  # (mode, backend, lars)
+CASES = [  # (mode, backend, lars; "lamb": ExtrapLAMB)
     ("local", "cpu", False), ("past", "cpu", False), ("past", "foreach", False),
     ("local", "reference", True), ("past", "cpu", True), ("past", "foreach", True),
+    ("past", "foreach", "lamb"), ("local", "reference", "lamb"),
 ]
 CASES = [c for c in CASES if c[1] in ek.available_backends("cpu")]
 
@@ -41,7 +43,10 @@ def _batch(rank: int, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
     return worker_batch(rank, iteration, BATCH)
 
 
-def _optimizer(params, mode: str, backend: str, lars: bool):
+def _optimizer(params, mode: str, backend: str, lars: bool | str):
+    if lars == "lamb":  # max_grad_norm 0.05 clips these gradients: the global norm must be the whole model's
+        return ek.ExtrapLAMB(params, lr=0.01, gamma=0.005, mode=mode, weight_decay=0.01, max_grad_norm=0.05,
+                             backend=backend)
     # trust_coefficient 0.02 keeps the trust ratio well below 1: per-shard norms would change the result
     return ek.ExtrapSGD(params, lr=0.1, gamma=0.05, mode=mode, momentum=0.9, weight_decay=1e-3, lars=lars,
                         trust_coefficient=0.02, backend=backend)
@@ -77,7 +82,7 @@ def _worker(rank: int, port: int, out: str) -> None:
                 local_rows=[p.to_local().shape[0] for p in model.parameters()],
                 state_is_sharded=all(isinstance(st[k], DTensor) and st[k].to_local().shape == p.to_local().shape
                                      for st, p in zip(states, model.parameters())
-                                     for k in ("anchor", "momentum_buffer") if k in st))
+                                     for k in ("anchor", "momentum_buffer", "exp_avg", "exp_avg_sq") if k in st))
         model = _sharded_model(mesh)
         opt = ek.ExtrapSGD(model.parameters(), lr=0.1, mode="noise", backend="foreach")
         before = [p.detach().full_tensor() for p in model.parameters()]
@@ -101,7 +106,7 @@ def ranks() -> list[dict]:
         return [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(WORLD)]
 
 
-def _unsharded(mode: str, backend: str, lars: bool) -> list[torch.Tensor]:
+def _unsharded(mode: str, backend: str, lars: bool | str) -> list[torch.Tensor]:
     """One process, the whole model, the ranks' batches concatenated: FSDP2's reduce-scatter averages
     the ranks' mean gradients, which is the gradient of the mean over the concatenated batch."""
     model = _model()
@@ -125,7 +130,7 @@ def test_fsdp2_equals_unsharded_training(ranks, mode, backend, lars):
             # parameters' magnitude (< 4) per iteration
             torch.testing.assert_close(p, q, rtol=0, atol=ITERATIONS * 2 * BATCH * eps * 4)
     # the comparison can fail: the other mode (or no LARS) ends elsewhere
-    other = _unsharded("past" if mode == "local" else "local", backend, not lars)
+    other = _unsharded("past" if mode == "local" else "local", backend, lars if lars == "lamb" else not lars)
     assert not all(torch.allclose(p, q, atol=1e-4) for p, q in zip(ranks[0][(mode, backend, lars)]["params"],
                                                                     other))
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .. import philox, rounding
 from ..bucket import Bucket, Hyper, Phase, abandon, count_step, record_gamma, state_dtype
-from ..lars import trust_ratios
+from ..lars import trust_ratios, whole_tensor_norms
 
 def _regularized_grads(b: Bucket, h: Hyper, weights: list[Tensor], inv_scale, trust) -> list[Tensor]:
     dtype = state_dtype(b.dtype)
@@ -156,7 +156,8 @@ def _apply_adaptive(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None
     if h.decoupled and h.weight_decay != 0:
         torch._foreach_add_(e, anchors, alpha=h.weight_decay)
     if h.base == "lamb" and (h.weight_decay != 0 or h.use_nvlamb):
-        s_norms, u_norms = torch.stack(torch._foreach_norm(anchors)), torch.stack(torch._foreach_norm(e))
+        s_norms, u_norms = whole_tensor_norms(torch.stack([torch.stack(torch._foreach_norm(anchors)),
+                                                           torch.stack(torch._foreach_norm(e))]), b.shard_group)
         trust = torch.where((s_norms > 0) & (u_norms > 0), s_norms / u_norms, torch.ones_like(s_norms))
         torch._foreach_mul_(e, list(trust.unbind()))
     gamma = float(h.gamma)
