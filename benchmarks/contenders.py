@@ -90,16 +90,22 @@ def memory_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
     return x + 2 * s
 
 
+def _iteration(opt, local: bool) -> Callable[[], None]:
+    """One iteration's optimizer work: both phases in mode "local"."""
+    if not local:
+        return opt.step
+
+    def iteration():
+        opt.extrapolate()
+        opt.step()
+    return iteration
+
+
 def _ours(backend: str, mode: str):
     def make(params):
         opt = ek.ExtrapSGD(params, lr=LR, gamma=GAMMA, momentum=MOMENTUM, mode="past" if mode.startswith("past") else mode,
                            store_anchor=mode == "past-stored", master_weights=mode != "past-nomaster", backend=backend)
-        if mode == "local":
-            def iteration():
-                opt.extrapolate()
-                opt.step()
-            return iteration
-        return opt.step
+        return _iteration(opt, mode == "local")
     return make
 
 
@@ -118,12 +124,7 @@ def _torch_sgd(**flags):
 def _ours_adamw(backend: str, mode: str):
     def make(params):
         opt = ek.ExtrapAdamW(params, lr=LR, gamma=GAMMA, mode=mode.removeprefix("adam-"), backend=backend)
-        if mode == "adam-local":
-            def iteration():
-                opt.extrapolate()
-                opt.step()
-            return iteration
-        return opt.step
+        return _iteration(opt, mode == "adam-local")
     return make
 
 

@@ -63,17 +63,18 @@ class AdaptiveOptimizer(FusedOptimizer):
                      grad_averaging=group.get("grad_averaging", True), max_grad_norm=group.get("max_grad_norm", 0.0),
                      use_nvlamb=group.get("use_nvlamb", False))
 
+
+
+class ExtrapolatingAdaptive(ExtrapolatingOptimizer, AdaptiveOptimizer):
+    """The adaptive bases with extrapolation: the phase of each group's mode (ExtrapolatingOptimizer)."""
+
     def _launch_args(self, group: dict) -> tuple[Phase, Hyper]:
         check_adaptive(group["lr"], group["betas"], group["eps"], group["weight_decay"])
-        gamma = group["lr"] if group.get("gamma") is None else group["gamma"]
-        mode = group.get("mode", "past")
-        phase = {"local": Phase.UPDATE, "past": Phase.UPDATE_PAST, "noise": Phase.UPDATE_NOISE}[mode]
-        if phase == Phase.UPDATE_NOISE and (functional._number(gamma, "gamma") == 0 or group["noise_std"] == 0):
-            phase, gamma = Phase.UPDATE_PAST, 0.0  # extrapolation switched off: the base optimizer
+        phase, gamma = self._mode_phase(group)
         return phase, self._hyper(group, gamma)
 
 
-class ExtrapAdam(ExtrapolatingOptimizer, AdaptiveOptimizer):
+class ExtrapAdam(ExtrapolatingAdaptive):
     """Adam (torch.optim.Adam's arguments and defaults) with extrapolation: mode="past" (default)
     extrapolates along the direction of the update just applied, "local" is the two-phase EXTRAP
     iteration with the look-ahead direction (the moments as if updated, the state read only), "noise"
@@ -103,7 +104,7 @@ class ExtrapAdamW(ExtrapAdam):
                          gamma=gamma, mode=mode, noise_std=noise_std, seed=seed, backend=backend)
 
 
-class ExtrapLAMB(ExtrapolatingOptimizer, AdaptiveOptimizer):
+class ExtrapLAMB(ExtrapolatingAdaptive):
     """LAMB (Apex FusedLAMB's arguments, defaults and meaning) with extrapolation: the gradients are
     clipped by their global norm (max_grad_norm), the Adam direction (decoupled weight decay with
     adam_w_mode) is scaled per tensor by ||s|| / ||u||, and extrapolation reads that direction."""

@@ -203,6 +203,16 @@ class ExtrapolatingOptimizer(FusedOptimizer):
     def _local_groups(self) -> list[dict]:
         return [g for g in self.param_groups if g.get("mode") == "local"]
 
+    @staticmethod
+    def _mode_phase(group: dict) -> tuple[Phase, float | Tensor]:
+        """The phase of a step in the group's mode and its gamma (None: the group's lr). Noise with gamma 0
+        or sigma 0 extrapolates nowhere: it runs the past update with gamma 0, the base optimizer."""
+        gamma = group["lr"] if group.get("gamma") is None else group["gamma"]
+        phase = {"local": Phase.UPDATE, "past": Phase.UPDATE_PAST, "noise": Phase.UPDATE_NOISE}[group.get("mode", "past")]
+        if phase == Phase.UPDATE_NOISE and (functional._number(gamma, "gamma") == 0 or group["noise_std"] == 0):
+            phase, gamma = Phase.UPDATE_PAST, 0.0
+        return phase, gamma
+
     @eager
     @torch.no_grad()
     def extrapolate(self, *, grad_scale: Tensor | None = None, found_inf: Tensor | None = None) -> None:
@@ -276,10 +286,7 @@ class ExtrapSGD(ExtrapolatingOptimizer):
         return True
 
     def _launch_args(self, group: dict) -> tuple[Phase, Hyper]:
-        gamma = group["lr"] if group["gamma"] is None else group["gamma"]
-        phase = {"local": Phase.UPDATE, "past": Phase.UPDATE_PAST, "noise": Phase.UPDATE_NOISE}[group["mode"]]
-        if phase == Phase.UPDATE_NOISE and (functional._number(gamma, "gamma") == 0 or group["noise_std"] == 0):
-            phase, gamma = Phase.UPDATE_PAST, 0.0  # extrapolation switched off: plain SGD
+        phase, gamma = self._mode_phase(group)
         hyper = Hyper(
             lr=group["lr"], gamma=gamma, momentum=group["momentum"], dampening=group["dampening"],
             weight_decay=group["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"],

@@ -103,6 +103,7 @@ class Launch:
         phase, bucket, _, backend = self.work
         self._calls: dict[bool, object] = {}  # check? -> extension.prepared_call
         self.live_rates = False
+        self.clips = hyper.base == "lamb" and hyper.max_grad_norm > 0  # LAMB: needs the global gradient norm
         for name in ("lr", "gamma"):  # a rate tensor converted to the bucket's device and dtype is a copy:
             value = getattr(hyper, name)  # the call is then prepared anew each step, to read its value
             if backend.validates and isinstance(value, Tensor):
@@ -151,7 +152,7 @@ def global_grad_norm(launches: list[Launch], grads: list[list[Tensor]]) -> Tenso
     for launch, gs in zip(launches, grads):
         if not gs:
             continue
-        norms = torch.stack(torch._foreach_norm([g.to(state_dtype(g.dtype)) for g in gs])).double()
+        norms = torch.stack(torch._foreach_norm(gs, 2, dtype=state_dtype(gs[0].dtype))).double()
         squares = norms.square().sum()
         if launch.work.bucket.shard_group is not None:
             torch.distributed.all_reduce(squares, group=launch.work.bucket.shard_group)
@@ -164,7 +165,7 @@ def run_launches(launches: list[Launch], flat_grads: list, grad_scale: Tensor | 
     """Validates every launch, then runs them; an extension operator alone validates itself. A
     refusal, before anything is written, raises `Rejected`."""
     grads = [launch.grads(flat_grads) for launch in launches]
-    if any(launch.work.hyper.base == "lamb" and launch.work.hyper.max_grad_norm > 0 for launch in launches):
+    if any(launch.clips for launch in launches):
         norm = global_grad_norm(launches, grads)
         for launch in launches:
             launch.global_grad_norm = norm

@@ -23,6 +23,8 @@ import sysconfig
 from collections import defaultdict
 from pathlib import Path
 
+from traffic import moved_arrays
+
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL = re.compile(r"phase_kernel<\(extrap::Phase\)(\d), (true|false), ([\w:]+), ([\w:]+), (\w+)>")
 SIZES = {"float": 4, "double": 8, "c10::BFloat16": 2, "c10::Half": 2}
@@ -85,16 +87,6 @@ def sass_accesses(cuobjdump: str, cubin: Path) -> dict[str, dict[str, int]]:
         if access and current is not None:
             current[access[1]] += 1
     return counts
-
-
-def moved_arrays(phase: int, master: bool) -> tuple[str, str]:
-    """The arrays a phase with momentum reads and writes (x, g, s, m): extrap_math.h's reads_param,
-    stores_anchor and stores_momentum (the extrapolation reads m only to extrapolate along it)."""
-    if phase == 0:
-        return "gs" if master else "gx", "x" if master else "xs"
-    if phase == 4:
-        return "xgm", "mx"
-    return "sgm", "mxs" if phase != 1 or master else "mx"
 
 
 def check(arch: int, nvcc: str, cuobjdump: str, cxxfilt: str, out: Path) -> tuple[list[str], int]:

@@ -24,6 +24,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from extrap_kernels.backends import triton_kernels as tk  # noqa: E402
+from traffic import moved_arrays  # noqa: E402
 
 DTYPES = {"fp32": (tl.float32, tl.float32, False), "fp64": (tl.float64, tl.float64, False),
           "bf16": (tl.bfloat16, tl.float32, True), "fp16": (tl.float16, tl.float32, True)}
@@ -85,15 +86,6 @@ def compile_kernel(constexprs: dict, arch: int):
                             target=GPUTarget("cuda", arch, 32))
     assert kernel.asm["cubin"], "no cubin"
     return kernel
-
-
-def moved_arrays(phase: int, master: bool) -> tuple[str, str]:
-    """The arrays a phase with momentum reads and writes (x, g, s, m), as SPEC counts its traffic."""
-    if phase == 0:
-        return "gs" if master else "gx", "x" if master else "xs"
-    if phase == 4:
-        return "xgm", "mx"
-    return "sgm", "mxs" if phase != 1 or master else "mx"
 
 
 VECTOR = r"{op}\.global(?:\.[\w:]+)*?\.(?:v4\.b32|v2\.b64)\b"

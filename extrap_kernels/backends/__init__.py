@@ -53,10 +53,10 @@ def _cuda_devices() -> tuple[str, ...]:
     return ("cuda", "cpu") if _ext.cuda_emulation_requested() else ("cuda",)
 
 
-ADAPTIVE = ("sgd", "adam", "lamb")  # every base
+EVERY_BASE = ("sgd", "adam", "lamb")
 BACKENDS = {
-    "reference": Backend("reference", "..reference", False, None, lambda device: True, bases=ADAPTIVE),
-    "foreach": Backend("foreach", ".foreach", False, None, lambda device: True, bases=ADAPTIVE),
+    "reference": Backend("reference", "..reference", False, None, lambda device: True, bases=EVERY_BASE),
+    "foreach": Backend("foreach", ".foreach", False, None, lambda device: True, bases=EVERY_BASE),
     "cpu": Backend("cpu", ".cpu", True, ("cpu",), lambda device: _ext.load() is not None, validates=True),
     "cuda": Backend("cuda", ".cuda", True, _cuda_devices(),
                     lambda device: importlib.import_module(".cuda", __package__).available(device), validates=True),

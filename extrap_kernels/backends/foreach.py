@@ -13,6 +13,7 @@ from torch import Tensor
 from .. import philox, rounding
 from ..bucket import Bucket, Hyper, Phase, abandon, count_step, record_gamma, state_dtype
 from ..lars import trust_ratios, whole_tensor_norms
+from ..reference_adaptive import clip_factor
 
 def _regularized_grads(b: Bucket, h: Hyper, weights: list[Tensor], inv_scale, trust) -> list[Tensor]:
     dtype = state_dtype(b.dtype)
@@ -122,9 +123,7 @@ def _apply_adaptive(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None
     """Adam, AdamW and LAMB (reference_adaptive says what each line computes), the step counts read on
     the host for the bias corrections."""
     inv_scale = 1.0 / grad_scale.item() if grad_scale is not None else 1.0
-    clip = 1.0
-    if h.base == "lamb" and h.max_grad_norm > 0 and b.global_grad_norm is not None:
-        clip = max(1.0, float(b.global_grad_norm) * inv_scale / h.max_grad_norm)
+    clip = clip_factor(b, h, inv_scale)
     dtype = state_dtype(b.dtype)
     anchors = b.anchor_values(phase)
     grads = [g if g.dtype == dtype else g.to(dtype) for g in b.grads]

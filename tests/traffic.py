@@ -1,0 +1,13 @@
+"""What each phase moves, for the checks that read compiled kernels (triton_aot.py's PTX check, cuda_sass.py's
+SASS check): SPEC's traffic, as csrc/extrap_math.h's reads_param, stores_anchor and stores_momentum say."""
+from __future__ import annotations
+
+
+def moved_arrays(phase: int, master: bool) -> tuple[str, str]:
+    """The arrays (x, g, s, m) a phase with momentum reads and writes; `master`: s is a 16-bit x's fp32
+    master. The extrapolation reads m only to extrapolate along it, so not here."""
+    if phase == 0:
+        return "gs" if master else "gx", "x" if master else "xs"
+    if phase == 4:
+        return "xgm", "mx"
+    return "sgm", "mxs" if phase != 1 or master else "mx"
