@@ -257,7 +257,7 @@ def main(argv=None):
           "past-nomaster: master_weights=False (16-bit state, stochastic rounding; fp32: as past);"
           "\nfloor: SPEC.md bytes/element x numel / the best streaming bandwidth timed beside it, as a fraction of the time"
           " (100% = at the floor);\nt/torch: time over torch.optim.SGD(fused=True)'s plain momentum step on the"
-          " same workload (the adam-* and adamw rows: over torch.optim.AdamW(fused=True)'s step); fe/t: speedup"
+          " same workload (the adam-*, lamb-* and adamw rows: over torch.optim.AdamW(fused=True)'s step); fe/t: speedup"
           " over the same mode written with torch _foreach ops (backend foreach)")
     out = Path(args.out) if args.out else OUT / (re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() + ".json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,9 @@ class Contender:
     mode: str
     make: Callable[[list[torch.Tensor]], Callable[[], None]]
     baseline: str = ""  # "torch-fused" / "foreach-extrap": the rows that ratios are taken against
-    family: str = "sgd"  # "adam": the AdamW rows ("adam-past", "adam-local", "adamw"), against torch's fused AdamW
+    # "adam": the adaptive rows ("adam-past", "adam-local": ExtrapAdamW; "lamb-past": ExtrapLAMB; "adamw":
+    # torch's), against torch's fused AdamW
+    family: str = "sgd"
 
 
 def anchor_free(mode: str, dtype: torch.dtype) -> bool:
@@ -50,6 +52,8 @@ def floor_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
     # writes m v x (16-bit: and s); torch's fused AdamW reads x g m v, writes x m v, all in the parameter dtype
     if mode == "adam-past":
         return 2 * x + 6 * s
+    if mode == "lamb-past":  # the global gradient norm reads g, the reading pass s g m v, then adam-past's update
+        return x + (x + 3 * s) + 2 * x + 6 * s
     if mode == "adam-local":
         extrapolate = 2 * x + 3 * s if sixteen_bit else 3 * x + 3 * s
         return extrapolate + 2 * x + 5 * s + (s if sixteen_bit else 0)
@@ -81,7 +85,7 @@ def memory_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
         return 2 * x
     if mode == "adamw":  # torch's: m and v in the parameter dtype
         return 3 * x
-    if mode.startswith("adam-"):  # the anchor (the fp32 master of a 16-bit x), m and v
+    if mode.startswith(("adam-", "lamb-")):  # the anchor (the fp32 master of a 16-bit x), m and v
         return x + 3 * s
     if mode == "fused-sgd" or anchor_free(mode, dtype):
         return x + s + (s if master and s != x else 0)
@@ -121,10 +125,12 @@ def _torch_sgd(**flags):
     return make
 
 
-def _ours_adamw(backend: str, mode: str):
+def _ours_adaptive(backend: str, mode: str):
     def make(params):
-        opt = ek.ExtrapAdamW(params, lr=LR, gamma=GAMMA, mode=mode.removeprefix("adam-"), backend=backend)
-        return _iteration(opt, mode == "adam-local")
+        base, extrapolation = mode.split("-")
+        cls = ek.ExtrapLAMB if base == "lamb" else ek.ExtrapAdamW
+        opt = cls(params, lr=LR, gamma=GAMMA, mode=extrapolation, backend=backend)
+        return _iteration(opt, extrapolation == "local")
     return make
 
 
@@ -149,6 +155,9 @@ def _python_loop(params):
     return step
 
 
+ADAPTIVE_MODES = ("adam-past", "adam-local", "lamb-past")
+
+
 def contenders(device: str, overhead: bool = False) -> list[Contender]:
     """Every contender that runs on `device`, in table order; `overhead` (tiny tensors, where only host
     time is left) adds noise mode, whose kernel is compute-bound and otherwise like past."""
@@ -161,15 +170,17 @@ def contenders(device: str, overhead: bool = False) -> list[Contender]:
             continue  # the interpreter and the CUDA emulation are test vehicles, not contenders
         out += [Contender(f"ours-{backend}", m, _ours(backend, m)) for m in modes]
         out += [Contender(f"ours-{backend}", "fused-sgd", _fused_sgd(backend))]
+        if "adam" in ek.backends.BACKENDS[backend].bases:
+            out += [Contender(f"ours-{backend}", m, _ours_adaptive(backend, m), family="adam") for m in ADAPTIVE_MODES]
     out += [Contender("ours-foreach", m, _ours("foreach", m), baseline="foreach-extrap")
             for m in ("past", "local")]
     out += [Contender("ours-reference", "past", _ours("reference", "past"))]
     out += [Contender("torch-sgd-fused", "sgd", _torch_sgd(fused=True), baseline="torch-fused"),
             Contender("torch-sgd-foreach", "sgd", _torch_sgd(foreach=True)),
             Contender("python-loop-extrap", "past", _python_loop)]
-    # AdamW: ours has no fused kernel yet (foreach and reference only), torch's fused and foreach steps
-    out += [Contender("ours-foreach", m, _ours_adamw("foreach", m), baseline="foreach-extrap", family="adam")
-            for m in ("adam-past", "adam-local")]
+    # the adaptive rows: ours written with _foreach ops, torch's fused and foreach AdamW steps
+    out += [Contender("ours-foreach", m, _ours_adaptive("foreach", m), baseline="foreach-extrap", family="adam")
+            for m in ADAPTIVE_MODES]
     out += [Contender("torch-adamw-fused", "adamw", _torch_adamw(fused=True), baseline="torch-fused", family="adam"),
             Contender("torch-adamw-foreach", "adamw", _torch_adamw(foreach=True), family="adam")]
     return out

@@ -46,7 +46,9 @@ constexpr bool kEmulatesCuda = false;
 // The schema of every phase operator, and of `check` (phase first, nothing written). Tensor lists that a
 // phase writes are marked mutable (x, s, m, the step counts and the anchor-free update's last gammas);
 // grads are read only.
-std::string schema(const std::string& name, bool writes) {
+// The adaptive bases' (Adam, AdamW, LAMB) arguments come last, keyword-only with defaults: an SGD-family
+// call does not name them. `norms` is LAMB's reading pass: check's arguments, a tensor of sums returned.
+std::string schema(const std::string& name, bool writes, const char* returns = "()") {
   auto list = [&](const char* alias) { return writes ? std::string("Tensor(") + alias + "!)[]" : std::string("Tensor[]"); };
   return name + "(" + (writes ? "" : "int phase, ") + list("a") + " params, Tensor[] grads, " + list("b") +
          " anchors, " + list("c") + " momenta, " + list("d") + " steps, int[] indices, " + list("e") +
@@ -55,9 +57,11 @@ std::string schema(const std::string& name, bool writes) {
          "float dampening=0., float weight_decay=0., bool nesterov=False, bool maximize=False, "
          "bool wd_after_momentum=False, bool extrapolate_with_momentum=False, bool past_grad=False, "
          "float noise_std=0., int seed=0, Tensor? trust=None, Tensor? grad_scale=None, Tensor? found_inf=None, "
-         "bool master_weights=True) -> ()";
+         "bool master_weights=True, " + list("f") + "? second_moments=None, " + list("g") + "? max_second_moments=None, "
+         "float beta1=0., float beta2=0., float eps=0., float grad_gain=0., bool decoupled=False, "
+         "bool bias_correction=True) -> " + returns;
 }
-constexpr int kNumArgs = 25;  // the arguments of a phase operator (check takes the phase before them)
+constexpr int kNumArgs = 33;  // the arguments of a phase operator (check takes the phase before them)
 constexpr const char* kPhaseOps[] = {"extrapolate_", "update_", "update_past_", "update_noise_",
                                      "update_past_anchor_free_"};  // Phase order
 
@@ -94,6 +98,14 @@ Launch read_launch(int64_t phase, const c10::IValue* a) {
   L.grad_scale = optional_tensor(a[22]);
   L.found_inf = optional_tensor(a[23]);
   L.master_weights = a[24].toBool();
+  if (!a[25].isNone()) L.second_moments = a[25].toTensorVector();
+  if (!a[26].isNone()) L.max_second_moments = a[26].toTensorVector();
+  L.beta1 = a[27].toDouble();
+  L.beta2 = a[28].toDouble();
+  L.eps = a[29].toDouble();
+  L.grad_gain = a[30].toDouble();
+  L.decoupled = a[31].toBool();
+  L.bias_correction = a[32].toBool();
   return L;
 }
 
@@ -129,9 +141,25 @@ void check_launch(const Launch& L) {
                       "that are their own anchors)");
     TORCH_CHECK_VALUE(L.last_gammas.empty(), "extrap_kernels: last_gammas belong to update_past_anchor_free_");
   }
-  TORCH_CHECK_VALUE(L.momenta.empty() || L.momenta.size() == n,
-              "extrap_kernels: momenta must be empty (momentum 0) or one per parameter");
-  TORCH_CHECK_VALUE((L.momentum != 0) == !L.momenta.empty(), "extrap_kernels: momenta given iff momentum != 0");
+  if (L.adaptive()) {
+    // the first moments are the momenta; no SGD-family option applies
+    TORCH_CHECK_VALUE(L.second_moments.size() == n && L.momenta.size() == n &&
+                          (L.max_second_moments.empty() || L.max_second_moments.size() == n),
+                      "extrap_kernels: an adaptive launch takes one first moment (momenta) and one second moment per "
+                      "parameter, and one max_second_moment per parameter or none");
+    TORCH_CHECK_VALUE(!L.anchor_free() && L.momentum == 0 && !L.nesterov && !L.wd_after_momentum &&
+                          !L.extrapolate_with_momentum && !L.past_grad && L.master_weights,
+                      "extrap_kernels: the adaptive bases have no anchor-free update, momentum, nesterov, "
+                      "wd_after_momentum, extrapolate_with_momentum, past_grad or master_weights=False");
+    TORCH_CHECK_VALUE(L.beta1 >= 0 && L.beta1 < 1 && L.beta2 >= 0 && L.beta2 < 1 && L.eps >= 0,
+                      "extrap_kernels: betas must lie in [0, 1) and eps be >= 0, got (", L.beta1, ", ", L.beta2,
+                      ") and ", L.eps);
+  } else {
+    TORCH_CHECK_VALUE(L.max_second_moments.empty(), "extrap_kernels: max_second_moments without second_moments");
+    TORCH_CHECK_VALUE(L.momenta.empty() || L.momenta.size() == n,
+                      "extrap_kernels: momenta must be empty (momentum 0) or one per parameter");
+    TORCH_CHECK_VALUE((L.momentum != 0) == !L.momenta.empty(), "extrap_kernels: momenta given iff momentum != 0");
+  }
   if (n == 0) return;
   const auto device = L.params[0].device();
   const auto dtype = L.params[0].scalar_type();
@@ -172,7 +200,9 @@ void check_launch(const Launch& L) {
                 "handles strided ones)");
     const int64_t numel = x.numel();
     if (!L.anchors.empty()) check_state(L.anchors[i], sdtype, numel, "anchor", i);
-    if (!L.momenta.empty()) check_state(L.momenta[i], sdtype, numel, "momentum_buffer", i);
+    if (!L.momenta.empty()) check_state(L.momenta[i], sdtype, numel, L.adaptive() ? "exp_avg" : "momentum_buffer", i);
+    if (!L.second_moments.empty()) check_state(L.second_moments[i], sdtype, numel, "exp_avg_sq", i);
+    if (!L.max_second_moments.empty()) check_state(L.max_second_moments[i], sdtype, numel, "max_exp_avg_sq", i);
     check_state(L.steps[i], at::kFloat, 1, "step", i);
     if (!L.last_gammas.empty()) check_state(L.last_gammas[i], sdtype, 1, "last_gamma", i);
   }
@@ -207,9 +237,15 @@ void record_gamma_cuda(const Launch& L) {
 #if defined(EXTRAP_WITH_CUDA) || defined(EXTRAP_CUDA_EMULATION)
 // The CUDA launcher's launch, on the device's current stream (L.stream): the step counted and the
 // anchor-free gamma recorded by device ops, so that nothing synchronizes with the host.
-void run_cuda(Launch L) {
-  if (L.grad_scale) L.grad_scale = L.grad_scale->to(at::kFloat);  // the kernel reads float32 (GradScaler's)
+// The CUDA kernels read grad_scale in the state dtype (LAMB folds its clipping into it: fp64 keeps its
+// precision) and found_inf as float32.
+void device_dtypes(Launch& L) {
+  if (L.grad_scale) L.grad_scale = L.grad_scale->to(state_dtype(L.params[0].scalar_type()));
   if (L.found_inf) L.found_inf = L.found_inf->to(at::kFloat);
+}
+
+void run_cuda(Launch L) {
+  device_dtypes(L);
   if (L.counts_step()) {  // a skipped step (found_inf) is not counted
     if (L.found_inf) {
       // (_foreach_add_ takes a 0-dim tensor; GradScaler's found_inf has shape [1])
@@ -255,6 +291,42 @@ void phase_op(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   run(std::move(L));
 }
 
+// LAMB's reading pass (csrc/launch.h, adaptive_norms_cpu): the [tensors, 2] sums of s^2 and u^2.
+void norms_op(const c10::OperatorHandle&, torch::jit::Stack* stack) {
+  const c10::IValue* args = &*(stack->end() - kNumArgs);
+  Launch L = read_launch((args - 1)->toInt(), args);
+  torch::jit::drop(*stack, kNumArgs + 1);
+  check_launch(L);
+  TORCH_CHECK_VALUE(L.adaptive(), "extrap_kernels: norms is the reading pass of an adaptive launch (LAMB)");
+  TORCH_CHECK_VALUE(L.phase != kUpdatePastAnchorFree, "extrap_kernels: norms: phase ", L.phase, " has no adaptive form");
+  const int64_t n = static_cast<int64_t>(L.params.size());
+  at::Tensor sums;
+  if (n == 0) {
+    sums = at::zeros({0, 2}, at::kFloat);
+  } else if (L.params[0].device().is_meta() || L.params[0].device().is_cpu()) {
+    if (L.params[0].device().is_meta()) {
+      sums = at::empty({n, 2}, L.momenta[0].options());
+    } else {
+#ifdef EXTRAP_CUDA_EMULATION
+      device_dtypes(L);
+      sums = adaptive_norms_cuda(L);
+#else
+      sums = adaptive_norms_cpu(L);
+#endif
+    }
+  } else {
+#ifdef EXTRAP_WITH_CUDA
+    const c10::cuda::CUDAGuard guard(L.params[0].device());
+    L.stream = reinterpret_cast<int64_t>(c10::cuda::getCurrentCUDAStream(L.params[0].device().index()).stream());
+    device_dtypes(L);
+    sums = adaptive_norms_cuda(L);
+#else
+    TORCH_CHECK(false, "extrap_kernels: this build has no kernel for device ", L.params[0].device());
+#endif
+  }
+  torch::jit::push(*stack, std::move(sums));
+}
+
 void check_op(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   const c10::IValue* args = &*(stack->end() - kNumArgs);
   Launch L = read_launch((args - 1)->toInt(), args);
@@ -290,6 +362,7 @@ void register_kernels(torch::Library& m) {
   m.impl(kPhaseOps[kUpdatePastAnchorFree],
          torch::CppFunction::makeFromBoxedFunction<&phase_op<kUpdatePastAnchorFree>>());
   m.impl("check", torch::CppFunction::makeFromBoxedFunction<&check_op>());
+  m.impl("norms", torch::CppFunction::makeFromBoxedFunction<&norms_op>());
 }
 
 // An operator call with every argument but the per-step ones converted once: the optimizers' per-step
@@ -322,14 +395,17 @@ class PreparedCall {
     TORCH_CHECK(arguments.size() <= schema.size(), "extrap_kernels: ", name, ": unknown arguments");
   }
 
-  void call(std::vector<at::Tensor> grads, std::optional<at::Tensor> trust, std::optional<at::Tensor> grad_scale,
-            std::optional<at::Tensor> found_inf) const {
+  // Returns what the operator returns (norms: its sums), else None.
+  std::optional<at::Tensor> call(std::vector<at::Tensor> grads, std::optional<at::Tensor> trust,
+                                 std::optional<at::Tensor> grad_scale, std::optional<at::Tensor> found_inf) const {
     torch::jit::Stack stack = stack_;
     stack[grads_] = c10::IValue(c10::List<at::Tensor>(std::move(grads)));
     stack[trust_] = c10::IValue(std::move(trust));
     stack[grad_scale_] = c10::IValue(std::move(grad_scale));
     stack[found_inf_] = c10::IValue(std::move(found_inf));
     op_.callBoxed(stack);  // with the GIL held: releasing it here hung the 2-process DDP tests (gloo)
+    if (!stack.empty() && stack.back().isTensor()) return stack.back().toTensor();
+    return std::nullopt;
   }
 
  private:
@@ -344,6 +420,7 @@ class PreparedCall {
 EXTRAP_LIBRARY(EXTRAP_OPS, m) {
   for (const char* name : extrap::kPhaseOps) m.def(extrap::schema(name, true).c_str());
   m.def(extrap::schema("check", false).c_str());
+  m.def(extrap::schema("norms", false, "Tensor").c_str());
 }
 
 EXTRAP_LIBRARY_IMPL(EXTRAP_OPS, CPU, m) { extrap::register_kernels(m); }
@@ -352,6 +429,7 @@ EXTRAP_LIBRARY_IMPL(EXTRAP_OPS, CPU, m) { extrap::register_kernels(m); }
 EXTRAP_LIBRARY_IMPL(EXTRAP_OPS, Autograd, m) {
   for (const char* name : extrap::kPhaseOps) m.impl(name, torch::CppFunction::makeFallthrough());
   m.impl("check", torch::CppFunction::makeFallthrough());
+  m.impl("norms", torch::CppFunction::makeFallthrough());
 }
 EXTRAP_LIBRARY_IMPL(EXTRAP_OPS, Meta, m) { extrap::register_kernels(m); }
 #ifdef EXTRAP_WITH_CUDA

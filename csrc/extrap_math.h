@@ -46,6 +46,13 @@ struct Hyper {
   bool extrapolate_with_momentum;  // e = g' + mu * m in kExtrapolate
   bool past_grad;                  // kUpdatePast extrapolates along g' instead of d
   uint64_t seed;
+  // the adaptive bases (SPEC "Base update, Adam family and LAMB"); the betas in double, as the bias
+  // corrections 1 - beta^t are computed
+  double beta1, beta2;
+  acc eps;
+  acc grad_gain;       // the weight of g' in m: 1 - beta1, or 1 (LAMB without grad_averaging)
+  bool decoupled;      // AdamW / adam_w_mode: e = a + wd * s instead of g' += wd * s
+  bool bias_correction;
 };
 
 // g' = (g / grad_scale + wd * s) * trust; the sign flip of `maximize` is folded into grad_factor.
@@ -102,6 +109,8 @@ struct TensorArgs {
   uint32_t step;   // the step count (keys the noise)
   uint32_t index;  // the parameter's index in the optimizer (keys the noise)
   acc last_gamma;  // kUpdatePastAnchorFree: the gamma x was last extrapolated with
+  acc bias1;       // adaptive: 1 - beta1^t, and
+  acc bias2_sqrt;  //           sqrt(1 - beta2^t) (both 1 without bias correction)
 };
 
 // ---------------------------------------------------------------------------------------------------
@@ -280,6 +289,82 @@ EXTRAP_HD constexpr bool skip_stores_anchor() {
 template <Phase P>
 EXTRAP_HD constexpr bool skip_stores_param() {
   return P == kUpdate;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The adaptive bases: Adam, AdamW and LAMB (SPEC "Base update, Adam family and LAMB"). The moments m
+// ("exp_avg"), v ("exp_avg_sq") and, with amsgrad, v_max ("max_exp_avg_sq") are fp32 state (fp64 for fp64
+// parameters); a phase's direction e is trust * u, trust the LAMB ratio of the tensor (1 for Adam).
+// ---------------------------------------------------------------------------------------------------
+template <typename T>
+EXTRAP_HD T square_root(T v) {
+#ifdef __CUDA_ARCH__
+  return sqrt(v);
+#else
+  return std::sqrt(v);
+#endif
+}
+
+// The bias corrections of the moments after update `step` (in double, as the reference's Python floats).
+template <typename acc>
+EXTRAP_HD void bias_corrections(const Hyper<acc>& h, float step, acc& bias1, acc& bias2_sqrt) {
+  if (!h.bias_correction) {
+    bias1 = bias2_sqrt = acc(1);
+    return;
+  }
+  bias1 = static_cast<acc>(1.0 - pow(h.beta1, static_cast<double>(step)));
+  bias2_sqrt = static_cast<acc>(square_root(1.0 - pow(h.beta2, static_cast<double>(step))));
+}
+
+// u, the undamped direction of one element: g' = g / grad_scale (the launch folds LAMB's clipping into
+// grad_scale) with L2 decay unless decoupled; the moments updated in place (callers pass copies to look
+// ahead); a = (m / bias1) / (sqrt(v) / bias2_sqrt + eps), v_max in place of v with amsgrad; u = a, plus
+// the decoupled decay wd * s.
+template <bool kAmsgrad, typename acc>
+EXTRAP_HD acc adaptive_direction(acc s, acc g, acc& m, acc& v, acc& v_max, const Hyper<acc>& h, acc bias1,
+                                 acc bias2_sqrt) {
+  acc gp = g * h.grad_factor;
+  if (!h.decoupled) gp += h.weight_decay * s;
+  m = static_cast<acc>(h.beta1) * m + h.grad_gain * gp;
+  v = static_cast<acc>(h.beta2) * v + (static_cast<acc>(1.0 - h.beta2) * gp) * gp;
+  if (kAmsgrad) v_max = v > v_max ? v : v_max;
+  const acc second = kAmsgrad ? v_max : v;
+  acc u = (m / bias1) / (square_root(second) / bias2_sqrt + h.eps);
+  if (h.decoupled) u += h.weight_decay * s;
+  return u;
+}
+
+// One element of one adaptive phase (kExtrapolate, kUpdate, kUpdatePast, kUpdateNoise): as phase_element,
+// with the moments m, v, v_max read and replaced. kExtrapolate ("local") looks ahead: the direction from
+// the moments as if updated with this gradient (t.bias* of the count after it), the state read only.
+template <Phase P, bool kAmsgrad, bool kMaster, typename acc>
+EXTRAP_HD void adaptive_element(acc& x, acc g, acc& s, acc& m, acc& v, acc& v_max, const Hyper<acc>& h,
+                                const TensorArgs<acc>& t, uint64_t element) {
+  if (P == kExtrapolate) {
+    if (!kMaster) s = x;  // the snapshot
+    acc m1 = m, v1 = v, v_max1 = v_max;
+    x = s - h.gamma * (t.trust * adaptive_direction<kAmsgrad>(s, g, m1, v1, v_max1, h, t.bias1, t.bias2_sqrt));
+    return;
+  }
+  const acc e = t.trust * adaptive_direction<kAmsgrad>(s, g, m, v, v_max, h, t.bias1, t.bias2_sqrt);
+  s -= h.lr * e;
+  if (P == kUpdate) {
+    x = s;
+  } else if (P == kUpdatePast) {
+    x = s - h.gamma * e;
+  } else {
+    x = s + h.noise_std * static_cast<acc>(noise_normal(h.seed, t.step, t.index, element));
+  }
+}
+
+// LAMB's reading pass, one element: adds s^2 and u^2 (u the direction of the coming update, or of the
+// look-ahead: the moments as if updated, t.bias* of that count) to the tensor's sums. Nothing is stored.
+template <bool kAmsgrad, typename acc>
+EXTRAP_HD void adaptive_norm_element(acc s, acc g, acc m, acc v, acc v_max, const Hyper<acc>& h,
+                                     const TensorArgs<acc>& t, acc& s_squares, acc& u_squares) {
+  const acc u = adaptive_direction<kAmsgrad>(s, g, m, v, v_max, h, t.bias1, t.bias2_sqrt);
+  s_squares += s * s;
+  u_squares += u * u;
 }
 
 }  // namespace extrap

@@ -25,7 +25,13 @@ struct Launch {
   std::vector<int64_t> indices;     // parameter index in the optimizer, keys the noise
   std::vector<at::Tensor> last_gammas;  // kUpdatePastAnchorFree: 0-dim, the dtype of s; the gamma x was
                                         // last extrapolated with (the launch records this one's)
-  std::optional<at::Tensor> trust;  // per-tensor LARS ratio, the dtype of s
+  std::optional<at::Tensor> trust;  // per-tensor LARS (or LAMB) ratio, the dtype of s
+  // The adaptive bases (Adam, AdamW, LAMB): `momenta` hold the first moments m, these the second moments v
+  // and, with amsgrad, their running maxima; both empty for the SGD family. LAMB's clipping comes folded
+  // into grad_scale, its ratios as `trust`.
+  std::vector<at::Tensor> second_moments, max_second_moments;
+  double beta1 = 0, beta2 = 0, eps = 0, grad_gain = 0;
+  bool decoupled = false, bias_correction = true;
   double lr = 0, gamma = 0, momentum = 0, dampening = 0, weight_decay = 0, noise_std = 0;
   // Capturable rates: lr and gamma held as one-element device tensors of the state dtype, read by the
   // kernel itself, so that a captured CUDA graph replays with their current values. When set they
@@ -48,6 +54,8 @@ struct Launch {
     return !master_weights && !params.empty() && params[0].element_size() == 2;
   }
   bool counts_step() const { return phase != kExtrapolate; }
+  bool adaptive() const { return !second_moments.empty(); }
+  bool amsgrad() const { return !max_second_moments.empty(); }
 };
 
 // Builds the per-launch hyperparameters once the grad scale is known.
@@ -66,6 +74,12 @@ Hyper<acc> make_hyper(const Launch& L, double inv_scale) {
   h.extrapolate_with_momentum = L.extrapolate_with_momentum;
   h.past_grad = L.past_grad;
   h.seed = static_cast<uint64_t>(L.seed);
+  h.beta1 = L.beta1;
+  h.beta2 = L.beta2;
+  h.eps = static_cast<acc>(L.eps);
+  h.grad_gain = static_cast<acc>(L.grad_gain);
+  h.decoupled = L.decoupled;
+  h.bias_correction = L.bias_correction;
   return h;
 }
 
@@ -94,6 +108,22 @@ void with_phase(const Launch& L, F&& f) {
   }
 }
 
+// The same for the adaptive bases: f(phase, amsgrad), the phases they have (no anchor-free update).
+template <typename F>
+void with_adaptive_phase(const Launch& L, F&& f) {
+  auto run = [&](auto phase) {
+    if (L.amsgrad()) return f(phase, std::true_type{});
+    return f(phase, std::false_type{});
+  };
+  switch (L.phase) {
+    case kExtrapolate: return run(std::integral_constant<Phase, kExtrapolate>{});
+    case kUpdate: return run(std::integral_constant<Phase, kUpdate>{});
+    case kUpdatePast: return run(std::integral_constant<Phase, kUpdatePast>{});
+    case kUpdateNoise: return run(std::integral_constant<Phase, kUpdateNoise>{});
+    default: TORCH_CHECK(false, "extrap_kernels: phase ", L.phase, " has no adaptive form");
+  }
+}
+
 // CPU launches of at least this many elements (64 MB or more over a phase's arrays: past the last-level
 // cache) write the array a phase does not read with non-temporal stores; smaller ones keep their
 // results in cache, where the next forward pass reads the parameters. (Exported for the tests.)
@@ -101,9 +131,14 @@ constexpr int64_t kCpuStreamAbove = 1 << 22;
 
 // The launchers count the step of an update phase themselves (after every check, before any kernel
 // reads it): the CPU one on the host, where found_inf is already known, the CUDA one on the device.
+// LAMB's reading pass (adaptive launches): a [tensors, 2] tensor of the state dtype holding, per tensor,
+// the sum of s^2 and of u^2 (u the direction of the phase's coming update, or of its look-ahead), for the
+// trust ratios. Reads the step counts as the phase will see them; writes nothing else. Deterministic.
 void apply_cpu(const Launch& L);
+at::Tensor adaptive_norms_cpu(const Launch& L);
 #if defined(EXTRAP_WITH_CUDA) || defined(EXTRAP_CUDA_EMULATION)
 void apply_cuda(const Launch& L);  // (emulated: CPU tensors, csrc/cuda/runtime.h)
+at::Tensor adaptive_norms_cuda(const Launch& L);
 #endif
 
 }  // namespace extrap

@@ -101,7 +101,7 @@ class Launch:
         """Takes a group's new hyperparameters (same phase and state layout)."""
         self.work = self.work._replace(hyper=hyper)
         phase, bucket, _, backend = self.work
-        self._calls: dict[bool, object] = {}  # check? -> extension.prepared_call
+        self._calls: dict[str, object] = {}  # kind -> extension.prepared_call
         self.live_rates = False
         self.clips = hyper.base == "lamb" and hyper.max_grad_norm > 0  # LAMB: needs the global gradient norm
         for name in ("lr", "gamma"):  # a rate tensor converted to the bucket's device and dtype is a copy:
@@ -109,14 +109,15 @@ class Launch:
             if backend.validates and isinstance(value, Tensor):
                 self.live_rates |= hyper.rate(name, bucket)[1].data_ptr() != value.data_ptr()
 
-    def _call(self, check: bool = False):
-        """The extension's prepared operator call (made again each step where a rate is a converted copy)."""
-        call = self._calls.get(check)
+    def _call(self, kind: str = "run"):
+        """The extension's prepared operator call of `kind` (run, check, norms), made again each step where a
+        rate is a converted copy."""
+        call = self._calls.get(kind)
         if call is None:
             phase, bucket, hyper, _ = self.work
-            call = extension.prepared_call(phase, bucket, hyper, check=check, backend=self.work.backend.name)
+            call = extension.prepared_call(phase, bucket, hyper, kind=kind, backend=self.work.backend.name)
             if not self.live_rates:
-                self._calls[check] = call
+                self._calls[kind] = call
         return call
 
     def grads(self, flat: list) -> list[Tensor]:
@@ -127,7 +128,7 @@ class Launch:
         """Raises, writing nothing, if the launch would be refused."""
         phase, bucket, _, backend = self.work
         if backend.validates:
-            self._call(check=True)(grads, None, grad_scale, found_inf)
+            self._call("check")(grads, None, grad_scale, found_inf)
         else:
             functional.check_bucket(replace(bucket, grads=list(grads)), backend)
 
@@ -141,6 +142,10 @@ class Launch:
         trust = None
         if hyper.lars:
             trust = trust_ratios(phase, replace(bucket, grads=list(grads)), hyper, grad_scale)
+        elif hyper.base == "lamb":
+            norms = self._call("norms")
+            grad_scale, trust = extension.lamb_inputs(phase, replace(bucket, global_grad_norm=self.global_grad_norm),
+                                                      hyper, grad_scale, lambda scale: norms(grads, None, scale, None))
         self._call()(grads, trust, grad_scale, found_inf)
 
 

@@ -4,7 +4,8 @@ csrc/cuda/extrap_cuda.cu is compiled to a cubin for each target with ptxas's res
 - No kernel instantiation spills to local memory (ptxas: 0 bytes spill stores and loads), but for the
   known ones in KNOWN_SPILLS, each bounded. (A noise kernel's stack frame is cosf's argument-reduction
   array, which only arguments beyond 105615 use; the noise's argument is below 2 pi.)
-- The hot kernels (every phase with momentum, fp32 and bf16 parameters with fp32 state) load and store
+- The hot kernels (every phase with momentum, fp32 and bf16 parameters with fp32 state, and every adaptive
+  phase without amsgrad for the same dtypes) load and store
   in 128-bit accesses (LDG.E.128 / STG.E.128) at least as often as one vector iteration moves 16-byte
   pieces of the arrays the phase reads and writes (SPEC's traffic). Their scalar tail loop must show
   32-bit accesses too: the parser sees both kinds, so a kernel that lost its vector loop fails.
@@ -23,10 +24,12 @@ import sysconfig
 from collections import defaultdict
 from pathlib import Path
 
-from traffic import moved_arrays
+from traffic import adaptive_moved_arrays, moved_arrays
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL = re.compile(r"phase_kernel<\(extrap::Phase\)(\d), (true|false), ([\w:]+), ([\w:]+), (\w+)>")
+ADAPTIVE = re.compile(r"adaptive_kernel<\(extrap::Phase\)(\d), (true|false), ([\w:]+), (\w+)>")
+HOT = 9 + 8  # SGD family: 5 phases x fp32/bf16, less bf16's phase 4; adaptive: 4 phases x fp32/bf16
 SIZES = {"float": 4, "double": 8, "c10::BFloat16": 2, "c10::Half": 2}
 # (arch, phase, momentum, parameter dtype, state dtype) -> the most bytes it may spill. Measured with nvcc 12/13:
 # on sm_80 the noise phase of 16-bit parameters without momentum stores one register to local memory at
@@ -96,8 +99,11 @@ def check(arch: int, nvcc: str, cuobjdump: str, cxxfilt: str, out: Path) -> tupl
     accesses = sass_accesses(cuobjdump, cubin)
     names = demangle(cxxfilt, sorted(set(resources) | set(accesses)))
     failures = []
-    if not resources or set(resources) != set(accesses):
-        failures.append(f"sm_{arch}: ptxas reported {len(resources)} kernels, the SASS holds {len(accesses)}")
+    # (ptxas also reports the device subroutines kernels call, as __internal_accurate_pow for the adaptive
+    # bias corrections: their spills are checked, but only kernels have SASS of their own)
+    kernels = {name for name in resources if name.startswith("_Z")}
+    if not kernels or kernels != set(accesses):
+        failures.append(f"sm_{arch}: ptxas reported {len(kernels)} kernels, the SASS holds {len(accesses)}")
     for mangled, (frame, stores, loads) in sorted(resources.items()):
         kernel = KERNEL.search(names[mangled])
         allowed = KNOWN_SPILLS.get((arch, int(kernel[1]), kernel[2], kernel[3], kernel[4]), 0) if kernel else 0
@@ -108,28 +114,35 @@ def check(arch: int, nvcc: str, cuobjdump: str, cxxfilt: str, out: Path) -> tupl
             print(f"sm_{arch} {names[mangled]}: known spill, {stores} B stored, {loads} B loaded")
     hot = 0
     for mangled, counts in sorted(accesses.items()):
-        kernel = KERNEL.search(names[mangled])
-        if not kernel:
-            continue
-        phase, momentum, scalar, state = int(kernel[1]), kernel[2] == "true", kernel[3], kernel[4]
-        master = scalar != state
-        if not momentum or scalar not in ("float", "c10::BFloat16") or state != "float" or (phase == 4 and master):
+        kernel, adaptive = KERNEL.search(names[mangled]), ADAPTIVE.search(names[mangled])
+        if kernel:
+            phase, momentum, scalar, state = int(kernel[1]), kernel[2] == "true", kernel[3], kernel[4]
+            master = scalar != state
+            if not momentum or scalar not in ("float", "c10::BFloat16") or state != "float" or (phase == 4 and master):
+                continue
+            reads, writes = moved_arrays(phase, master)
+        elif adaptive:
+            phase, amsgrad, scalar, state = int(adaptive[1]), adaptive[2] == "true", adaptive[3], adaptive[4]
+            master = scalar != state
+            if amsgrad or scalar not in ("float", "c10::BFloat16") or state != "float":
+                continue
+            reads, writes = adaptive_moved_arrays(phase, master)
+        else:
             continue
         vector = 4 if SIZES[scalar] >= 4 else 16 // SIZES[scalar]  # extrap_cuda.cu's kVectorWidth
-        size = {"x": SIZES[scalar], "g": SIZES[scalar], "s": SIZES[state], "m": SIZES[state]}
-        reads, writes = moved_arrays(phase, master)
+        size = {"x": SIZES[scalar], "g": SIZES[scalar], "s": SIZES[state], "m": SIZES[state], "v": SIZES[state]}
         want = (sum(vector * size[a] // 16 for a in reads), sum(vector * size[a] // 16 for a in writes))
         got = (counts.get("LDG.E.128", 0), counts.get("STG.E.128", 0))
         scalar_path = counts.get("LDG.E", 0) + counts.get("LDG.E.U16", 0) > 0
         hot += 1
-        print(f"SASS sm_{arch} phase{phase} {scalar}/{state}: LDG.E.128 {got[0]} (want >= {want[0]}: {reads}), "
+        print(f"SASS sm_{arch} {'adaptive ' if adaptive else ''}phase{phase} {scalar}/{state}: LDG.E.128 {got[0]} (want >= {want[0]}: {reads}), "
               f"STG.E.128 {got[1]} (want >= {want[1]}: {writes}); scalar tail {'yes' if scalar_path else 'NO'}; "
               f"stack {resources[mangled][0]} B, spills {resources[mangled][1]} B")
         if got[0] < want[0] or got[1] < want[1] or not scalar_path or resources[mangled][1:] != (0, 0):
             failures.append(f"sm_{arch} {names[mangled]}: 128-bit loads/stores {got}, want {want}, spills "
                             f"{resources[mangled][1:]}{'' if scalar_path else '; no scalar tail accesses found'}")
-    if hot != 9:
-        failures.append(f"sm_{arch}: found {hot} hot kernels, want 9 (5 phases x fp32/bf16, less bf16 phase 4)")
+    if hot != HOT:
+        failures.append(f"sm_{arch}: found {hot} hot kernels, want {HOT}")
     print(f"sm_{arch}: {len(resources)} kernels' spills checked, {hot} hot kernels' SASS read")
     return failures, len(resources)
 

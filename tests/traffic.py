@@ -1,5 +1,6 @@
 """What each phase moves, for the checks that read compiled kernels (triton_aot.py's PTX check, cuda_sass.py's
-SASS check): SPEC's traffic, as csrc/extrap_math.h's reads_param, stores_anchor and stores_momentum say."""
+SASS check): SPEC's traffic, as csrc/extrap_math.h's reads_param, stores_anchor and stores_momentum say (and, for the
+adaptive bases, csrc/cuda/extrap_cuda.cu's adaptive_kernel)."""
 from __future__ import annotations
 
 
@@ -11,3 +12,11 @@ def moved_arrays(phase: int, master: bool) -> tuple[str, str]:
     if phase == 4:
         return "xgm", "mx"
     return "sgm", "mxs" if phase != 1 or master else "mx"
+
+
+def adaptive_moved_arrays(phase: int, master: bool) -> tuple[str, str]:
+    """The same for the adaptive bases (v: the second moments; without amsgrad): every phase reads the
+    moments (the extrapolation looks ahead with them) and only the updates store them."""
+    if phase == 0:
+        return ("s" if master else "x") + "gmv", "x" if master else "xs"
+    return "sgmv", "xmv" if phase == 1 and not master else "xsmv"

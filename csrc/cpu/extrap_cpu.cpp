@@ -245,6 +245,125 @@ void run_launch(const Launch& L, bool skip, double inv_scale) {
   });
 }
 
+// The adaptive bases, one span of one tensor. x may be its own anchor (FusedAdam on full-precision
+// parameters: kUpdate reads and writes it in place), so neither x nor s is restrict-qualified.
+template <Phase P, bool kAmsgrad, typename scalar_t, typename acc>
+EXTRAP_SIMD_CLONES void run_adaptive_span(scalar_t* x, const scalar_t* __restrict__ g, acc* s, acc* __restrict__ m,
+                                          acc* __restrict__ v, acc* __restrict__ v_max, int64_t begin, int64_t end,
+                                          Hyper<acc> h, TensorArgs<acc> t) {
+  constexpr bool kMaster = !std::is_same<scalar_t, acc>::value;
+  constexpr bool kReadsX = reads_param<P, kMaster>();
+  for (int64_t i = begin; i < end; ++i) {
+    acc xv = kReadsX ? static_cast<acc>(x[i]) : acc(0);
+    acc sv = kReadsX ? acc(0) : s[i];
+    acc mv = m[i], vv = v[i], v_maxv = kAmsgrad ? v_max[i] : acc(0);
+    adaptive_element<P, kAmsgrad, kMaster>(xv, static_cast<acc>(g[i]), sv, mv, vv, v_maxv, h, t,
+                                           static_cast<uint64_t>(i));
+    if constexpr (stores_anchor<P, kMaster>()) s[i] = sv;
+    if constexpr (P != kExtrapolate) {
+      m[i] = mv;
+      v[i] = vv;
+      if constexpr (kAmsgrad) v_max[i] = v_maxv;
+    }
+    x[i] = static_cast<scalar_t>(xv);
+  }
+}
+
+// The per-tensor values of an adaptive launch: the LAMB ratio, the noise key, and the bias corrections
+// of the count the phase's direction uses (the look-ahead of kExtrapolate and the reading pass: the
+// count after the coming update; an update phase has counted its own when it runs).
+template <typename acc>
+TensorArgs<acc> adaptive_args(const Launch& L, const Hyper<acc>& h, size_t t, bool next_count) {
+  const float step = *L.steps[t].data_ptr<float>() + (next_count ? 1.0f : 0.0f);
+  TensorArgs<acc> args{L.trust ? L.trust->data_ptr<acc>()[t] : acc(1), false, static_cast<uint32_t>(step),
+                       static_cast<uint32_t>(L.indices[t]), acc(0), acc(1), acc(1)};
+  bias_corrections(h, step, args.bias1, args.bias2_sqrt);
+  return args;
+}
+
+// The elements of a launch's tensors as `grain`-sized spans (tensor, begin, end), in order: the threads
+// share them out evenly whatever the tensor sizes.
+struct Span {
+  int64_t tensor, begin, end;
+};
+std::vector<Span> spans_of(const Launch& L, int64_t grain) {
+  std::vector<Span> spans;
+  for (size_t t = 0; t < L.params.size(); ++t) {
+    const int64_t numel = L.params[t].numel();
+    for (int64_t begin = 0; begin < numel; begin += grain) {
+      spans.push_back({static_cast<int64_t>(t), begin, std::min(numel, begin + grain)});
+    }
+  }
+  return spans;
+}
+
+template <Phase P, bool kAmsgrad, typename scalar_t, typename acc>
+void run_adaptive_launch(const Launch& L, bool skip, double inv_scale) {
+  const Hyper<acc> h = make_hyper<acc>(L, inv_scale);
+  std::vector<TensorArgs<acc>> args;
+  int64_t total = 0;
+  for (size_t t = 0; t < L.params.size(); ++t) {
+    args.push_back(adaptive_args(L, h, t, P == kExtrapolate));
+    total += L.params[t].numel();
+  }
+  const std::vector<Span> spans = spans_of(L, kChunk);
+  const int64_t grain = total < kSerialBelow ? std::max<int64_t>(static_cast<int64_t>(spans.size()), 1) : 1;
+  at::parallel_for(0, static_cast<int64_t>(spans.size()), grain, [&](int64_t lo, int64_t hi) {
+    for (int64_t k = lo; k < hi; ++k) {
+      const Span& span = spans[k];
+      auto* x = L.params[span.tensor].data_ptr<scalar_t>();
+      auto* s = L.anchor(span.tensor).data_ptr<acc>();
+      if (skip) {
+        skip_span<P, scalar_t, acc, acc>(x, s, span.begin, span.end);
+        continue;
+      }
+      acc* v_max = kAmsgrad ? L.max_second_moments[span.tensor].data_ptr<acc>() : nullptr;
+      run_adaptive_span<P, kAmsgrad, scalar_t, acc>(x, L.grads[span.tensor].data_ptr<scalar_t>(), s,
+                                                    L.momenta[span.tensor].data_ptr<acc>(),
+                                                    L.second_moments[span.tensor].data_ptr<acc>(), v_max, span.begin,
+                                                    span.end, h, args[span.tensor]);
+    }
+  });
+}
+
+// LAMB's reading pass: each span's sums, then each tensor's, added in span order (the same result for
+// any number of threads).
+template <bool kAmsgrad, bool kReadsX, typename scalar_t, typename acc>
+at::Tensor run_adaptive_norms(const Launch& L, double inv_scale) {
+  const Hyper<acc> h = make_hyper<acc>(L, inv_scale);
+  std::vector<TensorArgs<acc>> args;
+  for (size_t t = 0; t < L.params.size(); ++t) args.push_back(adaptive_args(L, h, t, true));
+  const std::vector<Span> spans = spans_of(L, kChunk);
+  std::vector<acc> sums(2 * spans.size(), acc(0));
+  at::parallel_for(0, static_cast<int64_t>(spans.size()), 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t k = lo; k < hi; ++k) {
+      const Span& span = spans[k];
+      const auto* anchor = kReadsX ? nullptr : L.anchor(span.tensor).data_ptr<acc>();
+      const auto* x = L.params[span.tensor].data_ptr<scalar_t>();
+      const auto* g = L.grads[span.tensor].data_ptr<scalar_t>();
+      const auto* m = L.momenta[span.tensor].data_ptr<acc>();
+      const auto* v = L.second_moments[span.tensor].data_ptr<acc>();
+      const acc* v_max = kAmsgrad ? L.max_second_moments[span.tensor].data_ptr<acc>() : nullptr;
+      acc s_squares = 0, u_squares = 0;
+      for (int64_t i = span.begin; i < span.end; ++i) {
+        adaptive_norm_element<kAmsgrad>(kReadsX ? static_cast<acc>(x[i]) : anchor[i], static_cast<acc>(g[i]), m[i],
+                                        v[i], kAmsgrad ? v_max[i] : acc(0), h, args[span.tensor], s_squares,
+                                        u_squares);
+      }
+      sums[2 * k] = s_squares;
+      sums[2 * k + 1] = u_squares;
+    }
+  });
+  at::Tensor out = at::zeros({static_cast<int64_t>(L.params.size()), 2}, L.momenta[0].options().dtype(
+                                                                              c10::CppTypeToScalarType<acc>::value));
+  acc* o = out.data_ptr<acc>();
+  for (size_t k = 0; k < spans.size(); ++k) {
+    o[2 * spans[k].tensor] += sums[2 * k];
+    o[2 * spans[k].tensor + 1] += sums[2 * k + 1];
+  }
+  return out;
+}
+
 }  // namespace
 
 void apply_cpu(const Launch& L) {
@@ -256,6 +375,11 @@ void apply_cpu(const Launch& L) {
   const double inv_scale = L.grad_scale ? 1.0 / L.grad_scale->item<double>() : 1.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, L.params[0].scalar_type(), "extrap_cpu", [&] {
     using acc = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
+    if (L.adaptive()) {
+      return with_adaptive_phase(L, [&](auto phase, auto amsgrad) {
+        run_adaptive_launch<decltype(phase)::value, decltype(amsgrad)::value, scalar_t, acc>(L, skip, inv_scale);
+      });
+    }
     with_phase(L, [&](auto phase, auto momentum) {
       constexpr Phase P = decltype(phase)::value;
       constexpr bool M = decltype(momentum)::value;
@@ -267,6 +391,21 @@ void apply_cpu(const Launch& L) {
         for (const at::Tensor& last : L.last_gammas) *last.data_ptr<acc>() = static_cast<acc>(L.gamma);
       }
     });
+  });
+}
+
+at::Tensor adaptive_norms_cpu(const Launch& L) {
+  const double inv_scale = L.grad_scale ? 1.0 / L.grad_scale->item<double>() : 1.0;
+  return AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, L.params[0].scalar_type(), "extrap_cpu_norms", [&] {
+    using acc = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
+    // the anchor is x itself before a full-precision snapshot
+    const bool reads_x = L.phase == kExtrapolate && std::is_same<scalar_t, acc>::value;
+    if (L.amsgrad()) {
+      return reads_x ? run_adaptive_norms<true, true, scalar_t, acc>(L, inv_scale)
+                     : run_adaptive_norms<true, false, scalar_t, acc>(L, inv_scale);
+    }
+    return reads_x ? run_adaptive_norms<false, true, scalar_t, acc>(L, inv_scale)
+                   : run_adaptive_norms<false, false, scalar_t, acc>(L, inv_scale);
   });
 }
 

@@ -39,7 +39,7 @@ __device__ __forceinline__ bool aligned(const void* p) {
 // s and m are state_t: acc, or (master_weights=False) a 16-bit x's own type.
 template <Phase P, bool kMomentum, typename scalar_t, typename state_t, typename acc>
 __global__ void __launch_bounds__(kThreads) phase_kernel(TensorTable table, Hyper<acc> h, const acc* trust,
-                                                         const float* grad_scale, const float* found_inf,
+                                                         const acc* grad_scale, const float* found_inf,
                                                          const acc* lr, const acc* gamma) {
   constexpr bool kMaster = !std::is_same<scalar_t, state_t>::value;
   constexpr int R = kRoundingOf<scalar_t, state_t>;
@@ -51,7 +51,7 @@ __global__ void __launch_bounds__(kThreads) phase_kernel(TensorTable table, Hype
   auto* s = static_cast<state_t*>(table.s[entry]);
   auto* m = static_cast<state_t*>(table.m[entry]);
   const bool skip = found_inf != nullptr && *found_inf != 0.0f;
-  if (grad_scale != nullptr) h.grad_factor /= static_cast<acc>(*grad_scale);
+  if (grad_scale != nullptr) h.grad_factor /= *grad_scale;
   if (lr != nullptr) h.lr = *lr;  // capturable: the rates as they are when the kernel runs
   if (gamma != nullptr) h.gamma = *gamma;
   const float step = *table.step[entry];
@@ -126,12 +126,12 @@ template <Phase P, bool kMomentum, typename scalar_t, typename state_t, typename
 void launch_phase(const Launch& L) {
   Hyper<acc> h = make_hyper<acc>(L, 1.0);
   const acc* trust = L.trust ? L.trust->data_ptr<acc>() : nullptr;
-  const float* grad_scale = L.grad_scale ? L.grad_scale->data_ptr<float>() : nullptr;
+  const acc* grad_scale = L.grad_scale ? L.grad_scale->data_ptr<acc>() : nullptr;
   const float* found_inf = L.found_inf ? L.found_inf->data_ptr<float>() : nullptr;
   const acc* lr = L.lr_tensor ? L.lr_tensor->data_ptr<acc>() : nullptr;
   const acc* gamma = L.gamma_tensor ? L.gamma_tensor->data_ptr<acc>() : nullptr;
   auto stream = reinterpret_cast<cudaStream_t>(L.stream);
-  multi_tensor_apply(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas,
+  multi_tensor_apply(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas, {}, {},
                      [&](TensorTable& table, int blocks) {
     launch_kernel(phase_kernel<P, kMomentum, scalar_t, state_t, acc>, blocks, kThreads, stream, table, h, trust,
                   grad_scale, found_inf, lr, gamma);
@@ -140,14 +140,186 @@ void launch_phase(const Launch& L) {
   });
 }
 
+// The adaptive bases (Adam, AdamW, LAMB): as phase_kernel, with the second moments (and their maxima)
+// moved beside m, and adaptive_element's math. Their state is always acc (a 16-bit x keeps its master).
+template <Phase P, bool kAmsgrad, typename scalar_t, typename acc>
+__global__ void __launch_bounds__(kThreads) adaptive_kernel(TensorTable table, Hyper<acc> h, const acc* trust,
+                                                            const acc* grad_scale, const float* found_inf,
+                                                            const acc* lr, const acc* gamma) {
+  constexpr bool kMaster = !std::is_same<scalar_t, acc>::value;
+  const int entry = table.block_tensor[blockIdx.x];
+  const int64_t begin = static_cast<int64_t>(table.block_chunk[blockIdx.x]) * kChunkSize;
+  const int64_t end = min(table.numel[entry], begin + kChunkSize);
+  auto* x = static_cast<scalar_t*>(table.x[entry]);
+  const auto* g = static_cast<const scalar_t*>(table.g[entry]);
+  auto* s = static_cast<acc*>(table.s[entry]);
+  auto* m = static_cast<acc*>(table.m[entry]);
+  auto* v = static_cast<acc*>(table.v[entry]);
+  auto* v_max = static_cast<acc*>(table.v_max[entry]);
+  const bool skip = found_inf != nullptr && *found_inf != 0.0f;
+  if (grad_scale != nullptr) h.grad_factor /= *grad_scale;
+  if (lr != nullptr) h.lr = *lr;
+  if (gamma != nullptr) h.gamma = *gamma;
+  // the look-ahead of kExtrapolate uses the count after the coming update; an update phase's is counted
+  const float step = *table.step[entry] + (P == kExtrapolate ? 1.0f : 0.0f);
+  TensorArgs<acc> t{trust != nullptr ? trust[table.tensor[entry]] : acc(1), false, static_cast<uint32_t>(step),
+                    table.index[entry], acc(0), acc(1), acc(1)};
+  bias_corrections(h, step, t.bias1, t.bias2_sqrt);
+
+  auto element = [&](acc& xv, acc gv, acc& sv, acc& mv, acc& vv, acc& v_maxv, int64_t i) {
+    if (skip) {
+      skipped_element<P, kMaster>(xv, sv);
+    } else {
+      adaptive_element<P, kAmsgrad, kMaster>(xv, gv, sv, mv, vv, v_maxv, h, t, static_cast<uint64_t>(i));
+    }
+  };
+  // (FusedAdam passes a full-precision x as its own anchor: read as s, stored as x)
+  const bool store_s = skip ? skip_stores_anchor<P, kMaster>() : stores_anchor<P, kMaster>();
+  const bool store_state = !skip && P != kExtrapolate;
+  const bool store_x = !skip || skip_stores_param<P>();
+  constexpr bool kReadsX = reads_param<P, kMaster>();
+
+  constexpr int kVec = kVectorWidth<scalar_t>;
+  using XVec = Vec<scalar_t, kVec>;
+  using AVec = Vec<acc, kVec>;
+  const bool vector = aligned<scalar_t, kVec>(x) && aligned<scalar_t, kVec>(g) && (kReadsX || aligned<acc, kVec>(s)) &&
+                      aligned<acc, kVec>(m) && aligned<acc, kVec>(v) && (!kAmsgrad || aligned<acc, kVec>(v_max));
+  int64_t tail = begin;
+  if (vector) {
+    const int64_t vector_end = begin + (end - begin) / kVec * kVec;
+    for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * kVec; i < vector_end;
+         i += static_cast<int64_t>(kThreads) * kVec) {
+      XVec xr{};
+      AVec sr{}, vmr{};
+      if (kReadsX) {
+        xr = *reinterpret_cast<const XVec*>(x + i);
+      } else {
+        sr = *reinterpret_cast<const AVec*>(s + i);
+      }
+      const XVec gr = *reinterpret_cast<const XVec*>(g + i);
+      AVec mr = *reinterpret_cast<const AVec*>(m + i);
+      AVec vr = *reinterpret_cast<const AVec*>(v + i);
+      if (kAmsgrad) vmr = *reinterpret_cast<const AVec*>(v_max + i);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        acc xv = static_cast<acc>(xr.v[k]);
+        element(xv, static_cast<acc>(gr.v[k]), sr.v[k], mr.v[k], vr.v[k], vmr.v[k], i + k);
+        xr.v[k] = static_cast<scalar_t>(xv);
+      }
+      if (store_x) *reinterpret_cast<XVec*>(x + i) = xr;
+      if (store_s) *reinterpret_cast<AVec*>(s + i) = sr;
+      if (store_state) {
+        *reinterpret_cast<AVec*>(m + i) = mr;
+        *reinterpret_cast<AVec*>(v + i) = vr;
+        if (kAmsgrad) *reinterpret_cast<AVec*>(v_max + i) = vmr;
+      }
+    }
+    tail = vector_end;
+  }
+  for (int64_t j = tail + threadIdx.x; j < end; j += kThreads) {
+    acc xv = kReadsX ? static_cast<acc>(x[j]) : acc(0);
+    acc sv = kReadsX ? acc(0) : s[j];
+    acc mv = m[j], vv = v[j], v_maxv = kAmsgrad ? v_max[j] : acc(0);
+    element(xv, static_cast<acc>(g[j]), sv, mv, vv, v_maxv, j);
+    if (store_x) x[j] = static_cast<scalar_t>(xv);
+    if (store_s) s[j] = sv;
+    if (store_state) {
+      m[j] = mv;
+      v[j] = vv;
+      if (kAmsgrad) v_max[j] = v_maxv;
+    }
+  }
+}
+
+// LAMB's reading pass: each thread sums s^2 and u^2 over its elements of one chunk into its own slot of
+// `partials` ([launch blocks, threads, 2]; block `first_block + blockIdx.x`): the threads do not
+// communicate, and the host-side sums (adaptive_norms_cuda) are in a fixed order, so the result is
+// deterministic.
+template <bool kAmsgrad, bool kReadsX, typename scalar_t, typename acc>
+__global__ void __launch_bounds__(kThreads) adaptive_norms_kernel(TensorTable table, Hyper<acc> h,
+                                                                  const acc* grad_scale, acc* partials,
+                                                                  int64_t first_block) {
+  const int entry = table.block_tensor[blockIdx.x];
+  const int64_t begin = static_cast<int64_t>(table.block_chunk[blockIdx.x]) * kChunkSize;
+  const int64_t end = min(table.numel[entry], begin + kChunkSize);
+  const auto* x = static_cast<const scalar_t*>(table.x[entry]);
+  const auto* g = static_cast<const scalar_t*>(table.g[entry]);
+  const auto* s = static_cast<const acc*>(table.s[entry]);
+  const auto* m = static_cast<const acc*>(table.m[entry]);
+  const auto* v = static_cast<const acc*>(table.v[entry]);
+  const auto* v_max = static_cast<const acc*>(table.v_max[entry]);
+  if (grad_scale != nullptr) h.grad_factor /= *grad_scale;
+  const float step = *table.step[entry] + 1.0f;  // the count after the coming update
+  TensorArgs<acc> t{acc(1), false, static_cast<uint32_t>(step), table.index[entry], acc(0), acc(1), acc(1)};
+  bias_corrections(h, step, t.bias1, t.bias2_sqrt);
+  acc s_squares = 0, u_squares = 0;
+  for (int64_t j = begin + threadIdx.x; j < end; j += kThreads) {
+    adaptive_norm_element<kAmsgrad>(kReadsX ? static_cast<acc>(x[j]) : s[j], static_cast<acc>(g[j]), m[j], v[j],
+                                    kAmsgrad ? v_max[j] : acc(0), h, t, s_squares, u_squares);
+  }
+  acc* out = partials + ((first_block + blockIdx.x) * kThreads + threadIdx.x) * 2;
+  out[0] = s_squares;
+  out[1] = u_squares;
+}
+
+template <Phase P, bool kAmsgrad, typename scalar_t, typename acc>
+void launch_adaptive(const Launch& L) {
+  const Hyper<acc> h = make_hyper<acc>(L, 1.0);
+  const acc* trust = L.trust ? L.trust->data_ptr<acc>() : nullptr;
+  const acc* grad_scale = L.grad_scale ? L.grad_scale->data_ptr<acc>() : nullptr;
+  const float* found_inf = L.found_inf ? L.found_inf->data_ptr<float>() : nullptr;
+  const acc* lr = L.lr_tensor ? L.lr_tensor->data_ptr<acc>() : nullptr;
+  const acc* gamma = L.gamma_tensor ? L.gamma_tensor->data_ptr<acc>() : nullptr;
+  auto stream = reinterpret_cast<cudaStream_t>(L.stream);
+  multi_tensor_apply(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas, L.second_moments,
+                     L.max_second_moments, [&](TensorTable& table, int blocks) {
+    launch_kernel(adaptive_kernel<P, kAmsgrad, scalar_t, acc>, blocks, kThreads, stream, table, h, trust, grad_scale,
+                  found_inf, lr, gamma);
+    const cudaError_t err = cudaGetLastError();
+    TORCH_CHECK(err == cudaSuccess, "extrap_kernels: CUDA launch failed: ", cudaGetErrorString(err));
+  });
+}
+
+template <bool kAmsgrad, bool kReadsX, typename scalar_t, typename acc>
+at::Tensor launch_adaptive_norms(const Launch& L) {
+  const Hyper<acc> h = make_hyper<acc>(L, 1.0);
+  const acc* grad_scale = L.grad_scale ? L.grad_scale->data_ptr<acc>() : nullptr;
+  auto stream = reinterpret_cast<cudaStream_t>(L.stream);
+  std::vector<int64_t> chunks;  // per tensor
+  int64_t blocks_in_all = 0;
+  for (const at::Tensor& x : L.params) {
+    chunks.push_back((x.numel() + kChunkSize - 1) / kChunkSize);
+    blocks_in_all += chunks.back();
+  }
+  const auto options = L.momenta[0].options();
+  if (blocks_in_all == 0) return at::zeros({static_cast<int64_t>(L.params.size()), 2}, options);
+  at::Tensor partials = at::empty({blocks_in_all, kThreads, 2}, options);  // every slot is written
+  int64_t first_block = 0;
+  multi_tensor_apply(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas, L.second_moments,
+                     L.max_second_moments, [&](TensorTable& table, int blocks) {
+    launch_kernel(adaptive_norms_kernel<kAmsgrad, kReadsX, scalar_t, acc>, blocks, kThreads, stream, table, h,
+                  grad_scale, partials.data_ptr<acc>(), first_block);
+    const cudaError_t err = cudaGetLastError();
+    TORCH_CHECK(err == cudaSuccess, "extrap_kernels: CUDA launch failed: ", cudaGetErrorString(err));
+    first_block += blocks;
+  });
+  // the chunks of a tensor are consecutive blocks: its sums are one segment of the chunks' sums
+  const at::Tensor lengths = at::tensor(chunks, at::kLong).to(options.device());
+  return at::segment_reduce(partials.sum(1), "sum", lengths, std::nullopt, std::nullopt, 0, false, 0);
+}
+
 }  // namespace
 
 void apply_cuda(const Launch& L) {
   if (L.params.empty()) return;
-  TORCH_CHECK(!L.grad_scale || L.grad_scale->scalar_type() == at::kFloat, "grad_scale must be float32");
   TORCH_CHECK(!L.found_inf || L.found_inf->scalar_type() == at::kFloat, "found_inf must be float32");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, L.params[0].scalar_type(), "extrap_cuda", [&] {
     using acc = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
+    if (L.adaptive()) {
+      return with_adaptive_phase(L, [&](auto phase, auto amsgrad) {
+        launch_adaptive<decltype(phase)::value, decltype(amsgrad)::value, scalar_t, acc>(L);
+      });
+    }
     with_phase(L, [&](auto phase, auto momentum) {
       constexpr Phase P = decltype(phase)::value;
       constexpr bool M = decltype(momentum)::value;
@@ -156,6 +328,19 @@ void apply_cuda(const Launch& L) {
       }
       launch_phase<P, M, scalar_t, acc, acc>(L);
     });
+  });
+}
+
+at::Tensor adaptive_norms_cuda(const Launch& L) {
+  return AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, L.params[0].scalar_type(), "extrap_cuda_norms", [&] {
+    using acc = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
+    const bool reads_x = L.phase == kExtrapolate && std::is_same<scalar_t, acc>::value;  // x is the anchor
+    if (L.amsgrad()) {
+      return reads_x ? launch_adaptive_norms<true, true, scalar_t, acc>(L)
+                     : launch_adaptive_norms<true, false, scalar_t, acc>(L);
+    }
+    return reads_x ? launch_adaptive_norms<false, true, scalar_t, acc>(L)
+                   : launch_adaptive_norms<false, false, scalar_t, acc>(L);
   });
 }
 

@@ -29,6 +29,8 @@ struct TensorTable {
   const void* g[kMaxTensors];
   void* s[kMaxTensors];
   void* m[kMaxTensors];
+  void* v[kMaxTensors];      // adaptive: the second moments, and
+  void* v_max[kMaxTensors];  //           their maxima (amsgrad); else null
   const float* step[kMaxTensors];
   const void* last_gamma[kMaxTensors];  // the anchor-free update's recorded gamma (state dtype); else null
   int64_t numel[kMaxTensors];
@@ -37,17 +39,19 @@ struct TensorTable {
   uint16_t block_tensor[kMaxBlocks];
   int32_t block_chunk[kMaxBlocks];
 };
-// (what the kernel takes besides the table: Hyper and six pointers, well under 1 KB)
+// (what a kernel takes besides the table: Hyper and a few pointers, well under 1 KB)
 static_assert(sizeof(TensorTable) <= 32764 - 1024, "the table must fit the 32 KB kernel-argument limit");
 
 // Calls launch(table, blocks) as often as needed to cover every chunk of every non-empty tensor.
 // Empty `anchors`: the parameters are their own anchors (plain fused SGD on full-precision x), or the
-// anchors are recomputed (the anchor-free update, which gives `last_gammas`, else empty).
+// anchors are recomputed (the anchor-free update, which gives `last_gammas`, else empty). `second` and
+// `second_max`: the adaptive bases' second moments and their maxima, or empty.
 template <typename Launch>
 void multi_tensor_apply(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
                         const std::vector<at::Tensor>& anchors, const std::vector<at::Tensor>& momenta,
                         const std::vector<at::Tensor>& steps, const std::vector<int64_t>& indices,
-                        const std::vector<at::Tensor>& last_gammas, Launch&& launch) {
+                        const std::vector<at::Tensor>& last_gammas, const std::vector<at::Tensor>& second,
+                        const std::vector<at::Tensor>& second_max, Launch&& launch) {
   TensorTable table;
   int entries = 0, blocks = 0;
   for (size_t t = 0; t < params.size(); ++t) {
@@ -57,6 +61,8 @@ void multi_tensor_apply(const std::vector<at::Tensor>& params, const std::vector
     table.g[entries] = grads[t].data_ptr();
     table.s[entries] = anchors.empty() ? params[t].data_ptr() : anchors[t].data_ptr();
     table.m[entries] = momenta.empty() ? nullptr : momenta[t].data_ptr();
+    table.v[entries] = second.empty() ? nullptr : second[t].data_ptr();
+    table.v_max[entries] = second_max.empty() ? nullptr : second_max[t].data_ptr();
     table.step[entries] = steps[t].data_ptr<float>();
     table.last_gamma[entries] = last_gammas.empty() ? nullptr : last_gammas[t].data_ptr();
     table.numel[entries] = numel;
@@ -78,6 +84,8 @@ void multi_tensor_apply(const std::vector<at::Tensor>& params, const std::vector
           table.g[0] = table.g[entries];
           table.s[0] = table.s[entries];
           table.m[0] = table.m[entries];
+          table.v[0] = table.v[entries];
+          table.v_max[0] = table.v_max[entries];
           table.step[0] = table.step[entries];
           table.last_gamma[0] = table.last_gamma[entries];
           table.numel[0] = table.numel[entries];

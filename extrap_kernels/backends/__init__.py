@@ -57,9 +57,11 @@ EVERY_BASE = ("sgd", "adam", "lamb")
 BACKENDS = {
     "reference": Backend("reference", "..reference", False, None, lambda device: True, bases=EVERY_BASE),
     "foreach": Backend("foreach", ".foreach", False, None, lambda device: True, bases=EVERY_BASE),
-    "cpu": Backend("cpu", ".cpu", True, ("cpu",), lambda device: _ext.load() is not None, validates=True),
+    "cpu": Backend("cpu", ".cpu", True, ("cpu",), lambda device: _ext.load() is not None, validates=True,
+                   bases=EVERY_BASE),
     "cuda": Backend("cuda", ".cuda", True, _cuda_devices(),
-                    lambda device: importlib.import_module(".cuda", __package__).available(device), validates=True),
+                    lambda device: importlib.import_module(".cuda", __package__).available(device), validates=True,
+                    bases=EVERY_BASE),
     "triton": Backend("triton", ".triton_kernels", True, _triton_devices(), _triton_available),
 }
 

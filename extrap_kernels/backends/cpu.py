@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import _ext
+from .. import _ext, lamb
 from ..bucket import Bucket, Hyper, Phase
 from ..lars import trust_ratios
 
@@ -49,29 +49,49 @@ def hyper_kwargs(h: Hyper, b: Bucket) -> dict:
     """The operator's keyword arguments for the hyperparameters (rates as numbers, or as one-element
     tensors of the state dtype on the bucket's device, read by the kernel when it runs)."""
     (lr, lr_tensor), (gamma, gamma_tensor) = h.rate("lr", b), h.rate("gamma", b)
-    return dict(lr=lr, gamma=gamma, lr_tensor=lr_tensor, gamma_tensor=gamma_tensor, momentum=float(h.momentum),
-                dampening=float(h.dampening), weight_decay=float(h.weight_decay), nesterov=bool(h.nesterov),
-                maximize=bool(h.maximize), wd_after_momentum=bool(h.wd_after_momentum),
-                extrapolate_with_momentum=bool(h.extrapolate_with_momentum), past_grad=bool(h.past_grad),
-                noise_std=float(h.noise_std), seed=_as_int64(h.seed), master_weights=b.master)
+    kwargs = dict(lr=lr, gamma=gamma, lr_tensor=lr_tensor, gamma_tensor=gamma_tensor, momentum=float(h.momentum),
+                  dampening=float(h.dampening), weight_decay=float(h.weight_decay), nesterov=bool(h.nesterov),
+                  maximize=bool(h.maximize), wd_after_momentum=bool(h.wd_after_momentum),
+                  extrapolate_with_momentum=bool(h.extrapolate_with_momentum), past_grad=bool(h.past_grad),
+                  noise_std=float(h.noise_std), seed=_as_int64(h.seed), master_weights=b.master)
+    if h.base != "sgd":  # Adam, AdamW, LAMB: the momenta are the first moments
+        beta1, beta2 = (float(beta) for beta in h.betas)
+        kwargs.update(second_moments=b.second_moments, max_second_moments=b.max_second_moments, beta1=beta1,
+                      beta2=beta2, eps=float(h.eps), decoupled=bool(h.decoupled),
+                      grad_gain=(1 - beta1) if (h.grad_averaging or h.base != "lamb") else 1.0,
+                      bias_correction=bool(h.bias_correction))
+    return kwargs
 
 
-def prepared_call(phase: Phase, b: Bucket, h: Hyper, check: bool = False, backend: str = "cpu"):
-    """The operator call of `phase` over `b` (or, `check`, its validation alone) with every argument
-    converted once but the per-step ones: call it as (grads, trust, grad_scale, found_inf). The
-    optimizers' per-step path (extrap_kernels/plan.py): it saves converting the parameter and state
-    lists at every step."""
+def prepared_call(phase: Phase, b: Bucket, h: Hyper, kind: str = "run", backend: str = "cpu"):
+    """The operator call of `phase` over `b` (kind "run"; "check": its validation alone; "norms": LAMB's
+    reading pass, which returns its sums) with every argument converted once but the per-step ones: call
+    it as (grads, trust, grad_scale, found_inf). The optimizers' per-step path (extrap_kernels/plan.py):
+    it saves converting the parameter and state lists at every step."""
     anchors, momenta, steps, indices, last_gammas = tensor_args(phase, b)
     arguments = dict(params=b.params, anchors=anchors, momenta=momenta, steps=steps, indices=indices,
                      last_gammas=last_gammas, **hyper_kwargs(h, b))
-    if check:
+    if kind != "run":
         arguments["phase"] = int(phase)
-    return extension(backend, b.device).PreparedCall("check" if check else OPS[phase], arguments)
+    return extension(backend, b.device).PreparedCall(OPS[phase] if kind == "run" else kind, arguments)
+
+
+def lamb_inputs(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None, norms) -> tuple:
+    """LAMB's per-step (grad_scale, trust): the gradient divisor with the clipping folded in, and the trust
+    ratios from the reading pass `norms(grad_scale)`; (grad_scale, None) for every other base."""
+    if h.base != "lamb":
+        return grad_scale, None
+    grad_scale = lamb.grad_divisor(b, h, grad_scale)
+    return grad_scale, (lamb.trust_ratios(norms(grad_scale), b.shard_group) if lamb.scales_by_trust(h) else None)
 
 
 def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
           found_inf: Tensor | None = None, backend: str = "cpu") -> None:
     """One bucket through the operator of its phase."""
+    ext, kwargs = extension(backend, b.device), hyper_kwargs(h, b)
     trust = trust_ratios(phase, b, h, grad_scale) if h.lars else None
-    operator(phase, extension(backend, b.device))(b.params, b.grads, *tensor_args(phase, b), **hyper_kwargs(h, b), trust=trust,
-                    grad_scale=grad_scale, found_inf=found_inf)
+    norms = getattr(torch.ops, ext.ops_namespace).norms.default
+    grad_scale, lamb_trust = lamb_inputs(phase, b, h, grad_scale, lambda scale: norms(
+        int(phase), b.params, b.grads, *tensor_args(phase, b), **kwargs, grad_scale=scale))
+    operator(phase, ext)(b.params, b.grads, *tensor_args(phase, b), **kwargs, trust=trust if lamb_trust is None else lamb_trust,
+                         grad_scale=grad_scale, found_inf=found_inf)

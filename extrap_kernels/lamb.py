@@ -1,0 +1,34 @@
+"""LAMB's per-step values for the fused backends, on the bucket's device with no host synchronization: the
+gradient divisor that folds the global-norm clipping into AMP's grad_scale, and the per-tensor trust ratios
+from the kernels' reading pass (torch.ops.extrap_kernels.norms). reference_adaptive computes the same on
+the host, one tensor at a time, and is what these are tested against."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .bucket import Bucket, Hyper, state_dtype
+from .lars import whole_tensor_norms
+
+
+def grad_divisor(bucket: Bucket, h: Hyper, grad_scale: Tensor | None) -> Tensor | None:
+    """What the kernels divide the gradients by: grad_scale * max(1, ||g||_global / grad_scale /
+    max_grad_norm), a one-element tensor of the state dtype; grad_scale itself where LAMB does not clip."""
+    if h.base != "lamb" or h.max_grad_norm <= 0 or bucket.global_grad_norm is None:
+        return grad_scale
+    norm = bucket.global_grad_norm.to(bucket.device, torch.float64).reshape(())
+    scale = None if grad_scale is None else grad_scale.to(bucket.device, torch.float64).reshape(())
+    clip = (norm if scale is None else norm / scale).div(h.max_grad_norm).clamp_min(1.0)
+    return (clip if scale is None else clip * scale).to(state_dtype(bucket.dtype)).reshape(1)
+
+
+def scales_by_trust(h: Hyper) -> bool:
+    """LAMB scales the direction by the trust ratio where weight decay is on, or always with use_nvlamb."""
+    return h.base == "lamb" and (h.weight_decay != 0 or h.use_nvlamb)
+
+
+def trust_ratios(squares: Tensor, shard_group=None) -> Tensor:
+    """||s|| / ||u|| per tensor (1 where either is 0) from the reading pass's [tensors, 2] sums of s^2 and
+    u^2; the whole tensors' norms where the bucket holds shards (FSDP2), summed over `shard_group`."""
+    s_norm, u_norm = whole_tensor_norms(squares.sqrt().t(), shard_group)
+    return torch.where((s_norm > 0) & (u_norm > 0), s_norm / u_norm, torch.ones_like(s_norm))
