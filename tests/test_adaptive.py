@@ -30,12 +30,13 @@ def _params(seed=0, dtype=torch.float64):
 
 def _set_grads(params, gen, step, dtype=None):
     for p in params:
-        p.grad = (torch.randn(p.shape, generator=gen, dtype=torch.float64) * (1 + step % 3)).to(dtype or p.dtype)
+        grad = torch.randn(p.shape, generator=gen, dtype=torch.float64) * (1 + step % 3)
+        p.grad = grad.to(device=p.device, dtype=dtype or p.dtype)
 
 
 def _copy_grads(src, dst):
     for p, q in zip(src, dst):
-        q.grad = p.grad.to(q.dtype, copy=True)
+        q.grad = p.grad.to(device=q.device, dtype=q.dtype, copy=True)
 
 
 def _stepped(cls, seed, steps, backend):
@@ -201,11 +202,16 @@ def test_local_extrapolates_along_the_look_ahead_direction(backend, cls):
 @pytest.mark.parametrize("mode", ["past", "local", "noise"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_trajectory_equals_the_reference(backend, cls, mode, dtype):
-    """Each backend in the state precision against the reference in float64 on the same (rounded) inputs,
-    over a trajectory: each step adds at most 64 roundings of the magnitudes involved, |s| and lr * |e| (the
-    16-bit x one more rounding of its own)."""
+    trajectory_against_reference(backend, cls, mode, dtype, "cpu")
+
+
+def trajectory_against_reference(backend, cls, mode, dtype, device):
+    """Each backend in the state precision (on `device`) against the reference in float64 (on CPU) on the same
+    (rounded) inputs, over a trajectory: each step adds at most 64 roundings of the magnitudes involved, |s|
+    and lr * |e| (the 16-bit x one more rounding of its own). (tests/test_gpu.py runs it on the GPU.)"""
     ours, gen = _params(5, dtype)
-    exact = [torch.nn.Parameter(p.detach().double()) for p in ours]
+    ours = [torch.nn.Parameter(p.detach().to(device)) for p in ours]
+    exact = [torch.nn.Parameter(p.detach().cpu().double()) for p in ours]
     kwargs = dict(lr=0.01, weight_decay=0.01, mode=mode, gamma=0.05, noise_std=0.01, seed=3)
     opt, oracle = cls(ours, backend=backend, **kwargs), cls(exact, backend="reference", **kwargs)
     eps = torch.finfo(torch.float32).eps
@@ -224,9 +230,9 @@ def test_trajectory_equals_the_reference(backend, cls, mode, dtype):
         bound += 64 * eps * (s_max + 0.01 * 2 / math.sqrt(1 - 0.999))  # |e| <= |a| + wd |s|, |a| < 2 / sqrt(1 - b2)
         for i, (p, q) in enumerate(zip(ours, exact)):
             ulp = torch.finfo(dtype).eps * q.detach().abs() if dtype != torch.float32 else 0.0
-            assert_within(p.detach(), q.detach(), bound + ulp + 0.05 * bound, f"step {step} x {i}")
+            assert_within(p.detach().cpu(), q.detach(), bound + ulp + 0.05 * bound, f"step {step} x {i}")
             if mode != "local":  # (local: a full-precision anchor is only the snapshot, taken next time)
-                assert_within(opt.state[p]["anchor"], oracle.state[q]["anchor"], bound, f"step {step} s {i}")
+                assert_within(opt.state[p]["anchor"].cpu(), oracle.state[q]["anchor"], bound, f"step {step} s {i}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -3,8 +3,11 @@ never runs Triton's compiler, so a compile-only error would otherwise reach user
 tests/test_triton_compile.py in a process of its own, since TRITON_INTERPRET must be off before the
 kernel is defined.   python tests/triton_aot.py [--arch 80,90]
 
-It then reads the PTX of the hot specializations (every phase with momentum, fp32 and bf16, on 16-byte
-aligned buckets) and fails unless each array a phase moves is loaded and stored in 128-bit accesses in
+The adaptive bases' kernels (triton_adaptive.py) are compiled the same way: every phase and dtype, each
+switch once, LAMB's reading pass and its per-tensor sums.
+
+It then reads the PTX of the hot specializations (every phase with momentum, and every adaptive phase
+without amsgrad, fp32 and bf16, on 16-byte aligned buckets) and fails unless each array a phase moves is loaded and stored in 128-bit accesses in
 the whole-block path: as many of them as the block's bytes per thread make (SPEC's traffic per phase).
 The same phase on an unaligned bucket, which must show none, is the control."""
 from __future__ import annotations
@@ -23,8 +26,9 @@ import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from extrap_kernels.backends import triton_adaptive as ta  # noqa: E402
 from extrap_kernels.backends import triton_kernels as tk  # noqa: E402
-from traffic import moved_arrays  # noqa: E402
+from traffic import adaptive_moved_arrays, moved_arrays  # noqa: E402
 
 DTYPES = {"fp32": (tl.float32, tl.float32, False), "fp64": (tl.float64, tl.float64, False),
           "bf16": (tl.bfloat16, tl.float32, True), "fp16": (tl.float16, tl.float32, True)}
@@ -66,6 +70,64 @@ def cover() -> list[tuple[str, dict]]:
         out.append((f"extrapolate-{name}-with-momentum", dict(BASE, PHASE=0, X_DTYPE=x, S_DTYPE=s, MASTER=master,
                                                                  EXTRAPOLATE_WITH_MOMENTUM=True)))
     return out
+
+
+ADAPTIVE_BASE = dict(AMSGRAD=False, DECOUPLED=True, BIAS_CORRECTION=True, HAS_TRUST=False, HAS_SCALE=False,
+                     HAS_FOUND_INF=False, LR_TENSOR=False, GAMMA_TENSOR=False)
+
+
+def adaptive_cover() -> list[tuple[str, str, dict]]:
+    """(kernel, label, constexprs): every adaptive phase with every parameter dtype, aligned and not; each
+    switch once on the past step of fp32 and bf16; the reading pass (x or s read, amsgrad) and the sums."""
+    out = []
+    for phase in range(4):
+        for name, (x, c, master) in DTYPES.items():
+            for aligned in (True, False):
+                out.append(("adaptive", f"adaptive{phase}-{name}{'' if aligned else '-unaligned'}",
+                            dict(ADAPTIVE_BASE, PHASE=phase, X_DTYPE=x, C_DTYPE=c, MASTER=master, ALIGNED=aligned)))
+    switches = [dict(AMSGRAD=True), dict(DECOUPLED=False), dict(BIAS_CORRECTION=False), dict(HAS_TRUST=True),
+                dict(HAS_SCALE=True, HAS_FOUND_INF=True), dict(LR_TENSOR=True, GAMMA_TENSOR=True)]
+    for name in ("fp32", "bf16"):
+        x, c, master = DTYPES[name]
+        for switch in switches:
+            label = "+".join(k.lower() for k in switch)
+            out.append(("adaptive", f"adaptive-past-{name}-{label}",
+                        dict(ADAPTIVE_BASE, PHASE=2, X_DTYPE=x, C_DTYPE=c, MASTER=master, ALIGNED=True, **switch)))
+    for name, (x, c, _) in DTYPES.items():
+        for reads_x in (False, True) if x == c else (False,):
+            for amsgrad in (False, True):
+                out.append(("norms", f"norms-{name}{'-x' if reads_x else ''}{'-amsgrad' if amsgrad else ''}",
+                            dict(X_DTYPE=x, C_DTYPE=c, READS_X=reads_x, AMSGRAD=amsgrad, DECOUPLED=True,
+                                 BIAS_CORRECTION=True, HAS_SCALE=True)))
+        out.append(("sums", f"sums-{name}", dict(C_DTYPE=c)))
+    return out
+
+
+def compile_adaptive(kernel: str, constexprs: dict, arch: int):
+    """triton_adaptive's kernels: `kernel` "adaptive" (a phase), "norms" (LAMB's reading pass) or "sums"."""
+    state = {tl.float32: "fp32", tl.float64: "fp64"}[constexprs["C_DTYPE"]]
+    scalars = ["weight_decay", "sign", "beta1", "one_minus_beta2", "beta2", "grad_gain", "eps", "log_beta1",
+               "log_beta2"]
+    if kernel == "sums":
+        fn, sig, constexprs = ta._segment_sums_kernel, {"block_sums": f"*{state}", "first_block": "*i64",
+                                                         "sums": f"*{state}"}, dict(SEGMENT=ta.SEGMENT)
+    elif kernel == "norms":
+        fn = ta._norms_kernel
+        sig = {"table": "*i64", "numels": "*i64", "block_tensor": "*i32", "block_start": "*i64",
+               "scale_ptr": f"*{state}", "block_sums": f"*{state}", **{k: "fp32" for k in scalars}}
+        constexprs = dict(constexprs, BLOCK=2048)
+    else:
+        fn = ta._adaptive_kernel
+        sig = {"table": "*i64", "numels": "*i64", "indices": "*i64", "block_tensor": "*i32", "block_start": "*i64",
+               "trust_ptr": f"*{state}", "scale_ptr": f"*{state}", "found_inf_ptr": "*fp32", "lr": "fp32",
+               "gamma": "fp32", "lr_ptr": f"*{state}", "gamma_ptr": f"*{state}", "weight_decay": "fp32",
+               "sign": "fp32", "noise_std": "fp32", "seed": "u64",
+               **{k: "fp32" for k in scalars if k not in ("weight_decay", "sign")}}
+        constexprs = dict(constexprs, BLOCK=2048)
+    sig.update({k: "constexpr" for k in constexprs})
+    compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs), target=GPUTarget("cuda", arch, 32))
+    assert compiled.asm["cubin"], "no cubin"
+    return compiled
 
 
 def signature(state: tl.dtype) -> dict[str, str]:
@@ -120,6 +182,20 @@ def check_ptx(arch: int) -> list[str]:
             if unaligned != (0, 0):
                 failures.append(f"PTX control: the unaligned kernel has 128-bit accesses {unaligned}: the check "
                                 "cannot tell the paths apart")
+    for phase in range(4):  # the adaptive phases without amsgrad
+        for name in ("fp32", "bf16"):
+            x, c, master = DTYPES[name]
+            kernel = compile_adaptive("adaptive", dict(ADAPTIVE_BASE, PHASE=phase, X_DTYPE=x, C_DTYPE=c, MASTER=master,
+                                                       ALIGNED=True), arch)
+            per_thread = 2048 // (32 * kernel.metadata.num_warps)
+            size = dict.fromkeys("xg", x.primitive_bitwidth // 8) | dict.fromkeys("smv", c.primitive_bitwidth // 8)
+            reads, writes = adaptive_moved_arrays(phase, master)
+            want = (sum(per_thread * size[a] // 16 for a in reads), sum(per_thread * size[a] // 16 for a in writes))
+            got = vector_accesses(kernel.asm["ptx"])
+            print(f"PTX sm_{arch} adaptive{phase}-{name}: 128-bit loads {got[0]} (want >= {want[0]}: {reads}), "
+                  f"stores {got[1]} (want >= {want[1]}: {writes})")
+            if got[0] < want[0] or got[1] < want[1]:
+                failures.append(f"PTX sm_{arch} adaptive{phase}-{name}: {got} 128-bit loads/stores, want {want}")
     return failures
 
 
@@ -136,7 +212,14 @@ def main(argv=None) -> int:
                 compiled += 1
             except Exception as err:  # report every failing specialization, not just the first
                 failures.append(f"sm_{arch} {label}: {type(err).__name__}: {str(err)[:300]}")
-    print(f"compiled {compiled} of {len(archs) * len(cover())} specializations for sm_{args.arch} "
+        for kernel, label, constexprs in adaptive_cover():
+            try:
+                compile_adaptive(kernel, constexprs, arch)
+                compiled += 1
+            except Exception as err:
+                failures.append(f"sm_{arch} {label}: {type(err).__name__}: {str(err)[:300]}")
+    total = len(archs) * (len(cover()) + len(adaptive_cover()))
+    print(f"compiled {compiled} of {total} specializations for sm_{args.arch} "
           f"in {time.monotonic() - start:.0f} s")
     for arch in archs:
         failures += check_ptx(arch)

@@ -8,6 +8,7 @@
 // ATen's host headers and the CUDA runtime.
 #include <ATen/Dispatch.h>
 
+#include <algorithm>
 #include <type_traits>
 
 #include "../launch.h"
@@ -262,6 +263,30 @@ __global__ void __launch_bounds__(kThreads) adaptive_norms_kernel(TensorTable ta
   out[1] = u_squares;
 }
 
+// The per-tensor sums of the reading pass from its per-block sums ([blocks, 2]; a tensor's blocks are
+// consecutive): one thread per tensor adds its blocks in order. The blocks' bounds travel in the kernel's
+// arguments, as the multi-tensor tables do, so that nothing is copied to the device (no host
+// synchronization, and a captured CUDA graph replays it).
+constexpr int kSegmentTensors = 1024;  // tensors per launch: 8 KB of arguments
+constexpr int kSegmentThreads = 128;
+struct SegmentTable {
+  int64_t first_block[kSegmentTensors + 1];  // tensor t's blocks: [first_block[t], first_block[t + 1])
+};
+
+template <typename acc>
+__global__ void __launch_bounds__(kSegmentThreads) segment_sums_kernel(SegmentTable table, int tensors,
+                                                                         const acc* block_sums, acc* out) {
+  const int t = static_cast<int>(blockIdx.x) * kSegmentThreads + static_cast<int>(threadIdx.x);
+  if (t >= tensors) return;
+  acc s_squares = 0, u_squares = 0;
+  for (int64_t b = table.first_block[t]; b < table.first_block[t + 1]; ++b) {
+    s_squares += block_sums[2 * b];
+    u_squares += block_sums[2 * b + 1];
+  }
+  out[2 * t] = s_squares;
+  out[2 * t + 1] = u_squares;
+}
+
 template <Phase P, bool kAmsgrad, typename scalar_t, typename acc>
 void launch_adaptive(const Launch& L) {
   const Hyper<acc> h = make_hyper<acc>(L, 1.0);
@@ -285,14 +310,12 @@ at::Tensor launch_adaptive_norms(const Launch& L) {
   const Hyper<acc> h = make_hyper<acc>(L, 1.0);
   const acc* grad_scale = L.grad_scale ? L.grad_scale->data_ptr<acc>() : nullptr;
   auto stream = reinterpret_cast<cudaStream_t>(L.stream);
-  std::vector<int64_t> chunks;  // per tensor
-  int64_t blocks_in_all = 0;
-  for (const at::Tensor& x : L.params) {
-    chunks.push_back((x.numel() + kChunkSize - 1) / kChunkSize);
-    blocks_in_all += chunks.back();
-  }
+  const int64_t n = static_cast<int64_t>(L.params.size());
+  std::vector<int64_t> first_of(n + 1, 0);  // tensor t's blocks, in launch order (empty tensors have none)
+  for (int64_t t = 0; t < n; ++t) first_of[t + 1] = first_of[t] + (L.params[t].numel() + kChunkSize - 1) / kChunkSize;
+  const int64_t blocks_in_all = first_of[n];
   const auto options = L.momenta[0].options();
-  if (blocks_in_all == 0) return at::zeros({static_cast<int64_t>(L.params.size()), 2}, options);
+  if (blocks_in_all == 0) return at::zeros({n, 2}, options);
   at::Tensor partials = at::empty({blocks_in_all, kThreads, 2}, options);  // every slot is written
   int64_t first_block = 0;
   multi_tensor_apply(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas, L.second_moments,
@@ -303,9 +326,18 @@ at::Tensor launch_adaptive_norms(const Launch& L) {
     TORCH_CHECK(err == cudaSuccess, "extrap_kernels: CUDA launch failed: ", cudaGetErrorString(err));
     first_block += blocks;
   });
-  // the chunks of a tensor are consecutive blocks: its sums are one segment of the chunks' sums
-  const at::Tensor lengths = at::tensor(chunks, at::kLong).to(options.device());
-  return at::segment_reduce(partials.sum(1), "sum", lengths, std::nullopt, std::nullopt, 0, false, 0);
+  const at::Tensor block_sums = partials.sum(1).contiguous();  // [blocks, 2]
+  at::Tensor sums = at::empty({n, 2}, options);
+  for (int64_t begin = 0; begin < n; begin += kSegmentTensors) {
+    const int tensors = static_cast<int>(std::min<int64_t>(kSegmentTensors, n - begin));
+    SegmentTable table;
+    std::copy(first_of.begin() + begin, first_of.begin() + begin + tensors + 1, table.first_block);
+    launch_kernel(segment_sums_kernel<acc>, (tensors + kSegmentThreads - 1) / kSegmentThreads, kSegmentThreads,
+                  stream, table, tensors, block_sums.data_ptr<acc>(), sums.data_ptr<acc>() + 2 * begin);
+    const cudaError_t err = cudaGetLastError();
+    TORCH_CHECK(err == cudaSuccess, "extrap_kernels: CUDA launch failed: ", cudaGetErrorString(err));
+  }
+  return sums;
 }
 
 }  // namespace

@@ -62,7 +62,7 @@ BACKENDS = {
     "cuda": Backend("cuda", ".cuda", True, _cuda_devices(),
                     lambda device: importlib.import_module(".cuda", __package__).available(device), validates=True,
                     bases=EVERY_BASE),
-    "triton": Backend("triton", ".triton_kernels", True, _triton_devices(), _triton_available),
+    "triton": Backend("triton", ".triton_kernels", True, _triton_devices(), _triton_available, bases=EVERY_BASE),
 }
 
 

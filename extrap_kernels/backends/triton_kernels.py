@@ -231,18 +231,21 @@ _TABLES: OrderedDict = OrderedDict()
 _MAX_TABLES = 64
 
 
-def _tables(b: Bucket):
-    """(address table, numels, indices, block->tensor, block->first element, number of blocks, whether every
-    x, g, s and m starts on 16 bytes)."""
+def _tables(b: Bucket, columns: tuple | None = None, streamed: int = 4):
+    """(address table, numels, indices, block->tensor, block->first element, tensor->first block (one more
+    entry: the total), number of blocks, whether every tensor of the first `streamed` columns starts on 16
+    bytes). `columns`: the tensor lists whose addresses the table holds, one row per tensor; by default the
+    SGD family's x, g, s, m, step, last gamma."""
     # placeholder columns where there is no momentum or no last gamma (never read then)
-    columns = (b.params, b.grads, b.anchors, b.momenta or b.anchors, b.steps, b.last_gammas or b.steps)
+    if columns is None:
+        columns = (b.params, b.grads, b.anchors, b.momenta or b.anchors, b.steps, b.last_gammas or b.steps)
     key = (b.device, tuple(t.data_ptr() for column in columns for t in column), tuple(b.indices))
     cached = _TABLES.get(key)
     if cached is not None:
         _TABLES.move_to_end(key)
         return cached
     addresses = torch.tensor([[t.data_ptr() for t in column] for column in columns], dtype=torch.int64)
-    aligned = bool((addresses[:4] % 16 == 0).all())
+    aligned = bool((addresses[:streamed] % 16 == 0).all())
     numels = torch.tensor([p.numel() for p in b.params], dtype=torch.int64)
     blocks = (numels + BLOCK - 1) // BLOCK
     total = int(blocks.sum())
@@ -250,9 +253,10 @@ def _tables(b: Bucket):
     first_block = torch.cumsum(blocks, 0) - blocks
     block_start = (torch.arange(total, dtype=torch.int64) - first_block[block_tensor.long()]) * BLOCK
     device = b.device
+    first_of_tensor = torch.cat([first_block, torch.tensor([total])]).to(device)
     cached = (addresses.t().contiguous().to(device), numels.to(device),
               torch.tensor(b.indices, dtype=torch.int64, device=device), block_tensor.to(device),
-              block_start.to(device), total, aligned)
+              block_start.to(device), first_of_tensor, total, aligned)
     _TABLES[key] = cached
     if len(_TABLES) > _MAX_TABLES:
         _TABLES.popitem(last=False)
@@ -261,8 +265,11 @@ def _tables(b: Bucket):
 
 def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
           found_inf: Tensor | None = None) -> None:
+    if h.base != "sgd":  # Adam, AdamW, LAMB
+        from .triton_adaptive import apply_adaptive
+        return apply_adaptive(phase, b, h, grad_scale, found_inf)
     count_step(phase, b, found_inf)
-    table, numels, indices, block_tensor, block_start, total, aligned = _tables(b)
+    table, numels, indices, block_tensor, block_start, _, total, aligned = _tables(b)
     (lr, lr_tensor), (gamma, gamma_tensor) = h.rate("lr", b), h.rate("gamma", b)
     if total == 0:
         record_gamma(phase, b, gamma_tensor if gamma_tensor is not None else gamma, found_inf)

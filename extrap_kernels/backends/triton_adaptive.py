@@ -1,0 +1,293 @@
+"""The `triton` backend's adaptive bases (Adam, AdamW, LAMB; SPEC "Base update, Adam family and LAMB"): one
+launch per phase over a bucket, on triton_kernels.py's cached tables (here with the second moments as two
+more columns), the math csrc/extrap_math.h's adaptive_direction and adaptive_element line for line. LAMB's
+reading pass is a second kernel writing each block's sums of s^2 and u^2, added per tensor in block order
+by a third: deterministic, on the device, no host synchronization."""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .. import lamb
+from ..bucket import Bucket, Hyper, Phase, count_step, state_dtype
+from .triton_kernels import BLOCK, _DTYPES, _tables, noise_normal
+
+SEGMENT = 128  # blocks a program of the per-tensor sums adds at a time
+
+
+@triton.jit
+def exact_sqrt(x):
+    """The correctly rounded square root, as C++'s sqrt (tl.sqrt of fp32 is approximate on GPUs)."""
+    root = tl.sqrt(x)
+    if x.dtype == tl.float32:
+        root = tl.sqrt_rn(x)
+    return root
+
+
+@triton.jit
+def bias_corrections(step, log_beta1, log_beta2, C_DTYPE: tl.constexpr, BIAS_CORRECTION: tl.constexpr):
+    """1 - beta1^t and sqrt(1 - beta2^t) after update `step`, in double (beta^t as exp(t log beta))."""
+    bias1 = tl.full((), 1.0, C_DTYPE)
+    bias2_sqrt = tl.full((), 1.0, C_DTYPE)
+    if BIAS_CORRECTION:
+        t = step.to(tl.float64)
+        bias1 = (1.0 - tl.exp(t * log_beta1)).to(C_DTYPE)
+        bias2_sqrt = tl.sqrt(1.0 - tl.exp(t * log_beta2)).to(C_DTYPE)
+    return bias1, bias2_sqrt
+
+
+@triton.jit
+def adaptive_direction(s, g, m, v, v_max, grad_factor, weight_decay, beta1, one_minus_beta2, beta2, grad_gain, eps,
+                       bias1, bias2_sqrt, DECOUPLED: tl.constexpr, AMSGRAD: tl.constexpr):
+    """Returns (u, m, v, v_max): the moments updated with g' and the undamped direction."""
+    gp = g * grad_factor
+    if not DECOUPLED:
+        gp += weight_decay * s
+    m = beta1 * m + grad_gain * gp
+    v = beta2 * v + (one_minus_beta2 * gp) * gp
+    second = v
+    if AMSGRAD:
+        v_max = tl.maximum(v_max, v)
+        second = v_max
+    u = (m / bias1) / (exact_sqrt(second) / bias2_sqrt + eps)
+    if DECOUPLED:
+        u += weight_decay * s
+    return u, m, v, v_max
+
+
+@triton.jit
+def _pointers(table, t, X_DTYPE: tl.constexpr, C_DTYPE: tl.constexpr):
+    """Table rows: x, g, s, m, v, v_max (a placeholder without amsgrad), step."""
+    x_ptr = tl.load(table + 7 * t + 0).to(tl.pointer_type(X_DTYPE))
+    g_ptr = tl.load(table + 7 * t + 1).to(tl.pointer_type(X_DTYPE))
+    s_ptr = tl.load(table + 7 * t + 2).to(tl.pointer_type(C_DTYPE))
+    m_ptr = tl.load(table + 7 * t + 3).to(tl.pointer_type(C_DTYPE))
+    v_ptr = tl.load(table + 7 * t + 4).to(tl.pointer_type(C_DTYPE))
+    v_max_ptr = tl.load(table + 7 * t + 5).to(tl.pointer_type(C_DTYPE))
+    step_ptr = tl.load(table + 7 * t + 6).to(tl.pointer_type(tl.float32))
+    return x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr
+
+
+@triton.jit
+def _adaptive_block(x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, offs, mask, index, trust_ptr, t, scale_ptr,
+                    found_inf_ptr, lr, gamma, lr_ptr, gamma_ptr, weight_decay, sign, noise_std, seed, beta1,
+                    one_minus_beta2, beta2, grad_gain, eps, log_beta1, log_beta2, PHASE: tl.constexpr,
+                    X_DTYPE: tl.constexpr, C_DTYPE: tl.constexpr, MASTER: tl.constexpr, AMSGRAD: tl.constexpr,
+                    DECOUPLED: tl.constexpr, BIAS_CORRECTION: tl.constexpr, HAS_TRUST: tl.constexpr,
+                    HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr, LR_TENSOR: tl.constexpr,
+                    GAMMA_TENSOR: tl.constexpr):
+    """One adaptive phase over the elements `offs` of tensor `t` (`mask`: those inside it; None: all)."""
+    skip = False
+    if HAS_FOUND_INF:
+        skip = tl.load(found_inf_ptr) != 0
+    if skip:  # found_inf: only keep x consistent with the abandoned iteration (bucket.abandon)
+        if PHASE == 0:
+            if not MASTER:
+                tl.store(s_ptr + offs, tl.load(x_ptr + offs, mask=mask).to(C_DTYPE), mask=mask)
+        elif PHASE == 1:
+            tl.store(x_ptr + offs, tl.load(s_ptr + offs, mask=mask).to(X_DTYPE), mask=mask)
+    else:
+        if LR_TENSOR:  # capturable: the rates as they are when the kernel runs
+            lr = tl.load(lr_ptr)
+        if GAMMA_TENSOR:
+            gamma = tl.load(gamma_ptr)
+        grad_factor = sign
+        if HAS_SCALE:  # (LAMB's clipping is folded into it)
+            grad_factor = sign / tl.load(scale_ptr).to(C_DTYPE)
+        trust = 1.0
+        if HAS_TRUST:
+            trust = tl.load(trust_ptr + t)
+        step = tl.load(step_ptr)
+        if PHASE == 0:  # the look-ahead: the count after the coming update
+            step += 1.0
+        bias1, bias2_sqrt = bias_corrections(step, log_beta1, log_beta2, C_DTYPE, BIAS_CORRECTION)
+        g = tl.load(g_ptr + offs, mask=mask).to(C_DTYPE)
+        m = tl.load(m_ptr + offs, mask=mask)
+        v = tl.load(v_ptr + offs, mask=mask)
+        v_max = tl.zeros_like(v)
+        if AMSGRAD:
+            v_max = tl.load(v_max_ptr + offs, mask=mask)
+        if PHASE == 0:  # extrapolate along the look-ahead direction; the state is read only
+            if MASTER:
+                anchor = tl.load(s_ptr + offs, mask=mask)
+            else:
+                anchor = tl.load(x_ptr + offs, mask=mask).to(C_DTYPE)
+                tl.store(s_ptr + offs, anchor, mask=mask)
+            u, _, _, _ = adaptive_direction(anchor, g, m, v, v_max, grad_factor, weight_decay, beta1, one_minus_beta2,
+                                            beta2, grad_gain, eps, bias1, bias2_sqrt, DECOUPLED, AMSGRAD)
+            tl.store(x_ptr + offs, (anchor - gamma * (trust * u)).to(X_DTYPE), mask=mask)
+        else:
+            anchor = tl.load(s_ptr + offs, mask=mask)
+            u, m, v, v_max = adaptive_direction(anchor, g, m, v, v_max, grad_factor, weight_decay, beta1,
+                                                one_minus_beta2, beta2, grad_gain, eps, bias1, bias2_sqrt, DECOUPLED,
+                                                AMSGRAD)
+            e = trust * u
+            anchor = anchor - lr * e
+            tl.store(m_ptr + offs, m, mask=mask)
+            tl.store(v_ptr + offs, v, mask=mask)
+            if AMSGRAD:
+                tl.store(v_max_ptr + offs, v_max, mask=mask)
+            if PHASE == 1:  # x <- s; a full-precision s is only the snapshot (or x itself)
+                if MASTER:
+                    tl.store(s_ptr + offs, anchor, mask=mask)
+                tl.store(x_ptr + offs, anchor.to(X_DTYPE), mask=mask)
+            elif PHASE == 2:  # past: x <- s - gamma * e
+                tl.store(s_ptr + offs, anchor, mask=mask)
+                tl.store(x_ptr + offs, (anchor - gamma * e).to(X_DTYPE), mask=mask)
+            else:  # noise: x <- s + sigma * xi
+                tl.store(s_ptr + offs, anchor, mask=mask)
+                xi = noise_normal(seed, step.to(tl.int64), index, offs).to(C_DTYPE)
+                tl.store(x_ptr + offs, (anchor + noise_std * xi).to(X_DTYPE), mask=mask)
+
+
+@triton.jit
+def _adaptive_kernel(table, numels, indices, block_tensor, block_start, trust_ptr, scale_ptr, found_inf_ptr, lr, gamma,
+                     lr_ptr, gamma_ptr, weight_decay, sign, noise_std, seed, beta1, one_minus_beta2, beta2, grad_gain,
+                     eps, log_beta1, log_beta2, PHASE: tl.constexpr, X_DTYPE: tl.constexpr, C_DTYPE: tl.constexpr,
+                     MASTER: tl.constexpr, AMSGRAD: tl.constexpr, DECOUPLED: tl.constexpr,
+                     BIAS_CORRECTION: tl.constexpr, HAS_TRUST: tl.constexpr, HAS_SCALE: tl.constexpr,
+                     HAS_FOUND_INF: tl.constexpr, LR_TENSOR: tl.constexpr, GAMMA_TENSOR: tl.constexpr,
+                     BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+    pid = tl.program_id(0)
+    t = tl.load(block_tensor + pid)
+    numel = tl.load(numels + t)
+    start = tl.load(block_start + pid)
+    x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = _pointers(table, t, X_DTYPE, C_DTYPE)
+    if ALIGNED:  # as triton_kernels._phase_kernel: every array of the bucket starts on 16 bytes, so 16-byte accesses
+        x_ptr, g_ptr = tl.multiple_of(x_ptr, 16), tl.multiple_of(g_ptr, 16)
+        s_ptr, m_ptr = tl.multiple_of(s_ptr, 16), tl.multiple_of(m_ptr, 16)
+        v_ptr, v_max_ptr = tl.multiple_of(v_ptr, 16), tl.multiple_of(v_max_ptr, 16)
+        start = tl.multiple_of(start, BLOCK)
+    offs = start + tl.arange(0, BLOCK).to(tl.int64)
+    index = tl.load(indices + t)
+    whole = False
+    if ALIGNED:
+        whole = start + BLOCK <= numel
+    if whole:  # a whole block: no mask, which would split the vectors
+        _adaptive_block(x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, offs, None, index, trust_ptr, t,
+                        scale_ptr, found_inf_ptr, lr, gamma, lr_ptr, gamma_ptr, weight_decay, sign, noise_std, seed,
+                        beta1, one_minus_beta2, beta2, grad_gain, eps, log_beta1, log_beta2, PHASE, X_DTYPE, C_DTYPE,
+                        MASTER, AMSGRAD, DECOUPLED, BIAS_CORRECTION, HAS_TRUST, HAS_SCALE, HAS_FOUND_INF, LR_TENSOR,
+                        GAMMA_TENSOR)
+    else:
+        _adaptive_block(x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, offs, offs < numel, index, trust_ptr,
+                        t, scale_ptr, found_inf_ptr, lr, gamma, lr_ptr, gamma_ptr, weight_decay, sign, noise_std, seed,
+                        beta1, one_minus_beta2, beta2, grad_gain, eps, log_beta1, log_beta2, PHASE, X_DTYPE, C_DTYPE,
+                        MASTER, AMSGRAD, DECOUPLED, BIAS_CORRECTION, HAS_TRUST, HAS_SCALE, HAS_FOUND_INF, LR_TENSOR,
+                        GAMMA_TENSOR)
+
+
+@triton.jit
+def _norms_kernel(table, numels, block_tensor, block_start, scale_ptr, block_sums, weight_decay, sign, beta1,
+                  one_minus_beta2, beta2, grad_gain, eps, log_beta1, log_beta2, X_DTYPE: tl.constexpr,
+                  C_DTYPE: tl.constexpr, READS_X: tl.constexpr, AMSGRAD: tl.constexpr, DECOUPLED: tl.constexpr,
+                  BIAS_CORRECTION: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK: tl.constexpr):
+    """LAMB's reading pass, one block: its sums of s^2 and u^2 (u of the coming update) to block_sums[pid]."""
+    pid = tl.program_id(0)
+    t = tl.load(block_tensor + pid)
+    numel = tl.load(numels + t)
+    offs = tl.load(block_start + pid) + tl.arange(0, BLOCK).to(tl.int64)
+    mask = offs < numel
+    x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = _pointers(table, t, X_DTYPE, C_DTYPE)
+    grad_factor = sign
+    if HAS_SCALE:
+        grad_factor = sign / tl.load(scale_ptr).to(C_DTYPE)
+    bias1, bias2_sqrt = bias_corrections(tl.load(step_ptr) + 1.0, log_beta1, log_beta2, C_DTYPE, BIAS_CORRECTION)
+    if READS_X:  # before a full-precision snapshot the anchor is x itself
+        anchor = tl.load(x_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
+    else:
+        anchor = tl.load(s_ptr + offs, mask=mask, other=0.0)
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
+    m = tl.load(m_ptr + offs, mask=mask, other=0.0)
+    v = tl.load(v_ptr + offs, mask=mask, other=0.0)
+    v_max = tl.zeros_like(v)
+    if AMSGRAD:
+        v_max = tl.load(v_max_ptr + offs, mask=mask, other=0.0)
+    u, _, _, _ = adaptive_direction(anchor, g, m, v, v_max, grad_factor, weight_decay, beta1, one_minus_beta2, beta2,
+                                    grad_gain, eps, bias1, bias2_sqrt, DECOUPLED, AMSGRAD)
+    u = tl.where(mask, u, 0.0)  # (0 / 0 where eps is 0)
+    tl.store(block_sums + 2 * pid, tl.sum(anchor * anchor, 0))
+    tl.store(block_sums + 2 * pid + 1, tl.sum(u * u, 0))
+
+
+@triton.jit
+def _segment_sums_kernel(block_sums, first_block, sums, SEGMENT: tl.constexpr):
+    """One tensor's sums from its consecutive blocks' sums, added in a fixed order."""
+    t = tl.program_id(0)
+    begin = tl.load(first_block + t)
+    end = tl.load(first_block + t + 1)
+    lanes = tl.arange(0, SEGMENT)
+    s_squares = tl.zeros([SEGMENT], dtype=block_sums.dtype.element_ty)
+    u_squares = tl.zeros([SEGMENT], dtype=block_sums.dtype.element_ty)
+    for b in range(begin, end, SEGMENT):
+        blocks = b + lanes
+        inside = blocks < end
+        s_squares += tl.load(block_sums + 2 * blocks, mask=inside, other=0.0)
+        u_squares += tl.load(block_sums + 2 * blocks + 1, mask=inside, other=0.0)
+    tl.store(sums + 2 * t, tl.sum(s_squares, 0))
+    tl.store(sums + 2 * t + 1, tl.sum(u_squares, 0))
+
+
+def _constants(h: Hyper) -> dict:
+    """The scalar arguments both kernels take, as the CPU and CUDA launchers derive them (launch.h)."""
+    beta1, beta2 = (float(beta) for beta in h.betas)
+    return dict(weight_decay=float(h.weight_decay), sign=-1.0 if h.maximize else 1.0, beta1=beta1,
+                one_minus_beta2=1.0 - beta2, beta2=beta2,
+                grad_gain=(1.0 - beta1) if (h.grad_averaging or h.base != "lamb") else 1.0, eps=float(h.eps),
+                # (beta 0: its powers are 0 from the first step on, exp(t * -inf))
+                log_beta1=math.log(beta1) if beta1 > 0 else -math.inf,
+                log_beta2=math.log(beta2) if beta2 > 0 else -math.inf)
+
+
+def _columns(b: Bucket) -> tuple:
+    return (b.params, b.grads, b.anchors, b.momenta, b.second_moments, b.max_second_moments or b.second_moments,
+            b.steps)
+
+
+def lamb_sums(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None) -> Tensor:
+    """The reading pass: per tensor, the sums of s^2 and u^2 ([tensors, 2], the state dtype)."""
+    table, numels, _, block_tensor, block_start, first_of_tensor, total, _ = _tables(b, _columns(b), streamed=6)
+    dtype = state_dtype(b.dtype)
+    block_sums = torch.empty(total, 2, dtype=dtype, device=b.device)
+    sums = torch.zeros(len(b.params), 2, dtype=dtype, device=b.device)
+    if total == 0:
+        return sums
+    _norms_kernel[(total,)](
+        table, numels, block_tensor, block_start, grad_scale if grad_scale is not None else numels, block_sums,
+        **_constants(h), X_DTYPE=_DTYPES[b.dtype], C_DTYPE=_DTYPES[dtype],
+        READS_X=phase == Phase.EXTRAPOLATE and not b.has_master, AMSGRAD=bool(b.max_second_moments),
+        DECOUPLED=bool(h.decoupled), BIAS_CORRECTION=bool(h.bias_correction), HAS_SCALE=grad_scale is not None,
+        BLOCK=BLOCK)
+    _segment_sums_kernel[(len(b.params),)](block_sums, first_of_tensor, sums, SEGMENT=SEGMENT)
+    return sums
+
+
+def apply_adaptive(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
+                   found_inf: Tensor | None = None) -> None:
+    """One adaptive phase over the bucket (LAMB: its reading pass first), counting the step of an update."""
+    if phase not in (Phase.EXTRAPOLATE, Phase.UPDATE, Phase.UPDATE_PAST, Phase.UPDATE_NOISE):
+        raise ValueError(f"phase {phase!r} has no adaptive form")
+    grad_scale, trust = grad_scale, None
+    if h.base == "lamb":
+        grad_scale = lamb.grad_divisor(b, h, grad_scale)
+        if lamb.scales_by_trust(h):
+            trust = lamb.trust_ratios(lamb_sums(phase, b, h, grad_scale), b.shard_group)
+    count_step(phase, b, found_inf)
+    table, numels, indices, block_tensor, block_start, _, total, aligned = _tables(b, _columns(b), streamed=6)
+    if total == 0:
+        return
+    (lr, lr_tensor), (gamma, gamma_tensor) = h.rate("lr", b), h.rate("gamma", b)
+    dummy = numels  # any device tensor, for pointer arguments that a constexpr switches off
+    _adaptive_kernel[(total,)](
+        table, numels, indices, block_tensor, block_start, trust if trust is not None else dummy,
+        grad_scale if grad_scale is not None else dummy, found_inf if found_inf is not None else dummy, lr, gamma,
+        lr_tensor if lr_tensor is not None else dummy, gamma_tensor if gamma_tensor is not None else dummy,
+        noise_std=float(h.noise_std), seed=int(h.seed) & 0xFFFFFFFFFFFFFFFF, **_constants(h), PHASE=int(phase),
+        X_DTYPE=_DTYPES[b.dtype], C_DTYPE=_DTYPES[state_dtype(b.dtype)], MASTER=b.has_master,
+        AMSGRAD=bool(b.max_second_moments), DECOUPLED=bool(h.decoupled), BIAS_CORRECTION=bool(h.bias_correction),
+        HAS_TRUST=trust is not None, HAS_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
+        LR_TENSOR=lr_tensor is not None, GAMMA_TENSOR=gamma_tensor is not None, BLOCK=BLOCK, ALIGNED=aligned)
