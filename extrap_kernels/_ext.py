@@ -50,7 +50,7 @@ def _jit_build():
 
     sources = [os.path.join(_CSRC, "bindings.cpp")] + sorted(glob.glob(os.path.join(_CSRC, "cpu", "*.cpp")))
     with_cuda = torch.cuda.is_available() and CUDA_HOME is not None
-    flags = ["-O3", "-std=c++17"]
+    flags = ["-O3", "-std=c++17", "-fno-math-errno"]  # (as setup.py)
     if with_cuda:
         sources += sorted(glob.glob(os.path.join(_CSRC, "cuda", "*.cu")))
         flags.append("-DEXTRAP_WITH_CUDA")

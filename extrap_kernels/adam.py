@@ -2,8 +2,8 @@
 `ExtrapAdamW` and `ExtrapLAMB`, which extrapolate as ExtrapSGD does (modes local, past, noise; gamma=0
 is the base optimizer), and the Apex drop-ins `FusedAdam` and `FusedLAMB`. As thin as ExtrapSGD: each
 says which phase a group runs with which hyperparameters and which state it keeps; the iteration, the
-cached plan and the backends are shared. (Kernels: `cpu` and `cuda`, csrc/extrap_math.h's
-adaptive_element; `triton` has none yet.)"""
+cached plan and the backends are shared. (Kernels: csrc/extrap_math.h's adaptive_element on `cpu` and
+`cuda`, backends/triton_adaptive.py on `triton`.)"""
 from __future__ import annotations
 
 import torch

@@ -30,7 +30,7 @@ TIMEOUT_S = 180
 CASES = [  # (mode, backend, lars; "lamb": ExtrapLAMB)
     ("local", "cpu", False), ("past", "cpu", False), ("past", "foreach", False),
     ("local", "reference", True), ("past", "cpu", True), ("past", "foreach", True),
-    ("past", "foreach", "lamb"), ("local", "reference", "lamb"),
+    ("past", "foreach", "lamb"), ("local", "reference", "lamb"), ("past", "cpu", "lamb"), ("local", "cpu", "lamb"),
 ]
 CASES = [c for c in CASES if c[1] in ek.available_backends("cpu")]
 

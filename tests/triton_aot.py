@@ -205,20 +205,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     failures, compiled, start = [], 0, time.monotonic()
     archs = [int(a) for a in args.arch.split(",")]
+    jobs = [("phase", label, constexprs) for label, constexprs in cover()] + adaptive_cover()
     for arch in archs:
-        for label, constexprs in cover():
+        for kernel, label, constexprs in jobs:
             try:
-                compile_kernel(constexprs, arch)
+                if kernel == "phase":
+                    compile_kernel(constexprs, arch)
+                else:
+                    compile_adaptive(kernel, constexprs, arch)
                 compiled += 1
             except Exception as err:  # report every failing specialization, not just the first
                 failures.append(f"sm_{arch} {label}: {type(err).__name__}: {str(err)[:300]}")
-        for kernel, label, constexprs in adaptive_cover():
-            try:
-                compile_adaptive(kernel, constexprs, arch)
-                compiled += 1
-            except Exception as err:
-                failures.append(f"sm_{arch} {label}: {type(err).__name__}: {str(err)[:300]}")
-    total = len(archs) * (len(cover()) + len(adaptive_cover()))
+    total = len(archs) * len(jobs)
     print(f"compiled {compiled} of {total} specializations for sm_{args.arch} "
           f"in {time.monotonic() - start:.0f} s")
     for arch in archs:

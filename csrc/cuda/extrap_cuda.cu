@@ -37,6 +37,27 @@ __device__ __forceinline__ bool aligned(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * N) == 0;
 }
 
+// The chunk a block walks: table entry `entry`, elements [begin, end) of its tensor.
+struct Chunk {
+  int entry;
+  int64_t begin, end;
+};
+__device__ __forceinline__ Chunk chunk_of_block(const TensorTable& table) {
+  const int entry = table.block_tensor[blockIdx.x];
+  const int64_t begin = static_cast<int64_t>(table.block_chunk[blockIdx.x]) * kChunkSize;
+  return {entry, begin, min(table.numel[entry], begin + kChunkSize)};
+}
+
+// The launch's values as the kernel runs: 1 / grad_scale folded into the gradient factor, and the
+// capturable rates read now (a replayed CUDA graph sees their current values).
+template <typename acc>
+__device__ __forceinline__ void read_device_values(Hyper<acc>& h, const acc* grad_scale, const acc* lr,
+                                                   const acc* gamma) {
+  if (grad_scale != nullptr) h.grad_factor /= *grad_scale;
+  if (lr != nullptr) h.lr = *lr;
+  if (gamma != nullptr) h.gamma = *gamma;
+}
+
 // s and m are state_t: acc, or (master_weights=False) a 16-bit x's own type.
 template <Phase P, bool kMomentum, typename scalar_t, typename state_t, typename acc>
 __global__ void __launch_bounds__(kThreads) phase_kernel(TensorTable table, Hyper<acc> h, const acc* trust,
@@ -44,17 +65,15 @@ __global__ void __launch_bounds__(kThreads) phase_kernel(TensorTable table, Hype
                                                          const acc* lr, const acc* gamma) {
   constexpr bool kMaster = !std::is_same<scalar_t, state_t>::value;
   constexpr int R = kRoundingOf<scalar_t, state_t>;
-  const int entry = table.block_tensor[blockIdx.x];
-  const int64_t begin = static_cast<int64_t>(table.block_chunk[blockIdx.x]) * kChunkSize;
-  const int64_t end = min(table.numel[entry], begin + kChunkSize);
+  const Chunk chunk = chunk_of_block(table);
+  const int entry = chunk.entry;
+  const int64_t begin = chunk.begin, end = chunk.end;
   auto* x = static_cast<scalar_t*>(table.x[entry]);
   const auto* g = static_cast<const scalar_t*>(table.g[entry]);
   auto* s = static_cast<state_t*>(table.s[entry]);
   auto* m = static_cast<state_t*>(table.m[entry]);
   const bool skip = found_inf != nullptr && *found_inf != 0.0f;
-  if (grad_scale != nullptr) h.grad_factor /= *grad_scale;
-  if (lr != nullptr) h.lr = *lr;  // capturable: the rates as they are when the kernel runs
-  if (gamma != nullptr) h.gamma = *gamma;
+  read_device_values(h, grad_scale, lr, gamma);
   const float step = *table.step[entry];
   const acc last_gamma = P == kUpdatePastAnchorFree ? *static_cast<const acc*>(table.last_gamma[entry]) : acc(0);
   const TensorArgs<acc> t{trust != nullptr ? trust[table.tensor[entry]] : acc(1), step <= 1.0f,
@@ -148,9 +167,9 @@ __global__ void __launch_bounds__(kThreads) adaptive_kernel(TensorTable table, H
                                                             const acc* grad_scale, const float* found_inf,
                                                             const acc* lr, const acc* gamma) {
   constexpr bool kMaster = !std::is_same<scalar_t, acc>::value;
-  const int entry = table.block_tensor[blockIdx.x];
-  const int64_t begin = static_cast<int64_t>(table.block_chunk[blockIdx.x]) * kChunkSize;
-  const int64_t end = min(table.numel[entry], begin + kChunkSize);
+  const Chunk chunk = chunk_of_block(table);
+  const int entry = chunk.entry;
+  const int64_t begin = chunk.begin, end = chunk.end;
   auto* x = static_cast<scalar_t*>(table.x[entry]);
   const auto* g = static_cast<const scalar_t*>(table.g[entry]);
   auto* s = static_cast<acc*>(table.s[entry]);
@@ -158,9 +177,7 @@ __global__ void __launch_bounds__(kThreads) adaptive_kernel(TensorTable table, H
   auto* v = static_cast<acc*>(table.v[entry]);
   auto* v_max = static_cast<acc*>(table.v_max[entry]);
   const bool skip = found_inf != nullptr && *found_inf != 0.0f;
-  if (grad_scale != nullptr) h.grad_factor /= *grad_scale;
-  if (lr != nullptr) h.lr = *lr;
-  if (gamma != nullptr) h.gamma = *gamma;
+  read_device_values(h, grad_scale, lr, gamma);
   // the look-ahead of kExtrapolate uses the count after the coming update; an update phase's is counted
   const float step = *table.step[entry] + (P == kExtrapolate ? 1.0f : 0.0f);
   TensorArgs<acc> t{trust != nullptr ? trust[table.tensor[entry]] : acc(1), false, static_cast<uint32_t>(step),
@@ -240,16 +257,16 @@ template <bool kAmsgrad, bool kReadsX, typename scalar_t, typename acc>
 __global__ void __launch_bounds__(kThreads) adaptive_norms_kernel(TensorTable table, Hyper<acc> h,
                                                                   const acc* grad_scale, acc* partials,
                                                                   int64_t first_block) {
-  const int entry = table.block_tensor[blockIdx.x];
-  const int64_t begin = static_cast<int64_t>(table.block_chunk[blockIdx.x]) * kChunkSize;
-  const int64_t end = min(table.numel[entry], begin + kChunkSize);
+  const Chunk chunk = chunk_of_block(table);
+  const int entry = chunk.entry;
+  const int64_t begin = chunk.begin, end = chunk.end;
   const auto* x = static_cast<const scalar_t*>(table.x[entry]);
   const auto* g = static_cast<const scalar_t*>(table.g[entry]);
   const auto* s = static_cast<const acc*>(table.s[entry]);
   const auto* m = static_cast<const acc*>(table.m[entry]);
   const auto* v = static_cast<const acc*>(table.v[entry]);
   const auto* v_max = static_cast<const acc*>(table.v_max[entry]);
-  if (grad_scale != nullptr) h.grad_factor /= *grad_scale;
+  read_device_values(h, grad_scale, static_cast<const acc*>(nullptr), static_cast<const acc*>(nullptr));
   const float step = *table.step[entry] + 1.0f;  // the count after the coming update
   TensorArgs<acc> t{acc(1), false, static_cast<uint32_t>(step), table.index[entry], acc(0), acc(1), acc(1)};
   bias_corrections(h, step, t.bias1, t.bias2_sqrt);

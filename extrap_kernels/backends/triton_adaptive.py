@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .. import lamb
 from ..bucket import Bucket, Hyper, Phase, count_step, state_dtype
-from .triton_kernels import BLOCK, _DTYPES, _tables, noise_normal
+from .triton_kernels import BLOCK, _DTYPES, _tables, abandon_block, launch_values, noise_normal
 
 SEGMENT = 128  # blocks a program of the per-tensor sums adds at a time
 
@@ -84,23 +84,11 @@ def _adaptive_block(x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, offs
     skip = False
     if HAS_FOUND_INF:
         skip = tl.load(found_inf_ptr) != 0
-    if skip:  # found_inf: only keep x consistent with the abandoned iteration (bucket.abandon)
-        if PHASE == 0:
-            if not MASTER:
-                tl.store(s_ptr + offs, tl.load(x_ptr + offs, mask=mask).to(C_DTYPE), mask=mask)
-        elif PHASE == 1:
-            tl.store(x_ptr + offs, tl.load(s_ptr + offs, mask=mask).to(X_DTYPE), mask=mask)
-    else:
-        if LR_TENSOR:  # capturable: the rates as they are when the kernel runs
-            lr = tl.load(lr_ptr)
-        if GAMMA_TENSOR:
-            gamma = tl.load(gamma_ptr)
-        grad_factor = sign
-        if HAS_SCALE:  # (LAMB's clipping is folded into it)
-            grad_factor = sign / tl.load(scale_ptr).to(C_DTYPE)
-        trust = 1.0
-        if HAS_TRUST:
-            trust = tl.load(trust_ptr + t)
+    if skip:
+        abandon_block(x_ptr, s_ptr, offs, mask, PHASE, X_DTYPE, C_DTYPE, MASTER)
+    else:  # (LAMB's clipping is folded into grad_scale)
+        lr, gamma, grad_factor, trust = launch_values(lr, gamma, lr_ptr, gamma_ptr, sign, scale_ptr, trust_ptr, t,
+                                                      LR_TENSOR, GAMMA_TENSOR, HAS_SCALE, HAS_TRUST, C_DTYPE)
         step = tl.load(step_ptr)
         if PHASE == 0:  # the look-ahead: the count after the coming update
             step += 1.0

@@ -102,6 +102,37 @@ def rounding_bits(rounding_seed, step, index, element):
     return r0, r1, r2
 
 
+@triton.jit
+def abandon_block(x_ptr, s_ptr, offs, mask, PHASE: tl.constexpr, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr,
+                  MASTER: tl.constexpr):
+    """found_inf: only keep x consistent with the abandoned iteration (bucket.abandon): the snapshot is still
+    taken, and the local step's x returns to its anchor."""
+    if PHASE == 0:
+        if not MASTER:
+            tl.store(s_ptr + offs, tl.load(x_ptr + offs, mask=mask).to(S_DTYPE), mask=mask)
+    elif PHASE == 1:
+        tl.store(x_ptr + offs, tl.load(s_ptr + offs, mask=mask).to(X_DTYPE), mask=mask)
+
+
+@triton.jit
+def launch_values(lr, gamma, lr_ptr, gamma_ptr, sign, scale_ptr, trust_ptr, t, LR_TENSOR: tl.constexpr,
+                  GAMMA_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_TRUST: tl.constexpr,
+                  C_DTYPE: tl.constexpr):
+    """(lr, gamma, grad_factor, trust) as the kernel runs: capturable rates read now, 1 / grad_scale (with the
+    sign of maximize), and tensor t's trust ratio (1 without)."""
+    if LR_TENSOR:
+        lr = tl.load(lr_ptr)
+    if GAMMA_TENSOR:
+        gamma = tl.load(gamma_ptr)
+    grad_factor = sign
+    if HAS_SCALE:
+        grad_factor = sign / tl.load(scale_ptr).to(C_DTYPE)
+    trust = 1.0
+    if HAS_TRUST:
+        trust = tl.load(trust_ptr + t)
+    return lr, gamma, grad_factor, trust
+
+
 # ---- the multi-tensor kernel ----------------------------------------------------------------------
 @triton.jit
 def _phase_block(x_ptr, g_ptr, s_ptr, m_ptr, step_ptr, last_gamma_ptr, offs, mask, index, trust_ptr, t, scale_ptr,
@@ -115,23 +146,11 @@ def _phase_block(x_ptr, g_ptr, s_ptr, m_ptr, step_ptr, last_gamma_ptr, offs, mas
     skip = False
     if HAS_FOUND_INF:
         skip = tl.load(found_inf_ptr) != 0
-    if skip:  # found_inf: only keep x consistent with the abandoned iteration (bucket.abandon)
-        if PHASE == 0:
-            if not MASTER:
-                tl.store(s_ptr + offs, tl.load(x_ptr + offs, mask=mask).to(S_DTYPE), mask=mask)
-        elif PHASE == 1:
-            tl.store(x_ptr + offs, tl.load(s_ptr + offs, mask=mask).to(X_DTYPE), mask=mask)
+    if skip:
+        abandon_block(x_ptr, s_ptr, offs, mask, PHASE, X_DTYPE, S_DTYPE, MASTER)
     else:
-        if LR_TENSOR:  # capturable: the rates as they are when the kernel runs
-            lr = tl.load(lr_ptr)
-        if GAMMA_TENSOR:
-            gamma = tl.load(gamma_ptr)
-        grad_factor = sign
-        if HAS_SCALE:
-            grad_factor = sign / tl.load(scale_ptr).to(C_DTYPE)
-        trust = 1.0
-        if HAS_TRUST:
-            trust = tl.load(trust_ptr + t)
+        lr, gamma, grad_factor, trust = launch_values(lr, gamma, lr_ptr, gamma_ptr, sign, scale_ptr, trust_ptr, t,
+                                                      LR_TENSOR, GAMMA_TENSOR, HAS_SCALE, HAS_TRUST, C_DTYPE)
         g = tl.load(g_ptr + offs, mask=mask).to(C_DTYPE)
         m = tl.zeros_like(g)
         if MOMENTUM:
