@@ -58,10 +58,10 @@ std::string schema(const std::string& name, bool writes, const char* returns = "
          "bool wd_after_momentum=False, bool extrapolate_with_momentum=False, bool past_grad=False, "
          "float noise_std=0., int seed=0, Tensor? trust=None, Tensor? grad_scale=None, Tensor? found_inf=None, "
          "bool master_weights=True, " + list("f") + "? second_moments=None, " + list("g") + "? max_second_moments=None, "
-         "float beta1=0., float beta2=0., float eps=0., float grad_gain=0., bool decoupled=False, "
-         "bool bias_correction=True) -> " + returns;
+         "float beta1=0., float beta2=0., Tensor? beta1_tensor=None, Tensor? beta2_tensor=None, float eps=0., "
+         "bool grad_averaging=True, bool decoupled=False, bool bias_correction=True) -> " + returns;
 }
-constexpr int kNumArgs = 33;  // the arguments of a phase operator (check takes the phase before them)
+constexpr int kNumArgs = 35;  // the arguments of a phase operator (check takes the phase before them)
 constexpr const char* kPhaseOps[] = {"extrapolate_", "update_", "update_past_", "update_noise_",
                                      "update_past_anchor_free_"};  // Phase order
 
@@ -102,10 +102,12 @@ Launch read_launch(int64_t phase, const c10::IValue* a) {
   if (!a[26].isNone()) L.max_second_moments = a[26].toTensorVector();
   L.beta1 = a[27].toDouble();
   L.beta2 = a[28].toDouble();
-  L.eps = a[29].toDouble();
-  L.grad_gain = a[30].toDouble();
-  L.decoupled = a[31].toBool();
-  L.bias_correction = a[32].toBool();
+  L.beta1_tensor = optional_tensor(a[29]);
+  L.beta2_tensor = optional_tensor(a[30]);
+  L.eps = a[31].toDouble();
+  L.grad_averaging = a[32].toBool();
+  L.decoupled = a[33].toBool();
+  L.bias_correction = a[34].toBool();
   return L;
 }
 
@@ -155,6 +157,7 @@ void check_launch(const Launch& L) {
                       "extrap_kernels: betas must lie in [0, 1) and eps be >= 0, got (", L.beta1, ", ", L.beta2,
                       ") and ", L.eps);
   } else {
+    TORCH_CHECK_VALUE(!L.beta1_tensor && !L.beta2_tensor, "extrap_kernels: beta tensors belong to adaptive launches");
     TORCH_CHECK_VALUE(L.max_second_moments.empty(), "extrap_kernels: max_second_moments without second_moments");
     TORCH_CHECK_VALUE(L.momenta.empty() || L.momenta.size() == n,
                       "extrap_kernels: momenta must be empty (momentum 0) or one per parameter");
@@ -215,6 +218,11 @@ void check_launch(const Launch& L) {
   check_rate(L.trust, static_cast<int64_t>(n), "trust");
   check_rate(L.lr_tensor, 1, "lr tensor");
   check_rate(L.gamma_tensor, 1, "gamma tensor");
+  for (const auto* beta : {&L.beta1_tensor, &L.beta2_tensor}) {  // (float64: the bias corrections' precision)
+    TORCH_CHECK_VALUE(!*beta || ((*beta)->device() == device && (*beta)->scalar_type() == at::kDouble &&
+                                 (*beta)->numel() == 1),
+                      "extrap_kernels: a beta tensor must be one float64 element on ", device);
+  }
   TORCH_CHECK_VALUE(!L.grad_scale || L.grad_scale->numel() == 1, "extrap_kernels: grad_scale must have one element");
   TORCH_CHECK_VALUE(!L.found_inf || L.found_inf->numel() == 1, "extrap_kernels: found_inf must have one element");
 }
@@ -259,6 +267,12 @@ void run_cuda(Launch L) {
 }
 #endif
 
+// A CPU launch's beta tensors, read here: its kernel takes numbers.
+void read_betas_on_host(Launch& L) {
+  if (L.beta1_tensor) L.beta1 = std::exchange(L.beta1_tensor, std::nullopt)->item<double>();
+  if (L.beta2_tensor) L.beta2 = std::exchange(L.beta2_tensor, std::nullopt)->item<double>();
+}
+
 // Runs a checked launch on its device. A CPU launch reads its rate tensors here: the kernel takes numbers.
 void run(Launch L) {
   if (L.params.empty()) return;
@@ -270,6 +284,7 @@ void run(Launch L) {
   if (device.is_cpu()) {
     if (L.lr_tensor) L.lr = std::exchange(L.lr_tensor, std::nullopt)->item<double>();
     if (L.gamma_tensor) L.gamma = std::exchange(L.gamma_tensor, std::nullopt)->item<double>();
+    read_betas_on_host(L);
     return apply_cpu(L);
   }
 #endif
@@ -311,6 +326,7 @@ void norms_op(const c10::OperatorHandle&, torch::jit::Stack* stack) {
       device_dtypes(L);
       sums = adaptive_norms_cuda(L);
 #else
+      read_betas_on_host(L);
       sums = adaptive_norms_cpu(L);
 #endif
     }

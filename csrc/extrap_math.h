@@ -50,10 +50,19 @@ struct Hyper {
   // corrections 1 - beta^t are computed
   double beta1, beta2;
   acc eps;
-  acc grad_gain;       // the weight of g' in m: 1 - beta1, or 1 (LAMB without grad_averaging)
-  bool decoupled;      // AdamW / adam_w_mode: e = a + wd * s instead of g' += wd * s
+  acc grad_gain;        // the weight of g' in m: 1 - beta1, or 1 (LAMB without grad_averaging)
+  bool grad_averaging;  // (what grad_gain is, for betas read on the device: set_betas)
+  bool decoupled;       // AdamW / adam_w_mode: e = a + wd * s instead of g' += wd * s
   bool bias_correction;
 };
+
+// Capturable betas, read where the kernel runs: beta1 and grad_gain, which follows it.
+template <typename acc>
+EXTRAP_HD void set_betas(Hyper<acc>& h, double beta1, double beta2) {
+  h.beta1 = beta1;
+  h.beta2 = beta2;
+  h.grad_gain = h.grad_averaging ? static_cast<acc>(1.0 - beta1) : acc(1);
+}
 
 // g' = (g / grad_scale + wd * s) * trust; the sign flip of `maximize` is folded into grad_factor.
 template <typename acc>

@@ -30,8 +30,11 @@ struct Launch {
   // and, with amsgrad, their running maxima; both empty for the SGD family. LAMB's clipping comes folded
   // into grad_scale, its ratios as `trust`.
   std::vector<at::Tensor> second_moments, max_second_moments;
-  double beta1 = 0, beta2 = 0, eps = 0, grad_gain = 0;
-  bool decoupled = false, bias_correction = true;
+  double beta1 = 0, beta2 = 0, eps = 0;
+  bool decoupled = false, bias_correction = true, grad_averaging = true;
+  // Capturable betas: one-element float64 device tensors read by the kernel itself, replacing beta1/beta2
+  // (a CPU launch reads them on the host: see bindings.cpp).
+  std::optional<at::Tensor> beta1_tensor, beta2_tensor;
   double lr = 0, gamma = 0, momentum = 0, dampening = 0, weight_decay = 0, noise_std = 0;
   // Capturable rates: lr and gamma held as one-element device tensors of the state dtype, read by the
   // kernel itself, so that a captured CUDA graph replays with their current values. When set they
@@ -77,7 +80,8 @@ Hyper<acc> make_hyper(const Launch& L, double inv_scale) {
   h.beta1 = L.beta1;
   h.beta2 = L.beta2;
   h.eps = static_cast<acc>(L.eps);
-  h.grad_gain = static_cast<acc>(L.grad_gain);
+  h.grad_averaging = L.grad_averaging;
+  h.grad_gain = h.grad_averaging ? static_cast<acc>(1.0 - L.beta1) : acc(1);
   h.decoupled = L.decoupled;
   h.bias_correction = L.bias_correction;
   return h;

@@ -23,7 +23,8 @@ def check_adaptive(lr, betas, eps, weight_decay) -> None:
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"Invalid betas: {betas!r} (a pair (beta1, beta2))")
     for index, beta in enumerate(betas):
-        if not 0.0 <= functional._number(beta, "beta") < 1.0:
+        number = functional._number(beta, "beta")  # (None: a device tensor, read by the kernels)
+        if number is not None and not 0.0 <= number < 1.0:
             raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
 
 

@@ -71,7 +71,7 @@ class Hyper:
     # SPEC "Base update, Adam family and LAMB": base "adam" or "lamb" (momentum is then 0; the bucket's
     # momenta are the first moments m and second_moments the v)
     base: str = "sgd"
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999)  # (tensors: capturable, read by the kernels)
     eps: float = 1e-8
     decoupled: bool = False  # AdamW / adam_w_mode: e = a + wd * s instead of g' += wd * s
     amsgrad: bool = False
@@ -92,6 +92,12 @@ class Hyper:
         if not isinstance(value, Tensor):
             return float(value), None
         return 0.0, value.detach().to(device=bucket.device, dtype=state_dtype(bucket.dtype)).reshape(1)
+
+    def kernel_betas(self, bucket: "Bucket") -> tuple[tuple[float, Tensor | None], tuple[float, Tensor | None]]:
+        """The adaptive bases' betas as a fused kernel takes them, as `rate` does lr: each a number, or
+        (capturable) a one-element float64 tensor on the bucket's device (the bias corrections' precision)."""
+        return tuple((0.0, beta.detach().to(device=bucket.device, dtype=torch.float64).reshape(1))
+                     if isinstance(beta, Tensor) else (float(beta), None) for beta in self.betas)
 
 
 @dataclass

@@ -108,6 +108,9 @@ class Launch:
             value = getattr(hyper, name)  # the call is then prepared anew each step, to read its value
             if backend.validates and isinstance(value, Tensor):
                 self.live_rates |= hyper.rate(name, bucket)[1].data_ptr() != value.data_ptr()
+        if backend.validates and hyper.base != "sgd":  # the same for capturable betas (float64 copies)
+            for value, (_, converted) in zip(hyper.betas, hyper.kernel_betas(bucket)):
+                self.live_rates |= converted is not None and converted.data_ptr() != value.data_ptr()
 
     def _call(self, kind: str = "run"):
         """The extension's prepared operator call of `kind` (run, check, norms), made again each step where a

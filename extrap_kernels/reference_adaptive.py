@@ -57,7 +57,8 @@ def direction(s: Tensor, m: Tensor, v: Tensor, v_max: Tensor | None, t: int, h: 
     b1, b2 = h.betas
     second = v_max if v_max is not None else v
     if h.bias_correction:
-        a = (m / (1 - b1 ** t)) / (second.sqrt() / math.sqrt(1 - b2 ** t) + h.eps)
+        c2 = 1 - b2 ** t  # (a tensor for tensor betas)
+        a = (m / (1 - b1 ** t)) / (second.sqrt() / (c2.sqrt() if isinstance(c2, Tensor) else math.sqrt(c2)) + h.eps)
     else:
         a = m / (second.sqrt() + h.eps)
     e = a + h.weight_decay * s if h.decoupled else a

@@ -331,3 +331,28 @@ def test_kernels_refuse_bad_state_before_writing(backend):
     assert all(torch.equal(q.detach(), b) for q, b in zip(p, before[0]))
     for i, state in before[1]["state"].items():
         assert all(torch.equal(opt.state_dict()["state"][i][k], v) for k, v in state.items())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tensor_betas_are_read_when_the_step_runs(backend):
+    """betas as one-element tensors (torch.optim.Adam takes them): gamma = 0 is torch's AdamW given the same
+    tensors, and a value changed in place between steps is the one the next step uses (the kernels read
+    them as they run: capturable; a prepared call does not freeze them). The control: the run whose betas
+    did not change is far outside the tolerance."""
+    ours, gen = _params(11)
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    frozen = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    betas = [torch.tensor(0.9, dtype=torch.float64), torch.tensor(0.99, dtype=torch.float64)]
+    torch_betas = [b.clone() for b in betas]
+    opt = ek.ExtrapAdamW(ours, lr=0.01, betas=tuple(betas), weight_decay=0.01, gamma=0.0, backend=backend)
+    torch_opt = torch.optim.AdamW(theirs, lr=0.01, betas=tuple(torch_betas), weight_decay=0.01, foreach=False)
+    frozen_opt = ek.ExtrapAdamW(frozen, lr=0.01, betas=(0.9, 0.99), weight_decay=0.01, gamma=0.0, backend=backend)
+    for step in _in_lockstep(ours, theirs, opt, torch_opt, gen):
+        _copy_grads(ours, frozen)
+        frozen_opt.step()
+        if step == 4:
+            for b, value in zip(betas + torch_betas, (0.8, 0.95, 0.8, 0.95)):
+                b.fill_(value)
+    for p, q, r in zip(ours, theirs, frozen):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-10, atol=1e-12)
+        assert (r.detach() - q.detach()).abs().max() > 1e4 * 1e-10 * q.detach().abs().max()

@@ -150,11 +150,14 @@ def test_gpu_adaptive_matches_reference(backend, cls, mode, dtype):
 @pytest.mark.parametrize("backend", ADAPTIVE_GPU_BACKENDS)
 def test_gpu_lamb_is_deterministic_and_captures(backend):
     """LAMB's three passes (global norm, reading pass, update) give the same bits twice, and a step captured
-    in a CUDA graph replays what eager steps do: nothing in them synchronizes with or copies from the host."""
+    in a CUDA graph replays what eager steps do, with its betas as device tensors changed between replays:
+    nothing in them synchronizes with or copies from the host."""
     def setup():
         torch.manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(n, device="cuda")) for n in (5, 70_001, 3 * 65536 + 1)]
-        opt = ek.ExtrapLAMB(params, lr=0.01, weight_decay=0.01, max_grad_norm=1.0, backend=backend)
+        betas = (torch.tensor(0.9, dtype=torch.float64, device="cuda"),
+                 torch.tensor(0.999, dtype=torch.float64, device="cuda"))
+        opt = ek.ExtrapLAMB(params, lr=0.01, betas=betas, weight_decay=0.01, max_grad_norm=1.0, backend=backend)
         return params, opt
 
     grads = [[torch.randn(n, device="cuda") for n in (5, 70_001, 3 * 65536 + 1)] for _ in range(6)]
@@ -184,6 +187,9 @@ def test_gpu_lamb_is_deterministic_and_captures(backend):
         for p, q, g in zip(eager, graphed, grads[k]):
             p.grad.copy_(g)
             q.grad.copy_(g)
+        if k == 3:
+            for opt in (eager_opt, graphed_opt):
+                opt.param_groups[0]["betas"][0].fill_(0.8)
         eager_opt.step()
         graph.replay()
     assert all(torch.equal(p.detach(), q.detach()) for p, q in zip(eager, graphed))

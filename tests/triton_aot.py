@@ -73,7 +73,8 @@ def cover() -> list[tuple[str, dict]]:
 
 
 ADAPTIVE_BASE = dict(AMSGRAD=False, DECOUPLED=True, BIAS_CORRECTION=True, HAS_TRUST=False, HAS_SCALE=False,
-                     HAS_FOUND_INF=False, LR_TENSOR=False, GAMMA_TENSOR=False)
+                     HAS_FOUND_INF=False, LR_TENSOR=False, GAMMA_TENSOR=False, BETA1_TENSOR=False, BETA2_TENSOR=False,
+                     GRAD_AVERAGING=True)
 
 
 def adaptive_cover() -> list[tuple[str, str, dict]]:
@@ -86,7 +87,8 @@ def adaptive_cover() -> list[tuple[str, str, dict]]:
                 out.append(("adaptive", f"adaptive{phase}-{name}{'' if aligned else '-unaligned'}",
                             dict(ADAPTIVE_BASE, PHASE=phase, X_DTYPE=x, C_DTYPE=c, MASTER=master, ALIGNED=aligned)))
     switches = [dict(AMSGRAD=True), dict(DECOUPLED=False), dict(BIAS_CORRECTION=False), dict(HAS_TRUST=True),
-                dict(HAS_SCALE=True, HAS_FOUND_INF=True), dict(LR_TENSOR=True, GAMMA_TENSOR=True)]
+                dict(HAS_SCALE=True, HAS_FOUND_INF=True), dict(LR_TENSOR=True, GAMMA_TENSOR=True),
+                dict(BETA1_TENSOR=True, BETA2_TENSOR=True), dict(BETA1_TENSOR=True, GRAD_AVERAGING=False)]
     for name in ("fp32", "bf16"):
         x, c, master = DTYPES[name]
         for switch in switches:
@@ -98,7 +100,8 @@ def adaptive_cover() -> list[tuple[str, str, dict]]:
             for amsgrad in (False, True):
                 out.append(("norms", f"norms-{name}{'-x' if reads_x else ''}{'-amsgrad' if amsgrad else ''}",
                             dict(X_DTYPE=x, C_DTYPE=c, READS_X=reads_x, AMSGRAD=amsgrad, DECOUPLED=True,
-                                 BIAS_CORRECTION=True, HAS_SCALE=True)))
+                                 BIAS_CORRECTION=True, HAS_SCALE=True, BETA1_TENSOR=amsgrad, BETA2_TENSOR=amsgrad,
+                                 GRAD_AVERAGING=True)))
         out.append(("sums", f"sums-{name}", dict(C_DTYPE=c)))
     return out
 
@@ -114,7 +117,8 @@ def compile_adaptive(kernel: str, constexprs: dict, arch: int):
     elif kernel == "norms":
         fn = ta._norms_kernel
         sig = {"table": "*i64", "numels": "*i64", "block_tensor": "*i32", "block_start": "*i64",
-               "scale_ptr": f"*{state}", "block_sums": f"*{state}", **{k: "fp32" for k in scalars}}
+               "scale_ptr": f"*{state}", "block_sums": f"*{state}", **{k: "fp32" for k in scalars},
+               "beta1_ptr": "*fp64", "beta2_ptr": "*fp64"}
         constexprs = dict(constexprs, BLOCK=2048)
     else:
         fn = ta._adaptive_kernel
@@ -122,7 +126,8 @@ def compile_adaptive(kernel: str, constexprs: dict, arch: int):
                "trust_ptr": f"*{state}", "scale_ptr": f"*{state}", "found_inf_ptr": "*fp32", "lr": "fp32",
                "gamma": "fp32", "lr_ptr": f"*{state}", "gamma_ptr": f"*{state}", "weight_decay": "fp32",
                "sign": "fp32", "noise_std": "fp32", "seed": "u64",
-               **{k: "fp32" for k in scalars if k not in ("weight_decay", "sign")}}
+               **{k: "fp32" for k in scalars if k not in ("weight_decay", "sign")}, "beta1_ptr": "*fp64",
+               "beta2_ptr": "*fp64"}
         constexprs = dict(constexprs, BLOCK=2048)
     sig.update({k: "constexpr" for k in constexprs})
     compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs), target=GPUTarget("cuda", arch, 32))

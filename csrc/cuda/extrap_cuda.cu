@@ -22,6 +22,9 @@ namespace {
 #define EXTRAP_CUDA_THREADS 512  // (the host emulation runs with fewer: csrc/emulation)
 #endif
 constexpr int kThreads = EXTRAP_CUDA_THREADS;
+// The adaptive phases hold six arrays' vectors in registers (x g s m v v_max): half the threads per block,
+// so that each may use up to 255 registers (with 512, the 128 allowed spilled the bf16 kernels on sm_90).
+constexpr int kAdaptiveThreads = kThreads < 256 ? kThreads : 256;
 // Elements per thread per iteration: a 16-byte load of the parameter dtype (4 fp32, 8 bf16/fp16; fp64
 // takes 4, two 16-byte loads). The fp32 state of a 16-bit parameter then moves in 32-byte pieces.
 template <typename scalar_t>
@@ -56,6 +59,14 @@ __device__ __forceinline__ void read_device_values(Hyper<acc>& h, const acc* gra
   if (grad_scale != nullptr) h.grad_factor /= *grad_scale;
   if (lr != nullptr) h.lr = *lr;
   if (gamma != nullptr) h.gamma = *gamma;
+}
+
+// The adaptive launches' capturable betas, read as the kernel runs.
+template <typename acc>
+__device__ __forceinline__ void read_device_betas(Hyper<acc>& h, const double* beta1, const double* beta2) {
+  if (beta1 != nullptr || beta2 != nullptr) {
+    set_betas(h, beta1 != nullptr ? *beta1 : h.beta1, beta2 != nullptr ? *beta2 : h.beta2);
+  }
 }
 
 // s and m are state_t: acc, or (master_weights=False) a 16-bit x's own type.
@@ -163,9 +174,10 @@ void launch_phase(const Launch& L) {
 // The adaptive bases (Adam, AdamW, LAMB): as phase_kernel, with the second moments (and their maxima)
 // moved beside m, and adaptive_element's math. Their state is always acc (a 16-bit x keeps its master).
 template <Phase P, bool kAmsgrad, typename scalar_t, typename acc>
-__global__ void __launch_bounds__(kThreads) adaptive_kernel(TensorTable table, Hyper<acc> h, const acc* trust,
+__global__ void __launch_bounds__(kAdaptiveThreads) adaptive_kernel(TensorTable table, Hyper<acc> h, const acc* trust,
                                                             const acc* grad_scale, const float* found_inf,
-                                                            const acc* lr, const acc* gamma) {
+                                                            const acc* lr, const acc* gamma, const double* beta1,
+                                                            const double* beta2) {
   constexpr bool kMaster = !std::is_same<scalar_t, acc>::value;
   const Chunk chunk = chunk_of_block(table);
   const int entry = chunk.entry;
@@ -178,6 +190,7 @@ __global__ void __launch_bounds__(kThreads) adaptive_kernel(TensorTable table, H
   auto* v_max = static_cast<acc*>(table.v_max[entry]);
   const bool skip = found_inf != nullptr && *found_inf != 0.0f;
   read_device_values(h, grad_scale, lr, gamma);
+  read_device_betas(h, beta1, beta2);
   // the look-ahead of kExtrapolate uses the count after the coming update; an update phase's is counted
   const float step = *table.step[entry] + (P == kExtrapolate ? 1.0f : 0.0f);
   TensorArgs<acc> t{trust != nullptr ? trust[table.tensor[entry]] : acc(1), false, static_cast<uint32_t>(step),
@@ -206,7 +219,7 @@ __global__ void __launch_bounds__(kThreads) adaptive_kernel(TensorTable table, H
   if (vector) {
     const int64_t vector_end = begin + (end - begin) / kVec * kVec;
     for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * kVec; i < vector_end;
-         i += static_cast<int64_t>(kThreads) * kVec) {
+         i += static_cast<int64_t>(kAdaptiveThreads) * kVec) {
       XVec xr{};
       AVec sr{}, vmr{};
       if (kReadsX) {
@@ -234,7 +247,7 @@ __global__ void __launch_bounds__(kThreads) adaptive_kernel(TensorTable table, H
     }
     tail = vector_end;
   }
-  for (int64_t j = tail + threadIdx.x; j < end; j += kThreads) {
+  for (int64_t j = tail + threadIdx.x; j < end; j += kAdaptiveThreads) {
     acc xv = kReadsX ? static_cast<acc>(x[j]) : acc(0);
     acc sv = kReadsX ? acc(0) : s[j];
     acc mv = m[j], vv = v[j], v_maxv = kAmsgrad ? v_max[j] : acc(0);
@@ -255,7 +268,8 @@ __global__ void __launch_bounds__(kThreads) adaptive_kernel(TensorTable table, H
 // deterministic.
 template <bool kAmsgrad, bool kReadsX, typename scalar_t, typename acc>
 __global__ void __launch_bounds__(kThreads) adaptive_norms_kernel(TensorTable table, Hyper<acc> h,
-                                                                  const acc* grad_scale, acc* partials,
+                                                                  const acc* grad_scale, const double* beta1,
+                                                                  const double* beta2, acc* partials,
                                                                   int64_t first_block) {
   const Chunk chunk = chunk_of_block(table);
   const int entry = chunk.entry;
@@ -267,6 +281,7 @@ __global__ void __launch_bounds__(kThreads) adaptive_norms_kernel(TensorTable ta
   const auto* v = static_cast<const acc*>(table.v[entry]);
   const auto* v_max = static_cast<const acc*>(table.v_max[entry]);
   read_device_values(h, grad_scale, static_cast<const acc*>(nullptr), static_cast<const acc*>(nullptr));
+  read_device_betas(h, beta1, beta2);
   const float step = *table.step[entry] + 1.0f;  // the count after the coming update
   TensorArgs<acc> t{acc(1), false, static_cast<uint32_t>(step), table.index[entry], acc(0), acc(1), acc(1)};
   bias_corrections(h, step, t.bias1, t.bias2_sqrt);
@@ -312,11 +327,13 @@ void launch_adaptive(const Launch& L) {
   const float* found_inf = L.found_inf ? L.found_inf->data_ptr<float>() : nullptr;
   const acc* lr = L.lr_tensor ? L.lr_tensor->data_ptr<acc>() : nullptr;
   const acc* gamma = L.gamma_tensor ? L.gamma_tensor->data_ptr<acc>() : nullptr;
+  const double* beta1 = L.beta1_tensor ? L.beta1_tensor->data_ptr<double>() : nullptr;
+  const double* beta2 = L.beta2_tensor ? L.beta2_tensor->data_ptr<double>() : nullptr;
   auto stream = reinterpret_cast<cudaStream_t>(L.stream);
   multi_tensor_apply(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas, L.second_moments,
                      L.max_second_moments, [&](TensorTable& table, int blocks) {
-    launch_kernel(adaptive_kernel<P, kAmsgrad, scalar_t, acc>, blocks, kThreads, stream, table, h, trust, grad_scale,
-                  found_inf, lr, gamma);
+    launch_kernel(adaptive_kernel<P, kAmsgrad, scalar_t, acc>, blocks, kAdaptiveThreads, stream, table, h, trust, grad_scale,
+                  found_inf, lr, gamma, beta1, beta2);
     const cudaError_t err = cudaGetLastError();
     TORCH_CHECK(err == cudaSuccess, "extrap_kernels: CUDA launch failed: ", cudaGetErrorString(err));
   });
@@ -326,6 +343,8 @@ template <bool kAmsgrad, bool kReadsX, typename scalar_t, typename acc>
 at::Tensor launch_adaptive_norms(const Launch& L) {
   const Hyper<acc> h = make_hyper<acc>(L, 1.0);
   const acc* grad_scale = L.grad_scale ? L.grad_scale->data_ptr<acc>() : nullptr;
+  const double* beta1 = L.beta1_tensor ? L.beta1_tensor->data_ptr<double>() : nullptr;
+  const double* beta2 = L.beta2_tensor ? L.beta2_tensor->data_ptr<double>() : nullptr;
   auto stream = reinterpret_cast<cudaStream_t>(L.stream);
   const int64_t n = static_cast<int64_t>(L.params.size());
   std::vector<int64_t> first_of(n + 1, 0);  // tensor t's blocks, in launch order (empty tensors have none)
@@ -338,7 +357,7 @@ at::Tensor launch_adaptive_norms(const Launch& L) {
   multi_tensor_apply(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas, L.second_moments,
                      L.max_second_moments, [&](TensorTable& table, int blocks) {
     launch_kernel(adaptive_norms_kernel<kAmsgrad, kReadsX, scalar_t, acc>, blocks, kThreads, stream, table, h,
-                  grad_scale, partials.data_ptr<acc>(), first_block);
+                  grad_scale, beta1, beta2, partials.data_ptr<acc>(), first_block);
     const cudaError_t err = cudaGetLastError();
     TORCH_CHECK(err == cudaSuccess, "extrap_kernels: CUDA launch failed: ", cudaGetErrorString(err));
     first_block += blocks;

@@ -55,10 +55,10 @@ def hyper_kwargs(h: Hyper, b: Bucket) -> dict:
                   extrapolate_with_momentum=bool(h.extrapolate_with_momentum), past_grad=bool(h.past_grad),
                   noise_std=float(h.noise_std), seed=_as_int64(h.seed), master_weights=b.master)
     if h.base != "sgd":  # Adam, AdamW, LAMB: the momenta are the first moments
-        beta1, beta2 = (float(beta) for beta in h.betas)
+        (beta1, beta1_tensor), (beta2, beta2_tensor) = h.kernel_betas(b)
         kwargs.update(second_moments=b.second_moments, max_second_moments=b.max_second_moments, beta1=beta1,
-                      beta2=beta2, eps=float(h.eps), decoupled=bool(h.decoupled),
-                      grad_gain=(1 - beta1) if (h.grad_averaging or h.base != "lamb") else 1.0,
+                      beta2=beta2, beta1_tensor=beta1_tensor, beta2_tensor=beta2_tensor, eps=float(h.eps),
+                      decoupled=bool(h.decoupled), grad_averaging=bool(h.grad_averaging or h.base != "lamb"),
                       bias_correction=bool(h.bias_correction))
     return kwargs
 

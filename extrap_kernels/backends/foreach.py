@@ -130,7 +130,7 @@ def _apply_adaptive(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None
     g_prime = torch._foreach_mul(grads, (-inv_scale if h.maximize else inv_scale) / clip)
     if h.weight_decay != 0 and not h.decoupled:
         torch._foreach_add_(g_prime, anchors, alpha=h.weight_decay)
-    b1, b2 = h.betas
+    b1, b2 = (float(beta) for beta in h.betas)  # (tensor betas read on the host, as the step counts are)
     lookahead = phase == Phase.EXTRAPOLATE  # the moments as if updated: copies, the state read only
     m = torch._foreach_mul(b.momenta, b1) if lookahead else b.momenta
     v = torch._foreach_mul(b.second_moments, b2) if lookahead else b.second_moments

@@ -41,6 +41,26 @@ def bias_corrections(step, log_beta1, log_beta2, C_DTYPE: tl.constexpr, BIAS_COR
 
 
 @triton.jit
+def device_betas(beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, beta1_ptr, beta2_ptr,
+                 BETA1_TENSOR: tl.constexpr, BETA2_TENSOR: tl.constexpr, GRAD_AVERAGING: tl.constexpr,
+                 C_DTYPE: tl.constexpr):
+    """Capturable betas (float64 tensors), read as the kernel runs, and what follows from them; the numbers
+    the host computed otherwise."""
+    if BETA1_TENSOR:
+        b1 = tl.load(beta1_ptr)
+        beta1 = b1.to(C_DTYPE)
+        log_beta1 = tl.log(b1)
+        if GRAD_AVERAGING:
+            grad_gain = (1.0 - b1).to(C_DTYPE)
+    if BETA2_TENSOR:
+        b2 = tl.load(beta2_ptr)
+        beta2 = b2.to(C_DTYPE)
+        one_minus_beta2 = (1.0 - b2).to(C_DTYPE)
+        log_beta2 = tl.log(b2)
+    return beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2
+
+
+@triton.jit
 def adaptive_direction(s, g, m, v, v_max, grad_factor, weight_decay, beta1, one_minus_beta2, beta2, grad_gain, eps,
                        bias1, bias2_sqrt, DECOUPLED: tl.constexpr, AMSGRAD: tl.constexpr):
     """Returns (u, m, v, v_max): the moments updated with g' and the undamped direction."""
@@ -75,11 +95,12 @@ def _pointers(table, t, X_DTYPE: tl.constexpr, C_DTYPE: tl.constexpr):
 @triton.jit
 def _adaptive_block(x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, offs, mask, index, trust_ptr, t, scale_ptr,
                     found_inf_ptr, lr, gamma, lr_ptr, gamma_ptr, weight_decay, sign, noise_std, seed, beta1,
-                    one_minus_beta2, beta2, grad_gain, eps, log_beta1, log_beta2, PHASE: tl.constexpr,
-                    X_DTYPE: tl.constexpr, C_DTYPE: tl.constexpr, MASTER: tl.constexpr, AMSGRAD: tl.constexpr,
-                    DECOUPLED: tl.constexpr, BIAS_CORRECTION: tl.constexpr, HAS_TRUST: tl.constexpr,
-                    HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr, LR_TENSOR: tl.constexpr,
-                    GAMMA_TENSOR: tl.constexpr):
+                    one_minus_beta2, beta2, grad_gain, eps, log_beta1, log_beta2, beta1_ptr, beta2_ptr,
+                    PHASE: tl.constexpr, X_DTYPE: tl.constexpr, C_DTYPE: tl.constexpr, MASTER: tl.constexpr,
+                    AMSGRAD: tl.constexpr, DECOUPLED: tl.constexpr, BIAS_CORRECTION: tl.constexpr,
+                    HAS_TRUST: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
+                    LR_TENSOR: tl.constexpr, GAMMA_TENSOR: tl.constexpr, BETA1_TENSOR: tl.constexpr,
+                    BETA2_TENSOR: tl.constexpr, GRAD_AVERAGING: tl.constexpr):
     """One adaptive phase over the elements `offs` of tensor `t` (`mask`: those inside it; None: all)."""
     skip = False
     if HAS_FOUND_INF:
@@ -89,10 +110,14 @@ def _adaptive_block(x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, offs
     else:  # (LAMB's clipping is folded into grad_scale)
         lr, gamma, grad_factor, trust = launch_values(lr, gamma, lr_ptr, gamma_ptr, sign, scale_ptr, trust_ptr, t,
                                                       LR_TENSOR, GAMMA_TENSOR, HAS_SCALE, HAS_TRUST, C_DTYPE)
+        # (new names: a variable assigned in one branch of a run-time `if` keeps its type in the other)
+        b1, one_minus_b2, b2, gain, log_b1, log_b2 = device_betas(
+            beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, beta1_ptr, beta2_ptr, BETA1_TENSOR,
+            BETA2_TENSOR, GRAD_AVERAGING, C_DTYPE)
         step = tl.load(step_ptr)
         if PHASE == 0:  # the look-ahead: the count after the coming update
             step += 1.0
-        bias1, bias2_sqrt = bias_corrections(step, log_beta1, log_beta2, C_DTYPE, BIAS_CORRECTION)
+        bias1, bias2_sqrt = bias_corrections(step, log_b1, log_b2, C_DTYPE, BIAS_CORRECTION)
         g = tl.load(g_ptr + offs, mask=mask).to(C_DTYPE)
         m = tl.load(m_ptr + offs, mask=mask)
         v = tl.load(v_ptr + offs, mask=mask)
@@ -105,14 +130,13 @@ def _adaptive_block(x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, offs
             else:
                 anchor = tl.load(x_ptr + offs, mask=mask).to(C_DTYPE)
                 tl.store(s_ptr + offs, anchor, mask=mask)
-            u, _, _, _ = adaptive_direction(anchor, g, m, v, v_max, grad_factor, weight_decay, beta1, one_minus_beta2,
-                                            beta2, grad_gain, eps, bias1, bias2_sqrt, DECOUPLED, AMSGRAD)
+            u, _, _, _ = adaptive_direction(anchor, g, m, v, v_max, grad_factor, weight_decay, b1, one_minus_b2, b2,
+                                            gain, eps, bias1, bias2_sqrt, DECOUPLED, AMSGRAD)
             tl.store(x_ptr + offs, (anchor - gamma * (trust * u)).to(X_DTYPE), mask=mask)
         else:
             anchor = tl.load(s_ptr + offs, mask=mask)
-            u, m, v, v_max = adaptive_direction(anchor, g, m, v, v_max, grad_factor, weight_decay, beta1,
-                                                one_minus_beta2, beta2, grad_gain, eps, bias1, bias2_sqrt, DECOUPLED,
-                                                AMSGRAD)
+            u, m, v, v_max = adaptive_direction(anchor, g, m, v, v_max, grad_factor, weight_decay, b1, one_minus_b2,
+                                                b2, gain, eps, bias1, bias2_sqrt, DECOUPLED, AMSGRAD)
             e = trust * u
             anchor = anchor - lr * e
             tl.store(m_ptr + offs, m, mask=mask)
@@ -135,10 +159,11 @@ def _adaptive_block(x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, offs
 @triton.jit
 def _adaptive_kernel(table, numels, indices, block_tensor, block_start, trust_ptr, scale_ptr, found_inf_ptr, lr, gamma,
                      lr_ptr, gamma_ptr, weight_decay, sign, noise_std, seed, beta1, one_minus_beta2, beta2, grad_gain,
-                     eps, log_beta1, log_beta2, PHASE: tl.constexpr, X_DTYPE: tl.constexpr, C_DTYPE: tl.constexpr,
-                     MASTER: tl.constexpr, AMSGRAD: tl.constexpr, DECOUPLED: tl.constexpr,
+                     eps, log_beta1, log_beta2, beta1_ptr, beta2_ptr, PHASE: tl.constexpr, X_DTYPE: tl.constexpr,
+                     C_DTYPE: tl.constexpr, MASTER: tl.constexpr, AMSGRAD: tl.constexpr, DECOUPLED: tl.constexpr,
                      BIAS_CORRECTION: tl.constexpr, HAS_TRUST: tl.constexpr, HAS_SCALE: tl.constexpr,
                      HAS_FOUND_INF: tl.constexpr, LR_TENSOR: tl.constexpr, GAMMA_TENSOR: tl.constexpr,
+                     BETA1_TENSOR: tl.constexpr, BETA2_TENSOR: tl.constexpr, GRAD_AVERAGING: tl.constexpr,
                      BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
     pid = tl.program_id(0)
     t = tl.load(block_tensor + pid)
@@ -158,22 +183,24 @@ def _adaptive_kernel(table, numels, indices, block_tensor, block_start, trust_pt
     if whole:  # a whole block: no mask, which would split the vectors
         _adaptive_block(x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, offs, None, index, trust_ptr, t,
                         scale_ptr, found_inf_ptr, lr, gamma, lr_ptr, gamma_ptr, weight_decay, sign, noise_std, seed,
-                        beta1, one_minus_beta2, beta2, grad_gain, eps, log_beta1, log_beta2, PHASE, X_DTYPE, C_DTYPE,
-                        MASTER, AMSGRAD, DECOUPLED, BIAS_CORRECTION, HAS_TRUST, HAS_SCALE, HAS_FOUND_INF, LR_TENSOR,
-                        GAMMA_TENSOR)
+                        beta1, one_minus_beta2, beta2, grad_gain, eps, log_beta1, log_beta2, beta1_ptr, beta2_ptr,
+                        PHASE, X_DTYPE, C_DTYPE, MASTER, AMSGRAD, DECOUPLED, BIAS_CORRECTION, HAS_TRUST, HAS_SCALE,
+                        HAS_FOUND_INF, LR_TENSOR, GAMMA_TENSOR, BETA1_TENSOR, BETA2_TENSOR, GRAD_AVERAGING)
     else:
         _adaptive_block(x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, offs, offs < numel, index, trust_ptr,
                         t, scale_ptr, found_inf_ptr, lr, gamma, lr_ptr, gamma_ptr, weight_decay, sign, noise_std, seed,
-                        beta1, one_minus_beta2, beta2, grad_gain, eps, log_beta1, log_beta2, PHASE, X_DTYPE, C_DTYPE,
-                        MASTER, AMSGRAD, DECOUPLED, BIAS_CORRECTION, HAS_TRUST, HAS_SCALE, HAS_FOUND_INF, LR_TENSOR,
-                        GAMMA_TENSOR)
+                        beta1, one_minus_beta2, beta2, grad_gain, eps, log_beta1, log_beta2, beta1_ptr, beta2_ptr,
+                        PHASE, X_DTYPE, C_DTYPE, MASTER, AMSGRAD, DECOUPLED, BIAS_CORRECTION, HAS_TRUST, HAS_SCALE,
+                        HAS_FOUND_INF, LR_TENSOR, GAMMA_TENSOR, BETA1_TENSOR, BETA2_TENSOR, GRAD_AVERAGING)
 
 
 @triton.jit
 def _norms_kernel(table, numels, block_tensor, block_start, scale_ptr, block_sums, weight_decay, sign, beta1,
-                  one_minus_beta2, beta2, grad_gain, eps, log_beta1, log_beta2, X_DTYPE: tl.constexpr,
-                  C_DTYPE: tl.constexpr, READS_X: tl.constexpr, AMSGRAD: tl.constexpr, DECOUPLED: tl.constexpr,
-                  BIAS_CORRECTION: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK: tl.constexpr):
+                  one_minus_beta2, beta2, grad_gain, eps, log_beta1, log_beta2, beta1_ptr, beta2_ptr,
+                  X_DTYPE: tl.constexpr, C_DTYPE: tl.constexpr, READS_X: tl.constexpr, AMSGRAD: tl.constexpr,
+                  DECOUPLED: tl.constexpr, BIAS_CORRECTION: tl.constexpr, HAS_SCALE: tl.constexpr,
+                  BETA1_TENSOR: tl.constexpr, BETA2_TENSOR: tl.constexpr, GRAD_AVERAGING: tl.constexpr,
+                  BLOCK: tl.constexpr):
     """LAMB's reading pass, one block: its sums of s^2 and u^2 (u of the coming update) to block_sums[pid]."""
     pid = tl.program_id(0)
     t = tl.load(block_tensor + pid)
@@ -184,6 +211,9 @@ def _norms_kernel(table, numels, block_tensor, block_start, scale_ptr, block_sum
     grad_factor = sign
     if HAS_SCALE:
         grad_factor = sign / tl.load(scale_ptr).to(C_DTYPE)
+    beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2 = device_betas(
+        beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, beta1_ptr, beta2_ptr, BETA1_TENSOR,
+        BETA2_TENSOR, GRAD_AVERAGING, C_DTYPE)
     bias1, bias2_sqrt = bias_corrections(tl.load(step_ptr) + 1.0, log_beta1, log_beta2, C_DTYPE, BIAS_CORRECTION)
     if READS_X:  # before a full-precision snapshot the anchor is x itself
         anchor = tl.load(x_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
@@ -220,15 +250,20 @@ def _segment_sums_kernel(block_sums, first_block, sums, SEGMENT: tl.constexpr):
     tl.store(sums + 2 * t + 1, tl.sum(u_squares, 0))
 
 
-def _constants(h: Hyper) -> dict:
-    """The scalar arguments both kernels take, as the CPU and CUDA launchers derive them (launch.h)."""
-    beta1, beta2 = (float(beta) for beta in h.betas)
+def _constants(b: Bucket, h: Hyper) -> dict:
+    """The arguments both kernels take besides the tables, as the CPU and CUDA launchers derive them
+    (launch.h); capturable betas as float64 device tensors, which the kernels read."""
+    (beta1, beta1_tensor), (beta2, beta2_tensor) = h.kernel_betas(b)
+    averaging = bool(h.grad_averaging or h.base != "lamb")
     return dict(weight_decay=float(h.weight_decay), sign=-1.0 if h.maximize else 1.0, beta1=beta1,
-                one_minus_beta2=1.0 - beta2, beta2=beta2,
-                grad_gain=(1.0 - beta1) if (h.grad_averaging or h.base != "lamb") else 1.0, eps=float(h.eps),
+                one_minus_beta2=1.0 - beta2, beta2=beta2, grad_gain=(1.0 - beta1) if averaging else 1.0,
+                eps=float(h.eps),
                 # (beta 0: its powers are 0 from the first step on, exp(t * -inf))
                 log_beta1=math.log(beta1) if beta1 > 0 else -math.inf,
-                log_beta2=math.log(beta2) if beta2 > 0 else -math.inf)
+                log_beta2=math.log(beta2) if beta2 > 0 else -math.inf,
+                beta1_ptr=beta1_tensor if beta1_tensor is not None else b.steps[0],
+                beta2_ptr=beta2_tensor if beta2_tensor is not None else b.steps[0],
+                BETA1_TENSOR=beta1_tensor is not None, BETA2_TENSOR=beta2_tensor is not None, GRAD_AVERAGING=averaging)
 
 
 def _columns(b: Bucket) -> tuple:
@@ -246,7 +281,7 @@ def lamb_sums(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None) -> T
         return sums
     _norms_kernel[(total,)](
         table, numels, block_tensor, block_start, grad_scale if grad_scale is not None else numels, block_sums,
-        **_constants(h), X_DTYPE=_DTYPES[b.dtype], C_DTYPE=_DTYPES[dtype],
+        **_constants(b, h), X_DTYPE=_DTYPES[b.dtype], C_DTYPE=_DTYPES[dtype],
         READS_X=phase == Phase.EXTRAPOLATE and not b.has_master, AMSGRAD=bool(b.max_second_moments),
         DECOUPLED=bool(h.decoupled), BIAS_CORRECTION=bool(h.bias_correction), HAS_SCALE=grad_scale is not None,
         BLOCK=BLOCK)
@@ -274,7 +309,7 @@ def apply_adaptive(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None 
         table, numels, indices, block_tensor, block_start, trust if trust is not None else dummy,
         grad_scale if grad_scale is not None else dummy, found_inf if found_inf is not None else dummy, lr, gamma,
         lr_tensor if lr_tensor is not None else dummy, gamma_tensor if gamma_tensor is not None else dummy,
-        noise_std=float(h.noise_std), seed=int(h.seed) & 0xFFFFFFFFFFFFFFFF, **_constants(h), PHASE=int(phase),
+        noise_std=float(h.noise_std), seed=int(h.seed) & 0xFFFFFFFFFFFFFFFF, **_constants(b, h), PHASE=int(phase),
         X_DTYPE=_DTYPES[b.dtype], C_DTYPE=_DTYPES[state_dtype(b.dtype)], MASTER=b.has_master,
         AMSGRAD=bool(b.max_second_moments), DECOUPLED=bool(h.decoupled), BIAS_CORRECTION=bool(h.bias_correction),
         HAS_TRUST=trust is not None, HAS_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
