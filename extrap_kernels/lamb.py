@@ -32,3 +32,13 @@ def trust_ratios(squares: Tensor, shard_group=None) -> Tensor:
     u^2; the whole tensors' norms where the bucket holds shards (FSDP2), summed over `shard_group`."""
     s_norm, u_norm = whole_tensor_norms(squares.sqrt().t(), shard_group)
     return torch.where((s_norm > 0) & (u_norm > 0), s_norm / u_norm, torch.ones_like(s_norm))
+
+
+def step_inputs(bucket: Bucket, h: Hyper, grad_scale: Tensor | None, norms) -> tuple:
+    """A fused backend's per-step (grad_scale, trust) for LAMB: the gradient divisor with the clipping folded
+    in, and the trust ratios from the backend's reading pass `norms(divisor)` (its [tensors, 2] sums);
+    (grad_scale, None) for every other base."""
+    if h.base != "lamb":
+        return grad_scale, None
+    grad_scale = grad_divisor(bucket, h, grad_scale)
+    return grad_scale, (trust_ratios(norms(grad_scale), bucket.shard_group) if scales_by_trust(h) else None)

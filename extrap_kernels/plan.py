@@ -29,7 +29,7 @@ from itertools import chain, repeat
 import torch
 from torch import Tensor
 
-from . import functional
+from . import functional, lamb
 from .backends import cpu as extension
 from .bucket import Bucket, Hyper, Phase, bucket_phase, state_dtype
 from .functional import Work
@@ -147,8 +147,8 @@ class Launch:
             trust = trust_ratios(phase, replace(bucket, grads=list(grads)), hyper, grad_scale)
         elif hyper.base == "lamb":
             norms = self._call("norms")
-            grad_scale, trust = extension.lamb_inputs(phase, replace(bucket, global_grad_norm=self.global_grad_norm),
-                                                      hyper, grad_scale, lambda scale: norms(grads, None, scale, None))
+            grad_scale, trust = lamb.step_inputs(replace(bucket, global_grad_norm=self.global_grad_norm), hyper,
+                                                 grad_scale, lambda scale: norms(grads, None, scale, None))
         self._call()(grads, trust, grad_scale, found_inf)
 
 

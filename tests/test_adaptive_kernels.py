@@ -5,7 +5,6 @@ clipping and misaligned tensors. The tolerance is derived from the state dtype a
 step involves, and a control shows that it is tight enough to catch a bias correction one step off."""
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import pytest

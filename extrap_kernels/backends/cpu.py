@@ -76,22 +76,13 @@ def prepared_call(phase: Phase, b: Bucket, h: Hyper, kind: str = "run", backend:
     return extension(backend, b.device).PreparedCall(OPS[phase] if kind == "run" else kind, arguments)
 
 
-def lamb_inputs(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None, norms) -> tuple:
-    """LAMB's per-step (grad_scale, trust): the gradient divisor with the clipping folded in, and the trust
-    ratios from the reading pass `norms(grad_scale)`; (grad_scale, None) for every other base."""
-    if h.base != "lamb":
-        return grad_scale, None
-    grad_scale = lamb.grad_divisor(b, h, grad_scale)
-    return grad_scale, (lamb.trust_ratios(norms(grad_scale), b.shard_group) if lamb.scales_by_trust(h) else None)
-
-
 def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
           found_inf: Tensor | None = None, backend: str = "cpu") -> None:
     """One bucket through the operator of its phase."""
     ext, kwargs = extension(backend, b.device), hyper_kwargs(h, b)
     trust = trust_ratios(phase, b, h, grad_scale) if h.lars else None
     norms = getattr(torch.ops, ext.ops_namespace).norms.default
-    grad_scale, lamb_trust = lamb_inputs(phase, b, h, grad_scale, lambda scale: norms(
+    grad_scale, lamb_trust = lamb.step_inputs(b, h, grad_scale, lambda scale: norms(
         int(phase), b.params, b.grads, *tensor_args(phase, b), **kwargs, grad_scale=scale))
     operator(phase, ext)(b.params, b.grads, *tensor_args(phase, b), **kwargs, trust=trust if lamb_trust is None else lamb_trust,
                          grad_scale=grad_scale, found_inf=found_inf)

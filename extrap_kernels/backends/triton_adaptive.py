@@ -271,9 +271,12 @@ def _columns(b: Bucket) -> tuple:
             b.steps)
 
 
-def lamb_sums(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None) -> Tensor:
-    """The reading pass: per tensor, the sums of s^2 and u^2 ([tensors, 2], the state dtype)."""
-    table, numels, _, block_tensor, block_start, first_of_tensor, total, _ = _tables(b, _columns(b), streamed=6)
+def lamb_sums(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None, tables: tuple | None = None,
+              constants: dict | None = None) -> Tensor:
+    """The reading pass: per tensor, the sums of s^2 and u^2 ([tensors, 2], the state dtype). `tables` and
+    `constants`: the bucket's, where the caller has them already."""
+    tables = tables or _tables(b, _columns(b), streamed=6)
+    table, numels, _, block_tensor, block_start, first_of_tensor, total, _ = tables
     dtype = state_dtype(b.dtype)
     block_sums = torch.empty(total, 2, dtype=dtype, device=b.device)
     sums = torch.zeros(len(b.params), 2, dtype=dtype, device=b.device)
@@ -281,7 +284,7 @@ def lamb_sums(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None) -> T
         return sums
     _norms_kernel[(total,)](
         table, numels, block_tensor, block_start, grad_scale if grad_scale is not None else numels, block_sums,
-        **_constants(b, h), X_DTYPE=_DTYPES[b.dtype], C_DTYPE=_DTYPES[dtype],
+        **(constants or _constants(b, h)), X_DTYPE=_DTYPES[b.dtype], C_DTYPE=_DTYPES[dtype],
         READS_X=phase == Phase.EXTRAPOLATE and not b.has_master, AMSGRAD=bool(b.max_second_moments),
         DECOUPLED=bool(h.decoupled), BIAS_CORRECTION=bool(h.bias_correction), HAS_SCALE=grad_scale is not None,
         BLOCK=BLOCK)
@@ -294,13 +297,12 @@ def apply_adaptive(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None 
     """One adaptive phase over the bucket (LAMB: its reading pass first), counting the step of an update."""
     if phase not in (Phase.EXTRAPOLATE, Phase.UPDATE, Phase.UPDATE_PAST, Phase.UPDATE_NOISE):
         raise ValueError(f"phase {phase!r} has no adaptive form")
-    grad_scale, trust = grad_scale, None
-    if h.base == "lamb":
-        grad_scale = lamb.grad_divisor(b, h, grad_scale)
-        if lamb.scales_by_trust(h):
-            trust = lamb.trust_ratios(lamb_sums(phase, b, h, grad_scale), b.shard_group)
+    tables = _tables(b, _columns(b), streamed=6)  # (once, as the constants: LAMB's passes share them)
+    constants = _constants(b, h) if tables[6] else None  # (no launch over a bucket without elements)
+    grad_scale, trust = lamb.step_inputs(b, h, grad_scale,
+                                         lambda scale: lamb_sums(phase, b, h, scale, tables, constants))
     count_step(phase, b, found_inf)
-    table, numels, indices, block_tensor, block_start, _, total, aligned = _tables(b, _columns(b), streamed=6)
+    table, numels, indices, block_tensor, block_start, _, total, aligned = tables
     if total == 0:
         return
     (lr, lr_tensor), (gamma, gamma_tensor) = h.rate("lr", b), h.rate("gamma", b)
@@ -309,7 +311,7 @@ def apply_adaptive(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None 
         table, numels, indices, block_tensor, block_start, trust if trust is not None else dummy,
         grad_scale if grad_scale is not None else dummy, found_inf if found_inf is not None else dummy, lr, gamma,
         lr_tensor if lr_tensor is not None else dummy, gamma_tensor if gamma_tensor is not None else dummy,
-        noise_std=float(h.noise_std), seed=int(h.seed) & 0xFFFFFFFFFFFFFFFF, **_constants(b, h), PHASE=int(phase),
+        noise_std=float(h.noise_std), seed=int(h.seed) & 0xFFFFFFFFFFFFFFFF, **constants, PHASE=int(phase),
         X_DTYPE=_DTYPES[b.dtype], C_DTYPE=_DTYPES[state_dtype(b.dtype)], MASTER=b.has_master,
         AMSGRAD=bool(b.max_second_moments), DECOUPLED=bool(h.decoupled), BIAS_CORRECTION=bool(h.bias_correction),
         HAS_TRUST=trust is not None, HAS_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
