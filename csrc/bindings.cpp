@@ -306,6 +306,34 @@ void phase_op(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   run(std::move(L));
 }
 
+// The sums of LAMB's reading pass, computed on the launch's device as run() runs a launch.
+at::Tensor norms(Launch L) {
+  const auto n = static_cast<int64_t>(L.params.size());
+  if (n == 0) return at::zeros({0, 2}, at::kFloat);
+  const auto& device = L.params[0].device();
+  if (device.is_meta()) return at::empty({n, 2}, L.momenta[0].options());
+#ifdef EXTRAP_CUDA_EMULATION
+  if (device.is_cpu()) {  // the CUDA launcher, emulated on the host
+    device_dtypes(L);
+    return adaptive_norms_cuda(L);
+  }
+#else
+  if (device.is_cpu()) {
+    read_betas_on_host(L);
+    return adaptive_norms_cpu(L);
+  }
+#endif
+#ifdef EXTRAP_WITH_CUDA
+  if (device.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(device);
+    L.stream = reinterpret_cast<int64_t>(c10::cuda::getCurrentCUDAStream(device.index()).stream());
+    device_dtypes(L);
+    return adaptive_norms_cuda(L);
+  }
+#endif
+  TORCH_CHECK(false, "extrap_kernels: this build has no kernel for device ", device);
+}
+
 // LAMB's reading pass (csrc/launch.h, adaptive_norms_cpu): the [tensors, 2] sums of s^2 and u^2.
 void norms_op(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   const c10::IValue* args = &*(stack->end() - kNumArgs);
@@ -314,33 +342,7 @@ void norms_op(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   check_launch(L);
   TORCH_CHECK_VALUE(L.adaptive(), "extrap_kernels: norms is the reading pass of an adaptive launch (LAMB)");
   TORCH_CHECK_VALUE(L.phase != kUpdatePastAnchorFree, "extrap_kernels: norms: phase ", L.phase, " has no adaptive form");
-  const int64_t n = static_cast<int64_t>(L.params.size());
-  at::Tensor sums;
-  if (n == 0) {
-    sums = at::zeros({0, 2}, at::kFloat);
-  } else if (L.params[0].device().is_meta() || L.params[0].device().is_cpu()) {
-    if (L.params[0].device().is_meta()) {
-      sums = at::empty({n, 2}, L.momenta[0].options());
-    } else {
-#ifdef EXTRAP_CUDA_EMULATION
-      device_dtypes(L);
-      sums = adaptive_norms_cuda(L);
-#else
-      read_betas_on_host(L);
-      sums = adaptive_norms_cpu(L);
-#endif
-    }
-  } else {
-#ifdef EXTRAP_WITH_CUDA
-    const c10::cuda::CUDAGuard guard(L.params[0].device());
-    L.stream = reinterpret_cast<int64_t>(c10::cuda::getCurrentCUDAStream(L.params[0].device().index()).stream());
-    device_dtypes(L);
-    sums = adaptive_norms_cuda(L);
-#else
-    TORCH_CHECK(false, "extrap_kernels: this build has no kernel for device ", L.params[0].device());
-#endif
-  }
-  torch::jit::push(*stack, std::move(sums));
+  torch::jit::push(*stack, norms(std::move(L)));
 }
 
 void check_op(const c10::OperatorHandle&, torch::jit::Stack* stack) {

@@ -163,6 +163,21 @@ def vector_accesses(ptx: str) -> tuple[int, int]:
     return len(re.findall(VECTOR.format(op="ld"), ptx)), len(re.findall(VECTOR.format(op="st"), ptx))
 
 
+def check_vectors(label: str, kernel, size: dict[str, int], moved: tuple[list, list]) -> list[str]:
+    """One hot kernel's 128-bit accesses in its PTX against what its whole block needs: every array it reads
+    and writes (`moved`, SPEC's traffic), `size[a]` bytes per element, in 16-byte accesses. Returns the
+    failure, if any."""
+    per_thread = 2048 // (32 * kernel.metadata.num_warps)  # elements of a whole block per thread
+    reads, writes = moved
+    want = (sum(per_thread * size[a] // 16 for a in reads), sum(per_thread * size[a] // 16 for a in writes))
+    got = vector_accesses(kernel.asm["ptx"])
+    print(f"PTX {label}: 128-bit loads {got[0]} (want >= {want[0]}: {reads}), "
+          f"stores {got[1]} (want >= {want[1]}: {writes})")
+    if got[0] < want[0] or got[1] < want[1]:
+        return [f"PTX {label}: {got} 128-bit loads/stores, want {want}"]
+    return []
+
+
 def check_ptx(arch: int) -> list[str]:
     """The hot specializations' 128-bit accesses (see the module's docstring); returns the failures."""
     failures = []
@@ -170,17 +185,9 @@ def check_ptx(arch: int) -> list[str]:
     for phase, name in hot:
         x, s, master = DTYPES[name]
         constexprs = dict(BASE, PHASE=phase, X_DTYPE=x, S_DTYPE=s, MASTER=master)
-        kernel = compile_kernel(constexprs, arch)
-        per_thread = 2048 // (32 * kernel.metadata.num_warps)  # elements of a whole block per thread
-        size = {"x": x.primitive_bitwidth // 8, "g": x.primitive_bitwidth // 8, "s": s.primitive_bitwidth // 8,
-                "m": s.primitive_bitwidth // 8}
-        reads, writes = moved_arrays(phase, master)
-        want = (sum(per_thread * size[a] // 16 for a in reads), sum(per_thread * size[a] // 16 for a in writes))
-        got = vector_accesses(kernel.asm["ptx"])
-        print(f"PTX sm_{arch} phase{phase}-{name}: 128-bit loads {got[0]} (want >= {want[0]}: {reads}), "
-              f"stores {got[1]} (want >= {want[1]}: {writes})")
-        if got[0] < want[0] or got[1] < want[1]:
-            failures.append(f"PTX sm_{arch} phase{phase}-{name}: {got} 128-bit loads/stores, want {want}")
+        size = dict.fromkeys("xg", x.primitive_bitwidth // 8) | dict.fromkeys("sm", s.primitive_bitwidth // 8)
+        failures += check_vectors(f"sm_{arch} phase{phase}-{name}", compile_kernel(constexprs, arch), size,
+                                  moved_arrays(phase, master))
         if (phase, name) == (2, "fp32"):  # the control: unaligned, the same phase has no vector access
             unaligned = vector_accesses(compile_kernel(dict(constexprs, ALIGNED=False), arch).asm["ptx"])
             print(f"PTX sm_{arch} phase2-fp32-unaligned (control): 128-bit loads/stores {unaligned}")
@@ -192,15 +199,9 @@ def check_ptx(arch: int) -> list[str]:
             x, c, master = DTYPES[name]
             kernel = compile_adaptive("adaptive", dict(ADAPTIVE_BASE, PHASE=phase, X_DTYPE=x, C_DTYPE=c, MASTER=master,
                                                        ALIGNED=True), arch)
-            per_thread = 2048 // (32 * kernel.metadata.num_warps)
             size = dict.fromkeys("xg", x.primitive_bitwidth // 8) | dict.fromkeys("smv", c.primitive_bitwidth // 8)
-            reads, writes = adaptive_moved_arrays(phase, master)
-            want = (sum(per_thread * size[a] // 16 for a in reads), sum(per_thread * size[a] // 16 for a in writes))
-            got = vector_accesses(kernel.asm["ptx"])
-            print(f"PTX sm_{arch} adaptive{phase}-{name}: 128-bit loads {got[0]} (want >= {want[0]}: {reads}), "
-                  f"stores {got[1]} (want >= {want[1]}: {writes})")
-            if got[0] < want[0] or got[1] < want[1]:
-                failures.append(f"PTX sm_{arch} adaptive{phase}-{name}: {got} 128-bit loads/stores, want {want}")
+            failures += check_vectors(f"sm_{arch} adaptive{phase}-{name}", kernel, size,
+                                      adaptive_moved_arrays(phase, master))
     return failures
 
 

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .. import lamb
 from ..bucket import Bucket, Hyper, Phase, count_step, state_dtype
-from .triton_kernels import BLOCK, _DTYPES, _tables, abandon_block, launch_values, noise_normal
+from .triton_kernels import BLOCK, _DTYPES, _tables, abandon_block, launch_values, noise_normal, program_block
 
 SEGMENT = 128  # blocks a program of the per-tensor sums adds at a time
 
@@ -165,29 +165,21 @@ def _adaptive_kernel(table, numels, indices, block_tensor, block_start, trust_pt
                      HAS_FOUND_INF: tl.constexpr, LR_TENSOR: tl.constexpr, GAMMA_TENSOR: tl.constexpr,
                      BETA1_TENSOR: tl.constexpr, BETA2_TENSOR: tl.constexpr, GRAD_AVERAGING: tl.constexpr,
                      BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
-    pid = tl.program_id(0)
-    t = tl.load(block_tensor + pid)
-    numel = tl.load(numels + t)
-    start = tl.load(block_start + pid)
+    t, offs, mask, whole = program_block(numels, block_tensor, block_start, BLOCK, ALIGNED)
     x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = _pointers(table, t, X_DTYPE, C_DTYPE)
     if ALIGNED:  # as triton_kernels._phase_kernel: every array of the bucket starts on 16 bytes, so 16-byte accesses
         x_ptr, g_ptr = tl.multiple_of(x_ptr, 16), tl.multiple_of(g_ptr, 16)
         s_ptr, m_ptr = tl.multiple_of(s_ptr, 16), tl.multiple_of(m_ptr, 16)
         v_ptr, v_max_ptr = tl.multiple_of(v_ptr, 16), tl.multiple_of(v_max_ptr, 16)
-        start = tl.multiple_of(start, BLOCK)
-    offs = start + tl.arange(0, BLOCK).to(tl.int64)
     index = tl.load(indices + t)
-    whole = False
-    if ALIGNED:
-        whole = start + BLOCK <= numel
-    if whole:  # a whole block: no mask, which would split the vectors
+    if whole:
         _adaptive_block(x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, offs, None, index, trust_ptr, t,
                         scale_ptr, found_inf_ptr, lr, gamma, lr_ptr, gamma_ptr, weight_decay, sign, noise_std, seed,
                         beta1, one_minus_beta2, beta2, grad_gain, eps, log_beta1, log_beta2, beta1_ptr, beta2_ptr,
                         PHASE, X_DTYPE, C_DTYPE, MASTER, AMSGRAD, DECOUPLED, BIAS_CORRECTION, HAS_TRUST, HAS_SCALE,
                         HAS_FOUND_INF, LR_TENSOR, GAMMA_TENSOR, BETA1_TENSOR, BETA2_TENSOR, GRAD_AVERAGING)
     else:
-        _adaptive_block(x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, offs, offs < numel, index, trust_ptr,
+        _adaptive_block(x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, offs, mask, index, trust_ptr,
                         t, scale_ptr, found_inf_ptr, lr, gamma, lr_ptr, gamma_ptr, weight_decay, sign, noise_std, seed,
                         beta1, one_minus_beta2, beta2, grad_gain, eps, log_beta1, log_beta2, beta1_ptr, beta2_ptr,
                         PHASE, X_DTYPE, C_DTYPE, MASTER, AMSGRAD, DECOUPLED, BIAS_CORRECTION, HAS_TRUST, HAS_SCALE,
@@ -203,10 +195,7 @@ def _norms_kernel(table, numels, block_tensor, block_start, scale_ptr, block_sum
                   BLOCK: tl.constexpr):
     """LAMB's reading pass, one block: its sums of s^2 and u^2 (u of the coming update) to block_sums[pid]."""
     pid = tl.program_id(0)
-    t = tl.load(block_tensor + pid)
-    numel = tl.load(numels + t)
-    offs = tl.load(block_start + pid) + tl.arange(0, BLOCK).to(tl.int64)
-    mask = offs < numel
+    t, offs, mask, _ = program_block(numels, block_tensor, block_start, BLOCK, False)
     x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = _pointers(table, t, X_DTYPE, C_DTYPE)
     grad_factor = sign
     if HAS_SCALE:

@@ -198,6 +198,24 @@ def _phase_block(x_ptr, g_ptr, s_ptr, m_ptr, step_ptr, last_gamma_ptr, offs, mas
 
 
 @triton.jit
+def program_block(numels, block_tensor, block_start, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+    """This program's block: its tensor t (a column of the table), its element offsets, their mask, and whether
+    it is whole. Only an ALIGNED bucket has whole blocks, so said to the compiler: its blocks start on a
+    multiple of BLOCK, and a whole one is run without a mask, which would split the vectors."""
+    pid = tl.program_id(0)
+    t = tl.load(block_tensor + pid)
+    numel = tl.load(numels + t)
+    start = tl.load(block_start + pid)
+    if ALIGNED:
+        start = tl.multiple_of(start, BLOCK)
+    offs = start + tl.arange(0, BLOCK).to(tl.int64)
+    whole = False
+    if ALIGNED:
+        whole = start + BLOCK <= numel
+    return t, offs, offs < numel, whole
+
+
+@triton.jit
 def _phase_kernel(table, numels, indices, block_tensor, block_start, trust_ptr, scale_ptr, found_inf_ptr,
                   lr, gamma, lr_ptr, gamma_ptr, momentum, dampening, weight_decay, sign, noise_std, seed,
                   rounding_seed, PHASE: tl.constexpr, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, MASTER: tl.constexpr,
@@ -208,37 +226,29 @@ def _phase_kernel(table, numels, indices, block_tensor, block_start, trust_ptr, 
                   ROUNDING: tl.constexpr, ALIGNED: tl.constexpr):
     # S_DTYPE stores s and m; C_DTYPE computes (they differ for 16-bit state without a master, ROUNDING 1
     # bf16 or 2 fp16: every stored value rounded stochastically with the bits keyed by rounding_seed)
-    pid = tl.program_id(0)
-    t = tl.load(block_tensor + pid)
-    numel = tl.load(numels + t)
-    start = tl.load(block_start + pid)
+    t, offs, mask, whole = program_block(numels, block_tensor, block_start, BLOCK, ALIGNED)
     # table rows: x, g, s, m, step, last gamma (addresses), one column per tensor (m and the last gamma
     # hold placeholders where a bucket has none)
     x_ptr = tl.load(table + 6 * t + 0).to(tl.pointer_type(X_DTYPE))
     g_ptr = tl.load(table + 6 * t + 1).to(tl.pointer_type(X_DTYPE))
     s_ptr = tl.load(table + 6 * t + 2).to(tl.pointer_type(S_DTYPE))
     m_ptr = tl.load(table + 6 * t + 3).to(tl.pointer_type(S_DTYPE))
-    if ALIGNED:  # every x, g, s and m of the bucket starts on 16 bytes (checked on the host), and a block
-        # starts on a multiple of BLOCK: said to the compiler (on the pointers: it does not follow a hint on
-        # the integer address through the cast), which then moves 16 bytes per access
+    if ALIGNED:  # every x, g, s and m of the bucket starts on 16 bytes (checked on the host): said to the
+        # compiler on the pointers (it does not follow a hint on the integer address through the cast), which
+        # then moves 16 bytes per access in a whole block
         x_ptr, g_ptr = tl.multiple_of(x_ptr, 16), tl.multiple_of(g_ptr, 16)
         s_ptr, m_ptr = tl.multiple_of(s_ptr, 16), tl.multiple_of(m_ptr, 16)
-        start = tl.multiple_of(start, BLOCK)
     step_ptr = tl.load(table + 6 * t + 4).to(tl.pointer_type(tl.float32))
     last_gamma_ptr = tl.load(table + 6 * t + 5).to(tl.pointer_type(S_DTYPE))
-    offs = start + tl.arange(0, BLOCK).to(tl.int64)
     index = tl.load(indices + t)
-    whole = False
-    if ALIGNED:
-        whole = start + BLOCK <= numel
-    if whole:  # a whole block: no mask, which would split the vectors
+    if whole:
         _phase_block(x_ptr, g_ptr, s_ptr, m_ptr, step_ptr, last_gamma_ptr, offs, None, index, trust_ptr, t, scale_ptr,
                      found_inf_ptr, lr, gamma, lr_ptr, gamma_ptr, momentum, dampening, weight_decay, sign, noise_std,
                      seed, rounding_seed, PHASE, X_DTYPE, S_DTYPE, MASTER, MOMENTUM, NESTEROV, WD_AFTER_MOMENTUM,
                      EXTRAPOLATE_WITH_MOMENTUM, PAST_GRAD, HAS_TRUST, HAS_SCALE, HAS_FOUND_INF, LR_TENSOR,
                      GAMMA_TENSOR, C_DTYPE, ROUNDING)
     else:
-        _phase_block(x_ptr, g_ptr, s_ptr, m_ptr, step_ptr, last_gamma_ptr, offs, offs < numel, index, trust_ptr, t,
+        _phase_block(x_ptr, g_ptr, s_ptr, m_ptr, step_ptr, last_gamma_ptr, offs, mask, index, trust_ptr, t,
                      scale_ptr, found_inf_ptr, lr, gamma, lr_ptr, gamma_ptr, momentum, dampening, weight_decay, sign,
                      noise_std, seed, rounding_seed, PHASE, X_DTYPE, S_DTYPE, MASTER, MOMENTUM, NESTEROV,
                      WD_AFTER_MOMENTUM, EXTRAPOLATE_WITH_MOMENTUM, PAST_GRAD, HAS_TRUST, HAS_SCALE, HAS_FOUND_INF,
