@@ -107,9 +107,9 @@ bench-micro: build
 	$(PY) -m pytest benchmarks -q --benchmark-only $(PYTEST_ARGS)
 
 # On a lent GPU machine (its python3 has torch, triton, pytest, hypothesis, matplotlib): build the CUDA
-# extension, run the tests, the benchmarks and one ncu profile, everything to commit in one folder
-# (benchmarks/gpu_report.py). GPU_REPORT_ARGS="--out $$OUT --steps build,tests" runs a part; CI runs
-# GPU_REPORT_ARGS=--dry-run.
+# extension, run the GPU tests, the benchmarks, the rest of the suite and one ncu profile within one
+# deadline, everything to commit in one folder (benchmarks/gpu_report.py).
+# GPU_REPORT_ARGS="--out $$OUT --seconds 540" fits one device call; CI runs GPU_REPORT_ARGS=--dry-run.
 GPU_PY ?= python3
 gpu-report:
 	$(GPU_PY) -m benchmarks.gpu_report $(GPU_REPORT_ARGS)

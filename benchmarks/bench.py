@@ -207,21 +207,53 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def report(name: str, bandwidths: dict, rows: list[dict], left_out: list[str]) -> None:
+    """The terminal table of a run (or of its JSON: --from-json)."""
+    print(f"{name}: streaming bandwidth (GB/s read + written, 1 GiB arrays, timed beside each workload; the floor "
+          "takes the best):")
+    for key, speeds in bandwidths.items():
+        print(f"  {key:22s} " + ", ".join(f"{k} {v:.1f}" for k, v in speeds.items()))
+    print(table(rows))
+    if left_out:
+        print("left out, the run's --seconds having passed: " + ", ".join(left_out))
+    print("host time: median time for a step to return on tiny tensors; us/tensor: that per tensor;"
+          "\nB/el: SPEC.md's bytes moved per element; mem: bytes held per parameter element (the parameter and "
+          "the optimizer state);\npast: anchor-free where it applies (fp32), past-stored: store_anchor=True, "
+          "past-nomaster: master_weights=False (16-bit state, stochastic rounding; fp32: as past);"
+          "\nfloor: SPEC.md bytes/element x numel / the best streaming bandwidth timed beside it, as a fraction of the time"
+          " (100% = at the floor);\nt/torch: time over torch.optim.SGD(fused=True)'s plain momentum step on the"
+          " same workload (the adam-*, lamb-* and adamw rows: over torch.optim.AdamW(fused=True)'s step); fe/t: speedup"
+          " over the same mode written with torch _foreach ops (backend foreach)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--largest", type=int, default=None,
                         help="largest flat set (elements); default 256M on CPU, all on a GPU with room")
-    parser.add_argument("--workloads", default="", help="comma-separated names to keep (default: all)")
+    parser.add_argument("--workloads", default="", help="comma-separated names to keep, run in that order "
+                        "(default: all)")
     parser.add_argument("--repeats", type=int, default=None, help="default 50 on GPU, 10 on CPU")
     parser.add_argument("--budget", type=float, default=3.0, help="CPU: seconds per row (per contender or probe) "
                         "before the rounds stop early")
+    parser.add_argument("--seconds", type=float, default=None, help="start no workload after this many seconds: "
+                        "the table holds those done, and says which were left out (a lent GPU's time is short)")
+    parser.add_argument("--from-json", default=None, help="run nothing: print the table of this results JSON and "
+                        "plot it (a run cut short keeps its JSON)")
     parser.add_argument("--quick", action="store_true", help="the overhead workloads, 16M and ResNet-50 in "
                         "fp32 (about a minute on a 2-core CPU)")
     parser.add_argument("--out", default=None, help="JSON path (default out/bench/<device>.json; committed "
                         "results go to benchmarks/results/<device>.json)")
     args = parser.parse_args(argv)
+    if args.from_json:
+        from .plot import plot
+
+        data = json.loads(Path(args.from_json).read_text())
+        meta = data["meta"]
+        report(meta["device"], meta["bandwidth_GBps"], data["rows"], meta.get("left_out", []))
+        print(f"wrote {plot(Path(args.from_json))}")
+        return
     if args.quick:
         args.workloads = args.workloads or "tensors-161,tensors-1000,resnet50-tiny,flat-16M,resnet50"
         args.dtypes = "float32"
@@ -232,39 +264,38 @@ def main(argv=None):
         largest = 256 * 2**20
         if device == "cuda" and torch.cuda.mem_get_info()[0] > 24 * 2**30:  # 1B fp32: x g s m = 16 GB
             largest = 2**30
-    works = [w for w in standard(device, largest) if not args.workloads or w.name in args.workloads.split(",")]
+    works = standard(device, largest)
+    if args.workloads:
+        order = args.workloads.split(",")
+        works = sorted((w for w in works if w.name in order), key=lambda w: order.index(w.name))
     dtypes = [DTYPES[d] for d in args.dtypes.split(",")]
     probes = streaming_probes(device, 2**30)
     name = device_name(device)
-    rows, bandwidths = [], {}
+    rows, bandwidths, left_out, start = [], {}, [], time.monotonic()
+    out = Path(args.out) if args.out else OUT / (re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() + ".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save():  # after every workload: a run stopped from outside keeps the rows it has
+        meta = dict(device=name, device_type=device, torch=torch.__version__, cuda=torch.version.cuda,
+                    triton=_version("triton"), extrap_kernels=ek.__version__, threads=torch.get_num_threads(),
+                    bandwidth_GBps=bandwidths, repeats=repeats, left_out=left_out, date=time.strftime("%Y-%m-%d"))
+        out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+
     total = sum(len(contenders(device, w.overhead)) for w in works) * len(dtypes)
     with tqdm(total=total, unit="row", disable=None) as progress:
         for work in works:
             for dtype in dtypes:
+                if args.seconds is not None and time.monotonic() - start > args.seconds:
+                    left_out.append(f"{work.name} {str(dtype)[6:]}")
+                    continue
                 new_rows, speeds = run_workload(work, dtype, device, contenders(device, work.overhead), repeats,
                                                 probes, args.budget, progress)
                 rows += new_rows
                 if speeds:
                     bandwidths[f"{work.name} {str(dtype)[6:]}"] = {k: v / 1e9 for k, v in speeds.items()}
-    print(f"{name}: streaming bandwidth (GB/s read + written, 1 GiB arrays, timed beside each workload; the floor "
-          "takes the best):")
-    for key, speeds in bandwidths.items():
-        print(f"  {key:22s} " + ", ".join(f"{k} {v:.1f}" for k, v in speeds.items()))
-    print(table(rows))
-    print("host time: median time for a step to return on tiny tensors; us/tensor: that per tensor;"
-          "\nB/el: SPEC.md's bytes moved per element; mem: bytes held per parameter element (the parameter and "
-          "the optimizer state);\npast: anchor-free where it applies (fp32), past-stored: store_anchor=True, "
-          "past-nomaster: master_weights=False (16-bit state, stochastic rounding; fp32: as past);"
-          "\nfloor: SPEC.md bytes/element x numel / the best streaming bandwidth timed beside it, as a fraction of the time"
-          " (100% = at the floor);\nt/torch: time over torch.optim.SGD(fused=True)'s plain momentum step on the"
-          " same workload (the adam-*, lamb-* and adamw rows: over torch.optim.AdamW(fused=True)'s step); fe/t: speedup"
-          " over the same mode written with torch _foreach ops (backend foreach)")
-    out = Path(args.out) if args.out else OUT / (re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() + ".json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(device=name, device_type=device, torch=torch.__version__, cuda=torch.version.cuda,
-                triton=_version("triton"), extrap_kernels=ek.__version__, threads=torch.get_num_threads(),
-                bandwidth_GBps=bandwidths, repeats=repeats, date=time.strftime("%Y-%m-%d"))
-    out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+                save()
+    save()
+    report(name, bandwidths, rows, left_out)
     from .plot import plot
 
     png = plot(out)

@@ -1,15 +1,17 @@
-"""One command for a lent GPU: build the CUDA extension there, run the GPU tests and the whole suite, the
-benchmarks (the full table with the overhead workloads) and one profile of the hot kernels (ncu, where it
-is installed), and put everything to commit into one folder: the results JSON/TXT/PNG named by device,
-each step's log and a summary.
+"""One command for a lent GPU, sized for its short lease: build the CUDA extension there, run the GPU tests,
+the benchmarks (the issue's targets first, then the rest of the table), the rest of the suite and one profile
+of the hot kernels (ncu, where it can read the counters), all inside one deadline, and put everything to
+commit into one folder: the results JSON/TXT/PNG named by device, each step's log and a summary, the summary
+rewritten after every step so that a call cut short still brings back what was done.
 
-    python -m benchmarks.gpu_report --out "$OUT"                      # on the GPU machine, everything
-    python -m benchmarks.gpu_report --out "$OUT" --steps build,tests  # a part (a device call runs 10 min)
-    python -m benchmarks.gpu_report --dry-run                         # anywhere: what it would run
+    python -m benchmarks.gpu_report --out "$OUT" --seconds 540   # on the GPU machine, in one device call
+    python -m benchmarks.gpu_report --out "$OUT" --steps build,bench  # a part
+    python -m benchmarks.gpu_report --dry-run                    # anywhere: what it would run
 
-A device call runs at most 10 minutes and a machine stays warm 30 s after one: where everything does not
-fit one call, run `--steps build,tests` and then `--steps build,bench,profile` (the second build reuses
-ninja's objects when the machine is still warm).
+A session is lent 15 minutes of device time, the machine's start (a minute or two) included, and a call runs
+at most 10 minutes: one call of `--seconds 540` under a `timeout_s` of 590 is the plan. Each step runs at
+most its own cap and never past the deadline; the benchmark is told the time left, so it ends with a table
+of the workloads it reached rather than being cut off. At most 8 files come back from a call: this writes 8.
 
 `make gpu-report` runs it (GPU_REPORT_ARGS for the arguments); CI runs the dry run.
 """
@@ -45,19 +47,34 @@ def device_slug() -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
 
 
+# The benchmark's workloads in the order they are worth device time: the issue's targets first (the one-phase
+# step at 64M against the floor, launches per step on ResNet-50 and GPT-2, host time on the overhead sets),
+# then the rest of the table.
+BENCH_ORDER = ("flat-64M,resnet50,gpt2-small,tensors-161,resnet50-tiny,gpt2-small-tiny,flat-256M,flat-1G,"
+               "tensors-1000,flat-16M,flat-1M")
+BENCH_RESERVE = 90  # seconds the benchmark leaves itself to finish the workload it is in and write its files
+LEAST = 10  # seconds below which a step is not started
+
+
 def steps(out: Path) -> dict[str, tuple[list[str] | None, int, str]]:
-    """name -> (command, seconds allowed, what it is for); a None command is skipped with its reason."""
+    """name -> (command, most seconds it may take, what it is for), in the order they run; a None command is
+    skipped with its reason. `{seconds}` in a command is replaced by the seconds the deadline leaves it."""
     slug = device_slug() if not os.environ.get("GPU_REPORT_DRY") else "<device>"
     ncu = shutil.which("ncu")
+    pytest = [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--durations=15"]
     return {
-        "build": ([PY, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."], 600,
+        "build": ([PY, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."], 420,
                   "the CUDA extension (setup.py builds csrc/cuda where torch has CUDA and a GPU is visible)"),
-        "tests": ([PY, "-m", "pytest", "tests", "-q", "-rs", "-p", "no:cacheprovider"], 900,
-                  "the whole suite, tests/test_gpu.py included (hypothesis profile 'dev': 10 examples each)"),
-        "bench": ([PY, "-m", "benchmarks.bench", "--out", str(out / f"{slug}.json")], 900,
-                  "the full benchmark table with the overhead workloads: JSON, TXT (this log) and PNG"),
+        "gpu-tests": (pytest + ["tests/test_gpu.py"], 240,
+                      "tests/test_gpu.py: cuda and triton against the reference, graph capture, found_inf, "
+                      "determinism, a tensor over 2^31 elements"),
+        "bench": ([PY, "-m", "benchmarks.bench", "--out", str(out / f"{slug}.json"), "--workloads", BENCH_ORDER,
+                   "--seconds", "{seconds}"], 600,
+                  "the benchmark table, the targets' workloads first: JSON, TXT (this log) and PNG"),
+        "suite": (pytest + ["tests", "--ignore", "tests/test_gpu.py"], 600,
+                  "the rest of the suite (hypothesis profile 'dev': 10 examples each)"),
         "profile": (([ncu, "--kernel-name", "regex:phase_kernel", "--launch-count", "4", "--section",
-                      "SpeedOfLight", "--section", "MemoryWorkloadAnalysis", PY, "-c", PROFILE], 600,
+                      "SpeedOfLight", "--section", "MemoryWorkloadAnalysis", PY, "-c", PROFILE], 240,
                      "Nsight Compute on the hot kernels (past and fused SGD, 64M fp32 and bf16)")
                     if ncu else (None, 0, "ncu is not installed here: no kernel profile")),
     }
@@ -66,7 +83,8 @@ def steps(out: Path) -> dict[str, tuple[list[str] | None, int, str]]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="out/gpu-report", help="the folder for everything to commit")
-    parser.add_argument("--steps", default="build,tests,bench,profile")
+    parser.add_argument("--steps", default="build,gpu-tests,bench,suite,profile")
+    parser.add_argument("--seconds", type=float, default=540, help="the deadline of all the steps together")
     parser.add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -82,36 +100,47 @@ def main(argv=None) -> int:
             command, seconds, why = plan[name]
             shown = shlex.join(c if "\n" not in c else "<profile script>" for c in command) if command else "(skipped)"
             print(f"[{name}] {why}\n    {shown}" + (f"  (at most {seconds} s)" if command else ""))
-        print(f"results and logs would go to {out}/")
+        print(f"all within {args.seconds:g} s; results and logs would go to {out}/")
         return 0
     import torch
 
     if not torch.cuda.is_available():
         print("no CUDA device here: run this on the lent GPU machine (or --dry-run)", file=sys.stderr)
         return 2
+    env = {**os.environ, "HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "dev"), "PYTHONUNBUFFERED": "1"}
+    header = f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}, CUDA {torch.version.cuda}"
+    ok = run_steps([(name, *plan[name]) for name in chosen], out, args.seconds, env, header, device_slug())
+    return 0 if ok else 1
+
+
+def run_steps(chosen: list[tuple], out: Path, seconds: float, env: dict, header: str, slug: str) -> bool:
+    """Runs each (name, command, cap, why) in turn, each for at most its cap and never past `seconds` from now,
+    its output to out/<name>.log (the benchmark's to out/<slug>.txt), and rewrites out/summary.txt after every
+    step. Returns whether every step that ran exited 0."""
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "dev")}
-    summary = [f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}, CUDA {torch.version.cuda}"]
-    failed = False
-    for name in chosen:
-        command, seconds, why = plan[name]
-        if command is None:
-            summary.append(f"{name}: skipped ({why})")
-            continue
-        log = out / (f"{device_slug()}.txt" if name == "bench" else f"{name}.log")
-        start = time.monotonic()
-        with open(log, "w") as sink:
-            try:
-                rc = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, env=env, timeout=seconds).returncode
-            except subprocess.TimeoutExpired:
-                rc = "timeout"
-        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
-        summary.append(f"{name}: exit {rc} in {time.monotonic() - start:.0f} s; {tail[0][:200]}")
+    summary, ok = [header], True
+    deadline = time.monotonic() + seconds
+    for name, command, cap, why in chosen:
+        left = deadline - time.monotonic()
+        if command is None or left < LEAST:
+            summary.append(f"{name}: skipped ({why if command is None else 'the deadline has passed'})")
+        else:
+            allowed = min(cap, left)
+            command = [c.replace("{seconds}", f"{max(allowed - BENCH_RESERVE, 0):.0f}") for c in command]
+            log = out / (f"{slug}.txt" if name == "bench" else f"{name}.log")
+            start = time.monotonic()
+            with open(log, "w") as sink:
+                try:
+                    rc = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
+                                        timeout=allowed).returncode
+                except subprocess.TimeoutExpired:
+                    rc = f"timeout after {allowed:.0f} s"
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+            summary.append(f"{name}: exit {rc} in {time.monotonic() - start:.0f} s; {tail[0][:200]}")
+            ok &= rc == 0
         print(summary[-1], flush=True)
-        failed |= rc != 0
-    (out / "summary.txt").write_text("\n".join(summary) + "\n")
-    print("\n".join(summary))
-    return 1 if failed else 0
+        (out / "summary.txt").write_text("\n".join(summary) + "\n")  # after every step: a cut call keeps it
+    return ok
 
 
 if __name__ == "__main__":

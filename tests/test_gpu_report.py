@@ -1,0 +1,36 @@
+"""benchmarks/gpu_report.py's deadline, without a GPU: a lent machine's time is short, and the report must
+end inside one device call with whatever it reached written down."""
+from __future__ import annotations
+
+import sys
+
+from benchmarks import gpu_report
+
+
+def test_steps_run_in_order_within_the_deadline(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_report, "LEAST", 1)
+    monkeypatch.setattr(gpu_report, "BENCH_RESERVE", 1)
+    py = sys.executable
+    chosen = [("first", [py, "-c", "print('first done')"], 60, ""),
+              ("bench", [py, "-c", "import sys; print('told', sys.argv[1])", "{seconds}"], 60, ""),
+              ("slow", [py, "-c", "import time; print('sleeping', flush=True); time.sleep(60)"], 60, ""),
+              ("late", [py, "-c", "print('late done')"], 60, ""),
+              ("absent", None, 0, "no such tool here")]
+    ok = gpu_report.run_steps(chosen, tmp_path, seconds=4, env={}, header="device: none", slug="dev")
+    assert not ok  # the slow step was cut
+    summary = (tmp_path / "summary.txt").read_text().splitlines()
+    assert summary[0] == "device: none"
+    assert summary[1].startswith("first: exit 0") and summary[1].endswith("first done")
+    # the benchmark's log is named by device, and it is told the seconds the deadline leaves it, less its reserve
+    told = int((tmp_path / "dev.txt").read_text().split()[1])
+    assert 1 <= told <= 3, told
+    assert summary[3].startswith("slow: exit timeout after") and summary[3].endswith("sleeping")
+    assert summary[4] == "late: skipped (the deadline has passed)"
+    assert summary[5] == "absent: skipped (no such tool here)"
+    assert not (tmp_path / "late.log").exists()
+
+
+def test_a_step_gets_no_more_than_its_cap(tmp_path):
+    step = ("capped", [sys.executable, "-c", "import time; time.sleep(30)"], 1, "")
+    assert not gpu_report.run_steps([step], tmp_path, seconds=60, env={}, header="h", slug="dev")
+    assert (tmp_path / "summary.txt").read_text().splitlines()[1].startswith("capped: exit timeout after 1 s")
