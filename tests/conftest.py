@@ -24,6 +24,21 @@ settings.register_profile("dev", max_examples=10, deadline=None, suppress_health
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 TRITON_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def examples_for(backend: str) -> int:
+    """Hypothesis examples of a many-step test over `backend`: a quarter of the profile's under Triton's
+    interpreter, which takes about 10 ms a program (it patches triton.language at every nested jit call)
+    where the compiled backends take microseconds. The interpreted kernels are the compiled ones' source,
+    and its one-step tests keep the full count."""
+    examples = settings.default.max_examples
+    return max(10, examples // 4) if backend == "triton" and TRITON_INTERPRETED else examples
+
+
+def steps_for(backend: str, steps: int) -> int:
+    """The steps of a fixed-case comparison over `backend`: a third under Triton's interpreter (examples_for
+    says why), at least 5."""
+    return max(5, steps // 3) if backend == "triton" and TRITON_INTERPRETED else steps
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 GPU_BACKENDS = [b for b in ("cuda", "triton") if torch.cuda.is_available() and b in ek.available_backends("cuda")]
 # Backends under test against the reference on this machine: every one that runs on CPU here.

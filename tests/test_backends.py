@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import extrap_kernels as ek
 from extrap_kernels import reference
 from extrap_kernels.bucket import Hyper, Phase, state_dtype
 
-from conftest import CPU_BACKENDS, DTYPES, anchor_of, misaligned_copy, phase_bucket, over_backends, assert_within, noise_tolerance, output_ulp, state_eps, trajectory_tolerance
+from conftest import CPU_BACKENDS, DTYPES, anchor_of, examples_for, misaligned_copy, phase_bucket, over_backends, assert_within, noise_tolerance, output_ulp, state_eps, trajectory_tolerance
 
 # 0, 1, odd, power-of-two, and sizes across the CPU kernel's 65536-element chunks
 SIZES = [0, 1, 2, 3, 5, 17, 64, 255, 1000, 4097, 65536 + 3]
@@ -44,50 +44,57 @@ def options(draw):
 
 
 @over_backends
-@given(opts=options(), dtype=st.sampled_from(DTYPES),
-       sizes=st.lists(st.sampled_from(SIZES), min_size=1, max_size=6),
-       grad_scale=st.sampled_from([None, 1024.0, 3.0]), data_seed=st.integers(0, 2**31 - 1))
-def test_trajectory_matches_reference(backend, opts, dtype, sizes, grad_scale, data_seed):
-    gen = torch.Generator().manual_seed(data_seed)
-    init = [torch.randn(n, generator=gen, dtype=torch.float64) for n in sizes]
-    params = [torch.nn.Parameter(t.to(dtype)) for t in init]
-    exact = [torch.nn.Parameter(p.detach().to(torch.float64, copy=True)) for p in params]
-    opt = ek.ExtrapSGD(params, backend=backend, **opts)
-    oracle = ek.ExtrapSGD(exact, backend="reference", **opts)
-    scale = torch.tensor(grad_scale) if grad_scale else None
-    magnitude = max([1.0] + [float(t.abs().max()) for t in init if t.numel()])
-    phases = 2 if opts["mode"] == "local" else 1
-    for step in range(STEPS):
-        for phase in range(phases):
-            for p, q in zip(params, exact):
-                g = torch.randn(p.shape, generator=gen, dtype=torch.float64) * (grad_scale or 1.0)
-                p.grad = g.to(dtype)
-                q.grad = p.grad.to(torch.float64, copy=True)  # both see the same rounded gradient
-                if g.numel():
-                    magnitude = max(magnitude, float(q.grad.abs().max()) / (grad_scale or 1.0))
-            if phase == 0 and phases == 2:
-                opt.extrapolate(grad_scale=scale)
-                oracle.extrapolate(grad_scale=scale)
-            else:
-                opt.step(grad_scale=scale)
-                oracle.step(grad_scale=scale)
-        for q in exact:
-            if q.numel():
-                magnitude = max(magnitude, float(q.detach().abs().max()))
-        tol = trajectory_tolerance(dtype, step + 1, magnitude, opts["momentum"], max(sizes) if opts["lars"] else 0)
-        x_tol = tol + (noise_tolerance(opts["noise_std"]) if opts["mode"] == "noise" else 0.0)
-        for i, (p, q) in enumerate(zip(params, exact)):
-            assert_within(p.detach(), q.detach(), x_tol + output_ulp(dtype, q.detach()), f"step {step} param {i}")
-            if opts["momentum"]:
-                assert_within(opt.state[p]["momentum_buffer"], oracle.state[q]["momentum_buffer"], tol,
-                              f"step {step} momentum {i}")
-            if opts["mode"] != "local":  # (local: the anchor is a snapshot, taken next time)
-                assert_within(anchor_of(opt.state[p], p), anchor_of(oracle.state[q], q), tol, f"step {step} anchor {i}")
-            if "last_gamma" in opt.state[p]:  # the anchor-free past update's: the gamma, rounded to the state dtype
-                expected = float(oracle.state[q]["last_gamma"])
-                assert_within(opt.state[p]["last_gamma"], oracle.state[q]["last_gamma"],
-                              state_eps(dtype) * expected + torch.finfo(state_dtype(dtype)).tiny, f"step {step} gamma {i}")
-            assert float(opt.state[p]["step"]) == step + 1
+def test_trajectory_matches_reference(backend):
+    @settings(max_examples=examples_for(backend))
+    @given(opts=options(), dtype=st.sampled_from(DTYPES),
+           sizes=st.lists(st.sampled_from(SIZES), min_size=1, max_size=6),
+           grad_scale=st.sampled_from([None, 1024.0, 3.0]), data_seed=st.integers(0, 2**31 - 1))
+    def trajectory(opts, dtype, sizes, grad_scale, data_seed):
+        gen = torch.Generator().manual_seed(data_seed)
+        init = [torch.randn(n, generator=gen, dtype=torch.float64) for n in sizes]
+        params = [torch.nn.Parameter(t.to(dtype)) for t in init]
+        exact = [torch.nn.Parameter(p.detach().to(torch.float64, copy=True)) for p in params]
+        opt = ek.ExtrapSGD(params, backend=backend, **opts)
+        oracle = ek.ExtrapSGD(exact, backend="reference", **opts)
+        scale = torch.tensor(grad_scale) if grad_scale else None
+        magnitude = max([1.0] + [float(t.abs().max()) for t in init if t.numel()])
+        phases = 2 if opts["mode"] == "local" else 1
+        for step in range(STEPS):
+            for phase in range(phases):
+                for p, q in zip(params, exact):
+                    g = torch.randn(p.shape, generator=gen, dtype=torch.float64) * (grad_scale or 1.0)
+                    p.grad = g.to(dtype)
+                    q.grad = p.grad.to(torch.float64, copy=True)  # both see the same rounded gradient
+                    if g.numel():
+                        magnitude = max(magnitude, float(q.grad.abs().max()) / (grad_scale or 1.0))
+                if phase == 0 and phases == 2:
+                    opt.extrapolate(grad_scale=scale)
+                    oracle.extrapolate(grad_scale=scale)
+                else:
+                    opt.step(grad_scale=scale)
+                    oracle.step(grad_scale=scale)
+            for q in exact:
+                if q.numel():
+                    magnitude = max(magnitude, float(q.detach().abs().max()))
+            tol = trajectory_tolerance(dtype, step + 1, magnitude, opts["momentum"],
+                                       max(sizes) if opts["lars"] else 0)
+            x_tol = tol + (noise_tolerance(opts["noise_std"]) if opts["mode"] == "noise" else 0.0)
+            for i, (p, q) in enumerate(zip(params, exact)):
+                assert_within(p.detach(), q.detach(), x_tol + output_ulp(dtype, q.detach()), f"step {step} param {i}")
+                if opts["momentum"]:
+                    assert_within(opt.state[p]["momentum_buffer"], oracle.state[q]["momentum_buffer"], tol,
+                                  f"step {step} momentum {i}")
+                if opts["mode"] != "local":  # (local: the anchor is a snapshot, taken next time)
+                    assert_within(anchor_of(opt.state[p], p), anchor_of(oracle.state[q], q), tol,
+                                  f"step {step} anchor {i}")
+                if "last_gamma" in opt.state[p]:  # the anchor-free past update's: the gamma, rounded to the state dtype
+                    expected = float(oracle.state[q]["last_gamma"])
+                    assert_within(opt.state[p]["last_gamma"], oracle.state[q]["last_gamma"],
+                                  state_eps(dtype) * expected + torch.finfo(state_dtype(dtype)).tiny,
+                                  f"step {step} gamma {i}")
+                assert float(opt.state[p]["step"]) == step + 1
+
+    trajectory()
 
 
 def anchor_free_case(phase, opts, dtype):

@@ -9,7 +9,7 @@ import torch
 
 import extrap_kernels as ek
 
-from conftest import CPU_BACKENDS, TRITON_INTERPRETED, assert_within, output_ulp, trajectory_tolerance
+from conftest import CPU_BACKENDS, TRITON_INTERPRETED, assert_within, output_ulp, steps_for, trajectory_tolerance
 
 STEPS = 25
 SGD_OPTIONS = [
@@ -19,13 +19,13 @@ SGD_OPTIONS = [
 ]
 
 
-def _run_pair(make_ours, options, shapes=((3, 5), (1,), (65537,), (0,)), dtype=torch.float32, seed=0):
+def _run_pair(make_ours, options, shapes=((3, 5), (1,), (65537,), (0,)), dtype=torch.float32, seed=0, steps=STEPS):
     gen = torch.Generator().manual_seed(seed)
     ours = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in shapes]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     opt = make_ours(ours)
     sgd = torch.optim.SGD(theirs, lr=0.05, **options)
-    for _ in range(STEPS):
+    for _ in range(steps):
         for p, q in zip(ours, theirs):
             p.grad = torch.randn(p.shape, generator=gen, dtype=dtype)
             q.grad = p.grad.clone()
@@ -40,10 +40,11 @@ def _run_pair(make_ours, options, shapes=((3, 5), (1,), (65537,), (0,)), dtype=t
 @pytest.mark.parametrize("mode", ["past", "local", "noise"])
 @pytest.mark.parametrize("options", SGD_OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
 def test_gamma_zero_is_torch_sgd(backend, mode, options):
+    steps = steps_for(backend, STEPS)
     opt, sgd, ours, theirs = _run_pair(
-        lambda ps: ek.ExtrapSGD(ps, lr=0.05, gamma=0.0, mode=mode, backend=backend, **options), options)
+        lambda ps: ek.ExtrapSGD(ps, lr=0.05, gamma=0.0, mode=mode, backend=backend, **options), options, steps=steps)
     magnitude = max(float(q.detach().abs().max()) for q in theirs if q.numel()) + 5.0
-    tol = trajectory_tolerance(torch.float32, STEPS, magnitude, options["momentum"])
+    tol = trajectory_tolerance(torch.float32, steps, magnitude, options["momentum"])
     for p, q in zip(ours, theirs):
         torch.testing.assert_close(p.detach(), q.detach(), atol=tol, rtol=0)
         if options["momentum"]:
@@ -56,9 +57,11 @@ def test_gamma_zero_is_torch_sgd(backend, mode, options):
                          ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items() if k != "maximize"))
 def test_fused_sgd_is_torch_sgd(backend, options):
     apex_options = {k: v for k, v in options.items() if k != "maximize"}
-    opt, sgd, ours, theirs = _run_pair(lambda ps: ek.FusedSGD(ps, lr=0.05, backend=backend, **apex_options), options)
+    steps = steps_for(backend, STEPS)
+    opt, sgd, ours, theirs = _run_pair(lambda ps: ek.FusedSGD(ps, lr=0.05, backend=backend, **apex_options), options,
+                                       steps=steps)
     magnitude = max(float(q.detach().abs().max()) for q in theirs if q.numel()) + 5.0
-    tol = trajectory_tolerance(torch.float32, STEPS, magnitude, options["momentum"])
+    tol = trajectory_tolerance(torch.float32, steps, magnitude, options["momentum"])
     for p, q in zip(ours, theirs):
         torch.testing.assert_close(p.detach(), q.detach(), atol=tol, rtol=0)
         assert "anchor" not in opt.state[p]  # full precision: the parameter is its own anchor
