@@ -372,6 +372,23 @@ std::vector<at::Tensor> noise(int64_t seed, int64_t step, int64_t index, int64_t
   return {bits, normal};
 }
 
+#ifndef EXTRAP_CUDA_EMULATION
+// torch.ops.extrap_kernels.squares (CPU): each tensor's sum of squares, float64 (csrc/cpu, squares_cpu).
+at::Tensor squares_op(at::TensorList tensors) {
+  for (const at::Tensor& t : tensors) {
+    TORCH_CHECK_VALUE(t.layout() == at::kStrided && t.device().is_cpu(), "extrap_kernels: squares takes dense CPU "
+                      "tensors, not ", t.layout(), " on ", t.device());
+    TORCH_CHECK_VALUE(at::isFloatingType(t.scalar_type()), "extrap_kernels: squares takes floating-point tensors, not ",
+                      t.scalar_type());
+  }
+  return squares_cpu(tensors.vec());
+}
+
+at::Tensor squares_meta(at::TensorList tensors) {
+  return at::empty({static_cast<int64_t>(tensors.size())}, at::TensorOptions().dtype(at::kDouble).device(at::kMeta));
+}
+#endif
+
 void register_kernels(torch::Library& m) {
   m.impl(kPhaseOps[kExtrapolate], torch::CppFunction::makeFromBoxedFunction<&phase_op<kExtrapolate>>());
   m.impl(kPhaseOps[kUpdate], torch::CppFunction::makeFromBoxedFunction<&phase_op<kUpdate>>());
@@ -439,17 +456,33 @@ EXTRAP_LIBRARY(EXTRAP_OPS, m) {
   for (const char* name : extrap::kPhaseOps) m.def(extrap::schema(name, true).c_str());
   m.def(extrap::schema("check", false).c_str());
   m.def(extrap::schema("norms", false, "Tensor").c_str());
+#ifndef EXTRAP_CUDA_EMULATION
+  m.def("squares(Tensor[] tensors) -> Tensor");
+#endif
 }
 
-EXTRAP_LIBRARY_IMPL(EXTRAP_OPS, CPU, m) { extrap::register_kernels(m); }
+EXTRAP_LIBRARY_IMPL(EXTRAP_OPS, CPU, m) {
+  extrap::register_kernels(m);
+#ifndef EXTRAP_CUDA_EMULATION
+  m.impl("squares", &extrap::squares_op);
+#endif
+}
 // An optimizer step has no gradient: autograd passes the operators straight through (no graph, no
 // per-tensor requires_grad walk), as it does for torch's own fused optimizers under no_grad.
 EXTRAP_LIBRARY_IMPL(EXTRAP_OPS, Autograd, m) {
   for (const char* name : extrap::kPhaseOps) m.impl(name, torch::CppFunction::makeFallthrough());
   m.impl("check", torch::CppFunction::makeFallthrough());
   m.impl("norms", torch::CppFunction::makeFallthrough());
+#ifndef EXTRAP_CUDA_EMULATION
+  m.impl("squares", torch::CppFunction::makeFallthrough());
+#endif
 }
-EXTRAP_LIBRARY_IMPL(EXTRAP_OPS, Meta, m) { extrap::register_kernels(m); }
+EXTRAP_LIBRARY_IMPL(EXTRAP_OPS, Meta, m) {
+  extrap::register_kernels(m);
+#ifndef EXTRAP_CUDA_EMULATION
+  m.impl("squares", &extrap::squares_meta);
+#endif
+}
 #ifdef EXTRAP_WITH_CUDA
 EXTRAP_LIBRARY_IMPL(EXTRAP_OPS, CUDA, m) { extrap::register_kernels(m); }
 #endif

@@ -140,6 +140,9 @@ constexpr int64_t kCpuStreamAbove = 1 << 22;
 // trust ratios. Reads the step counts as the phase will see them; writes nothing else. Deterministic.
 void apply_cpu(const Launch& L);
 at::Tensor adaptive_norms_cpu(const Launch& L);
+// Each tensor's sum of squares, float64, in a fixed order (the same for any number of threads): the norms
+// LAMB's gradient clipping and LARS take on CPU, where torch's norm of a 16-bit tensor is not vectorized.
+at::Tensor squares_cpu(const std::vector<at::Tensor>& tensors);
 #if defined(EXTRAP_WITH_CUDA) || defined(EXTRAP_CUDA_EMULATION)
 void apply_cuda(const Launch& L);  // (emulated: CPU tensors, csrc/cuda/runtime.h)
 at::Tensor adaptive_norms_cuda(const Launch& L);

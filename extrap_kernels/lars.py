@@ -1,5 +1,5 @@
 """The per-tensor LARS trust ratios of a bucket, computed on the bucket's device for the fused backends
-(one multi-tensor norm per list, no host synchronization). The reference has its own per-tensor
+(one multi-tensor sum of squares per list, norms.py, no host synchronization). The reference has its own per-tensor
 version, which these are tested against."""
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from .bucket import Bucket, Hyper, Phase, state_dtype
+from .norms import squares
 
 
 def whole_tensor_norms(norms: Tensor, group) -> Tensor:
@@ -22,8 +23,8 @@ def trust_ratios(phase: Phase, bucket: Bucket, h: Hyper, grad_scale: Tensor | No
     """trust[i] = coef * ||s_i|| / (||g_i|| + wd * ||s_i||), 1 where either norm is 0, clipped at 1
     with LARC; g is the unscaled gradient. A 1-D tensor of the bucket's state dtype."""
     dtype = state_dtype(bucket.dtype)
-    s_norm = torch.stack(torch._foreach_norm(bucket.anchor_values(phase), 2, dtype=dtype))
-    g_norm = torch.stack(torch._foreach_norm(bucket.grads, 2, dtype=dtype))
+    s_norm = squares(bucket.anchor_values(phase), dtype).sqrt().to(dtype)
+    g_norm = squares(bucket.grads, dtype).sqrt().to(dtype)
     s_norm, g_norm = whole_tensor_norms(torch.stack([s_norm, g_norm]), bucket.shard_group)
     if grad_scale is not None:
         g_norm = g_norm / grad_scale.to(dtype)

@@ -34,6 +34,7 @@ from .backends import cpu as extension
 from .bucket import Bucket, Hyper, Phase, bucket_phase, state_dtype
 from .functional import Work
 from .lars import trust_ratios
+from .norms import squares
 from .sharded import is_dtensor, local, shard_group
 
 _GRAD = operator.attrgetter("grad")
@@ -160,12 +161,19 @@ def global_grad_norm(launches: list[Launch], grads: list[list[Tensor]]) -> Tenso
     for launch, gs in zip(launches, grads):
         if not gs:
             continue
-        norms = torch.stack(torch._foreach_norm(gs, 2, dtype=state_dtype(gs[0].dtype))).double()
-        squares = norms.square().sum()
+        bucket_squares = squares(gs, state_dtype(gs[0].dtype)).sum()
         if launch.work.bucket.shard_group is not None:
-            torch.distributed.all_reduce(squares, group=launch.work.bucket.shard_group)
-        total = squares if total is None else total + squares.to(total.device)
+            torch.distributed.all_reduce(bucket_squares, group=launch.work.bucket.shard_group)
+        total = bucket_squares if total is None else total + bucket_squares.to(total.device)
     return None if total is None else total.sqrt()
+
+
+def clip(launches: list[Launch], grads: list[list[Tensor]]) -> None:
+    """Gives LAMB's launches the step's global gradient norm (before any writes: it reads the gradients)."""
+    if any(launch.clips for launch in launches):
+        norm = global_grad_norm(launches, grads)
+        for launch in launches:
+            launch.global_grad_norm = norm
 
 
 def run_launches(launches: list[Launch], flat_grads: list, grad_scale: Tensor | None,
@@ -173,12 +181,9 @@ def run_launches(launches: list[Launch], flat_grads: list, grad_scale: Tensor | 
     """Validates every launch, then runs them; an extension operator alone validates itself. A
     refusal, before anything is written, raises `Rejected`."""
     grads = [launch.grads(flat_grads) for launch in launches]
-    if any(launch.clips for launch in launches):
-        norm = global_grad_norm(launches, grads)
-        for launch in launches:
-            launch.global_grad_norm = norm
     if len(launches) == 1 and launches[0].validates_itself:
         try:
+            clip(launches, grads)
             launches[0].run(grads[0], grad_scale, found_inf)
         except (ValueError, TypeError, NotImplementedError) as err:  # its checks (csrc/bindings.cpp)
             raise Rejected() from err
@@ -189,6 +194,7 @@ def run_launches(launches: list[Launch], flat_grads: list, grad_scale: Tensor | 
             launch.validate(g, _device(grad_scale, device), _device(found_inf, device))
     except (RuntimeError, ValueError, TypeError, NotImplementedError) as err:
         raise Rejected() from err
+    clip(launches, grads)
     for launch, g in zip(launches, grads):
         launch.run(g, grad_scale, found_inf)
 

@@ -301,10 +301,10 @@ TensorArgs<acc> adaptive_args(const Launch& L, const Hyper<acc>& h, size_t t, bo
 struct Span {
   int64_t tensor, begin, end;
 };
-std::vector<Span> spans_of(const Launch& L, int64_t grain) {
+std::vector<Span> spans_of(const std::vector<at::Tensor>& tensors, int64_t grain) {
   std::vector<Span> spans;
-  for (size_t t = 0; t < L.params.size(); ++t) {
-    const int64_t numel = L.params[t].numel();
+  for (size_t t = 0; t < tensors.size(); ++t) {
+    const int64_t numel = tensors[t].numel();
     for (int64_t begin = 0; begin < numel; begin += grain) {
       spans.push_back({static_cast<int64_t>(t), begin, std::min(numel, begin + grain)});
     }
@@ -321,7 +321,7 @@ void run_adaptive_launch(const Launch& L, bool skip, double inv_scale) {
     args.push_back(adaptive_args(L, h, t, P == kExtrapolate));
     total += L.params[t].numel();
   }
-  const std::vector<Span> spans = spans_of(L, kChunk);
+  const std::vector<Span> spans = spans_of(L.params, kChunk);
   const int64_t grain = total < kSerialBelow ? std::max<int64_t>(static_cast<int64_t>(spans.size()), 1) : 1;
   at::parallel_for(0, static_cast<int64_t>(spans.size()), grain, [&](int64_t lo, int64_t hi) {
     for (int64_t k = lo; k < hi; ++k) {
@@ -383,7 +383,7 @@ at::Tensor run_adaptive_norms(const Launch& L, double inv_scale) {
   const Hyper<acc> h = make_hyper<acc>(L, inv_scale);
   std::vector<TensorArgs<acc>> args;
   for (size_t t = 0; t < L.params.size(); ++t) args.push_back(adaptive_args(L, h, t, true));
-  const std::vector<Span> spans = spans_of(L, kChunk);
+  const std::vector<Span> spans = spans_of(L.params, kChunk);
   std::vector<acc> sums(2 * spans.size(), acc(0));
   auto* run = h.decoupled ? norm_span<kAmsgrad, kReadsX, true, scalar_t, acc>
                           : norm_span<kAmsgrad, kReadsX, false, scalar_t, acc>;
@@ -407,7 +407,48 @@ at::Tensor run_adaptive_norms(const Launch& L, double inv_scale) {
   return out;
 }
 
+// One span's sum of squares in `lanes` independent sums (vectorized as norm_span's), added in lane order.
+template <typename scalar_t, typename acc>
+EXTRAP_SIMD_CLONES acc squares_span(const scalar_t* __restrict__ v, int64_t begin, int64_t end) {
+  constexpr int kLanes = 16;
+  acc lanes[kLanes] = {};
+  int64_t i = begin;
+  for (; i + kLanes <= end; i += kLanes) {
+    for (int lane = 0; lane < kLanes; ++lane) {
+      const acc e = static_cast<acc>(v[i + lane]);
+      lanes[lane] += e * e;
+    }
+  }
+  for (int lane = 0; i < end; ++i, ++lane) {
+    const acc e = static_cast<acc>(v[i]);
+    lanes[lane] += e * e;
+  }
+  acc total = 0;
+  for (int lane = 0; lane < kLanes; ++lane) total += lanes[lane];
+  return total;
+}
+
 }  // namespace
+
+at::Tensor squares_cpu(const std::vector<at::Tensor>& tensors) {
+  std::vector<at::Tensor> dense;
+  for (const at::Tensor& t : tensors) dense.push_back(t.contiguous());
+  const std::vector<Span> spans = spans_of(dense, kChunk);
+  std::vector<double> sums(spans.size(), 0.0);
+  at::parallel_for(0, static_cast<int64_t>(spans.size()), 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t k = lo; k < hi; ++k) {
+      const Span& span = spans[k];
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dense[span.tensor].scalar_type(), "squares", [&] {
+        using acc = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
+        sums[k] = squares_span<scalar_t, acc>(dense[span.tensor].data_ptr<scalar_t>(), span.begin, span.end);
+      });
+    }
+  });
+  at::Tensor out = at::zeros({static_cast<int64_t>(tensors.size())}, at::kDouble);
+  double* o = out.data_ptr<double>();
+  for (size_t k = 0; k < spans.size(); ++k) o[spans[k].tensor] += sums[k];
+  return out;
+}
 
 void apply_cpu(const Launch& L) {
   if (L.params.empty()) return;
