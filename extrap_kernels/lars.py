@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from .bucket import Bucket, Hyper, Phase, state_dtype
-from .norms import squares
+from .norms import two_norms
 
 
 def whole_tensor_norms(norms: Tensor, group) -> Tensor:
@@ -23,8 +23,8 @@ def trust_ratios(phase: Phase, bucket: Bucket, h: Hyper, grad_scale: Tensor | No
     """trust[i] = coef * ||s_i|| / (||g_i|| + wd * ||s_i||), 1 where either norm is 0, clipped at 1
     with LARC; g is the unscaled gradient. A 1-D tensor of the bucket's state dtype."""
     dtype = state_dtype(bucket.dtype)
-    s_norm = squares(bucket.anchor_values(phase), dtype).sqrt().to(dtype)
-    g_norm = squares(bucket.grads, dtype).sqrt().to(dtype)
+    s_norm = two_norms(bucket.anchor_values(phase), dtype)
+    g_norm = two_norms(bucket.grads, dtype)
     s_norm, g_norm = whole_tensor_norms(torch.stack([s_norm, g_norm]), bucket.shard_group)
     if grad_scale is not None:
         g_norm = g_norm / grad_scale.to(dtype)

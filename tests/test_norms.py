@@ -65,9 +65,13 @@ def test_the_extension_and_foreach_norm_agree(dtype, monkeypatch):
     """norms.squares takes the operator on CPU and torch's _foreach_norm where it is not there (as on a GPU)."""
     gen = torch.Generator().manual_seed(1)
     tensors = [torch.randn(n, generator=gen).to(dtype) for n in (1, 17, CHUNK + 3)]
-    ours = norms.squares(tensors, state_dtype(dtype))
+    ours, ours_norms = norms.squares(tensors, state_dtype(dtype)), norms.two_norms(tensors, state_dtype(dtype))
     monkeypatch.setattr(norms, "_cpu_squares", lambda: None)
-    theirs = norms.squares(tensors, state_dtype(dtype))
+    theirs, their_norms = norms.squares(tensors, state_dtype(dtype)), norms.two_norms(tensors, state_dtype(dtype))
     exact = torch.stack([t.double().square().sum() for t in tensors])
     bound = 2 * squares_bound(dtype, exact)  # each within its own accumulation's bound
     assert (ours - theirs).abs().le(bound).all() and (theirs - exact).abs().le(bound).all()
+    # the norms in the state dtype: within the same bound (|a - b| <= |a^2 - b^2| / (a + b)) and its rounding
+    assert ours_norms.dtype == their_norms.dtype == state_dtype(dtype)
+    norm_bound = bound / (2 * exact.sqrt()) + 2 * torch.finfo(state_dtype(dtype)).eps * exact.sqrt()
+    assert (ours_norms.double() - their_norms.double()).abs().le(norm_bound).all()
