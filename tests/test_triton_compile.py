@@ -23,6 +23,7 @@ def test_every_specialization_compiles_for_sm80_and_sm90():
     assert counts and counts[1] == counts[2] and int(counts[2]) >= 60, result.stdout
     hot = re.findall(r"^PTX sm_(\d+) phase\d-\w+: 128-bit loads", result.stdout, re.M)
     assert sorted(set(hot)) == ["80", "90"] and len(hot) == 2 * 9, result.stdout  # 5 phases x fp32/bf16, less one
-    assert result.stdout.count("(control): 128-bit loads/stores (0, 0)") == 2, result.stdout
+    # (the controls: the SGD family's and the adaptive kernel's unaligned past phase, per arch)
+    assert result.stdout.count("(control): 128-bit loads/stores (0, 0)") == 4, result.stdout
     adaptive = re.findall(r"^PTX sm_(\d+) adaptive\d-\w+: 128-bit loads", result.stdout, re.M)
     assert len(adaptive) == 2 * 8, result.stdout  # 4 adaptive phases x fp32/bf16

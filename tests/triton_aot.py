@@ -202,16 +202,27 @@ def check_ptx(arch: int) -> list[str]:
             size = dict.fromkeys("xg", x.primitive_bitwidth // 8) | dict.fromkeys("smv", c.primitive_bitwidth // 8)
             failures += check_vectors(f"sm_{arch} adaptive{phase}-{name}", kernel, size,
                                       adaptive_moved_arrays(phase, master))
+            if (phase, name) == (2, "fp32"):  # the adaptive kernel's control, as the SGD family's
+                unaligned = vector_accesses(compile_adaptive("adaptive", dict(
+                    ADAPTIVE_BASE, PHASE=phase, X_DTYPE=x, C_DTYPE=c, MASTER=master, ALIGNED=False), arch).asm["ptx"])
+                print(f"PTX sm_{arch} adaptive2-fp32-unaligned (control): 128-bit loads/stores {unaligned}")
+                if unaligned != (0, 0):
+                    failures.append(f"PTX adaptive control: the unaligned kernel has 128-bit accesses {unaligned}")
     return failures
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--arch", default="80,90")
+    parser.add_argument("--cover", choices=("all", "hot"), default="all",
+                        help="hot: only the PTX check's kernels (the other Triton versions' quick check)")
     args = parser.parse_args(argv)
+    print(f"triton {triton.__version__} ({os.path.dirname(triton.__file__)})")
     failures, compiled, start = [], 0, time.monotonic()
     archs = [int(a) for a in args.arch.split(",")]
     jobs = [("phase", label, constexprs) for label, constexprs in cover()] + adaptive_cover()
+    if args.cover == "hot":
+        jobs = []
     for arch in archs:
         for kernel, label, constexprs in jobs:
             try:
@@ -223,8 +234,9 @@ def main(argv=None) -> int:
             except Exception as err:  # report every failing specialization, not just the first
                 failures.append(f"sm_{arch} {label}: {type(err).__name__}: {str(err)[:300]}")
     total = len(archs) * len(jobs)
-    print(f"compiled {compiled} of {total} specializations for sm_{args.arch} "
-          f"in {time.monotonic() - start:.0f} s")
+    if jobs:
+        print(f"compiled {compiled} of {total} specializations for sm_{args.arch} "
+              f"in {time.monotonic() - start:.0f} s")
     for arch in archs:
         failures += check_ptx(arch)
     for failure in failures:

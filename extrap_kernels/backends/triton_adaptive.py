@@ -80,14 +80,21 @@ def adaptive_direction(s, g, m, v, v_max, grad_factor, weight_decay, beta1, one_
 
 
 @triton.jit
-def _pointers(table, t, X_DTYPE: tl.constexpr, C_DTYPE: tl.constexpr):
-    """Table rows: x, g, s, m, v, v_max (a placeholder without amsgrad), step."""
+def _pointers(table, t, X_DTYPE: tl.constexpr, C_DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """Table rows: x, g, s, m, v, v_max (a placeholder without amsgrad), step. ALIGNED (every array of the
+    bucket starts on 16 bytes, checked on the host) is said to the compiler here, on the casts that make the
+    pointers: a hint on a value this helper returns would sit on the call, which Triton's inliner drops
+    (triton 3.6 and 3.7 then compile scalar accesses)."""
     x_ptr = tl.load(table + 7 * t + 0).to(tl.pointer_type(X_DTYPE))
     g_ptr = tl.load(table + 7 * t + 1).to(tl.pointer_type(X_DTYPE))
     s_ptr = tl.load(table + 7 * t + 2).to(tl.pointer_type(C_DTYPE))
     m_ptr = tl.load(table + 7 * t + 3).to(tl.pointer_type(C_DTYPE))
     v_ptr = tl.load(table + 7 * t + 4).to(tl.pointer_type(C_DTYPE))
     v_max_ptr = tl.load(table + 7 * t + 5).to(tl.pointer_type(C_DTYPE))
+    if ALIGNED:
+        x_ptr, g_ptr = tl.multiple_of(x_ptr, 16), tl.multiple_of(g_ptr, 16)
+        s_ptr, m_ptr = tl.multiple_of(s_ptr, 16), tl.multiple_of(m_ptr, 16)
+        v_ptr, v_max_ptr = tl.multiple_of(v_ptr, 16), tl.multiple_of(v_max_ptr, 16)
     step_ptr = tl.load(table + 7 * t + 6).to(tl.pointer_type(tl.float32))
     return x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr
 
@@ -166,11 +173,7 @@ def _adaptive_kernel(table, numels, indices, block_tensor, block_start, trust_pt
                      BETA1_TENSOR: tl.constexpr, BETA2_TENSOR: tl.constexpr, GRAD_AVERAGING: tl.constexpr,
                      BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
     t, offs, mask, whole = program_block(numels, block_tensor, block_start, BLOCK, ALIGNED)
-    x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = _pointers(table, t, X_DTYPE, C_DTYPE)
-    if ALIGNED:  # as triton_kernels._phase_kernel: every array of the bucket starts on 16 bytes, so 16-byte accesses
-        x_ptr, g_ptr = tl.multiple_of(x_ptr, 16), tl.multiple_of(g_ptr, 16)
-        s_ptr, m_ptr = tl.multiple_of(s_ptr, 16), tl.multiple_of(m_ptr, 16)
-        v_ptr, v_max_ptr = tl.multiple_of(v_ptr, 16), tl.multiple_of(v_max_ptr, 16)
+    x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = _pointers(table, t, X_DTYPE, C_DTYPE, ALIGNED)
     index = tl.load(indices + t)
     if whole:
         _adaptive_block(x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, offs, None, index, trust_ptr, t,
@@ -196,7 +199,7 @@ def _norms_kernel(table, numels, block_tensor, block_start, scale_ptr, block_sum
     """LAMB's reading pass, one block: its sums of s^2 and u^2 (u of the coming update) to block_sums[pid]."""
     pid = tl.program_id(0)
     t, offs, mask, _ = program_block(numels, block_tensor, block_start, BLOCK, False)
-    x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = _pointers(table, t, X_DTYPE, C_DTYPE)
+    x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = _pointers(table, t, X_DTYPE, C_DTYPE, False)
     grad_factor = sign
     if HAS_SCALE:
         grad_factor = sign / tl.load(scale_ptr).to(C_DTYPE)
