@@ -2,11 +2,28 @@
 
     from extrap_kernels import ExtrapSGD, FusedSGD, ExtrapAdamW, ExtrapLAMB, FusedAdam, FusedLAMB
 """
-from . import backends, functional, reference
-from .bucket import Bucket, Hyper, Phase
-from .optimizer import ExtrapSGD, FusedOptimizer, FusedSGD
-from .adam import ExtrapAdam, ExtrapAdamW, ExtrapLAMB, FusedAdam, FusedLAMB
-from .distributed import train_step
+import torch as _torch
+
+# The oldest torch this package is built and tested against (make gpu-image-check: 2.11.0, the lent GPU
+# image's; make test: the Makefile's TORCH_VERSION). Older ones lack torch.optim and torch.library APIs the
+# optimizers and operators use: refused here with the reason rather than failing somewhere later.
+OLDEST_TORCH = (2, 11)
+
+
+def _torch_release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("+")[0].split(".")[:2] if part.isdigit())
+
+
+if _torch_release(_torch.__version__) < OLDEST_TORCH:
+    raise ImportError(f"extrap-kernels needs torch >= {'.'.join(map(str, OLDEST_TORCH))}; this Python has torch "
+                      f"{_torch.__version__}. Upgrade torch (pip install 'torch>=2.11'), then rebuild this package "
+                      "against it: pip install --no-build-isolation --no-deps .")
+
+from . import backends, functional, reference  # noqa: E402
+from .bucket import Bucket, Hyper, Phase  # noqa: E402
+from .optimizer import ExtrapSGD, FusedOptimizer, FusedSGD  # noqa: E402
+from .adam import ExtrapAdam, ExtrapAdamW, ExtrapLAMB, FusedAdam, FusedLAMB  # noqa: E402
+from .distributed import train_step  # noqa: E402
 
 __all__ = ["ExtrapSGD", "FusedSGD", "ExtrapAdam", "ExtrapAdamW", "ExtrapLAMB", "FusedAdam", "FusedLAMB", "FusedOptimizer", "Bucket", "Hyper", "Phase", "backends",
            "functional", "reference", "available_backends", "train_step"]

@@ -55,3 +55,28 @@ def test_jit_without_a_compiler_says_so(tmp_path):
     result = _probe(tmp_path, EXTRAP_JIT="1", CXX="no-such-compiler-here")
     assert result.returncode == 0, result.stderr
     assert "needs a C++17 compiler: 'no-such-compiler-here' is not on PATH" in result.stdout
+
+
+OLD_TORCH = """
+import torch
+torch.__version__ = sys.argv[1]  # as an older torch reports itself
+try:
+    import extrap_kernels
+except ImportError as err:
+    print('refused:', err)
+else:
+    print('imported', extrap_kernels.__version__)
+"""
+
+
+def test_an_older_torch_is_refused_at_import_with_the_reason():
+    """Below the oldest torch that is built and tested (extrap_kernels.OLDEST_TORCH) the import says which
+    torch it found and what to do; the oldest itself, and a local build of it, import."""
+    def probe(version):
+        return subprocess.run([sys.executable, "-c", "import sys\n" + OLD_TORCH, version], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300).stdout
+    assert ("refused: extrap-kernels needs torch >= 2.11; this Python has torch 2.10.0+cu128. Upgrade torch"
+            in probe("2.10.0+cu128"))
+    assert "refused: extrap-kernels needs torch >= 2.11" in probe("1.13.1")
+    assert "imported" in probe("2.11.0+cu130")
+    assert "imported" in probe("2.14.0a0+git1234")
