@@ -80,6 +80,27 @@ def steps(out: Path) -> dict[str, tuple[list[str] | None, int, str]]:
     }
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def requirement_names(path: Path) -> list[str]:
+    """The distribution names a requirements file asks for (versions, extras and markers dropped)."""
+    names = []
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            names.append(re.split(r"[\s\[<>=!~;]", line, maxsplit=1)[0].lower().replace("_", "-"))
+    return names
+
+
+def wheels_to_carry() -> list[str]:
+    """What the report runs with (torch, setup.py's build tools, requirements-dev.txt) that the GPU image lacks
+    (benchmarks/gpu_image.txt): each would have to travel as a wheel, since nothing installs there."""
+    image = set(requirement_names(ROOT / "benchmarks" / "gpu_image.txt"))
+    needed = ["torch", "setuptools", "ninja"] + requirement_names(ROOT / "requirements-dev.txt")
+    return [name for name in dict.fromkeys(needed) if name not in image]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="out/gpu-report", help="the folder for everything to commit")
@@ -101,7 +122,10 @@ def main(argv=None) -> int:
             shown = shlex.join(c if "\n" not in c else "<profile script>" for c in command) if command else "(skipped)"
             print(f"[{name}] {why}\n    {shown}" + (f"  (at most {seconds} s)" if command else ""))
         print(f"all within {args.seconds:g} s; results and logs would go to {out}/")
-        return 0
+        missing = wheels_to_carry()
+        print("wheels to carry to the GPU image: " + (", ".join(missing) if missing else
+              "none (every package it needs is in benchmarks/gpu_image.txt)"))
+        return 0 if not missing else 1
     import torch
 
     if not torch.cuda.is_available():

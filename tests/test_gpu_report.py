@@ -34,3 +34,15 @@ def test_a_step_gets_no_more_than_its_cap(tmp_path):
     step = ("capped", [sys.executable, "-c", "import time; time.sleep(30)"], 1, "")
     assert not gpu_report.run_steps([step], tmp_path, seconds=60, env={}, header="h", slug="dev")
     assert (tmp_path / "summary.txt").read_text().splitlines()[1].startswith("capped: exit timeout after 1 s")
+
+
+def test_the_gpu_image_has_every_package_the_report_needs(tmp_path):
+    """Nothing installs on the lent machine: every package the report runs with must be in its image (or be
+    carried as a wheel). The check reads requirements-dev.txt, so a new requirement the image lacks fails
+    here; and it can fail: a requirement the image has not is reported."""
+    assert gpu_report.wheels_to_carry() == []
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# a comment\nnumpy>=2\nTriton==3.7.1  # pinned\nno-such-package[extra]; python_version>'3'\n")
+    assert gpu_report.requirement_names(requirements) == ["numpy", "triton", "no-such-package"]
+    image = set(gpu_report.requirement_names(gpu_report.ROOT / "benchmarks" / "gpu_image.txt"))
+    assert {"torch", "triton", "pytest", "hypothesis"} <= image and "no-such-package" not in image
