@@ -47,7 +47,8 @@ def _extension():
         cpu_sources + sorted(glob.glob("csrc/cuda/*.cu")),
         include_dirs=include,
         define_macros=[("EXTRAP_WITH_CUDA", None)],
-        extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "-diag-suppress", "3306"]},
+        # (--threads 0: nvcc compiles the architectures at once, on every core)
+        extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "-diag-suppress", "3306", "--threads", "0"]},
     )
 
 

@@ -499,6 +499,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("__call__", &extrap::PreparedCall::call, py::arg("grads"), py::arg("trust"), py::arg("grad_scale"),
            py::arg("found_inf"));
   m.attr("emulates_cuda") = extrap::kEmulatesCuda;
+#if defined(EXTRAP_WITH_CUDA) || defined(EXTRAP_CUDA_EMULATION)
+  m.def("large_kernel_args", &extrap::large_kernel_args,
+        "Whether the CUDA launches on the current device pass the 26 KB table (else the 4 KB one)");
+  m.def("force_small_kernel_args", &extrap::force_small_kernel_args, py::arg("force"),
+        "Make every CUDA launch take the 4 KB table, as on a driver before CUDA 12.1 (a test hook)");
+#endif
 #ifdef EXTRAP_WITH_CUDA
   m.attr("has_cuda") = true;
 #else

@@ -146,6 +146,11 @@ at::Tensor squares_cpu(const std::vector<at::Tensor>& tensors);
 #if defined(EXTRAP_WITH_CUDA) || defined(EXTRAP_CUDA_EMULATION)
 void apply_cuda(const Launch& L);  // (emulated: CPU tensors, csrc/cuda/runtime.h)
 at::Tensor adaptive_norms_cuda(const Launch& L);
+// Whether the current device's launches pass the 26 KB table (CUDA 12.1 runtime and driver, compute
+// capability 7.0 or newer), else the 4 KB one; force_small_kernel_args(true) makes every launch take the
+// 4 KB table (a test hook, which the emulation's tests use to run the fallback).
+bool large_kernel_args();
+void force_small_kernel_args(bool force);
 #endif
 
 }  // namespace extrap

@@ -15,11 +15,12 @@ import os
 import shutil
 
 _CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
-# The emulation's limits (csrc/cuda/multi_tensor_apply.cuh, extrap_cuda.cu): tensors per table, blocks per
-# launch, elements per chunk, threads per block. 4 threads of 4-element vectors walk a 64-element chunk
-# in 4 strides; 5 blocks per launch split a 321-element tensor across launches.
-EMULATION_LIMITS = {"EXTRAP_TABLE_TENSORS": 3, "EXTRAP_TABLE_BLOCKS": 5, "EXTRAP_CHUNK_SIZE": 64,
-                    "EXTRAP_CUDA_THREADS": 4}
+# The emulation's limits (csrc/cuda/multi_tensor_apply.cuh, extrap_cuda.cu): tensors per table and blocks per
+# launch, of the large table and of the small one (the fallback for launches limited to 4 KB of arguments),
+# elements per chunk, threads per block. 4 threads of 4-element vectors walk a 64-element chunk in 4
+# strides; 5 blocks per launch split a 321-element tensor across launches.
+EMULATION_LIMITS = {"EXTRAP_TABLE_TENSORS": 3, "EXTRAP_TABLE_BLOCKS": 5, "EXTRAP_SMALL_TABLE_TENSORS": 2,
+                    "EXTRAP_SMALL_TABLE_BLOCKS": 4, "EXTRAP_CHUNK_SIZE": 64, "EXTRAP_CUDA_THREADS": 4}
 
 
 @functools.lru_cache(maxsize=None)

@@ -5,7 +5,7 @@ csrc/cuda/extrap_cuda.cu is compiled to a cubin for each target with ptxas's res
   known ones in KNOWN_SPILLS, each bounded. (A noise kernel's stack frame is cosf's argument-reduction
   array, which only arguments beyond 105615 use; the noise's argument is below 2 pi.)
 - The hot kernels (every phase with momentum, fp32 and bf16 parameters with fp32 state, and every adaptive
-  phase without amsgrad for the same dtypes) load and store
+  phase without amsgrad for the same dtypes, each with the large table and with the 4 KB one) load and store
   in 128-bit accesses (LDG.E.128 / STG.E.128) at least as often as one vector iteration moves 16-byte
   pieces of the arrays the phase reads and writes (SPEC's traffic). Their scalar tail loop must show
   32-bit accesses too: the parser sees both kinds, so a kernel that lost its vector loop fails.
@@ -22,14 +22,18 @@ import subprocess
 import sys
 import sysconfig
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from traffic import adaptive_moved_arrays, moved_arrays
 
 ROOT = Path(__file__).resolve().parents[1]
-KERNEL = re.compile(r"phase_kernel<\(extrap::Phase\)(\d), (true|false), ([\w:]+), ([\w:]+), (\w+)>")
-ADAPTIVE = re.compile(r"adaptive_kernel<\(extrap::Phase\)(\d), (true|false), ([\w:]+), (\w+)>")
-HOT = 9 + 8  # SGD family: 5 phases x fp32/bf16, less bf16's phase 4; adaptive: 4 phases x fp32/bf16
+# (the last template argument is the launch's table: the 26 KB one, or the 4 KB fallback)
+TABLE = r", extrap::TensorTable<(\d+), (\d+)> ?>"
+KERNEL = re.compile(r"phase_kernel<\(extrap::Phase\)(\d), (true|false), ([\w:]+), ([\w:]+), (\w+)" + TABLE)
+ADAPTIVE = re.compile(r"adaptive_kernel<\(extrap::Phase\)(\d), (true|false), ([\w:]+), (\w+)" + TABLE)
+# SGD family: 5 phases x fp32/bf16, less bf16's phase 4; adaptive: 4 phases x fp32/bf16; each with either table
+HOT = 2 * (9 + 8)
 SIZES = {"float": 4, "double": 8, "c10::BFloat16": 2, "c10::Half": 2}
 # (arch, phase, momentum, parameter dtype, state dtype) -> the most bytes it may spill. Measured with nvcc 12/13:
 # on sm_80 the noise phase of 16-bit parameters without momentum stores one register to local memory at
@@ -95,8 +99,8 @@ def sass_accesses(cuobjdump: str, cubin: Path) -> dict[str, dict[str, int]]:
     return counts
 
 
-def check(arch: int, nvcc: str, cuobjdump: str, cxxfilt: str, out: Path) -> tuple[list[str], int]:
-    cubin, log = compile_cubin(nvcc, arch, out)
+def check(arch: int, compiled: tuple[Path, str], cuobjdump: str, cxxfilt: str, out: Path) -> tuple[list[str], int]:
+    cubin, log = compiled
     (out / f"ptxas.sm_{arch}.log").write_text(log)
     resources = spills(log)
     accesses = sass_accesses(cuobjdump, cubin)
@@ -143,7 +147,9 @@ def check(arch: int, nvcc: str, cuobjdump: str, cxxfilt: str, out: Path) -> tupl
         got = (counts.get("LDG.E.128", 0), counts.get("STG.E.128", 0))
         scalar_path = counts.get("LDG.E", 0) + counts.get("LDG.E.U16", 0) > 0
         hot += 1
-        print(f"SASS sm_{arch} {'adaptive ' if adaptive else ''}phase{phase} {scalar}/{state}: LDG.E.128 {got[0]} (want >= {want[0]}: {reads}), "
+        match = kernel or adaptive
+        table = f"table of {match[match.re.groups - 1]} tensors"
+        print(f"SASS sm_{arch} {'adaptive ' if adaptive else ''}phase{phase} {scalar}/{state} {table}: LDG.E.128 {got[0]} (want >= {want[0]}: {reads}), "
               f"STG.E.128 {got[1]} (want >= {want[1]}: {writes}); scalar tail {'yes' if scalar_path else 'NO'}; "
               f"stack {resources[mangled][0]} B, spills {resources[mangled][1]} B")
         if got[0] < want[0] or got[1] < want[1] or not scalar_path or resources[mangled][1:] != (0, 0):
@@ -165,8 +171,11 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     nvcc, cuobjdump, cxxfilt = tools(args.nvcc)
     failures = []
-    for arch in (int(a) for a in args.arch.split(",")):
-        failures += check(arch, nvcc, cuobjdump, cxxfilt, out)[0]
+    archs = [int(a) for a in args.arch.split(",")]
+    with ThreadPoolExecutor(len(archs)) as pool:  # (one nvcc per arch at once: each is one process)
+        compiled = list(pool.map(lambda arch: compile_cubin(nvcc, arch, out), archs))
+    for arch, cubin in zip(archs, compiled):
+        failures += check(arch, cubin, cuobjdump, cxxfilt, out)[0]
     for failure in failures:
         print("FAILED", failure)
     return 1 if failures else 0

@@ -3,7 +3,9 @@ CPU tensors. The hypothesis suites of the other test files run it like every CPU
 checks that it is there, and the launcher's boundaries, which the emulation's small limits
 (extrap_kernels/_ext.py, EMULATION_LIMITS) put within reach of small tensors: a table with more tensors
 than it holds, a tensor split across launches, a launch filled exactly, vector tails and misaligned
-tensors (the scalar path), with found_inf and tensor rates."""
+tensors (the scalar path), with found_inf and tensor rates. Every boundary is crossed with both of the
+launcher's tables: the large one, and the 4 KB fallback of a driver before CUDA 12.1 (forced here), whose
+launches hold fewer tensors and blocks."""
 from __future__ import annotations
 
 import zlib
@@ -15,27 +17,52 @@ import extrap_kernels as ek
 from extrap_kernels import reference
 from extrap_kernels.bucket import Hyper, Phase, state_dtype
 
+from test_adaptive_kernels import PHASES as ADAPTIVE_PHASES
+from test_adaptive_kernels import run_case
+
 from conftest import (CPU_BACKENDS, assert_within, misaligned_copy, noise_tolerance, output_ulp, phase_bucket,
                       trajectory_tolerance)
 
 LIMITS = ek._ext.EMULATION_LIMITS
-CHUNK, BLOCKS, TENSORS = LIMITS["EXTRAP_CHUNK_SIZE"], LIMITS["EXTRAP_TABLE_BLOCKS"], LIMITS["EXTRAP_TABLE_TENSORS"]
-LAUNCH = CHUNK * BLOCKS  # elements one launch covers at most
+CHUNK = LIMITS["EXTRAP_CHUNK_SIZE"]
+# table -> (tensors, blocks) per launch
+TABLES = {"large": (LIMITS["EXTRAP_TABLE_TENSORS"], LIMITS["EXTRAP_TABLE_BLOCKS"]),
+          "small": (LIMITS["EXTRAP_SMALL_TABLE_TENSORS"], LIMITS["EXTRAP_SMALL_TABLE_BLOCKS"])}
 
 pytestmark = pytest.mark.skipif(not ek._ext.cuda_emulation_requested(), reason="EXTRAP_CUDA_EMULATION is not 1")
 
-# name -> (sizes, which of them start misaligned: a storage offset of one element)
-CASES = {
-    "more-tensors-than-a-table": ([1, 5, 0, 3, 7, 2, 9, 0, 4], ()),
-    "tensor-across-launches": ([2 * LAUNCH + CHUNK + 3], ()),
-    "launch-filled-exactly": ([LAUNCH, LAUNCH - CHUNK, CHUNK], ()),
-    # the table's last entry takes the launch's last block at its own last chunk: both limits at once
-    "last-entry-and-last-block": ([CHUNK] * (TENSORS - 1) + [(BLOCKS - TENSORS + 1) * CHUNK, 5], ()),
-    # the last entry's chunks run past the launch: it continues as entry 0 of the next table
-    "last-entry-continues": ([CHUNK] * (TENSORS - 1) + [(BLOCKS + 2) * CHUNK + 1, 3], ()),
-    "vector-tails": ([CHUNK - 1, CHUNK + 7, 2 * CHUNK + 5, 3], ()),
-    "misaligned": ([CHUNK + 9, 2 * CHUNK, 17, LAUNCH + 3], (0, 3)),
-}
+
+def cases(table: str) -> dict[str, tuple[list[int], tuple[int, ...]]]:
+    """name -> (sizes, which of them start misaligned: a storage offset of one element), at the limits of
+    `table`."""
+    tensors, blocks = TABLES[table]
+    launch = CHUNK * blocks  # elements one launch covers at most
+    return {
+        "more-tensors-than-a-table": ([1, 5, 0, 3, 7, 2, 9, 0, 4], ()),
+        "tensor-across-launches": ([2 * launch + CHUNK + 3], ()),
+        "launch-filled-exactly": ([launch, launch - CHUNK, CHUNK], ()),
+        # the table's last entry takes the launch's last block at its own last chunk: both limits at once
+        "last-entry-and-last-block": ([CHUNK] * (tensors - 1) + [(blocks - tensors + 1) * CHUNK, 5], ()),
+        # the last entry's chunks run past the launch: it continues as entry 0 of the next table
+        "last-entry-continues": ([CHUNK] * (tensors - 1) + [(blocks + 2) * CHUNK + 1, 3], ()),
+        "vector-tails": ([CHUNK - 1, CHUNK + 7, 2 * CHUNK + 5, 3], ()),
+        "misaligned": ([CHUNK + 9, 2 * CHUNK, 17, launch + 3], (0, 3)),
+    }
+
+
+CASE_NAMES = list(cases("large"))
+
+
+@pytest.fixture(params=list(TABLES))
+def table(request):
+    """Each launch of the test with the large table, or with the 4 KB one forced (restored after)."""
+    ext = ek._ext.load_cuda_emulation()
+    ext.force_small_kernel_args(request.param == "small")
+    try:
+        assert ext.large_kernel_args() == (request.param == "large")
+        yield request.param
+    finally:
+        ext.force_small_kernel_args(False)
 
 
 def test_the_emulation_is_built():
@@ -48,15 +75,31 @@ def test_the_emulation_is_built():
     assert ek.backends.resolve("auto", torch.device("cpu")).name == "cpu"  # never chosen by "auto"
 
 
-def test_the_cases_reach_the_boundaries():
-    """Each boundary case crosses what its name says (so a change of the limits cannot quietly void them)."""
-    sizes = CASES["more-tensors-than-a-table"][0]
-    assert sum(n > 0 for n in sizes) > 2 * TENSORS
-    assert CASES["tensor-across-launches"][0][0] > 2 * LAUNCH
-    tail = CASES["last-entry-and-last-block"][0]
-    assert (TENSORS - 1) + tail[TENSORS - 1] // CHUNK == BLOCKS
-    assert (TENSORS - 1) + -(-CASES["last-entry-continues"][0][TENSORS - 1] // CHUNK) > BLOCKS
-    assert any(n % 8 for n in CASES["vector-tails"][0])
+@pytest.mark.parametrize("name", list(TABLES))
+def test_the_cases_reach_the_boundaries(name):
+    """Each boundary case crosses what its name says (so a change of the limits cannot quietly void them),
+    and the two tables' limits differ (so the small table's cases are boundaries of their own)."""
+    tensors, blocks = TABLES[name]
+    table_cases = cases(name)
+    sizes = table_cases["more-tensors-than-a-table"][0]
+    assert sum(n > 0 for n in sizes) > 2 * tensors
+    assert table_cases["tensor-across-launches"][0][0] > 2 * CHUNK * blocks
+    tail = table_cases["last-entry-and-last-block"][0]
+    assert (tensors - 1) + tail[tensors - 1] // CHUNK == blocks
+    assert (tensors - 1) + -(-table_cases["last-entry-continues"][0][tensors - 1] // CHUNK) > blocks
+    assert any(n % 8 for n in table_cases["vector-tails"][0])
+    assert TABLES["small"][0] < TABLES["large"][0] and TABLES["small"][1] < TABLES["large"][1]
+
+
+def test_large_kernel_arguments_by_default_and_the_fallback_when_forced():
+    ext = ek._ext.load_cuda_emulation()
+    assert ext.large_kernel_args()
+    ext.force_small_kernel_args(True)
+    try:
+        assert not ext.large_kernel_args()
+    finally:
+        ext.force_small_kernel_args(False)
+    assert ext.large_kernel_args()
 
 
 def _inputs(sizes, dtype, gen, momentum):
@@ -82,15 +125,15 @@ def _buckets(phase, sizes, misaligned, x, g, s, m, last):
     return ours, oracle
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", CASE_NAMES)
 @pytest.mark.parametrize("phase", list(Phase), ids=lambda p: p.name.lower())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64, torch.float16], ids=str)
 @pytest.mark.parametrize("variant", ["plain", "no-momentum", "tensor-rates", "grad-scale"])
-def test_launch_boundaries_against_reference(case, phase, dtype, variant):
+def test_launch_boundaries_against_reference(table, case, phase, dtype, variant):
     anchor_free = phase == Phase.UPDATE_PAST_ANCHOR_FREE
     if anchor_free and (dtype not in (torch.float32, torch.float64) or variant == "no-momentum"):
         pytest.skip("the anchor-free update runs with momentum on full-precision parameters only")
-    sizes, misaligned = CASES[case]
+    sizes, misaligned = cases(table)[case]
     gen = torch.Generator().manual_seed(zlib.crc32(f"{case} {phase} {dtype} {variant}".encode()))
     momentum = 0.0 if variant == "no-momentum" else 0.9
     lr, gamma = 0.1, 0.05
@@ -119,10 +162,10 @@ def test_launch_boundaries_against_reference(case, phase, dtype, variant):
 
 @pytest.mark.parametrize("case", ["more-tensors-than-a-table", "tensor-across-launches", "misaligned"])
 @pytest.mark.parametrize("phase", list(Phase), ids=lambda p: p.name.lower())
-def test_found_inf_writes_what_the_reference_writes(case, phase):
+def test_found_inf_writes_what_the_reference_writes(table, case, phase):
     """A skipped launch (found_inf set, shape [1] as GradScaler makes it) leaves what the reference leaves,
     bit for bit, and counts no step."""
-    sizes, misaligned = CASES[case]
+    sizes, misaligned = cases(table)[case]
     gen = torch.Generator().manual_seed(int(phase))
     x, g, s, m, last = _inputs(sizes, torch.float32, gen, 0.9)
     g[0][:1] = float("inf") if g[0].numel() else 0.0
@@ -134,3 +177,20 @@ def test_found_inf_writes_what_the_reference_writes(case, phase):
     for name in ("params", "anchors", "momenta", "steps", "last_gammas"):
         for i, (a, b) in enumerate(zip(getattr(ours, name), getattr(oracle, name))):
             assert torch.equal(a, b), f"{name} {i}"
+
+
+ADAPTIVE_OPTIONS = dict(lr=0.01, gamma=0.05, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, decoupled=True,
+                        amsgrad=False, bias_correction=True, grad_averaging=True, max_grad_norm=0.0, use_nvlamb=False,
+                        maximize=False, noise_std=0.01, seed=3)
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+@pytest.mark.parametrize("base", ["adam", "lamb"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_adaptive_launch_boundaries_against_reference(table, case, base, dtype):
+    """The adaptive kernels and LAMB's reading pass across the same boundaries, every phase, amsgrad on
+    for Adam: test_adaptive_kernels' comparison with the float64 reference and its tolerance."""
+    sizes, misaligned = cases(table)[case]
+    opts = dict(ADAPTIVE_OPTIONS, base=base, amsgrad=base == "adam")
+    for phase in ADAPTIVE_PHASES:
+        run_case("cuda", phase, opts, dtype, sizes, 4, 256.0, bool(misaligned), zlib.crc32(f"{case}{phase}".encode()))

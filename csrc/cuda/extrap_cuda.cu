@@ -9,6 +9,8 @@
 #include <ATen/Dispatch.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <type_traits>
 
 #include "../launch.h"
@@ -22,6 +24,8 @@ namespace {
 #define EXTRAP_CUDA_THREADS 512  // (the host emulation runs with fewer: csrc/emulation)
 #endif
 constexpr int kThreads = EXTRAP_CUDA_THREADS;
+static_assert(sizeof(Hyper<double>) + 10 * sizeof(void*) <= kOtherArgBytes,
+              "a kernel's arguments besides its table must fit what the table sizes leave");
 // The adaptive phases hold six arrays' vectors in registers (x g s m v v_max): half the threads per block,
 // so that each may use up to 255 registers (with 512, the 128 allowed spilled the bf16 kernels on sm_90).
 constexpr int kAdaptiveThreads = kThreads < 256 ? kThreads : 256;
@@ -45,7 +49,8 @@ struct Chunk {
   int entry;
   int64_t begin, end;
 };
-__device__ __forceinline__ Chunk chunk_of_block(const TensorTable& table) {
+template <typename Table>
+__device__ __forceinline__ Chunk chunk_of_block(const Table& table) {
   const int entry = table.block_tensor[blockIdx.x];
   const int64_t begin = static_cast<int64_t>(table.block_chunk[blockIdx.x]) * kChunkSize;
   return {entry, begin, min(table.numel[entry], begin + kChunkSize)};
@@ -69,9 +74,38 @@ __device__ __forceinline__ void read_device_betas(Hyper<acc>& h, const double* b
   }
 }
 
+// Every launch is checked at once: an error is the launch's, not a later call's.
+inline void check_launch() {
+  const cudaError_t err = cudaGetLastError();
+  TORCH_CHECK(err == cudaSuccess, "extrap_kernels: CUDA launch failed: ", cudaGetErrorString(err));
+}
+
+// nvcc before 12.1 refuses kernel arguments over 4 KB: only the small table is compiled there.
+#if defined(EXTRAP_CUDA_EMULATION) || CUDART_VERSION >= 12010
+#define EXTRAP_LARGE_TABLES 1
+#else
+#define EXTRAP_LARGE_TABLES 0
+#endif
+
+std::atomic<bool> force_small_tables{false};
+
+template <typename T>
+struct Tag {
+  using type = T;
+};
+
+// body(Tag<LargeTable>) where this launch may pass 26 KB of arguments, else body(Tag<SmallTable>).
+template <typename Body>
+void with_table(Body&& body) {
+#if EXTRAP_LARGE_TABLES
+  if (large_kernel_args()) return body(Tag<LargeTable>{});
+#endif
+  body(Tag<SmallTable>{});
+}
+
 // s and m are state_t: acc, or (master_weights=False) a 16-bit x's own type.
-template <Phase P, bool kMomentum, typename scalar_t, typename state_t, typename acc>
-__global__ void __launch_bounds__(kThreads) phase_kernel(TensorTable table, Hyper<acc> h, const acc* trust,
+template <Phase P, bool kMomentum, typename scalar_t, typename state_t, typename acc, typename Table>
+__global__ void __launch_bounds__(kThreads) phase_kernel(Table table, Hyper<acc> h, const acc* trust,
                                                          const acc* grad_scale, const float* found_inf,
                                                          const acc* lr, const acc* gamma) {
   constexpr bool kMaster = !std::is_same<scalar_t, state_t>::value;
@@ -162,19 +196,21 @@ void launch_phase(const Launch& L) {
   const acc* lr = L.lr_tensor ? L.lr_tensor->data_ptr<acc>() : nullptr;
   const acc* gamma = L.gamma_tensor ? L.gamma_tensor->data_ptr<acc>() : nullptr;
   auto stream = reinterpret_cast<cudaStream_t>(L.stream);
-  multi_tensor_apply(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas, {}, {},
-                     [&](TensorTable& table, int blocks) {
-    launch_kernel(phase_kernel<P, kMomentum, scalar_t, state_t, acc>, blocks, kThreads, stream, table, h, trust,
-                  grad_scale, found_inf, lr, gamma);
-    const cudaError_t err = cudaGetLastError();
-    TORCH_CHECK(err == cudaSuccess, "extrap_kernels: CUDA launch failed: ", cudaGetErrorString(err));
+  with_table([&](auto tag) {
+    using Table = typename decltype(tag)::type;
+    multi_tensor_apply<Table>(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas, {}, {},
+                              [&](Table& table, int blocks) {
+      launch_kernel(phase_kernel<P, kMomentum, scalar_t, state_t, acc, Table>, blocks, kThreads, stream, table, h,
+                    trust, grad_scale, found_inf, lr, gamma);
+      check_launch();
+    });
   });
 }
 
 // The adaptive bases (Adam, AdamW, LAMB): as phase_kernel, with the second moments (and their maxima)
 // moved beside m, and adaptive_element's math. Their state is always acc (a 16-bit x keeps its master).
-template <Phase P, bool kAmsgrad, typename scalar_t, typename acc>
-__global__ void __launch_bounds__(kAdaptiveThreads) adaptive_kernel(TensorTable table, Hyper<acc> h, const acc* trust,
+template <Phase P, bool kAmsgrad, typename scalar_t, typename acc, typename Table>
+__global__ void __launch_bounds__(kAdaptiveThreads) adaptive_kernel(Table table, Hyper<acc> h, const acc* trust,
                                                             const acc* grad_scale, const float* found_inf,
                                                             const acc* lr, const acc* gamma, const double* beta1,
                                                             const double* beta2) {
@@ -266,8 +302,8 @@ __global__ void __launch_bounds__(kAdaptiveThreads) adaptive_kernel(TensorTable 
 // `partials` ([launch blocks, threads, 2]; block `first_block + blockIdx.x`): the threads do not
 // communicate, and the host-side sums (adaptive_norms_cuda) are in a fixed order, so the result is
 // deterministic.
-template <bool kAmsgrad, bool kReadsX, typename scalar_t, typename acc>
-__global__ void __launch_bounds__(kThreads) adaptive_norms_kernel(TensorTable table, Hyper<acc> h,
+template <bool kAmsgrad, bool kReadsX, typename scalar_t, typename acc, typename Table>
+__global__ void __launch_bounds__(kThreads) adaptive_norms_kernel(Table table, Hyper<acc> h,
                                                                   const acc* grad_scale, const double* beta1,
                                                                   const double* beta2, acc* partials,
                                                                   int64_t first_block) {
@@ -299,7 +335,7 @@ __global__ void __launch_bounds__(kThreads) adaptive_norms_kernel(TensorTable ta
 // consecutive): one thread per tensor adds its blocks in order. The blocks' bounds travel in the kernel's
 // arguments, as the multi-tensor tables do, so that nothing is copied to the device (no host
 // synchronization, and a captured CUDA graph replays it).
-constexpr int kSegmentTensors = 1024;  // tensors per launch: 8 KB of arguments
+constexpr int kSegmentTensors = 448;  // tensors per launch: 3.5 KB of arguments, which every device takes
 constexpr int kSegmentThreads = 128;
 struct SegmentTable {
   int64_t first_block[kSegmentTensors + 1];  // tensor t's blocks: [first_block[t], first_block[t + 1])
@@ -330,12 +366,14 @@ void launch_adaptive(const Launch& L) {
   const double* beta1 = L.beta1_tensor ? L.beta1_tensor->data_ptr<double>() : nullptr;
   const double* beta2 = L.beta2_tensor ? L.beta2_tensor->data_ptr<double>() : nullptr;
   auto stream = reinterpret_cast<cudaStream_t>(L.stream);
-  multi_tensor_apply(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas, L.second_moments,
-                     L.max_second_moments, [&](TensorTable& table, int blocks) {
-    launch_kernel(adaptive_kernel<P, kAmsgrad, scalar_t, acc>, blocks, kAdaptiveThreads, stream, table, h, trust, grad_scale,
-                  found_inf, lr, gamma, beta1, beta2);
-    const cudaError_t err = cudaGetLastError();
-    TORCH_CHECK(err == cudaSuccess, "extrap_kernels: CUDA launch failed: ", cudaGetErrorString(err));
+  with_table([&](auto tag) {
+    using Table = typename decltype(tag)::type;
+    multi_tensor_apply<Table>(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas,
+                              L.second_moments, L.max_second_moments, [&](Table& table, int blocks) {
+      launch_kernel(adaptive_kernel<P, kAmsgrad, scalar_t, acc, Table>, blocks, kAdaptiveThreads, stream, table, h,
+                    trust, grad_scale, found_inf, lr, gamma, beta1, beta2);
+      check_launch();
+    });
   });
 }
 
@@ -354,13 +392,15 @@ at::Tensor launch_adaptive_norms(const Launch& L) {
   if (blocks_in_all == 0) return at::zeros({n, 2}, options);
   at::Tensor partials = at::empty({blocks_in_all, kThreads, 2}, options);  // every slot is written
   int64_t first_block = 0;
-  multi_tensor_apply(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas, L.second_moments,
-                     L.max_second_moments, [&](TensorTable& table, int blocks) {
-    launch_kernel(adaptive_norms_kernel<kAmsgrad, kReadsX, scalar_t, acc>, blocks, kThreads, stream, table, h,
-                  grad_scale, beta1, beta2, partials.data_ptr<acc>(), first_block);
-    const cudaError_t err = cudaGetLastError();
-    TORCH_CHECK(err == cudaSuccess, "extrap_kernels: CUDA launch failed: ", cudaGetErrorString(err));
-    first_block += blocks;
+  with_table([&](auto tag) {
+    using Table = typename decltype(tag)::type;
+    multi_tensor_apply<Table>(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas,
+                              L.second_moments, L.max_second_moments, [&](Table& table, int blocks) {
+      launch_kernel(adaptive_norms_kernel<kAmsgrad, kReadsX, scalar_t, acc, Table>, blocks, kThreads, stream, table,
+                    h, grad_scale, beta1, beta2, partials.data_ptr<acc>(), first_block);
+      check_launch();
+      first_block += blocks;
+    });
   });
   const at::Tensor block_sums = partials.sum(1).contiguous();  // [blocks, 2]
   at::Tensor sums = at::empty({n, 2}, options);
@@ -370,13 +410,43 @@ at::Tensor launch_adaptive_norms(const Launch& L) {
     std::copy(first_of.begin() + begin, first_of.begin() + begin + tensors + 1, table.first_block);
     launch_kernel(segment_sums_kernel<acc>, (tensors + kSegmentThreads - 1) / kSegmentThreads, kSegmentThreads,
                   stream, table, tensors, block_sums.data_ptr<acc>(), sums.data_ptr<acc>() + 2 * begin);
-    const cudaError_t err = cudaGetLastError();
-    TORCH_CHECK(err == cudaSuccess, "extrap_kernels: CUDA launch failed: ", cudaGetErrorString(err));
+    check_launch();
   }
   return sums;
 }
 
 }  // namespace
+
+void force_small_kernel_args(bool force) { force_small_tables.store(force); }
+
+bool large_kernel_args() {
+  if (force_small_tables.load(std::memory_order_relaxed)) return false;
+#ifdef EXTRAP_CUDA_EMULATION
+  return true;
+#else
+  // (asked once per process and device, as torch's MultiTensorApply asks: the runtime this was built
+  // with, the driver, and the device's compute capability)
+  static const bool runtime_and_driver = [] {
+    int runtime = 0, driver = 0;
+    return cudaRuntimeGetVersion(&runtime) == cudaSuccess && cudaDriverGetVersion(&driver) == cudaSuccess &&
+           runtime >= 12010 && driver >= 12010;
+  }();
+  if (!runtime_and_driver) return false;
+  constexpr int kDevices = 64;
+  static std::array<std::atomic<int8_t>, kDevices> known{};  // 0: not asked yet, 1: large, 2: small
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kDevices) return false;
+  int8_t answer = known[device].load(std::memory_order_relaxed);
+  if (answer == 0) {
+    int major = 0;
+    const bool volta = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+                       major >= 7;
+    answer = volta ? 1 : 2;
+    known[device].store(answer, std::memory_order_relaxed);
+  }
+  return answer == 1;
+#endif
+}
 
 void apply_cuda(const Launch& L) {
   if (L.params.empty()) return;

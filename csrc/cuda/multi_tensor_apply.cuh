@@ -12,47 +12,57 @@ namespace extrap {
 
 // Since CUDA 12.1 a kernel on Volta or newer takes up to 32764 bytes of arguments (4 KB before, Apex's
 // limit of 36 tensors). A 26 KB table covers a ResNet-50 (161 tensors, ~400 chunks) or a GPT-2 small
-// (148 tensors, ~2000 chunks) parameter list in ONE launch per phase.
+// (148 tensors, ~2000 chunks) parameter list in ONE launch per phase. Where the runtime, the driver or the
+// device cannot take that (checked when the launch runs: large_kernel_args in extrap_cuda.cu), the launch
+// falls back to a table that fits 4 KB, with fewer tensors and chunks per launch, as torch's
+// MultiTensorApply does.
 // (The host emulation, csrc/emulation, builds with small limits, so that its tests cross every boundary.)
 #ifndef EXTRAP_TABLE_TENSORS
 #define EXTRAP_TABLE_TENSORS 192
 #define EXTRAP_TABLE_BLOCKS 2560
+#define EXTRAP_SMALL_TABLE_TENSORS 24
+#define EXTRAP_SMALL_TABLE_BLOCKS 288
 #define EXTRAP_CHUNK_SIZE 65536
 #endif
-constexpr int kMaxTensors = EXTRAP_TABLE_TENSORS;   // table entries per launch
-constexpr int kMaxBlocks = EXTRAP_TABLE_BLOCKS;     // blocks per launch
-constexpr int64_t kChunkSize = EXTRAP_CHUNK_SIZE;   // elements per block
+constexpr int64_t kChunkSize = EXTRAP_CHUNK_SIZE;  // elements per block
 static_assert(kChunkSize % 8 == 0, "a chunk must be a multiple of every vector width");
+// (what a kernel takes besides the table: Hyper and a few pointers)
+constexpr size_t kOtherArgBytes = 256;
 
+template <int Tensors, int Blocks>
 struct TensorTable {
-  void* x[kMaxTensors];
-  const void* g[kMaxTensors];
-  void* s[kMaxTensors];
-  void* m[kMaxTensors];
-  void* v[kMaxTensors];      // adaptive: the second moments, and
-  void* v_max[kMaxTensors];  //           their maxima (amsgrad); else null
-  const float* step[kMaxTensors];
-  const void* last_gamma[kMaxTensors];  // the anchor-free update's recorded gamma (state dtype); else null
-  int64_t numel[kMaxTensors];
-  int32_t tensor[kMaxTensors];  // the tensor's position in the bucket (its trust ratio)
-  uint32_t index[kMaxTensors];  // the parameter's index in the optimizer (the noise key)
-  uint16_t block_tensor[kMaxBlocks];
-  int32_t block_chunk[kMaxBlocks];
+  static constexpr int kTensors = Tensors;  // table entries per launch
+  static constexpr int kBlocks = Blocks;    // blocks per launch
+  void* x[Tensors];
+  const void* g[Tensors];
+  void* s[Tensors];
+  void* m[Tensors];
+  void* v[Tensors];      // adaptive: the second moments, and
+  void* v_max[Tensors];  //           their maxima (amsgrad); else null
+  const float* step[Tensors];
+  const void* last_gamma[Tensors];  // the anchor-free update's recorded gamma (state dtype); else null
+  int64_t numel[Tensors];
+  int32_t tensor[Tensors];  // the tensor's position in the bucket (its trust ratio)
+  uint32_t index[Tensors];  // the parameter's index in the optimizer (the noise key)
+  uint16_t block_tensor[Blocks];
+  int32_t block_chunk[Blocks];
 };
-// (what a kernel takes besides the table: Hyper and a few pointers, well under 1 KB)
-static_assert(sizeof(TensorTable) <= 32764 - 1024, "the table must fit the 32 KB kernel-argument limit");
+using LargeTable = TensorTable<EXTRAP_TABLE_TENSORS, EXTRAP_TABLE_BLOCKS>;
+using SmallTable = TensorTable<EXTRAP_SMALL_TABLE_TENSORS, EXTRAP_SMALL_TABLE_BLOCKS>;
+static_assert(sizeof(LargeTable) <= 32764 - kOtherArgBytes, "the large table must fit the 32 KB argument limit");
+static_assert(sizeof(SmallTable) <= 4096 - kOtherArgBytes, "the small table must fit the 4 KB argument limit");
 
-// Calls launch(table, blocks) as often as needed to cover every chunk of every non-empty tensor.
+// Calls launch(table, blocks) with a `Table` as often as needed to cover every chunk of every non-empty tensor.
 // Empty `anchors`: the parameters are their own anchors (plain fused SGD on full-precision x), or the
 // anchors are recomputed (the anchor-free update, which gives `last_gammas`, else empty). `second` and
 // `second_max`: the adaptive bases' second moments and their maxima, or empty.
-template <typename Launch>
+template <typename Table, typename Launch>
 void multi_tensor_apply(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
                         const std::vector<at::Tensor>& anchors, const std::vector<at::Tensor>& momenta,
                         const std::vector<at::Tensor>& steps, const std::vector<int64_t>& indices,
                         const std::vector<at::Tensor>& last_gammas, const std::vector<at::Tensor>& second,
                         const std::vector<at::Tensor>& second_max, Launch&& launch) {
-  TensorTable table;
+  Table table;
   int entries = 0, blocks = 0;
   for (size_t t = 0; t < params.size(); ++t) {
     const int64_t numel = params[t].numel();
@@ -74,7 +84,7 @@ void multi_tensor_apply(const std::vector<at::Tensor>& params, const std::vector
       table.block_chunk[blocks] = static_cast<int32_t>(c);
       ++blocks;
       const bool last_chunk = c == chunks - 1;
-      if (blocks == kMaxBlocks || (last_chunk && entries == kMaxTensors - 1)) {
+      if (blocks == Table::kBlocks || (last_chunk && entries == Table::kTensors - 1)) {
         launch(table, blocks);
         blocks = 0;
         if (last_chunk) {
