@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 SOURCES := setup.py $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 PYTEST_ARGS ?=
 
-.PHONY: test demo build bench bench-micro gpu-report cmake-check cuda-check cuda-torch-check install-check clean
+.PHONY: test demo build bench bench-micro gpu-report gpu-image-check triton-matrix cmake-check cuda-check cuda-torch-check install-check clean
 
 $(VENV)/.deps: requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,18 +38,13 @@ cmake-check: $(VENV)/.deps
 	if hasattr(torch.ops.extrap_kernels, n)]; assert len(ops) == 5 and hasattr(mod, 'noise'), ops; \
 	print('cmake build OK:', path, 'registers torch.ops.extrap_kernels.' + ', '.join(ops))"
 
-# Every .cu file compiles with nvcc for sm_80 and sm_90 (no GPU needed; torch's host headers suffice,
-# since the CUDA sources take their stream from csrc/bindings.cpp). A compile error fails; so does a kernel
-# that spills or a hot kernel whose SASS lacks 128-bit loads and stores (tests/cuda_sass.py).
+# The CUDA sources compile with nvcc for sm_80 and sm_90 (no GPU needed; torch's host headers suffice, since
+# the CUDA sources take their stream from csrc/bindings.cpp): tests/cuda_sass.py compiles csrc/cuda/extrap_cuda.cu
+# (the one .cu file, which includes the rest) to a cubin per arch, both at once. A compile error fails; so does a
+# kernel that spills or a hot kernel whose SASS lacks 128-bit loads and stores.
 NVCC ?= $(or $(wildcard /usr/local/cuda/bin/nvcc),nvcc)
 cuda-check: $(VENV)/.deps
-	@mkdir -p build/nvcc
-	set -e; inc=$$($(PY) -c "import sysconfig, torch.utils.cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths() + [sysconfig.get_paths()['include']]))"); \
-	for f in csrc/cuda/*.cu; do \
-	  echo "nvcc $$f (sm_80, sm_90)"; \
-	  $(NVCC) -c -std=c++17 -O3 -DEXTRAP_WITH_CUDA -Icsrc $$inc -diag-suppress 3306 \
-	    -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 $$f -o build/nvcc/$$(basename $$f).o; \
-	done
+	test "$$(ls csrc/cuda/*.cu)" = csrc/cuda/extrap_cuda.cu  # (a new .cu file must join the check)
 	$(PY) tests/cuda_sass.py --arch 80,90 --nvcc $(NVCC) --out build/sass
 
 # The whole CUDA extension (setup.py's CUDAExtension: C++ and CUDA objects, linked) built against the
@@ -105,6 +100,60 @@ bench: build
 
 bench-micro: build
 	$(PY) -m pytest benchmarks -q --benchmark-only $(PYTEST_ARGS)
+
+# The Triton kernels' ahead-of-time compile and PTX check (tests/triton_aot.py) under the other Triton versions
+# that GPU users run: the GPU image's (torch 2.11's pin) and the newest release. make test runs it under the
+# pinned one (requirements-dev.txt: torch $(TORCH_VERSION)'s CUDA build pins triton 3.7.1). Each version is
+# installed on its own into build/triton-<version> and put before the venv's on the path. CI checks the hot
+# kernels' PTX (every one 128-bit, and the unaligned controls scalar) for sm_80 and sm_90 in each; the GPU
+# image's whole cover compiles in make gpu-image-check.
+TRITON_MATRIX ?= 3.6.0 3.9.0
+TRITON_MATRIX_ARGS ?= --arch 80,90 --cover hot
+triton-matrix: $(VENV)/.deps
+	set -e; for v in $(TRITON_MATRIX); do \
+	  test -f build/triton-$$v/.done || { rm -rf build/triton-$$v; $(PY) -m pip install --quiet \
+	    --disable-pip-version-check --no-deps --target build/triton-$$v triton==$$v; touch build/triton-$$v/.done; }; \
+	  PYTHONPATH=build/triton-$$v:. $(PY) tests/triton_aot.py $(TRITON_MATRIX_ARGS); \
+	done
+
+# The lent GPU machine's software, rehearsed here so that its short lease is not spent on a version mismatch:
+# its image runs torch 2.11.0+cu130 and triton 3.6.0 (benchmarks/gpu_image.txt), and PyPI has both. In a
+# virtualenv of its own (Python is this machine's, 3.11; the image's is 3.12), on a copy of the tracked tree:
+# the whole CUDA extension built as the report's build step builds it there (sm_90), imported; a stated subset of
+# the CPU suite (the API, citizenship, errors, every backend against the reference, the emulated CUDA launcher);
+# the Triton kernels' whole AOT cover and PTX check under 3.6.0; then benchmarks/gpu_report.py's dry run and
+# the parts of its steps that run without a GPU (the GPU tests' collection, a quick benchmark on the CPU).
+GPU_IMAGE_VENV ?= .venv-gpu-image
+GPU_IMAGE_TORCH ?= 2.11.0
+GPU_IMAGE_TRITON ?= 3.6.0
+GPU_IMAGE_TREE := build/gpu-image/tree
+GPU_IMAGE_TESTS ?= tests/test_api.py tests/test_conformance.py tests/test_checkpoint.py tests/test_errors.py \
+	tests/test_operators.py tests/test_backends.py tests/test_adaptive.py tests/test_adaptive_kernels.py \
+	tests/test_cuda_emulation.py tests/test_amp.py tests/test_capturable.py tests/test_install.py \
+	tests/test_gpu_report.py
+$(GPU_IMAGE_VENV)/.deps: requirements-dev.txt
+	test -x $(GPU_IMAGE_VENV)/bin/python || $(PYTHON) -m venv $(GPU_IMAGE_VENV)
+	mkdir -p build/gpu-image && grep -v '^triton' requirements-dev.txt > build/gpu-image/requirements.txt
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(GPU_IMAGE_VENV)/bin/pip install --quiet \
+	  --disable-pip-version-check torch==$(GPU_IMAGE_TORCH) triton==$(GPU_IMAGE_TRITON) setuptools \
+	  -r build/gpu-image/requirements.txt
+	touch $@
+
+gpu-image-check: $(GPU_IMAGE_VENV)/.deps
+	rm -rf $(GPU_IMAGE_TREE) && mkdir -p $(GPU_IMAGE_TREE)
+	git ls-files -z | xargs -0 cp --parents -t $(GPU_IMAGE_TREE)
+	set -e; py=$(abspath $(GPU_IMAGE_VENV))/bin/python; cd $(GPU_IMAGE_TREE); \
+	$$py -c "import torch, triton; print('gpu-image-check: torch', torch.__version__, 'CUDA', torch.version.cuda, 'triton', triton.__version__)"; \
+	cu13=$$($$py -c "import nvidia, os; print(os.path.join(nvidia.__path__[0], 'cu13', 'include'))"); \
+	CPATH=$$cu13 CUDA_HOME=$(CUDA_HOME) EXTRAP_FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 $$py setup.py --quiet build_ext \
+	  --inplace > ../build.log 2>&1 || (tail -50 ../build.log; exit 1); \
+	$$py -c "import torch, extrap_kernels as ek, extrap_kernels._C as C; assert C.has_cuda; \
+	print('CUDA extension built and imported against torch', torch.__version__)"; \
+	$$py -m pytest -q -p no:cacheprovider $(GPU_IMAGE_TESTS); \
+	$$py -m pytest -q -p no:cacheprovider tests/test_gpu.py; \
+	PYTHONPATH=. $$py tests/triton_aot.py --arch 90; \
+	$$py -m benchmarks.gpu_report --dry-run; \
+	$$py -m benchmarks.bench --quick --workloads tensors-161 --dtypes float32 --repeats 2 --out ../bench.json
 
 # On a lent GPU machine (its python3 has torch, triton, pytest, hypothesis, matplotlib): build the CUDA
 # extension, run the GPU tests, the benchmarks, the rest of the suite and one ncu profile within one
