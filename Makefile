@@ -149,7 +149,7 @@ gpu-image-check: $(GPU_IMAGE_VENV)/.deps
 	  --inplace > ../build.log 2>&1 || (tail -50 ../build.log; exit 1); \
 	$$py -c "import torch, extrap_kernels as ek, extrap_kernels._C as C; assert C.has_cuda; \
 	print('CUDA extension built and imported against torch', torch.__version__)"; \
-	$$py -m pytest -q -p no:cacheprovider $(GPU_IMAGE_TESTS); \
+	HYPOTHESIS_PROFILE=dev $$py -m pytest -q -p no:cacheprovider $(GPU_IMAGE_TESTS); \
 	$$py -m pytest -q -p no:cacheprovider tests/test_gpu.py; \
 	PYTHONPATH=. $$py tests/triton_aot.py --arch 90; \
 	$$py -m benchmarks.gpu_report --dry-run; \

@@ -233,11 +233,13 @@ def _segment_sums_kernel(block_sums, first_block, sums, SEGMENT: tl.constexpr):
     lanes = tl.arange(0, SEGMENT)
     s_squares = tl.zeros([SEGMENT], dtype=block_sums.dtype.element_ty)
     u_squares = tl.zeros([SEGMENT], dtype=block_sums.dtype.element_ty)
-    for b in range(begin, end, SEGMENT):
+    b = begin
+    while b < end:  # (not range(begin, end, ...): triton 3.6's interpreter cannot take loaded bounds there)
         blocks = b + lanes
         inside = blocks < end
         s_squares += tl.load(block_sums + 2 * blocks, mask=inside, other=0.0)
         u_squares += tl.load(block_sums + 2 * blocks + 1, mask=inside, other=0.0)
+        b += SEGMENT
     tl.store(sums + 2 * t, tl.sum(s_squares, 0))
     tl.store(sums + 2 * t + 1, tl.sum(u_squares, 0))
 
