@@ -22,6 +22,8 @@ def check_adaptive(lr, betas, eps, weight_decay) -> None:
         raise ValueError(f"Invalid epsilon value: {eps}")
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"Invalid betas: {betas!r} (a pair (beta1, beta2))")
+    if isinstance(betas[0], Tensor) != isinstance(betas[1], Tensor):
+        raise ValueError("betas must be either both floats or both Tensors")
     for index, beta in enumerate(betas):
         number = functional._number(beta, "beta")  # (None: a device tensor, read by the kernels)
         if number is not None and not 0.0 <= number < 1.0:
