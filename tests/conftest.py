@@ -116,3 +116,9 @@ over_backends = pytest.mark.parametrize("backend", CPU_BACKENDS)
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")
+    # EXTRAP_TEST_SMALL_TABLES=1: every CUDA launch of the run (emulated or on a device) takes the 4 KB
+    # kernel-argument table, as under a driver before CUDA 12.1, so the whole suite runs the fallback.
+    if os.environ.get("EXTRAP_TEST_SMALL_TABLES") == "1":
+        for ext in (ek._ext.load_cuda_emulation() if ek._ext.cuda_emulation_requested() else None, ek._ext.load()):
+            if ext is not None and hasattr(ext, "force_small_kernel_args"):
+                ext.force_small_kernel_args(True)

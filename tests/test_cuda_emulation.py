@@ -8,6 +8,7 @@ launcher's tables: the large one, and the 4 KB fallback of a driver before CUDA 
 launches hold fewer tensors and blocks."""
 from __future__ import annotations
 
+import os
 import zlib
 
 import pytest
@@ -57,12 +58,13 @@ CASE_NAMES = list(cases("large"))
 def table(request):
     """Each launch of the test with the large table, or with the 4 KB one forced (restored after)."""
     ext = ek._ext.load_cuda_emulation()
+    forced = not ext.large_kernel_args()  # (EXTRAP_TEST_SMALL_TABLES=1 forces the whole run: conftest)
     ext.force_small_kernel_args(request.param == "small")
     try:
         assert ext.large_kernel_args() == (request.param == "large")
         yield request.param
     finally:
-        ext.force_small_kernel_args(False)
+        ext.force_small_kernel_args(forced)
 
 
 def test_the_emulation_is_built():
@@ -93,13 +95,14 @@ def test_the_cases_reach_the_boundaries(name):
 
 def test_large_kernel_arguments_by_default_and_the_fallback_when_forced():
     ext = ek._ext.load_cuda_emulation()
-    assert ext.large_kernel_args()
+    forced = os.environ.get("EXTRAP_TEST_SMALL_TABLES") == "1"
+    assert ext.large_kernel_args() == (not forced)
     ext.force_small_kernel_args(True)
     try:
         assert not ext.large_kernel_args()
     finally:
-        ext.force_small_kernel_args(False)
-    assert ext.large_kernel_args()
+        ext.force_small_kernel_args(forced)
+    assert ext.large_kernel_args() == (not forced)
 
 
 def _inputs(sizes, dtype, gen, momentum):

@@ -85,7 +85,10 @@ def stochastic_round(v, random, ROUNDING: tl.constexpr):
         else:
             drop = 13 + tl.where(exponent < 113, 113 - exponent, 0)
         mask = (tl.full(u.shape, 1, tl.uint32) << tl.minimum(drop, 23)) - 1
-        rounded = ((u + (random & mask)) & ~mask).to(tl.float32, bitcast=True)
+        # (the low bits cleared as t - (t & mask), not t & ~mask: triton 3.6 and 3.7's interpreter cannot
+        # invert an unsigned tensor under numpy 2)
+        carried = u + (random & mask)
+        rounded = (carried - (carried & mask)).to(tl.float32, bitcast=True)
         if ROUNDING == 2:  # below 2^-24: 0 or 2^-24, the latter with probability |v| / 2^-24
             uniform = (random >> 8).to(tl.float32) * 5.9604644775390625e-8
             tiny = tl.where(uniform < tl.abs(v) * 16777216.0, 5.9604644775390625e-8, 0.0)
