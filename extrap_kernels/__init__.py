@@ -3,18 +3,14 @@
     from extrap_kernels import ExtrapSGD, FusedSGD, ExtrapAdamW, ExtrapLAMB, FusedAdam, FusedLAMB
 """
 import torch as _torch
+from torch.torch_version import TorchVersion as _TorchVersion
 
 # The oldest torch this package is built and tested against (make gpu-image-check: 2.11.0, the lent GPU
-# image's; make test: the Makefile's TORCH_VERSION). Older ones lack torch.optim and torch.library APIs the
-# optimizers and operators use: refused here with the reason rather than failing somewhere later.
+# image's; make test: the Makefile's TORCH_VERSION). Older ones were never built or tested: refused here
+# with the reason rather than failing somewhere later.
 OLDEST_TORCH = (2, 11)
 
-
-def _torch_release(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split("+")[0].split(".")[:2] if part.isdigit())
-
-
-if _torch_release(_torch.__version__) < OLDEST_TORCH:
+if _TorchVersion(_torch.__version__) < OLDEST_TORCH:
     raise ImportError(f"extrap-kernels needs torch >= {'.'.join(map(str, OLDEST_TORCH))}; this Python has torch "
                       f"{_torch.__version__}. Upgrade torch (pip install 'torch>=2.11'), then rebuild this package "
                       "against it: pip install --no-build-isolation --no-deps .")
