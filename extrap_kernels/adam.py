@@ -9,15 +9,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import functional
+from .checks import check_hyperparameters, scalar_value
 from .bucket import Hyper, Phase, state_dtype
 from .optimizer import ApexDropIn, ExtrapolatingOptimizer, FusedOptimizer
 
 
 def check_adaptive(lr, betas, eps, weight_decay) -> None:
     """torch.optim.Adam's checks, in its words."""
-    functional.check_hyperparameters(lr=lr, weight_decay=weight_decay)
-    number = functional._number(eps, "eps")
+    check_hyperparameters(lr=lr, weight_decay=weight_decay)
+    number = scalar_value(eps, "eps")
     if number is not None and not number >= 0.0:
         raise ValueError(f"Invalid epsilon value: {eps}")
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
@@ -25,7 +25,7 @@ def check_adaptive(lr, betas, eps, weight_decay) -> None:
     if isinstance(betas[0], Tensor) != isinstance(betas[1], Tensor):
         raise ValueError("betas must be either both floats or both Tensors")
     for index, beta in enumerate(betas):
-        number = functional._number(beta, "beta")  # (None: a device tensor, read by the kernels)
+        number = scalar_value(beta, "beta")  # (None: a device tensor, read by the kernels)
         if number is not None and not 0.0 <= number < 1.0:
             raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
 
@@ -92,7 +92,7 @@ class ExtrapAdam(ExtrapolatingAdaptive):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, decoupled=decoupled_weight_decay, gamma=gamma, mode=mode,
                         noise_std=noise_std, seed=seed)
-        functional.check_hyperparameters(gamma=gamma, mode=mode, noise_std=noise_std)
+        check_hyperparameters(gamma=gamma, mode=mode, noise_std=noise_std)
         super().__init__(params, defaults, backend)
 
 
@@ -126,7 +126,7 @@ class ExtrapLAMB(ExtrapolatingAdaptive):
                         weight_decay=weight_decay, decoupled=adam_w_mode, grad_averaging=grad_averaging,
                         max_grad_norm=max_grad_norm, use_nvlamb=use_nvlamb, gamma=gamma, mode=mode,
                         noise_std=noise_std, seed=seed)
-        functional.check_hyperparameters(gamma=gamma, mode=mode, noise_std=noise_std)
+        check_hyperparameters(gamma=gamma, mode=mode, noise_std=noise_std)
         super().__init__(params, defaults, backend)
 
 

@@ -13,10 +13,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import required
 
-from . import backends, functional
+from . import backends
 from .bucket import Hyper, Phase, anchor_free_applies, state_dtype
-from .functional import check_hyperparameters
-from .plan import _GRAD, Plan, Rejected, flat_params
+from .checks import Rejected, check_hyperparameters, scalar_value
+from .plan import Plan, flat_params, grad_of
 from .sharded import local
 
 
@@ -65,7 +65,7 @@ class FusedOptimizer(Optimizer):
         by_key = defaultdict(list)
         for p in flat_params(self.param_groups):
             by_key[(p.device, p.dtype)].append(p)
-        return {key: functional.resolve_backend(self.backend, [local(p) for p in ps],
+        return {key: backends.for_bucket(self.backend, [local(p) for p in ps],
                                                 [local(p.grad) for p in ps if p.grad is not None], self.BASE).name
                 for key, ps in by_key.items()}
 
@@ -128,7 +128,7 @@ class FusedOptimizer(Optimizer):
         """The plan of this step over `groups` and the step's gradients, one per parameter (None where
         there is none). The cached plan is reused while it still matches (plan.py says when)."""
         params = flat_params(groups)
-        grads = list(map(_GRAD, params))
+        grads = list(map(grad_of, params))
         plan = self._plans.get(phase_of)
         if plan is None or not plan.matches(self, groups, params, grads):
             plan = self._plans[phase_of] = Plan(self, groups, phase_of, params, grads)
@@ -209,7 +209,7 @@ class ExtrapolatingOptimizer(FusedOptimizer):
         or sigma 0 extrapolates nowhere: it runs the past update with gamma 0, the base optimizer."""
         gamma = group["lr"] if group.get("gamma") is None else group["gamma"]
         phase = {"local": Phase.UPDATE, "past": Phase.UPDATE_PAST, "noise": Phase.UPDATE_NOISE}[group.get("mode", "past")]
-        if phase == Phase.UPDATE_NOISE and (functional._number(gamma, "gamma") == 0 or group["noise_std"] == 0):
+        if phase == Phase.UPDATE_NOISE and (scalar_value(gamma, "gamma") == 0 or group["noise_std"] == 0):
             phase, gamma = Phase.UPDATE_PAST, 0.0
         return phase, gamma
 

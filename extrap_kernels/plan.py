@@ -2,12 +2,14 @@
 
 Everything that changes only with the param groups, the optimizer state or the hyperparameters (the
 (device, dtype) buckets and their state lists, each bucket's backend, the operator arguments) is built
-by `Plan`, which validates it with the Python layer's messages (functional.check_param and
-check_bucket), and is kept while the optimizer still matches it. A step then only collects the
-gradients (new tensors every step under zero_grad(set_to_none=True)), checks with a few C-level passes
-over the parameter list that the plan still holds, and launches; the per-step inputs are validated in
-one place, the extension's operator for the `cpu`/`cuda` backends (csrc/bindings.cpp), before any
-tensor is written. A plan no longer holds (each case tested in tests/test_plan.py) when:
+by `Plan`, which validates it with the Python layer's messages (checks.check_param and check_bucket),
+and is kept while the optimizer still matches it: its launches are prepared once on their backends
+(core.Launch). A step then only collects the gradients (new tensors every step under
+zero_grad(set_to_none=True)), checks with a few C-level passes over the parameter list that the plan
+still holds, and runs the launches (core.run_launches), whose calls validate the step's inputs before any
+tensor is written (the extension's in C++, csrc/bindings.cpp).
+
+A plan no longer holds (each case tested in tests/test_plan.py) when:
 - the groups' parameters change (add_param_group, a params list edited in place), or which of them
   have a gradient;
 - the state changes (load_state_dict, a state tensor replaced or deleted);
@@ -23,21 +25,18 @@ from __future__ import annotations
 
 import operator
 from collections import defaultdict
-from dataclasses import replace
+from dataclasses import dataclass
 from itertools import chain, repeat
 
-import torch
 from torch import Tensor
 
-from . import functional, lamb
-from .backends import cpu as extension
-from .bucket import Bucket, Hyper, Phase, bucket_phase, state_dtype
-from .functional import Work
-from .lars import trust_ratios
-from .norms import squares
-from .sharded import is_dtensor, local, shard_group
+from . import backends
+from .bucket import Bucket, Hyper, Phase, bucket_phase
+from .checks import check_bucket, check_hyperparameters, check_param
+from .core import Launch, Work, run_launches
+from .sharded import as_real, is_dtensor, kernel_view, local, shard_group
 
-_GRAD = operator.attrgetter("grad")
+grad_of = operator.attrgetter("grad")
 _PARAMS = operator.itemgetter("params")
 HYPER_KEYS = ("lr", "gamma", "momentum", "dampening", "weight_decay", "nesterov", "noise_std",
               "trust_coefficient", "mode", "past", "store_anchor", "master_weights")
@@ -53,150 +52,24 @@ def group_key(group: dict) -> tuple:
 
 
 def check_group(group: dict) -> None:
-    functional.check_hyperparameters(**{k: group[k] for k in HYPER_KEYS if k in group})
+    check_hyperparameters(**{k: group[k] for k in HYPER_KEYS if k in group})
 
 
-def as_real(t: Tensor) -> Tensor:
-    """A complex tensor's real view (same storage: every phase is elementwise, as torch.optim treats
-    complex parameters); any other tensor itself."""
-    return torch.view_as_real(t) if t.is_complex() else t
+@dataclass
+class Staged:
+    """One validated (device, dtype) bucket of a group, before its state exists: the plan's first pass."""
 
-
-def kernel_view(t: Tensor) -> Tensor:
-    """The tensor the kernels write: the real view of a DTensor's local shard or of the tensor itself."""
-    return as_real(local(t))
-
-
-def _device(t: Tensor | None, device: torch.device) -> Tensor | None:
-    return None if t is None else t.to(device, non_blocking=True)
-
-
-class Rejected(Exception):
-    """A launch's validation refused the step before anything was written (the cause says why)."""
-
-
-class Launch:
-    """One phase over one bucket, ready to run with the gradients of a step: a `Work` and the positions
-    of its gradients in the step's flat gradient list."""
-
-    def __init__(self, work: Work, positions: list[int] | None, total: int = 0, views: bool = False):
-        self.work = work
-        self.views = views  # DTensor or complex parameters: the gradients' kernel views are taken per step
-        self.global_grad_norm: Tensor | None = None  # LAMB: set by run_launches each step
-        if positions is None:  # a one-off launch (functional.run): the bucket's own gradients
-            self.pick = lambda flat: work.bucket.grads
-        elif len(positions) == total and positions == list(range(total)):
-            self.pick = lambda flat: flat  # every gradient of the step, in order: the common case
-        elif len(positions) == 1:
-            position = positions[0]
-            self.pick = lambda flat: [flat[position]]
-        else:
-            self.pick = operator.itemgetter(*positions)
-        self.retune(work.hyper)
-
-    @property
-    def validates_itself(self) -> bool:
-        return self.work.backend.validates
-
-    def retune(self, hyper: Hyper) -> None:
-        """Takes a group's new hyperparameters (same phase and state layout)."""
-        self.work = self.work._replace(hyper=hyper)
-        phase, bucket, _, backend = self.work
-        self._calls: dict[str, object] = {}  # kind -> extension.prepared_call
-        self.live_rates = False
-        self.clips = hyper.base == "lamb" and hyper.max_grad_norm > 0  # LAMB: needs the global gradient norm
-        for name in ("lr", "gamma"):  # a rate tensor converted to the bucket's device and dtype is a copy:
-            value = getattr(hyper, name)  # the call is then prepared anew each step, to read its value
-            if backend.validates and isinstance(value, Tensor):
-                self.live_rates |= hyper.rate(name, bucket)[1].data_ptr() != value.data_ptr()
-        if backend.validates and hyper.base != "sgd":  # the same for capturable betas (float64 copies)
-            for value, (_, converted) in zip(hyper.betas, hyper.kernel_betas(bucket)):
-                self.live_rates |= converted is not None and converted.data_ptr() != value.data_ptr()
-
-    def _call(self, kind: str = "run"):
-        """The extension's prepared operator call of `kind` (run, check, norms), made again each step where a
-        rate is a converted copy."""
-        call = self._calls.get(kind)
-        if call is None:
-            phase, bucket, hyper, _ = self.work
-            call = extension.prepared_call(phase, bucket, hyper, kind=kind, backend=self.work.backend.name)
-            if not self.live_rates:
-                self._calls[kind] = call
-        return call
-
-    def grads(self, flat: list) -> list[Tensor]:
-        grads = self.pick(flat)
-        return [kernel_view(g) for g in grads] if self.views else grads
-
-    def validate(self, grads, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
-        """Raises, writing nothing, if the launch would be refused."""
-        phase, bucket, _, backend = self.work
-        if backend.validates:
-            self._call("check")(grads, None, grad_scale, found_inf)
-        else:
-            functional.check_bucket(replace(bucket, grads=list(grads)), backend)
-
-    def run(self, grads, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
-        phase, bucket, hyper, backend = self.work
-        grad_scale, found_inf = _device(grad_scale, bucket.device), _device(found_inf, bucket.device)
-        if not backend.validates:
-            backend.apply(phase, replace(bucket, grads=list(grads), global_grad_norm=self.global_grad_norm), hyper,
-                          grad_scale, found_inf)
-            return
-        trust = None
-        if hyper.lars:
-            trust = trust_ratios(phase, replace(bucket, grads=list(grads)), hyper, grad_scale)
-        elif hyper.base == "lamb":
-            norms = self._call("norms")
-            grad_scale, trust = lamb.step_inputs(replace(bucket, global_grad_norm=self.global_grad_norm), hyper,
-                                                 grad_scale, lambda scale: norms(grads, None, scale, None))
-        self._call()(grads, trust, grad_scale, found_inf)
-
-
-def global_grad_norm(launches: list[Launch], grads: list[list[Tensor]]) -> Tensor | None:
-    """LAMB's clipping norm: of all the step's gradients together (still scaled by AMP), in float64 on the
-    device of the first; a sharded (FSDP2) bucket's squares are summed over its shard group. None where no
-    gradient is there."""
-    total = None
-    for launch, gs in zip(launches, grads):
-        if not gs:
-            continue
-        bucket_squares = squares(gs, state_dtype(gs[0].dtype)).sum()
-        if launch.work.bucket.shard_group is not None:
-            torch.distributed.all_reduce(bucket_squares, group=launch.work.bucket.shard_group)
-        total = bucket_squares if total is None else total + bucket_squares.to(total.device)
-    return None if total is None else total.sqrt()
-
-
-def clip(launches: list[Launch], grads: list[list[Tensor]]) -> None:
-    """Gives LAMB's launches the step's global gradient norm (before any writes: it reads the gradients)."""
-    if any(launch.clips for launch in launches):
-        norm = global_grad_norm(launches, grads)
-        for launch in launches:
-            launch.global_grad_norm = norm
-
-
-def run_launches(launches: list[Launch], flat_grads: list, grad_scale: Tensor | None,
-                 found_inf: Tensor | None) -> None:
-    """Validates every launch, then runs them; an extension operator alone validates itself. A
-    refusal, before anything is written, raises `Rejected`."""
-    grads = [launch.grads(flat_grads) for launch in launches]
-    if len(launches) == 1 and launches[0].validates_itself:
-        try:
-            clip(launches, grads)
-            launches[0].run(grads[0], grad_scale, found_inf)
-        except (ValueError, TypeError, NotImplementedError) as err:  # its checks (csrc/bindings.cpp)
-            raise Rejected() from err
-        return
-    try:
-        for launch, g in zip(launches, grads):
-            device = launch.work.bucket.device
-            launch.validate(g, _device(grad_scale, device), _device(found_inf, device))
-    except (RuntimeError, ValueError, TypeError, NotImplementedError) as err:
-        raise Rejected() from err
-    clip(launches, grads)
-    for launch, g in zip(launches, grads):
-        launch.run(g, grad_scale, found_inf)
+    number: int  # the group's position in the plan
+    group: dict
+    phase: Phase
+    hyper: Hyper
+    backend: backends.Backend
+    members: list[Tensor]  # the parameters as the optimizer holds them
+    shards: list[Tensor]  # their local tensors (FSDP2), as the kernels see them
+    grads: list[Tensor]
+    names: list[str]
+    shard_group: object
+    views: bool  # DTensor or complex parameters: kernel views are taken per step
 
 
 class Plan:
@@ -215,59 +88,69 @@ class Plan:
         self._indices: dict = {}
         index = {p: i for i, p in enumerate(flat_params(opt.param_groups))}  # keys the noise
         position = {id(p): i for i, p in enumerate(params)}
-        with_views = False
-        staged = []
-        for number, group in enumerate(groups):
-            check_group(group)
-            group_phase, hyper = opt._launch_args(group)
-            if phase_of is not None:
-                group_phase = phase_of
-            by_key = defaultdict(list)
-            for p in group["params"]:
-                if p.grad is not None:
-                    by_key[(p.device, p.dtype)].append(p)
-            for (_, dtype), members in by_key.items():
-                phase = bucket_phase(group_phase, dtype)
-                # the kernels see local tensors: FSDP2 shards step where they live
-                shards, local_grads = [local(p) for p in members], [local(p.grad) for p in members]
-                backend = functional.resolve_backend(opt.backend, shards, local_grads, hyper.base)
-                names = [f"param {index[p]} (shape {tuple(p.shape)})" for p in members]
-                for p, x, g, name in zip(members, shards, local_grads, names):
-                    functional.check_param(x, g, backend, name)
-                    if phase == Phase.UPDATE_NOISE and is_dtensor(p):
-                        raise RuntimeError(f"{name}: mode='noise' keys its noise by element index and does not "
-                                           "support sharded (FSDP2) parameters; use mode 'local' or 'past'")
-                views = any(is_dtensor(p) or p.is_complex() for p in members)
-                with_views |= views
-                # whole-tensor norms of sharded tensors: LARS's and LAMB's trust ratios
-                group_of_shards = shard_group(members, names) if hyper.lars or hyper.base == "lamb" else None
-                staged.append((number, group, phase, hyper, backend, members, shards, local_grads, names,
-                               group_of_shards, views))
+        # every bucket is validated before any state is created: a refused step leaves the state untouched
+        staged = [bucket for number, group in enumerate(groups) for bucket in self._stage(opt, number, group, index)]
         self.launches: list[Launch] = []
         self.by_group: list[list[Launch]] = [[] for _ in groups]
-        for number, group, phase, hyper, backend, members, shards, local_grads, names, shards_group, views in staged:
-            states = [opt._init_state(p, group, phase) for p in members]
-            shards = [as_real(x) for x in shards]
-            bucket = Bucket(
-                params=shards,
-                grads=[as_real(g) for g in local_grads],
-                anchors=[kernel_view(st["anchor"]) if "anchor" in st else x for x, st in zip(shards, states)],
-                steps=[st["step"] for st in states],
-                indices=[index[p] for p in members],
-                names=names,
-                shard_group=shards_group,
-                master=group.get("master_weights", True),
-                **{"momenta": [], **{key: [kernel_view(st[name]) if name != "last_gamma" else st[name] for st in states]
-                                     for key, name in opt._state_lists(group, phase).items()}},
-            )
-            functional.check_bucket(bucket, backend)
-            launch = Launch(Work(phase, bucket, hyper, backend), [position[id(p)] for p in members], len(params),
-                            views)
+        for stage in staged:
+            launch = Launch(self._work(opt, stage, index), [position[id(p)] for p in stage.members], len(params),
+                            stage.views)
             self.launches.append(launch)
-            self.by_group[number].append(launch)
-        self.reusable = not with_views
-        self.stepped = [p for _, _, _, _, _, members, *_ in staged for p in members]
+            self.by_group[stage.number].append(launch)
+        self.reusable = not any(stage.views for stage in staged)
+        self.stepped = [p for stage in staged for p in stage.members]
         self.state_ids = self._state_ids(opt)
+
+    def _stage(self, opt, number: int, group: dict, index: dict) -> list[Staged]:
+        """A group's (device, dtype) buckets, each parameter validated, no state created yet."""
+        check_group(group)
+        group_phase, hyper = opt._launch_args(group)
+        if self.phase_of is not None:
+            group_phase = self.phase_of
+        by_key = defaultdict(list)
+        for p in group["params"]:
+            if p.grad is not None:
+                by_key[(p.device, p.dtype)].append(p)
+        staged = []
+        for (_, dtype), members in by_key.items():
+            phase = bucket_phase(group_phase, dtype)
+            # the kernels see local tensors: FSDP2 shards step where they live
+            shards, grads = [local(p) for p in members], [local(p.grad) for p in members]
+            backend = backends.for_bucket(opt.backend, shards, grads, hyper.base)
+            names = [f"param {index[p]} (shape {tuple(p.shape)})" for p in members]
+            for p, x, g, name in zip(members, shards, grads, names):
+                check_param(x, g, backend, name)
+                if phase == Phase.UPDATE_NOISE and is_dtensor(p):
+                    raise RuntimeError(f"{name}: mode='noise' keys its noise by element index and does not "
+                                       "support sharded (FSDP2) parameters; use mode 'local' or 'past'")
+            # whole-tensor norms of sharded tensors: LARS's and LAMB's trust ratios
+            group_of_shards = shard_group(members, names) if hyper.lars or hyper.base == "lamb" else None
+            views = any(is_dtensor(p) or p.is_complex() for p in members)
+            staged.append(Staged(number, group, phase, hyper, backend, members, shards, grads, names,
+                                 group_of_shards, views))
+        return staged
+
+    @staticmethod
+    def _work(opt, stage: Staged, index: dict) -> Work:
+        """A validated bucket's launch, its missing state created."""
+        states = [opt._init_state(p, stage.group, stage.phase) for p in stage.members]
+        shards = [as_real(x) for x in stage.shards]
+        lists = {"momenta": []}
+        for key, name in opt._state_lists(stage.group, stage.phase).items():
+            lists[key] = [kernel_view(st[name]) if name != "last_gamma" else st[name] for st in states]
+        bucket = Bucket(
+            params=shards,
+            grads=[as_real(g) for g in stage.grads],
+            anchors=[kernel_view(st["anchor"]) if "anchor" in st else x for x, st in zip(shards, states)],
+            steps=[st["step"] for st in states],
+            indices=[index[p] for p in stage.members],
+            names=stage.names,
+            shard_group=stage.shard_group,
+            master=stage.group.get("master_weights", True),
+            **lists,
+        )
+        check_bucket(bucket, stage.backend)
+        return Work(stage.phase, bucket, stage.hyper, stage.backend)
 
     def _state_ids(self, opt) -> list[int]:
         """The identities of every state value of the stepped parameters, in order: a replaced, added or

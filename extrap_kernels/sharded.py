@@ -12,6 +12,7 @@ Two things are not elementwise:
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 try:
@@ -27,6 +28,17 @@ def is_dtensor(t: Tensor | None) -> bool:
 def local(t: Tensor) -> Tensor:
     """The tensor the kernels write: a DTensor's local shard (same storage), else the tensor itself."""
     return t.to_local() if is_dtensor(t) else t
+
+
+def as_real(t: Tensor) -> Tensor:
+    """A complex tensor's real view (same storage: every phase is elementwise, as torch.optim treats
+    complex parameters); any other tensor itself."""
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def kernel_view(t: Tensor) -> Tensor:
+    """The tensor the kernels write: the real view of a DTensor's local shard or of the tensor itself."""
+    return as_real(local(t))
 
 
 def shard_group(params: list[Tensor], names: list[str]):

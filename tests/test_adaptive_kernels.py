@@ -147,7 +147,7 @@ def lamb_sums(backend: str, phase: Phase, b: Bucket, h: Hyper) -> torch.Tensor:
     if backend == "triton":
         from extrap_kernels.backends import triton_adaptive
         return triton_adaptive.lamb_sums(phase, b, h, None)
-    from extrap_kernels.backends import cpu as extension
+    from extrap_kernels.backends import extension
     return extension.prepared_call(phase, b, h, kind="norms", backend=backend)(b.grads, None, None, None)
 
 

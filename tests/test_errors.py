@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import extrap_kernels as ek
-from extrap_kernels import functional
+from extrap_kernels import core
 from extrap_kernels.bucket import Bucket, Hyper, Phase
 
 from conftest import CPU_BACKENDS
@@ -123,10 +123,10 @@ def test_functional_bucket_checks():
                     indices=[0, 1])
     backend = ek.backends.resolve("foreach", torch.device("cpu"))
     with pytest.raises(TypeError, match="mismatched dtypes"):
-        functional.run([functional.Work(Phase.UPDATE, bucket, Hyper(lr=0.1), backend)])
+        core.run([core.Work(Phase.UPDATE, bucket, Hyper(lr=0.1), backend)])
     bucket.grads[1] = torch.zeros(3, device="meta")
     with pytest.raises(RuntimeError, match="mixed devices"):
-        functional.run([functional.Work(Phase.UPDATE, bucket, Hyper(lr=0.1), backend)])
+        core.run([core.Work(Phase.UPDATE, bucket, Hyper(lr=0.1), backend)])
     assert all(torch.equal(t, torch.zeros(3)) for t in x)
 
 

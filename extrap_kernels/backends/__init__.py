@@ -1,9 +1,12 @@
 """The one dispatch point: which backend runs a bucket, and what each backend can do.
 
-Every backend has the same entry, `apply(phase, bucket, hyper, grad_scale, found_inf)`, which runs
-ONE phase over ONE (device, dtype) bucket (an update phase counts its step first). "auto" picks the
-fastest one available for the device. The extension's backends (`cpu`, `cuda`) validate each launch in
-C++ (`validates`); the others are validated by functional.check_bucket.
+Every backend has one protocol (calls.py): `prepare(phase, bucket, hyper)` once, for ONE phase over ONE
+(device, dtype) bucket, returns a call; the call runs each step with that step's gradients,
+`call(grads, grad_scale, found_inf)` (an update phase counts its step first), and `call.check(...)`
+validates them alone. A call refuses a step before writing anything (checks.Rejected). The extension's
+backends (`cpu`, `cuda`: extension.py) validate in C++; a Python backend's module defines only `apply`,
+which calls.ApplyCall validates with checks.check_bucket and calls. "auto" picks the fastest backend
+available for the device.
 """
 from __future__ import annotations
 
@@ -13,26 +16,41 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch import Tensor
 
 from .. import _ext
+from ..bucket import Bucket, Hyper, Phase
+from ..checks import Rejected
+from .calls import ApplyCall, Call
 
 
 @dataclass(frozen=True)
 class Backend:
     name: str
-    module: str  # where `apply` lives
+    module: str  # where `prepare` (the extension) or `apply` (a Python backend) lives
     needs_contiguous: bool  # fused kernels walk raw memory
-    devices: tuple[str, ...] | None  # device types it runs on; None: any
+    # the device types it runs on (a function: the emulations' environment is read when asked, not at import)
+    devices: Callable[[], tuple[str, ...]] | None  # None: any
     available: Callable[[torch.device], bool]  # can run on this (supported) device in this process
-    validates: bool = False  # the extension's operators check every launch themselves (csrc/bindings.cpp)
     bases: tuple[str, ...] = ("sgd",)  # the base optimizers it has a kernel for (bucket.Hyper.base)
 
-    @property
-    def apply(self):
-        return importlib.import_module(self.module, __package__).apply
+    def prepare(self, phase: Phase, bucket: Bucket, hyper: Hyper) -> Call:
+        """The call that runs `phase` over `bucket` with `hyper`, every step (calls.Call)."""
+        module = importlib.import_module(self.module, __package__)
+        if hasattr(module, "prepare"):
+            return module.prepare(phase, bucket, hyper, self)
+        return ApplyCall(module.apply, phase, bucket, hyper, self)
+
+    def apply(self, phase: Phase, bucket: Bucket, hyper: Hyper, grad_scale: Tensor | None = None,
+              found_inf: Tensor | None = None) -> None:
+        """One phase over `bucket` with its own gradients, once (tests, one-off steps): prepare, then call."""
+        try:
+            self.prepare(phase, bucket, hyper)(bucket.grads, grad_scale, found_inf)
+        except Rejected as rejected:  # (the reason itself, as the step would raise it)
+            raise rejected.__cause__ from None
 
     def supports(self, device: torch.device) -> bool:
-        return self.devices is None or device.type in self.devices
+        return self.devices is None or device.type in self.devices()
 
 
 def _triton_available(device: torch.device) -> bool:
@@ -57,12 +75,11 @@ EVERY_BASE = ("sgd", "adam", "lamb")
 BACKENDS = {
     "reference": Backend("reference", "..reference", False, None, lambda device: True, bases=EVERY_BASE),
     "foreach": Backend("foreach", ".foreach", False, None, lambda device: True, bases=EVERY_BASE),
-    "cpu": Backend("cpu", ".cpu", True, ("cpu",), lambda device: _ext.load() is not None, validates=True,
-                   bases=EVERY_BASE),
-    "cuda": Backend("cuda", ".cuda", True, _cuda_devices(),
-                    lambda device: importlib.import_module(".cuda", __package__).available(device), validates=True,
+    "cpu": Backend("cpu", ".extension", True, lambda: ("cpu",), lambda device: _ext.load() is not None, bases=EVERY_BASE),
+    "cuda": Backend("cuda", ".extension", True, _cuda_devices,
+                    lambda device: importlib.import_module(".extension", __package__).cuda_available(device),
                     bases=EVERY_BASE),
-    "triton": Backend("triton", ".triton_kernels", True, _triton_devices(), _triton_available, bases=EVERY_BASE),
+    "triton": Backend("triton", ".triton_kernels", True, _triton_devices, _triton_available, bases=EVERY_BASE),
 }
 
 
@@ -101,4 +118,17 @@ def resolve(name: str, device: torch.device) -> Backend:
         raise RuntimeError(f"backend {name!r} is not available: the extension is not built "
                            f"({getattr(_ext.load, 'error', '')}); run `pip install --no-build-isolation -e .` or "
                            "set EXTRAP_JIT=1")
+    return backend
+
+
+def for_bucket(name: str, params: list[Tensor], grads: list[Tensor], base: str = "sgd") -> Backend:
+    """The backend for one bucket of a `base` ("sgd", "adam", "lamb") optimizer; "auto" hands strided
+    tensors, and bases without a kernel in the fused backend, to `foreach` rather than failing."""
+    backend = resolve(name, params[0].device)
+    if base not in backend.bases:
+        if name != "auto":
+            raise ValueError(f"backend {name!r} has no {base} kernel yet: use 'foreach', 'reference' or 'auto'")
+        return BACKENDS["foreach"]
+    if name == "auto" and backend.needs_contiguous and not all(t.is_contiguous() for t in (*params, *grads)):
+        return BACKENDS["foreach"]
     return backend

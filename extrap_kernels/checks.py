@@ -1,22 +1,16 @@
-"""The functional core: the checks of hyperparameters, parameters and buckets, and `run`, which
-validates a list of launches (phase, bucket, hyperparameters, backend) and then runs them.
-
-The optimizer classes keep their launches in a cached `plan.Plan` and run them the same way
-(plan.run_launches). All checks happen before the first write, so a bad input raises with every tensor
-as it was.
-"""
+"""The checks of hyperparameters, parameters and buckets, in torch.optim's words where it has them, and
+`Rejected`, which a prepared backend call raises when its validation refuses a step before writing
+anything. Every check runs before the first write, so a bad input raises with every tensor as it was."""
 from __future__ import annotations
 
 import math
 import numbers
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import required
 
-from . import backends
-from .bucket import SUPPORTED_DTYPES, Bucket, Hyper, Phase, state_dtype
+from .bucket import SUPPORTED_DTYPES, Bucket
 
 MODES = ("local", "past", "noise")
 # torch.optim.SGD's words for its own options ("Invalid learning rate: -0.1"); ours go by their names
@@ -26,7 +20,7 @@ SPARSE = ("sparse gradients are not supported (the fused steps are dense passes 
           "or make their gradients dense (nn.Embedding(..., sparse=False))")
 
 
-def _number(value, name: str = "value") -> float | None:
+def scalar_value(value, name: str = "value") -> float | None:
     """A hyperparameter's value where reading it costs no device synchronization (None: a device tensor,
     read by the kernels). A tensor must have one element (torch.optim's rule) and anything else must be a
     real number: a string or a list is refused here, not at the first step."""
@@ -46,11 +40,11 @@ def check_hyperparameters(**values) -> None:
     for name in ("lr", "gamma", "momentum", "dampening", "weight_decay", "noise_std", "trust_coefficient"):
         if name not in values or values[name] is None or values[name] is required:
             continue
-        number = _number(values[name], name)
+        number = scalar_value(values[name], name)
         if number is not None and not (number >= 0.0 and math.isfinite(number)):
             raise ValueError(f"Invalid {_TORCH_WORDING.get(name, name)}: {values[name]} (must be a finite number >= 0)")
-    if values.get("nesterov") and (_number(values.get("momentum", 0), "momentum") <= 0
-                                   or _number(values.get("dampening", 0), "dampening") != 0):
+    if values.get("nesterov") and (scalar_value(values.get("momentum", 0), "momentum") <= 0
+                                   or scalar_value(values.get("dampening", 0), "dampening") != 0):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
     if "mode" in values and values["mode"] not in MODES:
         raise ValueError(f"Invalid mode: {values['mode']!r}; choose one of {MODES}")
@@ -61,7 +55,7 @@ def check_hyperparameters(**values) -> None:
         raise ValueError(f"Invalid past: {values['past']!r}; choose 'update' or 'grad'")
 
 
-def check_param(param: Tensor, grad: Tensor, backend: backends.Backend, name: str) -> None:
+def check_param(param: Tensor, grad: Tensor, backend, name: str) -> None:
     """A parameter and its gradient can go through `backend` (a complex one as its real view, as
     torch.optim does: every phase is elementwise)."""
     real = param.dtype.to_real() if param.is_complex() else param.dtype
@@ -81,7 +75,7 @@ def check_param(param: Tensor, grad: Tensor, backend: backends.Backend, name: st
                            "(backend='foreach' or 'auto' handles strided ones)")
 
 
-def check_bucket(bucket: Bucket, backend: backends.Backend) -> None:
+def check_bucket(bucket: Bucket, backend) -> None:
     """The whole bucket, optimizer state included, can go through `backend`."""
     sdtype = bucket.storage_dtype
     names = bucket.names or [f"param {i}" for i in bucket.indices]
@@ -109,35 +103,5 @@ def check_bucket(bucket: Bucket, backend: backends.Backend) -> None:
                 raise RuntimeError(f"{names[i]}: state {key!r} does not match the parameter's shape/layout")
 
 
-def resolve_backend(name: str, params: list[Tensor], grads: list[Tensor], base: str = "sgd") -> backends.Backend:
-    """The backend for one bucket of a `base` ("sgd", "adam", "lamb") optimizer; "auto" hands strided
-    tensors, and bases without a kernel in the fused backend, to `foreach` rather than failing."""
-    backend = backends.resolve(name, params[0].device)
-    if base not in backend.bases:
-        if name != "auto":
-            raise ValueError(f"backend {name!r} has no {base} kernel yet: use 'foreach', 'reference' or 'auto'")
-        return backends.BACKENDS["foreach"]
-    if name == "auto" and backend.needs_contiguous and not all(
-            t.is_contiguous() for t in (*params, *grads)):
-        return backends.BACKENDS["foreach"]
-    return backend
-
-
-class Work(NamedTuple):
-    """One launch: a phase over one bucket with its group's hyperparameters, on one backend."""
-
-    phase: Phase
-    bucket: Bucket
-    hyper: Hyper
-    backend: backends.Backend
-
-
-def run(work: list[Work], grad_scale: Tensor | None = None, found_inf: Tensor | None = None) -> None:
-    """Runs every launch, after checking all of them. Update phases count their step first and, where
-    found_inf is set, do not count it (on the device: no host sync)."""
-    from .plan import Launch, Rejected, run_launches
-
-    try:
-        run_launches([Launch(w, None) for w in work], [], grad_scale, found_inf)
-    except Rejected as rejected:
-        raise rejected.__cause__ from None
+class Rejected(Exception):
+    """A launch's validation refused the step before anything was written (the cause says why)."""

@@ -1,0 +1,143 @@
+"""The extension's backends, `cpu` (csrc/cpu) and `cuda` (csrc/cuda), one backend in two builds: one
+multi-tensor pass per phase, the PyTorch operator torch.ops.extrap_kernels.<phase>_ (csrc/bindings.cpp), the
+dispatcher picking the device's kernel. The operator validates its whole launch in C++ before writing
+anything and counts the step of an update phase. `cuda` launches once per 192 tensors or 2560 chunks of 64K
+elements (a whole ResNet-50 or GPT-2 small parameter list) on the caller's current stream. On CPU tensors
+(EXTRAP_CUDA_EMULATION=1) it calls the same operators of the CUDA launcher's host emulation (csrc/emulation),
+torch.ops.extrap_kernels_cuda_emulation.<phase>_: how the tests check the device code without a GPU."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import Tensor
+
+from .. import _ext, lamb
+from ..bucket import Bucket, Hyper, Phase
+from ..checks import Rejected
+from ..lars import trust_ratios
+from .calls import REFUSALS, Call
+
+OPS = ("extrapolate_", "update_", "update_past_", "update_noise_", "update_past_anchor_free_")  # in Phase order
+
+
+def cuda_available(device: torch.device) -> bool:
+    if device.type == "cpu":
+        return _ext.cuda_emulation_requested() and _ext.load_cuda_emulation() is not None
+    ext = _ext.load()
+    return ext is not None and bool(getattr(ext, "has_cuda", False)) and torch.cuda.is_available()
+
+
+def extension(backend: str, device: torch.device):
+    """The compiled module whose operators run `backend` on `device`: the extension, or for the `cuda`
+    backend on CPU tensors the CUDA launcher's host emulation."""
+    if backend == "cuda" and device.type == "cpu":
+        return _ext.load_cuda_emulation()
+    return _ext.load()
+
+
+def operator(phase: Phase, ext=None):
+    """torch.ops.extrap_kernels.<phase>_ (the extension registers it when it is loaded), or the same
+    operator of another build `ext` of the bindings."""
+    ext = ext or _ext.load()
+    return getattr(getattr(torch.ops, ext.ops_namespace), OPS[phase]).default
+
+
+def _as_int64(seed: int) -> int:
+    """The seed's 64 bits as the signed integer the operator takes."""
+    seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+    return seed - 2**64 if seed >= 2**63 else seed
+
+
+def tensor_args(phase: Phase, b: Bucket) -> tuple:
+    """The operator's positional arguments after params and grads: anchors (empty where the parameters
+    are their own anchors, plain fused SGD, or where the anchors are recomputed), momenta, steps, indices,
+    last_gammas (the anchor-free update's; else empty)."""
+    own = phase == Phase.UPDATE_PAST_ANCHOR_FREE or (
+        phase == Phase.UPDATE and all(s is x for s, x in zip(b.anchors, b.params)))
+    return [] if own else b.anchors, b.momenta, b.steps, b.indices, b.last_gammas
+
+
+def hyper_kwargs(h: Hyper, b: Bucket) -> dict:
+    """The operator's keyword arguments for the hyperparameters (rates as numbers, or as one-element
+    tensors of the state dtype on the bucket's device, read by the kernel when it runs)."""
+    (lr, lr_tensor), (gamma, gamma_tensor) = h.rate("lr", b), h.rate("gamma", b)
+    kwargs = dict(lr=lr, gamma=gamma, lr_tensor=lr_tensor, gamma_tensor=gamma_tensor, momentum=float(h.momentum),
+                  dampening=float(h.dampening), weight_decay=float(h.weight_decay), nesterov=bool(h.nesterov),
+                  maximize=bool(h.maximize), wd_after_momentum=bool(h.wd_after_momentum),
+                  extrapolate_with_momentum=bool(h.extrapolate_with_momentum), past_grad=bool(h.past_grad),
+                  noise_std=float(h.noise_std), seed=_as_int64(h.seed), master_weights=b.master)
+    if h.base != "sgd":  # Adam, AdamW, LAMB: the momenta are the first moments
+        (beta1, beta1_tensor), (beta2, beta2_tensor) = h.kernel_betas(b)
+        kwargs.update(second_moments=b.second_moments, max_second_moments=b.max_second_moments, beta1=beta1,
+                      beta2=beta2, beta1_tensor=beta1_tensor, beta2_tensor=beta2_tensor, eps=float(h.eps),
+                      decoupled=bool(h.decoupled), grad_averaging=bool(h.grad_averaging or h.base != "lamb"),
+                      bias_correction=bool(h.bias_correction))
+    return kwargs
+
+
+def prepared_call(phase: Phase, b: Bucket, h: Hyper, kind: str = "run", backend: str = "cpu"):
+    """The operator call of `phase` over `b` (kind "run"; "check": its validation alone; "norms": LAMB's
+    reading pass, which returns its sums) with every argument converted once but the per-step ones: call
+    it as (grads, trust, grad_scale, found_inf). The optimizers' per-step path (extrap_kernels/plan.py):
+    it saves converting the parameter and state lists at every step."""
+    anchors, momenta, steps, indices, last_gammas = tensor_args(phase, b)
+    arguments = dict(params=b.params, anchors=anchors, momenta=momenta, steps=steps, indices=indices,
+                     last_gammas=last_gammas, **hyper_kwargs(h, b))
+    if kind != "run":
+        arguments["phase"] = int(phase)
+    return extension(backend, b.device).PreparedCall(OPS[phase] if kind == "run" else kind, arguments)
+
+
+class ExtensionCall(Call):
+    """The operator of a phase over a bucket, its unchanging arguments converted once (prepared_call).
+    LARS's and LAMB's trust ratios are computed per step on the device (LAMB's from the extension's
+    reading pass, the operator `norms`), then the operator runs."""
+
+    def __init__(self, phase: Phase, bucket: Bucket, hyper: Hyper, backend) -> None:
+        self.phase, self.bucket, self.hyper, self.backend = phase, bucket, hyper, backend.name
+        self.global_grad_norm = bucket.global_grad_norm
+        self._calls: dict[str, object] = {}  # kind -> prepared_call
+        # A rate tensor converted to the bucket's device and dtype is a copy (as are capturable betas, in
+        # float64): the call is then prepared anew each step, to read its value.
+        self.live_rates = False
+        for name in ("lr", "gamma"):
+            value = getattr(hyper, name)
+            if isinstance(value, Tensor):
+                self.live_rates |= hyper.rate(name, bucket)[1].data_ptr() != value.data_ptr()
+        if hyper.base != "sgd":
+            for value, (_, converted) in zip(hyper.betas, hyper.kernel_betas(bucket)):
+                self.live_rates |= converted is not None and converted.data_ptr() != value.data_ptr()
+
+    def _call(self, kind: str = "run"):
+        call = self._calls.get(kind)
+        if call is None:
+            call = prepared_call(self.phase, self.bucket, self.hyper, kind=kind, backend=self.backend)
+            if not self.live_rates:
+                self._calls[kind] = call
+        return call
+
+    def check(self, grads, grad_scale, found_inf) -> None:
+        try:
+            self._call("check")(grads, None, grad_scale, found_inf)
+        except REFUSALS as err:
+            raise Rejected() from err
+
+    def __call__(self, grads, grad_scale, found_inf, checked: bool = False) -> None:
+        # (the operator validates in C++ whether or not check() ran: `checked` saves nothing here)
+        phase, bucket, hyper = self.phase, self.bucket, self.hyper
+        try:
+            trust = None
+            if hyper.lars:
+                trust = trust_ratios(phase, replace(bucket, grads=list(grads)), hyper, grad_scale)
+            elif hyper.base == "lamb":
+                norms = self._call("norms")
+                grad_scale, trust = lamb.step_inputs(replace(bucket, global_grad_norm=self.global_grad_norm), hyper,
+                                                     grad_scale, lambda scale: norms(grads, None, scale, None))
+            self._call()(grads, trust, grad_scale, found_inf)
+        except (ValueError, TypeError, NotImplementedError) as err:  # its checks (csrc/bindings.cpp)
+            raise Rejected() from err
+
+
+def prepare(phase: Phase, bucket: Bucket, hyper: Hyper, backend) -> ExtensionCall:
+    return ExtensionCall(phase, bucket, hyper, backend)
