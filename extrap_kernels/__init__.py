@@ -15,14 +15,14 @@ if _TorchVersion(_torch.__version__) < OLDEST_TORCH:
                       f"{_torch.__version__}. Upgrade torch (pip install 'torch>=2.11'), then rebuild this package "
                       "against it: pip install --no-build-isolation --no-deps .")
 
-from . import backends, core, reference  # noqa: E402
+from . import backends, core, functional, reference  # noqa: E402
 from .bucket import Bucket, Hyper, Phase  # noqa: E402
 from .optimizer import ExtrapSGD, FusedOptimizer, FusedSGD  # noqa: E402
 from .adam import ExtrapAdam, ExtrapAdamW, ExtrapLAMB, FusedAdam, FusedLAMB  # noqa: E402
 from .distributed import train_step  # noqa: E402
 
 __all__ = ["ExtrapSGD", "FusedSGD", "ExtrapAdam", "ExtrapAdamW", "ExtrapLAMB", "FusedAdam", "FusedLAMB", "FusedOptimizer", "Bucket", "Hyper", "Phase", "backends",
-           "core", "reference", "available_backends", "train_step"]
+           "core", "functional", "reference", "available_backends", "train_step"]
 __version__ = "0.1.0"
 
 

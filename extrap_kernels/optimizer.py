@@ -15,7 +15,8 @@ from torch.optim.optimizer import required
 
 from . import backends
 from .bucket import Hyper, Phase, anchor_free_applies, state_dtype
-from .checks import Rejected, check_hyperparameters, scalar_value
+from .checks import Rejected, check_hyperparameters
+from .functional import mode_phase
 from .plan import Plan, flat_params, grad_of
 from .sharded import local
 
@@ -205,13 +206,8 @@ class ExtrapolatingOptimizer(FusedOptimizer):
 
     @staticmethod
     def _mode_phase(group: dict) -> tuple[Phase, float | Tensor]:
-        """The phase of a step in the group's mode and its gamma (None: the group's lr). Noise with gamma 0
-        or sigma 0 extrapolates nowhere: it runs the past update with gamma 0, the base optimizer."""
-        gamma = group["lr"] if group.get("gamma") is None else group["gamma"]
-        phase = {"local": Phase.UPDATE, "past": Phase.UPDATE_PAST, "noise": Phase.UPDATE_NOISE}[group.get("mode", "past")]
-        if phase == Phase.UPDATE_NOISE and (scalar_value(gamma, "gamma") == 0 or group["noise_std"] == 0):
-            phase, gamma = Phase.UPDATE_PAST, 0.0
-        return phase, gamma
+        """The phase of a step in the group's mode and its gamma (functional.mode_phase)."""
+        return mode_phase(group.get("mode", "past"), group["lr"], group.get("gamma"), group["noise_std"])
 
     @eager
     @torch.no_grad()
