@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 SOURCES := setup.py $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 PYTEST_ARGS ?=
 
-.PHONY: test demo build bench bench-micro gpu-report gpu-image-check triton-matrix cmake-check cuda-check cuda-torch-check install-check clean
+.PHONY: lint format test demo build bench bench-micro gpu-report gpu-image-check triton-matrix cmake-check cuda-check cuda-torch-check install-check clean
 
 $(VENV)/.deps: requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,18 @@ test: build
 
 demo: build
 	$(PY) python/demo.py
+
+# Style (pyproject.toml's [tool.ruff], .clang-format): fails on any difference; `make format` applies them.
+CSRC_FILES = $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh)
+lint: $(VENV)/.deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run -Werror $(CSRC_FILES)
+
+format: $(VENV)/.deps
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/clang-format -i $(CSRC_FILES)
 
 # The same extension built by CMake (CMakeLists.txt) instead of setup.py, and imported.
 cmake-check: $(VENV)/.deps

@@ -5,6 +5,7 @@ package's metadata is in pyproject.toml.
 extension is compiled against it. EXTRAP_FORCE_CUDA=1 builds the CUDA sources even where no GPU is visible
 (nvcc and a CUDA build of torch are enough); EXTRAP_NO_CUDA=1 skips them.
 """
+
 import glob
 import os
 import sys
@@ -12,11 +13,13 @@ import sys
 from setuptools import setup
 
 try:
-    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension, CUDA_HOME
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 except ImportError:
-    sys.exit("extrap-kernels compiles its extension against the installed PyTorch, and this Python has none "
-             f"({sys.executable}). Install torch first (pip install torch), then this package with build "
-             "isolation off: pip install --no-build-isolation --no-deps .")
+    sys.exit(
+        "extrap-kernels compiles its extension against the installed PyTorch, and this Python has none "
+        f"({sys.executable}). Install torch first (pip install torch), then this package with build "
+        "isolation off: pip install --no-build-isolation --no-deps ."
+    )
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -37,8 +40,7 @@ def _extension():
     cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno"]  # at::parallel_for is OpenMP in torch's CPU builds
     include = [os.path.join(ROOT, "csrc")]
     if not _want_cuda():
-        return CppExtension("extrap_kernels._C", cpu_sources, include_dirs=include,
-                            extra_compile_args={"cxx": cxx})
+        return CppExtension("extrap_kernels._C", cpu_sources, include_dirs=include, extra_compile_args={"cxx": cxx})
     arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
     if not arch:
         os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"

@@ -8,6 +8,7 @@ says where: committed results are written on purpose, never by default).
     python -m benchmarks.bench --quick              # a minute: overhead, 16M fp32, ResNet-50
     python -m benchmarks.bench --device cpu --largest 67108864 --dtypes float32
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,8 +81,11 @@ def streaming_probes(device: str, nbytes: int) -> dict:
     a = torch.rand(nbytes // 4, device=device)
     b, c = torch.rand_like(a), torch.empty_like(a)
     n = a.numel()
-    return {"copy": (8 * n, lambda: c.copy_(a)), "triad": (12 * n, lambda: torch.add(a, b, alpha=0.5, out=c)),
-            "triad_in_place": (12 * n, lambda: a.add_(b, alpha=1e-9))}
+    return {
+        "copy": (8 * n, lambda: c.copy_(a)),
+        "triad": (12 * n, lambda: torch.add(a, b, alpha=0.5, out=c)),
+        "triad_in_place": (12 * n, lambda: a.add_(b, alpha=1e-9)),
+    }
 
 
 def kernel_launches(fn, device: str) -> int | None:
@@ -100,8 +104,14 @@ def kernel_launches(fn, device: str) -> int | None:
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "cpu")
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "cpu",
+    )
     return f"{model} ({torch.get_num_threads()} threads)"
 
 
@@ -111,8 +121,16 @@ def device_name(device: str) -> str:
 INTERLEAVE_BELOW = 80 * 2**20
 
 
-def run_workload(work: Workload, dtype: torch.dtype, device: str, chosen: list[Contender], repeats: int,
-                 probes: dict, budget: float, progress) -> tuple[list[dict], dict]:
+def run_workload(
+    work: Workload,
+    dtype: torch.dtype,
+    device: str,
+    chosen: list[Contender],
+    repeats: int,
+    probes: dict,
+    budget: float,
+    progress,
+) -> tuple[list[dict], dict]:
     """The rows of one workload, and the streaming bandwidths measured beside it."""
     gen = torch.Generator().manual_seed(0)
     init = [torch.randn(s, generator=gen).to(dtype) for s in work.shapes]
@@ -133,8 +151,9 @@ def run_workload(work: Workload, dtype: torch.dtype, device: str, chosen: list[C
     if work.numel <= INTERLEAVE_BELOW:
         groups = [chosen]
     else:  # each contender beside its family's torch fused step
-        groups = [[b] for b in baselines.values()] + [[baselines[c.family], c] for c in chosen
-                                                      if c is not baselines[c.family]]
+        groups = [[b] for b in baselines.values()] + [
+            [baselines[c.family], c] for c in chosen if c is not baselines[c.family]
+        ]
     for group in groups:
         steps = {}
         for c in group:
@@ -166,17 +185,33 @@ def run_workload(work: Workload, dtype: torch.dtype, device: str, chosen: list[C
         t = seconds.get(c, float("nan"))
         bytes_per_element = floor_bytes(c.mode, dtype, master=c.name.startswith("ours"))
         floor = bytes_per_element * work.numel / bandwidth_of.get(c, float("nan"))
-        rows.append(dict(workload=work.name, numel=work.numel, tensors=work.tensors, dtype=str(dtype)[6:],
-                         contender=c.name, mode=c.mode, baseline=c.baseline, overhead=work.overhead,
-                         median_ms=t * 1e3, repeats=repeats, floor_bytes_per_element=bytes_per_element,
-                         memory_bytes_per_element=memory_bytes(c.mode, dtype, master=c.name.startswith("ours")),
-                         floor_ms=floor * 1e3, floor_fraction=None if work.overhead else floor / t,
-                         effective_GBps=bytes_per_element * work.numel / t / 1e9,
-                         us_per_tensor=t * 1e6 / work.tensors, launches=launches.get(c), error=errors.get(c),
-                         time_vs_torch_fused=t / fused_of.get(c, float("nan"))))
+        rows.append(
+            dict(
+                workload=work.name,
+                numel=work.numel,
+                tensors=work.tensors,
+                dtype=str(dtype)[6:],
+                contender=c.name,
+                mode=c.mode,
+                baseline=c.baseline,
+                overhead=work.overhead,
+                median_ms=t * 1e3,
+                repeats=repeats,
+                floor_bytes_per_element=bytes_per_element,
+                memory_bytes_per_element=memory_bytes(c.mode, dtype, master=c.name.startswith("ours")),
+                floor_ms=floor * 1e3,
+                floor_fraction=None if work.overhead else floor / t,
+                effective_GBps=bytes_per_element * work.numel / t / 1e9,
+                us_per_tensor=t * 1e6 / work.tensors,
+                launches=launches.get(c),
+                error=errors.get(c),
+                time_vs_torch_fused=t / fused_of.get(c, float("nan")),
+            )
+        )
     for r in rows:
-        foreach = next((q["median_ms"] for q in rows if q["baseline"] == "foreach-extrap" and q["mode"] == r["mode"]),
-                       float("nan"))
+        foreach = next(
+            (q["median_ms"] for q in rows if q["baseline"] == "foreach-extrap" and q["mode"] == r["mode"]), float("nan")
+        )
         r["speedup_vs_foreach_extrap"] = foreach / r["median_ms"]
     return rows, speeds
 
@@ -185,66 +220,103 @@ def table(rows: list[dict]) -> str:
     lines = []
     overhead = [r for r in rows if r["overhead"]]
     if overhead:
-        head = (f"{'host time':15s} {'dtype':8s} {'contender':19s} {'mode':13s} {'ms':>8s} {'us/tensor':>9s} "
-                f"{'t/torch':>7s} {'launch':>6s}")
+        head = (
+            f"{'host time':15s} {'dtype':8s} {'contender':19s} {'mode':13s} {'ms':>8s} {'us/tensor':>9s} "
+            f"{'t/torch':>7s} {'launch':>6s}"
+        )
         lines += [head, "-" * len(head)]
         for r in overhead:
             launches = "-" if r["launches"] is None else str(r["launches"])
-            lines.append(f"{r['workload']:15s} {r['dtype']:8s} {r['contender']:19s} {r['mode']:13s} "
-                         f"{r['median_ms']:8.3f} {r['us_per_tensor']:9.2f} {r['time_vs_torch_fused']:7.2f} "
-                         f"{launches:>6s}")
+            lines.append(
+                f"{r['workload']:15s} {r['dtype']:8s} {r['contender']:19s} {r['mode']:13s} "
+                f"{r['median_ms']:8.3f} {r['us_per_tensor']:9.2f} {r['time_vs_torch_fused']:7.2f} "
+                f"{launches:>6s}"
+            )
         lines.append("")
-    head = (f"{'workload':11s} {'dtype':8s} {'contender':19s} {'mode':13s} {'B/el':>4s} {'mem':>4s} {'ms':>9s} "
-            f"{'GB/s':>7s} {'floor':>6s} {'t/torch':>7s} {'fe/t':>6s} {'launch':>6s}")
+    head = (
+        f"{'workload':11s} {'dtype':8s} {'contender':19s} {'mode':13s} {'B/el':>4s} {'mem':>4s} {'ms':>9s} "
+        f"{'GB/s':>7s} {'floor':>6s} {'t/torch':>7s} {'fe/t':>6s} {'launch':>6s}"
+    )
     lines += [head, "-" * len(head)]
     for r in rows:
         if r["overhead"]:
             continue
         launches = "-" if r["launches"] is None else str(r["launches"])
-        lines.append(f"{r['workload']:11s} {r['dtype']:8s} {r['contender']:19s} {r['mode']:13s} "
-                     f"{r['floor_bytes_per_element']:4d} {r['memory_bytes_per_element']:4d} {r['median_ms']:9.2f} {r['effective_GBps']:7.1f} {r['floor_fraction']:6.0%} "
-                     f"{r['time_vs_torch_fused']:7.2f} {r['speedup_vs_foreach_extrap']:6.2f} {launches:>6s}")
+        lines.append(
+            f"{r['workload']:11s} {r['dtype']:8s} {r['contender']:19s} {r['mode']:13s} "
+            f"{r['floor_bytes_per_element']:4d} {r['memory_bytes_per_element']:4d} {r['median_ms']:9.2f} "
+            f"{r['effective_GBps']:7.1f} {r['floor_fraction']:6.0%} "
+            f"{r['time_vs_torch_fused']:7.2f} {r['speedup_vs_foreach_extrap']:6.2f} {launches:>6s}"
+        )
     return "\n".join(lines)
 
 
 def report(name: str, bandwidths: dict, rows: list[dict], left_out: list[str]) -> None:
     """The terminal table of a run (or of its JSON: --from-json)."""
-    print(f"{name}: streaming bandwidth (GB/s read + written, 1 GiB arrays, timed beside each workload; the floor "
-          "takes the best):")
+    print(
+        f"{name}: streaming bandwidth (GB/s read + written, 1 GiB arrays, timed beside each workload; the floor "
+        "takes the best):"
+    )
     for key, speeds in bandwidths.items():
         print(f"  {key:22s} " + ", ".join(f"{k} {v:.1f}" for k, v in speeds.items()))
     print(table(rows))
     if left_out:
         print("left out, the run's --seconds having passed: " + ", ".join(left_out))
-    print("host time: median time for a step to return on tiny tensors; us/tensor: that per tensor;"
-          "\nB/el: SPEC.md's bytes moved per element; mem: bytes held per parameter element (the parameter and "
-          "the optimizer state);\npast: anchor-free where it applies (fp32), past-stored: store_anchor=True, "
-          "past-nomaster: master_weights=False (16-bit state, stochastic rounding; fp32: as past);"
-          "\nfloor: SPEC.md bytes/element x numel / the best streaming bandwidth timed beside it, as a fraction of the time"
-          " (100% = at the floor);\nt/torch: time over torch.optim.SGD(fused=True)'s plain momentum step on the"
-          " same workload (the adam-*, lamb-* and adamw rows: over torch.optim.AdamW(fused=True)'s step); fe/t: speedup"
-          " over the same mode written with torch _foreach ops (backend foreach)")
+    print(
+        "host time: median time for a step to return on tiny tensors; us/tensor: that per tensor;"
+        "\nB/el: SPEC.md's bytes moved per element; mem: bytes held per parameter element (the parameter and "
+        "the optimizer state);\npast: anchor-free where it applies (fp32), past-stored: store_anchor=True, "
+        "past-nomaster: master_weights=False (16-bit state, stochastic rounding; fp32: as past);"
+        "\nfloor: SPEC.md bytes/element x numel / the best streaming bandwidth timed beside it, as a fraction "
+        "of the time"
+        " (100% = at the floor);\nt/torch: time over torch.optim.SGD(fused=True)'s plain momentum step on the"
+        " same workload (the adam-*, lamb-* and adamw rows: over torch.optim.AdamW(fused=True)'s step); fe/t: speedup"
+        " over the same mode written with torch _foreach ops (backend foreach)"
+    )
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--largest", type=int, default=None,
-                        help="largest flat set (elements); default 256M on CPU, all on a GPU with room")
-    parser.add_argument("--workloads", default="", help="comma-separated names to keep, run in that order "
-                        "(default: all)")
+    parser.add_argument(
+        "--largest",
+        type=int,
+        default=None,
+        help="largest flat set (elements); default 256M on CPU, all on a GPU with room",
+    )
+    parser.add_argument(
+        "--workloads", default="", help="comma-separated names to keep, run in that order (default: all)"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="default 50 on GPU, 10 on CPU")
-    parser.add_argument("--budget", type=float, default=3.0, help="CPU: seconds per row (per contender or probe) "
-                        "before the rounds stop early")
-    parser.add_argument("--seconds", type=float, default=None, help="start no workload after this many seconds: "
-                        "the table holds those done, and says which were left out (a lent GPU's time is short)")
-    parser.add_argument("--from-json", default=None, help="run nothing: print the table of this results JSON and "
-                        "plot it (a run cut short keeps its JSON)")
-    parser.add_argument("--quick", action="store_true", help="the overhead workloads, 16M and ResNet-50 in "
-                        "fp32 (about a minute on a 2-core CPU)")
-    parser.add_argument("--out", default=None, help="JSON path (default out/bench/<device>.json; committed "
-                        "results go to benchmarks/results/<device>.json)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=3.0,
+        help="CPU: seconds per row (per contender or probe) before the rounds stop early",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="start no workload after this many seconds: "
+        "the table holds those done, and says which were left out (a lent GPU's time is short)",
+    )
+    parser.add_argument(
+        "--from-json",
+        default=None,
+        help="run nothing: print the table of this results JSON and plot it (a run cut short keeps its JSON)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the overhead workloads, 16M and ResNet-50 in fp32 (about a minute on a 2-core CPU)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="JSON path (default out/bench/<device>.json; committed results go to benchmarks/results/<device>.json)",
+    )
     args = parser.parse_args(argv)
     if args.from_json:
         from .plot import plot
@@ -276,9 +348,19 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save():  # after every workload: a run stopped from outside keeps the rows it has
-        meta = dict(device=name, device_type=device, torch=torch.__version__, cuda=torch.version.cuda,
-                    triton=_version("triton"), extrap_kernels=ek.__version__, threads=torch.get_num_threads(),
-                    bandwidth_GBps=bandwidths, repeats=repeats, left_out=left_out, date=time.strftime("%Y-%m-%d"))
+        meta = dict(
+            device=name,
+            device_type=device,
+            torch=torch.__version__,
+            cuda=torch.version.cuda,
+            triton=_version("triton"),
+            extrap_kernels=ek.__version__,
+            threads=torch.get_num_threads(),
+            bandwidth_GBps=bandwidths,
+            repeats=repeats,
+            left_out=left_out,
+            date=time.strftime("%Y-%m-%d"),
+        )
         out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
 
     total = sum(len(contenders(device, w.overhead)) for w in works) * len(dtypes)
@@ -288,8 +370,9 @@ def main(argv=None):
                 if args.seconds is not None and time.monotonic() - start > args.seconds:
                     left_out.append(f"{work.name} {str(dtype)[6:]}")
                     continue
-                new_rows, speeds = run_workload(work, dtype, device, contenders(device, work.overhead), repeats,
-                                                probes, args.budget, progress)
+                new_rows, speeds = run_workload(
+                    work, dtype, device, contenders(device, work.overhead), repeats, probes, args.budget, progress
+                )
                 rows += new_rows
                 if speeds:
                     bandwidths[f"{work.name} {str(dtype)[6:]}"] = {k: v / 1e9 for k, v in speeds.items()}

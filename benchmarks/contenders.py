@@ -4,6 +4,7 @@ A contender builds an optimizer over a parameter list and returns the function t
 iteration's optimizer work (both phases in mode "local"). `floor_bytes` is SPEC.md's traffic per
 element for that work, the numerator of the time floor.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -102,26 +103,38 @@ def _iteration(opt, local: bool) -> Callable[[], None]:
     def iteration():
         opt.extrapolate()
         opt.step()
+
     return iteration
 
 
 def _ours(backend: str, mode: str):
     def make(params):
-        opt = ek.ExtrapSGD(params, lr=LR, gamma=GAMMA, momentum=MOMENTUM, mode="past" if mode.startswith("past") else mode,
-                           store_anchor=mode == "past-stored", master_weights=mode != "past-nomaster", backend=backend)
+        opt = ek.ExtrapSGD(
+            params,
+            lr=LR,
+            gamma=GAMMA,
+            momentum=MOMENTUM,
+            mode="past" if mode.startswith("past") else mode,
+            store_anchor=mode == "past-stored",
+            master_weights=mode != "past-nomaster",
+            backend=backend,
+        )
         return _iteration(opt, mode == "local")
+
     return make
 
 
 def _fused_sgd(backend: str):
     def make(params):
         return ek.FusedSGD(params, lr=LR, momentum=MOMENTUM, backend=backend).step
+
     return make
 
 
 def _torch_sgd(**flags):
     def make(params):
         return torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, **flags).step
+
     return make
 
 
@@ -131,20 +144,24 @@ def _ours_adaptive(backend: str, mode: str):
         cls = ek.ExtrapLAMB if base == "lamb" else ek.ExtrapAdamW
         opt = cls(params, lr=LR, gamma=GAMMA, mode=extrapolation, backend=backend)
         return _iteration(opt, extrapolation == "local")
+
     return make
 
 
 def _torch_adamw(**flags):
     def make(params):
         return torch.optim.AdamW(params, lr=LR, **flags).step
+
     return make
 
 
 def _python_loop(params):
     """Past-mode extrapolation as a per-parameter Python loop of torch ops (the SAM-style way):
     m <- mu m + g; s <- s - lr m; x <- s - gamma m."""
-    state = [(p.detach().clone(memory_format=torch.contiguous_format).float(), torch.zeros_like(p, dtype=torch.float32))
-             for p in params]
+    state = [
+        (p.detach().clone(memory_format=torch.contiguous_format).float(), torch.zeros_like(p, dtype=torch.float32))
+        for p in params
+    ]
 
     @torch.no_grad()
     def step():
@@ -152,6 +169,7 @@ def _python_loop(params):
             buf.mul_(MOMENTUM).add_(p.grad)
             anchor.add_(buf, alpha=-LR)
             p.copy_(anchor.add(buf, alpha=-GAMMA))
+
     return step
 
 
@@ -163,8 +181,11 @@ def contenders(device: str, overhead: bool = False) -> list[Contender]:
     time is left) adds noise mode, whose kernel is compute-bound and otherwise like past."""
     out = []
     fused = ek.available_backends(device)
-    modes = ("past", "past-stored", "past-nomaster", "local", "noise") if overhead else (
-        "past", "past-stored", "past-nomaster", "local")
+    modes = (
+        ("past", "past-stored", "past-nomaster", "local", "noise")
+        if overhead
+        else ("past", "past-stored", "past-nomaster", "local")
+    )
     for backend in [b for b in ("cuda", "triton", "cpu") if b in fused]:
         if device == "cpu" and backend in ("triton", "cuda"):
             continue  # the interpreter and the CUDA emulation are test vehicles, not contenders
@@ -172,15 +193,20 @@ def contenders(device: str, overhead: bool = False) -> list[Contender]:
         out += [Contender(f"ours-{backend}", "fused-sgd", _fused_sgd(backend))]
         if "adam" in ek.backends.BACKENDS[backend].bases:
             out += [Contender(f"ours-{backend}", m, _ours_adaptive(backend, m), family="adam") for m in ADAPTIVE_MODES]
-    out += [Contender("ours-foreach", m, _ours("foreach", m), baseline="foreach-extrap")
-            for m in ("past", "local")]
+    out += [Contender("ours-foreach", m, _ours("foreach", m), baseline="foreach-extrap") for m in ("past", "local")]
     out += [Contender("ours-reference", "past", _ours("reference", "past"))]
-    out += [Contender("torch-sgd-fused", "sgd", _torch_sgd(fused=True), baseline="torch-fused"),
-            Contender("torch-sgd-foreach", "sgd", _torch_sgd(foreach=True)),
-            Contender("python-loop-extrap", "past", _python_loop)]
+    out += [
+        Contender("torch-sgd-fused", "sgd", _torch_sgd(fused=True), baseline="torch-fused"),
+        Contender("torch-sgd-foreach", "sgd", _torch_sgd(foreach=True)),
+        Contender("python-loop-extrap", "past", _python_loop),
+    ]
     # the adaptive rows: ours written with _foreach ops, torch's fused and foreach AdamW steps
-    out += [Contender("ours-foreach", m, _ours_adaptive("foreach", m), baseline="foreach-extrap", family="adam")
-            for m in ADAPTIVE_MODES]
-    out += [Contender("torch-adamw-fused", "adamw", _torch_adamw(fused=True), baseline="torch-fused", family="adam"),
-            Contender("torch-adamw-foreach", "adamw", _torch_adamw(foreach=True), family="adam")]
+    out += [
+        Contender("ours-foreach", m, _ours_adaptive("foreach", m), baseline="foreach-extrap", family="adam")
+        for m in ADAPTIVE_MODES
+    ]
+    out += [
+        Contender("torch-adamw-fused", "adamw", _torch_adamw(fused=True), baseline="torch-fused", family="adam"),
+        Contender("torch-adamw-foreach", "adamw", _torch_adamw(foreach=True), family="adam"),
+    ]
     return out

@@ -15,6 +15,7 @@ of the workloads it reached rather than being cut off. At most 8 files come back
 
 `make gpu-report` runs it (GPU_REPORT_ARGS for the arguments); CI runs the dry run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,10 @@ def device_slug() -> str:
 # The benchmark's workloads in the order they are worth device time: the issue's targets first (the one-phase
 # step at 64M against the floor, launches per step on ResNet-50 and GPT-2, host time on the overhead sets),
 # then the rest of the table.
-BENCH_ORDER = ("flat-64M,resnet50,gpt2-small,tensors-161,resnet50-tiny,gpt2-small-tiny,flat-256M,flat-1G,"
-               "tensors-1000,flat-16M,flat-1M")
+BENCH_ORDER = (
+    "flat-64M,resnet50,gpt2-small,tensors-161,resnet50-tiny,gpt2-small-tiny,flat-256M,flat-1G,"
+    "tensors-1000,flat-16M,flat-1M"
+)
 BENCH_RESERVE = 90  # seconds the benchmark leaves itself to finish the workload it is in and write its files
 LEAST = 10  # seconds below which a step is not started
 
@@ -63,20 +66,59 @@ def steps(out: Path) -> dict[str, tuple[list[str] | None, int, str]]:
     ncu = shutil.which("ncu")
     pytest = [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--durations=15"]
     return {
-        "build": ([PY, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."], 420,
-                  "the CUDA extension (setup.py builds csrc/cuda where torch has CUDA and a GPU is visible)"),
-        "gpu-tests": (pytest + ["tests/test_gpu.py"], 240,
-                      "tests/test_gpu.py: cuda and triton against the reference, graph capture, found_inf, "
-                      "determinism, a tensor over 2^31 elements"),
-        "bench": ([PY, "-m", "benchmarks.bench", "--out", str(out / f"{slug}.json"), "--workloads", BENCH_ORDER,
-                   "--seconds", "{seconds}"], 600,
-                  "the benchmark table, the targets' workloads first: JSON, TXT (this log) and PNG"),
-        "suite": (pytest + ["tests", "--ignore", "tests/test_gpu.py"], 600,
-                  "the rest of the suite (hypothesis profile 'dev': 10 examples each)"),
-        "profile": (([ncu, "--kernel-name", "regex:phase_kernel", "--launch-count", "4", "--section",
-                      "SpeedOfLight", "--section", "MemoryWorkloadAnalysis", PY, "-c", PROFILE], 240,
-                     "Nsight Compute on the hot kernels (past and fused SGD, 64M fp32 and bf16)")
-                    if ncu else (None, 0, "ncu is not installed here: no kernel profile")),
+        "build": (
+            [PY, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."],
+            420,
+            "the CUDA extension (setup.py builds csrc/cuda where torch has CUDA and a GPU is visible)",
+        ),
+        "gpu-tests": (
+            pytest + ["tests/test_gpu.py"],
+            240,
+            "tests/test_gpu.py: cuda and triton against the reference, graph capture, found_inf, "
+            "determinism, a tensor over 2^31 elements",
+        ),
+        "bench": (
+            [
+                PY,
+                "-m",
+                "benchmarks.bench",
+                "--out",
+                str(out / f"{slug}.json"),
+                "--workloads",
+                BENCH_ORDER,
+                "--seconds",
+                "{seconds}",
+            ],
+            600,
+            "the benchmark table, the targets' workloads first: JSON, TXT (this log) and PNG",
+        ),
+        "suite": (
+            pytest + ["tests", "--ignore", "tests/test_gpu.py"],
+            600,
+            "the rest of the suite (hypothesis profile 'dev': 10 examples each)",
+        ),
+        "profile": (
+            (
+                [
+                    ncu,
+                    "--kernel-name",
+                    "regex:phase_kernel",
+                    "--launch-count",
+                    "4",
+                    "--section",
+                    "SpeedOfLight",
+                    "--section",
+                    "MemoryWorkloadAnalysis",
+                    PY,
+                    "-c",
+                    PROFILE,
+                ],
+                240,
+                "Nsight Compute on the hot kernels (past and fused SGD, 64M fp32 and bf16)",
+            )
+            if ncu
+            else (None, 0, "ncu is not installed here: no kernel profile")
+        ),
     }
 
 
@@ -123,8 +165,10 @@ def main(argv=None) -> int:
             print(f"[{name}] {why}\n    {shown}" + (f"  (at most {seconds} s)" if command else ""))
         print(f"all within {args.seconds:g} s; results and logs would go to {out}/")
         missing = wheels_to_carry()
-        print("wheels to carry to the GPU image: " + (", ".join(missing) if missing else
-              "none (every package it needs is in benchmarks/gpu_image.txt)"))
+        print(
+            "wheels to carry to the GPU image: "
+            + (", ".join(missing) if missing else "none (every package it needs is in benchmarks/gpu_image.txt)")
+        )
         return 0 if not missing else 1
     import torch
 
@@ -155,8 +199,9 @@ def run_steps(chosen: list[tuple], out: Path, seconds: float, env: dict, header:
             start = time.monotonic()
             with open(log, "w") as sink:
                 try:
-                    rc = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
-                                        timeout=allowed).returncode
+                    rc = subprocess.run(
+                        command, stdout=sink, stderr=subprocess.STDOUT, env=env, timeout=allowed
+                    ).returncode
                 except subprocess.TimeoutExpired:
                     rc = f"timeout after {allowed:.0f} s"
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]

@@ -1,6 +1,7 @@
 """The plot of a results file: fraction of the bandwidth floor against parameter count, one line per
 contender and mode, one panel per dtype; and, where the file has the overhead workloads, the host time
 per step against the tensor count.   python -m benchmarks.plot benchmarks/results/X.json"""
+
 from __future__ import annotations
 
 import json
@@ -25,12 +26,16 @@ def plot(path: Path) -> Path:
     for ax, dtype in zip(axes[0], dtypes):
         lines = sorted({(r["contender"], r["mode"]) for r in rows if r["dtype"] == dtype})
         for contender, mode in lines:
-            points = sorted((r["numel"], r["floor_fraction"], r["workload"]) for r in rows
-                            if r["dtype"] == dtype and r["contender"] == contender and r["mode"] == mode)
+            points = sorted(
+                (r["numel"], r["floor_fraction"], r["workload"])
+                for r in rows
+                if r["dtype"] == dtype and r["contender"] == contender and r["mode"] == mode
+            )
             flat = [(n, f) for n, f, w in points if w.startswith("flat")]
             style = "-" if contender.startswith("ours") else "--"
-            (line,) = ax.plot([n for n, _ in flat], [f for _, f in flat], style, marker="o",
-                              label=f"{contender} ({mode})")
+            (line,) = ax.plot(
+                [n for n, _ in flat], [f for _, f in flat], style, marker="o", label=f"{contender} ({mode})"
+            )
             models = [(n, f) for n, f, w in points if not w.startswith("flat")]
             ax.scatter([n for n, _ in models], [f for _, f in models], marker="*", s=90, color=line.get_color())
         ax.axhline(1.0, color="black", linewidth=0.8)
@@ -51,8 +56,11 @@ def plot(path: Path) -> Path:
 def _host_time(ax, rows: list[dict], device: str) -> None:
     """Host time per step against the tensor count (one-element tensors and the tiny model lists)."""
     for contender, mode in sorted({(r["contender"], r["mode"]) for r in rows}):
-        points = sorted((r["tensors"], r["median_ms"]) for r in rows
-                        if r["contender"] == contender and r["mode"] == mode and r["workload"].startswith("tensors"))
+        points = sorted(
+            (r["tensors"], r["median_ms"])
+            for r in rows
+            if r["contender"] == contender and r["mode"] == mode and r["workload"].startswith("tensors")
+        )
         style = "-" if contender.startswith("ours") else "--"
         ax.plot([n for n, _ in points], [t for _, t in points], style, marker="o", label=f"{contender} ({mode})")
     ax.set_xscale("log")

@@ -1,6 +1,7 @@
 """pytest-benchmark micro-benchmarks of the CPU backend (and its foreach baseline): one optimizer step on
 1M fp32 parameters in 10 tensors. Not part of `make test`; run with `make bench-micro`, or with
 `--benchmark-disable` as a smoke test (CI does that: each runs once, nothing is timed or asserted on time)."""
+
 from __future__ import annotations
 
 import pytest

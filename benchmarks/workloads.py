@@ -3,6 +3,7 @@
 Flat sets are one contiguous tensor of N elements (a flattened parameter buffer, as Apex and ZeRO keep
 them); ResNet-50 and GPT-2 small are the real models' parameter lists, tensor for tensor.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,8 +37,17 @@ def resnet50() -> Workload:
     channels = 64
     for width, blocks in zip((64, 128, 256, 512), (3, 4, 6, 3)):
         for block in range(blocks):
-            shapes += [(width, channels, 1, 1), (width,), (width,), (width, width, 3, 3), (width,), (width,),
-                       (4 * width, width, 1, 1), (4 * width,), (4 * width,)]
+            shapes += [
+                (width, channels, 1, 1),
+                (width,),
+                (width,),
+                (width, width, 3, 3),
+                (width,),
+                (width,),
+                (4 * width, width, 1, 1),
+                (4 * width,),
+                (4 * width,),
+            ]
             if block == 0:
                 shapes += [(4 * width, channels, 1, 1), (4 * width,), (4 * width,)]
             channels = 4 * width
@@ -50,8 +60,20 @@ def gpt2_small(vocab: int = 50257, context: int = 1024, width: int = 768, layers
     attention, projection, layer norm and a 4x MLP, each with biases, and the final layer norm."""
     shapes = [(vocab, width), (context, width)]
     for _ in range(layers):
-        shapes += [(width,), (width,), (width, 3 * width), (3 * width,), (width, width), (width,),
-                   (width,), (width,), (width, 4 * width), (4 * width,), (4 * width, width), (width,)]
+        shapes += [
+            (width,),
+            (width,),
+            (width, 3 * width),
+            (3 * width,),
+            (width, width),
+            (width,),
+            (width,),
+            (width,),
+            (width, 4 * width),
+            (4 * width,),
+            (4 * width, width),
+            (width,),
+        ]
     shapes += [(width,), (width,)]
     return Workload("gpt2-small", tuple(shapes))
 
@@ -64,8 +86,7 @@ def tiny(workload: Workload) -> Workload:
 def overhead() -> list[Workload]:
     """Host time per step: 161 (ResNet-50's count) and 1000 one-element tensors, and the ResNet-50 and
     GPT-2 small lists at tiny sizes."""
-    return ([Workload(f"tensors-{n}", ((1,),) * n, True) for n in (161, 1000)]
-            + [tiny(resnet50()), tiny(gpt2_small())])
+    return [Workload(f"tensors-{n}", ((1,),) * n, True) for n in (161, 1000)] + [tiny(resnet50()), tiny(gpt2_small())]
 
 
 def standard(device: str, largest: int) -> list[Workload]:

@@ -49,7 +49,9 @@ constexpr bool kEmulatesCuda = false;
 // The adaptive bases' (Adam, AdamW, LAMB) arguments come last, keyword-only with defaults: an SGD-family
 // call does not name them. `norms` is LAMB's reading pass: check's arguments, a tensor of sums returned.
 std::string schema(const std::string& name, bool writes, const char* returns = "()") {
-  auto list = [&](const char* alias) { return writes ? std::string("Tensor(") + alias + "!)[]" : std::string("Tensor[]"); };
+  auto list = [&](const char* alias) {
+    return writes ? std::string("Tensor(") + alias + "!)[]" : std::string("Tensor[]");
+  };
   return name + "(" + (writes ? "" : "int phase, ") + list("a") + " params, Tensor[] grads, " + list("b") +
          " anchors, " + list("c") + " momenta, " + list("d") + " steps, int[] indices, " + list("e") +
          " last_gammas, *, "
@@ -57,9 +59,12 @@ std::string schema(const std::string& name, bool writes, const char* returns = "
          "float dampening=0., float weight_decay=0., bool nesterov=False, bool maximize=False, "
          "bool wd_after_momentum=False, bool extrapolate_with_momentum=False, bool past_grad=False, "
          "float noise_std=0., int seed=0, Tensor? trust=None, Tensor? grad_scale=None, Tensor? found_inf=None, "
-         "bool master_weights=True, " + list("f") + "? second_moments=None, " + list("g") + "? max_second_moments=None, "
+         "bool master_weights=True, " +
+         list("f") + "? second_moments=None, " + list("g") +
+         "? max_second_moments=None, "
          "float beta1=0., float beta2=0., Tensor? beta1_tensor=None, Tensor? beta2_tensor=None, float eps=0., "
-         "bool grad_averaging=True, bool decoupled=False, bool bias_correction=True) -> " + returns;
+         "bool grad_averaging=True, bool decoupled=False, bool bias_correction=True) -> " +
+         returns;
 }
 constexpr int kNumArgs = 35;  // the arguments of a phase operator (check takes the phase before them)
 constexpr const char* kPhaseOps[] = {"extrapolate_", "update_", "update_past_", "update_noise_",
@@ -111,9 +116,7 @@ Launch read_launch(int64_t phase, const c10::IValue* a) {
   return L;
 }
 
-at::ScalarType state_dtype(at::ScalarType param) {
-  return param == at::kDouble ? at::kDouble : at::kFloat;
-}
+at::ScalarType state_dtype(at::ScalarType param) { return param == at::kDouble ? at::kDouble : at::kFloat; }
 
 std::string name_of(const Launch& L, size_t i) {
   std::ostringstream out;
@@ -128,7 +131,7 @@ void check_launch(const Launch& L) {
   TORCH_CHECK_VALUE(L.phase >= kExtrapolate && L.phase <= kUpdatePastAnchorFree, "extrap_kernels: unknown phase ",
                     L.phase);
   TORCH_CHECK_VALUE(L.grads.size() == n && L.steps.size() == n && L.indices.size() == n,
-              "extrap_kernels: params, grads, steps and indices must have the same length");
+                    "extrap_kernels: params, grads, steps and indices must have the same length");
   if (L.anchor_free()) {
     TORCH_CHECK_VALUE(L.anchors.empty() && L.last_gammas.size() == n && !L.momenta.empty(),
                       "extrap_kernels: update_past_anchor_free_ takes no anchors, and one last_gamma and one "
@@ -166,17 +169,17 @@ void check_launch(const Launch& L) {
   if (n == 0) return;
   const auto device = L.params[0].device();
   const auto dtype = L.params[0].scalar_type();
-  const auto cdtype = state_dtype(dtype);  // the arithmetic's (and the rate and trust tensors')
+  const auto cdtype = state_dtype(dtype);                 // the arithmetic's (and the rate and trust tensors')
   const auto sdtype = L.master_weights ? cdtype : dtype;  // the stored anchor's and momentum's
   TORCH_CHECK_VALUE(!L.anchor_free() || cdtype == dtype,
                     "extrap_kernels: update_past_anchor_free_ needs fp32 or fp64 parameters (a 16-bit one rounds x)");
   TORCH_CHECK_VALUE(!L.anchors.empty() || sdtype == dtype,
-              "extrap_kernels: 16-bit parameters need their fp32 master anchors");
+                    "extrap_kernels: 16-bit parameters need their fp32 master anchors");
   auto check_state = [&](const at::Tensor& t, at::ScalarType want, int64_t numel, const char* key, size_t i) {
     TORCH_CHECK_VALUE(t.device() == device && t.scalar_type() == want, name_of(L, i), ": state '", key, "' is ",
-                t.scalar_type(), " on ", t.device(), ", expected ", want, " on ", device);
-    TORCH_CHECK_VALUE(t.layout() == at::kStrided && t.numel() == numel && t.is_contiguous(), name_of(L, i),
-                ": state '", key, "' does not match the parameter's shape/layout");
+                      t.scalar_type(), " on ", t.device(), ", expected ", want, " on ", device);
+    TORCH_CHECK_VALUE(t.layout() == at::kStrided && t.numel() == numel && t.is_contiguous(), name_of(L, i), ": state '",
+                      key, "' does not match the parameter's shape/layout");
   };
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& x = L.params[i];
@@ -188,19 +191,19 @@ void check_launch(const Launch& L) {
     TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
                      name_of(L, i), ": dtype ", dtype, " is not supported (fp32, fp64, bf16 or fp16)");
     TORCH_CHECK_VALUE(g.layout() == at::kStrided && x.layout() == at::kStrided, name_of(L, i),
-                ": sparse gradients are not supported: give these parameters an optimizer that takes them "
-                "(torch.optim.SGD, SparseAdam)");
+                      ": sparse gradients are not supported: give these parameters an optimizer that takes them "
+                      "(torch.optim.SGD, SparseAdam)");
     TORCH_CHECK_VALUE(x.device() == device, name_of(L, i), ": mixed devices inside one fused bucket (", x.device(),
-                " and ", device, ")");
+                      " and ", device, ")");
     TORCH_CHECK_VALUE(g.device() == device, name_of(L, i), ": mixed devices: gradient on ", g.device(),
-                ", parameter on ", device);
+                      ", parameter on ", device);
     TORCH_CHECK_TYPE(g.scalar_type() == dtype, name_of(L, i), ": mismatched dtypes: gradient ", g.scalar_type(),
                      ", parameter ", dtype);
     TORCH_CHECK_VALUE(g.sizes() == x.sizes(), name_of(L, i), ": gradient shape ", g.sizes(), " != parameter shape ",
-                x.sizes());
+                      x.sizes());
     TORCH_CHECK_VALUE(x.is_contiguous() && g.is_contiguous(), name_of(L, i),
-                ": fused kernels need contiguous parameters and gradients (backend='foreach' or 'auto' "
-                "handles strided ones)");
+                      ": fused kernels need contiguous parameters and gradients (backend='foreach' or 'auto' "
+                      "handles strided ones)");
     const int64_t numel = x.numel();
     if (!L.anchors.empty()) check_state(L.anchors[i], sdtype, numel, "anchor", i);
     if (!L.momenta.empty()) check_state(L.momenta[i], sdtype, numel, L.adaptive() ? "exp_avg" : "momentum_buffer", i);
@@ -212,16 +215,16 @@ void check_launch(const Launch& L) {
   auto check_rate = [&](const std::optional<at::Tensor>& t, int64_t numel, const char* what) {
     if (!t) return;
     TORCH_CHECK_VALUE(t->device() == device && t->scalar_type() == cdtype && t->numel() == numel && t->is_contiguous(),
-                "extrap_kernels: ", what, " must be ", numel, " contiguous ", cdtype, " on ", device, ", got ",
-                t->numel(), " ", t->scalar_type(), " on ", t->device());
+                      "extrap_kernels: ", what, " must be ", numel, " contiguous ", cdtype, " on ", device, ", got ",
+                      t->numel(), " ", t->scalar_type(), " on ", t->device());
   };
   check_rate(L.trust, static_cast<int64_t>(n), "trust");
   check_rate(L.lr_tensor, 1, "lr tensor");
   check_rate(L.gamma_tensor, 1, "gamma tensor");
   for (const auto* beta : {&L.beta1_tensor, &L.beta2_tensor}) {  // (float64: the bias corrections' precision)
-    TORCH_CHECK_VALUE(!*beta || ((*beta)->device() == device && (*beta)->scalar_type() == at::kDouble &&
-                                 (*beta)->numel() == 1),
-                      "extrap_kernels: a beta tensor must be one float64 element on ", device);
+    TORCH_CHECK_VALUE(
+        !*beta || ((*beta)->device() == device && (*beta)->scalar_type() == at::kDouble && (*beta)->numel() == 1),
+        "extrap_kernels: a beta tensor must be one float64 element on ", device);
   }
   TORCH_CHECK_VALUE(!L.grad_scale || L.grad_scale->numel() == 1, "extrap_kernels: grad_scale must have one element");
   TORCH_CHECK_VALUE(!L.found_inf || L.found_inf->numel() == 1, "extrap_kernels: found_inf must have one element");
@@ -341,7 +344,8 @@ void norms_op(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   torch::jit::drop(*stack, kNumArgs + 1);
   check_launch(L);
   TORCH_CHECK_VALUE(L.adaptive(), "extrap_kernels: norms is the reading pass of an adaptive launch (LAMB)");
-  TORCH_CHECK_VALUE(L.phase != kUpdatePastAnchorFree, "extrap_kernels: norms: phase ", L.phase, " has no adaptive form");
+  TORCH_CHECK_VALUE(L.phase != kUpdatePastAnchorFree, "extrap_kernels: norms: phase ", L.phase,
+                    " has no adaptive form");
   torch::jit::push(*stack, norms(std::move(L)));
 }
 
@@ -361,8 +365,8 @@ std::vector<at::Tensor> noise(int64_t seed, int64_t step, int64_t index, int64_t
   auto* z = normal.data_ptr<float>();
   for (int64_t i = 0; i < numel; ++i) {
     const auto u = static_cast<uint64_t>(i);
-    const Philox4 r = noise_bits(static_cast<uint64_t>(seed), static_cast<uint32_t>(step),
-                                 static_cast<uint32_t>(index), u);
+    const Philox4 r =
+        noise_bits(static_cast<uint64_t>(seed), static_cast<uint32_t>(step), static_cast<uint32_t>(index), u);
     b[4 * i + 0] = r.c0;
     b[4 * i + 1] = r.c1;
     b[4 * i + 2] = r.c2;
@@ -376,8 +380,10 @@ std::vector<at::Tensor> noise(int64_t seed, int64_t step, int64_t index, int64_t
 // torch.ops.extrap_kernels.squares (CPU): each tensor's sum of squares, float64 (csrc/cpu, squares_cpu).
 at::Tensor squares_op(at::TensorList tensors) {
   for (const at::Tensor& t : tensors) {
-    TORCH_CHECK_VALUE(t.layout() == at::kStrided && t.device().is_cpu(), "extrap_kernels: squares takes dense CPU "
-                      "tensors, not ", t.layout(), " on ", t.device());
+    TORCH_CHECK_VALUE(t.layout() == at::kStrided && t.device().is_cpu(),
+                      "extrap_kernels: squares takes dense CPU "
+                      "tensors, not ",
+                      t.layout(), " on ", t.device());
     TORCH_CHECK_VALUE(at::isFloatingType(t.scalar_type()), "extrap_kernels: squares takes floating-point tensors, not ",
                       t.scalar_type());
   }

@@ -109,7 +109,6 @@ EXTRAP_HD acc past_point(acc s, acc gp, acc d, const Hyper<acc>& h) {
   return s - h.gamma * (h.past_grad ? gp : d);
 }
 
-
 // Per-tensor values of one launch.
 template <typename acc>
 struct TensorArgs {

@@ -16,16 +16,16 @@ namespace extrap {
 
 struct Launch {
   int64_t phase = kUpdate;
-  std::vector<at::Tensor> params;   // x, fp32/fp64/bf16/fp16
-  std::vector<at::Tensor> grads;    // g, the dtype of x
-  std::vector<at::Tensor> anchors;  // s: fp32 master for 16-bit x, else the dtype of x; EMPTY: x is its
-                                    // own anchor (plain fused SGD on full-precision parameters, kUpdate)
-  std::vector<at::Tensor> momenta;  // m, the dtype of s; empty when momentum == 0
-  std::vector<at::Tensor> steps;    // 0-dim float32 step counts; update phases count this update themselves
-  std::vector<int64_t> indices;     // parameter index in the optimizer, keys the noise
+  std::vector<at::Tensor> params;       // x, fp32/fp64/bf16/fp16
+  std::vector<at::Tensor> grads;        // g, the dtype of x
+  std::vector<at::Tensor> anchors;      // s: fp32 master for 16-bit x, else the dtype of x; EMPTY: x is its
+                                        // own anchor (plain fused SGD on full-precision parameters, kUpdate)
+  std::vector<at::Tensor> momenta;      // m, the dtype of s; empty when momentum == 0
+  std::vector<at::Tensor> steps;        // 0-dim float32 step counts; update phases count this update themselves
+  std::vector<int64_t> indices;         // parameter index in the optimizer, keys the noise
   std::vector<at::Tensor> last_gammas;  // kUpdatePastAnchorFree: 0-dim, the dtype of s; the gamma x was
                                         // last extrapolated with (the launch records this one's)
-  std::optional<at::Tensor> trust;  // per-tensor LARS (or LAMB) ratio, the dtype of s
+  std::optional<at::Tensor> trust;      // per-tensor LARS (or LAMB) ratio, the dtype of s
   // The adaptive bases (Adam, AdamW, LAMB): `momenta` hold the first moments m, these the second moments v
   // and, with amsgrad, their running maxima; both empty for the SGD family. LAMB's clipping comes folded
   // into grad_scale, its ratios as `trust`.
@@ -53,9 +53,7 @@ struct Launch {
   // The tensor holding s for parameter i (x itself where the parameters are their own anchors).
   const at::Tensor& anchor(size_t i) const { return anchors.empty() ? params[i] : anchors[i]; }
   bool anchor_free() const { return phase == kUpdatePastAnchorFree; }
-  bool rounds_stochastically() const {
-    return !master_weights && !params.empty() && params[0].element_size() == 2;
-  }
+  bool rounds_stochastically() const { return !master_weights && !params.empty() && params[0].element_size() == 2; }
   bool counts_step() const { return phase != kExtrapolate; }
   bool adaptive() const { return !second_moments.empty(); }
   bool amsgrad() const { return !max_second_moments.empty(); }
@@ -103,12 +101,18 @@ void with_phase(const Launch& L, F&& f) {
     return f(phase, std::true_type{});
   };
   switch (L.phase) {
-    case kExtrapolate: return run(std::integral_constant<Phase, kExtrapolate>{});
-    case kUpdate: return run(std::integral_constant<Phase, kUpdate>{});
-    case kUpdatePast: return run(std::integral_constant<Phase, kUpdatePast>{});
-    case kUpdateNoise: return run(std::integral_constant<Phase, kUpdateNoise>{});
-    case kUpdatePastAnchorFree: return run(std::integral_constant<Phase, kUpdatePastAnchorFree>{});
-    default: TORCH_CHECK(false, "extrap_kernels: unknown phase ", L.phase);
+    case kExtrapolate:
+      return run(std::integral_constant<Phase, kExtrapolate>{});
+    case kUpdate:
+      return run(std::integral_constant<Phase, kUpdate>{});
+    case kUpdatePast:
+      return run(std::integral_constant<Phase, kUpdatePast>{});
+    case kUpdateNoise:
+      return run(std::integral_constant<Phase, kUpdateNoise>{});
+    case kUpdatePastAnchorFree:
+      return run(std::integral_constant<Phase, kUpdatePastAnchorFree>{});
+    default:
+      TORCH_CHECK(false, "extrap_kernels: unknown phase ", L.phase);
   }
 }
 
@@ -120,11 +124,16 @@ void with_adaptive_phase(const Launch& L, F&& f) {
     return f(phase, std::false_type{});
   };
   switch (L.phase) {
-    case kExtrapolate: return run(std::integral_constant<Phase, kExtrapolate>{});
-    case kUpdate: return run(std::integral_constant<Phase, kUpdate>{});
-    case kUpdatePast: return run(std::integral_constant<Phase, kUpdatePast>{});
-    case kUpdateNoise: return run(std::integral_constant<Phase, kUpdateNoise>{});
-    default: TORCH_CHECK(false, "extrap_kernels: phase ", L.phase, " has no adaptive form");
+    case kExtrapolate:
+      return run(std::integral_constant<Phase, kExtrapolate>{});
+    case kUpdate:
+      return run(std::integral_constant<Phase, kUpdate>{});
+    case kUpdatePast:
+      return run(std::integral_constant<Phase, kUpdatePast>{});
+    case kUpdateNoise:
+      return run(std::integral_constant<Phase, kUpdateNoise>{});
+    default:
+      TORCH_CHECK(false, "extrap_kernels: phase ", L.phase, " has no adaptive form");
   }
 }
 

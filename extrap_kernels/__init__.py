@@ -1,7 +1,8 @@
 """extrap-kernels: fused extrapolated-SGD optimizers for PyTorch (docs/SPEC.md).
 
-    from extrap_kernels import ExtrapSGD, FusedSGD, ExtrapAdamW, ExtrapLAMB, FusedAdam, FusedLAMB
+from extrap_kernels import ExtrapSGD, FusedSGD, ExtrapAdamW, ExtrapLAMB, FusedAdam, FusedLAMB
 """
+
 import torch as _torch
 from torch.torch_version import TorchVersion as _TorchVersion
 
@@ -11,18 +12,37 @@ from torch.torch_version import TorchVersion as _TorchVersion
 OLDEST_TORCH = (2, 11)
 
 if _TorchVersion(_torch.__version__) < OLDEST_TORCH:
-    raise ImportError(f"extrap-kernels needs torch >= {'.'.join(map(str, OLDEST_TORCH))}; this Python has torch "
-                      f"{_torch.__version__}. Upgrade torch (pip install 'torch>=2.11'), then rebuild this package "
-                      "against it: pip install --no-build-isolation --no-deps .")
+    raise ImportError(
+        f"extrap-kernels needs torch >= {'.'.join(map(str, OLDEST_TORCH))}; this Python has torch "
+        f"{_torch.__version__}. Upgrade torch (pip install 'torch>=2.11'), then rebuild this package "
+        "against it: pip install --no-build-isolation --no-deps ."
+    )
 
 from . import backends, core, functional, reference  # noqa: E402
-from .bucket import Bucket, Hyper, Phase  # noqa: E402
-from .optimizer import ExtrapSGD, FusedOptimizer, FusedSGD  # noqa: E402
 from .adam import ExtrapAdam, ExtrapAdamW, ExtrapLAMB, FusedAdam, FusedLAMB  # noqa: E402
+from .bucket import Bucket, Hyper, Phase  # noqa: E402
 from .distributed import train_step  # noqa: E402
+from .optimizer import ExtrapSGD, FusedOptimizer, FusedSGD  # noqa: E402
 
-__all__ = ["ExtrapSGD", "FusedSGD", "ExtrapAdam", "ExtrapAdamW", "ExtrapLAMB", "FusedAdam", "FusedLAMB", "FusedOptimizer", "Bucket", "Hyper", "Phase", "backends",
-           "core", "functional", "reference", "available_backends", "train_step"]
+__all__ = [
+    "ExtrapSGD",
+    "FusedSGD",
+    "ExtrapAdam",
+    "ExtrapAdamW",
+    "ExtrapLAMB",
+    "FusedAdam",
+    "FusedLAMB",
+    "FusedOptimizer",
+    "Bucket",
+    "Hyper",
+    "Phase",
+    "backends",
+    "core",
+    "functional",
+    "reference",
+    "available_backends",
+    "train_step",
+]
 __version__ = "0.1.0"
 
 

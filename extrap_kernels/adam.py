@@ -4,13 +4,14 @@ is the base optimizer), and the Apex drop-ins `FusedAdam` and `FusedLAMB`. As th
 says which phase a group runs with which hyperparameters and which state it keeps; the iteration, the
 cached plan and the backends are shared. (Kernels: csrc/extrap_math.h's adaptive_element on `cpu` and
 `cuda`, backends/triton_adaptive.py on `triton`.)"""
+
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from .checks import check_hyperparameters, scalar_value
 from .bucket import Hyper, Phase, state_dtype
+from .checks import check_hyperparameters, scalar_value
 from .optimizer import ApexDropIn, ExtrapolatingOptimizer, FusedOptimizer
 
 
@@ -58,14 +59,23 @@ class AdaptiveOptimizer(FusedOptimizer):
         return state
 
     def _hyper(self, group: dict, gamma) -> Hyper:
-        return Hyper(lr=group["lr"], gamma=gamma, weight_decay=group["weight_decay"],
-                     maximize=group.get("maximize", False), noise_std=group.get("noise_std", 0.0),
-                     seed=group.get("seed", 0), base=self.BASE, betas=tuple(group["betas"]), eps=group["eps"],
-                     decoupled=group["decoupled"], amsgrad=group.get("amsgrad", False),
-                     bias_correction=group.get("bias_correction", True),
-                     grad_averaging=group.get("grad_averaging", True), max_grad_norm=group.get("max_grad_norm", 0.0),
-                     use_nvlamb=group.get("use_nvlamb", False))
-
+        return Hyper(
+            lr=group["lr"],
+            gamma=gamma,
+            weight_decay=group["weight_decay"],
+            maximize=group.get("maximize", False),
+            noise_std=group.get("noise_std", 0.0),
+            seed=group.get("seed", 0),
+            base=self.BASE,
+            betas=tuple(group["betas"]),
+            eps=group["eps"],
+            decoupled=group["decoupled"],
+            amsgrad=group.get("amsgrad", False),
+            bias_correction=group.get("bias_correction", True),
+            grad_averaging=group.get("grad_averaging", True),
+            max_grad_norm=group.get("max_grad_norm", 0.0),
+            use_nvlamb=group.get("use_nvlamb", False),
+        )
 
 
 class ExtrapolatingAdaptive(ExtrapolatingOptimizer, AdaptiveOptimizer):
@@ -84,14 +94,37 @@ class ExtrapAdam(ExtrapolatingAdaptive):
     perturbs around the anchor. gamma=None follows the group's lr; gamma=0 is exactly Adam.
     decoupled_weight_decay=True is AdamW."""
 
-    def __init__(self, params, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
-                 decoupled_weight_decay: bool = False, gamma: float | Tensor | None = None, mode: str = "past",
-                 noise_std: float = 0.01, seed: int = 0, backend: str = "auto"):
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        decoupled_weight_decay: bool = False,
+        gamma: float | Tensor | None = None,
+        mode: str = "past",
+        noise_std: float = 0.01,
+        seed: int = 0,
+        backend: str = "auto",
+    ):
         check_adaptive(lr, betas, eps, weight_decay)
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                        maximize=maximize, decoupled=decoupled_weight_decay, gamma=gamma, mode=mode,
-                        noise_std=noise_std, seed=seed)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            decoupled=decoupled_weight_decay,
+            gamma=gamma,
+            mode=mode,
+            noise_std=noise_std,
+            seed=seed,
+        )
         check_hyperparameters(gamma=gamma, mode=mode, noise_std=noise_std)
         super().__init__(params, defaults, backend)
 
@@ -99,12 +132,37 @@ class ExtrapAdam(ExtrapolatingAdaptive):
 class ExtrapAdamW(ExtrapAdam):
     """AdamW (torch.optim.AdamW's arguments and defaults: decoupled weight decay 0.01) with extrapolation."""
 
-    def __init__(self, params, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
-                 gamma: float | Tensor | None = None, mode: str = "past", noise_std: float = 0.01, seed: int = 0,
-                 backend: str = "auto"):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, decoupled_weight_decay=True,
-                         gamma=gamma, mode=mode, noise_std=noise_std, seed=seed, backend=backend)
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        gamma: float | Tensor | None = None,
+        mode: str = "past",
+        noise_std: float = 0.01,
+        seed: int = 0,
+        backend: str = "auto",
+    ):
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            maximize=maximize,
+            decoupled_weight_decay=True,
+            gamma=gamma,
+            mode=mode,
+            noise_std=noise_std,
+            seed=seed,
+            backend=backend,
+        )
 
 
 class ExtrapLAMB(ExtrapolatingAdaptive):
@@ -114,18 +172,43 @@ class ExtrapLAMB(ExtrapolatingAdaptive):
 
     BASE = "lamb"
 
-    def __init__(self, params, lr: float | Tensor = 1e-3, bias_correction: bool = True,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.01,
-                 adam_w_mode: bool = True, grad_averaging: bool = True, max_grad_norm: float = 1.0,
-                 use_nvlamb: bool = False, *, gamma: float | Tensor | None = None, mode: str = "past",
-                 noise_std: float = 0.01, seed: int = 0, backend: str = "auto"):
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        bias_correction: bool = True,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.01,
+        adam_w_mode: bool = True,
+        grad_averaging: bool = True,
+        max_grad_norm: float = 1.0,
+        use_nvlamb: bool = False,
+        *,
+        gamma: float | Tensor | None = None,
+        mode: str = "past",
+        noise_std: float = 0.01,
+        seed: int = 0,
+        backend: str = "auto",
+    ):
         check_adaptive(lr, betas, eps, weight_decay)
         if not max_grad_norm >= 0:
             raise ValueError(f"Invalid max_grad_norm: {max_grad_norm} (must be >= 0; 0 turns clipping off)")
-        defaults = dict(lr=lr, bias_correction=bias_correction, betas=tuple(betas), eps=eps,
-                        weight_decay=weight_decay, decoupled=adam_w_mode, grad_averaging=grad_averaging,
-                        max_grad_norm=max_grad_norm, use_nvlamb=use_nvlamb, gamma=gamma, mode=mode,
-                        noise_std=noise_std, seed=seed)
+        defaults = dict(
+            lr=lr,
+            bias_correction=bias_correction,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            decoupled=adam_w_mode,
+            grad_averaging=grad_averaging,
+            max_grad_norm=max_grad_norm,
+            use_nvlamb=use_nvlamb,
+            gamma=gamma,
+            mode=mode,
+            noise_std=noise_std,
+            seed=seed,
+        )
         check_hyperparameters(gamma=gamma, mode=mode, noise_std=noise_std)
         super().__init__(params, defaults, backend)
 
@@ -145,15 +228,33 @@ class FusedAdam(_ApexAdaptive):
 
     _PICKLED = AdaptiveOptimizer._PICKLED + ("capturable", "master_weights")
 
-    def __init__(self, params, lr: float = 1e-3, bias_correction: bool = True, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, adam_w_mode: bool = True, weight_decay: float = 0.0, amsgrad: bool = False,
-                 set_grad_none: bool = True, capturable: bool = False, master_weights: bool = False, *,
-                 backend: str = "auto"):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        bias_correction: bool = True,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        adam_w_mode: bool = True,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        set_grad_none: bool = True,
+        capturable: bool = False,
+        master_weights: bool = False,
+        *,
+        backend: str = "auto",
+    ):
         if amsgrad:
             raise RuntimeError("FusedAdam does not support the AMSGrad variant.")
         check_adaptive(lr, betas, eps, weight_decay)
-        defaults = dict(lr=lr, bias_correction=bias_correction, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        decoupled=adam_w_mode)
+        defaults = dict(
+            lr=lr,
+            bias_correction=bias_correction,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            decoupled=adam_w_mode,
+        )
         super().__init__(params, defaults, backend)
         self.set_grad_none, self.capturable, self.master_weights = set_grad_none, capturable, master_weights
 
@@ -163,15 +264,36 @@ class FusedLAMB(_ApexAdaptive):
 
     BASE = "lamb"
 
-    def __init__(self, params, lr: float = 1e-3, bias_correction: bool = True, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-6, weight_decay: float = 0.01, amsgrad: bool = False, adam_w_mode: bool = True,
-                 grad_averaging: bool = True, set_grad_none: bool = True, max_grad_norm: float = 1.0,
-                 use_nvlamb: bool = False, *, backend: str = "auto"):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        bias_correction: bool = True,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.01,
+        amsgrad: bool = False,
+        adam_w_mode: bool = True,
+        grad_averaging: bool = True,
+        set_grad_none: bool = True,
+        max_grad_norm: float = 1.0,
+        use_nvlamb: bool = False,
+        *,
+        backend: str = "auto",
+    ):
         if amsgrad:
             raise RuntimeError("FusedLAMB does not support the AMSGrad variant.")
         check_adaptive(lr, betas, eps, weight_decay)
-        defaults = dict(lr=lr, bias_correction=bias_correction, betas=tuple(betas), eps=eps,
-                        weight_decay=weight_decay, decoupled=adam_w_mode, grad_averaging=grad_averaging,
-                        max_grad_norm=max_grad_norm, use_nvlamb=use_nvlamb)
+        defaults = dict(
+            lr=lr,
+            bias_correction=bias_correction,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            decoupled=adam_w_mode,
+            grad_averaging=grad_averaging,
+            max_grad_norm=max_grad_norm,
+            use_nvlamb=use_nvlamb,
+        )
         super().__init__(params, defaults, backend)
         self.set_grad_none = set_grad_none

@@ -1,6 +1,7 @@
 """What every backend is handed: a phase, the hyperparameters of a param group, and one bucket of
 tensors sharing a device and a dtype. The backends (reference, foreach, cpu, ...) differ only in how
 they run one phase over one bucket."""
+
 from __future__ import annotations
 
 import enum
@@ -37,8 +38,13 @@ def anchor_free_applies(hyper: "Hyper") -> bool:
     """SPEC "Memory-lean variants": with heavy-ball momentum (no Nesterov, no Apex wd_after_momentum, no
     LARS) and past="update", the update direction d is m, so x = s - gamma * m gives the anchor back and
     it need not be stored (on full-precision parameters: see bucket_phase)."""
-    return (hyper.momentum != 0 and not hyper.nesterov and not hyper.wd_after_momentum and not hyper.lars
-            and not hyper.past_grad)
+    return (
+        hyper.momentum != 0
+        and not hyper.nesterov
+        and not hyper.wd_after_momentum
+        and not hyper.lars
+        and not hyper.past_grad
+    )
 
 
 def bucket_phase(phase: Phase, dtype: torch.dtype) -> Phase:
@@ -96,8 +102,12 @@ class Hyper:
     def kernel_betas(self, bucket: "Bucket") -> tuple[tuple[float, Tensor | None], tuple[float, Tensor | None]]:
         """The adaptive bases' betas as a fused kernel takes them, as `rate` does lr: each a number, or
         (capturable) a one-element float64 tensor on the bucket's device (the bias corrections' precision)."""
-        return tuple((0.0, beta.detach().to(device=bucket.device, dtype=torch.float64).reshape(1))
-                     if isinstance(beta, Tensor) else (float(beta), None) for beta in self.betas)
+        return tuple(
+            (0.0, beta.detach().to(device=bucket.device, dtype=torch.float64).reshape(1))
+            if isinstance(beta, Tensor)
+            else (float(beta), None)
+            for beta in self.betas
+        )
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The checks of hyperparameters, parameters and buckets, in torch.optim's words where it has them, and
 `Rejected`, which a prepared backend call raises when its validation refuses a step before writing
 anything. Every check runs before the first write, so a bad input raises with every tensor as it was."""
+
 from __future__ import annotations
 
 import math
@@ -15,9 +16,11 @@ from .bucket import SUPPORTED_DTYPES, Bucket
 MODES = ("local", "past", "noise")
 # torch.optim.SGD's words for its own options ("Invalid learning rate: -0.1"); ours go by their names
 _TORCH_WORDING = {"lr": "learning rate", "momentum": "momentum value", "weight_decay": "weight_decay value"}
-SPARSE = ("sparse gradients are not supported (the fused steps are dense passes over memory): give these "
-          "parameters an optimizer of their own that takes sparse gradients (torch.optim.SGD, SparseAdam), "
-          "or make their gradients dense (nn.Embedding(..., sparse=False))")
+SPARSE = (
+    "sparse gradients are not supported (the fused steps are dense passes over memory): give these "
+    "parameters an optimizer of their own that takes sparse gradients (torch.optim.SGD, SparseAdam), "
+    "or make their gradients dense (nn.Embedding(..., sparse=False))"
+)
 
 
 def scalar_value(value, name: str = "value") -> float | None:
@@ -29,8 +32,9 @@ def scalar_value(value, name: str = "value") -> float | None:
             raise ValueError(f"Tensor {name} must be 1-element")
         return value.item() if value.device.type == "cpu" else None
     if not isinstance(value, numbers.Real):
-        raise TypeError(f"Invalid {_TORCH_WORDING.get(name, name)}: {value!r} (must be a real number or a "
-                        "one-element tensor)")
+        raise TypeError(
+            f"Invalid {_TORCH_WORDING.get(name, name)}: {value!r} (must be a real number or a one-element tensor)"
+        )
     return float(value)
 
 
@@ -43,8 +47,10 @@ def check_hyperparameters(**values) -> None:
         number = scalar_value(values[name], name)
         if number is not None and not (number >= 0.0 and math.isfinite(number)):
             raise ValueError(f"Invalid {_TORCH_WORDING.get(name, name)}: {values[name]} (must be a finite number >= 0)")
-    if values.get("nesterov") and (scalar_value(values.get("momentum", 0), "momentum") <= 0
-                                   or scalar_value(values.get("dampening", 0), "dampening") != 0):
+    if values.get("nesterov") and (
+        scalar_value(values.get("momentum", 0), "momentum") <= 0
+        or scalar_value(values.get("dampening", 0), "dampening") != 0
+    ):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
     if "mode" in values and values["mode"] not in MODES:
         raise ValueError(f"Invalid mode: {values['mode']!r}; choose one of {MODES}")
@@ -60,8 +66,9 @@ def check_param(param: Tensor, grad: Tensor, backend, name: str) -> None:
     torch.optim does: every phase is elementwise)."""
     real = param.dtype.to_real() if param.is_complex() else param.dtype
     if real not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name}: dtype {param.dtype} is not supported; use one of {SUPPORTED_DTYPES} "
-                        "or their complex types")
+        raise TypeError(
+            f"{name}: dtype {param.dtype} is not supported; use one of {SUPPORTED_DTYPES} or their complex types"
+        )
     if grad.is_sparse or grad.layout != torch.strided:
         raise RuntimeError(f"{name}: {SPARSE}")
     if grad.device != param.device:
@@ -71,8 +78,10 @@ def check_param(param: Tensor, grad: Tensor, backend, name: str) -> None:
     if grad.shape != param.shape:
         raise RuntimeError(f"{name}: gradient shape {tuple(grad.shape)} != parameter shape {tuple(param.shape)}")
     if backend.needs_contiguous and not (param.is_contiguous() and grad.is_contiguous()):
-        raise RuntimeError(f"{name}: backend {backend.name!r} needs contiguous parameters and gradients "
-                           "(backend='foreach' or 'auto' handles strided ones)")
+        raise RuntimeError(
+            f"{name}: backend {backend.name!r} needs contiguous parameters and gradients "
+            "(backend='foreach' or 'auto' handles strided ones)"
+        )
 
 
 def check_bucket(bucket: Bucket, backend) -> None:
@@ -83,8 +92,10 @@ def check_bucket(bucket: Bucket, backend) -> None:
         check_param(x, g, backend, names[i])
         if x.dtype != bucket.dtype or x.device != bucket.device:
             raise RuntimeError(f"{names[i]}: mixed devices or dtypes inside one fused bucket")
-        state = [("anchor", bucket.anchors[i], sdtype if bucket.anchors[i] is not x else x.dtype),
-                 ("step", bucket.steps[i], torch.float32)]
+        state = [
+            ("anchor", bucket.anchors[i], sdtype if bucket.anchors[i] is not x else x.dtype),
+            ("step", bucket.steps[i], torch.float32),
+        ]
         if bucket.momenta:
             state.append(("momentum_buffer", bucket.momenta[i], sdtype))
         if bucket.last_gammas:
@@ -95,11 +106,14 @@ def check_bucket(bucket: Bucket, backend) -> None:
             state.append(("max_exp_avg_sq", bucket.max_second_moments[i], sdtype))
         for key, t, dtype in state:
             if t.device != x.device or t.dtype != dtype:
-                raise RuntimeError(f"{names[i]}: state {key!r} is {t.dtype} on {t.device}, "
-                                   f"expected {dtype} on {x.device}")
+                raise RuntimeError(
+                    f"{names[i]}: state {key!r} is {t.dtype} on {t.device}, expected {dtype} on {x.device}"
+                )
             if key == "last_gamma" and t.numel() != 1:
                 raise RuntimeError(f"{names[i]}: state 'last_gamma' must have one element")
-            if key not in ("step", "last_gamma") and (t.shape != x.shape or (backend.needs_contiguous and not t.is_contiguous())):
+            if key not in ("step", "last_gamma") and (
+                t.shape != x.shape or (backend.needs_contiguous and not t.is_contiguous())
+            ):
                 raise RuntimeError(f"{names[i]}: state {key!r} does not match the parameter's shape/layout")
 
 

@@ -7,6 +7,7 @@ as it was and raises checks.Rejected. LAMB's global gradient norm, which reads e
 is taken between the two. The optimizer classes keep their launches in a cached plan (plan.py); `run`
 builds them for one call.
 """
+
 from __future__ import annotations
 
 import operator
@@ -16,8 +17,8 @@ import torch
 from torch import Tensor
 
 from .backends import Backend
-from .bucket import Bucket, Hyper, Phase, state_dtype
 from .backends.calls import REFUSALS
+from .bucket import Bucket, Hyper, Phase, state_dtype
 from .checks import Rejected
 from .norms import squares
 from .sharded import kernel_view
@@ -88,13 +89,14 @@ def clip(launches: list[Launch], grads: list[list[Tensor]]) -> None:
             launch.call.global_grad_norm = norm
 
 
-def run_launches(launches: list[Launch], flat_grads: list, grad_scale: Tensor | None,
-                 found_inf: Tensor | None) -> None:
+def run_launches(launches: list[Launch], flat_grads: list, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
     """Validates every launch, then runs them (one launch validates itself as it runs). A refusal, before
     anything is written, raises Rejected."""
     grads = [launch.grads(flat_grads) for launch in launches]
-    amp = [(_device(grad_scale, launch.work.bucket.device), _device(found_inf, launch.work.bucket.device))
-           for launch in launches]
+    amp = [
+        (_device(grad_scale, launch.work.bucket.device), _device(found_inf, launch.work.bucket.device))
+        for launch in launches
+    ]
     checked = len(launches) > 1
     if checked:
         for launch, g, (scale, inf) in zip(launches, grads, amp):

@@ -5,6 +5,7 @@ In mode "local" the extrapolation uses the worker's OWN gradient (the backward r
 extrapolated point: exactly one gradient all-reduce per iteration, as in the paper's distributed
 algorithm. Modes "past" and "noise" (and any other optimizer) take one ordinary DDP backward.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,17 +37,18 @@ def needs_extrapolation_pass(optimizer: torch.optim.Optimizer) -> bool:
     return isinstance(optimizer, ExtrapolatingOptimizer) and bool(optimizer._local_groups())
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               compute_loss: Callable[[], Tensor]) -> Tensor:
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, compute_loss: Callable[[], Tensor]) -> Tensor:
     """One iteration; returns the loss at the anchor x_t. `compute_loss()` runs the forward pass on this
     worker's batch; `model` may be DDP-wrapped (its `no_sync` is used for the local gradient) or not, and
     `optimizer` wrapped by a framework that holds it as `.optimizer` (its step() and zero_grad() are used)."""
     optimizer.zero_grad(set_to_none=True)
     if needs_extrapolation_pass(optimizer):
         if getattr(optimizer, "scaler", None) is not None:  # (accelerate's fp16 mixed precision)
-            raise RuntimeError("train_step: mode='local' under the wrapper's GradScaler would extrapolate along "
-                               "scaled gradients; use mode='past' (one backward per step, which the scaler "
-                               "handles), or train without loss scaling (bf16)")
+            raise RuntimeError(
+                "train_step: mode='local' under the wrapper's GradScaler would extrapolate along "
+                "scaled gradients; use mode='past' (one backward per step, which the scaler "
+                "handles), or train without loss scaling (bf16)"
+            )
         no_sync = getattr(model, "no_sync", contextlib.nullcontext)
         with no_sync():  # the worker's gradient at x_t: no all-reduce
             loss = compute_loss()

@@ -17,6 +17,7 @@ The state is what the classes keep under the same names:
 Mode "local" is two calls per iteration: `extrapolate=True` with the gradients at x_t, then the update
 with the gradients at the extrapolated point.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -45,20 +46,33 @@ def mode_phase(mode: str | None, lr, gamma, noise_std: float) -> tuple[Phase, fl
 def _phase(mode: str | None, extrapolate: bool, phase: Phase, anchors, last_gammas, hyper: Hyper) -> Phase:
     if extrapolate:
         if mode != "local":
-            raise ValueError("extrapolate=True belongs to mode='local'; modes 'past' and 'noise' extrapolate "
-                             "inside the update")
+            raise ValueError(
+                "extrapolate=True belongs to mode='local'; modes 'past' and 'noise' extrapolate inside the update"
+            )
         return Phase.EXTRAPOLATE
     if phase == Phase.UPDATE_PAST and anchors is None:
         if last_gammas is None or not anchor_free_applies(hyper):
-            raise ValueError("mode='past' without anchors is the anchor-free past update: it needs last_gammas "
-                             "and heavy-ball momentum (momentum > 0, no Nesterov, past='update'); otherwise give "
-                             "anchors")
+            raise ValueError(
+                "mode='past' without anchors is the anchor-free past update: it needs last_gammas "
+                "and heavy-ball momentum (momentum > 0, no Nesterov, past='update'); otherwise give "
+                "anchors"
+            )
         return Phase.UPDATE_PAST_ANCHOR_FREE
     return phase
 
 
-def _run(phase: Phase, hyper: Hyper, mode: str | None, backend: str, params: list[Tensor], grads: list[Tensor],
-         lists: dict[str, list[Tensor] | None], indices, grad_scale, found_inf) -> None:
+def _run(
+    phase: Phase,
+    hyper: Hyper,
+    mode: str | None,
+    backend: str,
+    params: list[Tensor],
+    grads: list[Tensor],
+    lists: dict[str, list[Tensor] | None],
+    indices,
+    grad_scale,
+    found_inf,
+) -> None:
     """Buckets the lists by (device, dtype), checks every bucket, then runs them (core.run)."""
     if any(values is not None and len(values) != len(params) for values in (grads, *lists.values())):
         raise ValueError("params, grads and every state list must have the same length")
@@ -68,6 +82,7 @@ def _run(phase: Phase, hyper: Hyper, mode: str | None, backend: str, params: lis
         by_key[(p.device, p.dtype)].append(i)
     work = []
     for (_, dtype), members in by_key.items():
+
         def pick(values, members=members):
             return [] if values is None else [values[i] for i in members]
 
@@ -77,76 +92,227 @@ def _run(phase: Phase, hyper: Hyper, mode: str | None, backend: str, params: lis
             if not (bucket_phase_ == Phase.UPDATE_PAST_ANCHOR_FREE or (mode is None and state_dtype(dtype) == dtype)):
                 raise ValueError(f"{dtype} parameters in this mode need anchors (copies in the state dtype)")
             anchors = pick(params)
-        bucket = Bucket(params=pick(params), grads=pick(grads), anchors=anchors, steps=pick(lists["steps"]),
-                        indices=pick(indices), names=[f"param {i}" for i in members],
-                        momenta=pick(lists.get("momenta")), last_gammas=pick(lists.get("last_gammas")),
-                        second_moments=pick(lists.get("second_moments")),
-                        max_second_moments=pick(lists.get("max_second_moments")))
+        bucket = Bucket(
+            params=pick(params),
+            grads=pick(grads),
+            anchors=anchors,
+            steps=pick(lists["steps"]),
+            indices=pick(indices),
+            names=[f"param {i}" for i in members],
+            momenta=pick(lists.get("momenta")),
+            last_gammas=pick(lists.get("last_gammas")),
+            second_moments=pick(lists.get("second_moments")),
+            max_second_moments=pick(lists.get("max_second_moments")),
+        )
         backend_of = backends.for_bucket(backend, bucket.params, bucket.grads, hyper.base)
         check_bucket(bucket, backend_of)
         work.append(core.Work(bucket_phase_, bucket, hyper, backend_of))
     core.run(work, grad_scale, found_inf)
 
 
-def sgd(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor] | None, steps: list[Tensor],
-        anchors: list[Tensor] | None = None, last_gammas: list[Tensor] | None = None, *, lr: float | Tensor,
-        gamma: float | Tensor | None = None, mode: str | None = "past", extrapolate: bool = False,
-        momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
-        maximize: bool = False, past: str = "update", noise_std: float = 0.01, seed: int = 0,
-        indices: list[int] | None = None, backend: str = "auto", grad_scale: Tensor | None = None,
-        found_inf: Tensor | None = None) -> None:
+def sgd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor] | None,
+    steps: list[Tensor],
+    anchors: list[Tensor] | None = None,
+    last_gammas: list[Tensor] | None = None,
+    *,
+    lr: float | Tensor,
+    gamma: float | Tensor | None = None,
+    mode: str | None = "past",
+    extrapolate: bool = False,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+    past: str = "update",
+    noise_std: float = 0.01,
+    seed: int = 0,
+    indices: list[int] | None = None,
+    backend: str = "auto",
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
     """One ExtrapSGD step (mode None: one torch.optim.SGD step). `indices` key the noise (default: the
     positions in `params`)."""
-    check_hyperparameters(lr=lr, gamma=gamma, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                          nesterov=nesterov, noise_std=noise_std, past=past,
-                          **({} if mode is None else {"mode": mode}))
+    check_hyperparameters(
+        lr=lr,
+        gamma=gamma,
+        momentum=momentum,
+        dampening=dampening,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+        noise_std=noise_std,
+        past=past,
+        **({} if mode is None else {"mode": mode}),
+    )
     phase, gamma = mode_phase(mode, lr, gamma, noise_std)
-    hyper = Hyper(lr=lr, gamma=gamma, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                  nesterov=nesterov, maximize=maximize, past_grad=past == "grad", noise_std=noise_std, seed=seed)
+    hyper = Hyper(
+        lr=lr,
+        gamma=gamma,
+        momentum=momentum,
+        dampening=dampening,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+        maximize=maximize,
+        past_grad=past == "grad",
+        noise_std=noise_std,
+        seed=seed,
+    )
     phase = _phase(mode, extrapolate, phase, anchors, last_gammas, hyper)
     if (momentum != 0) != (momentum_buffers is not None):
         raise ValueError("momentum_buffers are given exactly when momentum > 0")
-    lists = dict(anchors=anchors, steps=steps, momenta=momentum_buffers,
-                 last_gammas=last_gammas if phase == Phase.UPDATE_PAST_ANCHOR_FREE else None)
+    lists = dict(
+        anchors=anchors,
+        steps=steps,
+        momenta=momentum_buffers,
+        last_gammas=last_gammas if phase == Phase.UPDATE_PAST_ANCHOR_FREE else None,
+    )
     _run(phase, hyper, mode, backend, params, grads, lists, indices, grad_scale, found_inf)
 
 
-def _adaptive(base: str, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, anchors, mode, extrapolate,
-              backend, indices, grad_scale, found_inf, **options) -> None:
-    check_hyperparameters(lr=options["lr"], gamma=options["gamma"], weight_decay=options["weight_decay"],
-                          noise_std=options["noise_std"], **({} if mode is None else {"mode": mode}))
+def _adaptive(
+    base: str,
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    max_exp_avg_sqs,
+    steps,
+    anchors,
+    mode,
+    extrapolate,
+    backend,
+    indices,
+    grad_scale,
+    found_inf,
+    **options,
+) -> None:
+    check_hyperparameters(
+        lr=options["lr"],
+        gamma=options["gamma"],
+        weight_decay=options["weight_decay"],
+        noise_std=options["noise_std"],
+        **({} if mode is None else {"mode": mode}),
+    )
     phase, gamma = mode_phase(mode, options["lr"], options.pop("gamma"), options["noise_std"])
     hyper = Hyper(base=base, gamma=gamma, amsgrad=max_exp_avg_sqs is not None, **options)
     phase = _phase(mode, extrapolate, phase, anchors if anchors is not None else [], None, hyper)
-    lists = dict(anchors=anchors, steps=steps, momenta=exp_avgs, second_moments=exp_avg_sqs,
-                 max_second_moments=max_exp_avg_sqs)
+    lists = dict(
+        anchors=anchors, steps=steps, momenta=exp_avgs, second_moments=exp_avg_sqs, max_second_moments=max_exp_avg_sqs
+    )
     _run(phase, hyper, mode, backend, params, grads, lists, indices, grad_scale, found_inf)
 
 
-def adam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-         max_exp_avg_sqs: list[Tensor] | None, steps: list[Tensor], anchors: list[Tensor] | None = None, *,
-         lr: float | Tensor, betas: tuple = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-         decoupled_weight_decay: bool = False, maximize: bool = False, gamma: float | Tensor | None = None,
-         mode: str | None = "past", extrapolate: bool = False, noise_std: float = 0.01, seed: int = 0,
-         indices: list[int] | None = None, backend: str = "auto", grad_scale: Tensor | None = None,
-         found_inf: Tensor | None = None) -> None:
+def adam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor] | None,
+    steps: list[Tensor],
+    anchors: list[Tensor] | None = None,
+    *,
+    lr: float | Tensor,
+    betas: tuple = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+    gamma: float | Tensor | None = None,
+    mode: str | None = "past",
+    extrapolate: bool = False,
+    noise_std: float = 0.01,
+    seed: int = 0,
+    indices: list[int] | None = None,
+    backend: str = "auto",
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
     """One ExtrapAdam step (decoupled_weight_decay=True: ExtrapAdamW; mode None: one torch.optim.Adam step);
     amsgrad where `max_exp_avg_sqs` is given."""
-    _adaptive("adam", params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, anchors, mode, extrapolate,
-              backend, indices, grad_scale, found_inf, lr=lr, betas=tuple(betas), eps=eps,
-              weight_decay=weight_decay, decoupled=decoupled_weight_decay, maximize=maximize, gamma=gamma,
-              noise_std=noise_std, seed=seed)
+    _adaptive(
+        "adam",
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        steps,
+        anchors,
+        mode,
+        extrapolate,
+        backend,
+        indices,
+        grad_scale,
+        found_inf,
+        lr=lr,
+        betas=tuple(betas),
+        eps=eps,
+        weight_decay=weight_decay,
+        decoupled=decoupled_weight_decay,
+        maximize=maximize,
+        gamma=gamma,
+        noise_std=noise_std,
+        seed=seed,
+    )
 
 
-def lamb(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-         steps: list[Tensor], anchors: list[Tensor] | None = None, *, lr: float | Tensor,
-         betas: tuple = (0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.01, adam_w_mode: bool = True,
-         bias_correction: bool = True, grad_averaging: bool = True, max_grad_norm: float = 1.0,
-         use_nvlamb: bool = False, gamma: float | Tensor | None = None, mode: str | None = "past",
-         extrapolate: bool = False, noise_std: float = 0.01, seed: int = 0, indices: list[int] | None = None,
-         backend: str = "auto", grad_scale: Tensor | None = None, found_inf: Tensor | None = None) -> None:
+def lamb(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    anchors: list[Tensor] | None = None,
+    *,
+    lr: float | Tensor,
+    betas: tuple = (0.9, 0.999),
+    eps: float = 1e-6,
+    weight_decay: float = 0.01,
+    adam_w_mode: bool = True,
+    bias_correction: bool = True,
+    grad_averaging: bool = True,
+    max_grad_norm: float = 1.0,
+    use_nvlamb: bool = False,
+    gamma: float | Tensor | None = None,
+    mode: str | None = "past",
+    extrapolate: bool = False,
+    noise_std: float = 0.01,
+    seed: int = 0,
+    indices: list[int] | None = None,
+    backend: str = "auto",
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
     """One ExtrapLAMB step (mode None: one Apex FusedLAMB step), clipped by the global norm of all `grads`."""
-    _adaptive("lamb", params, grads, exp_avgs, exp_avg_sqs, None, steps, anchors, mode, extrapolate, backend,
-              indices, grad_scale, found_inf, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-              decoupled=adam_w_mode, bias_correction=bias_correction, grad_averaging=grad_averaging,
-              max_grad_norm=max_grad_norm, use_nvlamb=use_nvlamb, gamma=gamma, noise_std=noise_std, seed=seed)
+    _adaptive(
+        "lamb",
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        None,
+        steps,
+        anchors,
+        mode,
+        extrapolate,
+        backend,
+        indices,
+        grad_scale,
+        found_inf,
+        lr=lr,
+        betas=tuple(betas),
+        eps=eps,
+        weight_decay=weight_decay,
+        decoupled=adam_w_mode,
+        bias_correction=bias_correction,
+        grad_averaging=grad_averaging,
+        max_grad_norm=max_grad_norm,
+        use_nvlamb=use_nvlamb,
+        gamma=gamma,
+        noise_std=noise_std,
+        seed=seed,
+    )

@@ -2,6 +2,7 @@
 gradient divisor that folds the global-norm clipping into AMP's grad_scale, and the per-tensor trust ratios
 from the kernels' reading pass (torch.ops.extrap_kernels.norms). reference_adaptive computes the same on
 the host, one tensor at a time, and is what these are tested against."""
+
 from __future__ import annotations
 
 import torch

@@ -1,6 +1,7 @@
 """The per-tensor LARS trust ratios of a bucket, computed on the bucket's device for the fused backends
 (one multi-tensor sum of squares per list, norms.py, no host synchronization). The reference has its own per-tensor
 version, which these are tested against."""
+
 from __future__ import annotations
 
 import torch

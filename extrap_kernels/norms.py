@@ -1,5 +1,6 @@
 """Per-tensor sums of squares for the norms the fused backends take before a launch (LARS's trust ratios,
 LAMB's gradient clipping), on the tensors' device with no host synchronization."""
+
 from __future__ import annotations
 
 import functools

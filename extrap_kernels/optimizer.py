@@ -4,6 +4,7 @@
 their state and operator arguments, built once) and runs it with each step's gradients; `ExtrapSGD`
 and `FusedSGD` only say which phase each group runs and with which hyperparameters.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -66,9 +67,12 @@ class FusedOptimizer(Optimizer):
         by_key = defaultdict(list)
         for p in flat_params(self.param_groups):
             by_key[(p.device, p.dtype)].append(p)
-        return {key: backends.for_bucket(self.backend, [local(p) for p in ps],
-                                                [local(p.grad) for p in ps if p.grad is not None], self.BASE).name
-                for key, ps in by_key.items()}
+        return {
+            key: backends.for_bucket(
+                self.backend, [local(p) for p in ps], [local(p.grad) for p in ps if p.grad is not None], self.BASE
+            ).name
+            for key, ps in by_key.items()
+        }
 
     def _launch_args(self, group: dict) -> tuple[Phase, Hyper]:
         raise NotImplementedError
@@ -216,8 +220,9 @@ class ExtrapolatingOptimizer(FusedOptimizer):
         gradient just computed at x (under DDP: the worker's own, from inside `model.no_sync()`)."""
         local = self._local_groups()
         if not local:
-            raise RuntimeError("extrapolate() belongs to mode='local'; modes 'past' and 'noise' "
-                               "extrapolate inside step()")
+            raise RuntimeError(
+                "extrapolate() belongs to mode='local'; modes 'past' and 'noise' extrapolate inside step()"
+            )
         if self._extrapolated is not None:
             raise RuntimeError("extrapolate() called twice: call step() to finish the iteration first")
         plan, grads = self._plan(local, Phase.EXTRAPOLATE)
@@ -243,8 +248,10 @@ class ExtrapolatingOptimizer(FusedOptimizer):
             if self._extrapolated is None:
                 raise RuntimeError("step() in mode='local' needs extrapolate() first (or pass a closure)")
             if updated != self._extrapolated:
-                raise RuntimeError("mode='local': the parameters with gradients at step() are not the "
-                                   "ones extrapolated by extrapolate()")
+                raise RuntimeError(
+                    "mode='local': the parameters with gradients at step() are not the "
+                    "ones extrapolated by extrapolate()"
+                )
         self._run(plan, grads, grad_scale, found_inf)
         self._extrapolated = None
         return loss
@@ -264,17 +271,48 @@ class ExtrapSGD(ExtrapolatingOptimizer):
     keeps it in the state anyway ("anchor"); checkpoints of either kind load into the other.
     """
 
-    def __init__(self, params, lr: float | Tensor = 1e-3, gamma: float | Tensor | None = None,
-                 mode: str = "past", momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False,
-                 lars: bool = False, trust_coefficient: float = 0.001, lars_clip: bool = False,
-                 extrapolate_with_momentum: bool = False, past: str = "update", noise_std: float = 0.01,
-                 seed: int = 0, store_anchor: bool = False, *, master_weights: bool = True, backend: str = "auto"):
-        defaults = dict(lr=lr, gamma=gamma, mode=mode, momentum=momentum, dampening=dampening,
-                        weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, lars=lars,
-                        trust_coefficient=trust_coefficient, lars_clip=lars_clip,
-                        extrapolate_with_momentum=extrapolate_with_momentum, past=past,
-                        noise_std=noise_std, seed=seed, store_anchor=store_anchor, master_weights=master_weights)
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        gamma: float | Tensor | None = None,
+        mode: str = "past",
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        maximize: bool = False,
+        lars: bool = False,
+        trust_coefficient: float = 0.001,
+        lars_clip: bool = False,
+        extrapolate_with_momentum: bool = False,
+        past: str = "update",
+        noise_std: float = 0.01,
+        seed: int = 0,
+        store_anchor: bool = False,
+        *,
+        master_weights: bool = True,
+        backend: str = "auto",
+    ):
+        defaults = dict(
+            lr=lr,
+            gamma=gamma,
+            mode=mode,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            maximize=maximize,
+            lars=lars,
+            trust_coefficient=trust_coefficient,
+            lars_clip=lars_clip,
+            extrapolate_with_momentum=extrapolate_with_momentum,
+            past=past,
+            noise_std=noise_std,
+            seed=seed,
+            store_anchor=store_anchor,
+            master_weights=master_weights,
+        )
         check_hyperparameters(**defaults)
         super().__init__(params, defaults, backend)
 
@@ -284,14 +322,25 @@ class ExtrapSGD(ExtrapolatingOptimizer):
     def _launch_args(self, group: dict) -> tuple[Phase, Hyper]:
         phase, gamma = self._mode_phase(group)
         hyper = Hyper(
-            lr=group["lr"], gamma=gamma, momentum=group["momentum"], dampening=group["dampening"],
-            weight_decay=group["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"],
-            lars=group["lars"], trust_coefficient=group["trust_coefficient"], lars_clip=group["lars_clip"],
-            extrapolate_with_momentum=group["extrapolate_with_momentum"], past_grad=group["past"] == "grad",
-            noise_std=group["noise_std"], seed=group["seed"])
+            lr=group["lr"],
+            gamma=gamma,
+            momentum=group["momentum"],
+            dampening=group["dampening"],
+            weight_decay=group["weight_decay"],
+            nesterov=group["nesterov"],
+            maximize=group["maximize"],
+            lars=group["lars"],
+            trust_coefficient=group["trust_coefficient"],
+            lars_clip=group["lars_clip"],
+            extrapolate_with_momentum=group["extrapolate_with_momentum"],
+            past_grad=group["past"] == "grad",
+            noise_std=group["noise_std"],
+            seed=group["seed"],
+        )
         if group["mode"] == "past" and not group.get("store_anchor", False) and anchor_free_applies(hyper):
             phase = Phase.UPDATE_PAST_ANCHOR_FREE  # (16-bit parameters keep their master: bucket_phase)
         return phase, hyper
+
 
 class ApexDropIn:
     """What Apex's fused optimizers share (a mixin before FusedOptimizer): zero_grad with set_grad_none, and
@@ -314,13 +363,32 @@ class FusedSGD(ApexDropIn, FusedOptimizer):
     always keep an fp32 master copy in the optimizer state and read their 16-bit gradients directly.
     """
 
-    def __init__(self, params, lr=required, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False, wd_after_momentum: bool = False,
-                 materialize_master_grads: bool = True, set_grad_none: bool = False, *,
-                 master_weights: bool = True, seed: int = 0, backend: str = "auto"):
-        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                        nesterov=nesterov, wd_after_momentum=wd_after_momentum, master_weights=master_weights,
-                        seed=seed)
+    def __init__(
+        self,
+        params,
+        lr=required,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        wd_after_momentum: bool = False,
+        materialize_master_grads: bool = True,
+        set_grad_none: bool = False,
+        *,
+        master_weights: bool = True,
+        seed: int = 0,
+        backend: str = "auto",
+    ):
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            wd_after_momentum=wd_after_momentum,
+            master_weights=master_weights,
+            seed=seed,
+        )
         check_hyperparameters(**defaults)
         super().__init__(params, defaults, backend)
         self.materialize_master_grads = materialize_master_grads
@@ -328,6 +396,11 @@ class FusedSGD(ApexDropIn, FusedOptimizer):
 
     def _launch_args(self, group: dict) -> tuple[Phase, Hyper]:
         return Phase.UPDATE, Hyper(
-            lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
-            weight_decay=group["weight_decay"], nesterov=group["nesterov"],
-            wd_after_momentum=group["wd_after_momentum"], seed=group.get("seed", 0))
+            lr=group["lr"],
+            momentum=group["momentum"],
+            dampening=group["dampening"],
+            weight_decay=group["weight_decay"],
+            nesterov=group["nesterov"],
+            wd_after_momentum=group["wd_after_momentum"],
+            seed=group.get("seed", 0),
+        )

@@ -5,6 +5,7 @@ Philox4x32-10 and Box-Muller exactly as Triton's `tl.randn` computes them, with 
 csrc/extrap_math.h is the same generator for the C++/CUDA kernels; tests check they agree bit for bit
 on the integers. Unsigned 32-bit arithmetic is done in int64 with 16-bit halves, so nothing overflows.
 """
+
 from __future__ import annotations
 
 import torch

@@ -21,6 +21,7 @@ A plan no longer holds (each case tested in tests/test_plan.py) when:
 Steps on DTensor (FSDP2) or complex parameters are planned anew every time: the kernels see their local
 shards or real views, views made per call.
 """
+
 from __future__ import annotations
 
 import operator
@@ -38,8 +39,20 @@ from .sharded import as_real, is_dtensor, kernel_view, local, shard_group
 
 grad_of = operator.attrgetter("grad")
 _PARAMS = operator.itemgetter("params")
-HYPER_KEYS = ("lr", "gamma", "momentum", "dampening", "weight_decay", "nesterov", "noise_std",
-              "trust_coefficient", "mode", "past", "store_anchor", "master_weights")
+HYPER_KEYS = (
+    "lr",
+    "gamma",
+    "momentum",
+    "dampening",
+    "weight_decay",
+    "nesterov",
+    "noise_std",
+    "trust_coefficient",
+    "mode",
+    "past",
+    "store_anchor",
+    "master_weights",
+)
 
 
 def flat_params(groups: list[dict]) -> list[Tensor]:
@@ -93,8 +106,9 @@ class Plan:
         self.launches: list[Launch] = []
         self.by_group: list[list[Launch]] = [[] for _ in groups]
         for stage in staged:
-            launch = Launch(self._work(opt, stage, index), [position[id(p)] for p in stage.members], len(params),
-                            stage.views)
+            launch = Launch(
+                self._work(opt, stage, index), [position[id(p)] for p in stage.members], len(params), stage.views
+            )
             self.launches.append(launch)
             self.by_group[stage.number].append(launch)
         self.reusable = not any(stage.views for stage in staged)
@@ -121,13 +135,16 @@ class Plan:
             for p, x, g, name in zip(members, shards, grads, names):
                 check_param(x, g, backend, name)
                 if phase == Phase.UPDATE_NOISE and is_dtensor(p):
-                    raise RuntimeError(f"{name}: mode='noise' keys its noise by element index and does not "
-                                       "support sharded (FSDP2) parameters; use mode 'local' or 'past'")
+                    raise RuntimeError(
+                        f"{name}: mode='noise' keys its noise by element index and does not "
+                        "support sharded (FSDP2) parameters; use mode 'local' or 'past'"
+                    )
             # whole-tensor norms of sharded tensors: LARS's and LAMB's trust ratios
             group_of_shards = shard_group(members, names) if hyper.lars or hyper.base == "lamb" else None
             views = any(is_dtensor(p) or p.is_complex() for p in members)
-            staged.append(Staged(number, group, phase, hyper, backend, members, shards, grads, names,
-                                 group_of_shards, views))
+            staged.append(
+                Staged(number, group, phase, hyper, backend, members, shards, grads, names, group_of_shards, views)
+            )
         return staged
 
     @staticmethod
@@ -161,8 +178,9 @@ class Plan:
         """The optimizer indices of the parameters that `phase` runs on (the phases of a plan's launches
         never change: computed once)."""
         if phase not in self._indices:
-            self._indices[phase] = frozenset(i for launch in self.launches if launch.work.phase == phase
-                                             for i in launch.work.bucket.indices)
+            self._indices[phase] = frozenset(
+                i for launch in self.launches if launch.work.phase == phase for i in launch.work.bucket.indices
+            )
         return self._indices[phase]
 
     def matches(self, opt, groups: list[dict], params: list[Tensor], grads: list) -> bool:
@@ -192,8 +210,11 @@ class Plan:
             phase = self.phase_of
         for launch in self.by_group[number]:
             old = launch.work
-            if (old.phase != bucket_phase(phase, old.bucket.dtype) or old.bucket.master != group.get("master_weights", True)
-                    or old.hyper.layout() != hyper.layout()):
+            if (
+                old.phase != bucket_phase(phase, old.bucket.dtype)
+                or old.bucket.master != group.get("master_weights", True)
+                or old.hyper.layout() != hyper.layout()
+            ):
                 return False
         for launch in self.by_group[number]:
             launch.retune(hyper)

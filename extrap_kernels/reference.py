@@ -4,6 +4,7 @@ Slow on purpose (one small expression per line of the SPEC, one tensor at a time
 kernel is tested against. `compute_dtype=torch.float64` evaluates everything in double precision and
 rounds only when storing, which is how the tests bound the kernels' own rounding.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,9 @@ def lars_trust(s: Tensor, g: Tensor, h: Hyper, shard_group=None) -> Tensor:
     """trust = coef * ||s|| / (||g|| + wd * ||s||), 1 where either norm is 0; LARC clips it at 1
     (lr_eff = min(trust * eta, eta)). g is the unscaled gradient; s and g may be shards of the tensor
     (FSDP2), whose squared norms are then summed over `shard_group`."""
-    s_norm, g_norm = whole_tensor_norms(torch.stack([torch.linalg.vector_norm(s), torch.linalg.vector_norm(g)]),
-                                        shard_group)
+    s_norm, g_norm = whole_tensor_norms(
+        torch.stack([torch.linalg.vector_norm(s), torch.linalg.vector_norm(g)]), shard_group
+    )
     trust = h.trust_coefficient * s_norm / (g_norm + h.weight_decay * s_norm)
     trust = torch.where((s_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust))
     if h.lars_clip:
@@ -58,16 +60,24 @@ def _store(bucket: Bucket, i: int, seed: int):
     if not bucket.rounds_stochastically:
         return lambda dst, value, which: dst.copy_(value)
     x = bucket.params[i]
-    bits = rounding.bits_flat(seed, bucket.steps[i].reshape(1), torch.tensor([bucket.indices[i]]), [x.numel()],
-                              x.device)
+    bits = rounding.bits_flat(
+        seed, bucket.steps[i].reshape(1), torch.tensor([bucket.indices[i]]), [x.numel()], x.device
+    )
 
     def put(dst: Tensor, value: Tensor, which: int) -> None:
         dst.copy_(rounding.stochastic_round(value.reshape(-1), dst.dtype, bits[which]).view_as(dst))
+
     return put
 
 
-def apply(phase: Phase, bucket: Bucket, h: Hyper, grad_scale: Tensor | None = None,
-          found_inf: Tensor | None = None, compute_dtype: torch.dtype | None = None) -> None:
+def apply(
+    phase: Phase,
+    bucket: Bucket,
+    h: Hyper,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+    compute_dtype: torch.dtype | None = None,
+) -> None:
     """Runs one phase over the bucket, one tensor at a time (the Adam and LAMB bases: reference_adaptive)."""
     if h.base != "sgd":
         from . import reference_adaptive

@@ -7,6 +7,7 @@ are tested against; `compute_dtype=torch.float64` evaluates in double precision 
 storing. A bucket's `momenta` are the first moments m (exp_avg), `second_moments` the v (exp_avg_sq),
 `max_second_moments` their running maxima (amsgrad).
 """
+
 from __future__ import annotations
 
 import math
@@ -57,21 +58,28 @@ def direction(s: Tensor, m: Tensor, v: Tensor, v_max: Tensor | None, t: int, h: 
     b1, b2 = h.betas
     second = v_max if v_max is not None else v
     if h.bias_correction:
-        c2 = 1 - b2 ** t  # (a tensor for tensor betas)
-        a = (m / (1 - b1 ** t)) / (second.sqrt() / (c2.sqrt() if isinstance(c2, Tensor) else math.sqrt(c2)) + h.eps)
+        c2 = 1 - b2**t  # (a tensor for tensor betas)
+        a = (m / (1 - b1**t)) / (second.sqrt() / (c2.sqrt() if isinstance(c2, Tensor) else math.sqrt(c2)) + h.eps)
     else:
         a = m / (second.sqrt() + h.eps)
     e = a + h.weight_decay * s if h.decoupled else a
     if h.base == "lamb" and (h.weight_decay != 0 or h.use_nvlamb):
-        s_norm, u_norm = whole_tensor_norms(torch.stack([torch.linalg.vector_norm(s), torch.linalg.vector_norm(e)]),
-                                            shard_group)
+        s_norm, u_norm = whole_tensor_norms(
+            torch.stack([torch.linalg.vector_norm(s), torch.linalg.vector_norm(e)]), shard_group
+        )
         trust = torch.where((s_norm > 0) & (u_norm > 0), s_norm / u_norm, torch.ones_like(s_norm))
         e = trust * e
     return e
 
 
-def apply(phase: Phase, bucket: Bucket, h: Hyper, grad_scale: Tensor | None = None,
-          found_inf: Tensor | None = None, compute_dtype: torch.dtype | None = None) -> None:
+def apply(
+    phase: Phase,
+    bucket: Bucket,
+    h: Hyper,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+    compute_dtype: torch.dtype | None = None,
+) -> None:
     """One phase over the bucket, one tensor at a time:
     EXTRAPOLATE (mode "local", step 2): s <- x; x <- s - gamma * e~, e~ the look-ahead direction from the
       moments AS IF updated with this gradient at step t + 1, nothing else stored (the state is read only);

@@ -6,6 +6,7 @@ probability equal to the fraction of the gap, so that updates smaller than the 1
 on average. The random bits are the noise generator's (philox.py) under a key of their own: Philox output
 c0 rounds the anchor, c1 the momentum buffer, c2 the parameter.
 """
+
 from __future__ import annotations
 
 import torch

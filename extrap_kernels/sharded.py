@@ -10,6 +10,7 @@ Two things are not elementwise:
 - mode "noise" keys its noise by element index; a shard would repeat its neighbours' noise, so sharded
   parameters refuse it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -48,18 +49,18 @@ def shard_group(params: list[Tensor], names: list[str]):
     if not sharded:
         return None
     if len(sharded) != len(params):
-        raise RuntimeError(f"{names[0]}: DTensor and plain parameters in one group; put them in separate "
-                           "param groups")
+        raise RuntimeError(f"{names[0]}: DTensor and plain parameters in one group; put them in separate param groups")
     first, first_name = sharded[0]
     for p, name in sharded:
         if p.device_mesh != first.device_mesh or p.placements != first.placements:
-            raise RuntimeError(f"{name}: LARS needs the parameters of one group on one device mesh with one "
-                               f"placement; {first_name} has {first.placements}, this one {p.placements}")
+            raise RuntimeError(
+                f"{name}: LARS needs the parameters of one group on one device mesh with one "
+                f"placement; {first_name} has {first.placements}, this one {p.placements}"
+            )
         for placement in p.placements:
             if not isinstance(placement, (Shard, Replicate)):
                 raise RuntimeError(f"{name}: placement {placement} is not supported (Shard or Replicate)")
     dims = [d for d, placement in enumerate(first.placements) if isinstance(placement, Shard)]
     if len(dims) > 1:
-        raise RuntimeError(f"{first_name}: LARS on a tensor sharded over {len(dims)} mesh dimensions is not "
-                           "supported")
+        raise RuntimeError(f"{first_name}: LARS on a tensor sharded over {len(dims)} mesh dimensions is not supported")
     return first.device_mesh.get_group(dims[0]) if dims else None

@@ -5,6 +5,7 @@ large one. Prints the table and writes out/demo/curves.png. On a GPU the optimiz
 triton backend automatically. The full experiment (3 seeds, LARS, noise mode, all tasks) is
 python/experiment.py; its committed results are in python/results/.
 """
+
 from __future__ import annotations
 
 import sys
@@ -21,13 +22,36 @@ import extrap_kernels as ek  # noqa: E402
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"extrap-kernels {ek.__version__}, torch {torch.__version__}, device {device}, "
-          f"backend auto -> {ek.backends.resolve('auto', torch.device(device)).name}")
+    print(
+        f"extrap-kernels {ek.__version__}, torch {torch.__version__}, device {device}, "
+        f"backend auto -> {ek.backends.resolve('auto', torch.device(device)).name}"
+    )
     # gamma 0.05: the digits sweep's stable value (python/results/README.md); the default gamma = lr
     # reaches 0.8 at batch 512, where local extrapolation is unstable
-    experiment.main(["--task", "digits", "--small", "32", "--large", "512", "--epochs", "20", "--seeds", "0",
-                     "--gamma", "0.05", "--configs", "SGD small batch", "SGD", "EXTRAP-SGD local", "EXTRAP-SGD past",
-                     "--out", "out/demo", *argv])
+    experiment.main(
+        [
+            "--task",
+            "digits",
+            "--small",
+            "32",
+            "--large",
+            "512",
+            "--epochs",
+            "20",
+            "--seeds",
+            "0",
+            "--gamma",
+            "0.05",
+            "--configs",
+            "SGD small batch",
+            "SGD",
+            "EXTRAP-SGD local",
+            "EXTRAP-SGD past",
+            "--out",
+            "out/demo",
+            *argv,
+        ]
+    )
 
 
 if __name__ == "__main__":

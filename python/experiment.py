@@ -6,6 +6,7 @@ for AdamW (the baseline, small and large), LAMB, EXTRAP-AdamW and EXTRAP-LAMB.
     python python/experiment.py --task digits --small 32 --large 512 --epochs 30 --seeds 0 1 2
     python python/experiment.py --family adaptive --task transformer --small 16 --large 256 -- --lr 1e-3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,9 +52,23 @@ def commands(args) -> list[tuple[str, int, list[str]]]:
         batch, extra = {**CONFIGS, **ADAPTIVE_CONFIGS}[name]
         size = args.small if batch == "small" else args.large
         for seed in args.seeds:
-            argv = ["--task", args.task, "--batch-size", str(size), "--base-batch-size", str(args.small),
-                    "--epochs", str(args.epochs), "--seed", str(seed), "--out", str(Path(args.out) / "runs"),
-                    "--quiet", *extra, *args.extra]
+            argv = [
+                "--task",
+                args.task,
+                "--batch-size",
+                str(size),
+                "--base-batch-size",
+                str(args.small),
+                "--epochs",
+                str(args.epochs),
+                "--seed",
+                str(seed),
+                "--out",
+                str(Path(args.out) / "runs"),
+                "--quiet",
+                *extra,
+                *args.extra,
+            ]
             if args.gamma is not None and any(a.startswith("extrap-") for a in extra):
                 argv += ["--gamma", str(args.gamma)]
             out.append((name, seed, argv))
@@ -78,23 +93,31 @@ def finished(argv: list[str]) -> dict | None:
 def summarize(results: dict[str, list[dict]]) -> str:
     first = next(iter(results.values()))[0]
     better = "higher" if first["higher_is_better"] else "lower"
-    lines = [f"| optimizer | batch | final {first['metric']} ({better} is better), mean ± std | "
-             f"best epoch mean | seeds | diverged | seconds/run | gap closed |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| optimizer | batch | final {first['metric']} ({better} is better), mean ± std | "
+        f"best epoch mean | seeds | diverged | seconds/run | gap closed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     finished = {name: final_metrics(runs) for name, runs in results.items()}  # diverged runs counted apart
     means = {name: statistics.mean(f) if f else math.nan for name, f in finished.items()}
     small_name, large_name = list(results)[:2]  # the baseline at the small and at the large batch
     small, large = means.get(small_name, math.nan), means.get(large_name, math.nan)
     for name, runs in results.items():
         pick = max if first["higher_is_better"] else min
-        best = [pick(h["metric"] for h in r["history"] if math.isfinite(h["metric"])) for r in runs
-                if any(math.isfinite(h["metric"]) for h in r["history"])]
+        best = [
+            pick(h["metric"] for h in r["history"] if math.isfinite(h["metric"]))
+            for r in runs
+            if any(math.isfinite(h["metric"]) for h in r["history"])
+        ]
         mean = f"{means[name]:.4f}" if finished[name] else "-"
         std = f" ± {statistics.stdev(finished[name]):.4f}" if len(finished[name]) > 1 else ""
-        lines.append(f"| {name} | {runs[0]['args']['batch_size']} | {mean}{std} | "
-                     f"{statistics.mean(best) if best else math.nan:.4f} | {len(runs)} | "
-                     f"{len(runs) - len(finished[name])} | "
-                     f"{statistics.mean(r['history'][-1]['seconds'] for r in runs):.1f} | "
-                     f"{_gap_closed(means[name], small, large)} |")
+        lines.append(
+            f"| {name} | {runs[0]['args']['batch_size']} | {mean}{std} | "
+            f"{statistics.mean(best) if best else math.nan:.4f} | {len(runs)} | "
+            f"{len(runs) - len(finished[name])} | "
+            f"{statistics.mean(r['history'][-1]['seconds'] for r in runs):.1f} | "
+            f"{_gap_closed(means[name], small, large)} |"
+        )
     return "\n".join(lines)
 
 
@@ -115,10 +138,19 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--gamma", type=float, default=None)
     p.add_argument("--family", choices=list(FAMILIES), default="sgd")
-    p.add_argument("--configs", nargs="+", default=None, choices=list(CONFIGS) + list(ADAPTIVE_CONFIGS),
-                   help="default: every configuration of --family, its baseline first")
-    p.add_argument("--out", default=None, help="default out/experiments/<task> (untracked): committed results "
-                   "are written there only when asked, e.g. --out python/results/<task>")
+    p.add_argument(
+        "--configs",
+        nargs="+",
+        default=None,
+        choices=list(CONFIGS) + list(ADAPTIVE_CONFIGS),
+        help="default: every configuration of --family, its baseline first",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="default out/experiments/<task> (untracked): committed results "
+        "are written there only when asked, e.g. --out python/results/<task>",
+    )
     p.add_argument("extra", nargs="*", help="more harness arguments after --, e.g. -- --lr 0.1")
     args = p.parse_args(argv)
     args.out = args.out or str(default_out(args.task) if args.family == "sgd" else default_out(args.task) / "adaptive")
@@ -132,12 +164,15 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = summarize(results)
-    title = (f"{args.task}: batch {args.small} vs {args.large} ({args.large // args.small}x), "
-             f"{args.epochs} epochs, seeds {args.seeds}")
+    title = (
+        f"{args.task}: batch {args.small} vs {args.large} ({args.large // args.small}x), "
+        f"{args.epochs} epochs, seeds {args.seeds}"
+    )
     plot(results, out / "curves.png", title)
     invocation = "python python/experiment.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    (out / "results.md").write_text(f"# {title}\n\n{table}\n\nReproduce: `{invocation}`\n\nRuns:\n\n" +
-                                    "\n".join(f"    {c}" for c in ran) + "\n")
+    (out / "results.md").write_text(
+        f"# {title}\n\n{table}\n\nReproduce: `{invocation}`\n\nRuns:\n\n" + "\n".join(f"    {c}" for c in ran) + "\n"
+    )
     (out / "results.json").write_text(json.dumps({k: [r["history"] for r in v] for k, v in results.items()}))
     print(table)
     print(f"wrote {out / 'results.md'} and {out / 'curves.png'}")

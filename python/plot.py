@@ -3,6 +3,7 @@ and against wall time, averaged over the seeds of each configuration.
 
     python python/plot.py python/results/char-lstm/runs/*.json --out curves.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,10 @@ def metric_range(results: dict[str, list[dict]]) -> tuple[float, float] | None:
     higher = next(iter(results.values()))[0]["higher_is_better"]
     finals = {name: final_metrics(runs) for name, runs in results.items()}
     means = {name: statistics.mean(fs) for name, fs in finals.items() if fs and len(fs) == len(results[name])}
-    curves = {name: [h["metric"] for r in runs for h in r["history"] if math.isfinite(h["metric"])]
-              for name, runs in results.items()}
+    curves = {
+        name: [h["metric"] for r in runs for h in r["history"] if math.isfinite(h["metric"])]
+        for name, runs in results.items()
+    }
     if not any(curves.values()):
         return None
     kept = list(curves)

@@ -6,6 +6,7 @@ model families at small scale. Each task gives its data split, a model, the loss
   char-lstm     a character-level LSTM language model on CPython's pydoc topics text (val. bits/char)
   transformer   a small causal Transformer language model on the same text (val. bits/char)
 """
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 @dataclass
@@ -54,8 +55,9 @@ class ResNet(nn.Module):
 
     def __init__(self, in_channels: int, classes: int, widths=(16, 32, 64), blocks: int = 3):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(widths[0]), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+        )
         layers, cin = [], widths[0]
         for i, w in enumerate(widths):
             for b in range(blocks):
@@ -78,8 +80,15 @@ def digits(test_fraction: float = 0.2) -> Task:
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))  # a fixed split
     cut = int(len(y) * (1 - test_fraction))
     train, test = order[:cut], order[cut:]
-    return Task("digits", (x[train], y[train]), (x[test], y[test]),
-                lambda: ResNet(1, 10, widths=(16, 32, 64), blocks=1), F.cross_entropy, "test accuracy", True)
+    return Task(
+        "digits",
+        (x[train], y[train]),
+        (x[test], y[test]),
+        lambda: ResNet(1, 10, widths=(16, 32, 64), blocks=1),
+        F.cross_entropy,
+        "test accuracy",
+        True,
+    )
 
 
 def cifar10(data_dir: str | None) -> Task:
@@ -87,9 +96,11 @@ def cifar10(data_dir: str | None) -> Task:
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
-        raise SystemExit(f"cifar10: {folder} lacks {', '.join(missing)}. Download and unpack CIFAR-10's python "
-                         "version (cifar-10-python.tar.gz, https://www.cs.toronto.edu/~kriz/cifar.html) and pass "
-                         "--data-dir pointing at its cifar-10-batches-py folder.")
+        raise SystemExit(
+            f"cifar10: {folder} lacks {', '.join(missing)}. Download and unpack CIFAR-10's python "
+            "version (cifar-10-python.tar.gz, https://www.cs.toronto.edu/~kriz/cifar.html) and pass "
+            "--data-dir pointing at its cifar-10-batches-py folder."
+        )
 
     def load(name):
         with open(folder / name, "rb") as f:
@@ -101,8 +112,15 @@ def cifar10(data_dir: str | None) -> Task:
     x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     tx, ty = load(names[-1])
     mean, std = x.mean((0, 2, 3), keepdim=True), x.std((0, 2, 3), keepdim=True)
-    return Task("cifar10", ((x - mean) / std, y), ((tx - mean) / std, ty), lambda: ResNet(3, 10),
-                F.cross_entropy, "test accuracy", True)
+    return Task(
+        "cifar10",
+        ((x - mean) / std, y),
+        ((tx - mean) / std, ty),
+        lambda: ResNet(3, 10),
+        F.cross_entropy,
+        "test accuracy",
+        True,
+    )
 
 
 # ---- text -----------------------------------------------------------------------------------------
@@ -120,7 +138,7 @@ def _text_split(seq_len: int, val_fraction: float = 0.1):
     def sequences(stream):
         n = (len(stream) - 1) // seq_len
         inputs = stream[: n * seq_len].view(n, seq_len)
-        targets = stream[1: n * seq_len + 1].view(n, seq_len)
+        targets = stream[1 : n * seq_len + 1].view(n, seq_len)
         return inputs, targets
 
     return sequences(ids[:cut]), sequences(ids[cut:]), len(vocab)
@@ -167,12 +185,15 @@ def char_lstm(seq_len: int = 64) -> Task:
 
 def transformer(seq_len: int = 64) -> Task:
     train, val, vocab = _text_split(seq_len)
-    return Task("transformer", train, val, lambda: TinyTransformer(vocab, seq_len), _lm_loss, "val bits/char",
-                False)
+    return Task("transformer", train, val, lambda: TinyTransformer(vocab, seq_len), _lm_loss, "val bits/char", False)
 
 
-TASKS = {"digits": lambda args: digits(), "cifar10": lambda args: cifar10(args.data_dir),
-         "char-lstm": lambda args: char_lstm(), "transformer": lambda args: transformer()}
+TASKS = {
+    "digits": lambda args: digits(),
+    "cifar10": lambda args: cifar10(args.data_dir),
+    "char-lstm": lambda args: char_lstm(),
+    "transformer": lambda args: transformer(),
+}
 
 
 @torch.no_grad()
@@ -182,7 +203,7 @@ def evaluate(task: Task, model: nn.Module, device, batch: int = 512) -> float:
     x, y = task.test
     total, count = 0.0, 0
     for i in range(0, len(y), batch):
-        xb, yb = x[i:i + batch].to(device), y[i:i + batch].to(device)
+        xb, yb = x[i : i + batch].to(device), y[i : i + batch].to(device)
         out = model(xb)
         if task.higher_is_better:
             total += float((out.argmax(-1) == yb).sum())

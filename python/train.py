@@ -9,6 +9,7 @@ linear warm-up from --lr over --warmup-epochs, then decays (cosine, step at 50%/
 EXTRAP-SGD's gamma defaults to the current lr. Writes <out>/<label>.json (arguments and per-epoch log)
 and <out>/<label>.csv.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import extrap_kernels as ek  # noqa: E402
 from tasks import TASKS, evaluate  # noqa: E402
+
+import extrap_kernels as ek  # noqa: E402
 
 OPTIMIZERS = ("sgd", "lars", "extrap-sgd", "fused-sgd", "adamw", "lamb", "extrap-adamw", "extrap-lamb")
 
@@ -51,8 +53,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="auto", help="extrap_kernels backend (every optimizer but sgd and adamw)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--parallel", choices=("ddp", "fsdp2"), default="ddp",
-                   help="with several workers: DDP (replicated), or FSDP2 (parameters and state sharded)")
+    p.add_argument(
+        "--parallel",
+        choices=("ddp", "fsdp2"),
+        default="ddp",
+        help="with several workers: DDP (replicated), or FSDP2 (parameters and state sharded)",
+    )
     p.add_argument("--data-dir", default=None, help="cifar10: the cifar-10-batches-py folder")
     p.add_argument("--out", default="out/runs")
     p.add_argument("--label", default=None, help="file name of the logs (default: from the arguments)")
@@ -62,28 +68,43 @@ def parser() -> argparse.ArgumentParser:
 
 def build_optimizer(args, params):
     if args.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
-                               weight_decay=args.weight_decay)
+        return torch.optim.SGD(
+            params, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay
+        )
     if args.optimizer == "fused-sgd":
-        return ek.FusedSGD(params, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
-                           weight_decay=args.weight_decay, backend=args.backend)
-    common = dict(lr=args.lr, momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay,
-                  backend=args.backend)
+        return ek.FusedSGD(
+            params,
+            lr=args.lr,
+            momentum=args.momentum,
+            nesterov=args.nesterov,
+            weight_decay=args.weight_decay,
+            backend=args.backend,
+        )
+    common = dict(
+        lr=args.lr, momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay, backend=args.backend
+    )
     if args.optimizer == "lars":  # LARS = ExtrapSGD without extrapolation, trust ratio per tensor
-        return ek.ExtrapSGD(params, gamma=0.0, lars=True, lars_clip=True,
-                            trust_coefficient=args.trust_coefficient, **common)
+        return ek.ExtrapSGD(
+            params, gamma=0.0, lars=True, lars_clip=True, trust_coefficient=args.trust_coefficient, **common
+        )
     if args.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     if args.optimizer == "lamb":  # Apex FusedLAMB's defaults (max_grad_norm 1)
         return ek.FusedLAMB(params, lr=args.lr, weight_decay=args.weight_decay, backend=args.backend)
-    extrap = dict(lr=args.lr, weight_decay=args.weight_decay, gamma=args.gamma, mode=args.mode,
-                  noise_std=args.noise_std, seed=args.seed, backend=args.backend)
+    extrap = dict(
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        gamma=args.gamma,
+        mode=args.mode,
+        noise_std=args.noise_std,
+        seed=args.seed,
+        backend=args.backend,
+    )
     if args.optimizer == "extrap-adamw":
         return ek.ExtrapAdamW(params, **extrap)
     if args.optimizer == "extrap-lamb":
         return ek.ExtrapLAMB(params, **extrap)
-    return ek.ExtrapSGD(params, gamma=args.gamma, mode=args.mode, noise_std=args.noise_std, seed=args.seed,
-                        **common)
+    return ek.ExtrapSGD(params, gamma=args.gamma, mode=args.mode, noise_std=args.noise_std, seed=args.seed, **common)
 
 
 def wrap(model: torch.nn.Module, parallel: str, device: torch.device) -> torch.nn.Module:
@@ -148,7 +169,7 @@ def run(args) -> dict:
         order = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(args.seed * 10_000 + epoch))
         losses = []
         for i in range(per_epoch):
-            idx = order[i * args.batch_size + rank * local: i * args.batch_size + (rank + 1) * local]
+            idx = order[i * args.batch_size + rank * local : i * args.batch_size + (rank + 1) * local]
             xb, yb = x_all[idx].to(device), y_all[idx].to(device)
             loss = ek.train_step(net, optimizer, lambda: task.loss(net(xb), yb))
             scheduler.step()
@@ -156,15 +177,35 @@ def run(args) -> dict:
             bar.update()
         train_loss = float(torch.stack(losses).mean())
         if not math.isfinite(train_loss):
-            history.append(dict(epoch=epoch + 1, train_loss=train_loss, metric=float("nan"),
-                                seconds=time.perf_counter() - start, lr=scheduler.get_last_lr()[0]))
+            history.append(
+                dict(
+                    epoch=epoch + 1,
+                    train_loss=train_loss,
+                    metric=float("nan"),
+                    seconds=time.perf_counter() - start,
+                    lr=scheduler.get_last_lr()[0],
+                )
+            )
             break  # diverged
-        history.append(dict(epoch=epoch + 1, train_loss=train_loss, metric=evaluate(task, model, device),
-                            seconds=time.perf_counter() - start, lr=scheduler.get_last_lr()[0]))
+        history.append(
+            dict(
+                epoch=epoch + 1,
+                train_loss=train_loss,
+                metric=evaluate(task, model, device),
+                seconds=time.perf_counter() - start,
+                lr=scheduler.get_last_lr()[0],
+            )
+        )
         bar.set_postfix(loss=f"{train_loss:.3f}", metric=f"{history[-1]['metric']:.4f}")
     bar.close()
-    result = dict(args=vars(args), label=args.label or label_of(args), metric=task.metric,
-                  higher_is_better=task.higher_is_better, world_size=world, history=history)
+    result = dict(
+        args=vars(args),
+        label=args.label or label_of(args),
+        metric=task.metric,
+        higher_is_better=task.higher_is_better,
+        world_size=world,
+        history=history,
+    )
     if rank == 0 and args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
 """Shared test helpers: hypothesis profiles, dtype-derived tolerances, random parameter sets."""
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,12 @@ from hypothesis import HealthCheck, settings
 import extrap_kernels as ek
 
 settings.register_profile(
-    "ci", max_examples=int(os.environ.get("EXTRAP_EXAMPLES", "200")), deadline=None, derandomize=False,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    "ci",
+    max_examples=int(os.environ.get("EXTRAP_EXAMPLES", "200")),
+    deadline=None,
+    derandomize=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 settings.register_profile("dev", max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
@@ -39,6 +44,8 @@ def steps_for(backend: str, steps: int) -> int:
     """The steps of a fixed-case comparison over `backend`: a third under Triton's interpreter (examples_for
     says why), at least 5."""
     return max(5, steps // 3) if backend == "triton" and TRITON_INTERPRETED else steps
+
+
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 GPU_BACKENDS = [b for b in ("cuda", "triton") if torch.cuda.is_available() and b in ek.available_backends("cuda")]
 # Backends under test against the reference on this machine: every one that runs on CPU here.
@@ -54,8 +61,9 @@ def state_eps(dtype: torch.dtype) -> float:
     return torch.finfo(ek.bucket.state_dtype(dtype)).eps
 
 
-def trajectory_tolerance(dtype: torch.dtype, steps: int, magnitude: float, momentum: float,
-                         lars_numel: int = 0) -> float:
+def trajectory_tolerance(
+    dtype: torch.dtype, steps: int, magnitude: float, momentum: float, lars_numel: int = 0
+) -> float:
     """Absolute error bound of a `steps`-long trajectory in the state precision against the exact
     (float64) one: every step adds ROUNDINGS_PER_STEP * eps * M, and an error in the momentum buffer
     keeps acting for 1 / (1 - mu) steps. With LARS (lars_numel = the largest tensor), the trust ratio
@@ -85,9 +93,12 @@ def assert_within(actual: torch.Tensor, expected: torch.Tensor, atol, what: str)
     bad = err > bound
     if bad.any():
         i = int(bad.flatten().nonzero()[0])
-        raise AssertionError(f"{what}: {int(bad.sum())} of {err.numel()} elements off; first at {i}: "
-                             f"{actual.flatten()[i].item()} vs {expected.flatten()[i].item()} "
-                             f"(err {err.flatten()[i].item():.3g} > {bound.flatten()[i].item():.3g})")
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {err.numel()} elements off; first at {i}: "
+            f"{actual.flatten()[i].item()} vs {expected.flatten()[i].item()} "
+            f"(err {err.flatten()[i].item():.3g} > {bound.flatten()[i].item():.3g})"
+        )
+
 
 def anchor_of(state: dict, param: torch.Tensor) -> torch.Tensor:
     """x_t of a parameter's optimizer state, in float64: stored, or (anchor-free past) recomputed as
@@ -106,9 +117,15 @@ def phase_bucket(params, grads, anchors, momenta, step, phase=ek.bucket.Phase.UP
     """A bucket as the optimizers build it, for one launch of `phase`; the anchor-free update's parameters
     are their own anchors."""
     anchor_free = phase == ek.bucket.Phase.UPDATE_PAST_ANCHOR_FREE
-    return ek.bucket.Bucket(params=params, grads=grads, anchors=params if anchor_free else anchors, momenta=momenta,
-                            steps=[torch.tensor(float(step)) for _ in params], indices=list(range(len(params))),
-                            last_gammas=[t.clone() for t in last_gammas] if anchor_free else [])
+    return ek.bucket.Bucket(
+        params=params,
+        grads=grads,
+        anchors=params if anchor_free else anchors,
+        momenta=momenta,
+        steps=[torch.tensor(float(step)) for _ in params],
+        indices=list(range(len(params))),
+        last_gammas=[t.clone() for t in last_gammas] if anchor_free else [],
+    )
 
 
 over_backends = pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -12,6 +12,7 @@ csrc/cuda/extrap_cuda.cu is compiled to a cubin for each target with ptxas's res
 
     python tests/cuda_sass.py [--arch 80,90] [--nvcc PATH] [--out build/sass]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,11 @@ SIZES = {"float": 4, "double": 8, "c10::BFloat16": 2, "c10::Half": 2}
 # entry (STL before the loop) and reloads it; no hot kernel (tests below) is among them.
 # On sm_90 the adaptive noise phase of fp64 parameters (a kernel read as ("adaptive", amsgrad)) spills a few
 # bytes the same way; it is not a hot kernel either.
-KNOWN_SPILLS = {(80, 3, "false", "c10::BFloat16", "float"): 4, (80, 3, "false", "c10::Half", "float"): 4,
-                (90, 3, ("adaptive", "false"), "double", "double"): 16}
+KNOWN_SPILLS = {
+    (80, 3, "false", "c10::BFloat16", "float"): 4,
+    (80, 3, "false", "c10::Half", "float"): 4,
+    (90, 3, ("adaptive", "false"), "double", "double"): 16,
+}
 
 
 def tools(nvcc: str | None) -> tuple[str, str, str]:
@@ -65,9 +69,26 @@ def compile_cubin(nvcc: str, arch: int, out: Path) -> tuple[Path, str]:
 
     includes = [f"-I{p}" for p in include_paths() + [sysconfig.get_paths()["include"], str(ROOT / "csrc")]]
     cubin = out / f"extrap_cuda.sm_{arch}.cubin"
-    result = subprocess.run([nvcc, "-cubin", "-std=c++17", "-O3", "-DEXTRAP_WITH_CUDA", *includes, "-diag-suppress",
-                             "3306", f"-arch=sm_{arch}", "-Xptxas", "-v", str(ROOT / "csrc/cuda/extrap_cuda.cu"),
-                             "-o", str(cubin)], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            nvcc,
+            "-cubin",
+            "-std=c++17",
+            "-O3",
+            "-DEXTRAP_WITH_CUDA",
+            *includes,
+            "-diag-suppress",
+            "3306",
+            f"-arch=sm_{arch}",
+            "-Xptxas",
+            "-v",
+            str(ROOT / "csrc/cuda/extrap_cuda.cu"),
+            "-o",
+            str(cubin),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         sys.exit(f"nvcc failed for sm_{arch}:\n{result.stderr[-4000:]}")
     return cubin, result.stdout + result.stderr
@@ -77,8 +98,9 @@ def spills(ptxas_log: str) -> dict[str, tuple[int, int, int]]:
     """mangled kernel -> (stack frame, spill stores, spill loads) bytes, from ptxas -v."""
     found = {}
     for name, frame, stores, loads in re.findall(
-            r"Function properties for (\S+)\n\s*(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
-            ptxas_log):
+        r"Function properties for (\S+)\n\s*(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
+        ptxas_log,
+    ):
         found[name] = (int(frame), int(stores), int(loads))
     return found
 
@@ -120,8 +142,9 @@ def check(arch: int, compiled: tuple[Path, str], cuobjdump: str, cxxfilt: str, o
             key = (arch, int(adaptive[1]), ("adaptive", adaptive[2]), adaptive[3], adaptive[4])
         allowed = KNOWN_SPILLS.get(key, 0)
         if stores > allowed or loads > allowed:
-            failures.append(f"sm_{arch} {names[mangled]}: spills ({stores} B stored, {loads} B loaded; "
-                            f"{allowed} B known)")
+            failures.append(
+                f"sm_{arch} {names[mangled]}: spills ({stores} B stored, {loads} B loaded; {allowed} B known)"
+            )
         elif stores or loads:
             print(f"sm_{arch} {names[mangled]}: known spill, {stores} B stored, {loads} B loaded")
     hot = 0
@@ -149,12 +172,17 @@ def check(arch: int, compiled: tuple[Path, str], cuobjdump: str, cxxfilt: str, o
         hot += 1
         match = kernel or adaptive
         table = f"table of {match[match.re.groups - 1]} tensors"
-        print(f"SASS sm_{arch} {'adaptive ' if adaptive else ''}phase{phase} {scalar}/{state} {table}: LDG.E.128 {got[0]} (want >= {want[0]}: {reads}), "
-              f"STG.E.128 {got[1]} (want >= {want[1]}: {writes}); scalar tail {'yes' if scalar_path else 'NO'}; "
-              f"stack {resources[mangled][0]} B, spills {resources[mangled][1]} B")
+        print(
+            f"SASS sm_{arch} {'adaptive ' if adaptive else ''}phase{phase} {scalar}/{state} {table}: "
+            f"LDG.E.128 {got[0]} (want >= {want[0]}: {reads}), "
+            f"STG.E.128 {got[1]} (want >= {want[1]}: {writes}); scalar tail {'yes' if scalar_path else 'NO'}; "
+            f"stack {resources[mangled][0]} B, spills {resources[mangled][1]} B"
+        )
         if got[0] < want[0] or got[1] < want[1] or not scalar_path or resources[mangled][1:] != (0, 0):
-            failures.append(f"sm_{arch} {names[mangled]}: 128-bit loads/stores {got}, want {want}, spills "
-                            f"{resources[mangled][1:]}{'' if scalar_path else '; no scalar tail accesses found'}")
+            failures.append(
+                f"sm_{arch} {names[mangled]}: 128-bit loads/stores {got}, want {want}, spills "
+                f"{resources[mangled][1:]}{'' if scalar_path else '; no scalar tail accesses found'}"
+            )
     if hot != HOT:
         failures.append(f"sm_{arch}: found {hot} hot kernels, want {HOT}")
     print(f"sm_{arch}: {len(resources)} kernels' spills checked, {hot} hot kernels' SASS read")

@@ -1,8 +1,10 @@
 """The adaptive optimizers (ExtrapAdam, ExtrapAdamW, ExtrapLAMB, FusedAdam, FusedLAMB) on every backend that
-has them here (reference, foreach, and the kernels: cpu, the CUDA launcher's host emulation): gamma = 0 is torch.optim.Adam / AdamW, LAMB is Apex's FusedLAMB (written
+has them here (reference, foreach, and the kernels: cpu, the CUDA launcher's host emulation):
+gamma = 0 is torch.optim.Adam / AdamW, LAMB is Apex's FusedLAMB (written
 here independently, in Apex's two stages), the modes relate x to the anchor as SPEC's iterations say,
 foreach equals the reference within dtype-derived bounds, and they are torch.optim citizens
 (checkpoints, found_inf, errors)."""
+
 from __future__ import annotations
 
 import copy
@@ -11,12 +13,11 @@ import math
 
 import pytest
 import torch
+from conftest import assert_within, noise_tolerance
+from test_adaptive_kernels import ADAPTIVE_BACKENDS
 
 import extrap_kernels as ek
 from extrap_kernels import philox
-
-from conftest import assert_within, noise_tolerance
-from test_adaptive_kernels import ADAPTIVE_BACKENDS
 
 BACKENDS = ["reference"] + ADAPTIVE_BACKENDS
 SIZES = [1, 7, 64, 300]
@@ -60,8 +61,10 @@ def _in_lockstep(ours, theirs, opt, other, gen):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("adamw, amsgrad, maximize, weight_decay",
-                         list(itertools.product([False, True], [False, True], [False, True], [0.0, 0.05])))
+@pytest.mark.parametrize(
+    "adamw, amsgrad, maximize, weight_decay",
+    list(itertools.product([False, True], [False, True], [False, True], [0.0, 0.05])),
+)
 def test_gamma_zero_is_torch_adam(backend, adamw, amsgrad, maximize, weight_decay):
     ours, gen = _params()
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
@@ -90,8 +93,9 @@ def test_fused_adam_is_apex_fused_adam(backend):
         assert all(p.grad is None for p in ours)
 
 
-def apex_lamb(xs, gs, state, lr, betas, eps, weight_decay, adam_w_mode, grad_averaging, max_grad_norm,
-              use_nvlamb, bias_correction):
+def apex_lamb(
+    xs, gs, state, lr, betas, eps, weight_decay, adam_w_mode, grad_averaging, max_grad_norm, use_nvlamb, bias_correction
+):
     """Apex's FusedLAMB step as its two kernels do it: stage 1 clips by the global norm and forms the
     update; stage 2 scales lr by the trust ratio ||p|| / ||update||."""
     b1, b2 = betas
@@ -100,7 +104,7 @@ def apex_lamb(xs, gs, state, lr, betas, eps, weight_decay, adam_w_mode, grad_ave
     beta3 = 1 - b1 if grad_averaging else 1.0
     state["step"] = state.get("step", 0) + 1
     t = state["step"]
-    bc1, bc2 = (1 - b1 ** t, 1 - b2 ** t) if bias_correction else (1.0, 1.0)
+    bc1, bc2 = (1 - b1**t, 1 - b2**t) if bias_correction else (1.0, 1.0)
     for i, (p, g) in enumerate(zip(xs, gs)):
         m, v = state.setdefault(("m", i), torch.zeros_like(p)), state.setdefault(("v", i), torch.zeros_like(p))
         g = g / clipped
@@ -119,27 +123,54 @@ def apex_lamb(xs, gs, state, lr, betas, eps, weight_decay, adam_w_mode, grad_ave
         p.sub_(ratio * update)
 
 
-LAMB_CASES = [(0.01, True, True, 1.0, False, True), (0.0, True, True, 1.0, False, True),
-              (0.0, True, True, 0.0, True, True), (0.01, False, False, 5.0, False, False),
-              (0.1, True, False, 1e3, True, True)]
+LAMB_CASES = [
+    (0.01, True, True, 1.0, False, True),
+    (0.0, True, True, 1.0, False, True),
+    (0.0, True, True, 0.0, True, True),
+    (0.01, False, False, 5.0, False, False),
+    (0.1, True, False, 1e3, True, True),
+]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("fused", [False, True], ids=["ExtrapLAMB", "FusedLAMB"])
-@pytest.mark.parametrize("weight_decay, adam_w_mode, grad_averaging, max_grad_norm, use_nvlamb, bias_correction",
-                         LAMB_CASES)
-def test_gamma_zero_lamb_is_apex_lamb(backend, fused, weight_decay, adam_w_mode, grad_averaging, max_grad_norm,
-                                      use_nvlamb, bias_correction):
+@pytest.mark.parametrize(
+    "weight_decay, adam_w_mode, grad_averaging, max_grad_norm, use_nvlamb, bias_correction", LAMB_CASES
+)
+def test_gamma_zero_lamb_is_apex_lamb(
+    backend, fused, weight_decay, adam_w_mode, grad_averaging, max_grad_norm, use_nvlamb, bias_correction
+):
     ours, gen = _params(1)
     theirs = [p.detach().clone() for p in ours]
-    kwargs = dict(lr=0.02, eps=1e-6, weight_decay=weight_decay, adam_w_mode=adam_w_mode, grad_averaging=grad_averaging,
-                  max_grad_norm=max_grad_norm, use_nvlamb=use_nvlamb, bias_correction=bias_correction, backend=backend)
+    kwargs = dict(
+        lr=0.02,
+        eps=1e-6,
+        weight_decay=weight_decay,
+        adam_w_mode=adam_w_mode,
+        grad_averaging=grad_averaging,
+        max_grad_norm=max_grad_norm,
+        use_nvlamb=use_nvlamb,
+        bias_correction=bias_correction,
+        backend=backend,
+    )
     opt = ek.FusedLAMB(ours, **kwargs) if fused else ek.ExtrapLAMB(ours, gamma=0.0, **kwargs)
     apex_state = {}
     for step in range(STEPS):
         _set_grads(ours, gen, step)
-        apex_lamb(theirs, [p.grad for p in ours], apex_state, 0.02, (0.9, 0.999), 1e-6, weight_decay, adam_w_mode,
-                  grad_averaging, max_grad_norm, use_nvlamb, bias_correction)
+        apex_lamb(
+            theirs,
+            [p.grad for p in ours],
+            apex_state,
+            0.02,
+            (0.9, 0.999),
+            1e-6,
+            weight_decay,
+            adam_w_mode,
+            grad_averaging,
+            max_grad_norm,
+            use_nvlamb,
+            bias_correction,
+        )
         opt.step()
         for i, (p, q) in enumerate(zip(ours, theirs)):
             torch.testing.assert_close(p.detach(), q, rtol=1e-11, atol=1e-13, msg=f"step {step} param {i}")
@@ -320,10 +351,15 @@ def test_kernels_refuse_bad_state_before_writing(backend):
     with pytest.raises(RuntimeError, match="state 'exp_avg_sq' is torch.float64"):
         opt.step()
     states = [opt.state[q] for q in p]
-    bucket = ek.bucket.Bucket(params=[q.detach() for q in p], grads=[q.grad for q in p],
-                              anchors=[st["anchor"] for st in states], momenta=[st["exp_avg"] for st in states],
-                              steps=[st["step"] for st in states], indices=[0, 1],
-                              second_moments=[st["exp_avg_sq"] for st in states])
+    bucket = ek.bucket.Bucket(
+        params=[q.detach() for q in p],
+        grads=[q.grad for q in p],
+        anchors=[st["anchor"] for st in states],
+        momenta=[st["exp_avg"] for st in states],
+        steps=[st["step"] for st in states],
+        indices=[0, 1],
+        second_moments=[st["exp_avg_sq"] for st in states],
+    )
     hyper = opt._launch_args(opt.param_groups[0])[1]
     with pytest.raises(ValueError, match="state 'exp_avg_sq' is Double"):
         ek.backends.BACKENDS[backend].apply(ek.bucket.Phase.UPDATE_PAST, bucket, hyper)

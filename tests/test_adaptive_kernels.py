@@ -3,20 +3,20 @@ the CUDA one in its host emulation) against the reference evaluated in float64, 
 inputs: random phases, options, dtypes, shapes (0, 1, odd, past a chunk), step counts, AMP scales, LAMB
 clipping and misaligned tensors. The tolerance is derived from the state dtype and the magnitudes the
 step involves, and a control shows that it is tight enough to catch a bias correction one step off."""
+
 from __future__ import annotations
 
 from dataclasses import replace
 
 import pytest
 import torch
+from conftest import CPU_BACKENDS, DTYPES, assert_within, misaligned_copy, noise_tolerance, output_ulp, state_eps
 from hypothesis import given
 from hypothesis import strategies as st
 
 import extrap_kernels as ek
 from extrap_kernels import reference_adaptive
 from extrap_kernels.bucket import Bucket, Hyper, Phase, state_dtype
-
-from conftest import CPU_BACKENDS, DTYPES, assert_within, misaligned_copy, noise_tolerance, output_ulp, state_eps
 
 ADAPTIVE_BACKENDS = [b for b in CPU_BACKENDS if "adam" in ek.backends.BACKENDS[b].bases]
 PHASES = [Phase.EXTRAPOLATE, Phase.UPDATE, Phase.UPDATE_PAST, Phase.UPDATE_NOISE]
@@ -51,8 +51,17 @@ def adaptive_options(draw):
 def adaptive_bucket(phase, x, g, s, m, v, v_max, step, grad_scale):
     """A bucket as the optimizers build it (every tensor has an anchor), with LAMB's global gradient norm."""
     norm = torch.sqrt(sum((t.double() ** 2).sum() for t in g)) if g else torch.tensor(0.0, dtype=torch.float64)
-    return Bucket(params=x, grads=g, anchors=s, momenta=m, steps=[torch.tensor(float(step)) for _ in x],
-                  indices=list(range(len(x))), second_moments=v, max_second_moments=v_max, global_grad_norm=norm)
+    return Bucket(
+        params=x,
+        grads=g,
+        anchors=s,
+        momenta=m,
+        steps=[torch.tensor(float(step)) for _ in x],
+        indices=list(range(len(x))),
+        second_moments=v,
+        max_second_moments=v_max,
+        global_grad_norm=norm,
+    )
 
 
 def directions(phase, b: Bucket, h: Hyper, grad_scale):
@@ -88,8 +97,17 @@ def run_case(backend, phase, opts, dtype, sizes, step, grad_scale, misaligned, d
     scale = None if grad_scale is None else torch.tensor([grad_scale])
 
     def bucket(count=step):
-        return adaptive_bucket(phase, [t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m],
-                               [t.clone() for t in v], [t.clone() for t in v_max], count, grad_scale)
+        return adaptive_bucket(
+            phase,
+            [t.clone() for t in x],
+            g,
+            [t.clone() for t in s],
+            [t.clone() for t in m],
+            [t.clone() for t in v],
+            [t.clone() for t in v_max],
+            count,
+            grad_scale,
+        )
 
     ours, oracle = bucket(), bucket(step if oracle_step is None else oracle_step)
     ek.backends.resolve(backend, torch.device("cpu")).apply(phase, ours, hyper, scale, None)
@@ -110,7 +128,7 @@ def run_case(backend, phase, opts, dtype, sizes, step, grad_scale, misaligned, d
         g_max = float(gp.abs().max())
         m_tol = ROUNDINGS * eps * (float(inputs.momenta[i].abs().max()) + g_max)
         assert_within(ours.momenta[i], oracle.momenta[i], m_tol, f"m {i}")
-        v_tol = ROUNDINGS * eps * (float(inputs.second_moments[i].abs().max()) + g_max ** 2)
+        v_tol = ROUNDINGS * eps * (float(inputs.second_moments[i].abs().max()) + g_max**2)
         assert_within(ours.second_moments[i], oracle.second_moments[i], v_tol, f"v {i}")
         if v_max:
             assert_within(ours.max_second_moments[i], oracle.max_second_moments[i], v_tol, f"v_max {i}")
@@ -119,11 +137,19 @@ def run_case(backend, phase, opts, dtype, sizes, step, grad_scale, misaligned, d
 
 
 @pytest.mark.parametrize("backend", ADAPTIVE_BACKENDS)
-@given(phase=st.sampled_from(PHASES), opts=adaptive_options(), dtype=st.sampled_from(DTYPES),
-       sizes=st.lists(st.sampled_from(SIZES), min_size=1, max_size=4), step=st.sampled_from([0, 1, 6]),
-       grad_scale=st.sampled_from([None, 1024.0]), misaligned=st.booleans(), data_seed=st.integers(0, 2**31 - 1))
-def test_one_phase_against_float64_reference(backend, phase, opts, dtype, sizes, step, grad_scale, misaligned,
-                                             data_seed):
+@given(
+    phase=st.sampled_from(PHASES),
+    opts=adaptive_options(),
+    dtype=st.sampled_from(DTYPES),
+    sizes=st.lists(st.sampled_from(SIZES), min_size=1, max_size=4),
+    step=st.sampled_from([0, 1, 6]),
+    grad_scale=st.sampled_from([None, 1024.0]),
+    misaligned=st.booleans(),
+    data_seed=st.integers(0, 2**31 - 1),
+)
+def test_one_phase_against_float64_reference(
+    backend, phase, opts, dtype, sizes, step, grad_scale, misaligned, data_seed
+):
     run_case(backend, phase, opts, dtype, sizes, step, grad_scale, misaligned, data_seed)
 
 
@@ -133,9 +159,23 @@ def test_one_phase_against_float64_reference(backend, phase, opts, dtype, sizes,
 def test_tolerance_catches_a_bias_correction_one_step_off(backend, base, dtype):
     """The bound is tight enough to fail: against an oracle one step further (the bias corrections of step
     t + 1 where the kernel used t, about 1% of a at t = 7), the same comparison raises on x or s."""
-    opts = dict(base=base, lr=0.01, gamma=0.05, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, decoupled=True,
-                amsgrad=False, bias_correction=True, grad_averaging=True, max_grad_norm=0.0,
-                use_nvlamb=False, maximize=False, noise_std=0.01, seed=0)
+    opts = dict(
+        base=base,
+        lr=0.01,
+        gamma=0.05,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.01,
+        decoupled=True,
+        amsgrad=False,
+        bias_correction=True,
+        grad_averaging=True,
+        max_grad_norm=0.0,
+        use_nvlamb=False,
+        maximize=False,
+        noise_std=0.01,
+        seed=0,
+    )
     run_case(backend, Phase.UPDATE_PAST, opts, dtype, [1000, 17], 6, None, False, 1)
     with pytest.raises(AssertionError, match=r"^[xs] \d: "):  # (on a value: the step counts are checked last)
         run_case(backend, Phase.UPDATE_PAST, opts, dtype, [1000, 17], 6, None, False, 1, oracle_step=7)
@@ -146,8 +186,10 @@ def lamb_sums(backend: str, phase: Phase, b: Bucket, h: Hyper) -> torch.Tensor:
     kernels' (triton)."""
     if backend == "triton":
         from extrap_kernels.backends import triton_adaptive
+
         return triton_adaptive.lamb_sums(phase, b, h, None)
     from extrap_kernels.backends import extension
+
     return extension.prepared_call(phase, b, h, kind="norms", backend=backend)(b.grads, None, None, None)
 
 
@@ -168,5 +210,6 @@ def test_lamb_norms_are_the_reference_norms(backend):
         assert sums.shape == (len(sizes), 2) and sums.dtype == torch.float32
         for i, (s, e, _) in enumerate(directions(phase, b, replace(h, base="adam"), None)):  # u: e without trust
             expected = torch.tensor([float((s * s).sum()), float((e * e).sum())], dtype=torch.float64)
-            assert torch.allclose(sums[i].double(), expected, rtol=sizes[i] * state_eps(torch.float32) + 1e-12,
-                                  atol=0), (phase, i, sums[i], expected)
+            assert torch.allclose(
+                sums[i].double(), expected, rtol=sizes[i] * state_eps(torch.float32) + 1e-12, atol=0
+            ), (phase, i, sums[i], expected)

@@ -1,15 +1,15 @@
 """AMP: grad_scale gives the unscaled result; found_inf skips the whole update and leaves every
 tensor of the optimizer bit-identical; GradScaler drives step() through its attribute protocol."""
+
 from __future__ import annotations
 
 import copy
 
 import pytest
 import torch
+from conftest import CPU_BACKENDS, trajectory_tolerance
 
 import extrap_kernels as ek
-
-from conftest import CPU_BACKENDS, trajectory_tolerance
 
 ALL = CPU_BACKENDS + ["reference"]
 
@@ -42,8 +42,11 @@ def _assert_same(before, after, scratch=()):
 
 
 @pytest.mark.parametrize("backend", ALL)
-@pytest.mark.parametrize("mode, lars", [("past", True), ("past", False), ("local", True), ("noise", True)],
-                         ids=["past", "past-anchor-free", "local", "noise"])
+@pytest.mark.parametrize(
+    "mode, lars",
+    [("past", True), ("past", False), ("local", True), ("noise", True)],
+    ids=["past", "past-anchor-free", "local", "noise"],
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_found_inf_changes_nothing(backend, mode, lars, dtype):
     """(Without LARS, past mode on fp32 keeps no anchor: its last_gamma must not move either.)"""

@@ -4,17 +4,17 @@ parameters, ExtrapSGD's past mode keeps no anchor and recomputes it as s = x + l
 Its kernels are held to the float64 reference with every other phase (test_backends.py); here it is held
 to the stored-anchor trajectory it replaces, over many steps of a changing gamma, and its state, memory,
 checkpoints, skipped steps and errors are checked."""
+
 from __future__ import annotations
 
 import copy
 
 import pytest
 import torch
+from conftest import CPU_BACKENDS, anchor_of, state_eps
 
 import extrap_kernels as ek
 from extrap_kernels.bucket import Phase
-
-from conftest import CPU_BACKENDS, anchor_of, state_eps
 
 ALL = CPU_BACKENDS + ["reference"]
 SIZES = (1, 33, 1000)
@@ -59,18 +59,27 @@ def test_follows_the_stored_anchor_trajectory(backend, dtype):
             opt.step()
         for p, q in zip(lean, stored):
             m = stored_opt.state[q]["momentum_buffer"]
-            magnitude = max(magnitude, float(stored_opt.state[q]["anchor"].abs().max()),
-                            float(q.detach().abs().max()), _gamma(step) * float(m.abs().max()))
+            magnitude = max(
+                magnitude,
+                float(stored_opt.state[q]["anchor"].abs().max()),
+                float(q.detach().abs().max()),
+                _gamma(step) * float(m.abs().max()),
+            )
             # what recomputing with the current gamma instead of the last one would have been off by
             wrong_gamma_effect = max(wrong_gamma_effect, abs(_gamma(step + 1) - _gamma(step)) * float(m.abs().max()))
         bound = (step + 1) * ROUNDINGS_APART_PER_STEP * state_eps(dtype) / 2 * magnitude
         for i, (p, q) in enumerate(zip(lean, stored)):
             assert "anchor" not in lean_opt.state[p] and float(lean_opt.state[p]["last_gamma"]) == pytest.approx(
-                _gamma(step), rel=state_eps(dtype))
+                _gamma(step), rel=state_eps(dtype)
+            )
             torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=bound, msg=f"step {step} x {i}")
-            torch.testing.assert_close(anchor_of(lean_opt.state[p], p), stored_opt.state[q]["anchor"].double(), rtol=0,
-                                       atol=2 * bound,
-                                       msg=f"step {step} anchor {i}")
+            torch.testing.assert_close(
+                anchor_of(lean_opt.state[p], p),
+                stored_opt.state[q]["anchor"].double(),
+                rtol=0,
+                atol=2 * bound,
+                msg=f"step {step} anchor {i}",
+            )
     assert bound < wrong_gamma_effect / 100  # the bound is tight enough to catch the wrong gamma
 
 
@@ -86,8 +95,9 @@ def test_state_memory_equals_torch_sgd(backend):
         sgd.step()
 
     def state_bytes(o, ps):
-        return sum(t.numel() * t.element_size() for p in ps for t in o.state[p].values()
-                   if torch.is_tensor(t) and t.dim() > 0)
+        return sum(
+            t.numel() * t.element_size() for p in ps for t in o.state[p].values() if torch.is_tensor(t) and t.dim() > 0
+        )
 
     assert state_bytes(opt, params) == state_bytes(sgd, reference) == 4 * sum(SIZES)
     assert {k for p in params for k in opt.state[p]} == {"momentum_buffer", "step", "last_gamma"}
@@ -146,8 +156,9 @@ def test_an_anchor_free_checkpoint_loads_with_a_stored_anchor(backend):
     magnitude = max(float(t.abs().max()) for p in stored for t in (p.detach(), stored_opt.state[p]["anchor"]))
     for p, q in zip(lean, stored):
         assert "last_gamma" not in stored_opt.state[q] and "anchor" in stored_opt.state[q]
-        torch.testing.assert_close(p.detach(), q.detach(), rtol=0,
-                                   atol=5 * ROUNDINGS_APART_PER_STEP * state_eps(torch.float32) / 2 * magnitude)
+        torch.testing.assert_close(
+            p.detach(), q.detach(), rtol=0, atol=5 * ROUNDINGS_APART_PER_STEP * state_eps(torch.float32) / 2 * magnitude
+        )
 
 
 @pytest.mark.parametrize("backend", ALL)
@@ -171,18 +182,29 @@ def test_a_tensor_gamma_is_recorded_as_it_was(backend):
 
 
 @pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="extension not built")
-@pytest.mark.parametrize("bad", ["nesterov", "past_grad", "16-bit", "anchors", "no last gammas", "no momentum",
-                                 "last gamma dtype"])
+@pytest.mark.parametrize(
+    "bad", ["nesterov", "past_grad", "16-bit", "anchors", "no last gammas", "no momentum", "last gamma dtype"]
+)
 def test_the_operator_refuses_what_it_cannot_recompute(bad):
     """update_past_anchor_free_ checks its launch (the Python layer never builds these) and writes nothing."""
     dtype = torch.bfloat16 if bad == "16-bit" else torch.float32
     x, g = torch.ones(4, dtype=dtype), torch.ones(4, dtype=dtype)
     m, step = torch.ones(4), torch.tensor(3.0)
     last = torch.tensor(0.1, dtype=torch.float64 if bad == "last gamma dtype" else torch.float32)
-    args = dict(params=[x], grads=[g], anchors=[torch.ones(4)] if bad == "anchors" else [],
-                momenta=[] if bad == "no momentum" else [m], steps=[step], indices=[0],
-                last_gammas=[] if bad == "no last gammas" else [last], lr=0.1, gamma=0.05,
-                momentum=0.0 if bad == "no momentum" else 0.9, nesterov=bad == "nesterov", past_grad=bad == "past_grad")
+    args = dict(
+        params=[x],
+        grads=[g],
+        anchors=[torch.ones(4)] if bad == "anchors" else [],
+        momenta=[] if bad == "no momentum" else [m],
+        steps=[step],
+        indices=[0],
+        last_gammas=[] if bad == "no last gammas" else [last],
+        lr=0.1,
+        gamma=0.05,
+        momentum=0.0 if bad == "no momentum" else 0.9,
+        nesterov=bad == "nesterov",
+        past_grad=bad == "past_grad",
+    )
     before = [t.clone() for t in (x, m, step, last)]
     ek._ext.load()
     with pytest.raises((ValueError, TypeError)):
@@ -193,14 +215,20 @@ def test_the_operator_refuses_what_it_cannot_recompute(bad):
 def test_the_phase_is_chosen_where_it_applies():
     """Past mode drops the anchor exactly where d = m: not with Nesterov, LARS, past='grad', momentum 0,
     other modes or store_anchor=True."""
+
     def phase(**options):
         opt = ek.ExtrapSGD([torch.nn.Parameter(torch.ones(2))], lr=0.1, **options)
         return opt._launch_args(opt.param_groups[0])[0]
 
     assert phase(momentum=0.9) == Phase.UPDATE_PAST_ANCHOR_FREE
     assert phase(momentum=0.9, dampening=0.5, weight_decay=0.1, maximize=True) == Phase.UPDATE_PAST_ANCHOR_FREE
-    for options in (dict(), dict(momentum=0.9, nesterov=True), dict(momentum=0.9, lars=True),
-                    dict(momentum=0.9, past="grad"), dict(momentum=0.9, store_anchor=True)):
+    for options in (
+        dict(),
+        dict(momentum=0.9, nesterov=True),
+        dict(momentum=0.9, lars=True),
+        dict(momentum=0.9, past="grad"),
+        dict(momentum=0.9, store_anchor=True),
+    ):
         assert phase(**options) == Phase.UPDATE_PAST, options
     assert phase(momentum=0.9, mode="noise") == Phase.UPDATE_NOISE
     with pytest.raises(TypeError, match="store_anchor"):

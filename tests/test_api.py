@@ -1,13 +1,13 @@
 """What a torch.optim / Apex user relies on: zero_grad, schedulers, closures, param groups, many
 tensors in one launch, parameters without gradients."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CPU_BACKENDS, steps_for, trajectory_tolerance
 
 import extrap_kernels as ek
-
-from conftest import CPU_BACKENDS, steps_for, trajectory_tolerance
 
 
 def test_zero_grad_set_to_none():
@@ -35,8 +35,10 @@ def test_fused_sgd_zero_grad_is_apex_on_torch_2():
     assert torch.equal(p.grad, torch.zeros(3))
     # torch's own two-step example: the second step has no gradient for `idle`
     results = []
-    for make in (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1),
-                 lambda ps: ek.FusedSGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1)):
+    for make in (
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1),
+        lambda ps: ek.FusedSGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1),
+    ):
         idle = torch.nn.Parameter(torch.ones(1))
         opt = make([idle])
         idle.grad = torch.ones(1)
@@ -94,8 +96,12 @@ def test_local_closure_runs_both_phases_and_returns_loss_at_anchor(backend):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_param_groups_and_params_without_grad(backend):
     a, b, frozen = (torch.nn.Parameter(torch.ones(3)) for _ in range(3))
-    opt = ek.ExtrapSGD([{"params": [a, frozen]}, {"params": [b], "lr": 0.5, "mode": "past", "gamma": 0.0}],
-                       lr=0.1, gamma=0.0, backend=backend)
+    opt = ek.ExtrapSGD(
+        [{"params": [a, frozen]}, {"params": [b], "lr": 0.5, "mode": "past", "gamma": 0.0}],
+        lr=0.1,
+        gamma=0.0,
+        backend=backend,
+    )
     a.grad, b.grad = torch.ones(3), torch.ones(3)
     opt.step()
     assert torch.allclose(a.detach(), torch.full((3,), 0.9))

@@ -2,18 +2,31 @@
 multi-step trajectories. The oracle is the reference backend run on float64 copies of the same
 parameters with the same (dtype-rounded) gradients, so the comparison bounds each backend's own
 rounding with a tolerance derived from the dtype (conftest.trajectory_tolerance)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import (
+    CPU_BACKENDS,
+    DTYPES,
+    anchor_of,
+    assert_within,
+    examples_for,
+    misaligned_copy,
+    noise_tolerance,
+    output_ulp,
+    over_backends,
+    phase_bucket,
+    state_eps,
+    trajectory_tolerance,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import extrap_kernels as ek
 from extrap_kernels import reference
 from extrap_kernels.bucket import Hyper, Phase, state_dtype
-
-from conftest import CPU_BACKENDS, DTYPES, anchor_of, examples_for, misaligned_copy, phase_bucket, over_backends, assert_within, noise_tolerance, output_ulp, state_eps, trajectory_tolerance
 
 # 0, 1, odd, power-of-two, and sizes across the CPU kernel's 65536-element chunks
 SIZES = [0, 1, 2, 3, 5, 17, 64, 255, 1000, 4097, 65536 + 3]
@@ -46,9 +59,13 @@ def options(draw):
 @over_backends
 def test_trajectory_matches_reference(backend):
     @settings(max_examples=examples_for(backend))
-    @given(opts=options(), dtype=st.sampled_from(DTYPES),
-           sizes=st.lists(st.sampled_from(SIZES), min_size=1, max_size=6),
-           grad_scale=st.sampled_from([None, 1024.0, 3.0]), data_seed=st.integers(0, 2**31 - 1))
+    @given(
+        opts=options(),
+        dtype=st.sampled_from(DTYPES),
+        sizes=st.lists(st.sampled_from(SIZES), min_size=1, max_size=6),
+        grad_scale=st.sampled_from([None, 1024.0, 3.0]),
+        data_seed=st.integers(0, 2**31 - 1),
+    )
     def trajectory(opts, dtype, sizes, grad_scale, data_seed):
         gen = torch.Generator().manual_seed(data_seed)
         init = [torch.randn(n, generator=gen, dtype=torch.float64) for n in sizes]
@@ -76,22 +93,29 @@ def test_trajectory_matches_reference(backend):
             for q in exact:
                 if q.numel():
                     magnitude = max(magnitude, float(q.detach().abs().max()))
-            tol = trajectory_tolerance(dtype, step + 1, magnitude, opts["momentum"],
-                                       max(sizes) if opts["lars"] else 0)
+            tol = trajectory_tolerance(dtype, step + 1, magnitude, opts["momentum"], max(sizes) if opts["lars"] else 0)
             x_tol = tol + (noise_tolerance(opts["noise_std"]) if opts["mode"] == "noise" else 0.0)
             for i, (p, q) in enumerate(zip(params, exact)):
                 assert_within(p.detach(), q.detach(), x_tol + output_ulp(dtype, q.detach()), f"step {step} param {i}")
                 if opts["momentum"]:
-                    assert_within(opt.state[p]["momentum_buffer"], oracle.state[q]["momentum_buffer"], tol,
-                                  f"step {step} momentum {i}")
+                    assert_within(
+                        opt.state[p]["momentum_buffer"],
+                        oracle.state[q]["momentum_buffer"],
+                        tol,
+                        f"step {step} momentum {i}",
+                    )
                 if opts["mode"] != "local":  # (local: the anchor is a snapshot, taken next time)
-                    assert_within(anchor_of(opt.state[p], p), anchor_of(oracle.state[q], q), tol,
-                                  f"step {step} anchor {i}")
+                    assert_within(
+                        anchor_of(opt.state[p], p), anchor_of(oracle.state[q], q), tol, f"step {step} anchor {i}"
+                    )
                 if "last_gamma" in opt.state[p]:  # the anchor-free past update's: the gamma, rounded to the state dtype
                     expected = float(oracle.state[q]["last_gamma"])
-                    assert_within(opt.state[p]["last_gamma"], oracle.state[q]["last_gamma"],
-                                  state_eps(dtype) * expected + torch.finfo(state_dtype(dtype)).tiny,
-                                  f"step {step} gamma {i}")
+                    assert_within(
+                        opt.state[p]["last_gamma"],
+                        oracle.state[q]["last_gamma"],
+                        state_eps(dtype) * expected + torch.finfo(state_dtype(dtype)).tiny,
+                        f"step {step} gamma {i}",
+                    )
                 assert float(opt.state[p]["step"]) == step + 1
 
     trajectory()
@@ -107,9 +131,14 @@ def anchor_free_case(phase, opts, dtype):
 
 
 @over_backends
-@given(phase=st.sampled_from(list(Phase)), opts=options(), dtype=st.sampled_from(DTYPES),
-       sizes=st.lists(st.sampled_from(SIZES), min_size=1, max_size=5), step=st.sampled_from([0, 1, 6]),
-       data_seed=st.integers(0, 2**31 - 1))
+@given(
+    phase=st.sampled_from(list(Phase)),
+    opts=options(),
+    dtype=st.sampled_from(DTYPES),
+    sizes=st.lists(st.sampled_from(SIZES), min_size=1, max_size=5),
+    step=st.sampled_from([0, 1, 6]),
+    data_seed=st.integers(0, 2**31 - 1),
+)
 def test_one_phase_against_float64_reference(backend, phase, opts, dtype, sizes, step, data_seed):
     """One launch on identical inputs against the reference evaluated in float64: the error is the
     backend's own rounding of a single step."""
@@ -121,8 +150,11 @@ def test_one_phase_against_float64_reference(backend, phase, opts, dtype, sizes,
     s = [t.to(sdtype) + 0.01 * torch.randn(t.shape, generator=gen, dtype=sdtype) for t in x]
     m = [torch.randn(n, generator=gen, dtype=sdtype) for n in sizes] if opts["momentum"] else []
     gamma = opts["lr"] if opts["gamma"] is None else opts["gamma"]
-    hyper = Hyper(**{k: v for k, v in opts.items() if k not in ("mode", "past", "gamma")},
-                  gamma=gamma, past_grad=opts["past"] == "grad")
+    hyper = Hyper(
+        **{k: v for k, v in opts.items() if k not in ("mode", "past", "gamma")},
+        gamma=gamma,
+        past_grad=opts["past"] == "grad",
+    )
     last = [torch.rand((), generator=gen, dtype=sdtype) * 0.3 for _ in sizes]
     ours = phase_bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], step, phase, last)
     oracle = phase_bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], step, phase, last)
@@ -198,8 +230,15 @@ def test_whole_blocks_and_misaligned_buckets(backend, phase, misaligned):
     def copy(t, i):  # the last tensor one element into its storage when misaligned
         return misaligned_copy(t) if misaligned and i == 2 else t.clone()
 
-    ours = phase_bucket([copy(t, i) for i, t in enumerate(x)], [copy(t, i) for i, t in enumerate(g)],
-                        [copy(t, i) for i, t in enumerate(s)], [copy(t, i) for i, t in enumerate(m)], 2, phase, last)
+    ours = phase_bucket(
+        [copy(t, i) for i, t in enumerate(x)],
+        [copy(t, i) for i, t in enumerate(g)],
+        [copy(t, i) for i, t in enumerate(s)],
+        [copy(t, i) for i, t in enumerate(m)],
+        2,
+        phase,
+        last,
+    )
     oracle = phase_bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], 2, phase, last)
     assert (ours.params[2].data_ptr() % 16 != 0) is misaligned
     if backend == "triton":

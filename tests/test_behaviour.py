@@ -1,23 +1,31 @@
 """Behaviour, not only agreement: every mode converges on a convex quadratic; on the bilinear saddle
 min_x max_y x*y, simultaneous gradient descent-ascent diverges while two-phase EXTRAP-SGD (the
 extragradient method, gamma = lr) converges to (0, 0)."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+from conftest import CPU_BACKENDS
 
 import extrap_kernels as ek
-
-from conftest import CPU_BACKENDS
 
 ALL = CPU_BACKENDS + ["reference"]
 
 
 @pytest.mark.parametrize("backend", ALL)
-@pytest.mark.parametrize("mode, extra", [("past", {}), ("past", {"past": "grad"}), ("local", {}),
-                                         ("noise", {"noise_std": 1e-3}), ("local", {"extrapolate_with_momentum": True})])
+@pytest.mark.parametrize(
+    "mode, extra",
+    [
+        ("past", {}),
+        ("past", {"past": "grad"}),
+        ("local", {}),
+        ("noise", {"noise_std": 1e-3}),
+        ("local", {"extrapolate_with_momentum": True}),
+    ],
+)
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_quadratic_converges(backend, mode, extra, momentum):
     torch.manual_seed(0)
@@ -44,8 +52,9 @@ def _saddle(backend, mode, lr, gamma, steps):
     """|(x, y)| after `steps` iterations on min_x max_y x*y from (1, 1); y's group maximizes."""
     x = torch.nn.Parameter(torch.tensor([1.0]))
     y = torch.nn.Parameter(torch.tensor([1.0]))
-    opt = ek.ExtrapSGD([{"params": [x]}, {"params": [y], "maximize": True}], lr=lr, gamma=gamma, mode=mode,
-                       backend=backend)
+    opt = ek.ExtrapSGD(
+        [{"params": [x]}, {"params": [y], "maximize": True}], lr=lr, gamma=gamma, mode=mode, backend=backend
+    )
 
     def closure():
         opt.zero_grad()

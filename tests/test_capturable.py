@@ -2,17 +2,21 @@
 step runs, so results equal those of the same numbers given as floats, and an LR scheduler that
 updates the tensor in place is followed without rebuilding anything. The CUDA-graph replay itself is
 in test_gpu.py."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import over_backends
 
 import extrap_kernels as ek
 
-from conftest import over_backends
-
-MODES = [dict(mode="past"), dict(mode="local"), dict(mode="noise", noise_std=0.01, seed=5),
-         dict(mode="past", momentum=0.9, nesterov=True, weight_decay=1e-3)]
+MODES = [
+    dict(mode="past"),
+    dict(mode="local"),
+    dict(mode="noise", noise_std=0.01, seed=5),
+    dict(mode="past", momentum=0.9, nesterov=True, weight_decay=1e-3),
+]
 
 
 def _train(backend, lr, gamma, options, steps=6, schedule=None):
@@ -67,5 +71,13 @@ def test_tensor_rate_on_the_wrong_device_or_shape_is_refused():
     if ek._ext.load() is None:
         pytest.skip("extension not built")
     with pytest.raises(ValueError, match="lr tensor"):
-        torch.ops.extrap_kernels.update_(params=[p.data], grads=[p.grad], anchors=[p.data.clone()], momenta=[],
-                                         steps=[torch.ones(())], indices=[0], last_gammas=[], lr_tensor=torch.ones(2))
+        torch.ops.extrap_kernels.update_(
+            params=[p.data],
+            grads=[p.grad],
+            anchors=[p.data.clone()],
+            momenta=[],
+            steps=[torch.ones(())],
+            indices=[0],
+            last_gammas=[],
+            lr_tensor=torch.ones(2),
+        )

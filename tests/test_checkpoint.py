@@ -1,4 +1,5 @@
 """state_dict() loads into a fresh optimizer and model and resumes bit-exactly, for each mode."""
+
 from __future__ import annotations
 
 import copy
@@ -6,11 +7,9 @@ import io
 
 import pytest
 import torch
-
-import extrap_kernels as ek
-
 from conftest import CPU_BACKENDS
 
+import extrap_kernels as ek
 
 
 def _model(seed, dtype):
@@ -20,11 +19,13 @@ def _model(seed, dtype):
 
 def _train(model, opt, batches, local):
     for x, y in batches:
+
         def closure():
             opt.zero_grad()
             loss = torch.nn.functional.mse_loss(model(x).float(), y)
             loss.backward()
             return loss
+
         if local:
             closure()
             opt.extrapolate()
@@ -35,14 +36,18 @@ def _train(model, opt, batches, local):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS + ["reference"])
-@pytest.mark.parametrize("mode, lars", [("past", True), ("past", False), ("local", True), ("noise", True)],
-                         ids=["past", "past-anchor-free", "local", "noise"])
+@pytest.mark.parametrize(
+    "mode, lars",
+    [("past", True), ("past", False), ("local", True), ("noise", True)],
+    ids=["past", "past-anchor-free", "local", "noise"],
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_resume_is_bit_identical(backend, mode, lars, dtype):
     gen = torch.Generator().manual_seed(1)
     batches = [(torch.randn(8, 7, generator=gen).to(dtype), torch.randn(8, 3, generator=gen)) for _ in range(20)]
-    kwargs = dict(lr=0.05, mode=mode, momentum=0.9, weight_decay=1e-3, lars=lars, noise_std=0.01, seed=5,
-                  backend=backend)
+    kwargs = dict(
+        lr=0.05, mode=mode, momentum=0.9, weight_decay=1e-3, lars=lars, noise_std=0.01, seed=5, backend=backend
+    )
 
     straight = _model(0, dtype)
     opt = ek.ExtrapSGD(straight.parameters(), **kwargs)

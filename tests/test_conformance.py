@@ -2,6 +2,7 @@
 framework relies on (deepcopy and pickle, state_dict round trips, checkpoints of torch.optim.SGD,
 param groups, LR schedulers, zero_grad, hooks, constructor errors). Written from the torch.optim
 documentation and behaviour."""
+
 from __future__ import annotations
 
 import copy
@@ -10,25 +11,28 @@ import pickle
 
 import pytest
 import torch
+from conftest import CPU_BACKENDS, trajectory_tolerance
 
 import extrap_kernels as ek
-
-from conftest import CPU_BACKENDS, trajectory_tolerance
 
 BACKENDS = CPU_BACKENDS + ["reference"]
 OPTIMIZERS = {
     "extrap-past": lambda ps, b, **kw: ek.ExtrapSGD(ps, **{"lr": 0.1, "momentum": 0.9, "gamma": 0.05, **kw}, backend=b),
-    "extrap-past-stored": lambda ps, b, **kw: ek.ExtrapSGD(ps, **{"lr": 0.1, "momentum": 0.9, "gamma": 0.05,
-                                                                 "store_anchor": True, **kw}, backend=b),
-    "extrap-local": lambda ps, b, **kw: ek.ExtrapSGD(ps, **{"lr": 0.1, "momentum": 0.9, "gamma": 0.05, "mode": "local",
-                                                           **kw}, backend=b),
-    "extrap-noise": lambda ps, b, **kw: ek.ExtrapSGD(ps, **{"lr": 0.1, "momentum": 0.9, "mode": "noise", **kw},
-                                                     backend=b),
+    "extrap-past-stored": lambda ps, b, **kw: ek.ExtrapSGD(
+        ps, **{"lr": 0.1, "momentum": 0.9, "gamma": 0.05, "store_anchor": True, **kw}, backend=b
+    ),
+    "extrap-local": lambda ps, b, **kw: ek.ExtrapSGD(
+        ps, **{"lr": 0.1, "momentum": 0.9, "gamma": 0.05, "mode": "local", **kw}, backend=b
+    ),
+    "extrap-noise": lambda ps, b, **kw: ek.ExtrapSGD(
+        ps, **{"lr": 0.1, "momentum": 0.9, "mode": "noise", **kw}, backend=b
+    ),
     "fused-sgd": lambda ps, b, **kw: ek.FusedSGD(ps, **{"lr": 0.1, "momentum": 0.9, **kw}, backend=b),
     # the adaptive bases (on the backends that have them: foreach and reference so far)
     "extrap-adamw-past": lambda ps, b, **kw: ek.ExtrapAdamW(ps, **{"lr": 0.01, "gamma": 0.005, **kw}, backend=b),
-    "extrap-adam-local": lambda ps, b, **kw: ek.ExtrapAdam(ps, **{"lr": 0.01, "gamma": 0.005, "mode": "local", **kw},
-                                                          backend=b),
+    "extrap-adam-local": lambda ps, b, **kw: ek.ExtrapAdam(
+        ps, **{"lr": 0.01, "gamma": 0.005, "mode": "local", **kw}, backend=b
+    ),
     "extrap-lamb-noise": lambda ps, b, **kw: ek.ExtrapLAMB(ps, **{"lr": 0.01, "mode": "noise", **kw}, backend=b),
     "fused-adam": lambda ps, b, **kw: ek.FusedAdam(ps, **{"lr": 0.01, **kw}, backend=b),
     "fused-lamb": lambda ps, b, **kw: ek.FusedLAMB(ps, **{"lr": 0.01, **kw}, backend=b),
@@ -37,9 +41,15 @@ ADAPTIVE = ("extrap-adamw-past", "extrap-adam-local", "extrap-lamb-noise", "fuse
 every = pytest.mark.parametrize("backend", BACKENDS)
 every_optimizer = pytest.mark.parametrize("name", list(OPTIMIZERS))
 # every optimizer on every backend that has its base
-every_case = pytest.mark.parametrize("backend, name", [
-    (backend, name) for name in OPTIMIZERS for backend in BACKENDS
-    if name not in ADAPTIVE or backend in ("foreach", "reference")])
+every_case = pytest.mark.parametrize(
+    "backend, name",
+    [
+        (backend, name)
+        for name in OPTIMIZERS
+        for backend in BACKENDS
+        if name not in ADAPTIVE or backend in ("foreach", "reference")
+    ],
+)
 
 
 def _model(seed=0):
@@ -230,15 +240,18 @@ def test_step_and_load_state_dict_hooks(backend, name):
 
 
 @pytest.mark.parametrize("cls", [ek.ExtrapSGD, ek.FusedSGD])
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(lr=-0.1), ValueError, "Invalid learning rate"),
-    (dict(lr=torch.tensor([0.1, 0.1])), ValueError, "Tensor lr must be 1-element"),
-    (dict(lr="0.1"), TypeError, "Invalid learning rate"),
-    (dict(lr=0.1, momentum=-0.9), ValueError, "Invalid momentum"),
-    (dict(lr=0.1, weight_decay=-1.0), ValueError, "Invalid weight_decay"),
-    (dict(lr=0.1, nesterov=True), ValueError, "Nesterov momentum requires a momentum and zero dampening"),
-    (dict(lr=0.1, backend="nope"), ValueError, "unknown backend 'nope'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(lr=-0.1), ValueError, "Invalid learning rate"),
+        (dict(lr=torch.tensor([0.1, 0.1])), ValueError, "Tensor lr must be 1-element"),
+        (dict(lr="0.1"), TypeError, "Invalid learning rate"),
+        (dict(lr=0.1, momentum=-0.9), ValueError, "Invalid momentum"),
+        (dict(lr=0.1, weight_decay=-1.0), ValueError, "Invalid weight_decay"),
+        (dict(lr=0.1, nesterov=True), ValueError, "Nesterov momentum requires a momentum and zero dampening"),
+        (dict(lr=0.1, backend="nope"), ValueError, "unknown backend 'nope'"),
+    ],
+)
 def test_constructor_errors(cls, kwargs, error, match):
     with pytest.raises(error, match=match):
         cls([torch.nn.Parameter(torch.zeros(2))], **kwargs)
@@ -295,8 +308,9 @@ def test_complex_parameters_step_as_torch_sgd(backend, name):
         opt.step()
         sgd.step()
     assert opt.state[ours[0]]["momentum_buffer"].dtype == torch.complex64
-    magnitude = max(float(torch.view_as_real(t).abs().max()) if t.is_complex() else float(t.abs().max())
-                    for t in theirs)
+    magnitude = max(
+        float(torch.view_as_real(t).abs().max()) if t.is_complex() else float(t.abs().max()) for t in theirs
+    )
     tolerance = trajectory_tolerance(torch.float32, steps, max(magnitude, 1.0), 0.9)
     for p, q in zip(ours, theirs):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=tolerance)

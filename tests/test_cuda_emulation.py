@@ -6,6 +6,7 @@ than it holds, a tensor split across launches, a launch filled exactly, vector t
 tensors (the scalar path), with found_inf and tensor rates. Every boundary is crossed with both of the
 launcher's tables: the large one, and the 4 KB fallback of a driver before CUDA 12.1 (forced here), whose
 launches hold fewer tensors and blocks."""
+
 from __future__ import annotations
 
 import os
@@ -13,22 +14,29 @@ import zlib
 
 import pytest
 import torch
+from conftest import (
+    CPU_BACKENDS,
+    assert_within,
+    misaligned_copy,
+    noise_tolerance,
+    output_ulp,
+    phase_bucket,
+    trajectory_tolerance,
+)
+from test_adaptive_kernels import PHASES as ADAPTIVE_PHASES
+from test_adaptive_kernels import run_case
 
 import extrap_kernels as ek
 from extrap_kernels import reference
 from extrap_kernels.bucket import Hyper, Phase, state_dtype
 
-from test_adaptive_kernels import PHASES as ADAPTIVE_PHASES
-from test_adaptive_kernels import run_case
-
-from conftest import (CPU_BACKENDS, assert_within, misaligned_copy, noise_tolerance, output_ulp, phase_bucket,
-                      trajectory_tolerance)
-
 LIMITS = ek._ext.EMULATION_LIMITS
 CHUNK = LIMITS["EXTRAP_CHUNK_SIZE"]
 # table -> (tensors, blocks) per launch
-TABLES = {"large": (LIMITS["EXTRAP_TABLE_TENSORS"], LIMITS["EXTRAP_TABLE_BLOCKS"]),
-          "small": (LIMITS["EXTRAP_SMALL_TABLE_TENSORS"], LIMITS["EXTRAP_SMALL_TABLE_BLOCKS"])}
+TABLES = {
+    "large": (LIMITS["EXTRAP_TABLE_TENSORS"], LIMITS["EXTRAP_TABLE_BLOCKS"]),
+    "small": (LIMITS["EXTRAP_SMALL_TABLE_TENSORS"], LIMITS["EXTRAP_SMALL_TABLE_BLOCKS"]),
+}
 
 pytestmark = pytest.mark.skipif(not ek._ext.cuda_emulation_requested(), reason="EXTRAP_CUDA_EMULATION is not 1")
 
@@ -118,6 +126,7 @@ def _inputs(sizes, dtype, gen, momentum):
 def _buckets(phase, sizes, misaligned, x, g, s, m, last):
     """The launch's bucket and the oracle's, on copies; the tensors listed in `misaligned` start one element
     into their storage in the launch's (no 16-byte alignment: the kernel's scalar path)."""
+
     def copy(tensors):
         return [misaligned_copy(t) if i in misaligned else t.clone() for i, t in enumerate(tensors)]
 
@@ -182,9 +191,22 @@ def test_found_inf_writes_what_the_reference_writes(table, case, phase):
             assert torch.equal(a, b), f"{name} {i}"
 
 
-ADAPTIVE_OPTIONS = dict(lr=0.01, gamma=0.05, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, decoupled=True,
-                        amsgrad=False, bias_correction=True, grad_averaging=True, max_grad_norm=0.0, use_nvlamb=False,
-                        maximize=False, noise_std=0.01, seed=3)
+ADAPTIVE_OPTIONS = dict(
+    lr=0.01,
+    gamma=0.05,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0.01,
+    decoupled=True,
+    amsgrad=False,
+    bias_correction=True,
+    grad_averaging=True,
+    max_grad_norm=0.0,
+    use_nvlamb=False,
+    maximize=False,
+    noise_std=0.01,
+    seed=3,
+)
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)

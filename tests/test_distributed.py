@@ -1,6 +1,8 @@
-"""Data-parallel EXTRAP-SGD (and the adaptive bases, ExtrapAdamW and ExtrapLAMB) on CPU: 2 processes, gloo. The DDP run equals a single-process emulation of
+"""Data-parallel EXTRAP-SGD (and the adaptive bases, ExtrapAdamW and ExtrapLAMB) on CPU: 2 processes,
+gloo. The DDP run equals a single-process emulation of
 the same per-worker batches; each iteration makes exactly one gradient all-reduce (counted by a DDP
 communication hook); a rank that raises fails the test instead of hanging it."""
+
 from __future__ import annotations
 
 import os
@@ -13,9 +15,9 @@ import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
+from workers import free_port, mlp, shut_down, spawn, worker_batch
 
 import extrap_kernels as ek
-from workers import free_port, mlp, shut_down, spawn, worker_batch
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="no gloo")
 WORLD, ITERATIONS, BATCH = 2, 6, 8
@@ -59,8 +61,10 @@ def _worker(rank: int, port: int, out: str, mode: str, backend: str, fail_rank: 
             before = len(calls)
             ek.train_step(model, opt, lambda: torch.nn.functional.cross_entropy(model(x), y))
             per_iteration.append(len(calls) - before)
-        torch.save(dict(params=[p.detach() for p in model.module.parameters()], allreduces=per_iteration),
-                   os.path.join(out, f"rank{rank}.pt"))
+        torch.save(
+            dict(params=[p.detach() for p in model.module.parameters()], allreduces=per_iteration),
+            os.path.join(out, f"rank{rank}.pt"),
+        )
     finally:
         shut_down()
 
@@ -96,8 +100,12 @@ def _emulation(mode: str, backend: str, base: str = "sgd") -> list[torch.Tensor]
     return [p.detach() for p in replicas[0].parameters()]
 
 
-CASES = [(mode, backend, "sgd") for backend in ("cpu", "foreach") if backend in ek.available_backends("cpu")
-         for mode in ("local", "past")] + [("local", "foreach", "adamw"), ("local", "foreach", "lamb")]
+CASES = [
+    (mode, backend, "sgd")
+    for backend in ("cpu", "foreach")
+    if backend in ek.available_backends("cpu")
+    for mode in ("local", "past")
+] + [("local", "foreach", "adamw"), ("local", "foreach", "lamb")]
 
 
 @pytest.mark.parametrize("mode, backend, base", CASES)

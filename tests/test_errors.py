@@ -1,16 +1,16 @@
 """Bad input raises a clear exception before any tensor is written: parameters and state untouched."""
+
 from __future__ import annotations
 
 import copy
 
 import pytest
 import torch
+from conftest import CPU_BACKENDS
 
 import extrap_kernels as ek
 from extrap_kernels import core
 from extrap_kernels.bucket import Bucket, Hyper, Phase
-
-from conftest import CPU_BACKENDS
 
 ALL = CPU_BACKENDS + ["reference"]
 
@@ -38,13 +38,21 @@ def _trained(backend, mode="past", n=3, **kwargs):
     return opt, params
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(lr=-0.1), "Invalid learning rate"), (dict(gamma=-1.0), "Invalid gamma"), (dict(momentum=-0.5), "Invalid momentum"),
-    (dict(weight_decay=-1e-4), "Invalid weight_decay"), (dict(noise_std=-1.0), "Invalid noise_std"),
-    (dict(nesterov=True), "Nesterov"), (dict(nesterov=True, momentum=0.9, dampening=0.1), "Nesterov"),
-    (dict(mode="extra"), "Invalid mode"), (dict(past="future"), "Invalid past"),
-    (dict(lr=float("nan")), "Invalid learning rate"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(lr=-0.1), "Invalid learning rate"),
+        (dict(gamma=-1.0), "Invalid gamma"),
+        (dict(momentum=-0.5), "Invalid momentum"),
+        (dict(weight_decay=-1e-4), "Invalid weight_decay"),
+        (dict(noise_std=-1.0), "Invalid noise_std"),
+        (dict(nesterov=True), "Nesterov"),
+        (dict(nesterov=True, momentum=0.9, dampening=0.1), "Nesterov"),
+        (dict(mode="extra"), "Invalid mode"),
+        (dict(past="future"), "Invalid past"),
+        (dict(lr=float("nan")), "Invalid learning rate"),
+    ],
+)
 def test_bad_hyperparameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ek.ExtrapSGD([torch.nn.Parameter(torch.zeros(2))], **{"lr": 0.1, **kwargs})
@@ -95,7 +103,9 @@ def test_bad_tensor_raises_before_writing(backend, bad):
     if strided_ok or bad == "complex":  # foreach and reference handle strided tensors; complex is supported
         opt.step()
         return
-    with pytest.raises((RuntimeError, TypeError), match="sparse gradients are not supported.*SparseAdam|contiguous|dtype"):
+    with pytest.raises(
+        (RuntimeError, TypeError), match="sparse gradients are not supported.*SparseAdam|contiguous|dtype"
+    ):
         opt.step()
     _unchanged(before, _state(opt, params))
 
@@ -118,9 +128,14 @@ def test_state_on_wrong_device_or_dtype(backend):
 
 def test_functional_bucket_checks():
     x = [torch.zeros(3), torch.zeros(3)]
-    bucket = Bucket(params=x, grads=[torch.zeros(3), torch.zeros(3, dtype=torch.float64)],
-                    anchors=[torch.zeros(3), torch.zeros(3)], momenta=[], steps=[torch.tensor(0.0)] * 2,
-                    indices=[0, 1])
+    bucket = Bucket(
+        params=x,
+        grads=[torch.zeros(3), torch.zeros(3, dtype=torch.float64)],
+        anchors=[torch.zeros(3), torch.zeros(3)],
+        momenta=[],
+        steps=[torch.tensor(0.0)] * 2,
+        indices=[0, 1],
+    )
     backend = ek.backends.resolve("foreach", torch.device("cpu"))
     with pytest.raises(TypeError, match="mismatched dtypes"):
         core.run([core.Work(Phase.UPDATE, bucket, Hyper(lr=0.1), backend)])

@@ -1,6 +1,7 @@
 """What training frameworks do to the optimizer, without the frameworks: wrappers that hold it as
 `.optimizer` (accelerate's AcceleratedOptimizer, Lightning's LightningOptimizer), their GradScaler, and
 torch's own checks of the arguments they pass through."""
+
 from __future__ import annotations
 
 import pytest

@@ -3,6 +3,7 @@ local shards of DTensor parameters (uneven shards included) and its state is sha
 sharded run equals one process training the unsharded model on the concatenated batch, LARS and LAMB
 (whole-tensor norms summed over the shards; LAMB's global gradient norm too) included. mode="noise" is
 refused for sharded parameters."""
+
 from __future__ import annotations
 
 import os
@@ -12,9 +13,9 @@ from datetime import timedelta
 import pytest
 import torch
 import torch.distributed as dist
+from workers import free_port, mlp, shut_down, spawn, worker_batch
 
 import extrap_kernels as ek
-from workers import free_port, mlp, shut_down, spawn, worker_batch
 
 try:
     from torch.distributed.device_mesh import init_device_mesh
@@ -23,14 +24,22 @@ try:
 except ImportError:  # pragma: no cover - torch without FSDP2
     fully_shard = None
 
-pytestmark = pytest.mark.skipif(fully_shard is None or not (dist.is_available() and dist.is_gloo_available()),
-                                reason="no FSDP2 or no gloo")
+pytestmark = pytest.mark.skipif(
+    fully_shard is None or not (dist.is_available() and dist.is_gloo_available()), reason="no FSDP2 or no gloo"
+)
 WORLD, ITERATIONS, BATCH = 2, 6, 8
 TIMEOUT_S = 180
 CASES = [  # (mode, backend, lars; "lamb": ExtrapLAMB)
-    ("local", "cpu", False), ("past", "cpu", False), ("past", "foreach", False),
-    ("local", "reference", True), ("past", "cpu", True), ("past", "foreach", True),
-    ("past", "foreach", "lamb"), ("local", "reference", "lamb"), ("past", "cpu", "lamb"), ("local", "cpu", "lamb"),
+    ("local", "cpu", False),
+    ("past", "cpu", False),
+    ("past", "foreach", False),
+    ("local", "reference", True),
+    ("past", "cpu", True),
+    ("past", "foreach", True),
+    ("past", "foreach", "lamb"),
+    ("local", "reference", "lamb"),
+    ("past", "cpu", "lamb"),
+    ("local", "cpu", "lamb"),
 ]
 CASES = [c for c in CASES if c[1] in ek.available_backends("cpu")]
 
@@ -45,11 +54,21 @@ def _batch(rank: int, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _optimizer(params, mode: str, backend: str, lars: bool | str):
     if lars == "lamb":  # max_grad_norm 0.05 clips these gradients: the global norm must be the whole model's
-        return ek.ExtrapLAMB(params, lr=0.01, gamma=0.005, mode=mode, weight_decay=0.01, max_grad_norm=0.05,
-                             backend=backend)
+        return ek.ExtrapLAMB(
+            params, lr=0.01, gamma=0.005, mode=mode, weight_decay=0.01, max_grad_norm=0.05, backend=backend
+        )
     # trust_coefficient 0.02 keeps the trust ratio well below 1: per-shard norms would change the result
-    return ek.ExtrapSGD(params, lr=0.1, gamma=0.05, mode=mode, momentum=0.9, weight_decay=1e-3, lars=lars,
-                        trust_coefficient=0.02, backend=backend)
+    return ek.ExtrapSGD(
+        params,
+        lr=0.1,
+        gamma=0.05,
+        mode=mode,
+        momentum=0.9,
+        weight_decay=1e-3,
+        lars=lars,
+        trust_coefficient=0.02,
+        backend=backend,
+    )
 
 
 def _loss(model, x, y):
@@ -80,9 +99,13 @@ def _worker(rank: int, port: int, out: str) -> None:
             results[(mode, backend, lars)] = dict(
                 params=[p.detach().full_tensor() for p in model.parameters()],
                 local_rows=[p.to_local().shape[0] for p in model.parameters()],
-                state_is_sharded=all(isinstance(st[k], DTensor) and st[k].to_local().shape == p.to_local().shape
-                                     for st, p in zip(states, model.parameters())
-                                     for k in ("anchor", "momentum_buffer", "exp_avg", "exp_avg_sq") if k in st))
+                state_is_sharded=all(
+                    isinstance(st[k], DTensor) and st[k].to_local().shape == p.to_local().shape
+                    for st, p in zip(states, model.parameters())
+                    for k in ("anchor", "momentum_buffer", "exp_avg", "exp_avg_sq")
+                    if k in st
+                ),
+            )
         model = _sharded_model(mesh)
         opt = ek.ExtrapSGD(model.parameters(), lr=0.1, mode="noise", backend="foreach")
         before = [p.detach().full_tensor() for p in model.parameters()]
@@ -92,8 +115,9 @@ def _worker(rank: int, port: int, out: str) -> None:
             results["noise"] = "accepted"
         except RuntimeError as error:
             results["noise"] = str(error)
-        results["noise_untouched"] = all(torch.equal(a, p.detach().full_tensor())
-                                         for a, p in zip(before, model.parameters()))
+        results["noise_untouched"] = all(
+            torch.equal(a, p.detach().full_tensor()) for a, p in zip(before, model.parameters())
+        )
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
     finally:
         shut_down()
@@ -131,8 +155,7 @@ def test_fsdp2_equals_unsharded_training(ranks, mode, backend, lars):
             torch.testing.assert_close(p, q, rtol=0, atol=ITERATIONS * 2 * BATCH * eps * 4)
     # the comparison can fail: the other mode (or no LARS) ends elsewhere
     other = _unsharded("past" if mode == "local" else "local", backend, lars if lars == "lamb" else not lars)
-    assert not all(torch.allclose(p, q, atol=1e-4) for p, q in zip(ranks[0][(mode, backend, lars)]["params"],
-                                                                    other))
+    assert not all(torch.allclose(p, q, atol=1e-4) for p, q in zip(ranks[0][(mode, backend, lars)]["params"], other))
 
 
 def test_fsdp2_refuses_noise_mode_before_touching_anything(ranks):

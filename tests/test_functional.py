@@ -1,5 +1,6 @@
 """The public functional API (extrap_kernels.functional) against the optimizer classes: the same steps on
 the same backend, so the same bits, with the state held by the caller; and its refusals."""
+
 import pytest
 import torch
 
@@ -40,12 +41,21 @@ def test_sgd_is_extrap_sgd(backend, mode):
     mode_ = "past" if store else mode
     options = dict(lr=0.1, momentum=0.9, weight_decay=0.01, noise_std=0.05, seed=3)
     if mode is None:
-        expected = _class_run(lambda ps: ek.FusedSGD(ps, backend=backend, **{k: v for k, v in options.items()
-                                                                               if k not in ("noise_std", "seed")}),
-                              params, grads, False)
+        expected = _class_run(
+            lambda ps: ek.FusedSGD(
+                ps, backend=backend, **{k: v for k, v in options.items() if k not in ("noise_std", "seed")}
+            ),
+            params,
+            grads,
+            False,
+        )
     else:
-        expected = _class_run(lambda ps: ek.ExtrapSGD(ps, gamma=0.05, mode=mode_, store_anchor=store,
-                                                      backend=backend, **options), params, grads, mode == "local")
+        expected = _class_run(
+            lambda ps: ek.ExtrapSGD(ps, gamma=0.05, mode=mode_, store_anchor=store, backend=backend, **options),
+            params,
+            grads,
+            mode == "local",
+        )
     xs = [p.clone() for p in params]
     momenta = [torch.zeros_like(p) for p in params]
     steps = [torch.tensor(0.0) for _ in params]
@@ -55,13 +65,34 @@ def test_sgd_is_extrap_sgd(backend, mode):
     gamma = 0.0 if mode is None else 0.05
     for step in range(STEPS):
         if mode == "local":
-            functional.sgd(xs, grads[2 * step], momenta, steps, anchors, gamma=gamma, mode="local", extrapolate=True,
-                           backend=backend, **options)
-            functional.sgd(xs, grads[2 * step + 1], momenta, steps, anchors, gamma=gamma, mode="local",
-                           backend=backend, **options)
+            functional.sgd(
+                xs,
+                grads[2 * step],
+                momenta,
+                steps,
+                anchors,
+                gamma=gamma,
+                mode="local",
+                extrapolate=True,
+                backend=backend,
+                **options,
+            )
+            functional.sgd(
+                xs, grads[2 * step + 1], momenta, steps, anchors, gamma=gamma, mode="local", backend=backend, **options
+            )
         else:
-            functional.sgd(xs, grads[2 * step], momenta, steps, anchors, last_gammas, gamma=gamma, mode=mode_,
-                           backend=backend, **options)
+            functional.sgd(
+                xs,
+                grads[2 * step],
+                momenta,
+                steps,
+                anchors,
+                last_gammas,
+                gamma=gamma,
+                mode=mode_,
+                backend=backend,
+                **options,
+            )
     for x, e in zip(xs, expected):
         assert torch.equal(x, e)
     assert all(float(s) == STEPS for s in steps)
@@ -74,22 +105,45 @@ def test_sgd_is_extrap_sgd(backend, mode):
 def test_adaptive_is_the_class(backend, base, mode):
     params, grads = _problem(1)
     if base == "adamw":
-        expected = _class_run(lambda ps: ek.ExtrapAdamW(ps, lr=0.01, gamma=0.02, mode=mode, backend=backend),
-                              params, grads, mode == "local")
+        expected = _class_run(
+            lambda ps: ek.ExtrapAdamW(ps, lr=0.01, gamma=0.02, mode=mode, backend=backend),
+            params,
+            grads,
+            mode == "local",
+        )
     else:
-        expected = _class_run(lambda ps: ek.ExtrapLAMB(ps, lr=0.01, gamma=0.02, mode=mode, max_grad_norm=0.5,
-                                                       backend=backend), params, grads, mode == "local")
+        expected = _class_run(
+            lambda ps: ek.ExtrapLAMB(ps, lr=0.01, gamma=0.02, mode=mode, max_grad_norm=0.5, backend=backend),
+            params,
+            grads,
+            mode == "local",
+        )
     xs = [p.clone() for p in params]
     m, v = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
     steps, anchors = [torch.tensor(0.0) for _ in params], [p.clone() for p in params]
 
     def step(g, **kw):
         if base == "adamw":
-            functional.adam(xs, g, m, v, None, steps, anchors, lr=0.01, gamma=0.02, mode=mode, weight_decay=0.01,
-                            decoupled_weight_decay=True, backend=backend, **kw)
+            functional.adam(
+                xs,
+                g,
+                m,
+                v,
+                None,
+                steps,
+                anchors,
+                lr=0.01,
+                gamma=0.02,
+                mode=mode,
+                weight_decay=0.01,
+                decoupled_weight_decay=True,
+                backend=backend,
+                **kw,
+            )
         else:
-            functional.lamb(xs, g, m, v, steps, anchors, lr=0.01, gamma=0.02, mode=mode, max_grad_norm=0.5,
-                            backend=backend, **kw)
+            functional.lamb(
+                xs, g, m, v, steps, anchors, lr=0.01, gamma=0.02, mode=mode, max_grad_norm=0.5, backend=backend, **kw
+            )
 
     for i in range(STEPS):
         if mode == "local":
@@ -112,13 +166,21 @@ def test_refusals_write_nothing():
     with pytest.raises(ValueError, match="momentum_buffers"):
         functional.sgd(xs, grads[0], None, steps, lr=0.1, momentum=0.9, mode=None)
     with pytest.raises(ValueError, match="extrapolate=True belongs to mode='local'"):
-        functional.sgd(xs, grads[0], momenta, steps, [p.clone() for p in params], lr=0.1, momentum=0.9,
-                       extrapolate=True)
+        functional.sgd(
+            xs, grads[0], momenta, steps, [p.clone() for p in params], lr=0.1, momentum=0.9, extrapolate=True
+        )
     bad = [g.double() for g in grads[0]]
     with pytest.raises(TypeError, match="mismatched dtypes"):
         functional.sgd(xs, bad, momenta, steps, lr=0.1, momentum=0.9, mode=None)
     halves = [p.bfloat16() for p in params]
     with pytest.raises(ValueError, match="need anchors"):
-        functional.sgd(halves, [g.bfloat16() for g in grads[0]], [torch.zeros_like(p) for p in params], steps,
-                       lr=0.1, momentum=0.9, mode="local")
+        functional.sgd(
+            halves,
+            [g.bfloat16() for g in grads[0]],
+            [torch.zeros_like(p) for p in params],
+            steps,
+            lr=0.1,
+            momentum=0.9,
+            mode="local",
+        )
     assert all(torch.equal(x, p) for x, p in zip(xs, params)) and all(float(s) == 0 for s in steps)

@@ -1,18 +1,23 @@
 """GPU suite (marker `gpu`; skipped without CUDA): the `cuda` and `triton` backends on CUDA tensors
 against the reference, found_inf skip, determinism, and a tensor over 2**31 elements."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import GPU_BACKENDS, assert_within, noise_tolerance, output_ulp, trajectory_tolerance
 
 import extrap_kernels as ek
 
-from conftest import GPU_BACKENDS, assert_within, noise_tolerance, output_ulp, trajectory_tolerance
-
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not GPU_BACKENDS, reason="no CUDA device or GPU backend")]
-OPTIONS = [dict(mode=m, momentum=mu, nesterov=n, weight_decay=1e-3, lars=lars, noise_std=0.01, seed=3)
-           for m in ("past", "local", "noise") for mu in (0.0, 0.9) for n in (False, True) for lars in (False, True)
-           if not (n and mu == 0)]
+OPTIONS = [
+    dict(mode=m, momentum=mu, nesterov=n, weight_decay=1e-3, lars=lars, noise_std=0.01, seed=3)
+    for m in ("past", "local", "noise")
+    for mu in (0.0, 0.9)
+    for n in (False, True)
+    for lars in (False, True)
+    if not (n and mu == 0)
+]
 SIZES = [0, 1, 3, 4097, 65536 + 5, 300_001]
 
 
@@ -89,12 +94,21 @@ def test_gpu_tensor_over_2_pow_31(backend):
 def test_gpu_graph_capture_equals_eager(backend, mode):
     """lr and gamma as device tensors: a whole step captured in a CUDA graph and replayed with a new lr
     gives what eager steps give, bit for bit."""
+
     def setup():
         torch.manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(n, device="cuda")) for n in (5, 70_001)]
         lr = torch.tensor(0.1, device="cuda")
-        opt = ek.ExtrapSGD(params, lr=lr, gamma=torch.tensor(0.05, device="cuda"), mode=mode, momentum=0.9,
-                           lars=True, noise_std=0.01, backend=backend)
+        opt = ek.ExtrapSGD(
+            params,
+            lr=lr,
+            gamma=torch.tensor(0.05, device="cuda"),
+            mode=mode,
+            momentum=0.9,
+            lars=True,
+            noise_std=0.01,
+            backend=backend,
+        )
         grads = [torch.randn(4, *p.shape, device="cuda") for p in params]
         return params, lr, opt, grads
 
@@ -144,6 +158,7 @@ ADAPTIVE_GPU_BACKENDS = [b for b in GPU_BACKENDS if "adam" in ek.backends.BACKEN
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_gpu_adaptive_matches_reference(backend, cls, mode, dtype):
     from test_adaptive import trajectory_against_reference
+
     trajectory_against_reference(backend, cls, mode, dtype, "cuda")
 
 
@@ -152,11 +167,14 @@ def test_gpu_lamb_is_deterministic_and_captures(backend):
     """LAMB's three passes (global norm, reading pass, update) give the same bits twice, and a step captured
     in a CUDA graph replays what eager steps do, with its betas as device tensors changed between replays:
     nothing in them synchronizes with or copies from the host."""
+
     def setup():
         torch.manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(n, device="cuda")) for n in (5, 70_001, 3 * 65536 + 1)]
-        betas = (torch.tensor(0.9, dtype=torch.float64, device="cuda"),
-                 torch.tensor(0.999, dtype=torch.float64, device="cuda"))
+        betas = (
+            torch.tensor(0.9, dtype=torch.float64, device="cuda"),
+            torch.tensor(0.999, dtype=torch.float64, device="cuda"),
+        )
         opt = ek.ExtrapLAMB(params, lr=0.01, betas=betas, weight_decay=0.01, max_grad_norm=1.0, backend=backend)
         return params, opt
 

@@ -1,5 +1,6 @@
 """benchmarks/gpu_report.py's deadline, without a GPU: a lent machine's time is short, and the report must
 end inside one device call with whatever it reached written down."""
+
 from __future__ import annotations
 
 import sys
@@ -11,11 +12,13 @@ def test_steps_run_in_order_within_the_deadline(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_report, "LEAST", 1)
     monkeypatch.setattr(gpu_report, "BENCH_RESERVE", 1)
     py = sys.executable
-    chosen = [("first", [py, "-c", "print('first done')"], 60, ""),
-              ("bench", [py, "-c", "import sys; print('told', sys.argv[1])", "{seconds}"], 60, ""),
-              ("slow", [py, "-c", "import time; print('sleeping', flush=True); time.sleep(60)"], 60, ""),
-              ("late", [py, "-c", "print('late done')"], 60, ""),
-              ("absent", None, 0, "no such tool here")]
+    chosen = [
+        ("first", [py, "-c", "print('first done')"], 60, ""),
+        ("bench", [py, "-c", "import sys; print('told', sys.argv[1])", "{seconds}"], 60, ""),
+        ("slow", [py, "-c", "import time; print('sleeping', flush=True); time.sleep(60)"], 60, ""),
+        ("late", [py, "-c", "print('late done')"], 60, ""),
+        ("absent", None, 0, "no such tool here"),
+    ]
     ok = gpu_report.run_steps(chosen, tmp_path, seconds=4, env={}, header="device: none", slug="dev")
     assert not ok  # the slow step was cut
     summary = (tmp_path / "summary.txt").read_text().splitlines()
@@ -42,7 +45,9 @@ def test_the_gpu_image_has_every_package_the_report_needs(tmp_path):
     here; and it can fail: a requirement the image has not is reported."""
     assert gpu_report.wheels_to_carry() == []
     requirements = tmp_path / "requirements.txt"
-    requirements.write_text("# a comment\nnumpy>=2\nTriton==3.7.1  # pinned\nno-such-package[extra]; python_version>'3'\n")
+    requirements.write_text(
+        "# a comment\nnumpy>=2\nTriton==3.7.1  # pinned\nno-such-package[extra]; python_version>'3'\n"
+    )
     assert gpu_report.requirement_names(requirements) == ["numpy", "triton", "no-such-package"]
     image = set(gpu_report.requirement_names(gpu_report.ROOT / "benchmarks" / "gpu_image.txt"))
     assert {"torch", "triton", "pytest", "hypothesis"} <= image and "no-such-package" not in image

@@ -1,6 +1,7 @@
 """The package without its compiled extension: it imports, the foreach and reference backends run, and
 EXTRAP_JIT=1 without a compiler says what is missing instead of failing the step. (The install commands
 themselves run in fresh virtualenvs in CI: `make install-check`.)"""
+
 from __future__ import annotations
 
 import shutil
@@ -29,8 +30,9 @@ except RuntimeError as err:
 
 
 def _copy_without_extension(tmp_path: Path) -> Path:
-    shutil.copytree(ROOT / "extrap_kernels", tmp_path / "extrap_kernels",
-                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    shutil.copytree(
+        ROOT / "extrap_kernels", tmp_path / "extrap_kernels", ignore=shutil.ignore_patterns("*.so", "__pycache__")
+    )
     shutil.copytree(ROOT / "csrc", tmp_path / "csrc")
     return tmp_path
 
@@ -38,8 +40,9 @@ def _copy_without_extension(tmp_path: Path) -> Path:
 def _probe(tmp_path, **env):
     root = _copy_without_extension(tmp_path)
     full_env = {"PATH": "/usr/bin:/bin", "TRITON_INTERPRET": "0", **env}
-    return subprocess.run([sys.executable, "-c", PROBE, str(root)], cwd=root, env=full_env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", PROBE, str(root)], cwd=root, env=full_env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_without_the_extension_the_python_backends_run(tmp_path):
@@ -72,11 +75,19 @@ else:
 def test_an_older_torch_is_refused_at_import_with_the_reason():
     """Below the oldest torch that is built and tested (extrap_kernels.OLDEST_TORCH) the import says which
     torch it found and what to do; the oldest itself, and a local build of it, import."""
+
     def probe(version):
-        return subprocess.run([sys.executable, "-c", "import sys\n" + OLD_TORCH, version], cwd=ROOT,
-                              capture_output=True, text=True, timeout=300).stdout
-    assert ("refused: extrap-kernels needs torch >= 2.11; this Python has torch 2.10.0+cu128. Upgrade torch"
-            in probe("2.10.0+cu128"))
+        return subprocess.run(
+            [sys.executable, "-c", "import sys\n" + OLD_TORCH, version],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        ).stdout
+
+    assert "refused: extrap-kernels needs torch >= 2.11; this Python has torch 2.10.0+cu128. Upgrade torch" in probe(
+        "2.10.0+cu128"
+    )
     assert "refused: extrap-kernels needs torch >= 2.11" in probe("1.13.1")
     assert "imported" in probe("2.11.0+cu130")
     assert "imported" in probe("2.14.0a0+git1234")

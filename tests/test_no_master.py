@@ -8,6 +8,7 @@ except where its own fp32 rounding of a value moved it across the random thresho
 ulp, for a handful of elements. The rounding itself is tested for what it promises: unbiased (the mean
 of many rounded trajectories is the fp32 trajectory), deterministic for a seed, and independent of the
 launch layout."""
+
 from __future__ import annotations
 
 import copy
@@ -15,11 +16,10 @@ import math
 
 import pytest
 import torch
+from conftest import CPU_BACKENDS
 
 import extrap_kernels as ek
 from extrap_kernels import rounding
-
-from conftest import CPU_BACKENDS
 
 ALL = CPU_BACKENDS + ["reference"]
 SIXTEEN = [torch.bfloat16, torch.float16]
@@ -40,8 +40,9 @@ def _grads(params, step, scale=1.0):
 
 def _make(kind, params, backend, **extra):
     if kind == "fused-sgd":
-        return ek.FusedSGD(params, lr=0.05, momentum=0.9, weight_decay=1e-3, seed=11, master_weights=False,
-                           backend=backend, **extra)
+        return ek.FusedSGD(
+            params, lr=0.05, momentum=0.9, weight_decay=1e-3, seed=11, master_weights=False, backend=backend, **extra
+        )
     return ek.ExtrapSGD(params, mode=kind, master_weights=False, backend=backend, **OPTIONS, **extra)
 
 
@@ -69,8 +70,9 @@ def test_every_backend_rounds_as_the_reference(backend, kind, dtype):
     ulp = torch.finfo(dtype).eps
     total = sum(p.numel() for p in ours)
     for p, q in zip(ours, oracle):
-        for a, b in [(p.detach(), q.detach())] + [(opt.state[p][k], ref.state[q][k]) for k in ("anchor", "momentum_buffer")
-                                                  if k in opt.state[p]]:
+        for a, b in [(p.detach(), q.detach())] + [
+            (opt.state[p][k], ref.state[q][k]) for k in ("anchor", "momentum_buffer") if k in opt.state[p]
+        ]:
             assert a.dtype == dtype == b.dtype
             apart = (a.float() - b.float()).abs()
             # a value the two computed one fp32 rounding apart lands on the other neighbour only if the random
@@ -86,7 +88,7 @@ def test_rounding_is_unbiased_and_lands_on_a_neighbour(dtype):
     the fp32 value. The mean of n draws has standard deviation <= ulp / (2 sqrt(n)); a 6-sigma bound fails
     by chance with probability ~2e-9 per value."""
     gen = torch.Generator().manual_seed(0)
-    values = torch.cat([torch.randn(64, generator=gen) * 10.0 ** e for e in (-6, -2, 0, 2)])
+    values = torch.cat([torch.randn(64, generator=gen) * 10.0**e for e in (-6, -2, 0, 2)])
     if dtype == torch.float16:
         values = torch.cat([values, torch.tensor([3e-8, -5e-8, 1e-5, 6e4])])  # subnormal and near-max fp16
     draws = 4096
@@ -94,7 +96,9 @@ def test_rounding_is_unbiased_and_lands_on_a_neighbour(dtype):
     bits = rounding.philox.noise_bits(7 ^ rounding.ROUNDING_KEY, torch.tensor(1), torch.tensor(0), element)[0]
     rounded = rounding.stochastic_round(values.repeat(draws), dtype, bits).float().view(draws, -1)
     lower = values.to(dtype).float()
-    nearest_down = torch.where(lower > values, torch.nextafter(lower.to(dtype), torch.tensor(-math.inf, dtype=dtype)).float(), lower)
+    nearest_down = torch.where(
+        lower > values, torch.nextafter(lower.to(dtype), torch.tensor(-math.inf, dtype=dtype)).float(), lower
+    )
     gap = torch.nextafter(nearest_down.to(dtype), torch.tensor(math.inf, dtype=dtype)).float() - nearest_down
     on_neighbour = (rounded == nearest_down) | (rounded == nearest_down + gap)
     assert bool(on_neighbour.all())
@@ -131,7 +135,7 @@ def test_mean_of_rounded_trajectories_is_the_fp32_trajectory(backend, dtype):
             params[0].grad = g.to(dtype)
             lean.step()
         means += params[0].detach().double() / runs
-    ulp = torch.finfo(dtype).eps * fp32.abs().clamp_min(2.0 ** -14)
+    ulp = torch.finfo(dtype).eps * fp32.abs().clamp_min(2.0**-14)
     start = _params(dtype, sizes=sizes)[0].detach().double()
     assert bool(((means - fp32).abs() <= 6 * ulp * math.sqrt(steps / runs) / 2).all())
     assert bool(((fp32 - start).abs() > 6 * ulp * math.sqrt(steps / runs) / 2).any())  # it did move
@@ -148,8 +152,7 @@ def test_deterministic_for_a_seed_and_apart_from_the_noise(backend):
     runs = []
     for seed in (11, 11, 12):
         params = _params(torch.bfloat16)
-        opt = ek.ExtrapSGD(params, mode="past", master_weights=False, backend=backend,
-                           **{**OPTIONS, "seed": seed})
+        opt = ek.ExtrapSGD(params, mode="past", master_weights=False, backend=backend, **{**OPTIONS, "seed": seed})
         _train("past", opt, params, 3)
         runs.append(torch.cat([p.detach().float() for p in params]))
     assert torch.equal(runs[0], runs[1])
@@ -179,8 +182,10 @@ def test_state_bytes_and_checkpoints(backend):
     params = _params(torch.bfloat16)
     opt = _make("past", params, backend)
     _train("past", opt, params, 3)
-    held = sum(p.numel() * p.element_size() + sum(t.numel() * t.element_size() for t in opt.state[p].values()
-                                                  if t.dim() > 0) for p in params)
+    held = sum(
+        p.numel() * p.element_size() + sum(t.numel() * t.element_size() for t in opt.state[p].values() if t.dim() > 0)
+        for p in params
+    )
     assert held == 6 * sum(SIZES)
     saved = copy.deepcopy((params, opt.state_dict()))
     resumed = [torch.nn.Parameter(p.detach().clone()) for p in saved[0]]

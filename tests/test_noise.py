@@ -1,26 +1,30 @@
 """Mode "noise" draws the same numbers on every backend (SPEC): the Philox integers exactly, the
 normals to the float32 rounding of log and cos."""
+
 from __future__ import annotations
 
 import os
 
 import pytest
 import torch
+from conftest import over_backends
 from hypothesis import given
 from hypothesis import strategies as st
 
 import extrap_kernels as ek
 from extrap_kernels import _ext, philox
 
-from conftest import over_backends
-
 needs_ext = pytest.mark.skipif(_ext.load() is None, reason="extension not built")
 NORMAL_ATOL = 5.7 * 4 * torch.finfo(torch.float32).eps  # see conftest.noise_tolerance
 
 
 @needs_ext
-@given(seed=st.integers(0, 2**64 - 1), step=st.integers(0, 2**32 - 1), index=st.integers(0, 2**32 - 1),
-       numel=st.integers(0, 300))
+@given(
+    seed=st.integers(0, 2**64 - 1),
+    step=st.integers(0, 2**32 - 1),
+    index=st.integers(0, 2**32 - 1),
+    numel=st.integers(0, 300),
+)
 def test_header_generator_matches_torch_generator(seed, step, index, numel):
     signed_seed = seed - 2**64 if seed >= 2**63 else seed  # the same 64 bits as an int64
     bits, normal = _ext.load().noise(signed_seed, step, index, numel)

@@ -1,18 +1,18 @@
 """norms.squares, the per-tensor sums of squares behind LARS's trust ratios and LAMB's clipping: the CPU
 extension's operator (torch.ops.extrap_kernels.squares) against a float64 sum at many shapes and dtypes,
 with a bound derived from how it adds; torch's _foreach_norm elsewhere, which it must agree with."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CPU_BACKENDS, DTYPES
 from hypothesis import given
 from hypothesis import strategies as st
 
 import extrap_kernels as ek
 from extrap_kernels import norms
 from extrap_kernels.bucket import state_dtype
-
-from conftest import CPU_BACKENDS, DTYPES
 
 pytestmark = pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="extension not built")
 CHUNK, LANES = 1 << 16, 16  # csrc/cpu: elements of a span, independent sums in a span
@@ -25,10 +25,14 @@ def squares_bound(dtype: torch.dtype, exact: torch.Tensor) -> torch.Tensor:
     return (CHUNK // LANES + LANES + 1) * eps * exact + torch.finfo(torch.float64).tiny
 
 
-@given(dtype=st.sampled_from(DTYPES),
-       sizes=st.lists(st.sampled_from([0, 1, 2, 15, 16, 17, 1000, CHUNK - 1, CHUNK + 3, 3 * CHUNK + 17]),
-                      min_size=1, max_size=5),
-       scale=st.sampled_from([1e-3, 1.0, 300.0]), seed=st.integers(0, 2**31 - 1))
+@given(
+    dtype=st.sampled_from(DTYPES),
+    sizes=st.lists(
+        st.sampled_from([0, 1, 2, 15, 16, 17, 1000, CHUNK - 1, CHUNK + 3, 3 * CHUNK + 17]), min_size=1, max_size=5
+    ),
+    scale=st.sampled_from([1e-3, 1.0, 300.0]),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_squares_against_float64(dtype, sizes, scale, seed):
     gen = torch.Generator().manual_seed(seed)
     tensors = [(torch.randn(n, generator=gen, dtype=torch.float64) * scale).to(dtype) for n in sizes]

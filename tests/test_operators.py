@@ -1,13 +1,13 @@
 """The kernels as PyTorch operators (torch.ops.extrap_kernels.*): FakeTensor/meta support, a traced
 call equal to an eager one, and torch.compile around the optimizers' step."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CPU_BACKENDS
 
 import extrap_kernels as ek
-
-from conftest import CPU_BACKENDS
 
 pytestmark = pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="extension not built")
 
@@ -19,14 +19,12 @@ def _launch(seed=0, n=2, numel=5):
 
 
 def _past(x, g, s, m, steps):
-    torch.ops.extrap_kernels.update_past_(x, g, s, m, steps, list(range(len(x))), [], lr=0.1, gamma=0.01,
-                                          momentum=0.9)
+    torch.ops.extrap_kernels.update_past_(x, g, s, m, steps, list(range(len(x))), [], lr=0.1, gamma=0.01, momentum=0.9)
 
 
 def test_every_phase_is_registered_with_its_schema():
     ek._ext.load()
-    for name in ("extrapolate_", "update_", "update_past_", "update_noise_",
-                 "update_past_anchor_free_"):
+    for name in ("extrapolate_", "update_", "update_past_", "update_noise_", "update_past_anchor_free_"):
         schema = str(getattr(torch.ops.extrap_kernels, name).default._schema)
         assert "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] anchors" in schema
         assert schema.endswith("-> ()")
@@ -76,11 +74,15 @@ def _train(make, compile_what: str | None, steps=4):
     return [p.detach().clone() for p in model.parameters()]
 
 
-MAKERS = pytest.mark.parametrize("make", [
-    lambda p: ek.ExtrapSGD(p, lr=0.1, momentum=0.9),
-    lambda p: ek.ExtrapSGD(p, lr=0.1, momentum=0.9, mode="noise"),
-    lambda p: ek.FusedSGD(p, lr=0.1, momentum=0.9, nesterov=True),
-], ids=["past", "noise", "fused-sgd"])
+MAKERS = pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: ek.ExtrapSGD(p, lr=0.1, momentum=0.9),
+        lambda p: ek.ExtrapSGD(p, lr=0.1, momentum=0.9, mode="noise"),
+        lambda p: ek.FusedSGD(p, lr=0.1, momentum=0.9, nesterov=True),
+    ],
+    ids=["past", "noise", "fused-sgd"],
+)
 
 
 @MAKERS

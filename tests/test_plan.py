@@ -5,16 +5,16 @@ reused), and once with the plan thrown away before every step (planned anew each
 Between steps it changes something a plan is built from. Both runs must end bit-identical: a plan that
 missed the change would keep stepping the old tensors, options or buckets, and the runs would differ.
 """
+
 from __future__ import annotations
 
 import copy
 
 import pytest
 import torch
+from conftest import CPU_BACKENDS
 
 import extrap_kernels as ek
-
-from conftest import CPU_BACKENDS
 
 SHAPES = [(4,), (2, 3), (5,)]
 
@@ -78,12 +78,14 @@ def _assert_same(runs):
 def extrap(**kwargs):
     def make(params, backend):
         return ek.ExtrapSGD(params, lr=0.1, momentum=0.9, backend=backend, **{"gamma": 0.05, **kwargs})
+
     return make
 
 
 def fused(**kwargs):
     def make(params, backend):
         return ek.FusedSGD(params, lr=0.1, backend=backend, **kwargs)
+
     return make
 
 
@@ -143,11 +145,27 @@ def test_a_parameter_gains_or_loses_its_gradient(backend, change):
 
 
 @over
-@pytest.mark.parametrize("option, value", [
-    ("lr", 0.02), ("gamma", 0.3), ("gamma", None), ("momentum", 0.5), ("momentum", 0.0), ("dampening", 0.1),
-    ("weight_decay", 1e-2), ("nesterov", True), ("maximize", True), ("mode", "noise"), ("mode", "local"),
-    ("past", "grad"), ("lars", True), ("noise_std", 0.5), ("seed", 7), ("store_anchor", True),
-])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("lr", 0.02),
+        ("gamma", 0.3),
+        ("gamma", None),
+        ("momentum", 0.5),
+        ("momentum", 0.0),
+        ("dampening", 0.1),
+        ("weight_decay", 1e-2),
+        ("nesterov", True),
+        ("maximize", True),
+        ("mode", "noise"),
+        ("mode", "local"),
+        ("past", "grad"),
+        ("lars", True),
+        ("noise_std", 0.5),
+        ("seed", 7),
+        ("store_anchor", True),
+    ],
+)
 def test_a_changed_group_option(backend, option, value):
     def scenario(opt, params):
         for group in opt.param_groups:
@@ -161,12 +179,18 @@ def test_a_changed_group_option(backend, option, value):
 @pytest.mark.parametrize("option, value", [("store_anchor", False), ("nesterov", False), ("lars", False)])
 def test_a_group_option_that_drops_the_stored_anchor(backend, option, value):
     """From a stored anchor to the anchor-free past update (the state converted at the next plan)."""
+
     def scenario(opt, params):
         for group in opt.param_groups:
             group[option] = value
 
-    _assert_same(_run(extrap(store_anchor=option == "store_anchor", nesterov=option == "nesterov",
-                             lars=option == "lars"), scenario, backend))
+    _assert_same(
+        _run(
+            extrap(store_anchor=option == "store_anchor", nesterov=option == "nesterov", lars=option == "lars"),
+            scenario,
+            backend,
+        )
+    )
 
 
 @over
@@ -197,6 +221,7 @@ def test_a_tensor_lr(backend, how):
 def test_a_tensor_lr_of_another_dtype_is_read_every_step(backend):
     """A float64 lr is converted to the fp32 state dtype for the kernels, a copy: the copy must be made
     again each step, or an in-place schedule would be missed."""
+
     def make(params, b):
         return ek.ExtrapSGD(params, lr=torch.tensor(0.1, dtype=torch.float64), momentum=0.9, backend=b)
 
@@ -233,6 +258,7 @@ def test_state_deleted(backend, how):
 @over
 def test_a_parameter_reallocated(backend):
     """`p.data = ...` gives the parameter new storage: the kernels must write the new one."""
+
     def scenario(opt, params):
         for p in params:
             p.data = p.data.clone() * 0.5
@@ -244,6 +270,7 @@ def test_a_parameter_reallocated(backend):
 def test_a_parameter_reallocated_with_another_dtype(backend):
     """A parameter that becomes fp64 (its gradients too) moves to an fp64 bucket; FusedSGD without
     momentum keeps no dtype-bound state, so the step goes on."""
+
     def make(params, b):
         opt = fused()(params, b)
         return opt

@@ -1,15 +1,15 @@
 """gamma = 0 is exactly the base optimizer: ExtrapSGD (every mode) and FusedSGD against
 torch.optim.SGD for each of its option combinations, within fp32 rounding."""
+
 from __future__ import annotations
 
 import itertools
 
 import pytest
 import torch
+from conftest import CPU_BACKENDS, TRITON_INTERPRETED, assert_within, output_ulp, steps_for, trajectory_tolerance
 
 import extrap_kernels as ek
-
-from conftest import CPU_BACKENDS, TRITON_INTERPRETED, assert_within, output_ulp, steps_for, trajectory_tolerance
 
 STEPS = 25
 SGD_OPTIONS = [
@@ -42,24 +42,30 @@ def _run_pair(make_ours, options, shapes=((3, 5), (1,), (65537,), (0,)), dtype=t
 def test_gamma_zero_is_torch_sgd(backend, mode, options):
     steps = steps_for(backend, STEPS)
     opt, sgd, ours, theirs = _run_pair(
-        lambda ps: ek.ExtrapSGD(ps, lr=0.05, gamma=0.0, mode=mode, backend=backend, **options), options, steps=steps)
+        lambda ps: ek.ExtrapSGD(ps, lr=0.05, gamma=0.0, mode=mode, backend=backend, **options), options, steps=steps
+    )
     magnitude = max(float(q.detach().abs().max()) for q in theirs if q.numel()) + 5.0
     tol = trajectory_tolerance(torch.float32, steps, magnitude, options["momentum"])
     for p, q in zip(ours, theirs):
         torch.testing.assert_close(p.detach(), q.detach(), atol=tol, rtol=0)
         if options["momentum"]:
-            torch.testing.assert_close(opt.state[p]["momentum_buffer"], sgd.state[q]["momentum_buffer"],
-                                       atol=tol, rtol=0)
+            torch.testing.assert_close(
+                opt.state[p]["momentum_buffer"], sgd.state[q]["momentum_buffer"], atol=tol, rtol=0
+            )
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS + ["reference"])
-@pytest.mark.parametrize("options", [o for o in SGD_OPTIONS if not o["maximize"]],
-                         ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items() if k != "maximize"))
+@pytest.mark.parametrize(
+    "options",
+    [o for o in SGD_OPTIONS if not o["maximize"]],
+    ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items() if k != "maximize"),
+)
 def test_fused_sgd_is_torch_sgd(backend, options):
     apex_options = {k: v for k, v in options.items() if k != "maximize"}
     steps = steps_for(backend, STEPS)
-    opt, sgd, ours, theirs = _run_pair(lambda ps: ek.FusedSGD(ps, lr=0.05, backend=backend, **apex_options), options,
-                                       steps=steps)
+    opt, sgd, ours, theirs = _run_pair(
+        lambda ps: ek.FusedSGD(ps, lr=0.05, backend=backend, **apex_options), options, steps=steps
+    )
     magnitude = max(float(q.detach().abs().max()) for q in theirs if q.numel()) + 5.0
     tol = trajectory_tolerance(torch.float32, steps, magnitude, options["momentum"])
     for p, q in zip(ours, theirs):
@@ -98,8 +104,9 @@ def test_fused_sgd_bf16_keeps_fp32_master(backend):
         p.grad, sgd_ref.grad = g, g.float()
         opt.step()
         sgd.step()
-    torch.testing.assert_close(opt.state[p]["anchor"], sgd_ref.detach(),
-                               atol=trajectory_tolerance(torch.bfloat16, STEPS, 5.0, 0.9), rtol=0)
+    torch.testing.assert_close(
+        opt.state[p]["anchor"], sgd_ref.detach(), atol=trajectory_tolerance(torch.bfloat16, STEPS, 5.0, 0.9), rtol=0
+    )
     rounded = opt.state[p]["anchor"].to(torch.bfloat16)
     if backend == "triton" and TRITON_INTERPRETED:  # the interpreter truncates fp32 -> bf16
         assert_within(p.detach(), rounded, output_ulp(torch.bfloat16, rounded), "bf16 parameter")

@@ -1,6 +1,7 @@
 """The Triton kernel compiles for sm_80 and sm_90 in every specialization of the cover in
 tests/triton_aot.py, without a GPU (issue 13: compile-only errors are caught on every CI run), and its
 hot specializations move their arrays in 128-bit accesses (the PTX check there, with its control)."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_specialization_compiles_for_sm80_and_sm90():
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "triton_aot.py"), "--arch", "80,90"], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "triton_aot.py"), "--arch", "80,90"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     counts = re.search(r"compiled (\d+) of (\d+) specializations", result.stdout)
     assert counts and counts[1] == counts[2] and int(counts[2]) >= 60, result.stdout

@@ -1,6 +1,7 @@
 """What each phase moves, for the checks that read compiled kernels (triton_aot.py's PTX check, cuda_sass.py's
 SASS check): SPEC's traffic, as csrc/extrap_math.h's reads_param, stores_anchor and stores_momentum say (and, for the
 adaptive bases, csrc/cuda/extrap_cuda.cu's adaptive_kernel)."""
+
 from __future__ import annotations
 
 

@@ -7,9 +7,11 @@ The adaptive bases' kernels (triton_adaptive.py) are compiled the same way: ever
 switch once, LAMB's reading pass and its per-tensor sums.
 
 It then reads the PTX of the hot specializations (every phase with momentum, and every adaptive phase
-without amsgrad, fp32 and bf16, on 16-byte aligned buckets) and fails unless each array a phase moves is loaded and stored in 128-bit accesses in
+without amsgrad, fp32 and bf16, on 16-byte aligned buckets) and fails
+unless each array a phase moves is loaded and stored in 128-bit accesses in
 the whole-block path: as many of them as the block's bytes per thread make (SPEC's traffic per phase).
 The same phase on an unaligned bucket, which must show none, is the control."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,22 +25,36 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the runtime's default,
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from traffic import adaptive_moved_arrays, moved_arrays  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from extrap_kernels.backends import triton_adaptive as ta  # noqa: E402
 from extrap_kernels.backends import triton_kernels as tk  # noqa: E402
-from traffic import adaptive_moved_arrays, moved_arrays  # noqa: E402
 
-DTYPES = {"fp32": (tl.float32, tl.float32, False), "fp64": (tl.float64, tl.float64, False),
-          "bf16": (tl.bfloat16, tl.float32, True), "fp16": (tl.float16, tl.float32, True)}
-BASE = dict(MOMENTUM=True, NESTEROV=False, WD_AFTER_MOMENTUM=False, EXTRAPOLATE_WITH_MOMENTUM=False,
-            PAST_GRAD=False, HAS_TRUST=False, HAS_SCALE=False, HAS_FOUND_INF=False, LR_TENSOR=False,
-            GAMMA_TENSOR=False)
+DTYPES = {
+    "fp32": (tl.float32, tl.float32, False),
+    "fp64": (tl.float64, tl.float64, False),
+    "bf16": (tl.bfloat16, tl.float32, True),
+    "fp16": (tl.float16, tl.float32, True),
+}
+BASE = dict(
+    MOMENTUM=True,
+    NESTEROV=False,
+    WD_AFTER_MOMENTUM=False,
+    EXTRAPOLATE_WITH_MOMENTUM=False,
+    PAST_GRAD=False,
+    HAS_TRUST=False,
+    HAS_SCALE=False,
+    HAS_FOUND_INF=False,
+    LR_TENSOR=False,
+    GAMMA_TENSOR=False,
+)
 
 
 def cover() -> list[tuple[str, dict]]:
-    """Every phase with every parameter dtype (the anchor-free update with fp32 and fp64), and each switch a user can turn on (momentum off, Nesterov,
+    """Every phase with every parameter dtype (the anchor-free update with fp32 and fp64), and each switch a user
+    can turn on (momentum off, Nesterov,
     Apex's wd_after_momentum, extrapolation with momentum, past along g', LARS, AMP, tensor rates) once
     on the one-phase past step of fp32 and of bf16 with its fp32 master."""
     out = []
@@ -48,33 +64,76 @@ def cover() -> list[tuple[str, dict]]:
     for name in ("fp32", "fp64"):  # the anchor-free past update exists for full-precision parameters only
         x, s, master = DTYPES[name]
         out.append((f"phase4-{name}", dict(BASE, PHASE=4, X_DTYPE=x, S_DTYPE=s, MASTER=master)))
-    out.append(("phase4-fp32-amp-rates", dict(BASE, PHASE=4, X_DTYPE=tl.float32, S_DTYPE=tl.float32, MASTER=False,
-                                              HAS_SCALE=True, HAS_FOUND_INF=True, LR_TENSOR=True, GAMMA_TENSOR=True)))
+    out.append(
+        (
+            "phase4-fp32-amp-rates",
+            dict(
+                BASE,
+                PHASE=4,
+                X_DTYPE=tl.float32,
+                S_DTYPE=tl.float32,
+                MASTER=False,
+                HAS_SCALE=True,
+                HAS_FOUND_INF=True,
+                LR_TENSOR=True,
+                GAMMA_TENSOR=True,
+            ),
+        )
+    )
     for name, rounding in (("bf16", 1), ("fp16", 2)):  # 16-bit state without a master, every phase
         x, _, _ = DTYPES[name]
         for phase in range(4):
-            out.append((f"phase{phase}-{name}-no-master", dict(BASE, PHASE=phase, X_DTYPE=x, S_DTYPE=x, MASTER=False,
-                                                              C_DTYPE=tl.float32, ROUNDING=rounding)))
-    switches = [dict(MOMENTUM=False), dict(NESTEROV=True), dict(WD_AFTER_MOMENTUM=True), dict(PAST_GRAD=True),
-                dict(HAS_TRUST=True), dict(HAS_SCALE=True, HAS_FOUND_INF=True), dict(LR_TENSOR=True, GAMMA_TENSOR=True)]
+            out.append(
+                (
+                    f"phase{phase}-{name}-no-master",
+                    dict(BASE, PHASE=phase, X_DTYPE=x, S_DTYPE=x, MASTER=False, C_DTYPE=tl.float32, ROUNDING=rounding),
+                )
+            )
+    switches = [
+        dict(MOMENTUM=False),
+        dict(NESTEROV=True),
+        dict(WD_AFTER_MOMENTUM=True),
+        dict(PAST_GRAD=True),
+        dict(HAS_TRUST=True),
+        dict(HAS_SCALE=True, HAS_FOUND_INF=True),
+        dict(LR_TENSOR=True, GAMMA_TENSOR=True),
+    ]
     for phase in range(5):  # the unaligned path (a misaligned tensor in the bucket) of every phase
         for name in ("fp32", "bf16") if phase != 4 else ("fp32",):
             x, s, master = DTYPES[name]
-            out.append((f"phase{phase}-{name}-unaligned", dict(BASE, PHASE=phase, X_DTYPE=x, S_DTYPE=s, MASTER=master,
-                                                                ALIGNED=False)))
+            out.append(
+                (
+                    f"phase{phase}-{name}-unaligned",
+                    dict(BASE, PHASE=phase, X_DTYPE=x, S_DTYPE=s, MASTER=master, ALIGNED=False),
+                )
+            )
     for name in ("fp32", "bf16"):
         x, s, master = DTYPES[name]
         for switch in switches:
             label = "+".join(k.lower() for k, v in switch.items() if v) or "no-momentum"
             out.append((f"past-{name}-{label}", dict(BASE, PHASE=2, X_DTYPE=x, S_DTYPE=s, MASTER=master, **switch)))
-        out.append((f"extrapolate-{name}-with-momentum", dict(BASE, PHASE=0, X_DTYPE=x, S_DTYPE=s, MASTER=master,
-                                                                 EXTRAPOLATE_WITH_MOMENTUM=True)))
+        out.append(
+            (
+                f"extrapolate-{name}-with-momentum",
+                dict(BASE, PHASE=0, X_DTYPE=x, S_DTYPE=s, MASTER=master, EXTRAPOLATE_WITH_MOMENTUM=True),
+            )
+        )
     return out
 
 
-ADAPTIVE_BASE = dict(AMSGRAD=False, DECOUPLED=True, BIAS_CORRECTION=True, HAS_TRUST=False, HAS_SCALE=False,
-                     HAS_FOUND_INF=False, LR_TENSOR=False, GAMMA_TENSOR=False, BETA1_TENSOR=False, BETA2_TENSOR=False,
-                     GRAD_AVERAGING=True)
+ADAPTIVE_BASE = dict(
+    AMSGRAD=False,
+    DECOUPLED=True,
+    BIAS_CORRECTION=True,
+    HAS_TRUST=False,
+    HAS_SCALE=False,
+    HAS_FOUND_INF=False,
+    LR_TENSOR=False,
+    GAMMA_TENSOR=False,
+    BETA1_TENSOR=False,
+    BETA2_TENSOR=False,
+    GRAD_AVERAGING=True,
+)
 
 
 def adaptive_cover() -> list[tuple[str, str, dict]]:
@@ -84,24 +143,55 @@ def adaptive_cover() -> list[tuple[str, str, dict]]:
     for phase in range(4):
         for name, (x, c, master) in DTYPES.items():
             for aligned in (True, False):
-                out.append(("adaptive", f"adaptive{phase}-{name}{'' if aligned else '-unaligned'}",
-                            dict(ADAPTIVE_BASE, PHASE=phase, X_DTYPE=x, C_DTYPE=c, MASTER=master, ALIGNED=aligned)))
-    switches = [dict(AMSGRAD=True), dict(DECOUPLED=False), dict(BIAS_CORRECTION=False), dict(HAS_TRUST=True),
-                dict(HAS_SCALE=True, HAS_FOUND_INF=True), dict(LR_TENSOR=True, GAMMA_TENSOR=True),
-                dict(BETA1_TENSOR=True, BETA2_TENSOR=True), dict(BETA1_TENSOR=True, GRAD_AVERAGING=False)]
+                out.append(
+                    (
+                        "adaptive",
+                        f"adaptive{phase}-{name}{'' if aligned else '-unaligned'}",
+                        dict(ADAPTIVE_BASE, PHASE=phase, X_DTYPE=x, C_DTYPE=c, MASTER=master, ALIGNED=aligned),
+                    )
+                )
+    switches = [
+        dict(AMSGRAD=True),
+        dict(DECOUPLED=False),
+        dict(BIAS_CORRECTION=False),
+        dict(HAS_TRUST=True),
+        dict(HAS_SCALE=True, HAS_FOUND_INF=True),
+        dict(LR_TENSOR=True, GAMMA_TENSOR=True),
+        dict(BETA1_TENSOR=True, BETA2_TENSOR=True),
+        dict(BETA1_TENSOR=True, GRAD_AVERAGING=False),
+    ]
     for name in ("fp32", "bf16"):
         x, c, master = DTYPES[name]
         for switch in switches:
             label = "+".join(k.lower() for k in switch)
-            out.append(("adaptive", f"adaptive-past-{name}-{label}",
-                        dict(ADAPTIVE_BASE, PHASE=2, X_DTYPE=x, C_DTYPE=c, MASTER=master, ALIGNED=True, **switch)))
+            out.append(
+                (
+                    "adaptive",
+                    f"adaptive-past-{name}-{label}",
+                    dict(ADAPTIVE_BASE, PHASE=2, X_DTYPE=x, C_DTYPE=c, MASTER=master, ALIGNED=True, **switch),
+                )
+            )
     for name, (x, c, _) in DTYPES.items():
         for reads_x in (False, True) if x == c else (False,):
             for amsgrad in (False, True):
-                out.append(("norms", f"norms-{name}{'-x' if reads_x else ''}{'-amsgrad' if amsgrad else ''}",
-                            dict(X_DTYPE=x, C_DTYPE=c, READS_X=reads_x, AMSGRAD=amsgrad, DECOUPLED=True,
-                                 BIAS_CORRECTION=True, HAS_SCALE=True, BETA1_TENSOR=amsgrad, BETA2_TENSOR=amsgrad,
-                                 GRAD_AVERAGING=True)))
+                out.append(
+                    (
+                        "norms",
+                        f"norms-{name}{'-x' if reads_x else ''}{'-amsgrad' if amsgrad else ''}",
+                        dict(
+                            X_DTYPE=x,
+                            C_DTYPE=c,
+                            READS_X=reads_x,
+                            AMSGRAD=amsgrad,
+                            DECOUPLED=True,
+                            BIAS_CORRECTION=True,
+                            HAS_SCALE=True,
+                            BETA1_TENSOR=amsgrad,
+                            BETA2_TENSOR=amsgrad,
+                            GRAD_AVERAGING=True,
+                        ),
+                    )
+                )
         out.append(("sums", f"sums-{name}", dict(C_DTYPE=c)))
     return out
 
@@ -109,28 +199,65 @@ def adaptive_cover() -> list[tuple[str, str, dict]]:
 def compile_adaptive(kernel: str, constexprs: dict, arch: int):
     """triton_adaptive's kernels: `kernel` "adaptive" (a phase), "norms" (LAMB's reading pass) or "sums"."""
     state = {tl.float32: "fp32", tl.float64: "fp64"}[constexprs["C_DTYPE"]]
-    scalars = ["weight_decay", "sign", "beta1", "one_minus_beta2", "beta2", "grad_gain", "eps", "log_beta1",
-               "log_beta2"]
+    scalars = [
+        "weight_decay",
+        "sign",
+        "beta1",
+        "one_minus_beta2",
+        "beta2",
+        "grad_gain",
+        "eps",
+        "log_beta1",
+        "log_beta2",
+    ]
     if kernel == "sums":
-        fn, sig, constexprs = ta._segment_sums_kernel, {"block_sums": f"*{state}", "first_block": "*i64",
-                                                         "sums": f"*{state}"}, dict(SEGMENT=ta.SEGMENT)
+        fn, sig, constexprs = (
+            ta._segment_sums_kernel,
+            {"block_sums": f"*{state}", "first_block": "*i64", "sums": f"*{state}"},
+            dict(SEGMENT=ta.SEGMENT),
+        )
     elif kernel == "norms":
         fn = ta._norms_kernel
-        sig = {"table": "*i64", "numels": "*i64", "block_tensor": "*i32", "block_start": "*i64",
-               "scale_ptr": f"*{state}", "block_sums": f"*{state}", **{k: "fp32" for k in scalars},
-               "beta1_ptr": "*fp64", "beta2_ptr": "*fp64"}
+        sig = {
+            "table": "*i64",
+            "numels": "*i64",
+            "block_tensor": "*i32",
+            "block_start": "*i64",
+            "scale_ptr": f"*{state}",
+            "block_sums": f"*{state}",
+            **{k: "fp32" for k in scalars},
+            "beta1_ptr": "*fp64",
+            "beta2_ptr": "*fp64",
+        }
         constexprs = dict(constexprs, BLOCK=2048)
     else:
         fn = ta._adaptive_kernel
-        sig = {"table": "*i64", "numels": "*i64", "indices": "*i64", "block_tensor": "*i32", "block_start": "*i64",
-               "trust_ptr": f"*{state}", "scale_ptr": f"*{state}", "found_inf_ptr": "*fp32", "lr": "fp32",
-               "gamma": "fp32", "lr_ptr": f"*{state}", "gamma_ptr": f"*{state}", "weight_decay": "fp32",
-               "sign": "fp32", "noise_std": "fp32", "seed": "u64",
-               **{k: "fp32" for k in scalars if k not in ("weight_decay", "sign")}, "beta1_ptr": "*fp64",
-               "beta2_ptr": "*fp64"}
+        sig = {
+            "table": "*i64",
+            "numels": "*i64",
+            "indices": "*i64",
+            "block_tensor": "*i32",
+            "block_start": "*i64",
+            "trust_ptr": f"*{state}",
+            "scale_ptr": f"*{state}",
+            "found_inf_ptr": "*fp32",
+            "lr": "fp32",
+            "gamma": "fp32",
+            "lr_ptr": f"*{state}",
+            "gamma_ptr": f"*{state}",
+            "weight_decay": "fp32",
+            "sign": "fp32",
+            "noise_std": "fp32",
+            "seed": "u64",
+            **{k: "fp32" for k in scalars if k not in ("weight_decay", "sign")},
+            "beta1_ptr": "*fp64",
+            "beta2_ptr": "*fp64",
+        }
         constexprs = dict(constexprs, BLOCK=2048)
     sig.update({k: "constexpr" for k in constexprs})
-    compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs), target=GPUTarget("cuda", arch, 32))
+    compiled = triton.compile(
+        ASTSource(fn=fn, signature=sig, constexprs=constexprs), target=GPUTarget("cuda", arch, 32)
+    )
     assert compiled.asm["cubin"], "no cubin"
     return compiled
 
@@ -138,10 +265,27 @@ def compile_adaptive(kernel: str, constexprs: dict, arch: int):
 def signature(state: tl.dtype) -> dict[str, str]:
     """The runtime argument types of _phase_kernel (triton_kernels.apply), constexprs apart."""
     s = {tl.float32: "fp32", tl.float64: "fp64"}[state]
-    return {"table": "*i64", "numels": "*i64", "indices": "*i64", "block_tensor": "*i32", "block_start": "*i64",
-            "trust_ptr": f"*{s}", "scale_ptr": "*fp32", "found_inf_ptr": "*fp32", "lr": "fp32", "gamma": "fp32",
-            "lr_ptr": f"*{s}", "gamma_ptr": f"*{s}", "momentum": "fp32", "dampening": "fp32",
-            "weight_decay": "fp32", "sign": "fp32", "noise_std": "fp32", "seed": "u64", "rounding_seed": "u64"}
+    return {
+        "table": "*i64",
+        "numels": "*i64",
+        "indices": "*i64",
+        "block_tensor": "*i32",
+        "block_start": "*i64",
+        "trust_ptr": f"*{s}",
+        "scale_ptr": "*fp32",
+        "found_inf_ptr": "*fp32",
+        "lr": "fp32",
+        "gamma": "fp32",
+        "lr_ptr": f"*{s}",
+        "gamma_ptr": f"*{s}",
+        "momentum": "fp32",
+        "dampening": "fp32",
+        "weight_decay": "fp32",
+        "sign": "fp32",
+        "noise_std": "fp32",
+        "seed": "u64",
+        "rounding_seed": "u64",
+    }
 
 
 def compile_kernel(constexprs: dict, arch: int):
@@ -149,8 +293,9 @@ def compile_kernel(constexprs: dict, arch: int):
     constexprs = dict({"C_DTYPE": constexprs["S_DTYPE"], "ROUNDING": 0, "ALIGNED": True}, **constexprs, BLOCK=2048)
     sig = signature(constexprs["C_DTYPE"])
     sig.update({k: "constexpr" for k in constexprs})
-    kernel = triton.compile(ASTSource(fn=tk._phase_kernel, signature=sig, constexprs=constexprs),
-                            target=GPUTarget("cuda", arch, 32))
+    kernel = triton.compile(
+        ASTSource(fn=tk._phase_kernel, signature=sig, constexprs=constexprs), target=GPUTarget("cuda", arch, 32)
+    )
     assert kernel.asm["cubin"], "no cubin"
     return kernel
 
@@ -171,8 +316,10 @@ def check_vectors(label: str, kernel, size: dict[str, int], moved: tuple[list, l
     reads, writes = moved
     want = (sum(per_thread * size[a] // 16 for a in reads), sum(per_thread * size[a] // 16 for a in writes))
     got = vector_accesses(kernel.asm["ptx"])
-    print(f"PTX {label}: 128-bit loads {got[0]} (want >= {want[0]}: {reads}), "
-          f"stores {got[1]} (want >= {want[1]}: {writes})")
+    print(
+        f"PTX {label}: 128-bit loads {got[0]} (want >= {want[0]}: {reads}), "
+        f"stores {got[1]} (want >= {want[1]}: {writes})"
+    )
     if got[0] < want[0] or got[1] < want[1]:
         return [f"PTX {label}: {got} 128-bit loads/stores, want {want}"]
     return []
@@ -186,25 +333,35 @@ def check_ptx(arch: int) -> list[str]:
         x, s, master = DTYPES[name]
         constexprs = dict(BASE, PHASE=phase, X_DTYPE=x, S_DTYPE=s, MASTER=master)
         size = dict.fromkeys("xg", x.primitive_bitwidth // 8) | dict.fromkeys("sm", s.primitive_bitwidth // 8)
-        failures += check_vectors(f"sm_{arch} phase{phase}-{name}", compile_kernel(constexprs, arch), size,
-                                  moved_arrays(phase, master))
+        failures += check_vectors(
+            f"sm_{arch} phase{phase}-{name}", compile_kernel(constexprs, arch), size, moved_arrays(phase, master)
+        )
         if (phase, name) == (2, "fp32"):  # the control: unaligned, the same phase has no vector access
             unaligned = vector_accesses(compile_kernel(dict(constexprs, ALIGNED=False), arch).asm["ptx"])
             print(f"PTX sm_{arch} phase2-fp32-unaligned (control): 128-bit loads/stores {unaligned}")
             if unaligned != (0, 0):
-                failures.append(f"PTX control: the unaligned kernel has 128-bit accesses {unaligned}: the check "
-                                "cannot tell the paths apart")
+                failures.append(
+                    f"PTX control: the unaligned kernel has 128-bit accesses {unaligned}: the check "
+                    "cannot tell the paths apart"
+                )
     for phase in range(4):  # the adaptive phases without amsgrad
         for name in ("fp32", "bf16"):
             x, c, master = DTYPES[name]
-            kernel = compile_adaptive("adaptive", dict(ADAPTIVE_BASE, PHASE=phase, X_DTYPE=x, C_DTYPE=c, MASTER=master,
-                                                       ALIGNED=True), arch)
+            kernel = compile_adaptive(
+                "adaptive", dict(ADAPTIVE_BASE, PHASE=phase, X_DTYPE=x, C_DTYPE=c, MASTER=master, ALIGNED=True), arch
+            )
             size = dict.fromkeys("xg", x.primitive_bitwidth // 8) | dict.fromkeys("smv", c.primitive_bitwidth // 8)
-            failures += check_vectors(f"sm_{arch} adaptive{phase}-{name}", kernel, size,
-                                      adaptive_moved_arrays(phase, master))
+            failures += check_vectors(
+                f"sm_{arch} adaptive{phase}-{name}", kernel, size, adaptive_moved_arrays(phase, master)
+            )
             if (phase, name) == (2, "fp32"):  # the adaptive kernel's control, as the SGD family's
-                unaligned = vector_accesses(compile_adaptive("adaptive", dict(
-                    ADAPTIVE_BASE, PHASE=phase, X_DTYPE=x, C_DTYPE=c, MASTER=master, ALIGNED=False), arch).asm["ptx"])
+                unaligned = vector_accesses(
+                    compile_adaptive(
+                        "adaptive",
+                        dict(ADAPTIVE_BASE, PHASE=phase, X_DTYPE=x, C_DTYPE=c, MASTER=master, ALIGNED=False),
+                        arch,
+                    ).asm["ptx"]
+                )
                 print(f"PTX sm_{arch} adaptive2-fp32-unaligned (control): 128-bit loads/stores {unaligned}")
                 if unaligned != (0, 0):
                     failures.append(f"PTX adaptive control: the unaligned kernel has 128-bit accesses {unaligned}")
@@ -214,8 +371,12 @@ def check_ptx(arch: int) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--arch", default="80,90")
-    parser.add_argument("--cover", choices=("all", "hot"), default="all",
-                        help="hot: only the PTX check's kernels (the other Triton versions' quick check)")
+    parser.add_argument(
+        "--cover",
+        choices=("all", "hot"),
+        default="all",
+        help="hot: only the PTX check's kernels (the other Triton versions' quick check)",
+    )
     args = parser.parse_args(argv)
     print(f"triton {triton.__version__} ({os.path.dirname(triton.__file__)})")
     failures, compiled, start = [], 0, time.monotonic()
@@ -235,8 +396,7 @@ def main(argv=None) -> int:
                 failures.append(f"sm_{arch} {label}: {type(err).__name__}: {str(err)[:300]}")
     total = len(archs) * len(jobs)
     if jobs:
-        print(f"compiled {compiled} of {total} specializations for sm_{args.arch} "
-              f"in {time.monotonic() - start:.0f} s")
+        print(f"compiled {compiled} of {total} specializations for sm_{args.arch} in {time.monotonic() - start:.0f} s")
     for arch in archs:
         failures += check_ptx(arch)
     for failure in failures:

@@ -1,6 +1,7 @@
 """Multi-process test workers (torch.distributed on CPU, gloo): a free port, a spawn that fails instead
 of hanging when a worker raises or outlives its time, and the small model and per-worker batches the
 data-parallel tests train."""
+
 from __future__ import annotations
 
 import gc

@@ -19,9 +19,9 @@
 namespace extrap {
 namespace {
 
-constexpr int64_t kChunk = 1 << 16;  // the smallest share of a thread: large enough to amortize
+constexpr int64_t kChunk = 1 << 16;        // the smallest share of a thread: large enough to amortize
 constexpr int64_t kSerialBelow = 1 << 15;  // launches with fewer elements run on the calling thread
-constexpr int64_t kStreamBlock = 512;  // elements staged in L1 between the math and the streaming stores
+constexpr int64_t kStreamBlock = 512;      // elements staged in L1 between the math and the streaming stores
 
 // A store to a cache line that was not read first makes the core read it anyway (read for ownership):
 // a phase that writes x without reading it would move 4 more bytes per fp32 element than SPEC's count.
@@ -130,29 +130,29 @@ EXTRAP_SIMD_CLONES void run_span(scalar_t* __restrict__ x, const scalar_t* __res
     return;
   }
   if constexpr (R == kNearest) {  // (the launcher streams nothing that is rounded stochastically)
-  // The same, with the array written unread (s for a snapshot, else x) staged in L1 and streamed out.
-  using staged_t = std::conditional_t<kReadsX, acc, scalar_t>;
-  alignas(64) staged_t staged[kStreamBlock];
-  for (int64_t block = begin; block < end; block += kStreamBlock) {
-    const int64_t n = std::min(kStreamBlock, end - block);
-    for (int64_t k = 0; k < n; ++k) {
-      const int64_t i = block + k;
-      acc xv = kReadsX ? static_cast<acc>(x[i]) : acc(0);
-      acc sv = kReadsX ? acc(0) : s[i];
-      acc mv = kMomentum ? m[i] : acc(0);
-      phase_element<P, kMomentum, kMaster>(xv, static_cast<acc>(g[i]), sv, mv, h, t, static_cast<uint64_t>(i));
-      if constexpr (kReadsX) {
-        staged[k] = sv;
-        x[i] = static_cast<scalar_t>(xv);
-      } else {
-        if constexpr (stores_anchor<P, kMaster>()) s[i] = sv;
-        staged[k] = static_cast<scalar_t>(xv);
+    // The same, with the array written unread (s for a snapshot, else x) staged in L1 and streamed out.
+    using staged_t = std::conditional_t<kReadsX, acc, scalar_t>;
+    alignas(64) staged_t staged[kStreamBlock];
+    for (int64_t block = begin; block < end; block += kStreamBlock) {
+      const int64_t n = std::min(kStreamBlock, end - block);
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t i = block + k;
+        acc xv = kReadsX ? static_cast<acc>(x[i]) : acc(0);
+        acc sv = kReadsX ? acc(0) : s[i];
+        acc mv = kMomentum ? m[i] : acc(0);
+        phase_element<P, kMomentum, kMaster>(xv, static_cast<acc>(g[i]), sv, mv, h, t, static_cast<uint64_t>(i));
+        if constexpr (kReadsX) {
+          staged[k] = sv;
+          x[i] = static_cast<scalar_t>(xv);
+        } else {
+          if constexpr (stores_anchor<P, kMaster>()) s[i] = sv;
+          staged[k] = static_cast<scalar_t>(xv);
+        }
+        if constexpr (stores_momentum<P, kMomentum>()) m[i] = mv;
       }
-      if constexpr (stores_momentum<P, kMomentum>()) m[i] = mv;
+      void* out = kReadsX ? static_cast<void*>(s + block) : static_cast<void*>(x + block);
+      stream_bytes(static_cast<char*>(out), reinterpret_cast<const char*>(staged), n * sizeof(staged_t));
     }
-    void* out = kReadsX ? static_cast<void*>(s + block) : static_cast<void*>(x + block);
-    stream_bytes(static_cast<char*>(out), reinterpret_cast<const char*>(staged), n * sizeof(staged_t));
-  }
   }
 }
 
@@ -188,8 +188,8 @@ void skip_span(scalar_t* x, state_t* s, int64_t begin, int64_t end) {
 }
 
 template <Phase P, bool kMomentum, int F, typename scalar_t, typename state_t, typename acc>
-void run_item(scalar_t* x, const scalar_t* g, state_t* s, state_t* m, int64_t begin, int64_t end,
-              const Hyper<acc>& h, const TensorArgs<acc>& t, bool stream) {
+void run_item(scalar_t* x, const scalar_t* g, state_t* s, state_t* m, int64_t begin, int64_t end, const Hyper<acc>& h,
+              const TensorArgs<acc>& t, bool stream) {
   if constexpr (P == kUpdate && std::is_same<scalar_t, state_t>::value) {
     if (static_cast<void*>(x) == static_cast<void*>(s)) {
       return run_span_in_place<kMomentum, F, scalar_t, acc>(x, g, m, begin, end, h, t);
@@ -209,14 +209,15 @@ void run_launch(const Launch& L, bool skip, double inv_scale) {
   for (int64_t t = 0; t < n; ++t) {
     const float step = *L.steps[t].data_ptr<float>();
     args[t] = {trust ? trust[t] : acc(1), step <= 1.0f, static_cast<uint32_t>(step),
-               static_cast<uint32_t>(L.indices[t]), P == kUpdatePastAnchorFree ? *L.last_gammas[t].data_ptr<acc>() : acc(0)};
+               static_cast<uint32_t>(L.indices[t]),
+               P == kUpdatePastAnchorFree ? *L.last_gammas[t].data_ptr<acc>() : acc(0)};
     flags[t] = flags_of<P>(h, args[t]);
     first[t + 1] = first[t] + L.params[t].numel();
   }
   const int64_t total = first[n];
   // (an anchor-free update writes only x and m, which it reads: nothing to stream)
-  const bool stream = P != kUpdatePastAnchorFree && kRoundingOf<scalar_t, state_t> == kNearest &&
-                      total >= kCpuStreamAbove;
+  const bool stream =
+      P != kUpdatePastAnchorFree && kRoundingOf<scalar_t, state_t> == kNearest && total >= kCpuStreamAbove;
   // The threads split the launch's elements evenly, whatever the tensor sizes (a model's list mixes
   // 64-element biases with million-element weights); a small launch runs on the calling thread, where
   // waking the pool would cost more than the work.
@@ -236,9 +237,14 @@ void run_launch(const Launch& L, bool skip, double inv_scale) {
       const auto* g = L.grads[t].data_ptr<scalar_t>();
       state_t* m = kMomentum ? L.momenta[t].data_ptr<state_t>() : nullptr;
       switch (flags[t]) {
-        case kPlain: run_item<P, kMomentum, kPlain>(x, g, s, m, begin, end, h, args[t], stream); break;
-        case kNesterov: run_item<P, kMomentum, kNesterov>(x, g, s, m, begin, end, h, args[t], stream); break;
-        default: run_item<P, kMomentum, kGeneric>(x, g, s, m, begin, end, h, args[t], stream);
+        case kPlain:
+          run_item<P, kMomentum, kPlain>(x, g, s, m, begin, end, h, args[t], stream);
+          break;
+        case kNesterov:
+          run_item<P, kMomentum, kNesterov>(x, g, s, m, begin, end, h, args[t], stream);
+          break;
+        default:
+          run_item<P, kMomentum, kGeneric>(x, g, s, m, begin, end, h, args[t], stream);
       }
     }
     if (stream) stream_fence();
@@ -250,13 +256,13 @@ void run_launch(const Launch& L, bool skip, double inv_scale) {
 // launcher passes x as s to run_adaptive_span_in_place, the same loop without the promise.
 // kDecoupled fixes the decay's flag at compile time: with the branch on it inside, GCC leaves the 16-bit
 // loops scalar (8x slower than vectorized, measured).
-#define EXTRAP_ADAPTIVE_SPAN(name, restrict_xs)                                                                \
-  template <Phase P, bool kAmsgrad, bool kDecoupled, typename scalar_t, typename acc>                         \
-  EXTRAP_SIMD_CLONES void name(scalar_t* restrict_xs x, const scalar_t* __restrict__ g, acc* restrict_xs s,    \
+#define EXTRAP_ADAPTIVE_SPAN(name, restrict_xs)                                                                  \
+  template <Phase P, bool kAmsgrad, bool kDecoupled, typename scalar_t, typename acc>                            \
+  EXTRAP_SIMD_CLONES void name(scalar_t* restrict_xs x, const scalar_t* __restrict__ g, acc* restrict_xs s,      \
                                acc* __restrict__ m, acc* __restrict__ v, acc* __restrict__ v_max, int64_t begin, \
-                               int64_t end, Hyper<acc> h, TensorArgs<acc> t) {                                \
-    h.decoupled = kDecoupled;                                                                                 \
-    adaptive_loop<P, kAmsgrad>(x, g, s, m, v, v_max, begin, end, h, t);                                       \
+                               int64_t end, Hyper<acc> h, TensorArgs<acc> t) {                                   \
+    h.decoupled = kDecoupled;                                                                                    \
+    adaptive_loop<P, kAmsgrad>(x, g, s, m, v, v_max, begin, end, h, t);                                          \
   }
 
 template <Phase P, bool kAmsgrad, typename scalar_t, typename acc>
@@ -290,8 +296,13 @@ EXTRAP_ADAPTIVE_SPAN(run_adaptive_span_in_place, )
 template <typename acc>
 TensorArgs<acc> adaptive_args(const Launch& L, const Hyper<acc>& h, size_t t, bool next_count) {
   const float step = *L.steps[t].data_ptr<float>() + (next_count ? 1.0f : 0.0f);
-  TensorArgs<acc> args{L.trust ? L.trust->data_ptr<acc>()[t] : acc(1), false, static_cast<uint32_t>(step),
-                       static_cast<uint32_t>(L.indices[t]), acc(0), acc(1), acc(1)};
+  TensorArgs<acc> args{L.trust ? L.trust->data_ptr<acc>()[t] : acc(1),
+                       false,
+                       static_cast<uint32_t>(step),
+                       static_cast<uint32_t>(L.indices[t]),
+                       acc(0),
+                       acc(1),
+                       acc(1)};
   bias_corrections(h, step, args.bias1, args.bias2_sqrt);
   return args;
 }
@@ -397,8 +408,8 @@ at::Tensor run_adaptive_norms(const Launch& L, double inv_scale) {
           args[span.tensor], &sums[2 * k]);
     }
   });
-  at::Tensor out = at::zeros({static_cast<int64_t>(L.params.size()), 2}, L.momenta[0].options().dtype(
-                                                                              c10::CppTypeToScalarType<acc>::value));
+  at::Tensor out = at::zeros({static_cast<int64_t>(L.params.size()), 2},
+                             L.momenta[0].options().dtype(c10::CppTypeToScalarType<acc>::value));
   acc* o = out.data_ptr<acc>();
   for (size_t k = 0; k < spans.size(); ++k) {
     o[2 * spans[k].tensor] += sums[2 * k];

@@ -105,9 +105,9 @@ void with_table(Body&& body) {
 
 // s and m are state_t: acc, or (master_weights=False) a 16-bit x's own type.
 template <Phase P, bool kMomentum, typename scalar_t, typename state_t, typename acc, typename Table>
-__global__ void __launch_bounds__(kThreads) phase_kernel(Table table, Hyper<acc> h, const acc* trust,
-                                                         const acc* grad_scale, const float* found_inf,
-                                                         const acc* lr, const acc* gamma) {
+__global__ void __launch_bounds__(kThreads)
+    phase_kernel(Table table, Hyper<acc> h, const acc* trust, const acc* grad_scale, const float* found_inf,
+                 const acc* lr, const acc* gamma) {
   constexpr bool kMaster = !std::is_same<scalar_t, state_t>::value;
   constexpr int R = kRoundingOf<scalar_t, state_t>;
   const Chunk chunk = chunk_of_block(table);
@@ -129,7 +129,8 @@ __global__ void __launch_bounds__(kThreads) phase_kernel(Table table, Hyper<acc>
       skipped_element<P, kMaster>(xv, sv);
     } else {
       phase_element<P, kMomentum, kMaster>(xv, gv, sv, mv, h, t, static_cast<uint64_t>(i));
-      if (R != kNearest) round_stored<P, R>(xv, sv, mv, rounding_bits(h.seed, t.step, t.index, static_cast<uint64_t>(i)));
+      if (R != kNearest)
+        round_stored<P, R>(xv, sv, mv, rounding_bits(h.seed, t.step, t.index, static_cast<uint64_t>(i)));
     }
   };
   // (plain fused SGD passes x as its own anchor: it is read twice and, as kUpdate, stored once)
@@ -200,20 +201,19 @@ void launch_phase(const Launch& L) {
     using Table = typename decltype(tag)::type;
     multi_tensor_apply<Table>(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas, {}, {},
                               [&](Table& table, int blocks) {
-      launch_kernel(phase_kernel<P, kMomentum, scalar_t, state_t, acc, Table>, blocks, kThreads, stream, table, h,
-                    trust, grad_scale, found_inf, lr, gamma);
-      check_launch();
-    });
+                                launch_kernel(phase_kernel<P, kMomentum, scalar_t, state_t, acc, Table>, blocks,
+                                              kThreads, stream, table, h, trust, grad_scale, found_inf, lr, gamma);
+                                check_launch();
+                              });
   });
 }
 
 // The adaptive bases (Adam, AdamW, LAMB): as phase_kernel, with the second moments (and their maxima)
 // moved beside m, and adaptive_element's math. Their state is always acc (a 16-bit x keeps its master).
 template <Phase P, bool kAmsgrad, typename scalar_t, typename acc, typename Table>
-__global__ void __launch_bounds__(kAdaptiveThreads) adaptive_kernel(Table table, Hyper<acc> h, const acc* trust,
-                                                            const acc* grad_scale, const float* found_inf,
-                                                            const acc* lr, const acc* gamma, const double* beta1,
-                                                            const double* beta2) {
+__global__ void __launch_bounds__(kAdaptiveThreads)
+    adaptive_kernel(Table table, Hyper<acc> h, const acc* trust, const acc* grad_scale, const float* found_inf,
+                    const acc* lr, const acc* gamma, const double* beta1, const double* beta2) {
   constexpr bool kMaster = !std::is_same<scalar_t, acc>::value;
   const Chunk chunk = chunk_of_block(table);
   const int entry = chunk.entry;
@@ -229,8 +229,13 @@ __global__ void __launch_bounds__(kAdaptiveThreads) adaptive_kernel(Table table,
   read_device_betas(h, beta1, beta2);
   // the look-ahead of kExtrapolate uses the count after the coming update; an update phase's is counted
   const float step = *table.step[entry] + (P == kExtrapolate ? 1.0f : 0.0f);
-  TensorArgs<acc> t{trust != nullptr ? trust[table.tensor[entry]] : acc(1), false, static_cast<uint32_t>(step),
-                    table.index[entry], acc(0), acc(1), acc(1)};
+  TensorArgs<acc> t{trust != nullptr ? trust[table.tensor[entry]] : acc(1),
+                    false,
+                    static_cast<uint32_t>(step),
+                    table.index[entry],
+                    acc(0),
+                    acc(1),
+                    acc(1)};
   bias_corrections(h, step, t.bias1, t.bias2_sqrt);
 
   auto element = [&](acc& xv, acc gv, acc& sv, acc& mv, acc& vv, acc& v_maxv, int64_t i) {
@@ -303,10 +308,9 @@ __global__ void __launch_bounds__(kAdaptiveThreads) adaptive_kernel(Table table,
 // communicate, and the host-side sums (adaptive_norms_cuda) are in a fixed order, so the result is
 // deterministic.
 template <bool kAmsgrad, bool kReadsX, typename scalar_t, typename acc, typename Table>
-__global__ void __launch_bounds__(kThreads) adaptive_norms_kernel(Table table, Hyper<acc> h,
-                                                                  const acc* grad_scale, const double* beta1,
-                                                                  const double* beta2, acc* partials,
-                                                                  int64_t first_block) {
+__global__ void __launch_bounds__(kThreads)
+    adaptive_norms_kernel(Table table, Hyper<acc> h, const acc* grad_scale, const double* beta1, const double* beta2,
+                          acc* partials, int64_t first_block) {
   const Chunk chunk = chunk_of_block(table);
   const int entry = chunk.entry;
   const int64_t begin = chunk.begin, end = chunk.end;
@@ -342,8 +346,8 @@ struct SegmentTable {
 };
 
 template <typename acc>
-__global__ void __launch_bounds__(kSegmentThreads) segment_sums_kernel(SegmentTable table, int tensors,
-                                                                         const acc* block_sums, acc* out) {
+__global__ void __launch_bounds__(kSegmentThreads)
+    segment_sums_kernel(SegmentTable table, int tensors, const acc* block_sums, acc* out) {
   const int t = static_cast<int>(blockIdx.x) * kSegmentThreads + static_cast<int>(threadIdx.x);
   if (t >= tensors) return;
   acc s_squares = 0, u_squares = 0;
@@ -370,10 +374,11 @@ void launch_adaptive(const Launch& L) {
     using Table = typename decltype(tag)::type;
     multi_tensor_apply<Table>(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas,
                               L.second_moments, L.max_second_moments, [&](Table& table, int blocks) {
-      launch_kernel(adaptive_kernel<P, kAmsgrad, scalar_t, acc, Table>, blocks, kAdaptiveThreads, stream, table, h,
-                    trust, grad_scale, found_inf, lr, gamma, beta1, beta2);
-      check_launch();
-    });
+                                launch_kernel(adaptive_kernel<P, kAmsgrad, scalar_t, acc, Table>, blocks,
+                                              kAdaptiveThreads, stream, table, h, trust, grad_scale, found_inf, lr,
+                                              gamma, beta1, beta2);
+                                check_launch();
+                              });
   });
 }
 
@@ -396,11 +401,12 @@ at::Tensor launch_adaptive_norms(const Launch& L) {
     using Table = typename decltype(tag)::type;
     multi_tensor_apply<Table>(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas,
                               L.second_moments, L.max_second_moments, [&](Table& table, int blocks) {
-      launch_kernel(adaptive_norms_kernel<kAmsgrad, kReadsX, scalar_t, acc, Table>, blocks, kThreads, stream, table,
-                    h, grad_scale, beta1, beta2, partials.data_ptr<acc>(), first_block);
-      check_launch();
-      first_block += blocks;
-    });
+                                launch_kernel(adaptive_norms_kernel<kAmsgrad, kReadsX, scalar_t, acc, Table>, blocks,
+                                              kThreads, stream, table, h, grad_scale, beta1, beta2,
+                                              partials.data_ptr<acc>(), first_block);
+                                check_launch();
+                                first_block += blocks;
+                              });
   });
   const at::Tensor block_sums = partials.sum(1).contiguous();  // [blocks, 2]
   at::Tensor sums = at::empty({n, 2}, options);
@@ -408,8 +414,8 @@ at::Tensor launch_adaptive_norms(const Launch& L) {
     const int tensors = static_cast<int>(std::min<int64_t>(kSegmentTensors, n - begin));
     SegmentTable table;
     std::copy(first_of.begin() + begin, first_of.begin() + begin + tensors + 1, table.first_block);
-    launch_kernel(segment_sums_kernel<acc>, (tensors + kSegmentThreads - 1) / kSegmentThreads, kSegmentThreads,
-                  stream, table, tensors, block_sums.data_ptr<acc>(), sums.data_ptr<acc>() + 2 * begin);
+    launch_kernel(segment_sums_kernel<acc>, (tensors + kSegmentThreads - 1) / kSegmentThreads, kSegmentThreads, stream,
+                  table, tensors, block_sums.data_ptr<acc>(), sums.data_ptr<acc>() + 2 * begin);
     check_launch();
   }
   return sums;
@@ -439,8 +445,8 @@ bool large_kernel_args() {
   int8_t answer = known[device].load(std::memory_order_relaxed);
   if (answer == 0) {
     int major = 0;
-    const bool volta = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
-                       major >= 7;
+    const bool volta =
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 7;
     answer = volta ? 1 : 2;
     known[device].store(answer, std::memory_order_relaxed);
   }

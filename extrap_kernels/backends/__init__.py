@@ -8,6 +8,7 @@ backends (`cpu`, `cuda`: extension.py) validate in C++; a Python backend's modul
 which calls.ApplyCall validates with checks.check_bucket and calls. "auto" picks the fastest backend
 available for the device.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -41,8 +42,14 @@ class Backend:
             return module.prepare(phase, bucket, hyper, self)
         return ApplyCall(module.apply, phase, bucket, hyper, self)
 
-    def apply(self, phase: Phase, bucket: Bucket, hyper: Hyper, grad_scale: Tensor | None = None,
-              found_inf: Tensor | None = None) -> None:
+    def apply(
+        self,
+        phase: Phase,
+        bucket: Bucket,
+        hyper: Hyper,
+        grad_scale: Tensor | None = None,
+        found_inf: Tensor | None = None,
+    ) -> None:
         """One phase over `bucket` with its own gradients, once (tests, one-off steps): prepare, then call."""
         try:
             self.prepare(phase, bucket, hyper)(bucket.grads, grad_scale, found_inf)
@@ -75,10 +82,17 @@ EVERY_BASE = ("sgd", "adam", "lamb")
 BACKENDS = {
     "reference": Backend("reference", "..reference", False, None, lambda device: True, bases=EVERY_BASE),
     "foreach": Backend("foreach", ".foreach", False, None, lambda device: True, bases=EVERY_BASE),
-    "cpu": Backend("cpu", ".extension", True, lambda: ("cpu",), lambda device: _ext.load() is not None, bases=EVERY_BASE),
-    "cuda": Backend("cuda", ".extension", True, _cuda_devices,
-                    lambda device: importlib.import_module(".extension", __package__).cuda_available(device),
-                    bases=EVERY_BASE),
+    "cpu": Backend(
+        "cpu", ".extension", True, lambda: ("cpu",), lambda device: _ext.load() is not None, bases=EVERY_BASE
+    ),
+    "cuda": Backend(
+        "cuda",
+        ".extension",
+        True,
+        _cuda_devices,
+        lambda device: importlib.import_module(".extension", __package__).cuda_available(device),
+        bases=EVERY_BASE,
+    ),
     "triton": Backend("triton", ".triton_kernels", True, _triton_devices, _triton_available, bases=EVERY_BASE),
 }
 
@@ -113,11 +127,15 @@ def resolve(name: str, device: torch.device) -> Backend:
         raise ValueError(f"backend {name!r} does not run on {device.type} tensors")
     if not backend.available(device):
         if name == "cuda" and device.type == "cpu":
-            raise RuntimeError(f"backend 'cuda' on CPU tensors is the CUDA launcher's host emulation, which is not "
-                               f"available: {getattr(_ext.load_cuda_emulation, 'error', '')}")
-        raise RuntimeError(f"backend {name!r} is not available: the extension is not built "
-                           f"({getattr(_ext.load, 'error', '')}); run `pip install --no-build-isolation -e .` or "
-                           "set EXTRAP_JIT=1")
+            raise RuntimeError(
+                f"backend 'cuda' on CPU tensors is the CUDA launcher's host emulation, which is not "
+                f"available: {getattr(_ext.load_cuda_emulation, 'error', '')}"
+            )
+        raise RuntimeError(
+            f"backend {name!r} is not available: the extension is not built "
+            f"({getattr(_ext.load, 'error', '')}); run `pip install --no-build-isolation -e .` or "
+            "set EXTRAP_JIT=1"
+        )
     return backend
 
 

@@ -7,6 +7,7 @@ runs that validation alone, so that a step of several calls validates all of the
 writes (and then calls them with checked=True). LAMB's calls read the step's global gradient norm from
 `global_grad_norm`, set before each call.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -30,8 +31,9 @@ class Call:
         """Raises Rejected, writing nothing, if the step would be refused."""
         raise NotImplementedError
 
-    def __call__(self, grads: list[Tensor], grad_scale: Tensor | None, found_inf: Tensor | None,
-                 checked: bool = False) -> None:
+    def __call__(
+        self, grads: list[Tensor], grad_scale: Tensor | None, found_inf: Tensor | None, checked: bool = False
+    ) -> None:
         """Runs the phase with this step's gradients (`checked`: check() has passed for them)."""
         raise NotImplementedError
 

@@ -5,6 +5,7 @@ anything and counts the step of an update phase. `cuda` launches once per 192 te
 elements (a whole ResNet-50 or GPT-2 small parameter list) on the caller's current stream. On CPU tensors
 (EXTRAP_CUDA_EMULATION=1) it calls the same operators of the CUDA launcher's host emulation (csrc/emulation),
 torch.ops.extrap_kernels_cuda_emulation.<phase>_: how the tests check the device code without a GPU."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -54,7 +55,8 @@ def tensor_args(phase: Phase, b: Bucket) -> tuple:
     are their own anchors, plain fused SGD, or where the anchors are recomputed), momenta, steps, indices,
     last_gammas (the anchor-free update's; else empty)."""
     own = phase == Phase.UPDATE_PAST_ANCHOR_FREE or (
-        phase == Phase.UPDATE and all(s is x for s, x in zip(b.anchors, b.params)))
+        phase == Phase.UPDATE and all(s is x for s, x in zip(b.anchors, b.params))
+    )
     return [] if own else b.anchors, b.momenta, b.steps, b.indices, b.last_gammas
 
 
@@ -62,17 +64,37 @@ def hyper_kwargs(h: Hyper, b: Bucket) -> dict:
     """The operator's keyword arguments for the hyperparameters (rates as numbers, or as one-element
     tensors of the state dtype on the bucket's device, read by the kernel when it runs)."""
     (lr, lr_tensor), (gamma, gamma_tensor) = h.rate("lr", b), h.rate("gamma", b)
-    kwargs = dict(lr=lr, gamma=gamma, lr_tensor=lr_tensor, gamma_tensor=gamma_tensor, momentum=float(h.momentum),
-                  dampening=float(h.dampening), weight_decay=float(h.weight_decay), nesterov=bool(h.nesterov),
-                  maximize=bool(h.maximize), wd_after_momentum=bool(h.wd_after_momentum),
-                  extrapolate_with_momentum=bool(h.extrapolate_with_momentum), past_grad=bool(h.past_grad),
-                  noise_std=float(h.noise_std), seed=_as_int64(h.seed), master_weights=b.master)
+    kwargs = dict(
+        lr=lr,
+        gamma=gamma,
+        lr_tensor=lr_tensor,
+        gamma_tensor=gamma_tensor,
+        momentum=float(h.momentum),
+        dampening=float(h.dampening),
+        weight_decay=float(h.weight_decay),
+        nesterov=bool(h.nesterov),
+        maximize=bool(h.maximize),
+        wd_after_momentum=bool(h.wd_after_momentum),
+        extrapolate_with_momentum=bool(h.extrapolate_with_momentum),
+        past_grad=bool(h.past_grad),
+        noise_std=float(h.noise_std),
+        seed=_as_int64(h.seed),
+        master_weights=b.master,
+    )
     if h.base != "sgd":  # Adam, AdamW, LAMB: the momenta are the first moments
         (beta1, beta1_tensor), (beta2, beta2_tensor) = h.kernel_betas(b)
-        kwargs.update(second_moments=b.second_moments, max_second_moments=b.max_second_moments, beta1=beta1,
-                      beta2=beta2, beta1_tensor=beta1_tensor, beta2_tensor=beta2_tensor, eps=float(h.eps),
-                      decoupled=bool(h.decoupled), grad_averaging=bool(h.grad_averaging or h.base != "lamb"),
-                      bias_correction=bool(h.bias_correction))
+        kwargs.update(
+            second_moments=b.second_moments,
+            max_second_moments=b.max_second_moments,
+            beta1=beta1,
+            beta2=beta2,
+            beta1_tensor=beta1_tensor,
+            beta2_tensor=beta2_tensor,
+            eps=float(h.eps),
+            decoupled=bool(h.decoupled),
+            grad_averaging=bool(h.grad_averaging or h.base != "lamb"),
+            bias_correction=bool(h.bias_correction),
+        )
     return kwargs
 
 
@@ -82,8 +104,15 @@ def prepared_call(phase: Phase, b: Bucket, h: Hyper, kind: str = "run", backend:
     it as (grads, trust, grad_scale, found_inf). The optimizers' per-step path (extrap_kernels/plan.py):
     it saves converting the parameter and state lists at every step."""
     anchors, momenta, steps, indices, last_gammas = tensor_args(phase, b)
-    arguments = dict(params=b.params, anchors=anchors, momenta=momenta, steps=steps, indices=indices,
-                     last_gammas=last_gammas, **hyper_kwargs(h, b))
+    arguments = dict(
+        params=b.params,
+        anchors=anchors,
+        momenta=momenta,
+        steps=steps,
+        indices=indices,
+        last_gammas=last_gammas,
+        **hyper_kwargs(h, b),
+    )
     if kind != "run":
         arguments["phase"] = int(phase)
     return extension(backend, b.device).PreparedCall(OPS[phase] if kind == "run" else kind, arguments)
@@ -132,8 +161,12 @@ class ExtensionCall(Call):
                 trust = trust_ratios(phase, replace(bucket, grads=list(grads)), hyper, grad_scale)
             elif hyper.base == "lamb":
                 norms = self._call("norms")
-                grad_scale, trust = lamb.step_inputs(replace(bucket, global_grad_norm=self.global_grad_norm), hyper,
-                                                     grad_scale, lambda scale: norms(grads, None, scale, None))
+                grad_scale, trust = lamb.step_inputs(
+                    replace(bucket, global_grad_norm=self.global_grad_norm),
+                    hyper,
+                    grad_scale,
+                    lambda scale: norms(grads, None, scale, None),
+                )
             self._call()(grads, trust, grad_scale, found_inf)
         except (ValueError, TypeError, NotImplementedError) as err:  # its checks (csrc/bindings.cpp)
             raise Rejected() from err

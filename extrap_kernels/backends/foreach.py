@@ -2,6 +2,7 @@
 write it. It runs on any device and is the fallback where no kernel exists; it makes several passes
 over memory, which is what the fused backends are measured against. It reads a few scalars on the
 host (found_inf, first-step flags, noise steps), a synchronization the fused backends avoid."""
+
 from __future__ import annotations
 
 import math
@@ -14,6 +15,7 @@ from .. import philox, rounding
 from ..bucket import Bucket, Hyper, Phase, abandon, count_step, record_gamma, state_dtype
 from ..lars import trust_ratios, whole_tensor_norms
 from ..reference_adaptive import clip_factor
+
 
 def _regularized_grads(b: Bucket, h: Hyper, weights: list[Tensor], inv_scale, trust) -> list[Tensor]:
     dtype = state_dtype(b.dtype)
@@ -45,8 +47,7 @@ def _direction(b: Bucket, h: Hyper, g_prime: list[Tensor]) -> list[Tensor]:
     return d
 
 
-def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
-          found_inf: Tensor | None = None) -> None:
+def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None, found_inf: Tensor | None = None) -> None:
     count_step(phase, b, found_inf)
     if found_inf is not None and found_inf.item() != 0:
         abandon(phase, b)
@@ -146,17 +147,18 @@ def _apply_adaptive(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None
     steps = [int(t) + lookahead for t in torch.stack(b.steps).tolist()]
     if h.bias_correction:
         denominators = torch._foreach_sqrt(v)
-        torch._foreach_div_(denominators, [math.sqrt(1 - b2 ** t) for t in steps])
+        torch._foreach_div_(denominators, [math.sqrt(1 - b2**t) for t in steps])
         torch._foreach_add_(denominators, h.eps)
-        e = torch._foreach_div(m, [1 - b1 ** t for t in steps])
+        e = torch._foreach_div(m, [1 - b1**t for t in steps])
         torch._foreach_div_(e, denominators)
     else:
         e = torch._foreach_div(m, torch._foreach_add(torch._foreach_sqrt(v), h.eps))
     if h.decoupled and h.weight_decay != 0:
         torch._foreach_add_(e, anchors, alpha=h.weight_decay)
     if h.base == "lamb" and (h.weight_decay != 0 or h.use_nvlamb):
-        s_norms, u_norms = whole_tensor_norms(torch.stack([torch.stack(torch._foreach_norm(anchors)),
-                                                           torch.stack(torch._foreach_norm(e))]), b.shard_group)
+        s_norms, u_norms = whole_tensor_norms(
+            torch.stack([torch.stack(torch._foreach_norm(anchors)), torch.stack(torch._foreach_norm(e))]), b.shard_group
+        )
         trust = torch.where((s_norms > 0) & (u_norms > 0), s_norms / u_norms, torch.ones_like(s_norms))
         torch._foreach_mul_(e, list(trust.unbind()))
     gamma = float(h.gamma)
@@ -175,6 +177,7 @@ def _apply_adaptive(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None
     else:
         numels = [p.numel() for p in b.params]
         xi = philox.normal_flat(h.seed, torch.stack(b.steps), torch.tensor(b.indices), numels, b.device).to(dtype)
-        x = torch._foreach_add(new_anchor, [n.view_as(p) for n, p in zip(torch.split(xi, numels), b.params)],
-                               alpha=h.noise_std)
+        x = torch._foreach_add(
+            new_anchor, [n.view_as(p) for n, p in zip(torch.split(xi, numels), b.params)], alpha=h.noise_std
+        )
     torch._foreach_copy_(b.params, x)

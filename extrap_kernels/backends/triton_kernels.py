@@ -6,6 +6,7 @@ tensor is reallocated. The per-element math mirrors csrc/extrap_math.h function 
 cannot include C++); the tests hold both to the same reference. On a machine without a GPU the kernels
 run on CPU tensors under TRITON_INTERPRET=1.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,7 @@ from ..rounding import ROUNDING_KEY
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # Interpreted programs cost per program, not per element: fewer, larger blocks there.
 BLOCK = 1 << 14 if INTERPRETED else 2048
-_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.bfloat16: tl.bfloat16,
-           torch.float16: tl.float16}
+_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
 # ---- the math: csrc/extrap_math.h, line for line -------------------------------------------------
@@ -37,8 +37,21 @@ def regularized_grad(g, s, grad_factor, weight_decay, trust, WD_AFTER_MOMENTUM: 
 
 
 @triton.jit
-def base_update(s, m, g, lr, momentum, dampening, weight_decay, grad_factor, trust, first,
-                MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, WD_AFTER_MOMENTUM: tl.constexpr):
+def base_update(
+    s,
+    m,
+    g,
+    lr,
+    momentum,
+    dampening,
+    weight_decay,
+    grad_factor,
+    trust,
+    first,
+    MOMENTUM: tl.constexpr,
+    NESTEROV: tl.constexpr,
+    WD_AFTER_MOMENTUM: tl.constexpr,
+):
     """Returns (s, m, d, g')."""
     gp = regularized_grad(g, s, grad_factor, weight_decay, trust, WD_AFTER_MOMENTUM)
     d = gp
@@ -106,8 +119,9 @@ def rounding_bits(rounding_seed, step, index, element):
 
 
 @triton.jit
-def abandon_block(x_ptr, s_ptr, offs, mask, PHASE: tl.constexpr, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr,
-                  MASTER: tl.constexpr):
+def abandon_block(
+    x_ptr, s_ptr, offs, mask, PHASE: tl.constexpr, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, MASTER: tl.constexpr
+):
     """found_inf: only keep x consistent with the abandoned iteration (bucket.abandon): the snapshot is still
     taken, and the local step's x returns to its anchor."""
     if PHASE == 0:
@@ -118,9 +132,21 @@ def abandon_block(x_ptr, s_ptr, offs, mask, PHASE: tl.constexpr, X_DTYPE: tl.con
 
 
 @triton.jit
-def launch_values(lr, gamma, lr_ptr, gamma_ptr, sign, scale_ptr, trust_ptr, t, LR_TENSOR: tl.constexpr,
-                  GAMMA_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_TRUST: tl.constexpr,
-                  C_DTYPE: tl.constexpr):
+def launch_values(
+    lr,
+    gamma,
+    lr_ptr,
+    gamma_ptr,
+    sign,
+    scale_ptr,
+    trust_ptr,
+    t,
+    LR_TENSOR: tl.constexpr,
+    GAMMA_TENSOR: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_TRUST: tl.constexpr,
+    C_DTYPE: tl.constexpr,
+):
     """(lr, gamma, grad_factor, trust) as the kernel runs: capturable rates read now, 1 / grad_scale (with the
     sign of maximize), and tensor t's trust ratio (1 without)."""
     if LR_TENSOR:
@@ -138,13 +164,48 @@ def launch_values(lr, gamma, lr_ptr, gamma_ptr, sign, scale_ptr, trust_ptr, t, L
 
 # ---- the multi-tensor kernel ----------------------------------------------------------------------
 @triton.jit
-def _phase_block(x_ptr, g_ptr, s_ptr, m_ptr, step_ptr, last_gamma_ptr, offs, mask, index, trust_ptr, t, scale_ptr,
-                 found_inf_ptr, lr, gamma, lr_ptr, gamma_ptr, momentum, dampening, weight_decay, sign, noise_std, seed,
-                 rounding_seed, PHASE: tl.constexpr, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, MASTER: tl.constexpr,
-                 MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, WD_AFTER_MOMENTUM: tl.constexpr,
-                 EXTRAPOLATE_WITH_MOMENTUM: tl.constexpr, PAST_GRAD: tl.constexpr, HAS_TRUST: tl.constexpr,
-                 HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr, LR_TENSOR: tl.constexpr,
-                 GAMMA_TENSOR: tl.constexpr, C_DTYPE: tl.constexpr, ROUNDING: tl.constexpr):
+def _phase_block(
+    x_ptr,
+    g_ptr,
+    s_ptr,
+    m_ptr,
+    step_ptr,
+    last_gamma_ptr,
+    offs,
+    mask,
+    index,
+    trust_ptr,
+    t,
+    scale_ptr,
+    found_inf_ptr,
+    lr,
+    gamma,
+    lr_ptr,
+    gamma_ptr,
+    momentum,
+    dampening,
+    weight_decay,
+    sign,
+    noise_std,
+    seed,
+    rounding_seed,
+    PHASE: tl.constexpr,
+    X_DTYPE: tl.constexpr,
+    S_DTYPE: tl.constexpr,
+    MASTER: tl.constexpr,
+    MOMENTUM: tl.constexpr,
+    NESTEROV: tl.constexpr,
+    WD_AFTER_MOMENTUM: tl.constexpr,
+    EXTRAPOLATE_WITH_MOMENTUM: tl.constexpr,
+    PAST_GRAD: tl.constexpr,
+    HAS_TRUST: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    LR_TENSOR: tl.constexpr,
+    GAMMA_TENSOR: tl.constexpr,
+    C_DTYPE: tl.constexpr,
+    ROUNDING: tl.constexpr,
+):
     """One phase over the elements `offs` of tensor `t` (`mask`: those inside it; None: all of them)."""
     skip = False
     if HAS_FOUND_INF:
@@ -152,13 +213,30 @@ def _phase_block(x_ptr, g_ptr, s_ptr, m_ptr, step_ptr, last_gamma_ptr, offs, mas
     if skip:
         abandon_block(x_ptr, s_ptr, offs, mask, PHASE, X_DTYPE, S_DTYPE, MASTER)
     else:
-        lr, gamma, grad_factor, trust = launch_values(lr, gamma, lr_ptr, gamma_ptr, sign, scale_ptr, trust_ptr, t,
-                                                      LR_TENSOR, GAMMA_TENSOR, HAS_SCALE, HAS_TRUST, C_DTYPE)
+        lr, gamma, grad_factor, trust = launch_values(
+            lr,
+            gamma,
+            lr_ptr,
+            gamma_ptr,
+            sign,
+            scale_ptr,
+            trust_ptr,
+            t,
+            LR_TENSOR,
+            GAMMA_TENSOR,
+            HAS_SCALE,
+            HAS_TRUST,
+            C_DTYPE,
+        )
         g = tl.load(g_ptr + offs, mask=mask).to(C_DTYPE)
         m = tl.zeros_like(g)
         if MOMENTUM:
             m = tl.load(m_ptr + offs, mask=mask).to(C_DTYPE)
-        r_s, r_m, r_x = tl.zeros_like(offs).to(tl.uint32), tl.zeros_like(offs).to(tl.uint32), tl.zeros_like(offs).to(tl.uint32)
+        r_s, r_m, r_x = (
+            tl.zeros_like(offs).to(tl.uint32),
+            tl.zeros_like(offs).to(tl.uint32),
+            tl.zeros_like(offs).to(tl.uint32),
+        )
         if ROUNDING != 0:
             r_s, r_m, r_x = rounding_bits(rounding_seed, tl.load(step_ptr).to(tl.int64), index, offs)
         if PHASE == 0:  # extrapolate: s <- x; x <- s - gamma * e
@@ -177,8 +255,21 @@ def _phase_block(x_ptr, g_ptr, s_ptr, m_ptr, step_ptr, last_gamma_ptr, offs, mas
                 anchor = tl.load(x_ptr + offs, mask=mask) + tl.load(last_gamma_ptr) * m
             else:
                 anchor = tl.load(s_ptr + offs, mask=mask).to(C_DTYPE)
-            anchor, m, d, gp = base_update(anchor, m, g, lr, momentum, dampening, weight_decay, grad_factor,
-                                           trust, step <= 1.0, MOMENTUM, NESTEROV, WD_AFTER_MOMENTUM)
+            anchor, m, d, gp = base_update(
+                anchor,
+                m,
+                g,
+                lr,
+                momentum,
+                dampening,
+                weight_decay,
+                grad_factor,
+                trust,
+                step <= 1.0,
+                MOMENTUM,
+                NESTEROV,
+                WD_AFTER_MOMENTUM,
+            )
             anchor_stored = stochastic_round(anchor, r_s, ROUNDING)  # (as stored: the local step's x too)
             if MOMENTUM:
                 tl.store(m_ptr + offs, stochastic_round(m, r_m, ROUNDING).to(S_DTYPE), mask=mask)
@@ -219,14 +310,45 @@ def program_block(numels, block_tensor, block_start, BLOCK: tl.constexpr, ALIGNE
 
 
 @triton.jit
-def _phase_kernel(table, numels, indices, block_tensor, block_start, trust_ptr, scale_ptr, found_inf_ptr,
-                  lr, gamma, lr_ptr, gamma_ptr, momentum, dampening, weight_decay, sign, noise_std, seed,
-                  rounding_seed, PHASE: tl.constexpr, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, MASTER: tl.constexpr,
-                  MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, WD_AFTER_MOMENTUM: tl.constexpr,
-                  EXTRAPOLATE_WITH_MOMENTUM: tl.constexpr, PAST_GRAD: tl.constexpr, HAS_TRUST: tl.constexpr,
-                  HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr, LR_TENSOR: tl.constexpr,
-                  GAMMA_TENSOR: tl.constexpr, BLOCK: tl.constexpr, C_DTYPE: tl.constexpr,
-                  ROUNDING: tl.constexpr, ALIGNED: tl.constexpr):
+def _phase_kernel(
+    table,
+    numels,
+    indices,
+    block_tensor,
+    block_start,
+    trust_ptr,
+    scale_ptr,
+    found_inf_ptr,
+    lr,
+    gamma,
+    lr_ptr,
+    gamma_ptr,
+    momentum,
+    dampening,
+    weight_decay,
+    sign,
+    noise_std,
+    seed,
+    rounding_seed,
+    PHASE: tl.constexpr,
+    X_DTYPE: tl.constexpr,
+    S_DTYPE: tl.constexpr,
+    MASTER: tl.constexpr,
+    MOMENTUM: tl.constexpr,
+    NESTEROV: tl.constexpr,
+    WD_AFTER_MOMENTUM: tl.constexpr,
+    EXTRAPOLATE_WITH_MOMENTUM: tl.constexpr,
+    PAST_GRAD: tl.constexpr,
+    HAS_TRUST: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    LR_TENSOR: tl.constexpr,
+    GAMMA_TENSOR: tl.constexpr,
+    BLOCK: tl.constexpr,
+    C_DTYPE: tl.constexpr,
+    ROUNDING: tl.constexpr,
+    ALIGNED: tl.constexpr,
+):
     # S_DTYPE stores s and m; C_DTYPE computes (they differ for 16-bit state without a master, ROUNDING 1
     # bf16 or 2 fp16: every stored value rounded stochastically with the bits keyed by rounding_seed)
     t, offs, mask, whole = program_block(numels, block_tensor, block_start, BLOCK, ALIGNED)
@@ -245,17 +367,91 @@ def _phase_kernel(table, numels, indices, block_tensor, block_start, trust_ptr, 
     last_gamma_ptr = tl.load(table + 6 * t + 5).to(tl.pointer_type(S_DTYPE))
     index = tl.load(indices + t)
     if whole:
-        _phase_block(x_ptr, g_ptr, s_ptr, m_ptr, step_ptr, last_gamma_ptr, offs, None, index, trust_ptr, t, scale_ptr,
-                     found_inf_ptr, lr, gamma, lr_ptr, gamma_ptr, momentum, dampening, weight_decay, sign, noise_std,
-                     seed, rounding_seed, PHASE, X_DTYPE, S_DTYPE, MASTER, MOMENTUM, NESTEROV, WD_AFTER_MOMENTUM,
-                     EXTRAPOLATE_WITH_MOMENTUM, PAST_GRAD, HAS_TRUST, HAS_SCALE, HAS_FOUND_INF, LR_TENSOR,
-                     GAMMA_TENSOR, C_DTYPE, ROUNDING)
+        _phase_block(
+            x_ptr,
+            g_ptr,
+            s_ptr,
+            m_ptr,
+            step_ptr,
+            last_gamma_ptr,
+            offs,
+            None,
+            index,
+            trust_ptr,
+            t,
+            scale_ptr,
+            found_inf_ptr,
+            lr,
+            gamma,
+            lr_ptr,
+            gamma_ptr,
+            momentum,
+            dampening,
+            weight_decay,
+            sign,
+            noise_std,
+            seed,
+            rounding_seed,
+            PHASE,
+            X_DTYPE,
+            S_DTYPE,
+            MASTER,
+            MOMENTUM,
+            NESTEROV,
+            WD_AFTER_MOMENTUM,
+            EXTRAPOLATE_WITH_MOMENTUM,
+            PAST_GRAD,
+            HAS_TRUST,
+            HAS_SCALE,
+            HAS_FOUND_INF,
+            LR_TENSOR,
+            GAMMA_TENSOR,
+            C_DTYPE,
+            ROUNDING,
+        )
     else:
-        _phase_block(x_ptr, g_ptr, s_ptr, m_ptr, step_ptr, last_gamma_ptr, offs, mask, index, trust_ptr, t,
-                     scale_ptr, found_inf_ptr, lr, gamma, lr_ptr, gamma_ptr, momentum, dampening, weight_decay, sign,
-                     noise_std, seed, rounding_seed, PHASE, X_DTYPE, S_DTYPE, MASTER, MOMENTUM, NESTEROV,
-                     WD_AFTER_MOMENTUM, EXTRAPOLATE_WITH_MOMENTUM, PAST_GRAD, HAS_TRUST, HAS_SCALE, HAS_FOUND_INF,
-                     LR_TENSOR, GAMMA_TENSOR, C_DTYPE, ROUNDING)
+        _phase_block(
+            x_ptr,
+            g_ptr,
+            s_ptr,
+            m_ptr,
+            step_ptr,
+            last_gamma_ptr,
+            offs,
+            mask,
+            index,
+            trust_ptr,
+            t,
+            scale_ptr,
+            found_inf_ptr,
+            lr,
+            gamma,
+            lr_ptr,
+            gamma_ptr,
+            momentum,
+            dampening,
+            weight_decay,
+            sign,
+            noise_std,
+            seed,
+            rounding_seed,
+            PHASE,
+            X_DTYPE,
+            S_DTYPE,
+            MASTER,
+            MOMENTUM,
+            NESTEROV,
+            WD_AFTER_MOMENTUM,
+            EXTRAPOLATE_WITH_MOMENTUM,
+            PAST_GRAD,
+            HAS_TRUST,
+            HAS_SCALE,
+            HAS_FOUND_INF,
+            LR_TENSOR,
+            GAMMA_TENSOR,
+            C_DTYPE,
+            ROUNDING,
+        )
 
 
 # ---- tables, cached -------------------------------------------------------------------------------
@@ -286,19 +482,26 @@ def _tables(b: Bucket, columns: tuple | None = None, streamed: int = 4):
     block_start = (torch.arange(total, dtype=torch.int64) - first_block[block_tensor.long()]) * BLOCK
     device = b.device
     first_of_tensor = torch.cat([first_block, torch.tensor([total])]).to(device)
-    cached = (addresses.t().contiguous().to(device), numels.to(device),
-              torch.tensor(b.indices, dtype=torch.int64, device=device), block_tensor.to(device),
-              block_start.to(device), first_of_tensor, total, aligned)
+    cached = (
+        addresses.t().contiguous().to(device),
+        numels.to(device),
+        torch.tensor(b.indices, dtype=torch.int64, device=device),
+        block_tensor.to(device),
+        block_start.to(device),
+        first_of_tensor,
+        total,
+        aligned,
+    )
     _TABLES[key] = cached
     if len(_TABLES) > _MAX_TABLES:
         _TABLES.popitem(last=False)
     return cached
 
 
-def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
-          found_inf: Tensor | None = None) -> None:
+def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None, found_inf: Tensor | None = None) -> None:
     if h.base != "sgd":  # Adam, AdamW, LAMB
         from .triton_adaptive import apply_adaptive
+
         return apply_adaptive(phase, b, h, grad_scale, found_inf)
     count_step(phase, b, found_inf)
     table, numels, indices, block_tensor, block_start, _, total, aligned = _tables(b)
@@ -311,17 +514,42 @@ def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None,
     seed = int(h.seed) & 0xFFFFFFFFFFFFFFFF
     rounding_mode = {torch.bfloat16: 1, torch.float16: 2}[b.dtype] if b.rounds_stochastically else 0
     _phase_kernel[(total,)](
-        table, numels, indices, block_tensor, block_start,
-        trust if trust is not None else dummy, grad_scale if grad_scale is not None else dummy,
+        table,
+        numels,
+        indices,
+        block_tensor,
+        block_start,
+        trust if trust is not None else dummy,
+        grad_scale if grad_scale is not None else dummy,
         found_inf if found_inf is not None else dummy,
-        lr, gamma, lr_tensor if lr_tensor is not None else dummy,
-        gamma_tensor if gamma_tensor is not None else dummy, float(h.momentum), float(h.dampening), float(h.weight_decay),
-        -1.0 if h.maximize else 1.0, float(h.noise_std), seed, seed ^ ROUNDING_KEY,
-        PHASE=int(phase), X_DTYPE=_DTYPES[b.dtype], S_DTYPE=_DTYPES[b.storage_dtype],
-        C_DTYPE=_DTYPES[state_dtype(b.dtype)], ROUNDING=rounding_mode, MASTER=b.has_master,
-        MOMENTUM=bool(b.momenta), NESTEROV=bool(h.nesterov), WD_AFTER_MOMENTUM=bool(h.wd_after_momentum),
-        EXTRAPOLATE_WITH_MOMENTUM=bool(h.extrapolate_with_momentum), PAST_GRAD=bool(h.past_grad),
-        HAS_TRUST=trust is not None, HAS_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
-        LR_TENSOR=lr_tensor is not None, GAMMA_TENSOR=gamma_tensor is not None, BLOCK=BLOCK, ALIGNED=aligned,
+        lr,
+        gamma,
+        lr_tensor if lr_tensor is not None else dummy,
+        gamma_tensor if gamma_tensor is not None else dummy,
+        float(h.momentum),
+        float(h.dampening),
+        float(h.weight_decay),
+        -1.0 if h.maximize else 1.0,
+        float(h.noise_std),
+        seed,
+        seed ^ ROUNDING_KEY,
+        PHASE=int(phase),
+        X_DTYPE=_DTYPES[b.dtype],
+        S_DTYPE=_DTYPES[b.storage_dtype],
+        C_DTYPE=_DTYPES[state_dtype(b.dtype)],
+        ROUNDING=rounding_mode,
+        MASTER=b.has_master,
+        MOMENTUM=bool(b.momenta),
+        NESTEROV=bool(h.nesterov),
+        WD_AFTER_MOMENTUM=bool(h.wd_after_momentum),
+        EXTRAPOLATE_WITH_MOMENTUM=bool(h.extrapolate_with_momentum),
+        PAST_GRAD=bool(h.past_grad),
+        HAS_TRUST=trust is not None,
+        HAS_SCALE=grad_scale is not None,
+        HAS_FOUND_INF=found_inf is not None,
+        LR_TENSOR=lr_tensor is not None,
+        GAMMA_TENSOR=gamma_tensor is not None,
+        BLOCK=BLOCK,
+        ALIGNED=aligned,
     )
     record_gamma(phase, b, gamma_tensor if gamma_tensor is not None else gamma, found_inf)
