@@ -20,7 +20,9 @@
 #include <sstream>
 #include <utility>
 
+#include "check_launch.h"
 #include "launch.h"
+#include "operator_args.h"
 
 #ifdef EXTRAP_CUDA_EMULATION
 #define EXTRAP_OPS extrap_kernels_cuda_emulation
@@ -43,192 +45,8 @@ constexpr bool kEmulatesCuda = true;
 constexpr bool kEmulatesCuda = false;
 #endif
 
-// The schema of every phase operator, and of `check` (phase first, nothing written). Tensor lists that a
-// phase writes are marked mutable (x, s, m, the step counts and the anchor-free update's last gammas);
-// grads are read only.
-// The adaptive bases' (Adam, AdamW, LAMB) arguments come last, keyword-only with defaults: an SGD-family
-// call does not name them. `norms` is LAMB's reading pass: check's arguments, a tensor of sums returned.
-std::string schema(const std::string& name, bool writes, const char* returns = "()") {
-  auto list = [&](const char* alias) {
-    return writes ? std::string("Tensor(") + alias + "!)[]" : std::string("Tensor[]");
-  };
-  return name + "(" + (writes ? "" : "int phase, ") + list("a") + " params, Tensor[] grads, " + list("b") +
-         " anchors, " + list("c") + " momenta, " + list("d") + " steps, int[] indices, " + list("e") +
-         " last_gammas, *, "
-         "float lr=0., float gamma=0., Tensor? lr_tensor=None, Tensor? gamma_tensor=None, float momentum=0., "
-         "float dampening=0., float weight_decay=0., bool nesterov=False, bool maximize=False, "
-         "bool wd_after_momentum=False, bool extrapolate_with_momentum=False, bool past_grad=False, "
-         "float noise_std=0., int seed=0, Tensor? trust=None, Tensor? grad_scale=None, Tensor? found_inf=None, "
-         "bool master_weights=True, " +
-         list("f") + "? second_moments=None, " + list("g") +
-         "? max_second_moments=None, "
-         "float beta1=0., float beta2=0., Tensor? beta1_tensor=None, Tensor? beta2_tensor=None, float eps=0., "
-         "bool grad_averaging=True, bool decoupled=False, bool bias_correction=True) -> " +
-         returns;
-}
-constexpr int kNumArgs = 35;  // the arguments of a phase operator (check takes the phase before them)
 constexpr const char* kPhaseOps[] = {"extrapolate_", "update_", "update_past_", "update_noise_",
                                      "update_past_anchor_free_"};  // Phase order
-
-std::optional<at::Tensor> optional_tensor(const c10::IValue& v) {
-  return v.isNone() ? std::nullopt : std::optional<at::Tensor>(v.toTensor());
-}
-
-// The launch from the last kNumArgs values on the stack, in schema order.
-Launch read_launch(int64_t phase, const c10::IValue* a) {
-  Launch L;
-  L.phase = phase;
-  L.params = a[0].toTensorVector();
-  L.grads = a[1].toTensorVector();
-  L.anchors = a[2].toTensorVector();
-  L.momenta = a[3].toTensorVector();
-  L.steps = a[4].toTensorVector();
-  L.indices = a[5].toIntVector();
-  L.last_gammas = a[6].toTensorVector();
-  L.lr = a[7].toDouble();
-  L.gamma = a[8].toDouble();
-  L.lr_tensor = optional_tensor(a[9]);
-  L.gamma_tensor = optional_tensor(a[10]);
-  L.momentum = a[11].toDouble();
-  L.dampening = a[12].toDouble();
-  L.weight_decay = a[13].toDouble();
-  L.nesterov = a[14].toBool();
-  L.maximize = a[15].toBool();
-  L.wd_after_momentum = a[16].toBool();
-  L.extrapolate_with_momentum = a[17].toBool();
-  L.past_grad = a[18].toBool();
-  L.noise_std = a[19].toDouble();
-  L.seed = a[20].toInt();
-  L.trust = optional_tensor(a[21]);
-  L.grad_scale = optional_tensor(a[22]);
-  L.found_inf = optional_tensor(a[23]);
-  L.master_weights = a[24].toBool();
-  if (!a[25].isNone()) L.second_moments = a[25].toTensorVector();
-  if (!a[26].isNone()) L.max_second_moments = a[26].toTensorVector();
-  L.beta1 = a[27].toDouble();
-  L.beta2 = a[28].toDouble();
-  L.beta1_tensor = optional_tensor(a[29]);
-  L.beta2_tensor = optional_tensor(a[30]);
-  L.eps = a[31].toDouble();
-  L.grad_averaging = a[32].toBool();
-  L.decoupled = a[33].toBool();
-  L.bias_correction = a[34].toBool();
-  return L;
-}
-
-at::ScalarType state_dtype(at::ScalarType param) { return param == at::kDouble ? at::kDouble : at::kFloat; }
-
-std::string name_of(const Launch& L, size_t i) {
-  std::ostringstream out;
-  out << "extrap_kernels: param " << L.indices[i] << " (shape " << L.params[i].sizes() << ")";
-  return out.str();
-}
-
-// Everything a kernel relies on, for every tensor of the launch, before anything is written. A refusal
-// is a ValueError (TypeError for dtypes): the Python layer tells it from a failure while running.
-void check_launch(const Launch& L) {
-  const size_t n = L.params.size();
-  TORCH_CHECK_VALUE(L.phase >= kExtrapolate && L.phase <= kUpdatePastAnchorFree, "extrap_kernels: unknown phase ",
-                    L.phase);
-  TORCH_CHECK_VALUE(L.grads.size() == n && L.steps.size() == n && L.indices.size() == n,
-                    "extrap_kernels: params, grads, steps and indices must have the same length");
-  if (L.anchor_free()) {
-    TORCH_CHECK_VALUE(L.anchors.empty() && L.last_gammas.size() == n && !L.momenta.empty(),
-                      "extrap_kernels: update_past_anchor_free_ takes no anchors, and one last_gamma and one "
-                      "momentum buffer per parameter");
-    // the anchor is recomputed as x + last_gamma * m only where the past direction d is m (SPEC)
-    TORCH_CHECK_VALUE(!L.nesterov && !L.wd_after_momentum && !L.past_grad && !L.trust,
-                      "extrap_kernels: update_past_anchor_free_ needs heavy-ball momentum: no nesterov, "
-                      "wd_after_momentum, past_grad or LARS trust");
-  } else {
-    TORCH_CHECK_VALUE(L.anchors.size() == n || (L.anchors.empty() && L.phase == kUpdate),
-                      "extrap_kernels: anchors must be one per parameter (or empty for update_ on parameters "
-                      "that are their own anchors)");
-    TORCH_CHECK_VALUE(L.last_gammas.empty(), "extrap_kernels: last_gammas belong to update_past_anchor_free_");
-  }
-  if (L.adaptive()) {
-    // the first moments are the momenta; no SGD-family option applies
-    TORCH_CHECK_VALUE(L.second_moments.size() == n && L.momenta.size() == n &&
-                          (L.max_second_moments.empty() || L.max_second_moments.size() == n),
-                      "extrap_kernels: an adaptive launch takes one first moment (momenta) and one second moment per "
-                      "parameter, and one max_second_moment per parameter or none");
-    TORCH_CHECK_VALUE(!L.anchor_free() && L.momentum == 0 && !L.nesterov && !L.wd_after_momentum &&
-                          !L.extrapolate_with_momentum && !L.past_grad && L.master_weights,
-                      "extrap_kernels: the adaptive bases have no anchor-free update, momentum, nesterov, "
-                      "wd_after_momentum, extrapolate_with_momentum, past_grad or master_weights=False");
-    TORCH_CHECK_VALUE(L.beta1 >= 0 && L.beta1 < 1 && L.beta2 >= 0 && L.beta2 < 1 && L.eps >= 0,
-                      "extrap_kernels: betas must lie in [0, 1) and eps be >= 0, got (", L.beta1, ", ", L.beta2,
-                      ") and ", L.eps);
-  } else {
-    TORCH_CHECK_VALUE(!L.beta1_tensor && !L.beta2_tensor, "extrap_kernels: beta tensors belong to adaptive launches");
-    TORCH_CHECK_VALUE(L.max_second_moments.empty(), "extrap_kernels: max_second_moments without second_moments");
-    TORCH_CHECK_VALUE(L.momenta.empty() || L.momenta.size() == n,
-                      "extrap_kernels: momenta must be empty (momentum 0) or one per parameter");
-    TORCH_CHECK_VALUE((L.momentum != 0) == !L.momenta.empty(), "extrap_kernels: momenta given iff momentum != 0");
-  }
-  if (n == 0) return;
-  const auto device = L.params[0].device();
-  const auto dtype = L.params[0].scalar_type();
-  const auto cdtype = state_dtype(dtype);                 // the arithmetic's (and the rate and trust tensors')
-  const auto sdtype = L.master_weights ? cdtype : dtype;  // the stored anchor's and momentum's
-  TORCH_CHECK_VALUE(!L.anchor_free() || cdtype == dtype,
-                    "extrap_kernels: update_past_anchor_free_ needs fp32 or fp64 parameters (a 16-bit one rounds x)");
-  TORCH_CHECK_VALUE(!L.anchors.empty() || sdtype == dtype,
-                    "extrap_kernels: 16-bit parameters need their fp32 master anchors");
-  auto check_state = [&](const at::Tensor& t, at::ScalarType want, int64_t numel, const char* key, size_t i) {
-    TORCH_CHECK_VALUE(t.device() == device && t.scalar_type() == want, name_of(L, i), ": state '", key, "' is ",
-                      t.scalar_type(), " on ", t.device(), ", expected ", want, " on ", device);
-    TORCH_CHECK_VALUE(t.layout() == at::kStrided && t.numel() == numel && t.is_contiguous(), name_of(L, i), ": state '",
-                      key, "' does not match the parameter's shape/layout");
-  };
-  for (size_t i = 0; i < n; ++i) {
-    const at::Tensor& x = L.params[i];
-    const at::Tensor& g = L.grads[i];
-    TORCH_CHECK_TYPE(!x.is_complex() && !g.is_complex(), name_of(L, i),
-                     ": complex tensors go to the kernels as their real views (torch.view_as_real)");
-    TORCH_CHECK_TYPE(x.scalar_type() == dtype, name_of(L, i), ": mixed dtypes inside one fused bucket (",
-                     x.scalar_type(), " and ", dtype, ")");
-    TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
-                     name_of(L, i), ": dtype ", dtype, " is not supported (fp32, fp64, bf16 or fp16)");
-    TORCH_CHECK_VALUE(g.layout() == at::kStrided && x.layout() == at::kStrided, name_of(L, i),
-                      ": sparse gradients are not supported: give these parameters an optimizer that takes them "
-                      "(torch.optim.SGD, SparseAdam)");
-    TORCH_CHECK_VALUE(x.device() == device, name_of(L, i), ": mixed devices inside one fused bucket (", x.device(),
-                      " and ", device, ")");
-    TORCH_CHECK_VALUE(g.device() == device, name_of(L, i), ": mixed devices: gradient on ", g.device(),
-                      ", parameter on ", device);
-    TORCH_CHECK_TYPE(g.scalar_type() == dtype, name_of(L, i), ": mismatched dtypes: gradient ", g.scalar_type(),
-                     ", parameter ", dtype);
-    TORCH_CHECK_VALUE(g.sizes() == x.sizes(), name_of(L, i), ": gradient shape ", g.sizes(), " != parameter shape ",
-                      x.sizes());
-    TORCH_CHECK_VALUE(x.is_contiguous() && g.is_contiguous(), name_of(L, i),
-                      ": fused kernels need contiguous parameters and gradients (backend='foreach' or 'auto' "
-                      "handles strided ones)");
-    const int64_t numel = x.numel();
-    if (!L.anchors.empty()) check_state(L.anchors[i], sdtype, numel, "anchor", i);
-    if (!L.momenta.empty()) check_state(L.momenta[i], sdtype, numel, L.adaptive() ? "exp_avg" : "momentum_buffer", i);
-    if (!L.second_moments.empty()) check_state(L.second_moments[i], sdtype, numel, "exp_avg_sq", i);
-    if (!L.max_second_moments.empty()) check_state(L.max_second_moments[i], sdtype, numel, "max_exp_avg_sq", i);
-    check_state(L.steps[i], at::kFloat, 1, "step", i);
-    if (!L.last_gammas.empty()) check_state(L.last_gammas[i], sdtype, 1, "last_gamma", i);
-  }
-  auto check_rate = [&](const std::optional<at::Tensor>& t, int64_t numel, const char* what) {
-    if (!t) return;
-    TORCH_CHECK_VALUE(t->device() == device && t->scalar_type() == cdtype && t->numel() == numel && t->is_contiguous(),
-                      "extrap_kernels: ", what, " must be ", numel, " contiguous ", cdtype, " on ", device, ", got ",
-                      t->numel(), " ", t->scalar_type(), " on ", t->device());
-  };
-  check_rate(L.trust, static_cast<int64_t>(n), "trust");
-  check_rate(L.lr_tensor, 1, "lr tensor");
-  check_rate(L.gamma_tensor, 1, "gamma tensor");
-  for (const auto* beta : {&L.beta1_tensor, &L.beta2_tensor}) {  // (float64: the bias corrections' precision)
-    TORCH_CHECK_VALUE(
-        !*beta || ((*beta)->device() == device && (*beta)->scalar_type() == at::kDouble && (*beta)->numel() == 1),
-        "extrap_kernels: a beta tensor must be one float64 element on ", device);
-  }
-  TORCH_CHECK_VALUE(!L.grad_scale || L.grad_scale->numel() == 1, "extrap_kernels: grad_scale must have one element");
-  TORCH_CHECK_VALUE(!L.found_inf || L.found_inf->numel() == 1, "extrap_kernels: found_inf must have one element");
-}
 
 #if defined(EXTRAP_WITH_CUDA) || defined(EXTRAP_CUDA_EMULATION)
 // After an anchor-free launch on the device (same stream, so after its kernels read them): x was
@@ -301,10 +119,19 @@ void run(Launch L) {
   TORCH_CHECK(false, "extrap_kernels: this build has no kernel for device ", device);
 }
 
+// The launch of the call on top of `stack` (its arguments popped), read by name at `positions`, which
+// each operator finds once (one static per operator: its CPU, CUDA and Meta kernels share the schema).
+// `phase` is the operator's own, or -1 where the call names it (check, norms).
+Launch pop_launch(const ArgumentPositions& positions, torch::jit::Stack* stack, int64_t phase) {
+  Launch L = read_launch(positions, &*(stack->end() - positions.count), phase);
+  torch::jit::drop(*stack, positions.count);
+  return L;
+}
+
 template <Phase P>
-void phase_op(const c10::OperatorHandle&, torch::jit::Stack* stack) {
-  Launch L = read_launch(P, &*(stack->end() - kNumArgs));
-  torch::jit::drop(*stack, kNumArgs);
+void phase_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  static const ArgumentPositions positions(op.schema());
+  Launch L = pop_launch(positions, stack, P);
   check_launch(L);
   run(std::move(L));
 }
@@ -338,10 +165,9 @@ at::Tensor norms(Launch L) {
 }
 
 // LAMB's reading pass (csrc/launch.h, adaptive_norms_cpu): the [tensors, 2] sums of s^2 and u^2.
-void norms_op(const c10::OperatorHandle&, torch::jit::Stack* stack) {
-  const c10::IValue* args = &*(stack->end() - kNumArgs);
-  Launch L = read_launch((args - 1)->toInt(), args);
-  torch::jit::drop(*stack, kNumArgs + 1);
+void norms_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  static const ArgumentPositions positions(op.schema());
+  Launch L = pop_launch(positions, stack, -1);
   check_launch(L);
   TORCH_CHECK_VALUE(L.adaptive(), "extrap_kernels: norms is the reading pass of an adaptive launch (LAMB)");
   TORCH_CHECK_VALUE(L.phase != kUpdatePastAnchorFree, "extrap_kernels: norms: phase ", L.phase,
@@ -349,11 +175,9 @@ void norms_op(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   torch::jit::push(*stack, norms(std::move(L)));
 }
 
-void check_op(const c10::OperatorHandle&, torch::jit::Stack* stack) {
-  const c10::IValue* args = &*(stack->end() - kNumArgs);
-  Launch L = read_launch((args - 1)->toInt(), args);
-  torch::jit::drop(*stack, kNumArgs + 1);
-  check_launch(L);
+void check_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  static const ArgumentPositions positions(op.schema());
+  check_launch(pop_launch(positions, stack, -1));
 }
 
 // The header's noise generator on the host, for tests: bits[i] = Philox outputs (c0, c1, c2, c3) and
