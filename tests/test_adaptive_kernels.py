@@ -185,9 +185,9 @@ def lamb_sums(backend: str, phase: Phase, b: Bucket, h: Hyper) -> torch.Tensor:
     """A kernel backend's LAMB reading pass: the operator extrap_kernels::norms (cpu, cuda) or the Triton
     kernels' (triton)."""
     if backend == "triton":
-        from extrap_kernels.backends import triton_adaptive
+        from extrap_kernels.backends import triton_lamb
 
-        return triton_adaptive.lamb_sums(phase, b, h, None)
+        return triton_lamb.lamb_sums(phase, b, h, None)
     from extrap_kernels.backends import extension
 
     return extension.prepared_call(phase, b, h, kind="norms", backend=backend)(b.grads, None, None, None)

@@ -242,9 +242,10 @@ def test_whole_blocks_and_misaligned_buckets(backend, phase, misaligned):
     oracle = phase_bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], 2, phase, last)
     assert (ours.params[2].data_ptr() % 16 != 0) is misaligned
     if backend == "triton":
-        from extrap_kernels.backends import triton_kernels
+        from extrap_kernels.backends import triton_common, triton_sgd
 
-        assert triton_kernels._tables(ours)[-1] is not misaligned  # the bucket's ALIGNED switch
+        aligned = triton_common.cached_tables(ours, triton_sgd.sgd_columns(ours))[-1]
+        assert aligned is not misaligned  # the bucket's ALIGNED switch
     ek.backends.resolve(backend, torch.device("cpu")).apply(phase, ours, hyper, None, None)
     reference.apply(phase, oracle, hyper, compute_dtype=torch.float64)
     magnitude = max(float(t.abs().max()) for t in (*x, *g, *s, *m))

@@ -30,7 +30,8 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from extrap_kernels.backends import triton_adaptive as ta  # noqa: E402
-from extrap_kernels.backends import triton_kernels as tk  # noqa: E402
+from extrap_kernels.backends import triton_lamb as tlamb  # noqa: E402
+from extrap_kernels.backends import triton_sgd as tk  # noqa: E402
 
 DTYPES = {
     "fp32": (tl.float32, tl.float32, False),
@@ -212,12 +213,12 @@ def compile_adaptive(kernel: str, constexprs: dict, arch: int):
     ]
     if kernel == "sums":
         fn, sig, constexprs = (
-            ta._segment_sums_kernel,
+            tlamb._segment_sums_kernel,
             {"block_sums": f"*{state}", "first_block": "*i64", "sums": f"*{state}"},
-            dict(SEGMENT=ta.SEGMENT),
+            dict(SEGMENT=tlamb.SEGMENT),
         )
     elif kernel == "norms":
-        fn = ta._norms_kernel
+        fn = tlamb._norms_kernel
         sig = {
             "table": "*i64",
             "numels": "*i64",
@@ -263,7 +264,7 @@ def compile_adaptive(kernel: str, constexprs: dict, arch: int):
 
 
 def signature(state: tl.dtype) -> dict[str, str]:
-    """The runtime argument types of _phase_kernel (triton_kernels.apply), constexprs apart."""
+    """The runtime argument types of _phase_kernel (triton_sgd.apply_sgd), constexprs apart."""
     s = {tl.float32: "fp32", tl.float64: "fp64"}[state]
     return {
         "table": "*i64",

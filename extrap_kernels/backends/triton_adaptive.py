@@ -1,130 +1,37 @@
 """The `triton` backend's adaptive bases (Adam, AdamW, LAMB; SPEC "Base update, Adam family and LAMB"): one
-launch per phase over a bucket, on triton_kernels.py's cached tables (here with the second moments as two
-more columns), the math csrc/extrap_math.h's adaptive_direction and adaptive_element line for line. LAMB's
-reading pass is a second kernel writing each block's sums of s^2 and u^2, added per tensor in block order
-by a third: deterministic, on the device, no host synchronization."""
+launch per phase over a bucket, on triton_common.py's cached tables (here with the second moments as two
+more rows), the math csrc/extrap_math.h's adaptive_direction and adaptive_element line for line
+(triton_adaptive_math.py). LAMB's reading pass runs first (triton_lamb.py)."""
 
 from __future__ import annotations
 
-import math
-
-import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from .. import lamb
 from ..bucket import Bucket, Hyper, Phase, count_step, state_dtype
-from .triton_kernels import _DTYPES, BLOCK, _tables, abandon_block, launch_values, noise_normal, program_block
-
-SEGMENT = 128  # blocks a program of the per-tensor sums adds at a time
-
-
-@triton.jit
-def exact_sqrt(x):
-    """The correctly rounded square root, as C++'s sqrt (tl.sqrt of fp32 is approximate on GPUs)."""
-    root = tl.sqrt(x)
-    if x.dtype == tl.float32:
-        root = tl.sqrt_rn(x)
-    return root
-
-
-@triton.jit
-def bias_corrections(step, log_beta1, log_beta2, C_DTYPE: tl.constexpr, BIAS_CORRECTION: tl.constexpr):
-    """1 - beta1^t and sqrt(1 - beta2^t) after update `step`, in double (beta^t as exp(t log beta))."""
-    bias1 = tl.full((), 1.0, C_DTYPE)
-    bias2_sqrt = tl.full((), 1.0, C_DTYPE)
-    if BIAS_CORRECTION:
-        t = step.to(tl.float64)
-        bias1 = (1.0 - tl.exp(t * log_beta1)).to(C_DTYPE)
-        bias2_sqrt = tl.sqrt(1.0 - tl.exp(t * log_beta2)).to(C_DTYPE)
-    return bias1, bias2_sqrt
-
-
-@triton.jit
-def device_betas(
-    beta1,
-    one_minus_beta2,
-    beta2,
-    grad_gain,
-    log_beta1,
-    log_beta2,
-    beta1_ptr,
-    beta2_ptr,
-    BETA1_TENSOR: tl.constexpr,
-    BETA2_TENSOR: tl.constexpr,
-    GRAD_AVERAGING: tl.constexpr,
-    C_DTYPE: tl.constexpr,
-):
-    """Capturable betas (float64 tensors), read as the kernel runs, and what follows from them; the numbers
-    the host computed otherwise."""
-    if BETA1_TENSOR:
-        b1 = tl.load(beta1_ptr)
-        beta1 = b1.to(C_DTYPE)
-        log_beta1 = tl.log(b1)
-        if GRAD_AVERAGING:
-            grad_gain = (1.0 - b1).to(C_DTYPE)
-    if BETA2_TENSOR:
-        b2 = tl.load(beta2_ptr)
-        beta2 = b2.to(C_DTYPE)
-        one_minus_beta2 = (1.0 - b2).to(C_DTYPE)
-        log_beta2 = tl.log(b2)
-    return beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2
-
-
-@triton.jit
-def adaptive_direction(
-    s,
-    g,
-    m,
-    v,
-    v_max,
-    grad_factor,
-    weight_decay,
-    beta1,
-    one_minus_beta2,
-    beta2,
-    grad_gain,
-    eps,
-    bias1,
-    bias2_sqrt,
-    DECOUPLED: tl.constexpr,
-    AMSGRAD: tl.constexpr,
-):
-    """Returns (u, m, v, v_max): the moments updated with g' and the undamped direction."""
-    gp = g * grad_factor
-    if not DECOUPLED:
-        gp += weight_decay * s
-    m = beta1 * m + grad_gain * gp
-    v = beta2 * v + (one_minus_beta2 * gp) * gp
-    second = v
-    if AMSGRAD:
-        v_max = tl.maximum(v_max, v)
-        second = v_max
-    u = (m / bias1) / (exact_sqrt(second) / bias2_sqrt + eps)
-    if DECOUPLED:
-        u += weight_decay * s
-    return u, m, v, v_max
-
-
-@triton.jit
-def _pointers(table, t, X_DTYPE: tl.constexpr, C_DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
-    """Table rows: x, g, s, m, v, v_max (a placeholder without amsgrad), step. ALIGNED (every array of the
-    bucket starts on 16 bytes, checked on the host) is said to the compiler here, on the casts that make the
-    pointers: a hint on a value this helper returns would sit on the call, which Triton's inliner drops
-    (triton 3.6 and 3.7 then compile scalar accesses)."""
-    x_ptr = tl.load(table + 7 * t + 0).to(tl.pointer_type(X_DTYPE))
-    g_ptr = tl.load(table + 7 * t + 1).to(tl.pointer_type(X_DTYPE))
-    s_ptr = tl.load(table + 7 * t + 2).to(tl.pointer_type(C_DTYPE))
-    m_ptr = tl.load(table + 7 * t + 3).to(tl.pointer_type(C_DTYPE))
-    v_ptr = tl.load(table + 7 * t + 4).to(tl.pointer_type(C_DTYPE))
-    v_max_ptr = tl.load(table + 7 * t + 5).to(tl.pointer_type(C_DTYPE))
-    if ALIGNED:
-        x_ptr, g_ptr = tl.multiple_of(x_ptr, 16), tl.multiple_of(g_ptr, 16)
-        s_ptr, m_ptr = tl.multiple_of(s_ptr, 16), tl.multiple_of(m_ptr, 16)
-        v_ptr, v_max_ptr = tl.multiple_of(v_ptr, 16), tl.multiple_of(v_max_ptr, 16)
-    step_ptr = tl.load(table + 7 * t + 6).to(tl.pointer_type(tl.float32))
-    return x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr
+from .triton_adaptive_math import (
+    adaptive_columns,
+    adaptive_direction,
+    bias_corrections,
+    constants,
+    device_betas,
+    pointers,
+)
+from .triton_common import (
+    BLOCK,
+    DTYPES,
+    EXTRAPOLATE,
+    UPDATE,
+    UPDATE_PAST,
+    abandon_block,
+    cached_tables,
+    launch_values,
+    noise_normal,
+    program_block,
+)
+from .triton_lamb import lamb_sums
 
 
 @triton.jit
@@ -214,7 +121,7 @@ def _adaptive_block(
             C_DTYPE,
         )
         step = tl.load(step_ptr)
-        if PHASE == 0:  # the look-ahead: the count after the coming update
+        if PHASE == EXTRAPOLATE:  # the look-ahead: the count after the coming update
             step += 1.0
         bias1, bias2_sqrt = bias_corrections(step, log_b1, log_b2, C_DTYPE, BIAS_CORRECTION)
         g = tl.load(g_ptr + offs, mask=mask).to(C_DTYPE)
@@ -223,7 +130,7 @@ def _adaptive_block(
         v_max = tl.zeros_like(v)
         if AMSGRAD:
             v_max = tl.load(v_max_ptr + offs, mask=mask)
-        if PHASE == 0:  # extrapolate along the look-ahead direction; the state is read only
+        if PHASE == EXTRAPOLATE:  # extrapolate along the look-ahead direction; the state is read only
             if MASTER:
                 anchor = tl.load(s_ptr + offs, mask=mask)
             else:
@@ -274,11 +181,11 @@ def _adaptive_block(
             tl.store(v_ptr + offs, v, mask=mask)
             if AMSGRAD:
                 tl.store(v_max_ptr + offs, v_max, mask=mask)
-            if PHASE == 1:  # x <- s; a full-precision s is only the snapshot (or x itself)
+            if PHASE == UPDATE:  # x <- s; a full-precision s is only the snapshot (or x itself)
                 if MASTER:
                     tl.store(s_ptr + offs, anchor, mask=mask)
                 tl.store(x_ptr + offs, anchor.to(X_DTYPE), mask=mask)
-            elif PHASE == 2:  # past: x <- s - gamma * e
+            elif PHASE == UPDATE_PAST:  # past: x <- s - gamma * e
                 tl.store(s_ptr + offs, anchor, mask=mask)
                 tl.store(x_ptr + offs, (anchor - gamma * e).to(X_DTYPE), mask=mask)
             else:  # noise: x <- s + sigma * xi
@@ -333,7 +240,7 @@ def _adaptive_kernel(
     ALIGNED: tl.constexpr,
 ):
     t, offs, mask, whole = program_block(numels, block_tensor, block_start, BLOCK, ALIGNED)
-    x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = _pointers(table, t, X_DTYPE, C_DTYPE, ALIGNED)
+    x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = pointers(table, t, X_DTYPE, C_DTYPE, ALIGNED)
     index = tl.load(indices + t)
     if whole:
         _adaptive_block(
@@ -435,196 +342,16 @@ def _adaptive_kernel(
         )
 
 
-@triton.jit
-def _norms_kernel(
-    table,
-    numels,
-    block_tensor,
-    block_start,
-    scale_ptr,
-    block_sums,
-    weight_decay,
-    sign,
-    beta1,
-    one_minus_beta2,
-    beta2,
-    grad_gain,
-    eps,
-    log_beta1,
-    log_beta2,
-    beta1_ptr,
-    beta2_ptr,
-    X_DTYPE: tl.constexpr,
-    C_DTYPE: tl.constexpr,
-    READS_X: tl.constexpr,
-    AMSGRAD: tl.constexpr,
-    DECOUPLED: tl.constexpr,
-    BIAS_CORRECTION: tl.constexpr,
-    HAS_SCALE: tl.constexpr,
-    BETA1_TENSOR: tl.constexpr,
-    BETA2_TENSOR: tl.constexpr,
-    GRAD_AVERAGING: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    """LAMB's reading pass, one block: its sums of s^2 and u^2 (u of the coming update) to block_sums[pid]."""
-    pid = tl.program_id(0)
-    t, offs, mask, _ = program_block(numels, block_tensor, block_start, BLOCK, False)
-    x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = _pointers(table, t, X_DTYPE, C_DTYPE, False)
-    grad_factor = sign
-    if HAS_SCALE:
-        grad_factor = sign / tl.load(scale_ptr).to(C_DTYPE)
-    beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2 = device_betas(
-        beta1,
-        one_minus_beta2,
-        beta2,
-        grad_gain,
-        log_beta1,
-        log_beta2,
-        beta1_ptr,
-        beta2_ptr,
-        BETA1_TENSOR,
-        BETA2_TENSOR,
-        GRAD_AVERAGING,
-        C_DTYPE,
-    )
-    bias1, bias2_sqrt = bias_corrections(tl.load(step_ptr) + 1.0, log_beta1, log_beta2, C_DTYPE, BIAS_CORRECTION)
-    if READS_X:  # before a full-precision snapshot the anchor is x itself
-        anchor = tl.load(x_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
-    else:
-        anchor = tl.load(s_ptr + offs, mask=mask, other=0.0)
-    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
-    m = tl.load(m_ptr + offs, mask=mask, other=0.0)
-    v = tl.load(v_ptr + offs, mask=mask, other=0.0)
-    v_max = tl.zeros_like(v)
-    if AMSGRAD:
-        v_max = tl.load(v_max_ptr + offs, mask=mask, other=0.0)
-    u, _, _, _ = adaptive_direction(
-        anchor,
-        g,
-        m,
-        v,
-        v_max,
-        grad_factor,
-        weight_decay,
-        beta1,
-        one_minus_beta2,
-        beta2,
-        grad_gain,
-        eps,
-        bias1,
-        bias2_sqrt,
-        DECOUPLED,
-        AMSGRAD,
-    )
-    u = tl.where(mask, u, 0.0)  # (0 / 0 where eps is 0)
-    tl.store(block_sums + 2 * pid, tl.sum(anchor * anchor, 0))
-    tl.store(block_sums + 2 * pid + 1, tl.sum(u * u, 0))
-
-
-@triton.jit
-def _segment_sums_kernel(block_sums, first_block, sums, SEGMENT: tl.constexpr):
-    """One tensor's sums from its consecutive blocks' sums, added in a fixed order."""
-    t = tl.program_id(0)
-    begin = tl.load(first_block + t)
-    end = tl.load(first_block + t + 1)
-    lanes = tl.arange(0, SEGMENT)
-    s_squares = tl.zeros([SEGMENT], dtype=block_sums.dtype.element_ty)
-    u_squares = tl.zeros([SEGMENT], dtype=block_sums.dtype.element_ty)
-    b = begin
-    while b < end:  # (not range(begin, end, ...): triton 3.6's interpreter cannot take loaded bounds there)
-        blocks = b + lanes
-        inside = blocks < end
-        s_squares += tl.load(block_sums + 2 * blocks, mask=inside, other=0.0)
-        u_squares += tl.load(block_sums + 2 * blocks + 1, mask=inside, other=0.0)
-        b += SEGMENT
-    tl.store(sums + 2 * t, tl.sum(s_squares, 0))
-    tl.store(sums + 2 * t + 1, tl.sum(u_squares, 0))
-
-
-def _constants(b: Bucket, h: Hyper) -> dict:
-    """The arguments both kernels take besides the tables, as the CPU and CUDA launchers derive them
-    (launch.h); capturable betas as float64 device tensors, which the kernels read."""
-    (beta1, beta1_tensor), (beta2, beta2_tensor) = h.kernel_betas(b)
-    averaging = bool(h.grad_averaging or h.base != "lamb")
-    return dict(
-        weight_decay=float(h.weight_decay),
-        sign=-1.0 if h.maximize else 1.0,
-        beta1=beta1,
-        one_minus_beta2=1.0 - beta2,
-        beta2=beta2,
-        grad_gain=(1.0 - beta1) if averaging else 1.0,
-        eps=float(h.eps),
-        # (beta 0: its powers are 0 from the first step on, exp(t * -inf))
-        log_beta1=math.log(beta1) if beta1 > 0 else -math.inf,
-        log_beta2=math.log(beta2) if beta2 > 0 else -math.inf,
-        beta1_ptr=beta1_tensor if beta1_tensor is not None else b.steps[0],
-        beta2_ptr=beta2_tensor if beta2_tensor is not None else b.steps[0],
-        BETA1_TENSOR=beta1_tensor is not None,
-        BETA2_TENSOR=beta2_tensor is not None,
-        GRAD_AVERAGING=averaging,
-    )
-
-
-def _columns(b: Bucket) -> tuple:
-    return (
-        b.params,
-        b.grads,
-        b.anchors,
-        b.momenta,
-        b.second_moments,
-        b.max_second_moments or b.second_moments,
-        b.steps,
-    )
-
-
-def lamb_sums(
-    phase: Phase,
-    b: Bucket,
-    h: Hyper,
-    grad_scale: Tensor | None,
-    tables: tuple | None = None,
-    constants: dict | None = None,
-) -> Tensor:
-    """The reading pass: per tensor, the sums of s^2 and u^2 ([tensors, 2], the state dtype). `tables` and
-    `constants`: the bucket's, where the caller has them already."""
-    tables = tables or _tables(b, _columns(b), streamed=6)
-    table, numels, _, block_tensor, block_start, first_of_tensor, total, _ = tables
-    dtype = state_dtype(b.dtype)
-    block_sums = torch.empty(total, 2, dtype=dtype, device=b.device)
-    sums = torch.zeros(len(b.params), 2, dtype=dtype, device=b.device)
-    if total == 0:
-        return sums
-    _norms_kernel[(total,)](
-        table,
-        numels,
-        block_tensor,
-        block_start,
-        grad_scale if grad_scale is not None else numels,
-        block_sums,
-        **(constants or _constants(b, h)),
-        X_DTYPE=_DTYPES[b.dtype],
-        C_DTYPE=_DTYPES[dtype],
-        READS_X=phase == Phase.EXTRAPOLATE and not b.has_master,
-        AMSGRAD=bool(b.max_second_moments),
-        DECOUPLED=bool(h.decoupled),
-        BIAS_CORRECTION=bool(h.bias_correction),
-        HAS_SCALE=grad_scale is not None,
-        BLOCK=BLOCK,
-    )
-    _segment_sums_kernel[(len(b.params),)](block_sums, first_of_tensor, sums, SEGMENT=SEGMENT)
-    return sums
-
-
 def apply_adaptive(
     phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None, found_inf: Tensor | None = None
 ) -> None:
     """One adaptive phase over the bucket (LAMB: its reading pass first), counting the step of an update."""
     if phase not in (Phase.EXTRAPOLATE, Phase.UPDATE, Phase.UPDATE_PAST, Phase.UPDATE_NOISE):
         raise ValueError(f"phase {phase!r} has no adaptive form")
-    tables = _tables(b, _columns(b), streamed=6)  # (once, as the constants: LAMB's passes share them)
-    constants = _constants(b, h) if tables[6] else None  # (no launch over a bucket without elements)
+    tables = cached_tables(b, adaptive_columns(b), streamed=6)  # (once, as the constants: LAMB's passes share them)
+    launch_constants = constants(b, h) if tables[6] else None  # (no launch over a bucket without elements)
     grad_scale, trust = lamb.step_inputs(
-        b, h, grad_scale, lambda scale: lamb_sums(phase, b, h, scale, tables, constants)
+        b, h, grad_scale, lambda scale: lamb_sums(phase, b, h, scale, tables, launch_constants)
     )
     count_step(phase, b, found_inf)
     table, numels, indices, block_tensor, block_start, _, total, aligned = tables
@@ -647,10 +374,10 @@ def apply_adaptive(
         gamma_tensor if gamma_tensor is not None else dummy,
         noise_std=float(h.noise_std),
         seed=int(h.seed) & 0xFFFFFFFFFFFFFFFF,
-        **constants,
+        **launch_constants,
         PHASE=int(phase),
-        X_DTYPE=_DTYPES[b.dtype],
-        C_DTYPE=_DTYPES[state_dtype(b.dtype)],
+        X_DTYPE=DTYPES[b.dtype],
+        C_DTYPE=DTYPES[state_dtype(b.dtype)],
         MASTER=b.has_master,
         AMSGRAD=bool(b.max_second_moments),
         DECOUPLED=bool(h.decoupled),

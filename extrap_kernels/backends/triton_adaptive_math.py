@@ -1,0 +1,160 @@
+"""The `triton` backend's adaptive bases (Adam, AdamW, LAMB; SPEC "Base update, Adam family and LAMB"): the
+per-element math (csrc/extrap_math.h's adaptive_direction, line for line), the table's rows and the
+launch constants that the phase kernel (triton_adaptive.py) and LAMB's reading pass (triton_lamb.py)
+share."""
+
+from __future__ import annotations
+
+import math
+
+import triton
+import triton.language as tl
+
+from ..bucket import Bucket, Hyper
+
+# The table's rows: the addresses of x, g, s, m, v, v_max (a placeholder without amsgrad) and the step.
+ROW_X, ROW_G, ROW_S, ROW_M, ROW_V, ROW_V_MAX, ROW_STEP, ROWS = (tl.constexpr(row) for row in range(8))
+
+
+def adaptive_columns(b: Bucket) -> tuple:
+    """The tensor lists of the table's rows, in ROW_* order (the first six are streamed)."""
+    return (
+        b.params,
+        b.grads,
+        b.anchors,
+        b.momenta,
+        b.second_moments,
+        b.max_second_moments or b.second_moments,
+        b.steps,
+    )
+
+
+@triton.jit
+def exact_sqrt(x):
+    """The correctly rounded square root, as C++'s sqrt (tl.sqrt of fp32 is approximate on GPUs)."""
+    root = tl.sqrt(x)
+    if x.dtype == tl.float32:
+        root = tl.sqrt_rn(x)
+    return root
+
+
+@triton.jit
+def bias_corrections(step, log_beta1, log_beta2, C_DTYPE: tl.constexpr, BIAS_CORRECTION: tl.constexpr):
+    """1 - beta1^t and sqrt(1 - beta2^t) after update `step`, in double (beta^t as exp(t log beta))."""
+    bias1 = tl.full((), 1.0, C_DTYPE)
+    bias2_sqrt = tl.full((), 1.0, C_DTYPE)
+    if BIAS_CORRECTION:
+        t = step.to(tl.float64)
+        bias1 = (1.0 - tl.exp(t * log_beta1)).to(C_DTYPE)
+        bias2_sqrt = tl.sqrt(1.0 - tl.exp(t * log_beta2)).to(C_DTYPE)
+    return bias1, bias2_sqrt
+
+
+@triton.jit
+def device_betas(
+    beta1,
+    one_minus_beta2,
+    beta2,
+    grad_gain,
+    log_beta1,
+    log_beta2,
+    beta1_ptr,
+    beta2_ptr,
+    BETA1_TENSOR: tl.constexpr,
+    BETA2_TENSOR: tl.constexpr,
+    GRAD_AVERAGING: tl.constexpr,
+    C_DTYPE: tl.constexpr,
+):
+    """Capturable betas (float64 tensors), read as the kernel runs, and what follows from them; the numbers
+    the host computed otherwise."""
+    if BETA1_TENSOR:
+        b1 = tl.load(beta1_ptr)
+        beta1 = b1.to(C_DTYPE)
+        log_beta1 = tl.log(b1)
+        if GRAD_AVERAGING:
+            grad_gain = (1.0 - b1).to(C_DTYPE)
+    if BETA2_TENSOR:
+        b2 = tl.load(beta2_ptr)
+        beta2 = b2.to(C_DTYPE)
+        one_minus_beta2 = (1.0 - b2).to(C_DTYPE)
+        log_beta2 = tl.log(b2)
+    return beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2
+
+
+@triton.jit
+def adaptive_direction(
+    s,
+    g,
+    m,
+    v,
+    v_max,
+    grad_factor,
+    weight_decay,
+    beta1,
+    one_minus_beta2,
+    beta2,
+    grad_gain,
+    eps,
+    bias1,
+    bias2_sqrt,
+    DECOUPLED: tl.constexpr,
+    AMSGRAD: tl.constexpr,
+):
+    """Returns (u, m, v, v_max): the moments updated with g' and the undamped direction."""
+    gp = g * grad_factor
+    if not DECOUPLED:
+        gp += weight_decay * s
+    m = beta1 * m + grad_gain * gp
+    v = beta2 * v + (one_minus_beta2 * gp) * gp
+    second = v
+    if AMSGRAD:
+        v_max = tl.maximum(v_max, v)
+        second = v_max
+    u = (m / bias1) / (exact_sqrt(second) / bias2_sqrt + eps)
+    if DECOUPLED:
+        u += weight_decay * s
+    return u, m, v, v_max
+
+
+@triton.jit
+def pointers(table, t, X_DTYPE: tl.constexpr, C_DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """Table rows: x, g, s, m, v, v_max (a placeholder without amsgrad), step. ALIGNED (every array of the
+    bucket starts on 16 bytes, checked on the host) is said to the compiler here, on the casts that make the
+    pointers: a hint on a value this helper returns would sit on the call, which Triton's inliner drops
+    (triton 3.6 and 3.7 then compile scalar accesses)."""
+    x_ptr = tl.load(table + t * ROWS + ROW_X).to(tl.pointer_type(X_DTYPE))
+    g_ptr = tl.load(table + t * ROWS + ROW_G).to(tl.pointer_type(X_DTYPE))
+    s_ptr = tl.load(table + t * ROWS + ROW_S).to(tl.pointer_type(C_DTYPE))
+    m_ptr = tl.load(table + t * ROWS + ROW_M).to(tl.pointer_type(C_DTYPE))
+    v_ptr = tl.load(table + t * ROWS + ROW_V).to(tl.pointer_type(C_DTYPE))
+    v_max_ptr = tl.load(table + t * ROWS + ROW_V_MAX).to(tl.pointer_type(C_DTYPE))
+    if ALIGNED:
+        x_ptr, g_ptr = tl.multiple_of(x_ptr, 16), tl.multiple_of(g_ptr, 16)
+        s_ptr, m_ptr = tl.multiple_of(s_ptr, 16), tl.multiple_of(m_ptr, 16)
+        v_ptr, v_max_ptr = tl.multiple_of(v_ptr, 16), tl.multiple_of(v_max_ptr, 16)
+    step_ptr = tl.load(table + t * ROWS + ROW_STEP).to(tl.pointer_type(tl.float32))
+    return x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr
+
+
+def constants(b: Bucket, h: Hyper) -> dict:
+    """The arguments both kernels take besides the tables, as the CPU and CUDA launchers derive them
+    (launch.h); capturable betas as float64 device tensors, which the kernels read."""
+    (beta1, beta1_tensor), (beta2, beta2_tensor) = h.kernel_betas(b)
+    averaging = bool(h.grad_averaging or h.base != "lamb")
+    return dict(
+        weight_decay=float(h.weight_decay),
+        sign=-1.0 if h.maximize else 1.0,
+        beta1=beta1,
+        one_minus_beta2=1.0 - beta2,
+        beta2=beta2,
+        grad_gain=(1.0 - beta1) if averaging else 1.0,
+        eps=float(h.eps),
+        # (beta 0: its powers are 0 from the first step on, exp(t * -inf))
+        log_beta1=math.log(beta1) if beta1 > 0 else -math.inf,
+        log_beta2=math.log(beta2) if beta2 > 0 else -math.inf,
+        beta1_ptr=beta1_tensor if beta1_tensor is not None else b.steps[0],
+        beta2_ptr=beta2_tensor if beta2_tensor is not None else b.steps[0],
+        BETA1_TENSOR=beta1_tensor is not None,
+        BETA2_TENSOR=beta2_tensor is not None,
+        GRAD_AVERAGING=averaging,
+    )

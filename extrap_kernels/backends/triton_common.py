@@ -1,0 +1,189 @@
+"""What the `triton` backend's kernels share: the block of a program, the cached device tables of tensor
+addresses, the noise and the stochastic rounding (csrc/extrap_math.h's, line for line), the launch's
+per-step values, and the phases as the kernels' constexprs. triton_sgd.py (the SGD family) and
+triton_adaptive.py (Adam, AdamW, LAMB) build on it; triton_kernels.py is the backend.
+
+Every program handles one BLOCK of one tensor: a device table of tensor addresses (one row per tensor list,
+one column per tensor) and a block map (program -> tensor, first element) are built once and cached until
+a parameter, gradient or state tensor is reallocated. On a machine without a GPU the kernels run on CPU
+tensors under TRITON_INTERPRET=1.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import torch
+import triton
+import triton.language as tl
+
+from ..bucket import Bucket, Phase
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+# Interpreted programs cost per program, not per element: fewer, larger blocks there.
+BLOCK = 1 << 14 if INTERPRETED else 2048
+DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+# The phases (bucket.Phase), as the kernels compare their PHASE constexpr with them.
+EXTRAPOLATE = tl.constexpr(int(Phase.EXTRAPOLATE))
+UPDATE = tl.constexpr(int(Phase.UPDATE))
+UPDATE_PAST = tl.constexpr(int(Phase.UPDATE_PAST))
+UPDATE_NOISE = tl.constexpr(int(Phase.UPDATE_NOISE))
+UPDATE_PAST_ANCHOR_FREE = tl.constexpr(int(Phase.UPDATE_PAST_ANCHOR_FREE))
+
+
+# ---- the noise and the rounding: csrc/extrap_math.h, line for line ----------------------------------
+@triton.jit
+def philox_at(seed, step, index, element):
+    """Philox4x32-10 at counter (element lo, element hi, index, step), key seed: its four outputs."""
+    c0 = (element & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (element >> 32).to(tl.uint32)
+    c2 = tl.zeros_like(c0) + index.to(tl.uint32)
+    c3 = tl.zeros_like(c0) + step.to(tl.uint32)
+    return tl.philox(seed, c0, c1, c2, c3)
+
+
+@triton.jit
+def noise_normal(seed, step, index, element):
+    """The noise: Box-Muller of the first two Philox outputs."""
+    r0, r1, _, _ = philox_at(seed, step, index, element)
+    n0, _ = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(r0), tl.uint_to_uniform_float(r1))
+    return n0
+
+
+@triton.jit
+def stochastic_round(v, random, ROUNDING: tl.constexpr):
+    """csrc/extrap_math.h's stochastic_round: v (fp32) to the fp32 value of a bf16 (ROUNDING 1) or fp16
+    (2) neighbour, away from zero with probability equal to the fraction of the gap; 0: v itself."""
+    out = v
+    if ROUNDING != 0:  # (one return at the end: a constexpr-false branch is never compiled)
+        u = v.to(tl.uint32, bitcast=True)
+        exponent = (u >> 23) & 0xFF
+        if ROUNDING == 1:
+            drop = tl.full(u.shape, 16, tl.uint32)
+        else:
+            drop = 13 + tl.where(exponent < 113, 113 - exponent, 0)
+        mask = (tl.full(u.shape, 1, tl.uint32) << tl.minimum(drop, 23)) - 1
+        # (the low bits cleared as t - (t & mask), not t & ~mask: triton 3.6 and 3.7's interpreter cannot
+        # invert an unsigned tensor under numpy 2)
+        carried = u + (random & mask)
+        rounded = (carried - (carried & mask)).to(tl.float32, bitcast=True)
+        if ROUNDING == 2:  # below 2^-24: 0 or 2^-24, the latter with probability |v| / 2^-24
+            uniform = (random >> 8).to(tl.float32) * 5.9604644775390625e-8
+            tiny = tl.where(uniform < tl.abs(v) * 16777216.0, 5.9604644775390625e-8, 0.0)
+            tiny = tl.where(v < 0, -tiny, tiny)
+            rounded = tl.where(drop > 23, tiny, rounded)
+        out = tl.where(exponent == 0xFF, v, rounded)
+    return out
+
+
+@triton.jit
+def rounding_bits(rounding_seed, step, index, element):
+    """The stochastic rounding's bits: the noise's counter under the key seed ^ ROUNDING_KEY; (c0, c1, c2)."""
+    r0, r1, r2, _ = philox_at(rounding_seed, step, index, element)
+    return r0, r1, r2
+
+
+# ---- the launch -----------------------------------------------------------------------------------
+@triton.jit
+def abandon_block(
+    x_ptr, s_ptr, offs, mask, PHASE: tl.constexpr, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, MASTER: tl.constexpr
+):
+    """found_inf: only keep x consistent with the abandoned iteration (bucket.abandon): the snapshot is still
+    taken, and the local step's x returns to its anchor."""
+    if PHASE == EXTRAPOLATE:
+        if not MASTER:
+            tl.store(s_ptr + offs, tl.load(x_ptr + offs, mask=mask).to(S_DTYPE), mask=mask)
+    elif PHASE == UPDATE:
+        tl.store(x_ptr + offs, tl.load(s_ptr + offs, mask=mask).to(X_DTYPE), mask=mask)
+
+
+@triton.jit
+def launch_values(
+    lr,
+    gamma,
+    lr_ptr,
+    gamma_ptr,
+    sign,
+    scale_ptr,
+    trust_ptr,
+    t,
+    LR_TENSOR: tl.constexpr,
+    GAMMA_TENSOR: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_TRUST: tl.constexpr,
+    C_DTYPE: tl.constexpr,
+):
+    """(lr, gamma, grad_factor, trust) as the kernel runs: capturable rates read now, 1 / grad_scale (with the
+    sign of maximize), and tensor t's trust ratio (1 without)."""
+    if LR_TENSOR:
+        lr = tl.load(lr_ptr)
+    if GAMMA_TENSOR:
+        gamma = tl.load(gamma_ptr)
+    grad_factor = sign
+    if HAS_SCALE:
+        grad_factor = sign / tl.load(scale_ptr).to(C_DTYPE)
+    trust = 1.0
+    if HAS_TRUST:
+        trust = tl.load(trust_ptr + t)
+    return lr, gamma, grad_factor, trust
+
+
+@triton.jit
+def program_block(numels, block_tensor, block_start, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+    """This program's block: its tensor t (a column of the table), its element offsets, their mask, and whether
+    it is whole. Only an ALIGNED bucket has whole blocks, so said to the compiler: its blocks start on a
+    multiple of BLOCK, and a whole one is run without a mask, which would split the vectors."""
+    pid = tl.program_id(0)
+    t = tl.load(block_tensor + pid)
+    numel = tl.load(numels + t)
+    start = tl.load(block_start + pid)
+    if ALIGNED:
+        start = tl.multiple_of(start, BLOCK)
+    offs = start + tl.arange(0, BLOCK).to(tl.int64)
+    whole = False
+    if ALIGNED:
+        whole = start + BLOCK <= numel
+    return t, offs, offs < numel, whole
+
+
+# ---- tables, cached -------------------------------------------------------------------------------
+_TABLES: OrderedDict = OrderedDict()
+_MAX_TABLES = 64
+
+
+def cached_tables(b: Bucket, columns: tuple, streamed: int = 4):
+    """(address table, numels, indices, block->tensor, block->first element, tensor->first block (one more
+    entry: the total), number of blocks, whether every tensor of the first `streamed` columns starts on 16
+    bytes). `columns`: the tensor lists whose addresses the table holds (a base family's rows), each
+    a row of one address per tensor."""
+    key = (b.device, tuple(t.data_ptr() for column in columns for t in column), tuple(b.indices))
+    cached = _TABLES.get(key)
+    if cached is not None:
+        _TABLES.move_to_end(key)
+        return cached
+    addresses = torch.tensor([[t.data_ptr() for t in column] for column in columns], dtype=torch.int64)
+    aligned = bool((addresses[:streamed] % 16 == 0).all())
+    numels = torch.tensor([p.numel() for p in b.params], dtype=torch.int64)
+    blocks = (numels + BLOCK - 1) // BLOCK
+    total = int(blocks.sum())
+    block_tensor = torch.repeat_interleave(torch.arange(len(b.params), dtype=torch.int32), blocks)
+    first_block = torch.cumsum(blocks, 0) - blocks
+    block_start = (torch.arange(total, dtype=torch.int64) - first_block[block_tensor.long()]) * BLOCK
+    device = b.device
+    first_of_tensor = torch.cat([first_block, torch.tensor([total])]).to(device)
+    cached = (
+        addresses.t().contiguous().to(device),
+        numels.to(device),
+        torch.tensor(b.indices, dtype=torch.int64, device=device),
+        block_tensor.to(device),
+        block_start.to(device),
+        first_of_tensor,
+        total,
+        aligned,
+    )
+    _TABLES[key] = cached
+    if len(_TABLES) > _MAX_TABLES:
+        _TABLES.popitem(last=False)
+    return cached

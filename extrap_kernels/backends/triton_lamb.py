@@ -1,0 +1,171 @@
+"""LAMB's reading pass on the `triton` backend: a kernel writing each block's sums of s^2 and u^2, added per
+tensor in block order by a second: deterministic, on the device, no host synchronization."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..bucket import Bucket, Hyper, Phase, state_dtype
+from .triton_adaptive_math import (
+    adaptive_columns,
+    adaptive_direction,
+    bias_corrections,
+    constants,
+    device_betas,
+    pointers,
+)
+from .triton_common import (
+    BLOCK,
+    DTYPES,
+    cached_tables,
+    program_block,
+)
+
+SEGMENT = 128  # blocks a program of the per-tensor sums adds at a time
+
+
+@triton.jit
+def _norms_kernel(
+    table,
+    numels,
+    block_tensor,
+    block_start,
+    scale_ptr,
+    block_sums,
+    weight_decay,
+    sign,
+    beta1,
+    one_minus_beta2,
+    beta2,
+    grad_gain,
+    eps,
+    log_beta1,
+    log_beta2,
+    beta1_ptr,
+    beta2_ptr,
+    X_DTYPE: tl.constexpr,
+    C_DTYPE: tl.constexpr,
+    READS_X: tl.constexpr,
+    AMSGRAD: tl.constexpr,
+    DECOUPLED: tl.constexpr,
+    BIAS_CORRECTION: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    BETA1_TENSOR: tl.constexpr,
+    BETA2_TENSOR: tl.constexpr,
+    GRAD_AVERAGING: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """LAMB's reading pass, one block: its sums of s^2 and u^2 (u of the coming update) to block_sums[pid]."""
+    pid = tl.program_id(0)
+    t, offs, mask, _ = program_block(numels, block_tensor, block_start, BLOCK, False)
+    x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = pointers(table, t, X_DTYPE, C_DTYPE, False)
+    grad_factor = sign
+    if HAS_SCALE:
+        grad_factor = sign / tl.load(scale_ptr).to(C_DTYPE)
+    beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2 = device_betas(
+        beta1,
+        one_minus_beta2,
+        beta2,
+        grad_gain,
+        log_beta1,
+        log_beta2,
+        beta1_ptr,
+        beta2_ptr,
+        BETA1_TENSOR,
+        BETA2_TENSOR,
+        GRAD_AVERAGING,
+        C_DTYPE,
+    )
+    bias1, bias2_sqrt = bias_corrections(tl.load(step_ptr) + 1.0, log_beta1, log_beta2, C_DTYPE, BIAS_CORRECTION)
+    if READS_X:  # before a full-precision snapshot the anchor is x itself
+        anchor = tl.load(x_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
+    else:
+        anchor = tl.load(s_ptr + offs, mask=mask, other=0.0)
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
+    m = tl.load(m_ptr + offs, mask=mask, other=0.0)
+    v = tl.load(v_ptr + offs, mask=mask, other=0.0)
+    v_max = tl.zeros_like(v)
+    if AMSGRAD:
+        v_max = tl.load(v_max_ptr + offs, mask=mask, other=0.0)
+    u, _, _, _ = adaptive_direction(
+        anchor,
+        g,
+        m,
+        v,
+        v_max,
+        grad_factor,
+        weight_decay,
+        beta1,
+        one_minus_beta2,
+        beta2,
+        grad_gain,
+        eps,
+        bias1,
+        bias2_sqrt,
+        DECOUPLED,
+        AMSGRAD,
+    )
+    u = tl.where(mask, u, 0.0)  # (0 / 0 where eps is 0)
+    tl.store(block_sums + 2 * pid, tl.sum(anchor * anchor, 0))
+    tl.store(block_sums + 2 * pid + 1, tl.sum(u * u, 0))
+
+
+@triton.jit
+def _segment_sums_kernel(block_sums, first_block, sums, SEGMENT: tl.constexpr):
+    """One tensor's sums from its consecutive blocks' sums, added in a fixed order."""
+    t = tl.program_id(0)
+    begin = tl.load(first_block + t)
+    end = tl.load(first_block + t + 1)
+    lanes = tl.arange(0, SEGMENT)
+    s_squares = tl.zeros([SEGMENT], dtype=block_sums.dtype.element_ty)
+    u_squares = tl.zeros([SEGMENT], dtype=block_sums.dtype.element_ty)
+    b = begin
+    while b < end:  # (not range(begin, end, ...): triton 3.6's interpreter cannot take loaded bounds there)
+        blocks = b + lanes
+        inside = blocks < end
+        s_squares += tl.load(block_sums + 2 * blocks, mask=inside, other=0.0)
+        u_squares += tl.load(block_sums + 2 * blocks + 1, mask=inside, other=0.0)
+        b += SEGMENT
+    tl.store(sums + 2 * t, tl.sum(s_squares, 0))
+    tl.store(sums + 2 * t + 1, tl.sum(u_squares, 0))
+
+
+def lamb_sums(
+    phase: Phase,
+    b: Bucket,
+    h: Hyper,
+    grad_scale: Tensor | None,
+    tables: tuple | None = None,
+    launch_constants: dict | None = None,
+) -> Tensor:
+    """The reading pass: per tensor, the sums of s^2 and u^2 ([tensors, 2], the state dtype). `tables` and
+    `launch_constants`: the bucket's, where the caller has them already."""
+    tables = tables or cached_tables(b, adaptive_columns(b), streamed=6)
+    table, numels, _, block_tensor, block_start, first_of_tensor, total, _ = tables
+    dtype = state_dtype(b.dtype)
+    block_sums = torch.empty(total, 2, dtype=dtype, device=b.device)
+    sums = torch.zeros(len(b.params), 2, dtype=dtype, device=b.device)
+    if total == 0:
+        return sums
+    _norms_kernel[(total,)](
+        table,
+        numels,
+        block_tensor,
+        block_start,
+        grad_scale if grad_scale is not None else numels,
+        block_sums,
+        **(launch_constants or constants(b, h)),
+        X_DTYPE=DTYPES[b.dtype],
+        C_DTYPE=DTYPES[dtype],
+        READS_X=phase == Phase.EXTRAPOLATE and not b.has_master,
+        AMSGRAD=bool(b.max_second_moments),
+        DECOUPLED=bool(h.decoupled),
+        BIAS_CORRECTION=bool(h.bias_correction),
+        HAS_SCALE=grad_scale is not None,
+        BLOCK=BLOCK,
+    )
+    _segment_sums_kernel[(len(b.params),)](block_sums, first_of_tensor, sums, SEGMENT=SEGMENT)
+    return sums

@@ -1,0 +1,408 @@
+"""The `triton` backend's SGD family (SGD, Apex's FusedSGD, LARS, EXTRAP-SGD in every mode): one launch
+per phase over a bucket, on triton_common.py's cached tables. The per-element math mirrors
+csrc/extrap_math.h function for function (Triton cannot include C++); the tests hold both to the same
+reference."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..bucket import Bucket, Hyper, Phase, count_step, record_gamma, state_dtype
+from ..lars import trust_ratios
+from ..rounding import ROUNDING_KEY
+from .triton_common import (
+    BLOCK,
+    DTYPES,
+    EXTRAPOLATE,
+    UPDATE,
+    UPDATE_PAST,
+    UPDATE_PAST_ANCHOR_FREE,
+    abandon_block,
+    cached_tables,
+    launch_values,
+    noise_normal,
+    program_block,
+    rounding_bits,
+    stochastic_round,
+)
+
+# The table's rows: the addresses of x, g, s, m, the step and the last gamma (m and the last gamma hold
+# placeholders where a bucket has none: never read then).
+ROW_X, ROW_G, ROW_S, ROW_M, ROW_STEP, ROW_LAST_GAMMA, ROWS = (tl.constexpr(row) for row in range(7))
+
+
+def sgd_columns(b: Bucket) -> tuple:
+    """The tensor lists of the table's rows, in ROW_* order."""
+    return (b.params, b.grads, b.anchors, b.momenta or b.anchors, b.steps, b.last_gammas or b.steps)
+
+
+# ---- the math: csrc/extrap_math.h, line for line -------------------------------------------------
+@triton.jit
+def regularized_grad(g, s, grad_factor, weight_decay, trust, WD_AFTER_MOMENTUM: tl.constexpr):
+    gp = g * grad_factor
+    if not WD_AFTER_MOMENTUM:
+        gp += weight_decay * s
+    return gp * trust
+
+
+@triton.jit
+def base_update(
+    s,
+    m,
+    g,
+    lr,
+    momentum,
+    dampening,
+    weight_decay,
+    grad_factor,
+    trust,
+    first,
+    MOMENTUM: tl.constexpr,
+    NESTEROV: tl.constexpr,
+    WD_AFTER_MOMENTUM: tl.constexpr,
+):
+    """Returns (s, m, d, g')."""
+    gp = regularized_grad(g, s, grad_factor, weight_decay, trust, WD_AFTER_MOMENTUM)
+    d = gp
+    if MOMENTUM:
+        m = tl.where(first, gp, momentum * m + (1.0 - dampening) * gp)
+        if NESTEROV:
+            d = gp + momentum * m
+        else:
+            d = m
+    if WD_AFTER_MOMENTUM:
+        d += weight_decay * s
+    s = s - lr * d
+    return s, m, d, gp
+
+
+# ---- the multi-tensor kernel ----------------------------------------------------------------------
+@triton.jit
+def _phase_block(
+    x_ptr,
+    g_ptr,
+    s_ptr,
+    m_ptr,
+    step_ptr,
+    last_gamma_ptr,
+    offs,
+    mask,
+    index,
+    trust_ptr,
+    t,
+    scale_ptr,
+    found_inf_ptr,
+    lr,
+    gamma,
+    lr_ptr,
+    gamma_ptr,
+    momentum,
+    dampening,
+    weight_decay,
+    sign,
+    noise_std,
+    seed,
+    rounding_seed,
+    PHASE: tl.constexpr,
+    X_DTYPE: tl.constexpr,
+    S_DTYPE: tl.constexpr,
+    MASTER: tl.constexpr,
+    MOMENTUM: tl.constexpr,
+    NESTEROV: tl.constexpr,
+    WD_AFTER_MOMENTUM: tl.constexpr,
+    EXTRAPOLATE_WITH_MOMENTUM: tl.constexpr,
+    PAST_GRAD: tl.constexpr,
+    HAS_TRUST: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    LR_TENSOR: tl.constexpr,
+    GAMMA_TENSOR: tl.constexpr,
+    C_DTYPE: tl.constexpr,
+    ROUNDING: tl.constexpr,
+):
+    """One phase over the elements `offs` of tensor `t` (`mask`: those inside it; None: all of them)."""
+    skip = False
+    if HAS_FOUND_INF:
+        skip = tl.load(found_inf_ptr) != 0
+    if skip:
+        abandon_block(x_ptr, s_ptr, offs, mask, PHASE, X_DTYPE, S_DTYPE, MASTER)
+    else:
+        lr, gamma, grad_factor, trust = launch_values(
+            lr,
+            gamma,
+            lr_ptr,
+            gamma_ptr,
+            sign,
+            scale_ptr,
+            trust_ptr,
+            t,
+            LR_TENSOR,
+            GAMMA_TENSOR,
+            HAS_SCALE,
+            HAS_TRUST,
+            C_DTYPE,
+        )
+        g = tl.load(g_ptr + offs, mask=mask).to(C_DTYPE)
+        m = tl.zeros_like(g)
+        if MOMENTUM:
+            m = tl.load(m_ptr + offs, mask=mask).to(C_DTYPE)
+        r_s, r_m, r_x = (
+            tl.zeros_like(offs).to(tl.uint32),
+            tl.zeros_like(offs).to(tl.uint32),
+            tl.zeros_like(offs).to(tl.uint32),
+        )
+        if ROUNDING != 0:
+            r_s, r_m, r_x = rounding_bits(rounding_seed, tl.load(step_ptr).to(tl.int64), index, offs)
+        if PHASE == EXTRAPOLATE:  # extrapolate: s <- x; x <- s - gamma * e
+            if MASTER:
+                anchor = tl.load(s_ptr + offs, mask=mask).to(C_DTYPE)
+            else:
+                anchor = tl.load(x_ptr + offs, mask=mask).to(C_DTYPE)
+                tl.store(s_ptr + offs, anchor.to(S_DTYPE), mask=mask)
+            e = regularized_grad(g, anchor, grad_factor, weight_decay, trust, WD_AFTER_MOMENTUM)
+            if EXTRAPOLATE_WITH_MOMENTUM:
+                e += momentum * m
+            tl.store(x_ptr + offs, stochastic_round(anchor - gamma * e, r_x, ROUNDING).to(X_DTYPE), mask=mask)
+        else:
+            step = tl.load(step_ptr)
+            if PHASE == UPDATE_PAST_ANCHOR_FREE:  # anchor-free past: x = s - last_gamma * m gives the anchor back
+                anchor = tl.load(x_ptr + offs, mask=mask) + tl.load(last_gamma_ptr) * m
+            else:
+                anchor = tl.load(s_ptr + offs, mask=mask).to(C_DTYPE)
+            anchor, m, d, gp = base_update(
+                anchor,
+                m,
+                g,
+                lr,
+                momentum,
+                dampening,
+                weight_decay,
+                grad_factor,
+                trust,
+                step <= 1.0,
+                MOMENTUM,
+                NESTEROV,
+                WD_AFTER_MOMENTUM,
+            )
+            anchor_stored = stochastic_round(anchor, r_s, ROUNDING)  # (as stored: the local step's x too)
+            if MOMENTUM:
+                tl.store(m_ptr + offs, stochastic_round(m, r_m, ROUNDING).to(S_DTYPE), mask=mask)
+            if PHASE == UPDATE:  # x <- s; a full-precision s is only the snapshot (or x itself)
+                if MASTER:
+                    tl.store(s_ptr + offs, anchor, mask=mask)
+                tl.store(x_ptr + offs, anchor_stored.to(X_DTYPE), mask=mask)
+            elif PHASE == UPDATE_PAST or PHASE == UPDATE_PAST_ANCHOR_FREE:
+                # past: x <- s - gamma * e (s stored unless recomputed)
+                if PHASE == UPDATE_PAST:
+                    tl.store(s_ptr + offs, anchor_stored.to(S_DTYPE), mask=mask)
+                if PAST_GRAD:
+                    x = anchor - gamma * gp
+                else:
+                    x = anchor - gamma * d
+                tl.store(x_ptr + offs, stochastic_round(x, r_x, ROUNDING).to(X_DTYPE), mask=mask)
+            else:  # noise: x <- s + sigma * xi
+                tl.store(s_ptr + offs, anchor_stored.to(S_DTYPE), mask=mask)
+                xi = noise_normal(seed, step.to(tl.int64), index, offs).to(C_DTYPE)
+                tl.store(x_ptr + offs, stochastic_round(anchor + noise_std * xi, r_x, ROUNDING).to(X_DTYPE), mask=mask)
+
+
+@triton.jit
+def _phase_kernel(
+    table,
+    numels,
+    indices,
+    block_tensor,
+    block_start,
+    trust_ptr,
+    scale_ptr,
+    found_inf_ptr,
+    lr,
+    gamma,
+    lr_ptr,
+    gamma_ptr,
+    momentum,
+    dampening,
+    weight_decay,
+    sign,
+    noise_std,
+    seed,
+    rounding_seed,
+    PHASE: tl.constexpr,
+    X_DTYPE: tl.constexpr,
+    S_DTYPE: tl.constexpr,
+    MASTER: tl.constexpr,
+    MOMENTUM: tl.constexpr,
+    NESTEROV: tl.constexpr,
+    WD_AFTER_MOMENTUM: tl.constexpr,
+    EXTRAPOLATE_WITH_MOMENTUM: tl.constexpr,
+    PAST_GRAD: tl.constexpr,
+    HAS_TRUST: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    LR_TENSOR: tl.constexpr,
+    GAMMA_TENSOR: tl.constexpr,
+    BLOCK: tl.constexpr,
+    C_DTYPE: tl.constexpr,
+    ROUNDING: tl.constexpr,
+    ALIGNED: tl.constexpr,
+):
+    # S_DTYPE stores s and m; C_DTYPE computes (they differ for 16-bit state without a master, ROUNDING 1
+    # bf16 or 2 fp16: every stored value rounded stochastically with the bits keyed by rounding_seed)
+    t, offs, mask, whole = program_block(numels, block_tensor, block_start, BLOCK, ALIGNED)
+    # table rows: x, g, s, m, step, last gamma (addresses), one column per tensor (m and the last gamma
+    # hold placeholders where a bucket has none)
+    x_ptr = tl.load(table + t * ROWS + ROW_X).to(tl.pointer_type(X_DTYPE))
+    g_ptr = tl.load(table + t * ROWS + ROW_G).to(tl.pointer_type(X_DTYPE))
+    s_ptr = tl.load(table + t * ROWS + ROW_S).to(tl.pointer_type(S_DTYPE))
+    m_ptr = tl.load(table + t * ROWS + ROW_M).to(tl.pointer_type(S_DTYPE))
+    if ALIGNED:  # every x, g, s and m of the bucket starts on 16 bytes (checked on the host): said to the
+        # compiler on the pointers (it does not follow a hint on the integer address through the cast), which
+        # then moves 16 bytes per access in a whole block
+        x_ptr, g_ptr = tl.multiple_of(x_ptr, 16), tl.multiple_of(g_ptr, 16)
+        s_ptr, m_ptr = tl.multiple_of(s_ptr, 16), tl.multiple_of(m_ptr, 16)
+    step_ptr = tl.load(table + t * ROWS + ROW_STEP).to(tl.pointer_type(tl.float32))
+    last_gamma_ptr = tl.load(table + t * ROWS + ROW_LAST_GAMMA).to(tl.pointer_type(S_DTYPE))
+    index = tl.load(indices + t)
+    if whole:
+        _phase_block(
+            x_ptr,
+            g_ptr,
+            s_ptr,
+            m_ptr,
+            step_ptr,
+            last_gamma_ptr,
+            offs,
+            None,
+            index,
+            trust_ptr,
+            t,
+            scale_ptr,
+            found_inf_ptr,
+            lr,
+            gamma,
+            lr_ptr,
+            gamma_ptr,
+            momentum,
+            dampening,
+            weight_decay,
+            sign,
+            noise_std,
+            seed,
+            rounding_seed,
+            PHASE,
+            X_DTYPE,
+            S_DTYPE,
+            MASTER,
+            MOMENTUM,
+            NESTEROV,
+            WD_AFTER_MOMENTUM,
+            EXTRAPOLATE_WITH_MOMENTUM,
+            PAST_GRAD,
+            HAS_TRUST,
+            HAS_SCALE,
+            HAS_FOUND_INF,
+            LR_TENSOR,
+            GAMMA_TENSOR,
+            C_DTYPE,
+            ROUNDING,
+        )
+    else:
+        _phase_block(
+            x_ptr,
+            g_ptr,
+            s_ptr,
+            m_ptr,
+            step_ptr,
+            last_gamma_ptr,
+            offs,
+            mask,
+            index,
+            trust_ptr,
+            t,
+            scale_ptr,
+            found_inf_ptr,
+            lr,
+            gamma,
+            lr_ptr,
+            gamma_ptr,
+            momentum,
+            dampening,
+            weight_decay,
+            sign,
+            noise_std,
+            seed,
+            rounding_seed,
+            PHASE,
+            X_DTYPE,
+            S_DTYPE,
+            MASTER,
+            MOMENTUM,
+            NESTEROV,
+            WD_AFTER_MOMENTUM,
+            EXTRAPOLATE_WITH_MOMENTUM,
+            PAST_GRAD,
+            HAS_TRUST,
+            HAS_SCALE,
+            HAS_FOUND_INF,
+            LR_TENSOR,
+            GAMMA_TENSOR,
+            C_DTYPE,
+            ROUNDING,
+        )
+
+
+def apply_sgd(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None, found_inf: Tensor | None = None):
+    """One phase of the SGD family over bucket `b`: one launch."""
+    count_step(phase, b, found_inf)
+    table, numels, indices, block_tensor, block_start, _, total, aligned = cached_tables(b, sgd_columns(b))
+    (lr, lr_tensor), (gamma, gamma_tensor) = h.rate("lr", b), h.rate("gamma", b)
+    if total == 0:
+        record_gamma(phase, b, gamma_tensor if gamma_tensor is not None else gamma, found_inf)
+        return
+    trust = trust_ratios(phase, b, h, grad_scale) if h.lars else None
+    dummy = numels  # any device tensor, for pointer arguments that a constexpr switches off
+    seed = int(h.seed) & 0xFFFFFFFFFFFFFFFF
+    rounding_mode = {torch.bfloat16: 1, torch.float16: 2}[b.dtype] if b.rounds_stochastically else 0
+    _phase_kernel[(total,)](
+        table,
+        numels,
+        indices,
+        block_tensor,
+        block_start,
+        trust if trust is not None else dummy,
+        grad_scale if grad_scale is not None else dummy,
+        found_inf if found_inf is not None else dummy,
+        lr,
+        gamma,
+        lr_tensor if lr_tensor is not None else dummy,
+        gamma_tensor if gamma_tensor is not None else dummy,
+        float(h.momentum),
+        float(h.dampening),
+        float(h.weight_decay),
+        -1.0 if h.maximize else 1.0,
+        float(h.noise_std),
+        seed,
+        seed ^ ROUNDING_KEY,
+        PHASE=int(phase),
+        X_DTYPE=DTYPES[b.dtype],
+        S_DTYPE=DTYPES[b.storage_dtype],
+        C_DTYPE=DTYPES[state_dtype(b.dtype)],
+        ROUNDING=rounding_mode,
+        MASTER=b.has_master,
+        MOMENTUM=bool(b.momenta),
+        NESTEROV=bool(h.nesterov),
+        WD_AFTER_MOMENTUM=bool(h.wd_after_momentum),
+        EXTRAPOLATE_WITH_MOMENTUM=bool(h.extrapolate_with_momentum),
+        PAST_GRAD=bool(h.past_grad),
+        HAS_TRUST=trust is not None,
+        HAS_SCALE=grad_scale is not None,
+        HAS_FOUND_INF=found_inf is not None,
+        LR_TENSOR=lr_tensor is not None,
+        GAMMA_TENSOR=gamma_tensor is not None,
+        BLOCK=BLOCK,
+        ALIGNED=aligned,
+    )
+    record_gamma(phase, b, gamma_tensor if gamma_tensor is not None else gamma, found_inf)
