@@ -37,24 +37,24 @@ class AdaptiveOptimizer(FusedOptimizer):
 
     BASE = "adam"
 
-    def _has_anchor(self, param: Tensor, group: dict) -> bool:
+    def has_anchor(self, param: Tensor, group: dict) -> bool:
         return True  # (the Apex drop-ins: a 16-bit parameter's master only)
 
-    def _state_lists(self, group: dict, phase: Phase) -> dict[str, str]:
+    def state_lists(self, group: dict, phase: Phase) -> dict[str, str]:
         lists = {"momenta": "exp_avg", "second_moments": "exp_avg_sq"}
         if group.get("amsgrad", False):
             lists["max_second_moments"] = "max_exp_avg_sq"
         return lists
 
-    def _init_state(self, p: Tensor, group: dict, phase: Phase) -> dict:
+    def init_state(self, p: Tensor, group: dict, phase: Phase) -> dict:
         state = self.state[p]
         if "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
         sdtype = state_dtype(p.dtype)
-        for key in self._state_lists(group, phase).values():
+        for key in self.state_lists(group, phase).values():
             if key not in state:
                 state[key] = torch.zeros_like(p, dtype=sdtype, memory_format=torch.contiguous_format)
-        if self._has_anchor(p, group) and "anchor" not in state:
+        if self.has_anchor(p, group) and "anchor" not in state:
             state["anchor"] = torch.empty_like(p, dtype=sdtype, memory_format=torch.contiguous_format).copy_(p)
         return state
 
@@ -81,7 +81,7 @@ class AdaptiveOptimizer(FusedOptimizer):
 class ExtrapolatingAdaptive(ExtrapolatingOptimizer, AdaptiveOptimizer):
     """The adaptive bases with extrapolation: the phase of each group's mode (ExtrapolatingOptimizer)."""
 
-    def _launch_args(self, group: dict) -> tuple[Phase, Hyper]:
+    def launch_args(self, group: dict) -> tuple[Phase, Hyper]:
         check_adaptive(group["lr"], group["betas"], group["eps"], group["weight_decay"])
         phase, gamma = self._mode_phase(group)
         return phase, self._hyper(group, gamma)
@@ -218,7 +218,7 @@ class _ApexAdaptive(ApexDropIn, AdaptiveOptimizer):
     its fp32 master in the state whatever master_weights says: the results are Apex's with
     master_weights=True."""
 
-    def _launch_args(self, group: dict) -> tuple[Phase, Hyper]:
+    def launch_args(self, group: dict) -> tuple[Phase, Hyper]:
         check_adaptive(group["lr"], group["betas"], group["eps"], group["weight_decay"])
         return Phase.UPDATE, self._hyper(group, 0.0)
 

@@ -34,7 +34,7 @@ def needs_extrapolation_pass(optimizer: torch.optim.Optimizer) -> bool:
     """The optimizer (or the one a wrapper holds) has mode="local" groups, which take a second backward per
     iteration."""
     optimizer = unwrapped(optimizer)
-    return isinstance(optimizer, ExtrapolatingOptimizer) and bool(optimizer._local_groups())
+    return isinstance(optimizer, ExtrapolatingOptimizer) and bool(optimizer.local_groups())
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, compute_loss: Callable[[], Tensor]) -> Tensor:

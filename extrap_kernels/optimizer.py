@@ -31,8 +31,13 @@ def eager(method):
 
 
 class FusedOptimizer(Optimizer):
-    """Shared machinery: state, the cached plans, AMP arguments, state_dict dtypes. Subclasses define
-    `_launch_args(group)` -> (phase, Hyper) and `_has_anchor(param)`."""
+    """Shared machinery: state, the cached plans, AMP arguments, state_dict dtypes.
+
+    The plan (plan.py) asks an optimizer four things through public hooks, which a new base overrides:
+    `launch_args(group)` -> (phase, Hyper) of a step; `has_anchor(param, group)`: whether the parameter
+    keeps an anchor; `state_lists(group, phase)`: the bucket's state lists, bucket field -> state key; and
+    `init_state(param, group, phase)`: the parameter's state, created where missing. Subclasses define
+    the first two."""
 
     BASE = "sgd"  # the base optimizer (bucket.Hyper.base): which backends have a kernel for it
     # What torch.optim's __getstate__ (deepcopy, pickle, torch.save of the optimizer) would drop.
@@ -74,13 +79,13 @@ class FusedOptimizer(Optimizer):
             for key, ps in by_key.items()
         }
 
-    def _launch_args(self, group: dict) -> tuple[Phase, Hyper]:
+    def launch_args(self, group: dict) -> tuple[Phase, Hyper]:
         raise NotImplementedError
 
-    def _has_anchor(self, param: Tensor, group: dict) -> bool:
+    def has_anchor(self, param: Tensor, group: dict) -> bool:
         raise NotImplementedError
 
-    def _state_lists(self, group: dict, phase: Phase) -> dict[str, str]:
+    def state_lists(self, group: dict, phase: Phase) -> dict[str, str]:
         """The bucket's per-parameter state lists besides anchors and steps: bucket field -> state key."""
         lists = {}
         if group["momentum"] != 0:
@@ -97,7 +102,7 @@ class FusedOptimizer(Optimizer):
             found_inf = getattr(self, "found_inf", None)
         return grad_scale, found_inf
 
-    def _init_state(self, p: Tensor, group: dict, phase: Phase) -> dict:
+    def init_state(self, p: Tensor, group: dict, phase: Phase) -> dict:
         """The state `phase` needs for `p`, created where missing. The anchor is stored or recomputed as the
         group says (ExtrapSGD's store_anchor); a state of the other kind is converted, so that checkpoints
         load either way: a stored anchor s becomes x (x <- s and last_gamma = 0 recompute s exactly; x is
@@ -121,7 +126,7 @@ class FusedOptimizer(Optimizer):
             if "last_gamma" not in state:
                 state["last_gamma"] = torch.zeros((), dtype=state_dtype(p.dtype.to_real()), device=p.device)
             return state
-        if self._has_anchor(p, group) and "anchor" not in state:
+        if self.has_anchor(p, group) and "anchor" not in state:
             anchor = torch.empty_like(p, dtype=sdtype, memory_format=torch.contiguous_format).copy_(p)
             if "last_gamma" in state and "momentum_buffer" in state:
                 anchor.add_(state["momentum_buffer"] * state["last_gamma"])
@@ -205,7 +210,7 @@ class ExtrapolatingOptimizer(FusedOptimizer):
         super().__init__(params, defaults, backend)
         self._extrapolated: set[int] | None = None  # indices of the parameters awaiting the local step()
 
-    def _local_groups(self) -> list[dict]:
+    def local_groups(self) -> list[dict]:
         return [g for g in self.param_groups if g.get("mode") == "local"]
 
     @staticmethod
@@ -218,7 +223,7 @@ class ExtrapolatingOptimizer(FusedOptimizer):
     def extrapolate(self, *, grad_scale: Tensor | None = None, found_inf: Tensor | None = None) -> None:
         """Two-phase step 2 for the mode="local" groups: s <- x; x <- s - gamma * e(g), with g the
         gradient just computed at x (under DDP: the worker's own, from inside `model.no_sync()`)."""
-        local = self._local_groups()
+        local = self.local_groups()
         if not local:
             raise RuntimeError(
                 "extrapolate() belongs to mode='local'; modes 'past' and 'noise' extrapolate inside step()"
@@ -238,7 +243,7 @@ class ExtrapolatingOptimizer(FusedOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-            if self._local_groups() and self._extrapolated is None:
+            if self.local_groups() and self._extrapolated is None:
                 self.extrapolate(grad_scale=grad_scale, found_inf=found_inf)
                 with torch.enable_grad():
                     closure()
@@ -316,10 +321,10 @@ class ExtrapSGD(ExtrapolatingOptimizer):
         check_hyperparameters(**defaults)
         super().__init__(params, defaults, backend)
 
-    def _has_anchor(self, param: Tensor, group: dict) -> bool:
+    def has_anchor(self, param: Tensor, group: dict) -> bool:
         return True
 
-    def _launch_args(self, group: dict) -> tuple[Phase, Hyper]:
+    def launch_args(self, group: dict) -> tuple[Phase, Hyper]:
         phase, gamma = self._mode_phase(group)
         hyper = Hyper(
             lr=group["lr"],
@@ -346,7 +351,7 @@ class ApexDropIn:
     """What Apex's fused optimizers share (a mixin before FusedOptimizer): zero_grad with set_grad_none, and
     the fp32 master of a 16-bit parameter kept in the optimizer state as its anchor."""
 
-    def _has_anchor(self, param: Tensor, group: dict) -> bool:
+    def has_anchor(self, param: Tensor, group: dict) -> bool:
         return state_dtype(param.dtype) != param.dtype and group.get("master_weights", True)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -394,7 +399,7 @@ class FusedSGD(ApexDropIn, FusedOptimizer):
         self.materialize_master_grads = materialize_master_grads
         self.set_grad_none = set_grad_none
 
-    def _launch_args(self, group: dict) -> tuple[Phase, Hyper]:
+    def launch_args(self, group: dict) -> tuple[Phase, Hyper]:
         return Phase.UPDATE, Hyper(
             lr=group["lr"],
             momentum=group["momentum"],

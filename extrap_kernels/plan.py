@@ -118,7 +118,7 @@ class Plan:
     def _stage(self, opt, number: int, group: dict, index: dict) -> list[Staged]:
         """A group's (device, dtype) buckets, each parameter validated, no state created yet."""
         check_group(group)
-        group_phase, hyper = opt._launch_args(group)
+        group_phase, hyper = opt.launch_args(group)
         if self.phase_of is not None:
             group_phase = self.phase_of
         by_key = defaultdict(list)
@@ -150,10 +150,10 @@ class Plan:
     @staticmethod
     def _work(opt, stage: Staged, index: dict) -> Work:
         """A validated bucket's launch, its missing state created."""
-        states = [opt._init_state(p, stage.group, stage.phase) for p in stage.members]
+        states = [opt.init_state(p, stage.group, stage.phase) for p in stage.members]
         shards = [as_real(x) for x in stage.shards]
         lists = {"momenta": []}
-        for key, name in opt._state_lists(stage.group, stage.phase).items():
+        for key, name in opt.state_lists(stage.group, stage.phase).items():
             lists[key] = [kernel_view(st[name]) if name != "last_gamma" else st[name] for st in states]
         bucket = Bucket(
             params=shards,
@@ -205,7 +205,7 @@ class Plan:
     def _retune(self, opt, number: int, key: tuple) -> bool:
         group = self.groups[number]
         check_group(group)
-        phase, hyper = opt._launch_args(group)
+        phase, hyper = opt.launch_args(group)
         if self.phase_of is not None:
             phase = self.phase_of
         for launch in self.by_group[number]:

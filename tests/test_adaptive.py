@@ -360,7 +360,7 @@ def test_kernels_refuse_bad_state_before_writing(backend):
         indices=[0, 1],
         second_moments=[st["exp_avg_sq"] for st in states],
     )
-    hyper = opt._launch_args(opt.param_groups[0])[1]
+    hyper = opt.launch_args(opt.param_groups[0])[1]
     with pytest.raises(ValueError, match="state 'exp_avg_sq' is Double"):
         ek.backends.BACKENDS[backend].apply(ek.bucket.Phase.UPDATE_PAST, bucket, hyper)
     assert all(torch.equal(q.detach(), b) for q, b in zip(p, before[0]))

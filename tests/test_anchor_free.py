@@ -218,7 +218,7 @@ def test_the_phase_is_chosen_where_it_applies():
 
     def phase(**options):
         opt = ek.ExtrapSGD([torch.nn.Parameter(torch.ones(2))], lr=0.1, **options)
-        return opt._launch_args(opt.param_groups[0])[0]
+        return opt.launch_args(opt.param_groups[0])[0]
 
     assert phase(momentum=0.9) == Phase.UPDATE_PAST_ANCHOR_FREE
     assert phase(momentum=0.9, dampening=0.5, weight_decay=0.1, maximize=True) == Phase.UPDATE_PAST_ANCHOR_FREE

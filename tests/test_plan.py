@@ -38,7 +38,7 @@ def _step(opt, params, grads, replan):
         p.grad = None if g is None else g.clone()
     if replan:
         opt._plans.clear()
-    if isinstance(opt, ek.ExtrapSGD) and opt._local_groups():
+    if isinstance(opt, ek.ExtrapSGD) and opt.local_groups():
         opt.extrapolate()
         if replan:
             opt._plans.clear()

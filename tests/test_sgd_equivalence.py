@@ -29,7 +29,7 @@ def _run_pair(make_ours, options, shapes=((3, 5), (1,), (65537,), (0,)), dtype=t
         for p, q in zip(ours, theirs):
             p.grad = torch.randn(p.shape, generator=gen, dtype=dtype)
             q.grad = p.grad.clone()
-        if getattr(opt, "_local_groups", lambda: [])():
+        if getattr(opt, "local_groups", lambda: [])():
             opt.extrapolate()
         opt.step()
         sgd.step()
