@@ -15,11 +15,11 @@
 #endif
 
 #include "../launch.h"
+#include "cpu_spans.h"
 
 namespace extrap {
 namespace {
 
-constexpr int64_t kChunk = 1 << 16;        // the smallest share of a thread: large enough to amortize
 constexpr int64_t kSerialBelow = 1 << 15;  // launches with fewer elements run on the calling thread
 constexpr int64_t kStreamBlock = 512;      // elements staged in L1 between the math and the streaming stores
 
@@ -66,14 +66,6 @@ void stream_fence() {
   _mm_sfence();
 #endif
 }
-
-// The loops are compute-bound whenever the data sits in cache, so they are compiled for AVX-512 and
-// AVX2+FMA as well as the baseline, and the loader picks the widest one the processor has.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define EXTRAP_SIMD_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
-#else
-#define EXTRAP_SIMD_CLONES
-#endif
 
 // A branch on a runtime flag inside the loop keeps GCC from vectorizing it (it falls back to scalar
 // code: a third of the bandwidth). The flags are loop-invariant, so the launcher picks a loop compiled
@@ -290,39 +282,6 @@ EXTRAP_ADAPTIVE_SPAN(run_adaptive_span, __restrict__)
 EXTRAP_ADAPTIVE_SPAN(run_adaptive_span_in_place, )
 #undef EXTRAP_ADAPTIVE_SPAN
 
-// The per-tensor values of an adaptive launch: the LAMB ratio, the noise key, and the bias corrections
-// of the count the phase's direction uses (the look-ahead of kExtrapolate and the reading pass: the
-// count after the coming update; an update phase has counted its own when it runs).
-template <typename acc>
-TensorArgs<acc> adaptive_args(const Launch& L, const Hyper<acc>& h, size_t t, bool next_count) {
-  const float step = *L.steps[t].data_ptr<float>() + (next_count ? 1.0f : 0.0f);
-  TensorArgs<acc> args{L.trust ? L.trust->data_ptr<acc>()[t] : acc(1),
-                       false,
-                       static_cast<uint32_t>(step),
-                       static_cast<uint32_t>(L.indices[t]),
-                       acc(0),
-                       acc(1),
-                       acc(1)};
-  bias_corrections(h, step, args.bias1, args.bias2_sqrt);
-  return args;
-}
-
-// The elements of a launch's tensors as `grain`-sized spans (tensor, begin, end), in order: the threads
-// share them out evenly whatever the tensor sizes.
-struct Span {
-  int64_t tensor, begin, end;
-};
-std::vector<Span> spans_of(const std::vector<at::Tensor>& tensors, int64_t grain) {
-  std::vector<Span> spans;
-  for (size_t t = 0; t < tensors.size(); ++t) {
-    const int64_t numel = tensors[t].numel();
-    for (int64_t begin = 0; begin < numel; begin += grain) {
-      spans.push_back({static_cast<int64_t>(t), begin, std::min(numel, begin + grain)});
-    }
-  }
-  return spans;
-}
-
 template <Phase P, bool kAmsgrad, typename scalar_t, typename acc>
 void run_adaptive_launch(const Launch& L, bool skip, double inv_scale) {
   const Hyper<acc> h = make_hyper<acc>(L, inv_scale);
@@ -355,111 +314,7 @@ void run_adaptive_launch(const Launch& L, bool skip, double inv_scale) {
   });
 }
 
-// LAMB's reading pass over one span: its sums of s^2 and u^2. kLanes running sums, element i into lane
-// i % kLanes: independent sums the compiler keeps in vector registers (one running sum is a dependency
-// chain it may not reorder), added in a fixed order. (kDecoupled: as in the spans above.)
-template <bool kAmsgrad, bool kReadsX, bool kDecoupled, typename scalar_t, typename acc>
-EXTRAP_SIMD_CLONES void norm_span(const scalar_t* __restrict__ x, const acc* __restrict__ anchor,
-                                  const scalar_t* __restrict__ g, const acc* __restrict__ m, const acc* __restrict__ v,
-                                  const acc* __restrict__ v_max, int64_t begin, int64_t end, Hyper<acc> h,
-                                  TensorArgs<acc> t, acc* sums) {
-  constexpr int kLanes = 16;
-  h.decoupled = kDecoupled;
-  acc s_lanes[kLanes] = {}, u_lanes[kLanes] = {};
-  int64_t i = begin;
-  for (; i + kLanes <= end; i += kLanes) {
-    for (int lane = 0; lane < kLanes; ++lane) {
-      const int64_t j = i + lane;
-      adaptive_norm_element<kAmsgrad>(kReadsX ? static_cast<acc>(x[j]) : anchor[j], static_cast<acc>(g[j]), m[j], v[j],
-                                      kAmsgrad ? v_max[j] : acc(0), h, t, s_lanes[lane], u_lanes[lane]);
-    }
-  }
-  for (int lane = 0; i < end; ++i, ++lane) {
-    adaptive_norm_element<kAmsgrad>(kReadsX ? static_cast<acc>(x[i]) : anchor[i], static_cast<acc>(g[i]), m[i], v[i],
-                                    kAmsgrad ? v_max[i] : acc(0), h, t, s_lanes[lane], u_lanes[lane]);
-  }
-  acc s_squares = 0, u_squares = 0;
-  for (int lane = 0; lane < kLanes; ++lane) {
-    s_squares += s_lanes[lane];
-    u_squares += u_lanes[lane];
-  }
-  sums[0] = s_squares;
-  sums[1] = u_squares;
-}
-
-// LAMB's reading pass: each span's sums, then each tensor's, added in span order (the same result for
-// any number of threads).
-template <bool kAmsgrad, bool kReadsX, typename scalar_t, typename acc>
-at::Tensor run_adaptive_norms(const Launch& L, double inv_scale) {
-  const Hyper<acc> h = make_hyper<acc>(L, inv_scale);
-  std::vector<TensorArgs<acc>> args;
-  for (size_t t = 0; t < L.params.size(); ++t) args.push_back(adaptive_args(L, h, t, true));
-  const std::vector<Span> spans = spans_of(L.params, kChunk);
-  std::vector<acc> sums(2 * spans.size(), acc(0));
-  auto* run = h.decoupled ? norm_span<kAmsgrad, kReadsX, true, scalar_t, acc>
-                          : norm_span<kAmsgrad, kReadsX, false, scalar_t, acc>;
-  at::parallel_for(0, static_cast<int64_t>(spans.size()), 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t k = lo; k < hi; ++k) {
-      const Span& span = spans[k];
-      run(L.params[span.tensor].data_ptr<scalar_t>(), kReadsX ? nullptr : L.anchor(span.tensor).data_ptr<acc>(),
-          L.grads[span.tensor].data_ptr<scalar_t>(), L.momenta[span.tensor].data_ptr<acc>(),
-          L.second_moments[span.tensor].data_ptr<acc>(),
-          kAmsgrad ? L.max_second_moments[span.tensor].data_ptr<acc>() : nullptr, span.begin, span.end, h,
-          args[span.tensor], &sums[2 * k]);
-    }
-  });
-  at::Tensor out = at::zeros({static_cast<int64_t>(L.params.size()), 2},
-                             L.momenta[0].options().dtype(c10::CppTypeToScalarType<acc>::value));
-  acc* o = out.data_ptr<acc>();
-  for (size_t k = 0; k < spans.size(); ++k) {
-    o[2 * spans[k].tensor] += sums[2 * k];
-    o[2 * spans[k].tensor + 1] += sums[2 * k + 1];
-  }
-  return out;
-}
-
-// One span's sum of squares in `lanes` independent sums (vectorized as norm_span's), added in lane order.
-template <typename scalar_t, typename acc>
-EXTRAP_SIMD_CLONES acc squares_span(const scalar_t* __restrict__ v, int64_t begin, int64_t end) {
-  constexpr int kLanes = 16;
-  acc lanes[kLanes] = {};
-  int64_t i = begin;
-  for (; i + kLanes <= end; i += kLanes) {
-    for (int lane = 0; lane < kLanes; ++lane) {
-      const acc e = static_cast<acc>(v[i + lane]);
-      lanes[lane] += e * e;
-    }
-  }
-  for (int lane = 0; i < end; ++i, ++lane) {
-    const acc e = static_cast<acc>(v[i]);
-    lanes[lane] += e * e;
-  }
-  acc total = 0;
-  for (int lane = 0; lane < kLanes; ++lane) total += lanes[lane];
-  return total;
-}
-
 }  // namespace
-
-at::Tensor squares_cpu(const std::vector<at::Tensor>& tensors) {
-  std::vector<at::Tensor> dense;
-  for (const at::Tensor& t : tensors) dense.push_back(t.contiguous());
-  const std::vector<Span> spans = spans_of(dense, kChunk);
-  std::vector<double> sums(spans.size(), 0.0);
-  at::parallel_for(0, static_cast<int64_t>(spans.size()), 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t k = lo; k < hi; ++k) {
-      const Span& span = spans[k];
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dense[span.tensor].scalar_type(), "squares", [&] {
-        using acc = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
-        sums[k] = squares_span<scalar_t, acc>(dense[span.tensor].data_ptr<scalar_t>(), span.begin, span.end);
-      });
-    }
-  });
-  at::Tensor out = at::zeros({static_cast<int64_t>(tensors.size())}, at::kDouble);
-  double* o = out.data_ptr<double>();
-  for (size_t k = 0; k < spans.size(); ++k) o[spans[k].tensor] += sums[k];
-  return out;
-}
 
 void apply_cpu(const Launch& L) {
   if (L.params.empty()) return;
@@ -486,21 +341,6 @@ void apply_cpu(const Launch& L) {
         for (const at::Tensor& last : L.last_gammas) *last.data_ptr<acc>() = static_cast<acc>(L.gamma);
       }
     });
-  });
-}
-
-at::Tensor adaptive_norms_cpu(const Launch& L) {
-  const double inv_scale = L.grad_scale ? 1.0 / L.grad_scale->item<double>() : 1.0;
-  return AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, L.params[0].scalar_type(), "extrap_cpu_norms", [&] {
-    using acc = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
-    // the anchor is x itself before a full-precision snapshot
-    const bool reads_x = L.phase == kExtrapolate && std::is_same<scalar_t, acc>::value;
-    if (L.amsgrad()) {
-      return reads_x ? run_adaptive_norms<true, true, scalar_t, acc>(L, inv_scale)
-                     : run_adaptive_norms<true, false, scalar_t, acc>(L, inv_scale);
-    }
-    return reads_x ? run_adaptive_norms<false, true, scalar_t, acc>(L, inv_scale)
-                   : run_adaptive_norms<false, false, scalar_t, acc>(L, inv_scale);
   });
 }
 

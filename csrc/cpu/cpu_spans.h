@@ -1,0 +1,57 @@
+// What the CPU launcher's passes share (extrap_cpu.cpp: the phases; reading_cpu.cpp: the reading passes):
+// the spans the threads share out, the per-tensor values of an adaptive launch, and the loops' SIMD clones.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../launch.h"
+
+namespace extrap {
+
+constexpr int64_t kChunk = 1 << 16;  // the smallest share of a thread: large enough to amortize
+
+// The loops are compute-bound whenever the data sits in cache, so they are compiled for AVX-512 and
+// AVX2+FMA as well as the baseline, and the loader picks the widest one the processor has.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define EXTRAP_SIMD_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#else
+#define EXTRAP_SIMD_CLONES
+#endif
+
+// The elements of a launch's tensors as `grain`-sized spans (tensor, begin, end), in order: the threads
+// share them out evenly whatever the tensor sizes.
+struct Span {
+  int64_t tensor, begin, end;
+};
+inline std::vector<Span> spans_of(const std::vector<at::Tensor>& tensors, int64_t grain) {
+  std::vector<Span> spans;
+  for (size_t t = 0; t < tensors.size(); ++t) {
+    const int64_t numel = tensors[t].numel();
+    for (int64_t begin = 0; begin < numel; begin += grain) {
+      spans.push_back({static_cast<int64_t>(t), begin, std::min(numel, begin + grain)});
+    }
+  }
+  return spans;
+}
+
+// The per-tensor values of an adaptive launch: the LAMB ratio, the noise key, and the bias corrections
+// of the count the phase's direction uses (the look-ahead of kExtrapolate and the reading pass: the
+// count after the coming update; an update phase has counted its own when it runs).
+template <typename acc>
+inline TensorArgs<acc> adaptive_args(const Launch& L, const Hyper<acc>& h, size_t t, bool next_count) {
+  const float step = *L.steps[t].data_ptr<float>() + (next_count ? 1.0f : 0.0f);
+  TensorArgs<acc> args{L.trust ? L.trust->data_ptr<acc>()[t] : acc(1),
+                       false,
+                       static_cast<uint32_t>(step),
+                       static_cast<uint32_t>(L.indices[t]),
+                       acc(0),
+                       acc(1),
+                       acc(1)};
+  bias_corrections(h, step, args.bias1, args.bias2_sqrt);
+  return args;
+}
+
+}  // namespace extrap
