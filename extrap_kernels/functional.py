@@ -14,6 +14,7 @@ The state is what the classes keep under the same names:
 - `last_gammas`: 0-dim tensors of the state dtype, starting at 0: the anchor-free past mode's;
 - `momentum_buffers` (SGD, momentum > 0), `exp_avgs`, `exp_avg_sqs` and, with amsgrad, `max_exp_avg_sqs`
   (Adam, LAMB): zeros like the parameters, in the state dtype.
+Each call runs under torch.no_grad() (the parameters are written in place, as an optimizer's step() does).
 Mode "local" is two calls per iteration: `extrapolate=True` with the gradients at x_t, then the update
 with the gradients at the extrapolated point.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import torch
 from torch import Tensor
 
 from . import backends, core
@@ -110,6 +112,7 @@ def _run(
     core.run(work, grad_scale, found_inf)
 
 
+@torch.no_grad()
 def sgd(
     params: list[Tensor],
     grads: list[Tensor],
@@ -206,6 +209,7 @@ def _adaptive(
     _run(phase, hyper, mode, backend, params, grads, lists, indices, grad_scale, found_inf)
 
 
+@torch.no_grad()
 def adam(
     params: list[Tensor],
     grads: list[Tensor],
@@ -260,6 +264,7 @@ def adam(
     )
 
 
+@torch.no_grad()
 def lamb(
     params: list[Tensor],
     grads: list[Tensor],

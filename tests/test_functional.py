@@ -184,3 +184,25 @@ def test_refusals_write_nothing():
             mode="local",
         )
     assert all(torch.equal(x, p) for x, p in zip(xs, params)) and all(float(s) == 0 for s in steps)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_leaf_parameters_step_outside_no_grad(backend):
+    """Parameters that require grad step in place without the caller's torch.no_grad(), on every backend,
+    as under the classes' step()."""
+    params = [torch.randn(5, requires_grad=True), torch.randn(3, 2, requires_grad=True)]
+    before = [p.detach().clone() for p in params]
+    grads = [torch.randn_like(p) for p in params]
+    momenta = [torch.zeros_like(p) for p in params]
+    functional.sgd(
+        params,
+        grads,
+        momenta,
+        [torch.zeros(()) for _ in params],
+        last_gammas=[torch.zeros(()) for _ in params],
+        lr=0.1,
+        momentum=0.9,
+        backend=backend,
+    )
+    assert all(not torch.equal(p.detach(), b) for p, b in zip(params, before))
+    assert all(p.requires_grad and p.grad_fn is None for p in params)
