@@ -74,8 +74,11 @@ __device__ __forceinline__ void read_device_betas(Hyper<acc>& h, const double* b
   }
 }
 
-// Every launch is checked at once: an error is the launch's, not a later call's.
-inline void check_launch() {
+// The one way this file launches a kernel (runtime.h's launch_kernel), checked at once: an error is the
+// launch's, not a later call's.
+template <typename... Params, typename... Args>
+void launch_checked(void (*kernel)(Params...), int64_t blocks, int threads, cudaStream_t stream, Args&&... args) {
+  launch_kernel(kernel, static_cast<int>(blocks), threads, stream, std::forward<Args>(args)...);
   const cudaError_t err = cudaGetLastError();
   TORCH_CHECK(err == cudaSuccess, "extrap_kernels: CUDA launch failed: ", cudaGetErrorString(err));
 }
@@ -201,9 +204,8 @@ void launch_phase(const Launch& L) {
     using Table = typename decltype(tag)::type;
     multi_tensor_apply<Table>(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas, {}, {},
                               [&](Table& table, int blocks) {
-                                launch_kernel(phase_kernel<P, kMomentum, scalar_t, state_t, acc, Table>, blocks,
-                                              kThreads, stream, table, h, trust, grad_scale, found_inf, lr, gamma);
-                                check_launch();
+                                launch_checked(phase_kernel<P, kMomentum, scalar_t, state_t, acc, Table>, blocks,
+                                               kThreads, stream, table, h, trust, grad_scale, found_inf, lr, gamma);
                               });
   });
 }
@@ -374,10 +376,9 @@ void launch_adaptive(const Launch& L) {
     using Table = typename decltype(tag)::type;
     multi_tensor_apply<Table>(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas,
                               L.second_moments, L.max_second_moments, [&](Table& table, int blocks) {
-                                launch_kernel(adaptive_kernel<P, kAmsgrad, scalar_t, acc, Table>, blocks,
-                                              kAdaptiveThreads, stream, table, h, trust, grad_scale, found_inf, lr,
-                                              gamma, beta1, beta2);
-                                check_launch();
+                                launch_checked(adaptive_kernel<P, kAmsgrad, scalar_t, acc, Table>, blocks,
+                                               kAdaptiveThreads, stream, table, h, trust, grad_scale, found_inf, lr,
+                                               gamma, beta1, beta2);
                               });
   });
 }
@@ -401,10 +402,9 @@ at::Tensor launch_adaptive_norms(const Launch& L) {
     using Table = typename decltype(tag)::type;
     multi_tensor_apply<Table>(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas,
                               L.second_moments, L.max_second_moments, [&](Table& table, int blocks) {
-                                launch_kernel(adaptive_norms_kernel<kAmsgrad, kReadsX, scalar_t, acc, Table>, blocks,
-                                              kThreads, stream, table, h, grad_scale, beta1, beta2,
-                                              partials.data_ptr<acc>(), first_block);
-                                check_launch();
+                                launch_checked(adaptive_norms_kernel<kAmsgrad, kReadsX, scalar_t, acc, Table>, blocks,
+                                               kThreads, stream, table, h, grad_scale, beta1, beta2,
+                                               partials.data_ptr<acc>(), first_block);
                                 first_block += blocks;
                               });
   });
@@ -414,9 +414,8 @@ at::Tensor launch_adaptive_norms(const Launch& L) {
     const int tensors = static_cast<int>(std::min<int64_t>(kSegmentTensors, n - begin));
     SegmentTable table;
     std::copy(first_of.begin() + begin, first_of.begin() + begin + tensors + 1, table.first_block);
-    launch_kernel(segment_sums_kernel<acc>, (tensors + kSegmentThreads - 1) / kSegmentThreads, kSegmentThreads, stream,
-                  table, tensors, block_sums.data_ptr<acc>(), sums.data_ptr<acc>() + 2 * begin);
-    check_launch();
+    launch_checked(segment_sums_kernel<acc>, (tensors + kSegmentThreads - 1) / kSegmentThreads, kSegmentThreads, stream,
+                   table, tensors, block_sums.data_ptr<acc>(), sums.data_ptr<acc>() + 2 * begin);
   }
   return sums;
 }
