@@ -56,6 +56,26 @@ __device__ __forceinline__ Chunk chunk_of_block(const Table& table) {
   return {entry, begin, min(table.numel[entry], begin + kChunkSize)};
 }
 
+// The walk of every phase kernel over its chunk [begin, end), around the per-element math: where `vector`
+// (every array the kernel moves is aligned to kVec elements), the block's kBlockThreads threads take kVec
+// elements at a time from `begin`, `at_vector(i)` loading, computing and storing elements i .. i + kVec - 1
+// in 16-byte accesses; then `at_element(j)` takes what is left one element at a time (an unaligned
+// tensor, or a chunk's last elements).
+template <int kVec, int kBlockThreads, typename AtVector, typename AtElement>
+__device__ __forceinline__ void walk_chunk(int64_t begin, int64_t end, bool vector, AtVector&& at_vector,
+                                           AtElement&& at_element) {
+  int64_t tail = begin;
+  if (vector) {
+    const int64_t vector_end = begin + (end - begin) / kVec * kVec;
+    for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * kVec; i < vector_end;
+         i += static_cast<int64_t>(kBlockThreads) * kVec) {
+      at_vector(i);
+    }
+    tail = vector_end;
+  }
+  for (int64_t j = tail + threadIdx.x; j < end; j += kBlockThreads) at_element(j);
+}
+
 // The launch's values as the kernel runs: 1 / grad_scale folded into the gradient factor, and the
 // capturable rates read now (a replayed CUDA graph sees their current values).
 template <typename acc>
@@ -150,37 +170,30 @@ __global__ void __launch_bounds__(kThreads)
   using SVec = Vec<state_t, kVec>;
   const bool vector = aligned<scalar_t, kVec>(x) && aligned<scalar_t, kVec>(g) &&
                       (kReadsX || aligned<state_t, kVec>(s)) && (!load_m || aligned<state_t, kVec>(m));
-  int64_t tail = begin;
-  if (vector) {
-    const int64_t vector_end = begin + (end - begin) / kVec * kVec;
-    for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * kVec; i < vector_end;
-         i += static_cast<int64_t>(kThreads) * kVec) {
-      XVec xr{};
-      SVec sr{};
-      if (kReadsX) {
-        xr = *reinterpret_cast<const XVec*>(x + i);
-      } else {
-        sr = *reinterpret_cast<const SVec*>(s + i);
-      }
-      const XVec gr = *reinterpret_cast<const XVec*>(g + i);
-      SVec mr{};
-      if (load_m) mr = *reinterpret_cast<const SVec*>(m + i);
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) {
-        acc xv = static_cast<acc>(xr.v[k]), sv = static_cast<acc>(sr.v[k]), mv = static_cast<acc>(mr.v[k]);
-        element(xv, static_cast<acc>(gr.v[k]), sv, mv, i + k);
-        xr.v[k] = static_cast<scalar_t>(xv);
-        sr.v[k] = static_cast<state_t>(sv);
-        mr.v[k] = static_cast<state_t>(mv);
-      }
-      if (store_x) *reinterpret_cast<XVec*>(x + i) = xr;
-      if (store_s) *reinterpret_cast<SVec*>(s + i) = sr;
-      if (store_m) *reinterpret_cast<SVec*>(m + i) = mr;
+  auto at_vector = [&](int64_t i) {
+    XVec xr{};
+    SVec sr{};
+    if (kReadsX) {
+      xr = *reinterpret_cast<const XVec*>(x + i);
+    } else {
+      sr = *reinterpret_cast<const SVec*>(s + i);
     }
-    tail = vector_end;
-  }
-  // unaligned tensors, and the last elements of a chunk
-  for (int64_t j = tail + threadIdx.x; j < end; j += kThreads) {
+    const XVec gr = *reinterpret_cast<const XVec*>(g + i);
+    SVec mr{};
+    if (load_m) mr = *reinterpret_cast<const SVec*>(m + i);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      acc xv = static_cast<acc>(xr.v[k]), sv = static_cast<acc>(sr.v[k]), mv = static_cast<acc>(mr.v[k]);
+      element(xv, static_cast<acc>(gr.v[k]), sv, mv, i + k);
+      xr.v[k] = static_cast<scalar_t>(xv);
+      sr.v[k] = static_cast<state_t>(sv);
+      mr.v[k] = static_cast<state_t>(mv);
+    }
+    if (store_x) *reinterpret_cast<XVec*>(x + i) = xr;
+    if (store_s) *reinterpret_cast<SVec*>(s + i) = sr;
+    if (store_m) *reinterpret_cast<SVec*>(m + i) = mr;
+  };
+  auto at_element = [&](int64_t j) {
     acc xv = kReadsX ? static_cast<acc>(x[j]) : acc(0);
     acc sv = kReadsX ? acc(0) : static_cast<acc>(s[j]);
     acc mv = load_m ? static_cast<acc>(m[j]) : acc(0);
@@ -188,7 +201,8 @@ __global__ void __launch_bounds__(kThreads)
     if (store_x) x[j] = static_cast<scalar_t>(xv);
     if (store_s) s[j] = static_cast<state_t>(sv);
     if (store_m) m[j] = static_cast<state_t>(mv);
-  }
+  };
+  walk_chunk<kVec, kThreads>(begin, end, vector, at_vector, at_element);
 }
 
 template <Phase P, bool kMomentum, typename scalar_t, typename state_t, typename acc>
@@ -258,39 +272,33 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
   using AVec = Vec<acc, kVec>;
   const bool vector = aligned<scalar_t, kVec>(x) && aligned<scalar_t, kVec>(g) && (kReadsX || aligned<acc, kVec>(s)) &&
                       aligned<acc, kVec>(m) && aligned<acc, kVec>(v) && (!kAmsgrad || aligned<acc, kVec>(v_max));
-  int64_t tail = begin;
-  if (vector) {
-    const int64_t vector_end = begin + (end - begin) / kVec * kVec;
-    for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * kVec; i < vector_end;
-         i += static_cast<int64_t>(kAdaptiveThreads) * kVec) {
-      XVec xr{};
-      AVec sr{}, vmr{};
-      if (kReadsX) {
-        xr = *reinterpret_cast<const XVec*>(x + i);
-      } else {
-        sr = *reinterpret_cast<const AVec*>(s + i);
-      }
-      const XVec gr = *reinterpret_cast<const XVec*>(g + i);
-      AVec mr = *reinterpret_cast<const AVec*>(m + i);
-      AVec vr = *reinterpret_cast<const AVec*>(v + i);
-      if (kAmsgrad) vmr = *reinterpret_cast<const AVec*>(v_max + i);
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) {
-        acc xv = static_cast<acc>(xr.v[k]);
-        element(xv, static_cast<acc>(gr.v[k]), sr.v[k], mr.v[k], vr.v[k], vmr.v[k], i + k);
-        xr.v[k] = static_cast<scalar_t>(xv);
-      }
-      if (store_x) *reinterpret_cast<XVec*>(x + i) = xr;
-      if (store_s) *reinterpret_cast<AVec*>(s + i) = sr;
-      if (store_state) {
-        *reinterpret_cast<AVec*>(m + i) = mr;
-        *reinterpret_cast<AVec*>(v + i) = vr;
-        if (kAmsgrad) *reinterpret_cast<AVec*>(v_max + i) = vmr;
-      }
+  auto at_vector = [&](int64_t i) {
+    XVec xr{};
+    AVec sr{}, vmr{};
+    if (kReadsX) {
+      xr = *reinterpret_cast<const XVec*>(x + i);
+    } else {
+      sr = *reinterpret_cast<const AVec*>(s + i);
     }
-    tail = vector_end;
-  }
-  for (int64_t j = tail + threadIdx.x; j < end; j += kAdaptiveThreads) {
+    const XVec gr = *reinterpret_cast<const XVec*>(g + i);
+    AVec mr = *reinterpret_cast<const AVec*>(m + i);
+    AVec vr = *reinterpret_cast<const AVec*>(v + i);
+    if (kAmsgrad) vmr = *reinterpret_cast<const AVec*>(v_max + i);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      acc xv = static_cast<acc>(xr.v[k]);
+      element(xv, static_cast<acc>(gr.v[k]), sr.v[k], mr.v[k], vr.v[k], vmr.v[k], i + k);
+      xr.v[k] = static_cast<scalar_t>(xv);
+    }
+    if (store_x) *reinterpret_cast<XVec*>(x + i) = xr;
+    if (store_s) *reinterpret_cast<AVec*>(s + i) = sr;
+    if (store_state) {
+      *reinterpret_cast<AVec*>(m + i) = mr;
+      *reinterpret_cast<AVec*>(v + i) = vr;
+      if (kAmsgrad) *reinterpret_cast<AVec*>(v_max + i) = vmr;
+    }
+  };
+  auto at_element = [&](int64_t j) {
     acc xv = kReadsX ? static_cast<acc>(x[j]) : acc(0);
     acc sv = kReadsX ? acc(0) : s[j];
     acc mv = m[j], vv = v[j], v_maxv = kAmsgrad ? v_max[j] : acc(0);
@@ -302,7 +310,8 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
       v[j] = vv;
       if (kAmsgrad) v_max[j] = v_maxv;
     }
-  }
+  };
+  walk_chunk<kVec, kAdaptiveThreads>(begin, end, vector, at_vector, at_element);
 }
 
 // LAMB's reading pass: each thread sums s^2 and u^2 over its elements of one chunk into its own slot of
