@@ -28,12 +28,17 @@ demo: build
 
 # Style (pyproject.toml's [tool.ruff], .clang-format): fails on any difference; `make format` applies them.
 CSRC_FILES = $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh)
-lint: $(VENV)/.deps
+$(VENV)/.lint-deps: requirements-lint.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-lint.txt
+	touch $@
+
+lint: $(VENV)/.lint-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/clang-format --dry-run -Werror $(CSRC_FILES)
 
-format: $(VENV)/.deps
+format: $(VENV)/.lint-deps
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/clang-format -i $(CSRC_FILES)
