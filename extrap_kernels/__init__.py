@@ -20,8 +20,9 @@ if _TorchVersion(_torch.__version__) < OLDEST_TORCH:
 
 from . import backends, core, functional, reference  # noqa: E402
 from .adam import ExtrapAdam, ExtrapAdamW, ExtrapLAMB, FusedAdam, FusedLAMB  # noqa: E402
-from .bucket import Bucket, Hyper, Phase  # noqa: E402
+from .bucket import Bucket, Phase  # noqa: E402
 from .distributed import train_step  # noqa: E402
+from .hyper import AdamHyper, Hyper, LambHyper, SGDHyper  # noqa: E402
 from .optimizer import ExtrapSGD, FusedOptimizer, FusedSGD  # noqa: E402
 
 __all__ = [
@@ -35,6 +36,9 @@ __all__ = [
     "FusedOptimizer",
     "Bucket",
     "Hyper",
+    "SGDHyper",
+    "AdamHyper",
+    "LambHyper",
     "Phase",
     "backends",
     "core",

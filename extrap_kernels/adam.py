@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .bucket import Hyper, Phase, state_dtype
+from .bucket import Phase, state_dtype
 from .checks import check_hyperparameters, scalar_value
+from .hyper import HYPERS, Hyper
 from .optimizer import ApexDropIn, ExtrapolatingOptimizer, FusedOptimizer
 
 
@@ -59,23 +60,8 @@ class AdaptiveOptimizer(FusedOptimizer):
         return state
 
     def _hyper(self, group: dict, gamma) -> Hyper:
-        return Hyper(
-            lr=group["lr"],
-            gamma=gamma,
-            weight_decay=group["weight_decay"],
-            maximize=group.get("maximize", False),
-            noise_std=group.get("noise_std", 0.0),
-            seed=group.get("seed", 0),
-            base=self.BASE,
-            betas=tuple(group["betas"]),
-            eps=group["eps"],
-            decoupled=group["decoupled"],
-            amsgrad=group.get("amsgrad", False),
-            bias_correction=group.get("bias_correction", True),
-            grad_averaging=group.get("grad_averaging", True),
-            max_grad_norm=group.get("max_grad_norm", 0.0),
-            use_nvlamb=group.get("use_nvlamb", False),
-        )
+        """The group's record of this base (its keys are the record's field names)."""
+        return HYPERS[self.BASE].from_group(group, gamma=gamma)
 
 
 class ExtrapolatingAdaptive(ExtrapolatingOptimizer, AdaptiveOptimizer):

@@ -1,5 +1,5 @@
-"""What every backend is handed: a phase, the hyperparameters of a param group, and one bucket of
-tensors sharing a device and a dtype. The backends (reference, foreach, cpu, ...) differ only in how
+"""What every backend is handed: a phase, the hyperparameters of a param group (hyper.py), and one
+bucket of tensors sharing a device and a dtype. The backends (reference, foreach, cpu, ...) differ only in how
 they run one phase over one bucket."""
 
 from __future__ import annotations
@@ -34,80 +34,12 @@ def state_dtype(param_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if param_dtype == torch.float64 else torch.float32
 
 
-def anchor_free_applies(hyper: "Hyper") -> bool:
-    """SPEC "Memory-lean variants": with heavy-ball momentum (no Nesterov, no Apex wd_after_momentum, no
-    LARS) and past="update", the update direction d is m, so x = s - gamma * m gives the anchor back and
-    it need not be stored (on full-precision parameters: see bucket_phase)."""
-    return (
-        hyper.momentum != 0
-        and not hyper.nesterov
-        and not hyper.wd_after_momentum
-        and not hyper.lars
-        and not hyper.past_grad
-    )
-
-
 def bucket_phase(phase: Phase, dtype: torch.dtype) -> Phase:
     """The phase a group's bucket of `dtype` runs: a 16-bit x keeps its fp32 master as the anchor, so
     an anchor-free group runs the stored-anchor past update there."""
     if phase == Phase.UPDATE_PAST_ANCHOR_FREE and state_dtype(dtype) != dtype:
         return Phase.UPDATE_PAST
     return phase
-
-
-@dataclass(frozen=True)
-class Hyper:
-    """The hyperparameters of one param group for one phase, as docs/SPEC.md names them."""
-
-    lr: float | Tensor
-    gamma: float | Tensor = 0.0
-    momentum: float = 0.0
-    dampening: float = 0.0
-    weight_decay: float = 0.0
-    nesterov: bool = False
-    maximize: bool = False
-    wd_after_momentum: bool = False  # Apex FusedSGD: weight decay added to d, not to g
-    lars: bool = False
-    trust_coefficient: float = 0.001
-    lars_clip: bool = False
-    extrapolate_with_momentum: bool = False
-    past_grad: bool = False  # "past" mode extrapolates along g' instead of d
-    noise_std: float = 0.0
-    seed: int = 0
-    # SPEC "Base update, Adam family and LAMB": base "adam" or "lamb" (momentum is then 0; the bucket's
-    # momenta are the first moments m and second_moments the v)
-    base: str = "sgd"
-    betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999)  # (tensors: capturable, read by the kernels)
-    eps: float = 1e-8
-    decoupled: bool = False  # AdamW / adam_w_mode: e = a + wd * s instead of g' += wd * s
-    amsgrad: bool = False
-    bias_correction: bool = True
-    grad_averaging: bool = True  # LAMB: m <- b1 * m + (1 - b1) * g' (False: + g')
-    max_grad_norm: float = 0.0  # LAMB: g' / max(1, ||g||_global / max_grad_norm); 0: no clipping
-    use_nvlamb: bool = False  # LAMB: the trust ratio also where wd == 0
-
-    def layout(self) -> tuple:
-        """What decides the state a phase keeps: a change of it plans the step anew."""
-        return self.base, self.momentum != 0, self.lars, self.amsgrad
-
-    def rate(self, name: str, bucket: "Bucket") -> tuple[float, Tensor | None]:
-        """`lr` or `gamma` as a fused kernel takes it: a number, or (capturable) a one-element tensor of
-        the bucket's state dtype on its device, which the kernel reads when it runs. Reading a device
-        tensor's value here would synchronize the host and freeze the value into a captured graph."""
-        value = getattr(self, name)
-        if not isinstance(value, Tensor):
-            return float(value), None
-        return 0.0, value.detach().to(device=bucket.device, dtype=state_dtype(bucket.dtype)).reshape(1)
-
-    def kernel_betas(self, bucket: "Bucket") -> tuple[tuple[float, Tensor | None], tuple[float, Tensor | None]]:
-        """The adaptive bases' betas as a fused kernel takes them, as `rate` does lr: each a number, or
-        (capturable) a one-element float64 tensor on the bucket's device (the bias corrections' precision)."""
-        return tuple(
-            (0.0, beta.detach().to(device=bucket.device, dtype=torch.float64).reshape(1))
-            if isinstance(beta, Tensor)
-            else (float(beta), None)
-            for beta in self.betas
-        )
 
 
 @dataclass

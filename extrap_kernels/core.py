@@ -18,8 +18,9 @@ from torch import Tensor
 
 from .backends import Backend
 from .backends.calls import REFUSALS
-from .bucket import Bucket, Hyper, Phase, state_dtype
+from .bucket import Bucket, Phase, state_dtype
 from .checks import Rejected
+from .hyper import Hyper
 from .norms import squares
 from .sharded import kernel_view
 
@@ -59,7 +60,7 @@ class Launch:
         self.work = (work or self.work)._replace(hyper=hyper)
         phase, bucket, _, backend = self.work
         self.call = backend.prepare(phase, bucket, hyper)
-        self.clips = hyper.base == "lamb" and hyper.max_grad_norm > 0  # needs the global gradient norm
+        self.clips = hyper.clips  # needs the global gradient norm
 
     def grads(self, flat: list) -> list[Tensor]:
         grads = self.pick(flat)

@@ -27,8 +27,9 @@ import torch
 from torch import Tensor
 
 from . import backends, core
-from .bucket import Bucket, Hyper, Phase, anchor_free_applies, bucket_phase, state_dtype
+from .bucket import Bucket, Phase, bucket_phase, state_dtype
 from .checks import check_bucket, check_hyperparameters, scalar_value
+from .hyper import HYPERS, Hyper, SGDHyper
 
 __all__ = ["sgd", "adam", "lamb", "mode_phase"]
 
@@ -53,7 +54,7 @@ def _phase(mode: str | None, extrapolate: bool, phase: Phase, anchors, last_gamm
             )
         return Phase.EXTRAPOLATE
     if phase == Phase.UPDATE_PAST and anchors is None:
-        if last_gammas is None or not anchor_free_applies(hyper):
+        if last_gammas is None or not hyper.anchor_free():
             raise ValueError(
                 "mode='past' without anchors is the anchor-free past update: it needs last_gammas "
                 "and heavy-ball momentum (momentum > 0, no Nesterov, past='update'); otherwise give "
@@ -152,7 +153,7 @@ def sgd(
         **({} if mode is None else {"mode": mode}),
     )
     phase, gamma = mode_phase(mode, lr, gamma, noise_std)
-    hyper = Hyper(
+    hyper = SGDHyper(
         lr=lr,
         gamma=gamma,
         momentum=momentum,
@@ -201,7 +202,8 @@ def _adaptive(
         **({} if mode is None else {"mode": mode}),
     )
     phase, gamma = mode_phase(mode, options["lr"], options.pop("gamma"), options["noise_std"])
-    hyper = Hyper(base=base, gamma=gamma, amsgrad=max_exp_avg_sqs is not None, **options)
+    amsgrad = {"amsgrad": True} if max_exp_avg_sqs is not None else {}  # (LAMB has no amsgrad)
+    hyper = HYPERS[base](gamma=gamma, **amsgrad, **options)
     phase = _phase(mode, extrapolate, phase, anchors if anchors is not None else [], None, hyper)
     lists = dict(
         anchors=anchors, steps=steps, momenta=exp_avgs, second_moments=exp_avg_sqs, max_second_moments=max_exp_avg_sqs

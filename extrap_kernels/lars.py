@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .bucket import Bucket, Hyper, Phase, state_dtype
+from .bucket import Bucket, Phase, state_dtype
+from .hyper import SGDHyper
 from .norms import two_norms
 
 
@@ -20,7 +21,7 @@ def whole_tensor_norms(norms: Tensor, group) -> Tensor:
     return squares.sqrt()
 
 
-def trust_ratios(phase: Phase, bucket: Bucket, h: Hyper, grad_scale: Tensor | None) -> Tensor:
+def trust_ratios(phase: Phase, bucket: Bucket, h: SGDHyper, grad_scale: Tensor | None) -> Tensor:
     """trust[i] = coef * ||s_i|| / (||g_i|| + wd * ||s_i||), 1 where either norm is 0, clipped at 1
     with LARC; g is the unscaled gradient. A 1-D tensor of the bucket's state dtype."""
     dtype = state_dtype(bucket.dtype)

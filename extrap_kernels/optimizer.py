@@ -15,9 +15,10 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import required
 
 from . import backends
-from .bucket import Hyper, Phase, anchor_free_applies, state_dtype
+from .bucket import Phase, state_dtype
 from .checks import Rejected, check_hyperparameters
 from .functional import mode_phase
+from .hyper import Hyper, SGDHyper
 from .plan import Plan, flat_params, grad_of
 from .sharded import local
 
@@ -39,7 +40,7 @@ class FusedOptimizer(Optimizer):
     `init_state(param, group, phase)`: the parameter's state, created where missing. Subclasses define
     the first two."""
 
-    BASE = "sgd"  # the base optimizer (bucket.Hyper.base): which backends have a kernel for it
+    BASE = "sgd"  # the base optimizer (hyper.Hyper.base): which backends have a kernel for it
     # What torch.optim's __getstate__ (deepcopy, pickle, torch.save of the optimizer) would drop.
     _PICKLED = ("backend", "_extrapolated", "set_grad_none", "materialize_master_grads")
 
@@ -326,7 +327,7 @@ class ExtrapSGD(ExtrapolatingOptimizer):
 
     def launch_args(self, group: dict) -> tuple[Phase, Hyper]:
         phase, gamma = self._mode_phase(group)
-        hyper = Hyper(
+        hyper = SGDHyper(
             lr=group["lr"],
             gamma=gamma,
             momentum=group["momentum"],
@@ -342,7 +343,7 @@ class ExtrapSGD(ExtrapolatingOptimizer):
             noise_std=group["noise_std"],
             seed=group["seed"],
         )
-        if group["mode"] == "past" and not group.get("store_anchor", False) and anchor_free_applies(hyper):
+        if group["mode"] == "past" and not group.get("store_anchor", False) and hyper.anchor_free():
             phase = Phase.UPDATE_PAST_ANCHOR_FREE  # (16-bit parameters keep their master: bucket_phase)
         return phase, hyper
 
@@ -400,7 +401,7 @@ class FusedSGD(ApexDropIn, FusedOptimizer):
         self.set_grad_none = set_grad_none
 
     def launch_args(self, group: dict) -> tuple[Phase, Hyper]:
-        return Phase.UPDATE, Hyper(
+        return Phase.UPDATE, SGDHyper(
             lr=group["lr"],
             momentum=group["momentum"],
             dampening=group["dampening"],

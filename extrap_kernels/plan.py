@@ -32,9 +32,10 @@ from itertools import chain, repeat
 from torch import Tensor
 
 from . import backends
-from .bucket import Bucket, Hyper, Phase, bucket_phase
+from .bucket import Bucket, Phase, bucket_phase
 from .checks import check_bucket, check_hyperparameters, check_param
 from .core import Launch, Work, run_launches
+from .hyper import Hyper
 from .sharded import as_real, is_dtensor, kernel_view, local, shard_group
 
 grad_of = operator.attrgetter("grad")
@@ -140,7 +141,7 @@ class Plan:
                         "support sharded (FSDP2) parameters; use mode 'local' or 'past'"
                     )
             # whole-tensor norms of sharded tensors: LARS's and LAMB's trust ratios
-            group_of_shards = shard_group(members, names) if hyper.lars or hyper.base == "lamb" else None
+            group_of_shards = shard_group(members, names) if hyper.whole_tensor_norms else None
             views = any(is_dtensor(p) or p.is_complex() for p in members)
             staged.append(
                 Staged(number, group, phase, hyper, backend, members, shards, grads, names, group_of_shards, views)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import philox, rounding
-from .bucket import Bucket, Hyper, Phase, abandon, count_step, record_gamma, state_dtype
+from . import philox, reference_adaptive, rounding
+from .bucket import Bucket, Phase, abandon, count_step, record_gamma, state_dtype
+from .hyper import Hyper, SGDHyper
 from .lars import whole_tensor_norms
 
 
-def lars_trust(s: Tensor, g: Tensor, h: Hyper, shard_group=None) -> Tensor:
+def lars_trust(s: Tensor, g: Tensor, h: SGDHyper, shard_group=None) -> Tensor:
     """trust = coef * ||s|| / (||g|| + wd * ||s||), 1 where either norm is 0; LARC clips it at 1
     (lr_eff = min(trust * eta, eta)). g is the unscaled gradient; s and g may be shards of the tensor
     (FSDP2), whose squared norms are then summed over `shard_group`."""
@@ -29,7 +30,7 @@ def lars_trust(s: Tensor, g: Tensor, h: Hyper, shard_group=None) -> Tensor:
     return trust
 
 
-def regularized_grad(g: Tensor, s: Tensor, h: Hyper, inv_scale: float, shard_group=None) -> Tensor:
+def regularized_grad(g: Tensor, s: Tensor, h: SGDHyper, inv_scale: float, shard_group=None) -> Tensor:
     """g' = g * grad_scale_inv + wd * s (maximize: g -> -g), times the LARS trust ratio."""
     g = g * inv_scale
     if h.maximize:
@@ -42,7 +43,7 @@ def regularized_grad(g: Tensor, s: Tensor, h: Hyper, inv_scale: float, shard_gro
     return g
 
 
-def base_update(s: Tensor, m: Tensor | None, g_prime: Tensor, h: Hyper, first: bool):
+def base_update(s: Tensor, m: Tensor | None, g_prime: Tensor, h: SGDHyper, first: bool):
     """m <- mu * m + (1 - dampening) * g' (first step: m <- g'); d = g' + mu * m if nesterov else m
     (mu = 0: d = g'); s <- s - eta * d. Returns (s, m, d)."""
     d = g_prime
@@ -78,11 +79,19 @@ def apply(
     found_inf: Tensor | None = None,
     compute_dtype: torch.dtype | None = None,
 ) -> None:
-    """Runs one phase over the bucket, one tensor at a time (the Adam and LAMB bases: reference_adaptive)."""
-    if h.base != "sgd":
-        from . import reference_adaptive
+    """Runs one phase over the bucket, one tensor at a time, in the form of its base."""
+    _APPLY[h.base](phase, bucket, h, grad_scale, found_inf, compute_dtype)
 
-        return reference_adaptive.apply(phase, bucket, h, grad_scale, found_inf, compute_dtype)
+
+def apply_sgd(
+    phase: Phase,
+    bucket: Bucket,
+    h: SGDHyper,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+    compute_dtype: torch.dtype | None,
+) -> None:
+    """The SGD family's phase over the bucket, one tensor at a time."""
     count_step(phase, bucket, found_inf)
     if found_inf is not None and found_inf.item() != 0:
         abandon(phase, bucket)
@@ -128,3 +137,7 @@ def apply(
         else:
             raise ValueError(f"unknown phase {phase!r}")
     record_gamma(phase, bucket, h.gamma, found_inf)
+
+
+# Each base's form (the adaptive bases: reference_adaptive.py).
+_APPLY = {"sgd": apply_sgd, "adam": reference_adaptive.apply, "lamb": reference_adaptive.apply}

@@ -1,6 +1,6 @@
 """The oracle for the adaptive bases: docs/SPEC.md "Base update, Adam family and LAMB" written as
 per-tensor torch ops, with every mode (local, past, noise) and option. `reference.apply` hands it the
-buckets whose hyperparameters say base "adam" or "lamb".
+buckets of base "adam" or "lamb" (hyper.AdamHyper, hyper.LambHyper).
 
 As `reference.py` is for the SGD family, this is slow on purpose and the thing the Adam and LAMB kernels
 are tested against; `compute_dtype=torch.float64` evaluates in double precision and rounds only when
@@ -16,18 +16,13 @@ import torch
 from torch import Tensor
 
 from . import philox
-from .bucket import Bucket, Hyper, Phase, abandon, count_step, state_dtype
+from .bucket import Bucket, Phase, abandon, count_step, state_dtype
+from .hyper import AdamHyper
+from .lamb import clip_factor
 from .lars import whole_tensor_norms
 
 
-def clip_factor(bucket: Bucket, h: Hyper, inv_scale: float) -> float:
-    """LAMB: max(1, ||g||_global / max_grad_norm), the norm of all the step's gradients, unscaled; else 1."""
-    if h.base != "lamb" or h.max_grad_norm <= 0 or bucket.global_grad_norm is None:
-        return 1.0
-    return max(1.0, float(bucket.global_grad_norm) * inv_scale / h.max_grad_norm)
-
-
-def regularized_grad(g: Tensor, s: Tensor, h: Hyper, inv_scale: float, clip: float) -> Tensor:
+def regularized_grad(g: Tensor, s: Tensor, h: AdamHyper, inv_scale: float, clip: float) -> Tensor:
     """g' = g * grad_scale_inv (maximize: -g), LAMB: divided by the clip factor; L2 decay (not
     decoupled): g' += wd * s."""
     g = g * (inv_scale / clip)
@@ -38,18 +33,18 @@ def regularized_grad(g: Tensor, s: Tensor, h: Hyper, inv_scale: float, clip: flo
     return g
 
 
-def moments(m: Tensor, v: Tensor, v_max: Tensor | None, g_prime: Tensor, h: Hyper):
+def moments(m: Tensor, v: Tensor, v_max: Tensor | None, g_prime: Tensor, h: AdamHyper):
     """m <- b1 * m + (1 - b1) * g' (LAMB without grad_averaging: + g'); v <- b2 * v + (1 - b2) * g'^2;
     amsgrad: v_max <- max(v_max, v). Returns the new (m, v, v_max), storing nothing."""
     b1, b2 = h.betas
-    m = b1 * m + ((1 - b1) if (h.grad_averaging or h.base != "lamb") else 1.0) * g_prime
+    m = b1 * m + ((1 - b1) if h.averages else 1.0) * g_prime
     v = b2 * v + (1 - b2) * g_prime * g_prime
     if v_max is not None:
         v_max = torch.maximum(v_max, v)
     return m, v, v_max
 
 
-def direction(s: Tensor, m: Tensor, v: Tensor, v_max: Tensor | None, t: int, h: Hyper, shard_group=None) -> Tensor:
+def direction(s: Tensor, m: Tensor, v: Tensor, v_max: Tensor | None, t: int, h: AdamHyper, shard_group=None) -> Tensor:
     """e, the direction of the update s <- s - eta * e, from the moments after step t:
     a = (m / (1 - b1^t)) / (sqrt(v) / sqrt(1 - b2^t) + eps) (bias_correction=False: no divisions; v_max
     in place of v with amsgrad); Adam: e = a; AdamW: e = a + wd * s; LAMB: u = a (+ wd * s decoupled),
@@ -63,7 +58,7 @@ def direction(s: Tensor, m: Tensor, v: Tensor, v_max: Tensor | None, t: int, h: 
     else:
         a = m / (second.sqrt() + h.eps)
     e = a + h.weight_decay * s if h.decoupled else a
-    if h.base == "lamb" and (h.weight_decay != 0 or h.use_nvlamb):
+    if h.scales_by_trust:
         s_norm, u_norm = whole_tensor_norms(
             torch.stack([torch.linalg.vector_norm(s), torch.linalg.vector_norm(e)]), shard_group
         )
@@ -75,7 +70,7 @@ def direction(s: Tensor, m: Tensor, v: Tensor, v_max: Tensor | None, t: int, h: 
 def apply(
     phase: Phase,
     bucket: Bucket,
-    h: Hyper,
+    h: AdamHyper,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
     compute_dtype: torch.dtype | None = None,

@@ -6,7 +6,7 @@ step involves, and a control shows that it is tight enough to catch a bias corre
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 import extrap_kernels as ek
 from extrap_kernels import reference_adaptive
-from extrap_kernels.bucket import Bucket, Hyper, Phase, state_dtype
+from extrap_kernels.bucket import Bucket, Phase, state_dtype
+from extrap_kernels.hyper import HYPERS, AdamHyper, Hyper, LambHyper
 
 ADAPTIVE_BACKENDS = [b for b in CPU_BACKENDS if "adam" in ek.backends.BACKENDS[b].bases]
 PHASES = [Phase.EXTRAPOLATE, Phase.UPDATE, Phase.UPDATE_PAST, Phase.UPDATE_NOISE]
@@ -93,7 +94,7 @@ def run_case(backend, phase, opts, dtype, sizes, step, grad_scale, misaligned, d
     v_max = [t + 0.01 * torch.rand(t.shape, generator=gen, dtype=sdtype) for t in v] if opts["amsgrad"] else []
     if misaligned:  # the last tensor one element into its storage: the kernels' scalar path
         x[-1], g[-1], s[-1], m[-1], v[-1] = map(misaligned_copy, (x[-1], g[-1], s[-1], m[-1], v[-1]))
-    hyper = Hyper(**opts)
+    hyper = HYPERS[opts["base"]].from_group(opts)  # (the options of its base)
     scale = None if grad_scale is None else torch.tensor([grad_scale])
 
     def bucket(count=step):
@@ -203,12 +204,13 @@ def test_lamb_norms_are_the_reference_norms(backend):
     g = [torch.randn(n, generator=gen) for n in sizes]
     m = [0.1 * torch.randn(n, generator=gen) for n in sizes]
     v = [0.01 * torch.rand(n, generator=gen) for n in sizes]
-    h = Hyper(lr=0.01, base="lamb", weight_decay=0.01, decoupled=True, betas=(0.9, 0.99), eps=1e-6)
+    h = LambHyper(lr=0.01, weight_decay=0.01, decoupled=True, betas=(0.9, 0.99), eps=1e-6)
     for phase in PHASES:
         b = adaptive_bucket(phase, x, g, [t + 0.5 for t in x], m, v, [], 2, None)
         sums = lamb_sums(backend, phase, b, h)
         assert sums.shape == (len(sizes), 2) and sums.dtype == torch.float32
-        for i, (s, e, _) in enumerate(directions(phase, b, replace(h, base="adam"), None)):  # u: e without trust
+        without_trust = AdamHyper.from_group(asdict(h))  # u: e without trust
+        for i, (s, e, _) in enumerate(directions(phase, b, without_trust, None)):
             expected = torch.tensor([float((s * s).sum()), float((e * e).sum())], dtype=torch.float64)
             assert torch.allclose(
                 sums[i].double(), expected, rtol=sizes[i] * state_eps(torch.float32) + 1e-12, atol=0

@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 
 import extrap_kernels as ek
 from extrap_kernels import reference
-from extrap_kernels.bucket import Hyper, Phase, state_dtype
+from extrap_kernels.bucket import Phase, state_dtype
+from extrap_kernels.hyper import SGDHyper
 
 # 0, 1, odd, power-of-two, and sizes across the CPU kernel's 65536-element chunks
 SIZES = [0, 1, 2, 3, 5, 17, 64, 255, 1000, 4097, 65536 + 3]
@@ -123,7 +124,7 @@ def test_trajectory_matches_reference(backend):
 
 def anchor_free_case(phase, opts, dtype):
     """The options and dtype a phase runs with: the anchor-free update only exists with heavy-ball
-    momentum on full-precision parameters (bucket.anchor_free_applies)."""
+    momentum on full-precision parameters (hyper.SGDHyper.anchor_free)."""
     if phase != Phase.UPDATE_PAST_ANCHOR_FREE:
         return opts, dtype
     opts = dict(opts, momentum=opts["momentum"] or 0.9, nesterov=False, lars=False, lars_clip=False, past="update")
@@ -150,7 +151,7 @@ def test_one_phase_against_float64_reference(backend, phase, opts, dtype, sizes,
     s = [t.to(sdtype) + 0.01 * torch.randn(t.shape, generator=gen, dtype=sdtype) for t in x]
     m = [torch.randn(n, generator=gen, dtype=sdtype) for n in sizes] if opts["momentum"] else []
     gamma = opts["lr"] if opts["gamma"] is None else opts["gamma"]
-    hyper = Hyper(
+    hyper = SGDHyper(
         **{k: v for k, v in opts.items() if k not in ("mode", "past", "gamma")},
         gamma=gamma,
         past_grad=opts["past"] == "grad",
@@ -189,7 +190,7 @@ def test_large_launch_with_streaming_stores(phase, dtype):
     g = [torch.randn(n, generator=gen).to(dtype) for n in sizes]
     s = [t.to(sdtype) + 0.01 * torch.randn(t.shape, generator=gen, dtype=sdtype) for t in x]
     m = [torch.randn(n, generator=gen, dtype=sdtype) for n in sizes]
-    hyper = Hyper(lr=0.1, gamma=0.05, momentum=0.9, weight_decay=1e-3, noise_std=0.01, seed=3)
+    hyper = SGDHyper(lr=0.1, gamma=0.05, momentum=0.9, weight_decay=1e-3, noise_std=0.01, seed=3)
     last = [torch.tensor(0.04) for _ in sizes]
     ours = phase_bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], 3, phase, last)
     oracle = phase_bucket([t.clone() for t in x], g, [t.clone() for t in s], [t.clone() for t in m], 3, phase, last)
@@ -225,7 +226,7 @@ def test_whole_blocks_and_misaligned_buckets(backend, phase, misaligned):
     s = [t + 0.01 * torch.randn(t.shape, generator=gen) for t in x]
     m = [torch.randn(n, generator=gen) for n in sizes]
     last = [torch.tensor(0.04) for _ in sizes]
-    hyper = Hyper(lr=0.1, gamma=0.05, momentum=0.9, weight_decay=1e-3, noise_std=0.01, seed=5)
+    hyper = SGDHyper(lr=0.1, gamma=0.05, momentum=0.9, weight_decay=1e-3, noise_std=0.01, seed=5)
 
     def copy(t, i):  # the last tensor one element into its storage when misaligned
         return misaligned_copy(t) if misaligned and i == 2 else t.clone()

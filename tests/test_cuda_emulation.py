@@ -28,7 +28,8 @@ from test_adaptive_kernels import run_case
 
 import extrap_kernels as ek
 from extrap_kernels import reference
-from extrap_kernels.bucket import Hyper, Phase, state_dtype
+from extrap_kernels.bucket import Phase, state_dtype
+from extrap_kernels.hyper import SGDHyper
 
 LIMITS = ek._ext.EMULATION_LIMITS
 CHUNK = LIMITS["EXTRAP_CHUNK_SIZE"]
@@ -151,7 +152,7 @@ def test_launch_boundaries_against_reference(table, case, phase, dtype, variant)
     lr, gamma = 0.1, 0.05
     if variant == "tensor-rates":
         lr, gamma = torch.tensor(0.1), torch.tensor(0.05)
-    hyper = Hyper(lr=lr, gamma=gamma, momentum=momentum, weight_decay=1e-3, noise_std=0.01, seed=11)
+    hyper = SGDHyper(lr=lr, gamma=gamma, momentum=momentum, weight_decay=1e-3, noise_std=0.01, seed=11)
     grad_scale = torch.tensor([512.0]) if variant == "grad-scale" else None
     x, g, s, m, last = _inputs(sizes, dtype, gen, momentum)
     if grad_scale is not None:
@@ -181,7 +182,7 @@ def test_found_inf_writes_what_the_reference_writes(table, case, phase):
     gen = torch.Generator().manual_seed(int(phase))
     x, g, s, m, last = _inputs(sizes, torch.float32, gen, 0.9)
     g[0][:1] = float("inf") if g[0].numel() else 0.0
-    hyper = Hyper(lr=0.1, gamma=0.05, momentum=0.9)
+    hyper = SGDHyper(lr=0.1, gamma=0.05, momentum=0.9)
     found_inf = torch.tensor([1.0])
     ours, oracle = _buckets(phase, sizes, misaligned, x, g, s, m, last)
     ek.backends.resolve("cuda", torch.device("cpu")).apply(phase, ours, hyper, None, found_inf)

@@ -10,7 +10,8 @@ from conftest import CPU_BACKENDS
 
 import extrap_kernels as ek
 from extrap_kernels import core
-from extrap_kernels.bucket import Bucket, Hyper, Phase
+from extrap_kernels.bucket import Bucket, Phase
+from extrap_kernels.hyper import SGDHyper
 
 ALL = CPU_BACKENDS + ["reference"]
 
@@ -138,10 +139,10 @@ def test_functional_bucket_checks():
     )
     backend = ek.backends.resolve("foreach", torch.device("cpu"))
     with pytest.raises(TypeError, match="mismatched dtypes"):
-        core.run([core.Work(Phase.UPDATE, bucket, Hyper(lr=0.1), backend)])
+        core.run([core.Work(Phase.UPDATE, bucket, SGDHyper(lr=0.1), backend)])
     bucket.grads[1] = torch.zeros(3, device="meta")
     with pytest.raises(RuntimeError, match="mixed devices"):
-        core.run([core.Work(Phase.UPDATE, bucket, Hyper(lr=0.1), backend)])
+        core.run([core.Work(Phase.UPDATE, bucket, SGDHyper(lr=0.1), backend)])
     assert all(torch.equal(t, torch.zeros(3)) for t in x)
 
 

@@ -20,8 +20,9 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from ..bucket import Bucket, Hyper, Phase
+from ..bucket import Bucket, Phase
 from ..checks import Rejected
+from ..hyper import Hyper
 from .calls import ApplyCall, Call
 
 
@@ -33,7 +34,7 @@ class Backend:
     # the device types it runs on (a function: the emulations' environment is read when asked, not at import)
     devices: Callable[[], tuple[str, ...]] | None  # None: any
     available: Callable[[torch.device], bool]  # can run on this (supported) device in this process
-    bases: tuple[str, ...] = ("sgd",)  # the base optimizers it has a kernel for (bucket.Hyper.base)
+    bases: tuple[str, ...] = ("sgd",)  # the base optimizers it has a kernel for (hyper.Hyper.base)
 
     def prepare(self, phase: Phase, bucket: Bucket, hyper: Hyper) -> Call:
         """The call that runs `phase` over `bucket` with `hyper`, every step (calls.Call)."""

@@ -15,8 +15,9 @@ from typing import Callable
 
 from torch import Tensor
 
-from ..bucket import Bucket, Hyper, Phase
+from ..bucket import Bucket, Phase
 from ..checks import Rejected, check_bucket
+from ..hyper import Hyper
 
 REFUSALS = (RuntimeError, ValueError, TypeError, NotImplementedError)
 

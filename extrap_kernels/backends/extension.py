@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-from torch import Tensor
 
 from .. import _ext, lamb
-from ..bucket import Bucket, Hyper, Phase
+from ..bucket import Bucket, Phase
 from ..checks import Rejected
+from ..hyper import Hyper
 from ..lars import trust_ratios
 from .calls import REFUSALS, Call
 
@@ -44,12 +44,6 @@ def operator(phase: Phase, ext=None):
     return getattr(getattr(torch.ops, ext.ops_namespace), OPS[phase]).default
 
 
-def _as_int64(seed: int) -> int:
-    """The seed's 64 bits as the signed integer the operator takes."""
-    seed = int(seed) & 0xFFFFFFFFFFFFFFFF
-    return seed - 2**64 if seed >= 2**63 else seed
-
-
 def tensor_args(phase: Phase, b: Bucket) -> tuple:
     """The operator's positional arguments after params and grads: anchors (empty where the parameters
     are their own anchors, plain fused SGD, or where the anchors are recomputed), momenta, steps, indices,
@@ -58,44 +52,6 @@ def tensor_args(phase: Phase, b: Bucket) -> tuple:
         phase == Phase.UPDATE and all(s is x for s, x in zip(b.anchors, b.params))
     )
     return [] if own else b.anchors, b.momenta, b.steps, b.indices, b.last_gammas
-
-
-def hyper_kwargs(h: Hyper, b: Bucket) -> dict:
-    """The operator's keyword arguments for the hyperparameters (rates as numbers, or as one-element
-    tensors of the state dtype on the bucket's device, read by the kernel when it runs)."""
-    (lr, lr_tensor), (gamma, gamma_tensor) = h.rate("lr", b), h.rate("gamma", b)
-    kwargs = dict(
-        lr=lr,
-        gamma=gamma,
-        lr_tensor=lr_tensor,
-        gamma_tensor=gamma_tensor,
-        momentum=float(h.momentum),
-        dampening=float(h.dampening),
-        weight_decay=float(h.weight_decay),
-        nesterov=bool(h.nesterov),
-        maximize=bool(h.maximize),
-        wd_after_momentum=bool(h.wd_after_momentum),
-        extrapolate_with_momentum=bool(h.extrapolate_with_momentum),
-        past_grad=bool(h.past_grad),
-        noise_std=float(h.noise_std),
-        seed=_as_int64(h.seed),
-        master_weights=b.master,
-    )
-    if h.base != "sgd":  # Adam, AdamW, LAMB: the momenta are the first moments
-        (beta1, beta1_tensor), (beta2, beta2_tensor) = h.kernel_betas(b)
-        kwargs.update(
-            second_moments=b.second_moments,
-            max_second_moments=b.max_second_moments,
-            beta1=beta1,
-            beta2=beta2,
-            beta1_tensor=beta1_tensor,
-            beta2_tensor=beta2_tensor,
-            eps=float(h.eps),
-            decoupled=bool(h.decoupled),
-            grad_averaging=bool(h.grad_averaging or h.base != "lamb"),
-            bias_correction=bool(h.bias_correction),
-        )
-    return kwargs
 
 
 def prepared_call(phase: Phase, b: Bucket, h: Hyper, kind: str = "run", backend: str = "cpu"):
@@ -111,7 +67,8 @@ def prepared_call(phase: Phase, b: Bucket, h: Hyper, kind: str = "run", backend:
         steps=steps,
         indices=indices,
         last_gammas=last_gammas,
-        **hyper_kwargs(h, b),
+        master_weights=b.master,
+        **h.operator_kwargs(b),  # (rates as numbers, or as device tensors that the kernel reads)
     )
     if kind != "run":
         arguments["phase"] = int(phase)
@@ -129,14 +86,9 @@ class ExtensionCall(Call):
         self._calls: dict[str, object] = {}  # kind -> prepared_call
         # A rate tensor converted to the bucket's device and dtype is a copy (as are capturable betas, in
         # float64): the call is then prepared anew each step, to read its value.
-        self.live_rates = False
-        for name in ("lr", "gamma"):
-            value = getattr(hyper, name)
-            if isinstance(value, Tensor):
-                self.live_rates |= hyper.rate(name, bucket)[1].data_ptr() != value.data_ptr()
-        if hyper.base != "sgd":
-            for value, (_, converted) in zip(hyper.betas, hyper.kernel_betas(bucket)):
-                self.live_rates |= converted is not None and converted.data_ptr() != value.data_ptr()
+        self.live_rates = any(value.data_ptr() != kernel.data_ptr() for value, kernel in hyper.device_values(bucket))
+        # the per-step inputs of the base: LARS's trust ratios, or LAMB's clipping and trust ratios
+        self.lamb_inputs = not hyper.lars and (hyper.clips or hyper.scales_by_trust)
 
     def _call(self, kind: str = "run"):
         call = self._calls.get(kind)
@@ -159,7 +111,7 @@ class ExtensionCall(Call):
             trust = None
             if hyper.lars:
                 trust = trust_ratios(phase, replace(bucket, grads=list(grads)), hyper, grad_scale)
-            elif hyper.base == "lamb":
+            elif self.lamb_inputs:
                 norms = self._call("norms")
                 grad_scale, trust = lamb.step_inputs(
                     replace(bucket, global_grad_norm=self.global_grad_norm),

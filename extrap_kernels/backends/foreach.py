@@ -12,12 +12,13 @@ import torch
 from torch import Tensor
 
 from .. import philox, rounding
-from ..bucket import Bucket, Hyper, Phase, abandon, count_step, record_gamma, state_dtype
+from ..bucket import Bucket, Phase, abandon, count_step, record_gamma, state_dtype
+from ..hyper import AdamHyper, Hyper, SGDHyper
+from ..lamb import clip_factor
 from ..lars import trust_ratios, whole_tensor_norms
-from ..reference_adaptive import clip_factor
 
 
-def _regularized_grads(b: Bucket, h: Hyper, weights: list[Tensor], inv_scale, trust) -> list[Tensor]:
+def _regularized_grads(b: Bucket, h: SGDHyper, weights: list[Tensor], inv_scale, trust) -> list[Tensor]:
     dtype = state_dtype(b.dtype)
     grads = [g if g.dtype == dtype else g.to(dtype) for g in b.grads]  # (16-bit x, or its fp32 working copy)
     g_prime = torch._foreach_mul(grads, -inv_scale if h.maximize else inv_scale)
@@ -28,7 +29,7 @@ def _regularized_grads(b: Bucket, h: Hyper, weights: list[Tensor], inv_scale, tr
     return g_prime
 
 
-def _direction(b: Bucket, h: Hyper, g_prime: list[Tensor]) -> list[Tensor]:
+def _direction(b: Bucket, h: SGDHyper, g_prime: list[Tensor]) -> list[Tensor]:
     """Momentum update in place; returns d."""
     d = g_prime
     if h.momentum != 0:
@@ -52,16 +53,17 @@ def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None, f
     if found_inf is not None and found_inf.item() != 0:
         abandon(phase, b)
         return
-    if h.base != "sgd":
-        _apply_adaptive(phase, b, h, grad_scale)
-        return
+    _APPLY[h.base](phase, b, h, grad_scale)
+
+
+def _apply_sgd(phase: Phase, b: Bucket, h: SGDHyper, grad_scale: Tensor | None) -> None:
     if b.rounds_stochastically:
         _apply_rounded(phase, b, h, grad_scale)
         return
     _apply(phase, b, h, grad_scale)
 
 
-def _apply_rounded(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None) -> None:
+def _apply_rounded(phase: Phase, b: Bucket, h: SGDHyper, grad_scale: Tensor | None) -> None:
     """16-bit state without a master: the phase on fp32 copies, then every stored value rounded
     stochastically (values a phase leaves alone are 16-bit numbers, which rounding keeps exactly)."""
     own = all(s is x for s, x in zip(b.anchors, b.params))
@@ -83,7 +85,7 @@ def _apply_rounded(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None)
     store(b.params, xs, c0 if phase == Phase.UPDATE else c2)  # a local step's x is its anchor
 
 
-def _apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None) -> None:
+def _apply(phase: Phase, b: Bucket, h: SGDHyper, grad_scale: Tensor | None) -> None:
     inv_scale = 1.0 / grad_scale.item() if grad_scale is not None else 1.0
     weights = b.anchor_values(phase)
     if phase == Phase.UPDATE_PAST_ANCHOR_FREE:  # x = s - last_gamma * m gives the anchor back
@@ -120,7 +122,7 @@ def _apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None) -> None
     record_gamma(phase, b, h.gamma, None)
 
 
-def _apply_adaptive(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None) -> None:
+def _apply_adaptive(phase: Phase, b: Bucket, h: AdamHyper, grad_scale: Tensor | None) -> None:
     """Adam, AdamW and LAMB (reference_adaptive says what each line computes), the step counts read on
     the host for the bias corrections."""
     inv_scale = 1.0 / grad_scale.item() if grad_scale is not None else 1.0
@@ -138,7 +140,7 @@ def _apply_adaptive(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None
     if not lookahead:
         torch._foreach_mul_(m, b1)
         torch._foreach_mul_(v, b2)
-    torch._foreach_add_(m, g_prime, alpha=(1 - b1) if (h.grad_averaging or h.base != "lamb") else 1.0)
+    torch._foreach_add_(m, g_prime, alpha=(1 - b1) if h.averages else 1.0)
     torch._foreach_addcmul_(v, g_prime, g_prime, value=1 - b2)
     if b.max_second_moments:
         v = torch._foreach_maximum(b.max_second_moments, v) if lookahead else b.max_second_moments
@@ -155,7 +157,7 @@ def _apply_adaptive(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None
         e = torch._foreach_div(m, torch._foreach_add(torch._foreach_sqrt(v), h.eps))
     if h.decoupled and h.weight_decay != 0:
         torch._foreach_add_(e, anchors, alpha=h.weight_decay)
-    if h.base == "lamb" and (h.weight_decay != 0 or h.use_nvlamb):
+    if h.scales_by_trust:
         s_norms, u_norms = whole_tensor_norms(
             torch.stack([torch.stack(torch._foreach_norm(anchors)), torch.stack(torch._foreach_norm(e))]), b.shard_group
         )
@@ -181,3 +183,6 @@ def _apply_adaptive(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None
             new_anchor, [n.view_as(p) for n, p in zip(torch.split(xi, numels), b.params)], alpha=h.noise_std
         )
     torch._foreach_copy_(b.params, x)
+
+
+_APPLY = {"sgd": _apply_sgd, "adam": _apply_adaptive, "lamb": _apply_adaptive}  # each base's form

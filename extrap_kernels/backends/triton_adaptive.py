@@ -10,7 +10,8 @@ import triton.language as tl
 from torch import Tensor
 
 from .. import lamb
-from ..bucket import Bucket, Hyper, Phase, count_step, state_dtype
+from ..bucket import Bucket, Phase, count_step, state_dtype
+from ..hyper import AdamHyper
 from .triton_adaptive_math import (
     adaptive_columns,
     adaptive_direction,
@@ -343,7 +344,7 @@ def _adaptive_kernel(
 
 
 def apply_adaptive(
-    phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None, found_inf: Tensor | None = None
+    phase: Phase, b: Bucket, h: AdamHyper, grad_scale: Tensor | None = None, found_inf: Tensor | None = None
 ) -> None:
     """One adaptive phase over the bucket (LAMB: its reading pass first), counting the step of an update."""
     if phase not in (Phase.EXTRAPOLATE, Phase.UPDATE, Phase.UPDATE_PAST, Phase.UPDATE_NOISE):

@@ -10,7 +10,8 @@ import math
 import triton
 import triton.language as tl
 
-from ..bucket import Bucket, Hyper
+from ..bucket import Bucket
+from ..hyper import AdamHyper
 
 # The table's rows: the addresses of x, g, s, m, v, v_max (a placeholder without amsgrad) and the step.
 ROW_X, ROW_G, ROW_S, ROW_M, ROW_V, ROW_V_MAX, ROW_STEP, ROWS = (tl.constexpr(row) for row in range(8))
@@ -136,11 +137,11 @@ def pointers(table, t, X_DTYPE: tl.constexpr, C_DTYPE: tl.constexpr, ALIGNED: tl
     return x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr
 
 
-def constants(b: Bucket, h: Hyper) -> dict:
+def constants(b: Bucket, h: AdamHyper) -> dict:
     """The arguments both kernels take besides the tables, as the CPU and CUDA launchers derive them
     (launch.h); capturable betas as float64 device tensors, which the kernels read."""
     (beta1, beta1_tensor), (beta2, beta2_tensor) = h.kernel_betas(b)
-    averaging = bool(h.grad_averaging or h.base != "lamb")
+    averaging = h.averages
     return dict(
         weight_decay=float(h.weight_decay),
         sign=-1.0 if h.maximize else 1.0,

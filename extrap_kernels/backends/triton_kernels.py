@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..bucket import Bucket, Hyper, Phase
+from ..bucket import Bucket, Phase
+from ..hyper import Hyper
 from .triton_adaptive import apply_adaptive
 from .triton_sgd import apply_sgd
 

@@ -8,7 +8,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..bucket import Bucket, Hyper, Phase, state_dtype
+from ..bucket import Bucket, Phase, state_dtype
+from ..hyper import AdamHyper
 from .triton_adaptive_math import (
     adaptive_columns,
     adaptive_direction,
@@ -136,7 +137,7 @@ def _segment_sums_kernel(block_sums, first_block, sums, SEGMENT: tl.constexpr):
 def lamb_sums(
     phase: Phase,
     b: Bucket,
-    h: Hyper,
+    h: AdamHyper,
     grad_scale: Tensor | None,
     tables: tuple | None = None,
     launch_constants: dict | None = None,

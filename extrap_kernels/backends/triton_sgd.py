@@ -10,7 +10,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..bucket import Bucket, Hyper, Phase, count_step, record_gamma, state_dtype
+from ..bucket import Bucket, Phase, count_step, record_gamma, state_dtype
+from ..hyper import SGDHyper
 from ..lars import trust_ratios
 from ..rounding import ROUNDING_KEY
 from .triton_common import (
@@ -354,7 +355,7 @@ def _phase_kernel(
         )
 
 
-def apply_sgd(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None, found_inf: Tensor | None = None):
+def apply_sgd(phase: Phase, b: Bucket, h: SGDHyper, grad_scale: Tensor | None = None, found_inf: Tensor | None = None):
     """One phase of the SGD family over bucket `b`: one launch."""
     count_step(phase, b, found_inf)
     table, numels, indices, block_tensor, block_start, _, total, aligned = cached_tables(b, sgd_columns(b))

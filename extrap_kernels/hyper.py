@@ -1,0 +1,222 @@
+"""The hyperparameters of one param group for one phase, as docs/SPEC.md names them: one typed record per
+base optimizer, each holding only its own options and answering, for its base, what the layers above ask
+(which state it keeps, which per-step reductions it needs, the operator's keyword arguments).
+
+A base is described here once. The backends dispatch on `Hyper.base` once, to their own form of it (a
+table per backend), and ask the record the rest: no layer switches on the base's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from .bucket import Bucket, state_dtype
+
+
+def _as_int64(seed: int) -> int:
+    """The seed's 64 bits as the signed integer the operators take."""
+    seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+    return seed - 2**64 if seed >= 2**63 else seed
+
+
+def _device_value(value: Tensor, bucket: Bucket, dtype: torch.dtype) -> Tensor:
+    return value.detach().to(device=bucket.device, dtype=dtype).reshape(1)
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """What every base has: the rates, weight decay, the sign of the objective and the noise."""
+
+    base: ClassVar[str]
+
+    lr: float | Tensor
+    gamma: float | Tensor = 0.0
+    weight_decay: float = 0.0
+    maximize: bool = False
+    noise_std: float = 0.0
+    seed: int = 0
+
+    # What the layers above ask; each base answers for itself.
+    lars: ClassVar[bool] = False  # SGD's per-tensor trust ratios from ||s|| and ||g||
+    clips: ClassVar[bool] = False  # needs the norm of all the step's gradients (LAMB's max_grad_norm)
+    scales_by_trust: ClassVar[bool] = False  # LAMB's per-tensor ||s|| / ||u||
+
+    @classmethod
+    def from_group(cls, group: dict, **values) -> "Hyper":
+        """The record of a param group whose keys are the fields' names (`values` override them)."""
+        picked = {f.name: group[f.name] for f in fields(cls) if f.name in group}
+        return cls(**{**picked, **values})
+
+    @property
+    def whole_tensor_norms(self) -> bool:
+        """Reads norms of whole tensors (a sharded bucket then needs its shard group)."""
+        return self.lars or self.scales_by_trust
+
+    def layout(self) -> tuple:
+        """What decides the state a phase keeps: a change of it plans the step anew."""
+        return (self.base,)
+
+    def anchor_free(self) -> bool:
+        """The anchor can be recomputed from x and the state (SPEC "Memory-lean variants")."""
+        return False
+
+    def rate(self, name: str, bucket: Bucket) -> tuple[float, Tensor | None]:
+        """`lr` or `gamma` as a fused kernel takes it: a number, or (capturable) a one-element tensor of
+        the bucket's state dtype on its device, which the kernel reads when it runs. Reading a device
+        tensor's value here would synchronize the host and freeze the value into a captured graph."""
+        value = getattr(self, name)
+        if not isinstance(value, Tensor):
+            return float(value), None
+        return 0.0, _device_value(value, bucket, state_dtype(bucket.dtype))
+
+    def device_values(self, bucket: Bucket) -> list[tuple[Tensor, Tensor]]:
+        """Each tensor hyperparameter and the copy a kernel reads (the same tensor where no conversion was
+        needed): a prepared call holding a copy must be prepared anew each step, to read the value."""
+        tensors = [name for name in ("lr", "gamma") if isinstance(getattr(self, name), Tensor)]
+        return [(getattr(self, name), self.rate(name, bucket)[1]) for name in tensors]
+
+    def operator_kwargs(self, bucket: Bucket) -> dict:
+        """The extension operator's keyword arguments for these hyperparameters (csrc/operator_args.h)."""
+        (lr, lr_tensor), (gamma, gamma_tensor) = self.rate("lr", bucket), self.rate("gamma", bucket)
+        return dict(
+            lr=lr,
+            gamma=gamma,
+            lr_tensor=lr_tensor,
+            gamma_tensor=gamma_tensor,
+            weight_decay=float(self.weight_decay),
+            maximize=bool(self.maximize),
+            noise_std=float(self.noise_std),
+            seed=_as_int64(self.seed),
+        )
+
+
+@dataclass(frozen=True)
+class SGDHyper(Hyper):
+    """SGD and its variants: momentum, Nesterov, Apex FusedSGD's wd_after_momentum, LARS."""
+
+    base: ClassVar[str] = "sgd"
+
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+    wd_after_momentum: bool = False  # Apex FusedSGD: weight decay added to d, not to g
+    lars: bool = False
+    trust_coefficient: float = 0.001
+    lars_clip: bool = False
+    extrapolate_with_momentum: bool = False
+    past_grad: bool = False  # "past" mode extrapolates along g' instead of d
+
+    def layout(self) -> tuple:
+        return self.base, self.momentum != 0, self.lars
+
+    def anchor_free(self) -> bool:
+        """With heavy-ball momentum (no Nesterov, no Apex wd_after_momentum, no LARS) and past="update", the
+        update direction d is m, so x = s - gamma * m gives the anchor back and it need not be stored (on
+        full-precision parameters: bucket.bucket_phase)."""
+        return (
+            self.momentum != 0
+            and not self.nesterov
+            and not self.wd_after_momentum
+            and not self.lars
+            and not self.past_grad
+        )
+
+    def operator_kwargs(self, bucket: Bucket) -> dict:
+        return dict(
+            super().operator_kwargs(bucket),
+            momentum=float(self.momentum),
+            dampening=float(self.dampening),
+            nesterov=bool(self.nesterov),
+            wd_after_momentum=bool(self.wd_after_momentum),
+            extrapolate_with_momentum=bool(self.extrapolate_with_momentum),
+            past_grad=bool(self.past_grad),
+        )
+
+
+@dataclass(frozen=True)
+class AdamHyper(Hyper):
+    """Adam and AdamW (SPEC "Base update, Adam family and LAMB"); the bucket's momenta are the first moments
+    m and its second_moments the v."""
+
+    base: ClassVar[str] = "adam"
+
+    betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999)  # (tensors: capturable, read by the kernels)
+    eps: float = 1e-8
+    decoupled: bool = False  # AdamW / adam_w_mode: e = a + wd * s instead of g' += wd * s
+    amsgrad: bool = False
+    bias_correction: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))  # (a checkpoint's groups hold lists)
+
+    @property
+    def averages(self) -> bool:
+        """m <- b1 * m + (1 - b1) * g' (False: + g', LAMB without grad_averaging)."""
+        return True
+
+    def layout(self) -> tuple:
+        return self.base, self.amsgrad
+
+    def kernel_betas(self, bucket: Bucket) -> tuple[tuple[float, Tensor | None], tuple[float, Tensor | None]]:
+        """The betas as a fused kernel takes them, as `rate` does lr: each a number, or (capturable) a
+        one-element float64 tensor on the bucket's device (the bias corrections' precision)."""
+        return tuple(
+            (0.0, _device_value(beta, bucket, torch.float64)) if isinstance(beta, Tensor) else (float(beta), None)
+            for beta in self.betas
+        )
+
+    def device_values(self, bucket: Bucket) -> list[tuple[Tensor, Tensor]]:
+        betas = [(beta, converted) for beta, (_, converted) in zip(self.betas, self.kernel_betas(bucket))]
+        return super().device_values(bucket) + [(beta, converted) for beta, converted in betas if converted is not None]
+
+    def operator_kwargs(self, bucket: Bucket) -> dict:
+        (beta1, beta1_tensor), (beta2, beta2_tensor) = self.kernel_betas(bucket)
+        return dict(
+            super().operator_kwargs(bucket),
+            second_moments=bucket.second_moments,
+            max_second_moments=bucket.max_second_moments,
+            beta1=beta1,
+            beta2=beta2,
+            beta1_tensor=beta1_tensor,
+            beta2_tensor=beta2_tensor,
+            eps=float(self.eps),
+            decoupled=bool(self.decoupled),
+            grad_averaging=self.averages,
+            bias_correction=bool(self.bias_correction),
+        )
+
+
+@dataclass(frozen=True)
+class LambHyper(AdamHyper):
+    """LAMB (Apex FusedLAMB's options): Adam's direction, clipped gradients, a per-tensor trust ratio."""
+
+    base: ClassVar[str] = "lamb"
+
+    grad_averaging: bool = True  # m <- b1 * m + (1 - b1) * g' (False: + g')
+    max_grad_norm: float = 0.0  # g' / max(1, ||g||_global / max_grad_norm); 0: no clipping
+    use_nvlamb: bool = False  # the trust ratio also where wd == 0
+
+    @property
+    def averages(self) -> bool:
+        return bool(self.grad_averaging)
+
+    @property
+    def clips(self) -> bool:
+        return self.max_grad_norm > 0
+
+    @property
+    def scales_by_trust(self) -> bool:
+        """LAMB scales the direction by the trust ratio where weight decay is on, or always with use_nvlamb."""
+        return self.weight_decay != 0 or self.use_nvlamb
+
+    @property
+    def whole_tensor_norms(self) -> bool:
+        return True  # (whether or not the trust ratio is on: the shard group is the bucket's either way)
+
+
+# The records by base name (Hyper.base), for code that builds one from a name.
+HYPERS: dict[str, type[Hyper]] = {cls.base: cls for cls in (SGDHyper, AdamHyper, LambHyper)}
