@@ -7,13 +7,13 @@ cached plan and the backends are shared. (Kernels: csrc/extrap_math.h's adaptive
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from .bucket import Phase, state_dtype
+from .bucket import Phase
 from .checks import check_hyperparameters, scalar_value
-from .hyper import HYPERS, Hyper
-from .optimizer import ApexDropIn, ExtrapolatingOptimizer, FusedOptimizer
+from .hyper import Hyper
+from .optimizer import ApexDropIn, ExtrapolatingOptimizer
+from .state import ADAM_STATE, LAMB_STATE
 
 
 def check_adaptive(lr, betas, eps, weight_decay) -> None:
@@ -32,45 +32,16 @@ def check_adaptive(lr, betas, eps, weight_decay) -> None:
             raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
 
 
-class AdaptiveOptimizer(FusedOptimizer):
-    """The state and launch arguments every adaptive base shares: the anchor, the moments exp_avg and
-    exp_avg_sq (max_exp_avg_sq with amsgrad), with torch.optim.Adam's names (its checkpoints load)."""
+class ExtrapolatingAdaptive(ExtrapolatingOptimizer):
+    """The adaptive bases with extrapolation: the phase of each group's mode (ExtrapolatingOptimizer), the
+    moments and the anchor of the base (state.AdaptiveState)."""
 
-    BASE = "adam"
-
-    def has_anchor(self, param: Tensor, group: dict) -> bool:
-        return True  # (the Apex drop-ins: a 16-bit parameter's master only)
-
-    def state_lists(self, group: dict, phase: Phase) -> dict[str, str]:
-        lists = {"momenta": "exp_avg", "second_moments": "exp_avg_sq"}
-        if group.get("amsgrad", False):
-            lists["max_second_moments"] = "max_exp_avg_sq"
-        return lists
-
-    def init_state(self, p: Tensor, group: dict, phase: Phase) -> dict:
-        state = self.state[p]
-        if "step" not in state:
-            state["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
-        sdtype = state_dtype(p.dtype)
-        for key in self.state_lists(group, phase).values():
-            if key not in state:
-                state[key] = torch.zeros_like(p, dtype=sdtype, memory_format=torch.contiguous_format)
-        if self.has_anchor(p, group) and "anchor" not in state:
-            state["anchor"] = torch.empty_like(p, dtype=sdtype, memory_format=torch.contiguous_format).copy_(p)
-        return state
-
-    def _hyper(self, group: dict, gamma) -> Hyper:
-        """The group's record of this base (its keys are the record's field names)."""
-        return HYPERS[self.BASE].from_group(group, gamma=gamma)
-
-
-class ExtrapolatingAdaptive(ExtrapolatingOptimizer, AdaptiveOptimizer):
-    """The adaptive bases with extrapolation: the phase of each group's mode (ExtrapolatingOptimizer)."""
+    STATE = ADAM_STATE
 
     def launch_args(self, group: dict) -> tuple[Phase, Hyper]:
         check_adaptive(group["lr"], group["betas"], group["eps"], group["weight_decay"])
         phase, gamma = self._mode_phase(group)
-        return phase, self._hyper(group, gamma)
+        return phase, self.STATE.hyper.from_group(group, gamma=gamma)  # (the group's keys are its fields)
 
 
 class ExtrapAdam(ExtrapolatingAdaptive):
@@ -156,7 +127,7 @@ class ExtrapLAMB(ExtrapolatingAdaptive):
     clipped by their global norm (max_grad_norm), the Adam direction (decoupled weight decay with
     adam_w_mode) is scaled per tensor by ||s|| / ||u||, and extrapolation reads that direction."""
 
-    BASE = "lamb"
+    STATE = LAMB_STATE
 
     def __init__(
         self,
@@ -199,20 +170,22 @@ class ExtrapLAMB(ExtrapolatingAdaptive):
         super().__init__(params, defaults, backend)
 
 
-class _ApexAdaptive(ApexDropIn, AdaptiveOptimizer):
+class _ApexAdaptive(ApexDropIn):
     """Apex's FusedAdam and FusedLAMB: the base update alone, one phase per step. A 16-bit parameter keeps
     its fp32 master in the state whatever master_weights says: the results are Apex's with
     master_weights=True."""
 
+    STATE = ADAM_STATE
+
     def launch_args(self, group: dict) -> tuple[Phase, Hyper]:
         check_adaptive(group["lr"], group["betas"], group["eps"], group["weight_decay"])
-        return Phase.UPDATE, self._hyper(group, 0.0)
+        return Phase.UPDATE, self.STATE.hyper.from_group(group, gamma=0.0)
 
 
 class FusedAdam(_ApexAdaptive):
     """Drop-in for `apex.optimizers.FusedAdam`: Adam (adam_w_mode=True: AdamW) in one pass per step."""
 
-    _PICKLED = AdaptiveOptimizer._PICKLED + ("capturable", "master_weights")
+    _PICKLED = ApexDropIn._PICKLED + ("capturable", "master_weights")
 
     def __init__(
         self,
@@ -248,7 +221,7 @@ class FusedAdam(_ApexAdaptive):
 class FusedLAMB(_ApexAdaptive):
     """Drop-in for `apex.optimizers.FusedLAMB`: LAMB with Apex's defaults and meaning."""
 
-    BASE = "lamb"
+    STATE = LAMB_STATE
 
     def __init__(
         self,

@@ -21,6 +21,7 @@ from .functional import mode_phase
 from .hyper import Hyper, SGDHyper
 from .plan import Plan, flat_params, grad_of
 from .sharded import local
+from .state import SGD_STATE
 
 
 def eager(method):
@@ -34,13 +35,14 @@ def eager(method):
 class FusedOptimizer(Optimizer):
     """Shared machinery: state, the cached plans, AMP arguments, state_dict dtypes.
 
-    The plan (plan.py) asks an optimizer four things through public hooks, which a new base overrides:
+    The plan (plan.py) asks an optimizer four things through public hooks:
     `launch_args(group)` -> (phase, Hyper) of a step; `has_anchor(param, group)`: whether the parameter
     keeps an anchor; `state_lists(group, phase)`: the bucket's state lists, bucket field -> state key; and
-    `init_state(param, group, phase)`: the parameter's state, created where missing. Subclasses define
-    the first two."""
+    `init_state(param, group, phase)`: the parameter's state, created where missing. The iteration (the
+    subclasses ExtrapolatingOptimizer and ApexDropIn) defines the first two; the base's `STATE` component
+    (state.py) answers the last two, so a class is its iteration composed with its base."""
 
-    BASE = "sgd"  # the base optimizer (hyper.Hyper.base): which backends have a kernel for it
+    STATE = SGD_STATE  # the base's state and hyperparameter record (state.py): its backends, its checkpoints
     # What torch.optim's __getstate__ (deepcopy, pickle, torch.save of the optimizer) would drop.
     _PICKLED = ("backend", "_extrapolated", "set_grad_none", "materialize_master_grads")
 
@@ -75,7 +77,7 @@ class FusedOptimizer(Optimizer):
             by_key[(p.device, p.dtype)].append(p)
         return {
             key: backends.for_bucket(
-                self.backend, [local(p) for p in ps], [local(p.grad) for p in ps if p.grad is not None], self.BASE
+                self.backend, [local(p) for p in ps], [local(p.grad) for p in ps if p.grad is not None], self.STATE.base
             ).name
             for key, ps in by_key.items()
         }
@@ -88,12 +90,7 @@ class FusedOptimizer(Optimizer):
 
     def state_lists(self, group: dict, phase: Phase) -> dict[str, str]:
         """The bucket's per-parameter state lists besides anchors and steps: bucket field -> state key."""
-        lists = {}
-        if group["momentum"] != 0:
-            lists["momenta"] = "momentum_buffer"
-        if phase == Phase.UPDATE_PAST_ANCHOR_FREE:
-            lists["last_gammas"] = "last_gamma"
-        return lists
+        return self.STATE.state_lists(group, phase)
 
     def _amp_args(self, grad_scale, found_inf):
         """Explicit arguments, else what GradScaler.step set on the optimizer for this call."""
@@ -104,36 +101,8 @@ class FusedOptimizer(Optimizer):
         return grad_scale, found_inf
 
     def init_state(self, p: Tensor, group: dict, phase: Phase) -> dict:
-        """The state `phase` needs for `p`, created where missing. The anchor is stored or recomputed as the
-        group says (ExtrapSGD's store_anchor); a state of the other kind is converted, so that checkpoints
-        load either way: a stored anchor s becomes x (x <- s and last_gamma = 0 recompute s exactly; x is
-        rewritten by the step anyway), and a recomputed one becomes s = x + last_gamma * m."""
-        state = self.state[p]
-        if "step" not in state:  # a loaded torch.optim.SGD state has a momentum buffer but no step
-            first = 1.0 if "momentum_buffer" in state else 0.0
-            state["step"] = torch.tensor(first, dtype=torch.float32, device=p.device)
-        # fp32 (fp64) state; with master_weights=False a 16-bit parameter keeps its own dtype, and a state of
-        # the other kind (a checkpoint, or the option switched) is converted
-        sdtype = state_dtype(p.dtype) if group.get("master_weights", True) else p.dtype
-        for key in ("anchor", "momentum_buffer"):  # (any other dtype is corrupt state, refused by the checks)
-            if key in state and state[key].dtype != sdtype and state[key].dtype in (p.dtype, state_dtype(p.dtype)):
-                state[key] = state[key].to(sdtype)
-        if group["momentum"] != 0 and "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(p, dtype=sdtype, memory_format=torch.contiguous_format)
-        if phase == Phase.UPDATE_PAST_ANCHOR_FREE:
-            if "anchor" in state:
-                p.copy_(state.pop("anchor"))
-                state.pop("last_gamma", None)
-            if "last_gamma" not in state:
-                state["last_gamma"] = torch.zeros((), dtype=state_dtype(p.dtype.to_real()), device=p.device)
-            return state
-        if self.has_anchor(p, group) and "anchor" not in state:
-            anchor = torch.empty_like(p, dtype=sdtype, memory_format=torch.contiguous_format).copy_(p)
-            if "last_gamma" in state and "momentum_buffer" in state:
-                anchor.add_(state["momentum_buffer"] * state["last_gamma"])
-            state["anchor"] = anchor
-        state.pop("last_gamma", None)
-        return state
+        """The state `phase` needs for `p`, created where missing (the base's STATE says how)."""
+        return self.STATE.init_state(self.state[p], p, group, phase, self.has_anchor(p, group))
 
     def _plan(self, groups: list[dict], phase_of: Phase | None = None) -> tuple[Plan, list]:
         """The plan of this step over `groups` and the step's gradients, one per parameter (None where
@@ -210,6 +179,9 @@ class ExtrapolatingOptimizer(FusedOptimizer):
     def __init__(self, params, defaults: dict, backend: str = "auto"):
         super().__init__(params, defaults, backend)
         self._extrapolated: set[int] | None = None  # indices of the parameters awaiting the local step()
+
+    def has_anchor(self, param: Tensor, group: dict) -> bool:
+        return True  # (the anchor-free past mode recomputes it: STATE.init_state keeps none there)
 
     def local_groups(self) -> list[dict]:
         return [g for g in self.param_groups if g.get("mode") == "local"]
@@ -322,9 +294,6 @@ class ExtrapSGD(ExtrapolatingOptimizer):
         check_hyperparameters(**defaults)
         super().__init__(params, defaults, backend)
 
-    def has_anchor(self, param: Tensor, group: dict) -> bool:
-        return True
-
     def launch_args(self, group: dict) -> tuple[Phase, Hyper]:
         phase, gamma = self._mode_phase(group)
         hyper = SGDHyper(
@@ -348,9 +317,10 @@ class ExtrapSGD(ExtrapolatingOptimizer):
         return phase, hyper
 
 
-class ApexDropIn:
-    """What Apex's fused optimizers share (a mixin before FusedOptimizer): zero_grad with set_grad_none, and
-    the fp32 master of a 16-bit parameter kept in the optimizer state as its anchor."""
+class ApexDropIn(FusedOptimizer):
+    """The iteration of Apex's fused optimizers (FusedSGD, FusedAdam, FusedLAMB), whatever their base: the base
+    update alone, one phase per step; zero_grad with set_grad_none; and the fp32 master of a 16-bit
+    parameter kept in the optimizer state as its anchor."""
 
     def has_anchor(self, param: Tensor, group: dict) -> bool:
         return state_dtype(param.dtype) != param.dtype and group.get("master_weights", True)
@@ -361,7 +331,7 @@ class ApexDropIn:
         super().zero_grad(set_to_none=True if self.set_grad_none else set_to_none)
 
 
-class FusedSGD(ApexDropIn, FusedOptimizer):
+class FusedSGD(ApexDropIn):
     """Drop-in for `apex.optimizers.FusedSGD`: torch.optim.SGD semantics in one fused pass.
 
     `wd_after_momentum` adds the weight decay to the update direction instead of the gradient, as in

@@ -1,0 +1,115 @@
+"""The optimizer state each base keeps per parameter: its keys, the bucket lists they fill, and how it is
+created and converted. An optimizer class holds one of these (`FusedOptimizer.STATE`), which its public
+hooks `state_lists` and `init_state` hand the plan: what a base keeps is written once, here, whatever the
+class's iteration (extrapolating or Apex's).
+
+The keys are torch.optim's (momentum_buffer, exp_avg, exp_avg_sq, max_exp_avg_sq, step), so its
+checkpoints load, plus the anchor ("anchor") and the anchor-free past mode's "last_gamma".
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .bucket import Phase, state_dtype
+from .hyper import AdamHyper, Hyper, LambHyper, SGDHyper
+
+
+def _zeros_like(p: Tensor, dtype: torch.dtype) -> Tensor:
+    return torch.zeros_like(p, dtype=dtype, memory_format=torch.contiguous_format)
+
+
+def _copy_of(p: Tensor, dtype: torch.dtype) -> Tensor:
+    return torch.empty_like(p, dtype=dtype, memory_format=torch.contiguous_format).copy_(p)
+
+
+class BaseState:
+    """What every base keeps: the step count, and the anchor where the class keeps one."""
+
+    def __init__(self, hyper: type[Hyper]):
+        self.hyper = hyper  # the base's hyperparameter record (hyper.py)
+
+    @property
+    def base(self) -> str:
+        return self.hyper.base
+
+    def state_lists(self, group: dict, phase: Phase) -> dict[str, str]:
+        """The bucket's per-parameter state lists besides anchors and steps: bucket field -> state key."""
+        raise NotImplementedError
+
+    def init_state(self, state: dict, p: Tensor, group: dict, phase: Phase, anchored: bool) -> dict:
+        """The state `phase` needs for `p`, created in `state` where missing (`anchored`: the class keeps an
+        anchor for `p`)."""
+        raise NotImplementedError
+
+
+class SGDState(BaseState):
+    """The SGD family's: the momentum buffer (momentum > 0); the anchor, or in the anchor-free past mode the
+    gamma x was last extrapolated with."""
+
+    def state_lists(self, group: dict, phase: Phase) -> dict[str, str]:
+        lists = {}
+        if group["momentum"] != 0:
+            lists["momenta"] = "momentum_buffer"
+        if phase == Phase.UPDATE_PAST_ANCHOR_FREE:
+            lists["last_gammas"] = "last_gamma"
+        return lists
+
+    def init_state(self, state: dict, p: Tensor, group: dict, phase: Phase, anchored: bool) -> dict:
+        """The anchor is stored or recomputed as the group says (ExtrapSGD's store_anchor); a state of the
+        other kind is converted, so that checkpoints load either way: a stored anchor s becomes x (x <- s and
+        last_gamma = 0 recompute s exactly; x is rewritten by the step anyway), and a recomputed one becomes
+        s = x + last_gamma * m."""
+        if "step" not in state:  # a loaded torch.optim.SGD state has a momentum buffer but no step
+            first = 1.0 if "momentum_buffer" in state else 0.0
+            state["step"] = torch.tensor(first, dtype=torch.float32, device=p.device)
+        # fp32 (fp64) state; with master_weights=False a 16-bit parameter keeps its own dtype, and a state of
+        # the other kind (a checkpoint, or the option switched) is converted
+        sdtype = state_dtype(p.dtype) if group.get("master_weights", True) else p.dtype
+        for key in ("anchor", "momentum_buffer"):  # (any other dtype is corrupt state, refused by the checks)
+            if key in state and state[key].dtype != sdtype and state[key].dtype in (p.dtype, state_dtype(p.dtype)):
+                state[key] = state[key].to(sdtype)
+        if group["momentum"] != 0 and "momentum_buffer" not in state:
+            state["momentum_buffer"] = _zeros_like(p, sdtype)
+        if phase == Phase.UPDATE_PAST_ANCHOR_FREE:
+            if "anchor" in state:
+                p.copy_(state.pop("anchor"))
+                state.pop("last_gamma", None)
+            if "last_gamma" not in state:
+                state["last_gamma"] = torch.zeros((), dtype=state_dtype(p.dtype.to_real()), device=p.device)
+            return state
+        if anchored and "anchor" not in state:
+            anchor = _copy_of(p, sdtype)
+            if "last_gamma" in state and "momentum_buffer" in state:
+                anchor.add_(state["momentum_buffer"] * state["last_gamma"])
+            state["anchor"] = anchor
+        state.pop("last_gamma", None)
+        return state
+
+
+class AdaptiveState(BaseState):
+    """The adaptive bases': the moments exp_avg and exp_avg_sq (max_exp_avg_sq with amsgrad), with
+    torch.optim.Adam's names (its checkpoints load), and the anchor."""
+
+    def state_lists(self, group: dict, phase: Phase) -> dict[str, str]:
+        lists = {"momenta": "exp_avg", "second_moments": "exp_avg_sq"}
+        if group.get("amsgrad", False):
+            lists["max_second_moments"] = "max_exp_avg_sq"
+        return lists
+
+    def init_state(self, state: dict, p: Tensor, group: dict, phase: Phase, anchored: bool) -> dict:
+        if "step" not in state:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
+        sdtype = state_dtype(p.dtype)
+        for key in self.state_lists(group, phase).values():
+            if key not in state:
+                state[key] = _zeros_like(p, sdtype)
+        if anchored and "anchor" not in state:
+            state["anchor"] = _copy_of(p, sdtype)
+        return state
+
+
+SGD_STATE = SGDState(SGDHyper)
+ADAM_STATE = AdaptiveState(AdamHyper)
+LAMB_STATE = AdaptiveState(LambHyper)
