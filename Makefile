@@ -5,7 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 SOURCES := setup.py $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
-PYTEST_ARGS ?=
+# Two pytest-xdist workers: the suite's time is mostly the Triton interpreter's, which is single-threaded,
+# so two workers halve it on CI's 2-core machine (PYTEST_ARGS= runs it in one process).
+PYTEST_ARGS ?= -n 2
 
 .PHONY: lint format test demo build bench bench-micro gpu-report gpu-image-check triton-matrix cmake-check cuda-check cuda-torch-check install-check clean
 
@@ -116,7 +118,7 @@ bench: build
 	$(PY) -m benchmarks.bench $(BENCH_ARGS)
 
 bench-micro: build
-	$(PY) -m pytest benchmarks -q --benchmark-only $(PYTEST_ARGS)
+	$(PY) -m pytest benchmarks -q --benchmark-only $(BENCH_PYTEST_ARGS)
 
 # The Triton kernels' ahead-of-time compile and PTX check (tests/triton_aot.py) under the other Triton versions
 # that GPU users run: the GPU image's (torch 2.11's pin) and the newest release. make test runs it under the

@@ -180,6 +180,15 @@ def run_workload(
         del steps, fns
         gc.collect()
         progress.update(len(group) if len(groups) == 1 else 1)
+    measured = dict(seconds=seconds, errors=errors, launches=launches, bandwidth=bandwidth_of, fused=fused_of)
+    return workload_rows(work, dtype, chosen, repeats, measured), speeds
+
+
+def workload_rows(work: Workload, dtype: torch.dtype, chosen: list[Contender], repeats: int, measured: dict) -> list:
+    """One row per contender of a workload from what was measured: its seconds, error, launches, the streaming
+    bandwidth beside it and its family's torch fused step's seconds (dicts by contender)."""
+    seconds, errors, launches = measured["seconds"], measured["errors"], measured["launches"]
+    bandwidth_of, fused_of = measured["bandwidth"], measured["fused"]
     rows = []
     for c in chosen:
         t = seconds.get(c, float("nan"))
@@ -213,7 +222,7 @@ def run_workload(
             (q["median_ms"] for q in rows if q["baseline"] == "foreach-extrap" and q["mode"] == r["mode"]), float("nan")
         )
         r["speedup_vs_foreach_extrap"] = foreach / r["median_ms"]
-    return rows, speeds
+    return rows
 
 
 def table(rows: list[dict]) -> str:
@@ -275,7 +284,7 @@ def report(name: str, bandwidths: dict, rows: list[dict], left_out: list[str]) -
     )
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", default="float32,bfloat16")
@@ -317,7 +326,11 @@ def main(argv=None):
         default=None,
         help="JSON path (default out/bench/<device>.json; committed results go to benchmarks/results/<device>.json)",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.from_json:
         from .plot import plot
 

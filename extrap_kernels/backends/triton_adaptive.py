@@ -13,11 +13,13 @@ from .. import lamb
 from ..bucket import Bucket, Phase, count_step, state_dtype
 from ..hyper import AdamHyper
 from .triton_adaptive_math import (
+    ROW_STEP,
+    ROWS,
+    adaptive_coefficients,
     adaptive_columns,
     adaptive_direction,
-    bias_corrections,
     constants,
-    device_betas,
+    load_moments,
     pointers,
 )
 from .triton_common import (
@@ -28,154 +30,54 @@ from .triton_common import (
     UPDATE_PAST,
     abandon_block,
     cached_tables,
-    launch_values,
+    found_inf_skips,
+    grad_scaling,
+    launch_rates,
     noise_normal,
     program_block,
+    row_pointer,
 )
 from .triton_lamb import lamb_sums
 
 
 @triton.jit
 def _adaptive_block(
-    x_ptr,
-    g_ptr,
-    s_ptr,
-    m_ptr,
-    v_ptr,
-    v_max_ptr,
-    step_ptr,
+    ptrs,
     offs,
     mask,
-    index,
-    trust_ptr,
-    t,
-    scale_ptr,
-    found_inf_ptr,
-    lr,
-    gamma,
-    lr_ptr,
-    gamma_ptr,
-    weight_decay,
-    sign,
-    noise_std,
-    seed,
-    beta1,
-    one_minus_beta2,
-    beta2,
-    grad_gain,
-    eps,
-    log_beta1,
-    log_beta2,
-    beta1_ptr,
-    beta2_ptr,
+    skip,
+    rates,
+    coefficients,
+    keys,
     PHASE: tl.constexpr,
     X_DTYPE: tl.constexpr,
     C_DTYPE: tl.constexpr,
     MASTER: tl.constexpr,
     AMSGRAD: tl.constexpr,
     DECOUPLED: tl.constexpr,
-    BIAS_CORRECTION: tl.constexpr,
-    HAS_TRUST: tl.constexpr,
-    HAS_SCALE: tl.constexpr,
-    HAS_FOUND_INF: tl.constexpr,
-    LR_TENSOR: tl.constexpr,
-    GAMMA_TENSOR: tl.constexpr,
-    BETA1_TENSOR: tl.constexpr,
-    BETA2_TENSOR: tl.constexpr,
-    GRAD_AVERAGING: tl.constexpr,
 ):
-    """One adaptive phase over the elements `offs` of tensor `t` (`mask`: those inside it; None: all)."""
-    skip = False
-    if HAS_FOUND_INF:
-        skip = tl.load(found_inf_ptr) != 0
+    """One adaptive phase over the elements `offs` of one tensor (`mask`: those inside it; None: all).
+    `rates`: (lr, gamma, grad_factor, trust); `coefficients`: adaptive_direction's; `keys`: (index, step,
+    noise_std, seed)."""
+    x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = ptrs  # (the step comes read, in keys)
+    lr, gamma, grad_factor, trust = rates
+    index, step, noise_std, seed = keys
     if skip:
         abandon_block(x_ptr, s_ptr, offs, mask, PHASE, X_DTYPE, C_DTYPE, MASTER)
     else:  # (LAMB's clipping is folded into grad_scale)
-        lr, gamma, grad_factor, trust = launch_values(
-            lr,
-            gamma,
-            lr_ptr,
-            gamma_ptr,
-            sign,
-            scale_ptr,
-            trust_ptr,
-            t,
-            LR_TENSOR,
-            GAMMA_TENSOR,
-            HAS_SCALE,
-            HAS_TRUST,
-            C_DTYPE,
-        )
-        # (new names: a variable assigned in one branch of a run-time `if` keeps its type in the other)
-        b1, one_minus_b2, b2, gain, log_b1, log_b2 = device_betas(
-            beta1,
-            one_minus_beta2,
-            beta2,
-            grad_gain,
-            log_beta1,
-            log_beta2,
-            beta1_ptr,
-            beta2_ptr,
-            BETA1_TENSOR,
-            BETA2_TENSOR,
-            GRAD_AVERAGING,
-            C_DTYPE,
-        )
-        step = tl.load(step_ptr)
-        if PHASE == EXTRAPOLATE:  # the look-ahead: the count after the coming update
-            step += 1.0
-        bias1, bias2_sqrt = bias_corrections(step, log_b1, log_b2, C_DTYPE, BIAS_CORRECTION)
         g = tl.load(g_ptr + offs, mask=mask).to(C_DTYPE)
-        m = tl.load(m_ptr + offs, mask=mask)
-        v = tl.load(v_ptr + offs, mask=mask)
-        v_max = tl.zeros_like(v)
-        if AMSGRAD:
-            v_max = tl.load(v_max_ptr + offs, mask=mask)
+        m, v, v_max = load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, AMSGRAD)
         if PHASE == EXTRAPOLATE:  # extrapolate along the look-ahead direction; the state is read only
             if MASTER:
                 anchor = tl.load(s_ptr + offs, mask=mask)
             else:
                 anchor = tl.load(x_ptr + offs, mask=mask).to(C_DTYPE)
                 tl.store(s_ptr + offs, anchor, mask=mask)
-            u, _, _, _ = adaptive_direction(
-                anchor,
-                g,
-                m,
-                v,
-                v_max,
-                grad_factor,
-                weight_decay,
-                b1,
-                one_minus_b2,
-                b2,
-                gain,
-                eps,
-                bias1,
-                bias2_sqrt,
-                DECOUPLED,
-                AMSGRAD,
-            )
+            u, _, _, _ = adaptive_direction(anchor, g, m, v, v_max, grad_factor, coefficients, DECOUPLED, AMSGRAD)
             tl.store(x_ptr + offs, (anchor - gamma * (trust * u)).to(X_DTYPE), mask=mask)
         else:
             anchor = tl.load(s_ptr + offs, mask=mask)
-            u, m, v, v_max = adaptive_direction(
-                anchor,
-                g,
-                m,
-                v,
-                v_max,
-                grad_factor,
-                weight_decay,
-                b1,
-                one_minus_b2,
-                b2,
-                gain,
-                eps,
-                bias1,
-                bias2_sqrt,
-                DECOUPLED,
-                AMSGRAD,
-            )
+            u, m, v, v_max = adaptive_direction(anchor, g, m, v, v_max, grad_factor, coefficients, DECOUPLED, AMSGRAD)
             e = trust * u
             anchor = anchor - lr * e
             tl.store(m_ptr + offs, m, mask=mask)
@@ -241,106 +143,35 @@ def _adaptive_kernel(
     ALIGNED: tl.constexpr,
 ):
     t, offs, mask, whole = program_block(numels, block_tensor, block_start, BLOCK, ALIGNED)
-    x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = pointers(table, t, X_DTYPE, C_DTYPE, ALIGNED)
-    index = tl.load(indices + t)
-    if whole:
-        _adaptive_block(
-            x_ptr,
-            g_ptr,
-            s_ptr,
-            m_ptr,
-            v_ptr,
-            v_max_ptr,
-            step_ptr,
-            offs,
-            None,
-            index,
-            trust_ptr,
-            t,
-            scale_ptr,
-            found_inf_ptr,
-            lr,
-            gamma,
-            lr_ptr,
-            gamma_ptr,
-            weight_decay,
-            sign,
-            noise_std,
-            seed,
-            beta1,
-            one_minus_beta2,
-            beta2,
-            grad_gain,
-            eps,
-            log_beta1,
-            log_beta2,
-            beta1_ptr,
-            beta2_ptr,
-            PHASE,
-            X_DTYPE,
-            C_DTYPE,
-            MASTER,
-            AMSGRAD,
-            DECOUPLED,
-            BIAS_CORRECTION,
-            HAS_TRUST,
-            HAS_SCALE,
-            HAS_FOUND_INF,
-            LR_TENSOR,
-            GAMMA_TENSOR,
-            BETA1_TENSOR,
-            BETA2_TENSOR,
-            GRAD_AVERAGING,
-        )
-    else:
-        _adaptive_block(
-            x_ptr,
-            g_ptr,
-            s_ptr,
-            m_ptr,
-            v_ptr,
-            v_max_ptr,
-            step_ptr,
-            offs,
-            mask,
-            index,
-            trust_ptr,
-            t,
-            scale_ptr,
-            found_inf_ptr,
-            lr,
-            gamma,
-            lr_ptr,
-            gamma_ptr,
-            weight_decay,
-            sign,
-            noise_std,
-            seed,
-            beta1,
-            one_minus_beta2,
-            beta2,
-            grad_gain,
-            eps,
-            log_beta1,
-            log_beta2,
-            beta1_ptr,
-            beta2_ptr,
-            PHASE,
-            X_DTYPE,
-            C_DTYPE,
-            MASTER,
-            AMSGRAD,
-            DECOUPLED,
-            BIAS_CORRECTION,
-            HAS_TRUST,
-            HAS_SCALE,
-            HAS_FOUND_INF,
-            LR_TENSOR,
-            GAMMA_TENSOR,
-            BETA1_TENSOR,
-            BETA2_TENSOR,
-            GRAD_AVERAGING,
-        )
+    ptrs = pointers(table, t, X_DTYPE, C_DTYPE, ALIGNED)
+    skip = found_inf_skips(found_inf_ptr, HAS_FOUND_INF)
+    lr, gamma = launch_rates(lr, gamma, lr_ptr, gamma_ptr, LR_TENSOR, GAMMA_TENSOR)
+    grad_factor, trust = grad_scaling(sign, scale_ptr, trust_ptr, t, HAS_SCALE, HAS_TRUST, C_DTYPE)
+    step = tl.load(row_pointer(table, t, ROWS, ROW_STEP, tl.float32, False))
+    if PHASE == EXTRAPOLATE:  # the look-ahead: the count after the coming update
+        step += 1.0
+    betas = (beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, beta1_ptr, beta2_ptr)
+    coefficients = adaptive_coefficients(
+        step, weight_decay, eps, betas, BETA1_TENSOR, BETA2_TENSOR, GRAD_AVERAGING, BIAS_CORRECTION, C_DTYPE
+    )
+    keys = (tl.load(indices + t), step, noise_std, seed)
+    for WHOLE in tl.static_range(2):  # (one pass runs: triton_common.py, "A kernel calls its block function once")
+        if whole == (WHOLE == 1):
+            _adaptive_block(
+                ptrs,
+                offs,
+                None if WHOLE == 1 else mask,
+                skip,
+                (lr, gamma, grad_factor, trust),
+                coefficients,
+                keys,
+                PHASE,
+                X_DTYPE,
+                C_DTYPE,
+                MASTER,
+                AMSGRAD,
+                DECOUPLED,
+            )
 
 
 def apply_adaptive(

@@ -12,6 +12,7 @@ import triton.language as tl
 
 from ..bucket import Bucket
 from ..hyper import AdamHyper
+from .triton_common import row_pointer
 
 # The table's rows: the addresses of x, g, s, m, v, v_max (a placeholder without amsgrad) and the step.
 ROW_X, ROW_G, ROW_S, ROW_M, ROW_V, ROW_V_MAX, ROW_STEP, ROWS = (tl.constexpr(row) for row in range(8))
@@ -52,22 +53,22 @@ def bias_corrections(step, log_beta1, log_beta2, C_DTYPE: tl.constexpr, BIAS_COR
 
 
 @triton.jit
-def device_betas(
-    beta1,
-    one_minus_beta2,
-    beta2,
-    grad_gain,
-    log_beta1,
-    log_beta2,
-    beta1_ptr,
-    beta2_ptr,
+def adaptive_coefficients(
+    step,
+    weight_decay,
+    eps,
+    betas,
     BETA1_TENSOR: tl.constexpr,
     BETA2_TENSOR: tl.constexpr,
     GRAD_AVERAGING: tl.constexpr,
+    BIAS_CORRECTION: tl.constexpr,
     C_DTYPE: tl.constexpr,
 ):
-    """Capturable betas (float64 tensors), read as the kernel runs, and what follows from them; the numbers
-    the host computed otherwise."""
+    """What adaptive_direction takes besides the arrays, for update `step`: (weight_decay, beta1,
+    1 - beta2, beta2, grad_gain, eps, bias1, bias2_sqrt). `betas`: the host's (beta1, 1 - beta2, beta2,
+    grad_gain, log beta1, log beta2) and the capturable betas' pointers (float64 tensors, which replace them,
+    read as the kernel runs)."""
+    beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, beta1_ptr, beta2_ptr = betas
     if BETA1_TENSOR:
         b1 = tl.load(beta1_ptr)
         beta1 = b1.to(C_DTYPE)
@@ -79,29 +80,14 @@ def device_betas(
         beta2 = b2.to(C_DTYPE)
         one_minus_beta2 = (1.0 - b2).to(C_DTYPE)
         log_beta2 = tl.log(b2)
-    return beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2
+    bias1, bias2_sqrt = bias_corrections(step, log_beta1, log_beta2, C_DTYPE, BIAS_CORRECTION)
+    return weight_decay, beta1, one_minus_beta2, beta2, grad_gain, eps, bias1, bias2_sqrt
 
 
 @triton.jit
-def adaptive_direction(
-    s,
-    g,
-    m,
-    v,
-    v_max,
-    grad_factor,
-    weight_decay,
-    beta1,
-    one_minus_beta2,
-    beta2,
-    grad_gain,
-    eps,
-    bias1,
-    bias2_sqrt,
-    DECOUPLED: tl.constexpr,
-    AMSGRAD: tl.constexpr,
-):
+def adaptive_direction(s, g, m, v, v_max, grad_factor, coefficients, DECOUPLED: tl.constexpr, AMSGRAD: tl.constexpr):
     """Returns (u, m, v, v_max): the moments updated with g' and the undamped direction."""
+    weight_decay, beta1, one_minus_beta2, beta2, grad_gain, eps, bias1, bias2_sqrt = coefficients
     gp = g * grad_factor
     if not DECOUPLED:
         gp += weight_decay * s
@@ -119,22 +105,26 @@ def adaptive_direction(
 
 @triton.jit
 def pointers(table, t, X_DTYPE: tl.constexpr, C_DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
-    """Table rows: x, g, s, m, v, v_max (a placeholder without amsgrad), step. ALIGNED (every array of the
-    bucket starts on 16 bytes, checked on the host) is said to the compiler here, on the casts that make the
-    pointers: a hint on a value this helper returns would sit on the call, which Triton's inliner drops
-    (triton 3.6 and 3.7 then compile scalar accesses)."""
-    x_ptr = tl.load(table + t * ROWS + ROW_X).to(tl.pointer_type(X_DTYPE))
-    g_ptr = tl.load(table + t * ROWS + ROW_G).to(tl.pointer_type(X_DTYPE))
-    s_ptr = tl.load(table + t * ROWS + ROW_S).to(tl.pointer_type(C_DTYPE))
-    m_ptr = tl.load(table + t * ROWS + ROW_M).to(tl.pointer_type(C_DTYPE))
-    v_ptr = tl.load(table + t * ROWS + ROW_V).to(tl.pointer_type(C_DTYPE))
-    v_max_ptr = tl.load(table + t * ROWS + ROW_V_MAX).to(tl.pointer_type(C_DTYPE))
-    if ALIGNED:
-        x_ptr, g_ptr = tl.multiple_of(x_ptr, 16), tl.multiple_of(g_ptr, 16)
-        s_ptr, m_ptr = tl.multiple_of(s_ptr, 16), tl.multiple_of(m_ptr, 16)
-        v_ptr, v_max_ptr = tl.multiple_of(v_ptr, 16), tl.multiple_of(v_max_ptr, 16)
-    step_ptr = tl.load(table + t * ROWS + ROW_STEP).to(tl.pointer_type(tl.float32))
+    """Tensor t's (x, g, s, m, v, v_max, step); the six arrays said 16-byte aligned where the bucket's are."""
+    x_ptr = row_pointer(table, t, ROWS, ROW_X, X_DTYPE, ALIGNED)
+    g_ptr = row_pointer(table, t, ROWS, ROW_G, X_DTYPE, ALIGNED)
+    s_ptr = row_pointer(table, t, ROWS, ROW_S, C_DTYPE, ALIGNED)
+    m_ptr = row_pointer(table, t, ROWS, ROW_M, C_DTYPE, ALIGNED)
+    v_ptr = row_pointer(table, t, ROWS, ROW_V, C_DTYPE, ALIGNED)
+    v_max_ptr = row_pointer(table, t, ROWS, ROW_V_MAX, C_DTYPE, ALIGNED)
+    step_ptr = row_pointer(table, t, ROWS, ROW_STEP, tl.float32, False)
     return x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr
+
+
+@triton.jit
+def load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, AMSGRAD: tl.constexpr):
+    """(m, v, v_max) of the elements `offs` (v_max zeros without amsgrad)."""
+    m = tl.load(m_ptr + offs, mask=mask)
+    v = tl.load(v_ptr + offs, mask=mask)
+    v_max = tl.zeros_like(v)
+    if AMSGRAD:
+        v_max = tl.load(v_max_ptr + offs, mask=mask)
+    return m, v, v_max
 
 
 def constants(b: Bucket, h: AdamHyper) -> dict:

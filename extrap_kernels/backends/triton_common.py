@@ -85,6 +85,16 @@ def rounding_bits(rounding_seed, step, index, element):
     return r0, r1, r2
 
 
+@triton.jit
+def block_rounding_bits(rounding_seed, step_ptr, index, offs, ROUNDING: tl.constexpr):
+    """The block's rounding bits for s, m and x (zeros where nothing is rounded stochastically)."""
+    zeros = tl.zeros_like(offs).to(tl.uint32)
+    r_s, r_m, r_x = zeros, zeros, zeros
+    if ROUNDING != 0:
+        r_s, r_m, r_x = rounding_bits(rounding_seed, tl.load(step_ptr).to(tl.int64), index, offs)
+    return r_s, r_m, r_x
+
+
 # ---- the launch -----------------------------------------------------------------------------------
 @triton.jit
 def abandon_block(
@@ -100,34 +110,48 @@ def abandon_block(
 
 
 @triton.jit
-def launch_values(
-    lr,
-    gamma,
-    lr_ptr,
-    gamma_ptr,
-    sign,
-    scale_ptr,
-    trust_ptr,
-    t,
-    LR_TENSOR: tl.constexpr,
-    GAMMA_TENSOR: tl.constexpr,
-    HAS_SCALE: tl.constexpr,
-    HAS_TRUST: tl.constexpr,
-    C_DTYPE: tl.constexpr,
-):
-    """(lr, gamma, grad_factor, trust) as the kernel runs: capturable rates read now, 1 / grad_scale (with the
-    sign of maximize), and tensor t's trust ratio (1 without)."""
+def found_inf_skips(found_inf_ptr, HAS_FOUND_INF: tl.constexpr):
+    """Whether AMP's found_inf abandons this step (read on the device: no host synchronization)."""
+    skip = False
+    if HAS_FOUND_INF:
+        skip = tl.load(found_inf_ptr) != 0
+    return skip
+
+
+@triton.jit
+def launch_rates(lr, gamma, lr_ptr, gamma_ptr, LR_TENSOR: tl.constexpr, GAMMA_TENSOR: tl.constexpr):
+    """(lr, gamma) as the kernel runs: capturable rates are read now, so that a CUDA graph replays their values."""
     if LR_TENSOR:
         lr = tl.load(lr_ptr)
     if GAMMA_TENSOR:
         gamma = tl.load(gamma_ptr)
+    return lr, gamma
+
+
+@triton.jit
+def grad_scaling(
+    sign, scale_ptr, trust_ptr, t, HAS_SCALE: tl.constexpr, HAS_TRUST: tl.constexpr, C_DTYPE: tl.constexpr
+):
+    """(grad_factor, trust): 1 / grad_scale with the sign of maximize, and tensor t's trust ratio (1 without)."""
     grad_factor = sign
     if HAS_SCALE:
         grad_factor = sign / tl.load(scale_ptr).to(C_DTYPE)
     trust = 1.0
     if HAS_TRUST:
         trust = tl.load(trust_ptr + t)
-    return lr, gamma, grad_factor, trust
+    return grad_factor, trust
+
+
+@triton.jit
+def row_pointer(table, t, ROWS: tl.constexpr, ROW: tl.constexpr, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """Row ROW of tensor t's column of the table, as a pointer to DTYPE. ALIGNED (the array starts on 16 bytes,
+    checked on the host) is said to the compiler on the cast itself: it does not follow a hint on the integer
+    address through the cast, and Triton's inliner drops one placed on a helper's call (triton 3.6 and 3.7 then
+    compile scalar accesses)."""
+    ptr = tl.load(table + t * ROWS + ROW).to(tl.pointer_type(DTYPE))
+    if ALIGNED:
+        ptr = tl.multiple_of(ptr, 16)
+    return ptr
 
 
 @triton.jit
@@ -146,6 +170,12 @@ def program_block(numels, block_tensor, block_start, BLOCK: tl.constexpr, ALIGNE
     if ALIGNED:
         whole = start + BLOCK <= numel
     return t, offs, offs < numel, whole
+
+
+# A kernel calls its block function once, in a two-pass `tl.static_range(2)` loop over WHOLE: the run-time test
+# `whole == (WHOLE == 1)` runs one pass, and the compiler sees the whole-block pass without a mask (a mask
+# would split the 16-byte vectors) and the other with it. Without ALIGNED, `whole` is False and the first pass
+# is not compiled.
 
 
 # ---- tables, cached -------------------------------------------------------------------------------

@@ -11,19 +11,14 @@ from torch import Tensor
 from ..bucket import Bucket, Phase, state_dtype
 from ..hyper import AdamHyper
 from .triton_adaptive_math import (
+    adaptive_coefficients,
     adaptive_columns,
     adaptive_direction,
-    bias_corrections,
     constants,
-    device_betas,
+    load_moments,
     pointers,
 )
-from .triton_common import (
-    BLOCK,
-    DTYPES,
-    cached_tables,
-    program_block,
-)
+from .triton_common import BLOCK, DTYPES, cached_tables, grad_scaling, program_block
 
 SEGMENT = 128  # blocks a program of the per-tensor sums adds at a time
 
@@ -63,52 +58,26 @@ def _norms_kernel(
     pid = tl.program_id(0)
     t, offs, mask, _ = program_block(numels, block_tensor, block_start, BLOCK, False)
     x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = pointers(table, t, X_DTYPE, C_DTYPE, False)
-    grad_factor = sign
-    if HAS_SCALE:
-        grad_factor = sign / tl.load(scale_ptr).to(C_DTYPE)
-    beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2 = device_betas(
-        beta1,
-        one_minus_beta2,
-        beta2,
-        grad_gain,
-        log_beta1,
-        log_beta2,
-        beta1_ptr,
-        beta2_ptr,
+    grad_factor, _ = grad_scaling(sign, scale_ptr, scale_ptr, t, HAS_SCALE, False, C_DTYPE)
+    betas = (beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, beta1_ptr, beta2_ptr)
+    coefficients = adaptive_coefficients(
+        tl.load(step_ptr) + 1.0,
+        weight_decay,
+        eps,
+        betas,
         BETA1_TENSOR,
         BETA2_TENSOR,
         GRAD_AVERAGING,
+        BIAS_CORRECTION,
         C_DTYPE,
     )
-    bias1, bias2_sqrt = bias_corrections(tl.load(step_ptr) + 1.0, log_beta1, log_beta2, C_DTYPE, BIAS_CORRECTION)
     if READS_X:  # before a full-precision snapshot the anchor is x itself
         anchor = tl.load(x_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
     else:
         anchor = tl.load(s_ptr + offs, mask=mask, other=0.0)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
-    m = tl.load(m_ptr + offs, mask=mask, other=0.0)
-    v = tl.load(v_ptr + offs, mask=mask, other=0.0)
-    v_max = tl.zeros_like(v)
-    if AMSGRAD:
-        v_max = tl.load(v_max_ptr + offs, mask=mask, other=0.0)
-    u, _, _, _ = adaptive_direction(
-        anchor,
-        g,
-        m,
-        v,
-        v_max,
-        grad_factor,
-        weight_decay,
-        beta1,
-        one_minus_beta2,
-        beta2,
-        grad_gain,
-        eps,
-        bias1,
-        bias2_sqrt,
-        DECOUPLED,
-        AMSGRAD,
-    )
+    m, v, v_max = load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, AMSGRAD)
+    u, _, _, _ = adaptive_direction(anchor, g, m, v, v_max, grad_factor, coefficients, DECOUPLED, AMSGRAD)
     u = tl.where(mask, u, 0.0)  # (0 / 0 where eps is 0)
     tl.store(block_sums + 2 * pid, tl.sum(anchor * anchor, 0))
     tl.store(block_sums + 2 * pid + 1, tl.sum(u * u, 0))

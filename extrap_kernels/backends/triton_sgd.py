@@ -22,11 +22,14 @@ from .triton_common import (
     UPDATE_PAST,
     UPDATE_PAST_ANCHOR_FREE,
     abandon_block,
+    block_rounding_bits,
     cached_tables,
-    launch_values,
+    found_inf_skips,
+    grad_scaling,
+    launch_rates,
     noise_normal,
     program_block,
-    rounding_bits,
+    row_pointer,
     stochastic_round,
 )
 
@@ -55,9 +58,7 @@ def base_update(
     m,
     g,
     lr,
-    momentum,
-    dampening,
-    weight_decay,
+    coefficients,
     grad_factor,
     trust,
     first,
@@ -65,7 +66,8 @@ def base_update(
     NESTEROV: tl.constexpr,
     WD_AFTER_MOMENTUM: tl.constexpr,
 ):
-    """Returns (s, m, d, g')."""
+    """Returns (s, m, d, g'); `coefficients`: (momentum, dampening, weight_decay)."""
+    momentum, dampening, weight_decay = coefficients
     gp = regularized_grad(g, s, grad_factor, weight_decay, trust, WD_AFTER_MOMENTUM)
     d = gp
     if MOMENTUM:
@@ -82,82 +84,53 @@ def base_update(
 
 # ---- the multi-tensor kernel ----------------------------------------------------------------------
 @triton.jit
+def sgd_pointers(table, t, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """Tensor t's (x, g, s, m, step, last gamma); the four arrays said 16-byte aligned where the bucket's are."""
+    x_ptr = row_pointer(table, t, ROWS, ROW_X, X_DTYPE, ALIGNED)
+    g_ptr = row_pointer(table, t, ROWS, ROW_G, X_DTYPE, ALIGNED)
+    s_ptr = row_pointer(table, t, ROWS, ROW_S, S_DTYPE, ALIGNED)
+    m_ptr = row_pointer(table, t, ROWS, ROW_M, S_DTYPE, ALIGNED)
+    step_ptr = row_pointer(table, t, ROWS, ROW_STEP, tl.float32, False)
+    last_gamma_ptr = row_pointer(table, t, ROWS, ROW_LAST_GAMMA, S_DTYPE, False)
+    return x_ptr, g_ptr, s_ptr, m_ptr, step_ptr, last_gamma_ptr
+
+
+@triton.jit
 def _phase_block(
-    x_ptr,
-    g_ptr,
-    s_ptr,
-    m_ptr,
-    step_ptr,
-    last_gamma_ptr,
+    ptrs,
     offs,
     mask,
-    index,
-    trust_ptr,
-    t,
-    scale_ptr,
-    found_inf_ptr,
-    lr,
-    gamma,
-    lr_ptr,
-    gamma_ptr,
-    momentum,
-    dampening,
-    weight_decay,
-    sign,
-    noise_std,
-    seed,
-    rounding_seed,
+    skip,
+    rates,
+    coefficients,
+    keys,
     PHASE: tl.constexpr,
     X_DTYPE: tl.constexpr,
     S_DTYPE: tl.constexpr,
+    C_DTYPE: tl.constexpr,
+    ROUNDING: tl.constexpr,
     MASTER: tl.constexpr,
     MOMENTUM: tl.constexpr,
     NESTEROV: tl.constexpr,
     WD_AFTER_MOMENTUM: tl.constexpr,
     EXTRAPOLATE_WITH_MOMENTUM: tl.constexpr,
     PAST_GRAD: tl.constexpr,
-    HAS_TRUST: tl.constexpr,
-    HAS_SCALE: tl.constexpr,
-    HAS_FOUND_INF: tl.constexpr,
-    LR_TENSOR: tl.constexpr,
-    GAMMA_TENSOR: tl.constexpr,
-    C_DTYPE: tl.constexpr,
-    ROUNDING: tl.constexpr,
 ):
-    """One phase over the elements `offs` of tensor `t` (`mask`: those inside it; None: all of them)."""
-    skip = False
-    if HAS_FOUND_INF:
-        skip = tl.load(found_inf_ptr) != 0
+    """One phase over the elements `offs` of one tensor (`mask`: those inside it; None: all of them).
+    `rates`: (lr, gamma, grad_factor, trust); `keys`: (index, noise_std, seed, rounding_seed)."""
+    x_ptr, g_ptr, s_ptr, m_ptr, step_ptr, last_gamma_ptr = ptrs
+    lr, gamma, grad_factor, trust = rates
+    index, noise_std, seed, rounding_seed = keys
     if skip:
         abandon_block(x_ptr, s_ptr, offs, mask, PHASE, X_DTYPE, S_DTYPE, MASTER)
     else:
-        lr, gamma, grad_factor, trust = launch_values(
-            lr,
-            gamma,
-            lr_ptr,
-            gamma_ptr,
-            sign,
-            scale_ptr,
-            trust_ptr,
-            t,
-            LR_TENSOR,
-            GAMMA_TENSOR,
-            HAS_SCALE,
-            HAS_TRUST,
-            C_DTYPE,
-        )
         g = tl.load(g_ptr + offs, mask=mask).to(C_DTYPE)
         m = tl.zeros_like(g)
         if MOMENTUM:
             m = tl.load(m_ptr + offs, mask=mask).to(C_DTYPE)
-        r_s, r_m, r_x = (
-            tl.zeros_like(offs).to(tl.uint32),
-            tl.zeros_like(offs).to(tl.uint32),
-            tl.zeros_like(offs).to(tl.uint32),
-        )
-        if ROUNDING != 0:
-            r_s, r_m, r_x = rounding_bits(rounding_seed, tl.load(step_ptr).to(tl.int64), index, offs)
+        r_s, r_m, r_x = block_rounding_bits(rounding_seed, step_ptr, index, offs, ROUNDING)
         if PHASE == EXTRAPOLATE:  # extrapolate: s <- x; x <- s - gamma * e
+            momentum, _, weight_decay = coefficients
             if MASTER:
                 anchor = tl.load(s_ptr + offs, mask=mask).to(C_DTYPE)
             else:
@@ -174,19 +147,7 @@ def _phase_block(
             else:
                 anchor = tl.load(s_ptr + offs, mask=mask).to(C_DTYPE)
             anchor, m, d, gp = base_update(
-                anchor,
-                m,
-                g,
-                lr,
-                momentum,
-                dampening,
-                weight_decay,
-                grad_factor,
-                trust,
-                step <= 1.0,
-                MOMENTUM,
-                NESTEROV,
-                WD_AFTER_MOMENTUM,
+                anchor, m, g, lr, coefficients, grad_factor, trust, step <= 1.0, MOMENTUM, NESTEROV, WD_AFTER_MOMENTUM
             )
             anchor_stored = stochastic_round(anchor, r_s, ROUNDING)  # (as stored: the local step's x too)
             if MOMENTUM:
@@ -253,106 +214,34 @@ def _phase_kernel(
     # S_DTYPE stores s and m; C_DTYPE computes (they differ for 16-bit state without a master, ROUNDING 1
     # bf16 or 2 fp16: every stored value rounded stochastically with the bits keyed by rounding_seed)
     t, offs, mask, whole = program_block(numels, block_tensor, block_start, BLOCK, ALIGNED)
-    # table rows: x, g, s, m, step, last gamma (addresses), one column per tensor (m and the last gamma
-    # hold placeholders where a bucket has none)
-    x_ptr = tl.load(table + t * ROWS + ROW_X).to(tl.pointer_type(X_DTYPE))
-    g_ptr = tl.load(table + t * ROWS + ROW_G).to(tl.pointer_type(X_DTYPE))
-    s_ptr = tl.load(table + t * ROWS + ROW_S).to(tl.pointer_type(S_DTYPE))
-    m_ptr = tl.load(table + t * ROWS + ROW_M).to(tl.pointer_type(S_DTYPE))
-    if ALIGNED:  # every x, g, s and m of the bucket starts on 16 bytes (checked on the host): said to the
-        # compiler on the pointers (it does not follow a hint on the integer address through the cast), which
-        # then moves 16 bytes per access in a whole block
-        x_ptr, g_ptr = tl.multiple_of(x_ptr, 16), tl.multiple_of(g_ptr, 16)
-        s_ptr, m_ptr = tl.multiple_of(s_ptr, 16), tl.multiple_of(m_ptr, 16)
-    step_ptr = tl.load(table + t * ROWS + ROW_STEP).to(tl.pointer_type(tl.float32))
-    last_gamma_ptr = tl.load(table + t * ROWS + ROW_LAST_GAMMA).to(tl.pointer_type(S_DTYPE))
-    index = tl.load(indices + t)
-    if whole:
-        _phase_block(
-            x_ptr,
-            g_ptr,
-            s_ptr,
-            m_ptr,
-            step_ptr,
-            last_gamma_ptr,
-            offs,
-            None,
-            index,
-            trust_ptr,
-            t,
-            scale_ptr,
-            found_inf_ptr,
-            lr,
-            gamma,
-            lr_ptr,
-            gamma_ptr,
-            momentum,
-            dampening,
-            weight_decay,
-            sign,
-            noise_std,
-            seed,
-            rounding_seed,
-            PHASE,
-            X_DTYPE,
-            S_DTYPE,
-            MASTER,
-            MOMENTUM,
-            NESTEROV,
-            WD_AFTER_MOMENTUM,
-            EXTRAPOLATE_WITH_MOMENTUM,
-            PAST_GRAD,
-            HAS_TRUST,
-            HAS_SCALE,
-            HAS_FOUND_INF,
-            LR_TENSOR,
-            GAMMA_TENSOR,
-            C_DTYPE,
-            ROUNDING,
-        )
-    else:
-        _phase_block(
-            x_ptr,
-            g_ptr,
-            s_ptr,
-            m_ptr,
-            step_ptr,
-            last_gamma_ptr,
-            offs,
-            mask,
-            index,
-            trust_ptr,
-            t,
-            scale_ptr,
-            found_inf_ptr,
-            lr,
-            gamma,
-            lr_ptr,
-            gamma_ptr,
-            momentum,
-            dampening,
-            weight_decay,
-            sign,
-            noise_std,
-            seed,
-            rounding_seed,
-            PHASE,
-            X_DTYPE,
-            S_DTYPE,
-            MASTER,
-            MOMENTUM,
-            NESTEROV,
-            WD_AFTER_MOMENTUM,
-            EXTRAPOLATE_WITH_MOMENTUM,
-            PAST_GRAD,
-            HAS_TRUST,
-            HAS_SCALE,
-            HAS_FOUND_INF,
-            LR_TENSOR,
-            GAMMA_TENSOR,
-            C_DTYPE,
-            ROUNDING,
-        )
+    ptrs = sgd_pointers(table, t, X_DTYPE, S_DTYPE, ALIGNED)
+    skip = found_inf_skips(found_inf_ptr, HAS_FOUND_INF)
+    lr, gamma = launch_rates(lr, gamma, lr_ptr, gamma_ptr, LR_TENSOR, GAMMA_TENSOR)
+    grad_factor, trust = grad_scaling(sign, scale_ptr, trust_ptr, t, HAS_SCALE, HAS_TRUST, C_DTYPE)
+    rates = (lr, gamma, grad_factor, trust)
+    keys = (tl.load(indices + t), noise_std, seed, rounding_seed)
+    for WHOLE in tl.static_range(2):  # (one pass runs: triton_common.py, "A kernel calls its block function once")
+        if whole == (WHOLE == 1):
+            _phase_block(
+                ptrs,
+                offs,
+                None if WHOLE == 1 else mask,
+                skip,
+                rates,
+                (momentum, dampening, weight_decay),
+                keys,
+                PHASE,
+                X_DTYPE,
+                S_DTYPE,
+                C_DTYPE,
+                ROUNDING,
+                MASTER,
+                MOMENTUM,
+                NESTEROV,
+                WD_AFTER_MOMENTUM,
+                EXTRAPOLATE_WITH_MOMENTUM,
+                PAST_GRAD,
+            )
 
 
 def apply_sgd(phase: Phase, b: Bucket, h: SGDHyper, grad_scale: Tensor | None = None, found_inf: Tensor | None = None):
