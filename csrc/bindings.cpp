@@ -1,10 +1,12 @@
-// The extension's entry points: the phases registered as PyTorch operators,
+// The extension's entry points: the phases registered as PyTorch operators, one set per base family
+// (csrc/operator_args.h), the SGD family's
 //   torch.ops.extrap_kernels.{extrapolate_, update_, update_past_, update_noise_, update_past_anchor_free_}
-// (and extrap_kernels::check, which validates a launch without running it). Each call checks its
-// whole launch once, whatever the device, then hands it to the launcher of that device: the CPU
-// launcher (csrc/cpu), the CUDA launcher (csrc/cuda), or nothing for meta tensors (FakeTensor and
-// torch.compile tracing run the checks only). These checks are the only per-step validation of the
-// fused backends: nothing is written before all of them pass.
+// and the adaptive bases' adam_extrapolate_, adam_update_, adam_update_past_, adam_update_noise_ (and
+// check / adam_check, which validate a launch without running it, and adam_norms, LAMB's reading pass). Each call
+// checks its whole launch once, whatever the device, then hands it to the launcher of that device: the CPU launcher
+// (csrc/cpu), the CUDA launcher (csrc/cuda), or nothing for meta tensors (FakeTensor and torch.compile tracing run the
+// checks only). These checks are the only per-step validation of the fused backends: nothing is written before all of
+// them pass.
 //
 // Built with EXTRAP_CUDA_EMULATION (csrc/emulation), the same operators are registered under the namespace
 // extrap_kernels_cuda_emulation, for CPU tensors, and run the CUDA launcher's code on the host.
@@ -17,6 +19,7 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
+#include <iterator>
 #include <sstream>
 #include <utility>
 
@@ -128,11 +131,23 @@ Launch pop_launch(const ArgumentPositions& positions, torch::jit::Stack* stack, 
   return L;
 }
 
-template <Phase P>
+// The launch of a call to an operator of `family`: an adaptive operator's launch holds every parameter's
+// second moment (which makes it adaptive: Launch::adaptive).
+template <Family F>
+Launch pop_family_launch(const ArgumentPositions& positions, torch::jit::Stack* stack, int64_t phase) {
+  Launch L = pop_launch(positions, stack, phase);
+  if (F == Family::kAdaptive) {
+    TORCH_CHECK_VALUE(L.second_moments.size() == L.params.size(), "extrap_kernels: an adaptive operator takes ",
+                      "one second moment per parameter (", L.params.size(), "), not ", L.second_moments.size());
+  }
+  return L;
+}
+
+template <Family F, Phase P>
 void phase_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
-  static const ArgumentPositions positions(op.schema());
-  Launch L = pop_launch(positions, stack, P);
-  check_launch(L);
+  static const ArgumentPositions positions(op.schema());  // (one per operator: F and P name it)
+  Launch L = pop_family_launch<F>(positions, stack, P);
+  if (!L.checked) check_launch(L);
   run(std::move(L));
 }
 
@@ -167,17 +182,17 @@ at::Tensor norms(Launch L) {
 // LAMB's reading pass (csrc/launch.h, adaptive_norms_cpu): the [tensors, 2] sums of s^2 and u^2.
 void norms_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   static const ArgumentPositions positions(op.schema());
-  Launch L = pop_launch(positions, stack, -1);
-  check_launch(L);
-  TORCH_CHECK_VALUE(L.adaptive(), "extrap_kernels: norms is the reading pass of an adaptive launch (LAMB)");
-  TORCH_CHECK_VALUE(L.phase != kUpdatePastAnchorFree, "extrap_kernels: norms: phase ", L.phase,
+  Launch L = pop_family_launch<Family::kAdaptive>(positions, stack, -1);
+  if (!L.checked) check_launch(L);
+  TORCH_CHECK_VALUE(L.phase != kUpdatePastAnchorFree, "extrap_kernels: adam_norms: phase ", L.phase,
                     " has no adaptive form");
   torch::jit::push(*stack, norms(std::move(L)));
 }
 
+template <Family F>
 void check_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   static const ArgumentPositions positions(op.schema());
-  check_launch(pop_launch(positions, stack, -1));
+  check_launch(pop_family_launch<F>(positions, stack, -1));
 }
 
 // The header's noise generator on the host, for tests: bits[i] = Philox outputs (c0, c1, c2, c3) and
@@ -219,15 +234,38 @@ at::Tensor squares_meta(at::TensorList tensors) {
 }
 #endif
 
+// The kernels of one family's operators: a phase operator per phase it has, check, and the adaptive
+// bases' norms (LAMB's reading pass).
+template <Family F>
+void register_family(torch::Library& m) {
+  const std::string prefix = family_prefix(F);
+  auto phase = [&](auto p) {
+    constexpr Phase P = decltype(p)::value;
+    m.impl((prefix + kPhaseOps[P]).c_str(), torch::CppFunction::makeFromBoxedFunction<&phase_op<F, P>>());
+  };
+  phase(std::integral_constant<Phase, kExtrapolate>{});
+  phase(std::integral_constant<Phase, kUpdate>{});
+  phase(std::integral_constant<Phase, kUpdatePast>{});
+  phase(std::integral_constant<Phase, kUpdateNoise>{});
+  if (F == Family::kSgd) phase(std::integral_constant<Phase, kUpdatePastAnchorFree>{});
+  m.impl((prefix + "check").c_str(), torch::CppFunction::makeFromBoxedFunction<&check_op<F>>());
+  if (F == Family::kAdaptive) m.impl("adam_norms", torch::CppFunction::makeFromBoxedFunction<&norms_op>());
+}
+
 void register_kernels(torch::Library& m) {
-  m.impl(kPhaseOps[kExtrapolate], torch::CppFunction::makeFromBoxedFunction<&phase_op<kExtrapolate>>());
-  m.impl(kPhaseOps[kUpdate], torch::CppFunction::makeFromBoxedFunction<&phase_op<kUpdate>>());
-  m.impl(kPhaseOps[kUpdatePast], torch::CppFunction::makeFromBoxedFunction<&phase_op<kUpdatePast>>());
-  m.impl(kPhaseOps[kUpdateNoise], torch::CppFunction::makeFromBoxedFunction<&phase_op<kUpdateNoise>>());
-  m.impl(kPhaseOps[kUpdatePastAnchorFree],
-         torch::CppFunction::makeFromBoxedFunction<&phase_op<kUpdatePastAnchorFree>>());
-  m.impl("check", torch::CppFunction::makeFromBoxedFunction<&check_op>());
-  m.impl("norms", torch::CppFunction::makeFromBoxedFunction<&norms_op>());
+  register_family<Family::kSgd>(m);
+  register_family<Family::kAdaptive>(m);
+}
+
+// The names of one family's operators, as register_family registers them.
+std::vector<std::string> operator_names(Family family) {
+  std::vector<std::string> names;
+  const std::string prefix = family_prefix(family);
+  for (const char* name : kPhaseOps) names.push_back(prefix + name);
+  if (family == Family::kAdaptive) names.pop_back();  // (no anchor-free adaptive update)
+  names.push_back(prefix + "check");
+  if (family == Family::kAdaptive) names.push_back("adam_norms");
+  return names;
 }
 
 // An operator call with every argument but the per-step ones converted once: the optimizers' per-step
@@ -248,6 +286,7 @@ class PreparedCall {
       if (arg == "trust") trust_ = i;
       if (arg == "grad_scale") grad_scale_ = i;
       if (arg == "found_inf") found_inf_ = i;
+      if (arg == "checked") checked_ = i;
       if (arguments.contains(arg)) {
         stack_.push_back(torch::jit::toIValue(arguments[arg.c_str()], argument.real_type()));
       } else if (arg == "grads") {
@@ -262,12 +301,14 @@ class PreparedCall {
 
   // Returns what the operator returns (norms: its sums), else None.
   std::optional<at::Tensor> call(std::vector<at::Tensor> grads, std::optional<at::Tensor> trust,
-                                 std::optional<at::Tensor> grad_scale, std::optional<at::Tensor> found_inf) const {
+                                 std::optional<at::Tensor> grad_scale, std::optional<at::Tensor> found_inf,
+                                 bool checked) const {
     torch::jit::Stack stack = stack_;
     stack[grads_] = c10::IValue(c10::List<at::Tensor>(std::move(grads)));
     stack[trust_] = c10::IValue(std::move(trust));
     stack[grad_scale_] = c10::IValue(std::move(grad_scale));
     stack[found_inf_] = c10::IValue(std::move(found_inf));
+    if (checked_ != kNone) stack[checked_] = c10::IValue(checked);  // (the check operator checks regardless)
     op_.callBoxed(stack);  // with the GIL held: releasing it here hung the 2-process DDP tests (gloo)
     if (!stack.empty() && stack.back().isTensor()) return stack.back().toTensor();
     return std::nullopt;
@@ -276,16 +317,22 @@ class PreparedCall {
  private:
   c10::OperatorHandle op_;
   torch::jit::Stack stack_;
-  size_t grads_ = 0, trust_ = 0, grad_scale_ = 0, found_inf_ = 0;
+  static constexpr size_t kNone = static_cast<size_t>(-1);
+  size_t grads_ = 0, trust_ = 0, grad_scale_ = 0, found_inf_ = 0, checked_ = kNone;
 };
 
 }  // namespace
 }  // namespace extrap
 
 EXTRAP_LIBRARY(EXTRAP_OPS, m) {
-  for (const char* name : extrap::kPhaseOps) m.def(extrap::schema(name, true).c_str());
-  m.def(extrap::schema("check", false).c_str());
-  m.def(extrap::schema("norms", false, "Tensor").c_str());
+  for (const auto family : {extrap::Family::kSgd, extrap::Family::kAdaptive}) {
+    for (size_t phase = 0; phase < std::size(extrap::kPhaseOps); ++phase) {
+      if (family == extrap::Family::kAdaptive && phase == extrap::kUpdatePastAnchorFree) continue;
+      m.def(extrap::schema(extrap::kPhaseOps[phase], family, true).c_str());
+    }
+    m.def(extrap::schema("check", family, false).c_str());
+  }
+  m.def(extrap::schema("norms", extrap::Family::kAdaptive, false, "Tensor").c_str());
 #ifndef EXTRAP_CUDA_EMULATION
   m.def("squares(Tensor[] tensors) -> Tensor");
 #endif
@@ -300,9 +347,11 @@ EXTRAP_LIBRARY_IMPL(EXTRAP_OPS, CPU, m) {
 // An optimizer step has no gradient: autograd passes the operators straight through (no graph, no
 // per-tensor requires_grad walk), as it does for torch's own fused optimizers under no_grad.
 EXTRAP_LIBRARY_IMPL(EXTRAP_OPS, Autograd, m) {
-  for (const char* name : extrap::kPhaseOps) m.impl(name, torch::CppFunction::makeFallthrough());
-  m.impl("check", torch::CppFunction::makeFallthrough());
-  m.impl("norms", torch::CppFunction::makeFallthrough());
+  for (const auto family : {extrap::Family::kSgd, extrap::Family::kAdaptive}) {
+    for (const std::string& name : extrap::operator_names(family)) {
+      m.impl(name.c_str(), torch::CppFunction::makeFallthrough());
+    }
+  }
 #ifndef EXTRAP_CUDA_EMULATION
   m.impl("squares", torch::CppFunction::makeFallthrough());
 #endif
@@ -327,7 +376,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<extrap::PreparedCall>(m, "PreparedCall", "An operator call with its unchanging arguments converted once")
       .def(py::init<const std::string&, const py::dict&>(), py::arg("name"), py::arg("arguments"))
       .def("__call__", &extrap::PreparedCall::call, py::arg("grads"), py::arg("trust"), py::arg("grad_scale"),
-           py::arg("found_inf"));
+           py::arg("found_inf"), py::arg("checked") = false);
   m.attr("emulates_cuda") = extrap::kEmulatesCuda;
 #if defined(EXTRAP_WITH_CUDA) || defined(EXTRAP_CUDA_EMULATION)
   m.def("large_kernel_args", &extrap::large_kernel_args,

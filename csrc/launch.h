@@ -46,6 +46,9 @@ struct Launch {
   // false: 16-bit parameters keep s and m in their own dtype, every stored value rounded stochastically
   // (keyed by `seed`); their arithmetic is still fp32
   bool master_weights = true;
+  // The caller ran the `check` operator on this launch's tensors already (a step of several buckets checks
+  // them all before any runs): the run skips its own checks, so that each launch is validated once.
+  bool checked = false;
   std::optional<at::Tensor> grad_scale;  // AMP: grads are divided by it
   std::optional<at::Tensor> found_inf;   // AMP: nonzero skips the update
   int64_t stream = 0;                    // CUDA: the cudaStream_t to launch on (the caller's current one)

@@ -44,6 +44,8 @@ class Hyper:
     lars: ClassVar[bool] = False  # SGD's per-tensor trust ratios from ||s|| and ||g||
     clips: ClassVar[bool] = False  # needs the norm of all the step's gradients (LAMB's max_grad_norm)
     scales_by_trust: ClassVar[bool] = False  # LAMB's per-tensor ||s|| / ||u||
+    # the prefix of its family's extension operators (csrc/operator_args.h): "" update_, "adam_" adam_update_
+    operator_prefix: ClassVar[str] = ""
 
     @classmethod
     def from_group(cls, group: dict, **values) -> "Hyper":
@@ -143,6 +145,7 @@ class AdamHyper(Hyper):
     m and its second_moments the v."""
 
     base: ClassVar[str] = "adam"
+    operator_prefix: ClassVar[str] = "adam_"
 
     betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999)  # (tensors: capturable, read by the kernels)
     eps: float = 1e-8

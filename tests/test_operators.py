@@ -31,6 +31,43 @@ def test_every_phase_is_registered_with_its_schema():
     assert "Tensor(a!)" not in str(torch.ops.extrap_kernels.check.default._schema)  # writes nothing
 
 
+def test_each_family_has_operators_of_its_own_schema():
+    """The SGD family's operators take its arguments and not the adaptive bases', and the other way round;
+    the adaptive bases have no anchor-free update, and only they have LAMB's reading pass."""
+    ek._ext.load()
+    ops = torch.ops.extrap_kernels
+    sgd, adam = str(ops.update_past_.default._schema), str(ops.adam_update_past_.default._schema)
+    assert "float momentum" in sgd and "beta1" not in sgd and "second_moments" not in sgd
+    assert "float beta1" in adam and "Tensor(f!)[]? second_moments" in adam and "momentum=" not in adam
+    for schema in (sgd, adam):
+        assert "bool checked=False" in schema and "float lr=0." in schema
+    assert "beta1" in str(ops.adam_check.default._schema) and "beta1" not in str(ops.check.default._schema)
+    assert "Tensor(" not in str(ops.adam_norms.default._schema)  # reads only
+    assert not hasattr(ops, "adam_update_past_anchor_free_") and not hasattr(ops, "norms")
+
+
+def test_an_adaptive_operator_needs_its_second_moments():
+    ek._ext.load()
+    x, g, s, m, steps = _launch()
+    before = [t.clone() for t in x]
+    with pytest.raises(ValueError, match="one second moment per parameter"):
+        torch.ops.extrap_kernels.adam_update_(x, g, s, m, steps, [0, 1], [], lr=0.1, beta1=0.9, beta2=0.99)
+    assert all(torch.equal(a, b) for a, b in zip(x, before))
+
+
+def test_a_run_checks_unless_told_its_launch_was_checked():
+    """A launch refused by its checks raises from the run operator as from the check operator (checked=False,
+    the default); the check operator checks even when told checked=True."""
+    ek._ext.load()
+    x, g, s, m, steps = _launch()
+    m = [t.double() for t in m]  # momentum buffers of the wrong dtype
+    args = (x, g, s, m, steps, [0, 1], [])
+    with pytest.raises(ValueError, match="state .momentum_buffer. is Double"):
+        torch.ops.extrap_kernels.update_past_(*args, lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="state .momentum_buffer. is Double"):
+        torch.ops.extrap_kernels.check(2, *args, lr=0.1, momentum=0.9, checked=True)
+
+
 def test_meta_kernel_checks_and_writes_nothing():
     """FakeTensor (what torch.compile traces with) runs the same checks without touching memory."""
     from torch._subclasses.fake_tensor import FakeTensorMode

@@ -1,10 +1,11 @@
 """The extension's backends, `cpu` (csrc/cpu) and `cuda` (csrc/cuda), one backend in two builds: one
-multi-tensor pass per phase, the PyTorch operator torch.ops.extrap_kernels.<phase>_ (csrc/bindings.cpp), the
-dispatcher picking the device's kernel. The operator validates its whole launch in C++ before writing
-anything and counts the step of an update phase. `cuda` launches once per 192 tensors or 2560 chunks of 64K
-elements (a whole ResNet-50 or GPT-2 small parameter list) on the caller's current stream. On CPU tensors
-(EXTRAP_CUDA_EMULATION=1) it calls the same operators of the CUDA launcher's host emulation (csrc/emulation),
-torch.ops.extrap_kernels_cuda_emulation.<phase>_: how the tests check the device code without a GPU."""
+multi-tensor pass per phase, the PyTorch operator torch.ops.extrap_kernels.<phase>_ (the adaptive bases':
+adam_<phase>_; csrc/bindings.cpp), the dispatcher picking the device's kernel. The operator validates its
+whole launch in C++ before writing anything and counts the step of an update phase. `cuda` launches once
+per 192 tensors or 2560 chunks of 64K elements (a whole ResNet-50 or GPT-2 small parameter list) on the
+caller's current stream. On CPU tensors (EXTRAP_CUDA_EMULATION=1) it calls the same operators of the CUDA
+launcher's host emulation (csrc/emulation), torch.ops.extrap_kernels_cuda_emulation.<phase>_: how the tests
+check the device code without a GPU."""
 
 from __future__ import annotations
 
@@ -37,11 +38,11 @@ def extension(backend: str, device: torch.device):
     return _ext.load()
 
 
-def operator(phase: Phase, ext=None):
-    """torch.ops.extrap_kernels.<phase>_ (the extension registers it when it is loaded), or the same
-    operator of another build `ext` of the bindings."""
+def operator(phase: Phase, ext=None, prefix: str = ""):
+    """torch.ops.extrap_kernels.<prefix><phase>_ (the extension registers it when it is loaded; `prefix`:
+    the base family's, Hyper.operator_prefix), or the same operator of another build `ext` of the bindings."""
     ext = ext or _ext.load()
-    return getattr(getattr(torch.ops, ext.ops_namespace), OPS[phase]).default
+    return getattr(getattr(torch.ops, ext.ops_namespace), prefix + OPS[phase]).default
 
 
 def tensor_args(phase: Phase, b: Bucket) -> tuple:
@@ -72,13 +73,15 @@ def prepared_call(phase: Phase, b: Bucket, h: Hyper, kind: str = "run", backend:
     )
     if kind != "run":
         arguments["phase"] = int(phase)
-    return extension(backend, b.device).PreparedCall(OPS[phase] if kind == "run" else kind, arguments)
+    name = h.operator_prefix + (OPS[phase] if kind == "run" else kind)  # (the base family's operator)
+    return extension(backend, b.device).PreparedCall(name, arguments)
 
 
 class ExtensionCall(Call):
     """The operator of a phase over a bucket, its unchanging arguments converted once (prepared_call).
-    LARS's and LAMB's trust ratios are computed per step on the device (LAMB's from the extension's
-    reading pass, the operator `norms`), then the operator runs."""
+        LARS's and LAMB's trust ratios are computed per step on the device (LAMB's from the extension's
+        reading pass, the operator `adam_norms`), then the operator runs. A call validates its launch in C++ as it
+    runs, unless check() has already (`checked`: a step of several buckets checks them all first)."""
 
     def __init__(self, phase: Phase, bucket: Bucket, hyper: Hyper, backend) -> None:
         self.phase, self.bucket, self.hyper, self.backend = phase, bucket, hyper, backend.name
@@ -105,7 +108,7 @@ class ExtensionCall(Call):
             raise Rejected() from err
 
     def __call__(self, grads, grad_scale, found_inf, checked: bool = False) -> None:
-        # (the operator validates in C++ whether or not check() ran: `checked` saves nothing here)
+        # `checked`: check() passed for these gradients, and the operators do not validate them again
         phase, bucket, hyper = self.phase, self.bucket, self.hyper
         try:
             trust = None
@@ -117,9 +120,9 @@ class ExtensionCall(Call):
                     replace(bucket, global_grad_norm=self.global_grad_norm),
                     hyper,
                     grad_scale,
-                    lambda scale: norms(grads, None, scale, None),
+                    lambda scale: norms(grads, None, scale, None, checked),
                 )
-            self._call()(grads, trust, grad_scale, found_inf)
+            self._call()(grads, trust, grad_scale, found_inf, checked)
         except (ValueError, TypeError, NotImplementedError) as err:  # its checks (csrc/bindings.cpp)
             raise Rejected() from err
 
