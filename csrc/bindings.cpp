@@ -131,11 +131,12 @@ Launch pop_launch(const ArgumentPositions& positions, torch::jit::Stack* stack, 
   return L;
 }
 
-// The launch of a call to an operator of `family`: an adaptive operator's launch holds every parameter's
-// second moment (which makes it adaptive: Launch::adaptive).
+// The launch of a call to an operator of `family`, which the launchers dispatch on: an adaptive
+// operator's launch holds every parameter's second moment.
 template <Family F>
 Launch pop_family_launch(const ArgumentPositions& positions, torch::jit::Stack* stack, int64_t phase) {
   Launch L = pop_launch(positions, stack, phase);
+  L.family = F;
   if (F == Family::kAdaptive) {
     TORCH_CHECK_VALUE(L.second_moments.size() == L.params.size(), "extrap_kernels: an adaptive operator takes ",
                       "one second moment per parameter (", L.params.size(), "), not ", L.second_moments.size());

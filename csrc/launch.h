@@ -14,7 +14,12 @@
 
 namespace extrap {
 
+// The base families, each with operators of its own schema (csrc/operator_args.h) and its own launcher
+// loops: the SGD family (SGD, Apex's FusedSGD, LARS) and the adaptive bases (Adam, AdamW, LAMB).
+enum class Family { kSgd, kAdaptive };
+
 struct Launch {
+  Family family = Family::kSgd;  // the operator's, which says which arguments the launch holds
   int64_t phase = kUpdate;
   std::vector<at::Tensor> params;       // x, fp32/fp64/bf16/fp16
   std::vector<at::Tensor> grads;        // g, the dtype of x
@@ -58,7 +63,7 @@ struct Launch {
   bool anchor_free() const { return phase == kUpdatePastAnchorFree; }
   bool rounds_stochastically() const { return !master_weights && !params.empty() && params[0].element_size() == 2; }
   bool counts_step() const { return phase != kExtrapolate; }
-  bool adaptive() const { return !second_moments.empty(); }
+  bool adaptive() const { return family == Family::kAdaptive; }
   bool amsgrad() const { return !max_second_moments.empty(); }
 };
 

@@ -64,10 +64,8 @@
 
 namespace extrap {
 
-// The base families, each with its operators: the SGD family's are named for their phase (update_), the
-// adaptive bases' carry the prefix "adam_" (adam_update_, adam_check, adam_norms).
-enum class Family { kSgd, kAdaptive };
-
+// The operators of each base family (launch.h's Family): the SGD family's are named for their phase
+// (update_), the adaptive bases' carry the prefix "adam_" (adam_update_, adam_check, adam_norms).
 inline const char* family_prefix(Family family) { return family == Family::kSgd ? "" : "adam_"; }
 
 // One declaration of a schema: "type name" or "type name=default"; read only (writes false), without its

@@ -325,22 +325,24 @@ void apply_cpu(const Launch& L) {
   const double inv_scale = L.grad_scale ? 1.0 / L.grad_scale->item<double>() : 1.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, L.params[0].scalar_type(), "extrap_cpu", [&] {
     using acc = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
-    if (L.adaptive()) {
-      return with_adaptive_phase(L, [&](auto phase, auto amsgrad) {
-        run_adaptive_launch<decltype(phase)::value, decltype(amsgrad)::value, scalar_t, acc>(L, skip, inv_scale);
-      });
+    switch (L.family) {  // (each family's loops, its phases fixed at compile time)
+      case Family::kAdaptive:
+        return with_adaptive_phase(L, [&](auto phase, auto amsgrad) {
+          run_adaptive_launch<decltype(phase)::value, decltype(amsgrad)::value, scalar_t, acc>(L, skip, inv_scale);
+        });
+      case Family::kSgd:
+        return with_phase(L, [&](auto phase, auto momentum) {
+          constexpr Phase P = decltype(phase)::value;
+          constexpr bool M = decltype(momentum)::value;
+          if constexpr (!std::is_same<scalar_t, acc>::value) {
+            if (L.rounds_stochastically()) return run_launch<P, M, scalar_t, scalar_t, acc>(L, skip, inv_scale);
+          }
+          run_launch<P, M, scalar_t, acc, acc>(L, skip, inv_scale);
+          if (P == kUpdatePastAnchorFree && !skip) {  // x was extrapolated with this gamma (read next update)
+            for (const at::Tensor& last : L.last_gammas) *last.data_ptr<acc>() = static_cast<acc>(L.gamma);
+          }
+        });
     }
-    with_phase(L, [&](auto phase, auto momentum) {
-      constexpr Phase P = decltype(phase)::value;
-      constexpr bool M = decltype(momentum)::value;
-      if constexpr (!std::is_same<scalar_t, acc>::value) {
-        if (L.rounds_stochastically()) return run_launch<P, M, scalar_t, scalar_t, acc>(L, skip, inv_scale);
-      }
-      run_launch<P, M, scalar_t, acc, acc>(L, skip, inv_scale);
-      if (P == kUpdatePastAnchorFree && !skip) {  // x was extrapolated with this gamma (read by the next update)
-        for (const at::Tensor& last : L.last_gammas) *last.data_ptr<acc>() = static_cast<acc>(L.gamma);
-      }
-    });
   });
 }
 
