@@ -23,13 +23,26 @@ class Contender:
     name: str
     # "past" (anchor-free where it applies: ExtrapSGD's default), "past-stored" (store_anchor=True),
     # "past-nomaster" (master_weights=False: 16-bit state), "local", "noise", "fused-sgd" (our FusedSGD) or
-    # "sgd" (torch's plain momentum SGD)
+    # "sgd" (torch's plain momentum SGD); "<mode>-amp": the same step given AMP's grad_scale and found_inf
     mode: str
     make: Callable[[list[torch.Tensor]], Callable[[], None]]
     baseline: str = ""  # "torch-fused" / "foreach-extrap": the rows that ratios are taken against
     # "adam": the adaptive rows ("adam-past", "adam-local": ExtrapAdamW; "lamb-past": ExtrapLAMB; "adamw":
     # torch's), against torch's fused AdamW
     family: str = "sgd"
+
+
+AMP = "-amp"
+
+
+def amp(opt, mode: str, params: list[torch.Tensor]):
+    """A `<mode>-amp` contender's optimizer is given AMP's grad_scale and found_inf, as GradScaler gives them
+    (both read through the attributes, by torch's fused optimizers and ours), so that its step also writes
+    the gradients back unscaled. A scale of 1, so that the iterations' gradients stay what they were."""
+    if mode.endswith(AMP):
+        device = params[0].device
+        opt.grad_scale, opt.found_inf = torch.ones((), device=device), torch.zeros((), device=device)  # (as GradScaler)
+    return opt
 
 
 def anchor_free(mode: str, dtype: torch.dtype) -> bool:
@@ -44,8 +57,10 @@ def floor_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
     write s m x. local: extrapolate reads x g (16-bit: s g), writes s x
     (16-bit: x); step reads s g m, writes m x (16-bit: and s). fused-sgd (our FusedSGD): read x g m, write
     x m (16-bit: the fp32 master s read and written too). sgd (torch's step on the parameters themselves,
-    no master copy): read x g m, write x m, m in the parameter dtype."""
+    no master copy): read x g m, write x m, m in the parameter dtype. An AMP step writes g too."""
     x = torch.empty((), dtype=dtype).element_size()
+    if mode.endswith(AMP):
+        return floor_bytes(mode.removesuffix(AMP), dtype, master) + x
     s = torch.empty((), dtype=state_dtype(dtype)).element_size()
     sixteen_bit = master and s != x
     # AdamW (SPEC "Base update, Adam family and LAMB"): past reads s g m v, writes s m v x; local's
@@ -80,6 +95,7 @@ def floor_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
 def memory_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
     """Bytes per parameter element that training holds for the optimizer's sake: the parameter itself
     and its optimizer state (an anchor or fp32 master, a momentum buffer; per-tensor scalars left out)."""
+    mode = mode.removesuffix(AMP)
     x = torch.empty((), dtype=dtype).element_size()
     s = torch.empty((), dtype=state_dtype(dtype)).element_size()
     if mode == "sgd":  # torch's: a momentum buffer in the parameter dtype
@@ -119,7 +135,7 @@ def _ours(backend: str, mode: str):
             master_weights=mode != "past-nomaster",
             backend=backend,
         )
-        return _iteration(opt, mode == "local")
+        return _iteration(amp(opt, mode, params), mode == "local")
 
     return make
 
@@ -131,26 +147,26 @@ def _fused_sgd(backend: str):
     return make
 
 
-def _torch_sgd(**flags):
+def _torch_sgd(mode: str = "sgd", **flags):
     def make(params):
-        return torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, **flags).step
+        return amp(torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, **flags), mode, params).step
 
     return make
 
 
 def _ours_adaptive(backend: str, mode: str):
     def make(params):
-        base, extrapolation = mode.split("-")
+        base, extrapolation = mode.removesuffix(AMP).split("-")
         cls = ek.ExtrapLAMB if base == "lamb" else ek.ExtrapAdamW
         opt = cls(params, lr=LR, gamma=GAMMA, mode=extrapolation, backend=backend)
-        return _iteration(opt, extrapolation == "local")
+        return _iteration(amp(opt, mode, params), extrapolation == "local")
 
     return make
 
 
-def _torch_adamw(**flags):
+def _torch_adamw(mode: str = "adamw", **flags):
     def make(params):
-        return torch.optim.AdamW(params, lr=LR, **flags).step
+        return amp(torch.optim.AdamW(params, lr=LR, **flags), mode, params).step
 
     return make
 
@@ -191,12 +207,17 @@ def contenders(device: str, overhead: bool = False) -> list[Contender]:
             continue  # the interpreter and the CUDA emulation are test vehicles, not contenders
         out += [Contender(f"ours-{backend}", m, _ours(backend, m)) for m in modes]
         out += [Contender(f"ours-{backend}", "fused-sgd", _fused_sgd(backend))]
+        out += [Contender(f"ours-{backend}", "past-amp", _ours(backend, "past-amp"))]  # (what AMP's write costs)
         if "adam" in ek.backends.BACKENDS[backend].bases:
             out += [Contender(f"ours-{backend}", m, _ours_adaptive(backend, m), family="adam") for m in ADAPTIVE_MODES]
+            out += [
+                Contender(f"ours-{backend}", "adam-past-amp", _ours_adaptive(backend, "adam-past-amp"), family="adam")
+            ]
     out += [Contender("ours-foreach", m, _ours("foreach", m), baseline="foreach-extrap") for m in ("past", "local")]
     out += [Contender("ours-reference", "past", _ours("reference", "past"))]
     out += [
         Contender("torch-sgd-fused", "sgd", _torch_sgd(fused=True), baseline="torch-fused"),
+        Contender("torch-sgd-fused", "sgd-amp", _torch_sgd("sgd-amp", fused=True)),
         Contender("torch-sgd-foreach", "sgd", _torch_sgd(foreach=True)),
         Contender("python-loop-extrap", "past", _python_loop),
     ]
@@ -207,6 +228,7 @@ def contenders(device: str, overhead: bool = False) -> list[Contender]:
     ]
     out += [
         Contender("torch-adamw-fused", "adamw", _torch_adamw(fused=True), baseline="torch-fused", family="adam"),
+        Contender("torch-adamw-fused", "adamw-amp", _torch_adamw("adamw-amp", fused=True), family="adam"),
         Contender("torch-adamw-foreach", "adamw", _torch_adamw(foreach=True), family="adam"),
     ]
     return out

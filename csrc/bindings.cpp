@@ -73,6 +73,7 @@ void record_gamma_cuda(const Launch& L) {
 // precision) and found_inf as float32.
 void device_dtypes(Launch& L) {
   if (L.grad_scale) L.grad_scale = L.grad_scale->to(state_dtype(L.params[0].scalar_type()));
+  if (L.loss_scale) L.loss_scale = L.loss_scale->to(state_dtype(L.params[0].scalar_type()));
   if (L.found_inf) L.found_inf = L.found_inf->to(at::kFloat);
 }
 
@@ -287,6 +288,7 @@ class PreparedCall {
       if (arg == "trust") trust_ = i;
       if (arg == "grad_scale") grad_scale_ = i;
       if (arg == "found_inf") found_inf_ = i;
+      if (arg == "loss_scale") loss_scale_ = i;
       if (arg == "checked") checked_ = i;
       if (arguments.contains(arg)) {
         stack_.push_back(torch::jit::toIValue(arguments[arg.c_str()], argument.real_type()));
@@ -303,12 +305,13 @@ class PreparedCall {
   // Returns what the operator returns (norms: its sums), else None.
   std::optional<at::Tensor> call(std::vector<at::Tensor> grads, std::optional<at::Tensor> trust,
                                  std::optional<at::Tensor> grad_scale, std::optional<at::Tensor> found_inf,
-                                 bool checked) const {
+                                 bool checked, std::optional<at::Tensor> loss_scale) const {
     torch::jit::Stack stack = stack_;
     stack[grads_] = c10::IValue(c10::List<at::Tensor>(std::move(grads)));
     stack[trust_] = c10::IValue(std::move(trust));
     stack[grad_scale_] = c10::IValue(std::move(grad_scale));
     stack[found_inf_] = c10::IValue(std::move(found_inf));
+    stack[loss_scale_] = c10::IValue(std::move(loss_scale));
     if (checked_ != kNone) stack[checked_] = c10::IValue(checked);  // (the check operator checks regardless)
     op_.callBoxed(stack);  // with the GIL held: releasing it here hung the 2-process DDP tests (gloo)
     if (!stack.empty() && stack.back().isTensor()) return stack.back().toTensor();
@@ -319,7 +322,7 @@ class PreparedCall {
   c10::OperatorHandle op_;
   torch::jit::Stack stack_;
   static constexpr size_t kNone = static_cast<size_t>(-1);
-  size_t grads_ = 0, trust_ = 0, grad_scale_ = 0, found_inf_ = 0, checked_ = kNone;
+  size_t grads_ = 0, trust_ = 0, grad_scale_ = 0, found_inf_ = 0, loss_scale_ = 0, checked_ = kNone;
 };
 
 }  // namespace
@@ -377,7 +380,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<extrap::PreparedCall>(m, "PreparedCall", "An operator call with its unchanging arguments converted once")
       .def(py::init<const std::string&, const py::dict&>(), py::arg("name"), py::arg("arguments"))
       .def("__call__", &extrap::PreparedCall::call, py::arg("grads"), py::arg("trust"), py::arg("grad_scale"),
-           py::arg("found_inf"), py::arg("checked") = false);
+           py::arg("found_inf"), py::arg("checked") = false,
+           py::arg("loss_scale") = py::none());
   m.attr("emulates_cuda") = extrap::kEmulatesCuda;
 #if defined(EXTRAP_WITH_CUDA) || defined(EXTRAP_CUDA_EMULATION)
   m.def("large_kernel_args", &extrap::large_kernel_args,

@@ -6,6 +6,7 @@
 
 #include <sstream>
 #include <string>
+#include <utility>
 
 #include "launch.h"
 
@@ -125,8 +126,11 @@ inline void check_scalars(const Launch& L, const at::Device& device, at::ScalarT
         !*beta || ((*beta)->device() == device && (*beta)->scalar_type() == at::kDouble && (*beta)->numel() == 1),
         "extrap_kernels: a beta tensor must be one float64 element on ", device);
   }
-  TORCH_CHECK_VALUE(!L.grad_scale || L.grad_scale->numel() == 1, "extrap_kernels: grad_scale must have one element");
-  TORCH_CHECK_VALUE(!L.found_inf || L.found_inf->numel() == 1, "extrap_kernels: found_inf must have one element");
+  for (const auto& [amp, name] : {std::pair{&L.grad_scale, "grad_scale"}, std::pair{&L.found_inf, "found_inf"},
+                                  std::pair{&L.loss_scale, "loss_scale"}}) {
+    TORCH_CHECK_VALUE(!*amp || ((*amp)->numel() == 1 && (*amp)->device() == device), "extrap_kernels: ", name,
+                      " must be one element on ", device);
+  }
 }
 
 // Everything a kernel relies on, for every tensor of the launch, before anything is written.

@@ -15,10 +15,11 @@
 #include "launch.h"
 
 // X(name, schema type, default, reader). Lists a phase writes carry an alias set (the schema marks them
-// mutable): x, s, m, v, v_max, the step counts and the anchor-free update's last gammas; grads are read only.
+// mutable): x, the gradients (unscaled in place when loss_scale is given), s, m, v, v_max, the step counts
+// and the anchor-free update's last gammas.
 #define EXTRAP_TENSOR_ARGUMENTS(X)             \
   X(params, "Tensor(a!)[]", "", read_tensors)  \
-  X(grads, "Tensor[]", "", read_tensors)       \
+  X(grads, "Tensor(h!)[]", "", read_tensors)   \
   X(anchors, "Tensor(b!)[]", "", read_tensors) \
   X(momenta, "Tensor(c!)[]", "", read_tensors) \
   X(steps, "Tensor(d!)[]", "", read_tensors)   \
@@ -37,6 +38,7 @@
   X(trust, "Tensor?", "None", read_optional_tensor)        \
   X(grad_scale, "Tensor?", "None", read_optional_tensor)   \
   X(found_inf, "Tensor?", "None", read_optional_tensor)    \
+  X(loss_scale, "Tensor?", "None", read_optional_tensor)   \
   X(master_weights, "bool", "True", read_flag)             \
   X(checked, "bool", "False", read_flag)
 // The SGD family's (SGD, Apex's FusedSGD, LARS):

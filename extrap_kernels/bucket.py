@@ -128,3 +128,12 @@ def count_step(phase: Phase, bucket: Bucket, found_inf: Tensor | None) -> None:
         torch._foreach_add_(bucket.steps, 1.0)
     else:
         torch._foreach_add_(bucket.steps, found_inf.reshape(()).eq(0).to(torch.float32))
+
+
+def unscale_grads(bucket: Bucket, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+    """After a phase given AMP's grad_scale: the gradients written back unscaled, g <- g / grad_scale, as
+    torch's fused optimizers and this package's kernels leave them; a skipped step (found_inf set) leaves
+    them as they were. The host backends' form (they read found_inf on the host already)."""
+    if grad_scale is None or not bucket.grads or (found_inf is not None and found_inf.item() != 0):
+        return
+    torch._foreach_mul_(bucket.grads, 1.0 / grad_scale.item())

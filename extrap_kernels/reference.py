@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from . import philox, reference_adaptive, rounding
-from .bucket import Bucket, Phase, abandon, count_step, record_gamma, state_dtype
+from .bucket import Bucket, Phase, abandon, count_step, record_gamma, state_dtype, unscale_grads
 from .hyper import Hyper, SGDHyper
 from .lars import whole_tensor_norms
 
@@ -79,8 +79,10 @@ def apply(
     found_inf: Tensor | None = None,
     compute_dtype: torch.dtype | None = None,
 ) -> None:
-    """Runs one phase over the bucket, one tensor at a time, in the form of its base."""
+    """Runs one phase over the bucket, one tensor at a time, in the form of its base; with AMP's
+    grad_scale, the gradients are left unscaled (SPEC, "Apex drop-in semantics")."""
     _APPLY[h.base](phase, bucket, h, grad_scale, found_inf, compute_dtype)
+    unscale_grads(bucket, grad_scale, found_inf)
 
 
 def apply_sgd(

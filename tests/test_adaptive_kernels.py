@@ -97,17 +97,12 @@ def run_case(backend, phase, opts, dtype, sizes, step, grad_scale, misaligned, d
     hyper = HYPERS[opts["base"]].from_group(opts)  # (the options of its base)
     scale = None if grad_scale is None else torch.tensor([grad_scale])
 
-    def bucket(count=step):
+    def copies(tensors):  # (of the same alignment: a misaligned tensor stays misaligned)
+        return [misaligned_copy(t) if t.storage_offset() else t.clone() for t in tensors]
+
+    def bucket(count=step):  # (each its own gradients: an AMP phase writes them back unscaled)
         return adaptive_bucket(
-            phase,
-            [t.clone() for t in x],
-            g,
-            [t.clone() for t in s],
-            [t.clone() for t in m],
-            [t.clone() for t in v],
-            [t.clone() for t in v_max],
-            count,
-            grad_scale,
+            phase, copies(x), copies(g), copies(s), copies(m), copies(v), copies(v_max), count, grad_scale
         )
 
     ours, oracle = bucket(), bucket(step if oracle_step is None else oracle_step)
@@ -135,6 +130,8 @@ def run_case(backend, phase, opts, dtype, sizes, step, grad_scale, misaligned, d
             assert_within(ours.max_second_moments[i], oracle.max_second_moments[i], v_tol, f"v_max {i}")
     for ours_step, oracle_step in zip(ours.steps, oracle.steps):
         assert float(ours_step) == float(oracle_step)
+    for i, (written, sent) in enumerate(zip(ours.grads, g)):  # AMP's gradients left unscaled (a power of 2)
+        assert torch.equal(written, sent if grad_scale is None else (sent.double() / grad_scale).to(dtype)), f"g {i}"
 
 
 @pytest.mark.parametrize("backend", ADAPTIVE_BACKENDS)

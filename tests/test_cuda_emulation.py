@@ -169,6 +169,7 @@ def test_launch_boundaries_against_reference(table, case, phase, dtype, variant)
         if m:
             assert_within(ours.momenta[i], oracle.momenta[i], tol, f"m {i}")
         assert float(ours.steps[i]) == float(oracle.steps[i])
+        assert torch.equal(ours.grads[i], oracle.grads[i]), f"g {i}"  # (unscaled by both, by a power of 2)
     if anchor_free:
         assert [float(t) for t in ours.last_gammas] == [float(t) for t in oracle.last_gammas]
 

@@ -26,7 +26,7 @@ def test_every_phase_is_registered_with_its_schema():
     ek._ext.load()
     for name in ("extrapolate_", "update_", "update_past_", "update_noise_", "update_past_anchor_free_"):
         schema = str(getattr(torch.ops.extrap_kernels, name).default._schema)
-        assert "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] anchors" in schema
+        assert "Tensor(a!)[] params, Tensor(h!)[] grads, Tensor(b!)[] anchors" in schema
         assert schema.endswith("-> ()")
     assert "Tensor(a!)" not in str(torch.ops.extrap_kernels.check.default._schema)  # writes nothing
 

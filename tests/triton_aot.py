@@ -47,6 +47,7 @@ BASE = dict(
     PAST_GRAD=False,
     HAS_TRUST=False,
     HAS_SCALE=False,
+    UNSCALES=False,
     HAS_FOUND_INF=False,
     LR_TENSOR=False,
     GAMMA_TENSOR=False,
@@ -75,6 +76,7 @@ def cover() -> list[tuple[str, dict]]:
                 S_DTYPE=tl.float32,
                 MASTER=False,
                 HAS_SCALE=True,
+                UNSCALES=True,
                 HAS_FOUND_INF=True,
                 LR_TENSOR=True,
                 GAMMA_TENSOR=True,
@@ -96,7 +98,7 @@ def cover() -> list[tuple[str, dict]]:
         dict(WD_AFTER_MOMENTUM=True),
         dict(PAST_GRAD=True),
         dict(HAS_TRUST=True),
-        dict(HAS_SCALE=True, HAS_FOUND_INF=True),
+        dict(HAS_SCALE=True, UNSCALES=True, HAS_FOUND_INF=True),
         dict(LR_TENSOR=True, GAMMA_TENSOR=True),
     ]
     for phase in range(5):  # the unaligned path (a misaligned tensor in the bucket) of every phase
@@ -128,6 +130,7 @@ ADAPTIVE_BASE = dict(
     BIAS_CORRECTION=True,
     HAS_TRUST=False,
     HAS_SCALE=False,
+    UNSCALES=False,
     HAS_FOUND_INF=False,
     LR_TENSOR=False,
     GAMMA_TENSOR=False,
@@ -156,7 +159,7 @@ def adaptive_cover() -> list[tuple[str, str, dict]]:
         dict(DECOUPLED=False),
         dict(BIAS_CORRECTION=False),
         dict(HAS_TRUST=True),
-        dict(HAS_SCALE=True, HAS_FOUND_INF=True),
+        dict(HAS_SCALE=True, UNSCALES=True, HAS_FOUND_INF=True),
         dict(LR_TENSOR=True, GAMMA_TENSOR=True),
         dict(BETA1_TENSOR=True, BETA2_TENSOR=True),
         dict(BETA1_TENSOR=True, GRAD_AVERAGING=False),
@@ -246,6 +249,7 @@ def compile_adaptive(kernel: str, constexprs: dict, arch: int):
             "gamma": "fp32",
             "lr_ptr": f"*{state}",
             "gamma_ptr": f"*{state}",
+            "loss_scale_ptr": f"*{state}",
             "weight_decay": "fp32",
             "sign": "fp32",
             "noise_std": "fp32",
@@ -279,6 +283,7 @@ def signature(state: tl.dtype) -> dict[str, str]:
         "gamma": "fp32",
         "lr_ptr": f"*{s}",
         "gamma_ptr": f"*{s}",
+        "loss_scale_ptr": "*fp32",
         "momentum": "fp32",
         "dampening": "fp32",
         "weight_decay": "fp32",
@@ -345,6 +350,14 @@ def check_ptx(arch: int) -> list[str]:
                     f"PTX control: the unaligned kernel has 128-bit accesses {unaligned}: the check "
                     "cannot tell the paths apart"
                 )
+    for name in ("fp32", "bf16"):  # an AMP step writes its gradients back unscaled: 16-byte stores of g too
+        x, s, master = DTYPES[name]
+        reads, writes = moved_arrays(2, master)
+        amp = dict(BASE, PHASE=2, X_DTYPE=x, S_DTYPE=s, MASTER=master, HAS_SCALE=True, UNSCALES=True)
+        size = dict.fromkeys("xg", x.primitive_bitwidth // 8) | dict.fromkeys("sm", s.primitive_bitwidth // 8)
+        failures += check_vectors(
+            f"sm_{arch} phase2-{name}-amp", compile_kernel(amp, arch), size, (reads, writes + "g")
+        )
     for phase in range(4):  # the adaptive phases without amsgrad
         for name in ("fp32", "bf16"):
             x, c, master = DTYPES[name]

@@ -179,6 +179,13 @@ void skip_span(scalar_t* x, state_t* s, int64_t begin, int64_t end) {
   }
 }
 
+// AMP's gradients written back unscaled, g <- g / loss_scale (torch's fused optimizers leave them so), over
+// the span a phase has just read: it is still in cache. The phases' own loops stay as they are.
+template <typename scalar_t, typename acc>
+void unscale_span(scalar_t* __restrict__ g, int64_t begin, int64_t end, acc unscale) {
+  for (int64_t i = begin; i < end; ++i) g[i] = static_cast<scalar_t>(static_cast<acc>(g[i]) * unscale);
+}
+
 template <Phase P, bool kMomentum, int F, typename scalar_t, typename state_t, typename acc>
 void run_item(scalar_t* x, const scalar_t* g, state_t* s, state_t* m, int64_t begin, int64_t end, const Hyper<acc>& h,
               const TensorArgs<acc>& t, bool stream) {
@@ -191,7 +198,7 @@ void run_item(scalar_t* x, const scalar_t* g, state_t* s, state_t* m, int64_t be
 }
 
 template <Phase P, bool kMomentum, typename scalar_t, typename state_t, typename acc>
-void run_launch(const Launch& L, bool skip, double inv_scale) {
+void run_launch(const Launch& L, bool skip, double inv_scale, acc unscale) {
   const int64_t n = static_cast<int64_t>(L.params.size());
   const Hyper<acc> h = make_hyper<acc>(L, inv_scale);
   std::vector<TensorArgs<acc>> args(n);
@@ -226,17 +233,26 @@ void run_launch(const Launch& L, bool skip, double inv_scale) {
         skip_span<P, scalar_t, state_t, acc>(x, s, begin, end);
         continue;
       }
-      const auto* g = L.grads[t].data_ptr<scalar_t>();
+      auto* g = L.grads[t].data_ptr<scalar_t>();
       state_t* m = kMomentum ? L.momenta[t].data_ptr<state_t>() : nullptr;
-      switch (flags[t]) {
-        case kPlain:
-          run_item<P, kMomentum, kPlain>(x, g, s, m, begin, end, h, args[t], stream);
-          break;
-        case kNesterov:
-          run_item<P, kMomentum, kNesterov>(x, g, s, m, begin, end, h, args[t], stream);
-          break;
-        default:
-          run_item<P, kMomentum, kGeneric>(x, g, s, m, begin, end, h, args[t], stream);
+      auto run = [&](int64_t from, int64_t to) {
+        switch (flags[t]) {
+          case kPlain:
+            return run_item<P, kMomentum, kPlain>(x, g, s, m, from, to, h, args[t], stream);
+          case kNesterov:
+            return run_item<P, kMomentum, kNesterov>(x, g, s, m, from, to, h, args[t], stream);
+          default:
+            return run_item<P, kMomentum, kGeneric>(x, g, s, m, from, to, h, args[t], stream);
+        }
+      };
+      if (!L.loss_scale) {
+        run(begin, end);
+        continue;
+      }
+      for (int64_t from = begin; from < end; from += kChunk) {  // (a chunk's gradients are still in cache)
+        const int64_t to = std::min(end, from + kChunk);
+        run(from, to);
+        unscale_span(g, from, to, unscale);
       }
     }
     if (stream) stream_fence();
@@ -283,7 +299,7 @@ EXTRAP_ADAPTIVE_SPAN(run_adaptive_span_in_place, )
 #undef EXTRAP_ADAPTIVE_SPAN
 
 template <Phase P, bool kAmsgrad, typename scalar_t, typename acc>
-void run_adaptive_launch(const Launch& L, bool skip, double inv_scale) {
+void run_adaptive_launch(const Launch& L, bool skip, double inv_scale, acc unscale) {
   const Hyper<acc> h = make_hyper<acc>(L, inv_scale);
   std::vector<TensorArgs<acc>> args;
   int64_t total = 0;
@@ -308,8 +324,10 @@ void run_adaptive_launch(const Launch& L, bool skip, double inv_scale) {
                                           : run_adaptive_span<P, kAmsgrad, true, scalar_t, acc>)
                               : (in_place ? run_adaptive_span_in_place<P, kAmsgrad, false, scalar_t, acc>
                                           : run_adaptive_span<P, kAmsgrad, false, scalar_t, acc>);
-      run(x, L.grads[span.tensor].data_ptr<scalar_t>(), s, L.momenta[span.tensor].data_ptr<acc>(),
-          L.second_moments[span.tensor].data_ptr<acc>(), v_max, span.begin, span.end, h, args[span.tensor]);
+      auto* g = L.grads[span.tensor].data_ptr<scalar_t>();
+      run(x, g, s, L.momenta[span.tensor].data_ptr<acc>(), L.second_moments[span.tensor].data_ptr<acc>(), v_max,
+          span.begin, span.end, h, args[span.tensor]);
+      if (L.loss_scale) unscale_span(g, span.begin, span.end, unscale);
     }
   });
 }
@@ -325,19 +343,21 @@ void apply_cpu(const Launch& L) {
   const double inv_scale = L.grad_scale ? 1.0 / L.grad_scale->item<double>() : 1.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, L.params[0].scalar_type(), "extrap_cpu", [&] {
     using acc = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
+    const acc unscale = L.loss_scale ? static_cast<acc>(1.0 / L.loss_scale->item<double>()) : acc(1);
     switch (L.family) {  // (each family's loops, its phases fixed at compile time)
       case Family::kAdaptive:
         return with_adaptive_phase(L, [&](auto phase, auto amsgrad) {
-          run_adaptive_launch<decltype(phase)::value, decltype(amsgrad)::value, scalar_t, acc>(L, skip, inv_scale);
+          run_adaptive_launch<decltype(phase)::value, decltype(amsgrad)::value, scalar_t, acc>(L, skip, inv_scale,
+                                                                                           unscale);
         });
       case Family::kSgd:
         return with_phase(L, [&](auto phase, auto momentum) {
           constexpr Phase P = decltype(phase)::value;
           constexpr bool M = decltype(momentum)::value;
           if constexpr (!std::is_same<scalar_t, acc>::value) {
-            if (L.rounds_stochastically()) return run_launch<P, M, scalar_t, scalar_t, acc>(L, skip, inv_scale);
+            if (L.rounds_stochastically()) return run_launch<P, M, scalar_t, scalar_t, acc>(L, skip, inv_scale, unscale);
           }
-          run_launch<P, M, scalar_t, acc, acc>(L, skip, inv_scale);
+          run_launch<P, M, scalar_t, acc, acc>(L, skip, inv_scale, unscale);
           if (P == kUpdatePastAnchorFree && !skip) {  // x was extrapolated with this gamma (read next update)
             for (const at::Tensor& last : L.last_gammas) *last.data_ptr<acc>() = static_cast<acc>(L.gamma);
           }

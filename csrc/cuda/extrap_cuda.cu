@@ -23,17 +23,19 @@ namespace {
 template <Phase P, bool kMomentum, typename scalar_t, typename state_t, typename acc, typename Table>
 __global__ void __launch_bounds__(kThreads)
     phase_kernel(Table table, Hyper<acc> h, const acc* trust, const acc* grad_scale, const float* found_inf,
-                 const acc* lr, const acc* gamma) {
+                 const acc* lr, const acc* gamma, const acc* loss_scale) {
   constexpr bool kMaster = !std::is_same<scalar_t, state_t>::value;
   constexpr int R = kRoundingOf<scalar_t, state_t>;
   const Chunk chunk = chunk_of_block(table);
   const int entry = chunk.entry;
   const int64_t begin = chunk.begin, end = chunk.end;
   auto* x = static_cast<scalar_t*>(table.x[entry]);
-  const auto* g = static_cast<const scalar_t*>(table.g[entry]);
+  auto* g = static_cast<scalar_t*>(table.g[entry]);
   auto* s = static_cast<state_t*>(table.s[entry]);
   auto* m = static_cast<state_t*>(table.m[entry]);
   const bool skip = found_inf != nullptr && *found_inf != 0.0f;
+  const bool store_g = loss_scale != nullptr && !skip;
+  const acc unscale = grad_unscale(loss_scale);
   read_device_values(h, grad_scale, lr, gamma);
   const float step = *table.step[entry];
   const acc last_gamma = P == kUpdatePastAnchorFree ? *static_cast<const acc*>(table.last_gamma[entry]) : acc(0);
@@ -85,15 +87,18 @@ __global__ void __launch_bounds__(kThreads)
     if (store_x) *reinterpret_cast<XVec*>(x + i) = xr;
     if (store_s) *reinterpret_cast<SVec*>(s + i) = sr;
     if (store_m) *reinterpret_cast<SVec*>(m + i) = mr;
+    if (store_g) store_unscaled(g + i, gr, unscale);
   };
   auto at_element = [&](int64_t j) {
     acc xv = kReadsX ? static_cast<acc>(x[j]) : acc(0);
     acc sv = kReadsX ? acc(0) : static_cast<acc>(s[j]);
     acc mv = load_m ? static_cast<acc>(m[j]) : acc(0);
-    element(xv, static_cast<acc>(g[j]), sv, mv, j);
+    const acc gv = static_cast<acc>(g[j]);
+    element(xv, gv, sv, mv, j);
     if (store_x) x[j] = static_cast<scalar_t>(xv);
     if (store_s) s[j] = static_cast<state_t>(sv);
     if (store_m) m[j] = static_cast<state_t>(mv);
+    if (store_g) g[j] = static_cast<scalar_t>(gv * unscale);
   };
   walk_chunk<kVec, kThreads>(begin, end, vector, at_vector, at_element);
 }
@@ -106,13 +111,15 @@ void launch_phase(const Launch& L) {
   const float* found_inf = L.found_inf ? L.found_inf->data_ptr<float>() : nullptr;
   const acc* lr = L.lr_tensor ? L.lr_tensor->data_ptr<acc>() : nullptr;
   const acc* gamma = L.gamma_tensor ? L.gamma_tensor->data_ptr<acc>() : nullptr;
+  const acc* loss_scale = L.loss_scale ? L.loss_scale->data_ptr<acc>() : nullptr;
   auto stream = reinterpret_cast<cudaStream_t>(L.stream);
   with_table([&](auto tag) {
     using Table = typename decltype(tag)::type;
     multi_tensor_apply<Table>(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas, {}, {},
                               [&](Table& table, int blocks) {
                                 launch_checked(phase_kernel<P, kMomentum, scalar_t, state_t, acc, Table>, blocks,
-                                               kThreads, stream, table, h, trust, grad_scale, found_inf, lr, gamma);
+                                               kThreads, stream, table, h, trust, grad_scale, found_inf, lr, gamma,
+                                               loss_scale);
                               });
   });
 }
@@ -122,18 +129,21 @@ void launch_phase(const Launch& L) {
 template <Phase P, bool kAmsgrad, typename scalar_t, typename acc, typename Table>
 __global__ void __launch_bounds__(kAdaptiveThreads)
     adaptive_kernel(Table table, Hyper<acc> h, const acc* trust, const acc* grad_scale, const float* found_inf,
-                    const acc* lr, const acc* gamma, const double* beta1, const double* beta2) {
+                    const acc* lr, const acc* gamma, const double* beta1, const double* beta2,
+                    const acc* loss_scale) {
   constexpr bool kMaster = !std::is_same<scalar_t, acc>::value;
   const Chunk chunk = chunk_of_block(table);
   const int entry = chunk.entry;
   const int64_t begin = chunk.begin, end = chunk.end;
   auto* x = static_cast<scalar_t*>(table.x[entry]);
-  const auto* g = static_cast<const scalar_t*>(table.g[entry]);
+  auto* g = static_cast<scalar_t*>(table.g[entry]);
   auto* s = static_cast<acc*>(table.s[entry]);
   auto* m = static_cast<acc*>(table.m[entry]);
   auto* v = static_cast<acc*>(table.v[entry]);
   auto* v_max = static_cast<acc*>(table.v_max[entry]);
   const bool skip = found_inf != nullptr && *found_inf != 0.0f;
+  const bool store_g = loss_scale != nullptr && !skip;
+  const acc unscale = grad_unscale(loss_scale);
   read_device_values(h, grad_scale, lr, gamma);
   read_device_betas(h, beta1, beta2);
   // the look-ahead of kExtrapolate uses the count after the coming update; an update phase's is counted
@@ -190,12 +200,15 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
       *reinterpret_cast<AVec*>(v + i) = vr;
       if (kAmsgrad) *reinterpret_cast<AVec*>(v_max + i) = vmr;
     }
+    if (store_g) store_unscaled(g + i, gr, unscale);
   };
   auto at_element = [&](int64_t j) {
     acc xv = kReadsX ? static_cast<acc>(x[j]) : acc(0);
     acc sv = kReadsX ? acc(0) : s[j];
     acc mv = m[j], vv = v[j], v_maxv = kAmsgrad ? v_max[j] : acc(0);
-    element(xv, static_cast<acc>(g[j]), sv, mv, vv, v_maxv, j);
+    const acc gv = static_cast<acc>(g[j]);
+    element(xv, gv, sv, mv, vv, v_maxv, j);
+    if (store_g) g[j] = static_cast<scalar_t>(gv * unscale);
     if (store_x) x[j] = static_cast<scalar_t>(xv);
     if (store_s) s[j] = sv;
     if (store_state) {
@@ -273,6 +286,7 @@ void launch_adaptive(const Launch& L) {
   const acc* gamma = L.gamma_tensor ? L.gamma_tensor->data_ptr<acc>() : nullptr;
   const double* beta1 = L.beta1_tensor ? L.beta1_tensor->data_ptr<double>() : nullptr;
   const double* beta2 = L.beta2_tensor ? L.beta2_tensor->data_ptr<double>() : nullptr;
+  const acc* loss_scale = L.loss_scale ? L.loss_scale->data_ptr<acc>() : nullptr;
   auto stream = reinterpret_cast<cudaStream_t>(L.stream);
   with_table([&](auto tag) {
     using Table = typename decltype(tag)::type;
@@ -280,7 +294,7 @@ void launch_adaptive(const Launch& L) {
                               L.second_moments, L.max_second_moments, [&](Table& table, int blocks) {
                                 launch_checked(adaptive_kernel<P, kAmsgrad, scalar_t, acc, Table>, blocks,
                                                kAdaptiveThreads, stream, table, h, trust, grad_scale, found_inf, lr,
-                                               gamma, beta1, beta2);
+                                               gamma, beta1, beta2, loss_scale);
                               });
   });
 }

@@ -80,6 +80,19 @@ __device__ __forceinline__ void read_device_values(Hyper<acc>& h, const acc* gra
   if (gamma != nullptr) h.gamma = *gamma;
 }
 
+// AMP's gradients are written back unscaled (torch's fused optimizers leave them so) where the launch has
+// its loss scale and does not skip: 1 / loss_scale, read on the device.
+template <typename acc>
+__device__ __forceinline__ acc grad_unscale(const acc* loss_scale) {
+  return loss_scale != nullptr ? acc(1) / *loss_scale : acc(1);
+}
+template <typename acc, typename T, int N>
+__device__ __forceinline__ void store_unscaled(T* g, Vec<T, N> values, acc unscale) {
+#pragma unroll
+  for (int k = 0; k < N; ++k) values.v[k] = static_cast<T>(static_cast<acc>(values.v[k]) * unscale);
+  *reinterpret_cast<Vec<T, N>*>(g) = values;
+}
+
 // The adaptive launches' capturable betas, read as the kernel runs.
 template <typename acc>
 __device__ __forceinline__ void read_device_betas(Hyper<acc>& h, const double* beta1, const double* beta2) {

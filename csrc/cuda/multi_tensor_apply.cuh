@@ -34,7 +34,7 @@ struct TensorTable {
   static constexpr int kTensors = Tensors;  // table entries per launch
   static constexpr int kBlocks = Blocks;    // blocks per launch
   void* x[Tensors];
-  const void* g[Tensors];
+  void* g[Tensors];  // (unscaled in place where a launch has its loss scale)
   void* s[Tensors];
   void* m[Tensors];
   void* v[Tensors];      // adaptive: the second moments, and

@@ -110,6 +110,8 @@ class ExtensionCall(Call):
     def __call__(self, grads, grad_scale, found_inf, checked: bool = False) -> None:
         # `checked`: check() passed for these gradients, and the operators do not validate them again
         phase, bucket, hyper = self.phase, self.bucket, self.hyper
+        loss_scale = grad_scale  # (AMP's: the kernel writes the gradients back unscaled by it; LAMB folds its
+        # clipping into the grad_scale it divides by)
         try:
             trust = None
             if hyper.lars:
@@ -122,7 +124,7 @@ class ExtensionCall(Call):
                     grad_scale,
                     lambda scale: norms(grads, None, scale, None, checked),
                 )
-            self._call()(grads, trust, grad_scale, found_inf, checked)
+            self._call()(grads, trust, grad_scale, found_inf, checked, loss_scale)
         except (ValueError, TypeError, NotImplementedError) as err:  # its checks (csrc/bindings.cpp)
             raise Rejected() from err
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .. import philox, rounding
-from ..bucket import Bucket, Phase, abandon, count_step, record_gamma, state_dtype
+from ..bucket import Bucket, Phase, abandon, count_step, record_gamma, state_dtype, unscale_grads
 from ..hyper import AdamHyper, Hyper, SGDHyper
 from ..lamb import clip_factor
 from ..lars import trust_ratios, whole_tensor_norms
@@ -54,6 +54,7 @@ def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None, f
         abandon(phase, b)
         return
     _APPLY[h.base](phase, b, h, grad_scale)
+    unscale_grads(b, grad_scale, found_inf)
 
 
 def _apply_sgd(phase: Phase, b: Bucket, h: SGDHyper, grad_scale: Tensor | None) -> None:

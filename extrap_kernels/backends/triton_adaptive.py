@@ -32,6 +32,7 @@ from .triton_common import (
     cached_tables,
     found_inf_skips,
     grad_scaling,
+    grad_unscale,
     launch_rates,
     noise_normal,
     program_block,
@@ -55,17 +56,20 @@ def _adaptive_block(
     MASTER: tl.constexpr,
     AMSGRAD: tl.constexpr,
     DECOUPLED: tl.constexpr,
+    UNSCALES: tl.constexpr,
 ):
     """One adaptive phase over the elements `offs` of one tensor (`mask`: those inside it; None: all).
-    `rates`: (lr, gamma, grad_factor, trust); `coefficients`: adaptive_direction's; `keys`: (index, step,
+    `rates`: (lr, gamma, grad_factor, trust, unscale); `coefficients`: adaptive_direction's; `keys`: (index, step,
     noise_std, seed)."""
     x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = ptrs  # (the step comes read, in keys)
-    lr, gamma, grad_factor, trust = rates
+    lr, gamma, grad_factor, trust, unscale = rates
     index, step, noise_std, seed = keys
     if skip:
         abandon_block(x_ptr, s_ptr, offs, mask, PHASE, X_DTYPE, C_DTYPE, MASTER)
     else:  # (LAMB's clipping is folded into grad_scale)
         g = tl.load(g_ptr + offs, mask=mask).to(C_DTYPE)
+        if UNSCALES:  # AMP's gradient written back unscaled (by the loss scale alone)
+            tl.store(g_ptr + offs, (g * unscale).to(X_DTYPE), mask=mask)
         m, v, v_max = load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, AMSGRAD)
         if PHASE == EXTRAPOLATE:  # extrapolate along the look-ahead direction; the state is read only
             if MASTER:
@@ -111,6 +115,7 @@ def _adaptive_kernel(
     gamma,
     lr_ptr,
     gamma_ptr,
+    loss_scale_ptr,
     weight_decay,
     sign,
     noise_std,
@@ -133,6 +138,7 @@ def _adaptive_kernel(
     BIAS_CORRECTION: tl.constexpr,
     HAS_TRUST: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    UNSCALES: tl.constexpr,
     HAS_FOUND_INF: tl.constexpr,
     LR_TENSOR: tl.constexpr,
     GAMMA_TENSOR: tl.constexpr,
@@ -162,7 +168,7 @@ def _adaptive_kernel(
                 offs,
                 None if WHOLE == 1 else mask,
                 skip,
-                (lr, gamma, grad_factor, trust),
+                (lr, gamma, grad_factor, trust, grad_unscale(loss_scale_ptr, UNSCALES, C_DTYPE)),
                 coefficients,
                 keys,
                 PHASE,
@@ -171,6 +177,7 @@ def _adaptive_kernel(
                 MASTER,
                 AMSGRAD,
                 DECOUPLED,
+                UNSCALES,
             )
 
 
@@ -180,6 +187,7 @@ def apply_adaptive(
     """One adaptive phase over the bucket (LAMB: its reading pass first), counting the step of an update."""
     if phase not in (Phase.EXTRAPOLATE, Phase.UPDATE, Phase.UPDATE_PAST, Phase.UPDATE_NOISE):
         raise ValueError(f"phase {phase!r} has no adaptive form")
+    loss_scale = grad_scale  # (AMP's: LAMB folds its clipping into the grad_scale the kernel divides by)
     tables = cached_tables(b, adaptive_columns(b), streamed=6)  # (once, as the constants: LAMB's passes share them)
     launch_constants = constants(b, h) if tables[6] else None  # (no launch over a bucket without elements)
     grad_scale, trust = lamb.step_inputs(
@@ -204,6 +212,7 @@ def apply_adaptive(
         gamma,
         lr_tensor if lr_tensor is not None else dummy,
         gamma_tensor if gamma_tensor is not None else dummy,
+        loss_scale if loss_scale is not None else dummy,
         noise_std=float(h.noise_std),
         seed=int(h.seed) & 0xFFFFFFFFFFFFFFFF,
         **launch_constants,
@@ -216,6 +225,7 @@ def apply_adaptive(
         BIAS_CORRECTION=bool(h.bias_correction),
         HAS_TRUST=trust is not None,
         HAS_SCALE=grad_scale is not None,
+        UNSCALES=loss_scale is not None,
         HAS_FOUND_INF=found_inf is not None,
         LR_TENSOR=lr_tensor is not None,
         GAMMA_TENSOR=gamma_tensor is not None,

@@ -143,6 +143,16 @@ def grad_scaling(
 
 
 @triton.jit
+def grad_unscale(loss_scale_ptr, UNSCALES: tl.constexpr, C_DTYPE: tl.constexpr):
+    """1 / loss_scale, the factor AMP's gradients are written back with (torch's fused optimizers leave them
+    unscaled), where the launch has its loss scale (UNSCALES); else 1, and nothing is written."""
+    unscale = 1.0
+    if UNSCALES:
+        unscale = 1.0 / tl.load(loss_scale_ptr).to(C_DTYPE)
+    return unscale
+
+
+@triton.jit
 def row_pointer(table, t, ROWS: tl.constexpr, ROW: tl.constexpr, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
     """Row ROW of tensor t's column of the table, as a pointer to DTYPE. ALIGNED (the array starts on 16 bytes,
     checked on the host) is said to the compiler on the cast itself: it does not follow a hint on the integer

@@ -26,6 +26,7 @@ from .triton_common import (
     cached_tables,
     found_inf_skips,
     grad_scaling,
+    grad_unscale,
     launch_rates,
     noise_normal,
     program_block,
@@ -115,16 +116,19 @@ def _phase_block(
     WD_AFTER_MOMENTUM: tl.constexpr,
     EXTRAPOLATE_WITH_MOMENTUM: tl.constexpr,
     PAST_GRAD: tl.constexpr,
+    UNSCALES: tl.constexpr,
 ):
     """One phase over the elements `offs` of one tensor (`mask`: those inside it; None: all of them).
-    `rates`: (lr, gamma, grad_factor, trust); `keys`: (index, noise_std, seed, rounding_seed)."""
+    `rates`: (lr, gamma, grad_factor, trust, unscale); `keys`: (index, noise_std, seed, rounding_seed)."""
     x_ptr, g_ptr, s_ptr, m_ptr, step_ptr, last_gamma_ptr = ptrs
-    lr, gamma, grad_factor, trust = rates
+    lr, gamma, grad_factor, trust, unscale = rates
     index, noise_std, seed, rounding_seed = keys
     if skip:
         abandon_block(x_ptr, s_ptr, offs, mask, PHASE, X_DTYPE, S_DTYPE, MASTER)
     else:
         g = tl.load(g_ptr + offs, mask=mask).to(C_DTYPE)
+        if UNSCALES:  # AMP's gradient written back unscaled
+            tl.store(g_ptr + offs, (g * unscale).to(X_DTYPE), mask=mask)
         m = tl.zeros_like(g)
         if MOMENTUM:
             m = tl.load(m_ptr + offs, mask=mask).to(C_DTYPE)
@@ -185,6 +189,7 @@ def _phase_kernel(
     gamma,
     lr_ptr,
     gamma_ptr,
+    loss_scale_ptr,
     momentum,
     dampening,
     weight_decay,
@@ -203,6 +208,7 @@ def _phase_kernel(
     PAST_GRAD: tl.constexpr,
     HAS_TRUST: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    UNSCALES: tl.constexpr,
     HAS_FOUND_INF: tl.constexpr,
     LR_TENSOR: tl.constexpr,
     GAMMA_TENSOR: tl.constexpr,
@@ -218,7 +224,7 @@ def _phase_kernel(
     skip = found_inf_skips(found_inf_ptr, HAS_FOUND_INF)
     lr, gamma = launch_rates(lr, gamma, lr_ptr, gamma_ptr, LR_TENSOR, GAMMA_TENSOR)
     grad_factor, trust = grad_scaling(sign, scale_ptr, trust_ptr, t, HAS_SCALE, HAS_TRUST, C_DTYPE)
-    rates = (lr, gamma, grad_factor, trust)
+    rates = (lr, gamma, grad_factor, trust, grad_unscale(loss_scale_ptr, UNSCALES, C_DTYPE))
     keys = (tl.load(indices + t), noise_std, seed, rounding_seed)
     for WHOLE in tl.static_range(2):  # (one pass runs: triton_common.py, "A kernel calls its block function once")
         if whole == (WHOLE == 1):
@@ -241,6 +247,7 @@ def _phase_kernel(
                 WD_AFTER_MOMENTUM,
                 EXTRAPOLATE_WITH_MOMENTUM,
                 PAST_GRAD,
+                UNSCALES,
             )
 
 
@@ -269,6 +276,7 @@ def apply_sgd(phase: Phase, b: Bucket, h: SGDHyper, grad_scale: Tensor | None = 
         gamma,
         lr_tensor if lr_tensor is not None else dummy,
         gamma_tensor if gamma_tensor is not None else dummy,
+        grad_scale if grad_scale is not None else dummy,  # (AMP's loss scale: the gradients written back unscaled)
         float(h.momentum),
         float(h.dampening),
         float(h.weight_decay),
@@ -289,6 +297,7 @@ def apply_sgd(phase: Phase, b: Bucket, h: SGDHyper, grad_scale: Tensor | None = 
         PAST_GRAD=bool(h.past_grad),
         HAS_TRUST=trust is not None,
         HAS_SCALE=grad_scale is not None,
+        UNSCALES=grad_scale is not None,
         HAS_FOUND_INF=found_inf is not None,
         LR_TENSOR=lr_tensor is not None,
         GAMMA_TENSOR=gamma_tensor is not None,
