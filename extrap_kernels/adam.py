@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from . import group_step
 from .bucket import Phase
 from .checks import check_hyperparameters, scalar_value
 from .hyper import Hyper
@@ -171,21 +172,50 @@ class ExtrapLAMB(ExtrapolatingAdaptive):
 
 
 class _ApexAdaptive(ApexDropIn):
-    """Apex's FusedAdam and FusedLAMB: the base update alone, one phase per step. A 16-bit parameter keeps
-    its fp32 master in the state whatever master_weights says: the results are Apex's with
-    master_weights=True."""
+    """Apex's FusedAdam and FusedLAMB: the base update alone, one phase per step, counted per group as
+    Apex counts (group["step"]: group_step.py). A 16-bit parameter keeps its fp32 master in the state
+    whatever master_weights says: the results are Apex's with master_weights=True."""
 
     STATE = ADAM_STATE
+    _PICKLED = ApexDropIn._PICKLED + ("capturable", "group_steps")
+
+    def __init__(self, params, defaults: dict, backend: str = "auto", capturable: bool = False):
+        self.capturable = capturable
+        self.group_steps = group_step.GroupSteps()
+        super().__init__(params, defaults, backend)
 
     def launch_args(self, group: dict) -> tuple[Phase, Hyper]:
         check_adaptive(group["lr"], group["betas"], group["eps"], group["weight_decay"])
         return Phase.UPDATE, self.STATE.hyper.from_group(group, gamma=0.0)
 
+    def init_state(self, p: Tensor, group: dict, phase: Phase) -> dict:
+        """As every base's, with a new parameter's count started at its group's."""
+        state = self.state[p]
+        if "step" not in state:
+            state["step"] = group_step.new_count(group, p.device)
+        return super().init_state(p, group, phase)
+
+    def _run(self, plan, grads: list, grad_scale, found_inf) -> None:
+        _, found_inf_now = self._amp_args(grad_scale, found_inf)
+        skipped = self.group_steps.before(self, found_inf_now, self.capturable)
+        super()._run(plan, grads, grad_scale, found_inf)
+        self.group_steps.after(self, plan.partial_groups, skipped, found_inf_now)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Apex's checkpoints (the count in the group) and torch.optim's (a count per parameter) both load:
+        the group's count is Apex's, or the largest of the parameters', and every parameter takes it."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            if group["params"]:
+                group["step"] = group_step.loaded_count(group, self.state, self.capturable)
+        self.group_steps.lag_all(self.param_groups)
+
 
 class FusedAdam(_ApexAdaptive):
-    """Drop-in for `apex.optimizers.FusedAdam`: Adam (adam_w_mode=True: AdamW) in one pass per step."""
+    """Drop-in for `apex.optimizers.FusedAdam`: Adam (adam_w_mode=True: AdamW) in one pass per step.
+    capturable=True keeps the group's step count on the device (lr as a device tensor too, where given so)."""
 
-    _PICKLED = ApexDropIn._PICKLED + ("capturable", "master_weights")
+    _PICKLED = _ApexAdaptive._PICKLED + ("master_weights",)
 
     def __init__(
         self,
@@ -214,8 +244,8 @@ class FusedAdam(_ApexAdaptive):
             weight_decay=weight_decay,
             decoupled=adam_w_mode,
         )
-        super().__init__(params, defaults, backend)
-        self.set_grad_none, self.capturable, self.master_weights = set_grad_none, capturable, master_weights
+        super().__init__(params, defaults, backend, capturable=capturable)
+        self.set_grad_none, self.master_weights = set_grad_none, master_weights
 
 
 class FusedLAMB(_ApexAdaptive):

@@ -114,6 +114,8 @@ class Plan:
             self.by_group[stage.number].append(launch)
         self.reusable = not any(stage.views for stage in staged)
         self.stepped = [p for stage in staged for p in stage.members]
+        # the groups that step with a parameter lacking a gradient (Apex's group counts: group_step.py)
+        self.partial_groups = frozenset(n for n, g in enumerate(groups) if any(p.grad is None for p in g["params"]))
         self.state_ids = self._state_ids(opt)
 
     def _stage(self, opt, number: int, group: dict, index: dict) -> list[Staged]:

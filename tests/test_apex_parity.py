@@ -144,3 +144,142 @@ def test_gradients_unscaled_across_the_chunks_of_a_large_tensor(backend, name):
     _step(opt, params, [g * SCALE for g in grads], grad_scale=torch.tensor([SCALE]))
     for p, g in zip(params, grads):
         assert torch.equal(p.grad, g)
+
+
+# Step counts. Apex's FusedAdam and FusedLAMB keep one count per group, group["step"], advanced by every
+# step(); every parameter's bias corrections read it, so a parameter whose first gradient comes at step 5
+# is corrected for t = 5, and an Apex checkpoint (no per-parameter count) resumes at its group's count.
+
+
+def apex_adam(p, g, m, v, t, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, adam_w_mode=True):
+    """Apex's FusedAdam update of one tensor at group count t, in float64 (its documented math: L2 decay
+    into the gradient, or AdamW's decoupled decay; bias corrections 1 - beta^t). Returns p, m, v."""
+    p, g, m, v = (t_.double() for t_ in (p, g, m, v))
+    b1, b2 = betas
+    if not adam_w_mode:
+        g = g + weight_decay * p
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    update = (m / (1 - b1**t)) / (v.sqrt() / (1 - b2**t) ** 0.5 + eps)
+    if adam_w_mode:
+        update = update + weight_decay * p
+    return p - lr * update, m, v
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_a_late_first_gradient_is_corrected_for_the_groups_count(backend):
+    gen = torch.Generator().manual_seed(0)
+    early, late = torch.nn.Parameter(torch.randn(5, generator=gen)), torch.nn.Parameter(torch.randn(3, generator=gen))
+    start = late.detach().clone()
+    opt = ek.FusedAdam([early, late], lr=1e-2, weight_decay=1e-2, backend=backend)
+    for step in range(1, 6):
+        early.grad = torch.randn(5, generator=gen)
+        late.grad = torch.randn(3, generator=gen) if step == 5 else None
+        opt.step()
+    assert opt.param_groups[0]["step"] == 5
+    want, _, _ = apex_adam(start, late.grad, torch.zeros(3), torch.zeros(3), 5, weight_decay=1e-2)
+    torch.testing.assert_close(late.detach().double(), want, rtol=1e-6, atol=1e-7)
+    # (control: torch.optim's per-parameter count, t = 1, is another update)
+    per_parameter, _, _ = apex_adam(start, late.grad, torch.zeros(3), torch.zeros(3), 1, weight_decay=1e-2)
+    assert not torch.allclose(want, per_parameter, rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_an_apex_checkpoint_resumes_at_its_groups_count(backend):
+    gen = torch.Generator().manual_seed(1)
+    p = torch.nn.Parameter(torch.randn(7, generator=gen))
+    m, v = torch.randn(7, generator=gen) * 1e-2, torch.rand(7, generator=gen) * 1e-4
+    apex_checkpoint = {  # Apex's FusedAdam.state_dict(): the count in the group, none per parameter
+        "state": {0: {"exp_avg": m.clone(), "exp_avg_sq": v.clone()}},
+        "param_groups": [
+            dict(lr=1e-2, bias_correction=True, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, step=1000, params=[0])
+        ],
+    }
+    opt = ek.FusedAdam([p], lr=1e-2, backend=backend)
+    opt.load_state_dict(apex_checkpoint)
+    start = p.detach().clone()
+    p.grad = torch.randn(7, generator=gen)
+    opt.step()
+    want, want_m, want_v = apex_adam(start, p.grad, m, v, 1001)
+    torch.testing.assert_close(p.detach().double(), want, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(opt.state[p]["exp_avg"].double(), want_m, rtol=1e-6, atol=1e-9)
+    assert opt.param_groups[0]["step"] == 1001
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_a_torch_adam_checkpoint_resumes_in_step_with_torch(backend):
+    torch.manual_seed(2)
+    ours_p, torch_p = torch.nn.Parameter(torch.randn(9)), None
+    torch_p = torch.nn.Parameter(ours_p.detach().clone())
+    reference = torch.optim.Adam([torch_p], lr=1e-2, weight_decay=1e-3)
+    for _ in range(3):
+        torch_p.grad = torch.randn(9)
+        reference.step()
+    ours_p.data.copy_(torch_p.detach())
+    opt = ek.FusedAdam([ours_p], lr=1e-2, weight_decay=1e-3, adam_w_mode=False, backend=backend)
+    opt.load_state_dict(reference.state_dict())
+    assert opt.param_groups[0]["step"] == 3
+    g = torch.randn(9)
+    torch_p.grad, ours_p.grad = g.clone(), g.clone()
+    reference.step()
+    opt.step()
+    torch.testing.assert_close(ours_p.detach(), torch_p.detach(), rtol=1e-6, atol=1e-7)
+    assert opt.param_groups[0]["step"] == 4
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("cls", [ek.FusedAdam, ek.FusedLAMB])
+def test_group_counts_resume_bit_exactly_from_state_dict(backend, cls):
+    gen = torch.Generator().manual_seed(3)
+    a = [torch.nn.Parameter(torch.randn(6, generator=gen)), torch.nn.Parameter(torch.randn(4, generator=gen))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    grads = [[torch.randn(6, generator=gen), torch.randn(4, generator=gen) if k >= 3 else None] for k in range(6)]
+    first = cls(a, lr=1e-2, backend=backend)
+    for k in range(2):  # (the second parameter lags: no gradient yet)
+        for p, g in zip(a, grads[k]):
+            p.grad = g
+        first.step()
+    second = cls(b, lr=1e-2, backend=backend)
+    for p, q in zip(a, b):
+        q.data.copy_(p.detach())
+    second.load_state_dict(first.state_dict())
+    for k in range(2, 6):
+        for opt, params in ((first, a), (second, b)):
+            for p, g in zip(params, grads[k]):
+                p.grad = None if g is None else g.clone()
+            opt.step()
+    for p, q in zip(a, b):
+        assert torch.equal(p, q)
+    assert first.param_groups[0]["step"] == second.param_groups[0]["step"] == 6
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_every_step_counts_but_a_skipped_one(backend):
+    p = torch.nn.Parameter(torch.randn(4))
+    opt = ek.FusedLAMB([p], lr=1e-2, backend=backend)
+    opt.step()  # no gradient at all: Apex still counts the group's step
+    p.grad = torch.randn(4)
+    opt.step()
+    opt.step(grad_scale=torch.tensor([2.0]), found_inf=torch.tensor([1.0]))  # skipped: not counted
+    assert opt.param_groups[0]["step"] == 2
+    assert float(opt.state[p]["step"]) == 2
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_capturable_keeps_the_count_on_the_device_with_the_same_steps(backend):
+    gen = torch.Generator().manual_seed(4)
+    plain, captured = [torch.nn.Parameter(torch.randn(5, generator=gen)) for _ in range(2)]
+    captured.data.copy_(plain.detach())
+    opts = [
+        ek.FusedAdam([plain], lr=1e-2, backend=backend),
+        ek.FusedAdam([captured], lr=1e-2, capturable=True, backend=backend),
+    ]
+    for _ in range(3):
+        g = torch.randn(5, generator=gen)
+        for opt, p in zip(opts, (plain, captured)):
+            p.grad = g.clone()
+            opt.step(found_inf=torch.tensor([0.0]))
+        opts[1].step(found_inf=torch.tensor([1.0]))  # skipped, on the device
+    count = opts[1].param_groups[0]["step"]
+    assert torch.is_tensor(count) and float(count) == 3 and opts[0].param_groups[0]["step"] == 3
+    assert torch.equal(plain, captured)
