@@ -59,7 +59,7 @@ struct Launch {
   // AMP's loss scale alone (grad_scale may fold in LAMB's clipping): given, the phase writes g / loss_scale
   // back into the gradients, as torch's fused optimizers leave them; a skipped step leaves them as they were
   std::optional<at::Tensor> loss_scale;
-  int64_t stream = 0;                    // CUDA: the cudaStream_t to launch on (the caller's current one)
+  int64_t stream = 0;  // CUDA: the cudaStream_t to launch on (the caller's current one)
 
   // The tensor holding s for parameter i (x itself where the parameters are their own anchors).
   const at::Tensor& anchor(size_t i) const { return anchors.empty() ? params[i] : anchors[i]; }

@@ -348,14 +348,15 @@ void apply_cpu(const Launch& L) {
       case Family::kAdaptive:
         return with_adaptive_phase(L, [&](auto phase, auto amsgrad) {
           run_adaptive_launch<decltype(phase)::value, decltype(amsgrad)::value, scalar_t, acc>(L, skip, inv_scale,
-                                                                                           unscale);
+                                                                                               unscale);
         });
       case Family::kSgd:
         return with_phase(L, [&](auto phase, auto momentum) {
           constexpr Phase P = decltype(phase)::value;
           constexpr bool M = decltype(momentum)::value;
           if constexpr (!std::is_same<scalar_t, acc>::value) {
-            if (L.rounds_stochastically()) return run_launch<P, M, scalar_t, scalar_t, acc>(L, skip, inv_scale, unscale);
+            if (L.rounds_stochastically())
+              return run_launch<P, M, scalar_t, scalar_t, acc>(L, skip, inv_scale, unscale);
           }
           run_launch<P, M, scalar_t, acc, acc>(L, skip, inv_scale, unscale);
           if (P == kUpdatePastAnchorFree && !skip) {  // x was extrapolated with this gamma (read next update)

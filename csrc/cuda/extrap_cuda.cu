@@ -129,8 +129,7 @@ void launch_phase(const Launch& L) {
 template <Phase P, bool kAmsgrad, typename scalar_t, typename acc, typename Table>
 __global__ void __launch_bounds__(kAdaptiveThreads)
     adaptive_kernel(Table table, Hyper<acc> h, const acc* trust, const acc* grad_scale, const float* found_inf,
-                    const acc* lr, const acc* gamma, const double* beta1, const double* beta2,
-                    const acc* loss_scale) {
+                    const acc* lr, const acc* gamma, const double* beta1, const double* beta2, const acc* loss_scale) {
   constexpr bool kMaster = !std::is_same<scalar_t, acc>::value;
   const Chunk chunk = chunk_of_block(table);
   const int entry = chunk.entry;
