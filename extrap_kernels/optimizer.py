@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import required
 
 from . import backends
+from .accumulation import ACCUMULATED, Mark
 from .bucket import Phase, state_dtype
 from .checks import Rejected, check_hyperparameters
 from .functional import mode_phase
@@ -206,6 +207,8 @@ class ExtrapolatingOptimizer(FusedOptimizer):
         plan, grads = self._plan(local, Phase.EXTRAPOLATE)
         self._run(plan, grads, grad_scale, found_inf)
         self._extrapolated = plan.indices(Phase.EXTRAPOLATE)
+        # (step() refuses a second gradient added onto this one: accumulation.py)
+        self._mark = Mark([p for group in local for p in group["params"]])
 
     @eager
     @torch.no_grad()
@@ -224,12 +227,21 @@ class ExtrapolatingOptimizer(FusedOptimizer):
         updated = plan.indices(Phase.UPDATE)
         if updated or self._extrapolated:
             if self._extrapolated is None:
-                raise RuntimeError("step() in mode='local' needs extrapolate() first (or pass a closure)")
+                raise RuntimeError(
+                    "step() in mode='local' needs extrapolate() first (or pass a closure); a loop that calls "
+                    "step() without one (GradScaler's scaler.step(opt), the transformers Trainer, Lightning's "
+                    "16-mixed) needs mode='past'"
+                )
             if updated != self._extrapolated:
                 raise RuntimeError(
                     "mode='local': the parameters with gradients at step() are not the "
                     "ones extrapolated by extrapolate()"
                 )
+            mark, self._mark = getattr(self, "_mark", None), None
+            if mark is not None and mark.accumulated():
+                self._run(plan, grads, None, torch.ones(()))  # (skipped: x back at its anchor, nothing counted)
+                self._extrapolated = None
+                raise RuntimeError(ACCUMULATED)
         self._run(plan, grads, grad_scale, found_inf)
         self._extrapolated = None
         return loss

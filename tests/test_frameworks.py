@@ -66,3 +66,75 @@ def test_mixed_float_and_tensor_betas_are_refused_in_torchs_words():
         cls([p], betas=(torch.tensor(0.9), torch.tensor(0.99)))  # both tensors: capturable betas
     with pytest.raises(ValueError, match="^betas must be either both floats or both Tensors$"):
         torch.optim.Adam([p], betas=(0.9, torch.tensor(0.99)))  # (the words are torch's)
+
+
+# Gradient accumulation in mode "local": Lightning with accumulate_grad_batches=k runs micro-batches 1..k-1
+# forward and backward, then step(closure), whose closure re-runs micro-batch k only and zeroes nothing. The
+# second gradient would be added onto the accumulated first one: refused, the iteration not applied.
+
+ACCUMULATING = ["cpu", "foreach", "reference"] + [b for b in ("cuda", "triton") if b in ek.available_backends("cpu")]
+
+
+def _accumulating_loop(backend, mode, zeroes, explicit=False, batches=3):
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+    opt = ek.ExtrapSGD(model.parameters(), lr=0.1, momentum=0.9, mode=mode, gamma=0.2, backend=backend)
+    data = [(torch.randn(8, 4), torch.randn(8, 2)) for _ in range(batches)]
+
+    def loss_of(x, y):
+        return torch.nn.functional.mse_loss(model(x), y) / batches
+
+    def closure():  # Lightning's: the last micro-batch, no zero_grad
+        if zeroes:
+            opt.zero_grad()
+        loss = loss_of(*data[-1])
+        loss.backward()
+        return loss
+
+    for x, y in data[:-1]:
+        loss_of(x, y).backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    if explicit:  # the same loop written out: extrapolate(), a backward, step()
+        closure()
+        opt.extrapolate()
+        closure()
+        opt.step()
+    else:
+        opt.step(closure)
+    return model, opt, before
+
+
+@pytest.mark.parametrize("backend", ACCUMULATING)
+@pytest.mark.parametrize("explicit", [False, True], ids=["closure", "extrapolate"])
+def test_local_mode_refuses_a_second_gradient_added_onto_the_first(backend, explicit):
+    with pytest.raises(RuntimeError, match=r"not zeroed between extrapolate\(\) and step\(\).*use mode='past'"):
+        _accumulating_loop(backend, "local", zeroes=False, explicit=explicit)
+
+
+@pytest.mark.parametrize("backend", ACCUMULATING)
+def test_a_refused_local_iteration_leaves_the_parameters_as_they_were(backend):
+    torch.manual_seed(1)
+    model = torch.nn.Linear(3, 2)
+    opt = ek.ExtrapSGD(model.parameters(), lr=0.1, momentum=0.9, mode="local", gamma=0.2, backend=backend)
+    x = torch.randn(4, 3)
+    before = [p.detach().clone() for p in model.parameters()]
+    model(x).sum().backward()
+    opt.extrapolate()
+    assert not torch.equal(before[0], model.weight.detach())  # (extrapolated)
+    model(x).sum().backward()  # added onto the first gradient
+    with pytest.raises(RuntimeError, match="not zeroed"):
+        opt.step()
+    for a, p in zip(before, model.parameters()):
+        assert torch.equal(a, p.detach())
+    assert all(float(opt.state[p]["step"]) == 0 for p in model.parameters())
+    opt.zero_grad()  # and the next iteration runs
+    model(x).sum().backward()
+    opt.step(lambda: (opt.zero_grad(), model(x).sum().backward()))
+
+
+@pytest.mark.parametrize("backend", ACCUMULATING)
+def test_accumulation_runs_in_past_mode_and_with_a_zeroing_closure(backend):
+    """(The controls: the same loops, right where they can be, are not refused.)"""
+    _accumulating_loop(backend, "past", zeroes=False)
+    _accumulating_loop(backend, "local", zeroes=True)
+    _accumulating_loop(backend, "local", zeroes=True, explicit=True)
