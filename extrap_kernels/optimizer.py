@@ -21,7 +21,7 @@ from .checks import Rejected, check_hyperparameters
 from .functional import mode_phase
 from .hyper import Hyper, SGDHyper
 from .plan import Plan, flat_params, grad_of
-from .sharded import local
+from .sharded import local, sharding_wrapper
 from .state import SGD_STATE
 
 
@@ -45,7 +45,7 @@ class FusedOptimizer(Optimizer):
 
     STATE = SGD_STATE  # the base's state and hyperparameter record (state.py): its backends, its checkpoints
     # What torch.optim's __getstate__ (deepcopy, pickle, torch.save of the optimizer) would drop.
-    _PICKLED = ("backend", "_extrapolated", "set_grad_none", "materialize_master_grads")
+    _PICKLED = ("backend", "_extrapolated", "set_grad_none", "materialize_master_grads", "sharded_by")
 
     def __init__(self, params, defaults: dict, backend: str = "auto"):
         backends.check_name(backend)
@@ -180,6 +180,7 @@ class ExtrapolatingOptimizer(FusedOptimizer):
     def __init__(self, params, defaults: dict, backend: str = "auto"):
         super().__init__(params, defaults, backend)
         self._extrapolated: set[int] | None = None  # indices of the parameters awaiting the local step()
+        self.sharded_by = sharding_wrapper()  # (ZeroRedundancyOptimizer: mode "local" is refused)
 
     def has_anchor(self, param: Tensor, group: dict) -> bool:
         return True  # (the anchor-free past mode recomputes it: STATE.init_state keeps none there)
@@ -204,6 +205,12 @@ class ExtrapolatingOptimizer(FusedOptimizer):
             )
         if self._extrapolated is not None:
             raise RuntimeError("extrapolate() called twice: call step() to finish the iteration first")
+        if getattr(self, "sharded_by", None):
+            raise RuntimeError(
+                f"mode='local' under {self.sharded_by}: each rank steps and extrapolates only its shard of the "
+                "parameters, so the second gradient would be taken where the other ranks' parameters are not "
+                "extrapolated; use mode='past' (or 'noise'), which ZeRO runs as unsharded training"
+            )
         plan, grads = self._plan(local, Phase.EXTRAPOLATE)
         self._run(plan, grads, grad_scale, found_inf)
         self._extrapolated = plan.indices(Phase.EXTRAPOLATE)

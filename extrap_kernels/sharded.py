@@ -13,6 +13,8 @@ Two things are not elementwise:
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import Tensor
 
@@ -64,3 +66,17 @@ def shard_group(params: list[Tensor], names: list[str]):
     if len(dims) > 1:
         raise RuntimeError(f"{first_name}: LARS on a tensor sharded over {len(dims)} mesh dimensions is not supported")
     return first.device_mesh.get_group(dims[0]) if dims else None
+
+
+def sharding_wrapper() -> str | None:
+    """The optimizer wrapper building the optimizer now being constructed over one rank's shard of the
+    parameters (torch's ZeroRedundancyOptimizer builds one per rank), found on the call stack; else None.
+    Mode "local" cannot run under one: each rank would extrapolate only its shard."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        kind = type(owner)
+        if kind.__name__ == "ZeroRedundancyOptimizer" and kind.__module__.startswith("torch.distributed.optim"):
+            return kind.__name__
+        frame = frame.f_back
+    return None

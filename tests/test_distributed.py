@@ -135,3 +135,64 @@ def test_a_failing_rank_does_not_hang():
         with pytest.raises(Exception, match="fails on purpose|Connection closed by peer"):
             _spawn("local", "foreach", out, fail_rank=1)
         assert time.monotonic() - start < TIMEOUT_S
+
+
+# ZeroRedundancyOptimizer builds one optimizer per rank over that rank's shard of the parameters, and
+# broadcasts each shard after the step: past mode is unsharded training's; mode "local" would take the
+# second gradient where only this rank's shard is extrapolated, and is refused.
+
+
+def _zero_worker(rank: int, port: int, out: str, mode: str, backend: str) -> None:
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
+    try:
+        model = DDP(_model())
+        opt = ZeroRedundancyOptimizer(
+            model.parameters(),
+            ek.ExtrapSGD,
+            lr=0.1,
+            gamma=0.05,
+            mode=mode,
+            momentum=0.9,
+            weight_decay=1e-3,
+            backend=backend,
+        )
+        result = {}
+        for it in range(ITERATIONS):
+            x, y = _batch(rank, it)
+
+            def closure():
+                model.zero_grad(set_to_none=True)
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                return loss
+
+            try:
+                opt.step(closure)
+            except RuntimeError as err:
+                result["error"] = str(err)
+                break
+        result["params"] = [p.detach() for p in model.module.parameters()]
+        torch.save(result, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        shut_down()
+
+
+@pytest.mark.parametrize("backend", [b for b in ("cpu", "foreach") if b in ek.available_backends("cpu")])
+def test_zero_runs_past_mode_as_unsharded_training_and_refuses_local(backend):
+    for mode in ("past", "local"):
+        with tempfile.TemporaryDirectory() as out:
+            spawn(_zero_worker, (free_port(), out, mode, backend), WORLD, TIMEOUT_S)
+            ranks = [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(WORLD)]
+        if mode == "local":
+            for r in ranks:
+                assert "ZeroRedundancyOptimizer" in r["error"] and "use mode='past'" in r["error"]
+            continue
+        expected = _emulation("past", backend)
+        eps = torch.finfo(torch.float32).eps
+        for r in ranks:
+            assert "error" not in r
+            for p, q in zip(r["params"], expected):
+                torch.testing.assert_close(p, q, rtol=0, atol=ITERATIONS * 8 * eps * 4)
