@@ -7,6 +7,7 @@ cached plan and the backends are shared. (Kernels: csrc/extrap_math.h's adaptive
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from . import group_step
@@ -188,6 +189,19 @@ class _ApexAdaptive(ApexDropIn):
         check_adaptive(group["lr"], group["betas"], group["eps"], group["weight_decay"])
         return Phase.UPDATE, self.STATE.hyper.from_group(group, gamma=0.0)
 
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        self._rates_on_device()
+
+    def _rates_on_device(self) -> None:
+        """capturable=True: each group's lr a float32 tensor on its parameters' device, as Apex keeps it; the
+        kernels read it when they run, and LR schedulers write it in place (torch's do, for a tensor lr)."""
+        if not self.capturable:
+            return
+        for group in self.param_groups:
+            if group["params"] and not torch.is_tensor(group["lr"]):
+                group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=group["params"][0].device)
+
     def init_state(self, p: Tensor, group: dict, phase: Phase) -> dict:
         """As every base's, with a new parameter's count started at its group's."""
         state = self.state[p]
@@ -209,6 +223,7 @@ class _ApexAdaptive(ApexDropIn):
             if group["params"]:
                 group["step"] = group_step.loaded_count(group, self.state, self.capturable)
         self.group_steps.lag_all(self.param_groups)
+        self._rates_on_device()
 
 
 class FusedAdam(_ApexAdaptive):

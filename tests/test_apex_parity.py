@@ -283,3 +283,26 @@ def test_capturable_keeps_the_count_on_the_device_with_the_same_steps(backend):
     count = opts[1].param_groups[0]["step"]
     assert torch.is_tensor(count) and float(count) == 3 and opts[0].param_groups[0]["step"] == 3
     assert torch.equal(plain, captured)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_capturable_keeps_lr_on_the_device_and_follows_the_scheduler(backend):
+    gen = torch.Generator().manual_seed(5)
+    plain, captured = [torch.nn.Parameter(torch.randn(6, generator=gen)) for _ in range(2)]
+    captured.data.copy_(plain.detach())
+    opts = [
+        ek.FusedAdam([plain], lr=1e-2, backend=backend),
+        ek.FusedAdam([captured], lr=1e-2, capturable=True, backend=backend),
+    ]
+    lr = opts[1].param_groups[0]["lr"]
+    assert torch.is_tensor(lr) and lr.device == captured.device and lr.dtype == torch.float32
+    schedulers = [torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5) for opt in opts]
+    for _ in range(5):
+        g = torch.randn(6, generator=gen)
+        for opt, p, scheduler in zip(opts, (plain, captured), schedulers):
+            p.grad = g.clone()
+            opt.step()
+            scheduler.step()
+    assert opts[1].param_groups[0]["lr"] is lr and opts[0].param_groups[0]["lr"] == 1e-2 * 0.25
+    assert torch.equal(lr, torch.tensor(1e-2 * 0.25))  # (in place, as the float32 of the plain lr)
+    torch.testing.assert_close(plain, captured, rtol=1e-6, atol=0)
