@@ -228,7 +228,7 @@ class _ApexAdaptive(ApexDropIn):
 
 class FusedAdam(_ApexAdaptive):
     """Drop-in for `apex.optimizers.FusedAdam`: Adam (adam_w_mode=True: AdamW) in one pass per step.
-    capturable=True keeps the group's step count on the device (lr as a device tensor too, where given so)."""
+    capturable=True keeps the group's step count and lr on the device (lr as a float32 tensor, as Apex's)."""
 
     _PICKLED = _ApexAdaptive._PICKLED + ("master_weights",)
 
