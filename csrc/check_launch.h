@@ -52,9 +52,9 @@ inline void check_base_options(const Launch& L) {
                       "extrap_kernels: an adaptive launch takes one first moment (momenta) and one second moment per "
                       "parameter, and one max_second_moment per parameter or none");
     TORCH_CHECK_VALUE(!L.anchor_free() && L.momentum == 0 && !L.nesterov && !L.wd_after_momentum &&
-                          !L.extrapolate_with_momentum && !L.past_grad && L.master_weights,
+                          !L.extrapolate_with_momentum && !L.past_grad,
                       "extrap_kernels: the adaptive bases have no anchor-free update, momentum, nesterov, "
-                      "wd_after_momentum, extrapolate_with_momentum, past_grad or master_weights=False");
+                      "wd_after_momentum, extrapolate_with_momentum or past_grad");
     TORCH_CHECK_VALUE(L.beta1 >= 0 && L.beta1 < 1 && L.beta2 >= 0 && L.beta2 < 1 && L.eps >= 0,
                       "extrap_kernels: betas must lie in [0, 1) and eps be >= 0, got (", L.beta1, ", ", L.beta2,
                       ") and ", L.eps);
@@ -93,8 +93,10 @@ inline void check_param(const Launch& L, size_t i, const at::Device& device, at:
                     "handles strided ones)");
 }
 
-// Parameter i's state: on its device, in the state dtype `sdtype`, shaped as it (or one element).
-inline void check_state(const Launch& L, size_t i, const at::Device& device, at::ScalarType sdtype) {
+// Parameter i's state: on its device, shaped as it (or one element); the anchor (and the SGD family's momentum) in
+// `sdtype`, the adaptive bases' moments in the arithmetic's `cdtype` whatever the master.
+inline void check_state(const Launch& L, size_t i, const at::Device& device, at::ScalarType sdtype,
+                        at::ScalarType cdtype) {
   auto check = [&](const at::Tensor& t, at::ScalarType want, int64_t numel, const char* key) {
     TORCH_CHECK_VALUE(t.device() == device && t.scalar_type() == want, name_of(L, i), ": state '", key, "' is ",
                       t.scalar_type(), " on ", t.device(), ", expected ", want, " on ", device);
@@ -103,9 +105,11 @@ inline void check_state(const Launch& L, size_t i, const at::Device& device, at:
   };
   const int64_t numel = L.params[i].numel();
   if (!L.anchors.empty()) check(L.anchors[i], sdtype, numel, "anchor");
-  if (!L.momenta.empty()) check(L.momenta[i], sdtype, numel, L.adaptive() ? "exp_avg" : "momentum_buffer");
-  if (!L.second_moments.empty()) check(L.second_moments[i], sdtype, numel, "exp_avg_sq");
-  if (!L.max_second_moments.empty()) check(L.max_second_moments[i], sdtype, numel, "max_exp_avg_sq");
+  if (!L.momenta.empty()) {
+    check(L.momenta[i], L.adaptive() ? cdtype : sdtype, numel, L.adaptive() ? "exp_avg" : "momentum_buffer");
+  }
+  if (!L.second_moments.empty()) check(L.second_moments[i], cdtype, numel, "exp_avg_sq");
+  if (!L.max_second_moments.empty()) check(L.max_second_moments[i], cdtype, numel, "max_exp_avg_sq");
   check(L.steps[i], at::kFloat, 1, "step");
   if (!L.last_gammas.empty()) check(L.last_gammas[i], sdtype, 1, "last_gamma");
 }
@@ -148,7 +152,7 @@ inline void check_launch(const Launch& L) {
                     "extrap_kernels: 16-bit parameters need their fp32 master anchors");
   for (size_t i = 0; i < L.params.size(); ++i) {
     check_param(L, i, device, dtype);
-    check_state(L, i, device, sdtype);
+    check_state(L, i, device, sdtype, cdtype);
   }
   check_scalars(L, device, cdtype);
 }

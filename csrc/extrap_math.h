@@ -283,6 +283,14 @@ EXTRAP_HD void round_stored(acc& x, acc& s, acc& m, const Philox4& bits) {
   x = P == kUpdate ? s : stochastic_round<R>(x, bits.c2);
 }
 
+// The adaptive bases' 16-bit x and anchor without a master (their moments stay fp32): the values a phase stores,
+// rounded stochastically as round_stored rounds them (c0 the anchor, c2 x; a local step's x is its anchor).
+template <Phase P, int R, typename acc>
+EXTRAP_HD void round_stored_anchor(acc& x, acc& s, const Philox4& bits) {
+  s = stochastic_round<R>(s, bits.c0);
+  x = P == kUpdate ? s : stochastic_round<R>(x, bits.c2);
+}
+
 // found_inf: anchor, momentum and step stay; the snapshot is still taken and an extrapolated x
 // returns to its anchor, so that x stays consistent with the abandoned iteration.
 template <Phase P, bool kMaster, typename acc>
@@ -302,7 +310,8 @@ EXTRAP_HD constexpr bool skip_stores_param() {
 // ---------------------------------------------------------------------------------------------------
 // The adaptive bases: Adam, AdamW and LAMB (SPEC "Base update, Adam family and LAMB"). The moments m
 // ("exp_avg"), v ("exp_avg_sq") and, with amsgrad, v_max ("max_exp_avg_sq") are fp32 state (fp64 for fp64
-// parameters); a phase's direction e is trust * u, trust the LAMB ratio of the tensor (1 for Adam).
+// parameters) whatever the master (a 16-bit x without one is its own anchor, or keeps a 16-bit one); a
+// phase's direction e is trust * u, trust the LAMB ratio of the tensor (1 for Adam).
 // ---------------------------------------------------------------------------------------------------
 template <typename T>
 EXTRAP_HD T square_root(T v) {

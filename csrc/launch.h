@@ -103,6 +103,23 @@ constexpr int kRoundingOf = !std::is_same<scalar_t, state_t>::value || sizeof(sc
                                 ? kNearest
                                 : (std::is_same<scalar_t, at::BFloat16>::value ? kStochasticBF16 : kStochasticFP16);
 
+// A type handed to a generic lambda: f(Tag<T>{}) reads it as typename decltype(tag)::type.
+template <typename T>
+struct Tag {
+  using type = T;
+};
+
+// Calls f(Tag<anchor_t>) with the type an adaptive launch's anchors are held in: the arithmetic's `acc` (the fp32
+// master of a 16-bit x, or x's own full precision), or without a master (master_weights=False) the 16-bit x's
+// own type, whose stored values the launchers round stochastically (the moments stay acc).
+template <typename scalar_t, typename acc, typename F>
+decltype(auto) with_anchor_type(const Launch& L, F&& f) {
+  if constexpr (!std::is_same<scalar_t, acc>::value) {
+    if (L.rounds_stochastically()) return f(Tag<scalar_t>{});
+  }
+  return f(Tag<acc>{});
+}
+
 // Calls f(phase, momentum) with both as compile-time constants (std::integral_constant), so that each
 // launcher instantiates its loops once per phase and momentum on/off.
 template <typename F>

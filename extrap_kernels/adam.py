@@ -68,6 +68,7 @@ class ExtrapAdam(ExtrapolatingAdaptive):
         mode: str = "past",
         noise_std: float = 0.01,
         seed: int = 0,
+        master_weights: bool = True,
         backend: str = "auto",
     ):
         check_adaptive(lr, betas, eps, weight_decay)
@@ -83,8 +84,9 @@ class ExtrapAdam(ExtrapolatingAdaptive):
             mode=mode,
             noise_std=noise_std,
             seed=seed,
+            master_weights=master_weights,
         )
-        check_hyperparameters(gamma=gamma, mode=mode, noise_std=noise_std)
+        check_hyperparameters(gamma=gamma, mode=mode, noise_std=noise_std, master_weights=master_weights)
         super().__init__(params, defaults, backend)
 
 
@@ -105,6 +107,7 @@ class ExtrapAdamW(ExtrapAdam):
         mode: str = "past",
         noise_std: float = 0.01,
         seed: int = 0,
+        master_weights: bool = True,
         backend: str = "auto",
     ):
         super().__init__(
@@ -120,6 +123,7 @@ class ExtrapAdamW(ExtrapAdam):
             mode=mode,
             noise_std=noise_std,
             seed=seed,
+            master_weights=master_weights,
             backend=backend,
         )
 
@@ -148,6 +152,7 @@ class ExtrapLAMB(ExtrapolatingAdaptive):
         mode: str = "past",
         noise_std: float = 0.01,
         seed: int = 0,
+        master_weights: bool = True,
         backend: str = "auto",
     ):
         check_adaptive(lr, betas, eps, weight_decay)
@@ -167,15 +172,18 @@ class ExtrapLAMB(ExtrapolatingAdaptive):
             mode=mode,
             noise_std=noise_std,
             seed=seed,
+            master_weights=master_weights,
         )
-        check_hyperparameters(gamma=gamma, mode=mode, noise_std=noise_std)
+        check_hyperparameters(gamma=gamma, mode=mode, noise_std=noise_std, master_weights=master_weights)
         super().__init__(params, defaults, backend)
 
 
 class _ApexAdaptive(ApexDropIn):
     """Apex's FusedAdam and FusedLAMB: the base update alone, one phase per step, counted per group as
-    Apex counts (group["step"]: group_step.py). A 16-bit parameter keeps its fp32 master in the state
-    whatever master_weights says: the results are Apex's with master_weights=True."""
+    Apex counts (group["step"]: group_step.py). With master_weights=False (Apex's default) a 16-bit
+    parameter is updated in place, its moments fp32, and its stored value rounded stochastically (where Apex
+    rounds to nearest and loses updates below half its spacing); master_weights=True keeps an fp32 master in
+    the state ("anchor")."""
 
     STATE = ADAM_STATE
     _PICKLED = ApexDropIn._PICKLED + ("capturable", "group_steps")
@@ -258,7 +266,9 @@ class FusedAdam(_ApexAdaptive):
             eps=eps,
             weight_decay=weight_decay,
             decoupled=adam_w_mode,
+            master_weights=master_weights,
         )
+        check_hyperparameters(master_weights=master_weights)
         super().__init__(params, defaults, backend, capturable=capturable)
         self.set_grad_none, self.master_weights = set_grad_none, master_weights
 
@@ -283,6 +293,7 @@ class FusedLAMB(_ApexAdaptive):
         max_grad_norm: float = 1.0,
         use_nvlamb: bool = False,
         *,
+        master_weights: bool = False,
         backend: str = "auto",
     ):
         if amsgrad:
@@ -298,6 +309,8 @@ class FusedLAMB(_ApexAdaptive):
             grad_averaging=grad_averaging,
             max_grad_norm=max_grad_norm,
             use_nvlamb=use_nvlamb,
+            master_weights=master_weights,
         )
+        check_hyperparameters(master_weights=master_weights)
         super().__init__(params, defaults, backend)
         self.set_grad_none = set_grad_none

@@ -56,7 +56,8 @@ class Bucket:
     names: list[str] = field(default_factory=list)  # for error messages
     # UPDATE_PAST_ANCHOR_FREE: the gamma each x was last extrapolated with (0-dim, state dtype)
     last_gammas: list[Tensor] = field(default_factory=list)
-    # False: 16-bit parameters keep s and m in their own dtype, each stored value rounded stochastically
+    # False: 16-bit parameters keep s (and the SGD family's m) in their own dtype, each stored value rounded
+    # stochastically
     master: bool = True
     shard_group: object = None  # FSDP2 + LARS: the process group whole-tensor norms are summed over
     # Adam and LAMB: the second moments v (exp_avg_sq), and their running maxima with amsgrad
@@ -77,6 +78,12 @@ class Bucket:
     def storage_dtype(self) -> torch.dtype:
         """The dtype of the stored anchor and momentum (the arithmetic is always in state_dtype's)."""
         return state_dtype(self.dtype) if self.master else self.dtype
+
+    @property
+    def moment_dtype(self) -> torch.dtype:
+        """The dtype of the momenta and moments: the anchor's for the SGD family; fp32 (fp64) for the adaptive
+        bases' moments whatever the master, as Apex's FusedAdam keeps them."""
+        return state_dtype(self.dtype) if self.second_moments else self.storage_dtype
 
     @property
     def has_master(self) -> bool:

@@ -86,7 +86,7 @@ def check_param(param: Tensor, grad: Tensor, backend, name: str) -> None:
 
 def check_bucket(bucket: Bucket, backend) -> None:
     """The whole bucket, optimizer state included, can go through `backend`."""
-    sdtype = bucket.storage_dtype
+    sdtype, mdtype = bucket.storage_dtype, bucket.moment_dtype
     names = bucket.names or [f"param {i}" for i in bucket.indices]
     for i, (x, g) in enumerate(zip(bucket.params, bucket.grads)):
         check_param(x, g, backend, names[i])
@@ -97,13 +97,13 @@ def check_bucket(bucket: Bucket, backend) -> None:
             ("step", bucket.steps[i], torch.float32),
         ]
         if bucket.momenta:
-            state.append(("momentum_buffer", bucket.momenta[i], sdtype))
+            state.append(("exp_avg" if bucket.second_moments else "momentum_buffer", bucket.momenta[i], mdtype))
         if bucket.last_gammas:
             state.append(("last_gamma", bucket.last_gammas[i], sdtype))
         if bucket.second_moments:
-            state.append(("exp_avg_sq", bucket.second_moments[i], sdtype))
+            state.append(("exp_avg_sq", bucket.second_moments[i], mdtype))
         if bucket.max_second_moments:
-            state.append(("max_exp_avg_sq", bucket.max_second_moments[i], sdtype))
+            state.append(("max_exp_avg_sq", bucket.max_second_moments[i], mdtype))
         for key, t, dtype in state:
             if t.device != x.device or t.dtype != dtype:
                 raise RuntimeError(

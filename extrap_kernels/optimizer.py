@@ -134,6 +134,7 @@ class FusedOptimizer(Optimizer):
         except Rejected as rejected:
             raise rejected.__cause__ from None
 
+
     @eager
     @torch.no_grad()
     def step(self, closure=None, *, grad_scale: Tensor | None = None, found_inf: Tensor | None = None):
@@ -147,8 +148,7 @@ class FusedOptimizer(Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch casts every floating state tensor to its parameter's dtype, which would round the fp32
-        master anchor and momentum of 16-bit parameters: restore them at their own precision (the
-        parameter's dtype with master_weights=False)."""
+        master anchor and moments of 16-bit parameters: restore each at its own precision (STATE.dtype_of)."""
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         saved_state = state_dict["state"]
         super().load_state_dict(state_dict)
@@ -167,9 +167,7 @@ class FusedOptimizer(Optimizer):
                 elif key == "step" and not torch.is_tensor(value):  # older checkpoints count in a number
                     state[key] = torch.tensor(float(value), dtype=torch.float32, device=p.device)
                 elif torch.is_tensor(value):
-                    stored = state_dtype(p.dtype) if group.get("master_weights", True) else p.dtype
-                    dtype = {"step": torch.float32, "last_gamma": state_dtype(p.dtype.to_real())}.get(key, stored)
-                    state[key] = value.to(device=p.device, dtype=dtype, copy=True)
+                    state[key] = value.to(device=p.device, dtype=self.STATE.dtype_of(key, p, group), copy=True)
 
 
 class ExtrapolatingOptimizer(FusedOptimizer):

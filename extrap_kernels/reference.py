@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import philox, reference_adaptive, rounding
+from . import philox, reference_adaptive
 from .bucket import Bucket, Phase, abandon, count_step, record_gamma, state_dtype, unscale_grads
 from .hyper import Hyper, SGDHyper
 from .lars import whole_tensor_norms
+from .rounding import store
 
 
 def lars_trust(s: Tensor, g: Tensor, h: SGDHyper, shard_group=None) -> Tensor:
@@ -55,22 +56,6 @@ def base_update(s: Tensor, m: Tensor | None, g_prime: Tensor, h: SGDHyper, first
     return s - float(h.lr) * d, m, d
 
 
-def _store(bucket: Bucket, i: int, seed: int):
-    """put(dst, value, which): dst <- value, rounded to nearest; or, for 16-bit state without a master,
-    stochastically with Philox output `which` (0: the anchor, 1: the momentum, 2: the parameter)."""
-    if not bucket.rounds_stochastically:
-        return lambda dst, value, which: dst.copy_(value)
-    x = bucket.params[i]
-    bits = rounding.bits_flat(
-        seed, bucket.steps[i].reshape(1), torch.tensor([bucket.indices[i]]), [x.numel()], x.device
-    )
-
-    def put(dst: Tensor, value: Tensor, which: int) -> None:
-        dst.copy_(rounding.stochastic_round(value.reshape(-1), dst.dtype, bits[which]).view_as(dst))
-
-    return put
-
-
 def apply(
     phase: Phase,
     bucket: Bucket,
@@ -102,7 +87,7 @@ def apply_sgd(
     cd = compute_dtype or state_dtype(bucket.dtype)
     gamma = float(h.gamma)
     for i, (x, g, s) in enumerate(zip(bucket.params, bucket.grads, bucket.anchors)):
-        put = _store(bucket, i, h.seed)
+        put = store(bucket, i, h.seed)
         m = bucket.momenta[i] if bucket.momenta else None
         m_value = m.to(cd) if m is not None else None
         if phase == Phase.EXTRAPOLATE:

@@ -20,6 +20,7 @@ from .bucket import Bucket, Phase, abandon, count_step, state_dtype
 from .hyper import AdamHyper
 from .lamb import clip_factor
 from .lars import whole_tensor_norms
+from .rounding import store
 
 
 def regularized_grad(g: Tensor, s: Tensor, h: AdamHyper, inv_scale: float, clip: float) -> Tensor:
@@ -89,6 +90,7 @@ def apply(
     cd = compute_dtype or state_dtype(bucket.dtype)
     gamma = float(h.gamma)
     for i, (x, g, s) in enumerate(zip(bucket.params, bucket.grads, bucket.anchors)):
+        put = store(bucket, i, h.seed)  # (16-bit x and anchor without a master: rounded stochastically)
         anchor = bucket.anchor_values(phase)[i].to(cd)
         g_prime = regularized_grad(g.to(cd), anchor, h, inv_scale, clip)
         v_max = bucket.max_second_moments[i].to(cd) if bucket.max_second_moments else None
@@ -98,7 +100,7 @@ def apply(
             e = direction(anchor, m, v, v_max, step + 1, h, bucket.shard_group)
             if not bucket.has_master:
                 s.copy_(x)
-            x.copy_(anchor - gamma * e)
+            put(x, anchor - gamma * e, 2)
             continue
         e = direction(anchor, m, v, v_max, step, h, bucket.shard_group)
         anchor = anchor - float(h.lr) * e
@@ -109,13 +111,13 @@ def apply(
         if phase == Phase.UPDATE:  # x <- s; a full-precision s was only the snapshot
             if bucket.has_master:
                 s.copy_(anchor)
-            x.copy_(anchor)
+            put(x, anchor, 0)  # (without a master: the anchor's rounding, as s would be stored)
         elif phase == Phase.UPDATE_PAST:
-            s.copy_(anchor)
-            x.copy_(anchor - gamma * e)
+            put(s, anchor, 0)
+            put(x, anchor - gamma * e, 2)
         elif phase == Phase.UPDATE_NOISE:
-            s.copy_(anchor)
+            put(s, anchor, 0)
             xi = philox.normal(h.seed, step, bucket.indices[i], x.numel(), x.device).view_as(x)
-            x.copy_(anchor + h.noise_std * xi.to(cd))
+            put(x, anchor + h.noise_std * xi.to(cd), 2)
         else:
             raise ValueError(f"phase {phase!r} has no adaptive form")

@@ -42,3 +42,18 @@ def stochastic_round(value: Tensor, dtype: torch.dtype, random: Tensor) -> Tenso
     tiny = torch.where(uniform < v.abs() * _TWO_POW_24, 1.0 / _TWO_POW_24, 0.0).to(torch.float32).copysign(v)
     out = torch.where(drop > 23, tiny, rounded)
     return torch.where(exponent == 0xFF, v, out).to(dtype)
+
+
+def store(bucket, i: int, seed: int):
+    """put(dst, value, which) for parameter `i` of `bucket` (bucket.Bucket): dst <- value, rounded to nearest;
+    or, for 16-bit values without a master, stochastically with Philox output `which` (0: the anchor, 1: the
+    momentum, 2: the parameter). The oracles' way of storing (reference.py, reference_adaptive.py)."""
+    if not bucket.rounds_stochastically:
+        return lambda dst, value, which: dst.copy_(value)
+    x = bucket.params[i]
+    bits = bits_flat(seed, bucket.steps[i].reshape(1), torch.tensor([bucket.indices[i]]), [x.numel()], x.device)
+
+    def put(dst: Tensor, value: Tensor, which: int) -> None:
+        dst.copy_(stochastic_round(value.reshape(-1), dst.dtype, bits[which]).view_as(dst))
+
+    return put

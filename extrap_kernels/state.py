@@ -34,9 +34,24 @@ class BaseState:
     def base(self) -> str:
         return self.hyper.base
 
+    # the state keys held in fp32 (fp64) whatever the master: the adaptive bases' moments
+    FULL_PRECISION: frozenset[str] = frozenset()
+
     def state_lists(self, group: dict, phase: Phase) -> dict[str, str]:
         """The bucket's per-parameter state lists besides anchors and steps: bucket field -> state key."""
         raise NotImplementedError
+
+    def dtype_of(self, key: str, p: Tensor, group: dict) -> torch.dtype:
+        """The dtype state `key` of `p` is held in (a loaded checkpoint is converted to it): the step count
+        float32; the anchor and the SGD family's momentum the state dtype, or with master_weights=False the
+        parameter's own."""
+        if key == "step":
+            return torch.float32
+        if key == "last_gamma":
+            return state_dtype(p.dtype.to_real())
+        if key in self.FULL_PRECISION:
+            return state_dtype(p.dtype)
+        return state_dtype(p.dtype) if group.get("master_weights", True) else p.dtype
 
     def init_state(self, state: dict, p: Tensor, group: dict, phase: Phase, anchored: bool) -> dict:
         """The state `phase` needs for `p`, created in `state` where missing (`anchored`: the class keeps an
@@ -92,6 +107,8 @@ class AdaptiveState(BaseState):
     """The adaptive bases': the moments exp_avg and exp_avg_sq (max_exp_avg_sq with amsgrad), with
     torch.optim.Adam's names (its checkpoints load), and the anchor."""
 
+    FULL_PRECISION = frozenset(("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
+
     def state_lists(self, group: dict, phase: Phase) -> dict[str, str]:
         lists = {"momenta": "exp_avg", "second_moments": "exp_avg_sq"}
         if group.get("amsgrad", False):
@@ -101,15 +118,24 @@ class AdaptiveState(BaseState):
     def init_state(self, state: dict, p: Tensor, group: dict, phase: Phase, anchored: bool) -> dict:
         if "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
+        """The moments are fp32 (fp64) whatever the master; the anchor is the fp32 master of a 16-bit parameter,
+        or with master_weights=False a copy in the parameter's dtype (a stored anchor of the other kind is
+        converted; none is kept where the class keeps none, x being its own)."""
         sdtype = state_dtype(p.dtype)
         for key in self.state_lists(group, phase).values():
             if key not in state:
                 state[key] = _zeros_like(p, sdtype)
-        if anchored and "anchor" not in state:
-            state["anchor"] = _copy_of(p, sdtype)
+        adtype = self.dtype_of("anchor", p, group)
+        if not anchored:
+            state.pop("anchor", None)  # (x is the iterate: a master from a checkpoint rounds to it)
+        elif "anchor" not in state:
+            state["anchor"] = _copy_of(p, adtype)
+        elif state["anchor"].dtype != adtype and state["anchor"].dtype in (p.dtype, sdtype):
+            state["anchor"] = state["anchor"].to(adtype)
         return state
 
 
 SGD_STATE = SGDState(SGDHyper)
 ADAM_STATE = AdaptiveState(AdamHyper)
 LAMB_STATE = AdaptiveState(LambHyper)
+

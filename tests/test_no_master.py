@@ -216,3 +216,156 @@ def test_switching_master_weights_converts_the_state(backend):
     assert {t.dtype for p in params for k, t in opt.state[p].items() if k != "step"} == {torch.float32}
     with pytest.raises(TypeError, match="master_weights"):
         ek.ExtrapSGD(params, lr=0.1, master_weights="no")
+
+
+# ---- the adaptive bases (Adam, AdamW, LAMB and Apex's FusedAdam, FusedLAMB) ---------------------------------
+# Without a master a 16-bit x is updated in place (the drop-ins) or keeps a 16-bit anchor (the Extrap classes);
+# the moments stay fp32, as Apex's FusedAdam keeps them, and only x and the anchor are rounded stochastically.
+ADAPTIVE_KINDS = ["adam-past", "adam-local", "adam-noise", "lamb-past", "lamb-local", "fused-adam", "fused-lamb"]
+ADAPTIVE_OPTIONS = dict(lr=1e-2, weight_decay=1e-2)
+
+
+def _make_adaptive(kind, params, backend, **extra):
+    options = {**ADAPTIVE_OPTIONS, "backend": backend, **extra}
+    if kind == "fused-adam":
+        return ek.FusedAdam(params, **options)  # (Apex's default: master_weights=False)
+    if kind == "fused-lamb":
+        return ek.FusedLAMB(params, **options)
+    base, mode = kind.split("-")
+    cls = ek.ExtrapAdamW if base == "adam" else ek.ExtrapLAMB
+    options.setdefault("master_weights", False)
+    return cls(params, mode=mode, gamma=0.02, seed=11, **options)
+
+
+def _train_adaptive(kind, opt, params, steps, start=0):
+    _train(kind.split("-")[-1], opt, params, steps, start)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("kind", ADAPTIVE_KINDS)
+@pytest.mark.parametrize("dtype", SIXTEEN, ids=str)
+def test_adaptive_backends_round_as_the_reference(backend, kind, dtype):
+    """As test_every_backend_rounds_as_the_reference: x and the anchor element for element but for a few
+    threshold crossings; the fp32 moments to a few fp32 roundings of each step's (as the kernels' tests bound
+    them), since the rounded x they are computed from is the same."""
+    ours, oracle = _params(dtype), _params(dtype)
+    opt, ref = _make_adaptive(kind, ours, backend), _make_adaptive(kind, oracle, "reference")
+    steps = 8
+    _train_adaptive(kind, opt, ours, steps)
+    _train_adaptive(kind, ref, oracle, steps)
+    ulp = torch.finfo(dtype).eps
+    total = sum(p.numel() for p in ours)
+    for p, q in zip(ours, oracle):
+        assert ("anchor" in opt.state[p]) == kind.startswith(("adam", "lamb"))  # the drop-ins keep none
+        pairs = [(p.detach(), q.detach())]
+        if "anchor" in opt.state[p]:
+            pairs.append((opt.state[p]["anchor"], ref.state[q]["anchor"]))
+        for a, b in pairs:
+            assert a.dtype == dtype == b.dtype
+            apart = (a.float() - b.float()).abs()
+            assert int((apart > 0).sum()) <= max(3, total // 300), f"{int((apart > 0).sum())} of {a.numel()} differ"
+            assert bool((apart <= 4 * steps * ulp * b.float().abs().clamp_min(1.0)).all())
+        for key in ("exp_avg", "exp_avg_sq"):
+            a, b = opt.state[p][key], ref.state[q][key]
+            assert a.dtype == torch.float32 == b.dtype
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max())), key
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("dtype", SIXTEEN, ids=str)
+def test_fused_adam_without_a_master_keeps_updates_on_average(backend, dtype):
+    """FusedAdam on 16-bit parameters without a master (Apex's default) moves x by lr ~ 1e-4 per step, a
+    sixteenth of a bf16 ulp at |x| ~ 1: rounded to nearest (as Apex and torch.optim.Adam store a bf16 x) the
+    updates are lost; rounded stochastically the mean of R seeded runs is the fp32-master trajectory. Without
+    weight decay the moments do not depend on x, so every run takes the same fp32 steps and only the rounding
+    of x differs: variance <= ulp^2 / 4 per step, 6 standard errors bound the mean (false failure ~2e-9 per
+    element), and the nearest-rounding control exceeds that bound."""
+    sizes, steps, runs = (64,), 8, 48
+    gen = torch.Generator().manual_seed(3)
+    grads = [torch.ones(sizes[0]) + 0.1 * torch.randn(sizes[0], generator=gen) for _ in range(steps)]
+
+    def trajectory(opt, params):
+        for g in grads:
+            params[0].grad = g.to(dtype)
+            opt.step()
+
+    master = _params(dtype, sizes=sizes)
+    opt = ek.FusedAdam(master, lr=1e-4, master_weights=True, backend=backend)
+    trajectory(opt, master)
+    fp32 = opt.state[master[0]]["anchor"].double()
+    means = torch.zeros(sizes[0], dtype=torch.float64)
+    for seed in range(runs):
+        params = _params(dtype, sizes=sizes)
+        lean = ek.FusedAdam(params, lr=1e-4, backend=backend)
+        lean.param_groups[0]["seed"] = seed  # (the rounding's key: the group's seed)
+        trajectory(lean, params)
+        means += params[0].detach().double() / runs
+    ulp = torch.finfo(dtype).eps * fp32.abs().clamp_min(2.0**-14)
+    bound = 6 * ulp * math.sqrt(steps / runs) / 2
+    start = _params(dtype, sizes=sizes)[0].detach().double()
+    assert bool(((means - fp32).abs() <= bound).all())
+    assert bool(((fp32 - start).abs() > bound).any())  # it did move
+    nearest = _params(dtype, sizes=sizes)
+    trajectory(torch.optim.Adam(nearest, lr=1e-4), nearest)  # a 16-bit x rounded to nearest
+    assert bool(((nearest[0].detach().double() - fp32).abs() > bound).any())
+
+
+def _bytes_per_element(opt, params) -> float:
+    """The parameter and every optimizer state tensor of more than one element, per parameter element."""
+    held = sum(
+        p.numel() * p.element_size() + sum(t.numel() * t.element_size() for t in opt.state[p].values() if t.dim() > 0)
+        for p in params
+    )
+    return held / sum(p.numel() for p in params)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_adaptive_state_bytes_checkpoints_and_found_inf(backend):
+    """bf16 FusedAdam holds x and fp32 moments, 10 bytes per element as Apex's FusedAdam (14 with
+    master_weights=True); ExtrapAdamW without a master 12 (its bf16 anchor). A state_dict resumes bit-exactly
+    and found_inf changes nothing."""
+    for kind, expected, master_expected in (("fused-adam", 10, 14), ("adam-past", 12, 14), ("fused-lamb", 10, 14)):
+        params = _params(torch.bfloat16)
+        opt = _make_adaptive(kind, params, backend)
+        _train_adaptive(kind, opt, params, 3)
+        assert _bytes_per_element(opt, params) == expected, kind
+        fat = _params(torch.bfloat16)
+        with_master = _make_adaptive(kind, fat, backend, master_weights=True)
+        _train_adaptive(kind, with_master, fat, 1)
+        assert _bytes_per_element(with_master, fat) == master_expected, kind
+        saved = copy.deepcopy((params, opt.state_dict()))
+        resumed = [torch.nn.Parameter(p.detach().clone()) for p in saved[0]]
+        opt2 = _make_adaptive(kind, resumed, backend)
+        opt2.load_state_dict(saved[1])
+        assert opt2.state[resumed[0]]["exp_avg"].dtype == torch.float32
+        _train_adaptive(kind, opt, params, 2, start=3)
+        _train_adaptive(kind, opt2, resumed, 2, start=3)
+        assert all(torch.equal(p, q) for p, q in zip(params, resumed)), kind
+        before = [p.detach().clone() for p in params], copy.deepcopy(opt.state_dict()["state"])
+        _grads(params, 9)
+        opt.step(found_inf=torch.tensor([1.0]))
+        assert all(torch.equal(a, p) for a, p in zip(before[0], params))
+        for key, state in opt.state_dict()["state"].items():
+            assert all(torch.equal(v, before[1][key][k]) for k, v in state.items())
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_switching_fused_adam_master_weights(backend):
+    """master_weights switched on takes the master from x; switched off drops it (x is the iterate, the master's
+    rounding); a checkpoint with a master loads into a FusedAdam without one."""
+    params = _params(torch.bfloat16)
+    opt = ek.FusedAdam(params, lr=1e-2, master_weights=True, backend=backend)
+    _train("past", opt, params, 2)
+    assert opt.state[params[0]]["anchor"].dtype == torch.float32
+    saved = copy.deepcopy(opt.state_dict())
+    opt.param_groups[0]["master_weights"] = False
+    _train("past", opt, params, 1, start=2)
+    assert "anchor" not in opt.state[params[0]]
+    opt.param_groups[0]["master_weights"] = True
+    _train("past", opt, params, 1, start=3)
+    assert torch.equal(opt.state[params[0]]["anchor"].to(torch.bfloat16), params[0].detach())
+    lean = ek.FusedAdam(params, lr=1e-2, backend=backend)
+    lean.load_state_dict(saved)  # (the checkpoint's group says master_weights=True: it is kept)
+    assert lean.param_groups[0]["master_weights"] is True
+    with pytest.raises(TypeError, match="master_weights"):
+        ek.FusedAdam(params, master_weights="no")

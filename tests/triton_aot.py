@@ -175,6 +175,25 @@ def adaptive_cover() -> list[tuple[str, str, dict]]:
                     dict(ADAPTIVE_BASE, PHASE=2, X_DTYPE=x, C_DTYPE=c, MASTER=master, ALIGNED=True, **switch),
                 )
             )
+    for name, rounding in (("bf16", 1), ("fp16", 2)):  # a 16-bit x and anchor without a master, every phase
+        x, c, _ = DTYPES[name]
+        for phase in range(4):
+            out.append(
+                (
+                    "adaptive",
+                    f"adaptive{phase}-{name}-no-master",
+                    dict(
+                        ADAPTIVE_BASE,
+                        PHASE=phase,
+                        X_DTYPE=x,
+                        S_DTYPE=x,
+                        C_DTYPE=c,
+                        ROUNDING=rounding,
+                        MASTER=False,
+                        ALIGNED=True,
+                    ),
+                )
+            )
     for name, (x, c, _) in DTYPES.items():
         for reads_x in (False, True) if x == c else (False,):
             for amsgrad in (False, True):
@@ -197,12 +216,37 @@ def adaptive_cover() -> list[tuple[str, str, dict]]:
                     )
                 )
         out.append(("sums", f"sums-{name}", dict(C_DTYPE=c)))
+    for name in ("bf16", "fp16"):  # the reading pass over a 16-bit anchor (s, or x itself) without a master
+        x, c, _ = DTYPES[name]
+        for reads_x in (False, True):
+            out.append(
+                (
+                    "norms",
+                    f"norms-{name}-no-master{'-x' if reads_x else ''}",
+                    dict(
+                        X_DTYPE=x,
+                        S_DTYPE=x,
+                        C_DTYPE=c,
+                        READS_X=reads_x,
+                        AMSGRAD=False,
+                        DECOUPLED=True,
+                        BIAS_CORRECTION=True,
+                        HAS_SCALE=True,
+                        BETA1_TENSOR=False,
+                        BETA2_TENSOR=False,
+                        GRAD_AVERAGING=True,
+                    ),
+                )
+            )
     return out
 
 
 def compile_adaptive(kernel: str, constexprs: dict, arch: int):
-    """triton_adaptive's kernels: `kernel` "adaptive" (a phase), "norms" (LAMB's reading pass) or "sums"."""
+    """triton_adaptive's kernels: `kernel` "adaptive" (a phase), "norms" (LAMB's reading pass) or "sums". The
+    anchor is of the state dtype and rounded to nearest unless the constexprs say otherwise (S_DTYPE, ROUNDING)."""
     state = {tl.float32: "fp32", tl.float64: "fp64"}[constexprs["C_DTYPE"]]
+    if kernel != "sums":
+        constexprs = dict({"S_DTYPE": constexprs["C_DTYPE"]}, **constexprs)
     scalars = [
         "weight_decay",
         "sign",
@@ -236,6 +280,7 @@ def compile_adaptive(kernel: str, constexprs: dict, arch: int):
         constexprs = dict(constexprs, BLOCK=2048)
     else:
         fn = ta._adaptive_kernel
+        constexprs = dict({"ROUNDING": 0}, **constexprs)
         sig = {
             "table": "*i64",
             "numels": "*i64",
@@ -254,6 +299,7 @@ def compile_adaptive(kernel: str, constexprs: dict, arch: int):
             "sign": "fp32",
             "noise_std": "fp32",
             "seed": "u64",
+            "rounding_seed": "u64",
             **{k: "fp32" for k in scalars if k not in ("weight_decay", "sign")},
             "beta1_ptr": "*fp64",
             "beta2_ptr": "*fp64",
@@ -379,6 +425,17 @@ def check_ptx(arch: int) -> list[str]:
                 print(f"PTX sm_{arch} adaptive2-fp32-unaligned (control): 128-bit loads/stores {unaligned}")
                 if unaligned != (0, 0):
                     failures.append(f"PTX adaptive control: the unaligned kernel has 128-bit accesses {unaligned}")
+    for phase in range(4):  # bf16 without a master (FusedAdam's default): x and s 16-bit, the moments fp32
+        x, c, _ = DTYPES["bf16"]
+        kernel = compile_adaptive(
+            "adaptive",
+            dict(ADAPTIVE_BASE, PHASE=phase, X_DTYPE=x, S_DTYPE=x, C_DTYPE=c, ROUNDING=1, MASTER=False, ALIGNED=True),
+            arch,
+        )
+        size = dict.fromkeys("xgs", 2) | dict.fromkeys("mv", 4)
+        failures += check_vectors(
+            f"sm_{arch} adaptive{phase}-bf16-no-master", kernel, size, adaptive_moved_arrays(phase, False)
+        )
     return failures
 
 

@@ -37,15 +37,17 @@ inline std::vector<Span> spans_of(const std::vector<at::Tensor>& tensors, int64_
   return spans;
 }
 
-// The per-tensor values of an adaptive launch: the LAMB ratio, the noise key, and the bias corrections
-// of the count the phase's direction uses (the look-ahead of kExtrapolate and the reading pass: the
-// count after the coming update; an update phase has counted its own when it runs).
+// The per-tensor values of an adaptive launch: the LAMB ratio, the key of the noise and of the rounding (the
+// stored count), and the bias corrections of the count the phase's direction uses (the look-ahead of
+// kExtrapolate and the reading pass: the count after the coming update; an update phase has counted its own
+// when it runs).
 template <typename acc>
 inline TensorArgs<acc> adaptive_args(const Launch& L, const Hyper<acc>& h, size_t t, bool next_count) {
-  const float step = *L.steps[t].data_ptr<float>() + (next_count ? 1.0f : 0.0f);
+  const float stored = *L.steps[t].data_ptr<float>();
+  const float step = stored + (next_count ? 1.0f : 0.0f);
   TensorArgs<acc> args{L.trust ? L.trust->data_ptr<acc>()[t] : acc(1),
                        false,
-                       static_cast<uint32_t>(step),
+                       static_cast<uint32_t>(stored),
                        static_cast<uint32_t>(L.indices[t]),
                        acc(0),
                        acc(1),

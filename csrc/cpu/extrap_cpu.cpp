@@ -260,32 +260,37 @@ void run_launch(const Launch& L, bool skip, double inv_scale, acc unscale) {
 }
 
 // The adaptive bases, one span of one tensor. Restrict-qualified as run_span (the compiler vectorizes it
-// then); where x is its own anchor (FusedAdam on full-precision parameters, kUpdate in place) the
-// launcher passes x as s to run_adaptive_span_in_place, the same loop without the promise.
+// then); where x is its own anchor (FusedAdam without a separate master, kUpdate in place) the launcher
+// passes x as s to run_adaptive_span_in_place, the same loop without the promise. s is anchor_t: acc, or
+// (master_weights=False) a 16-bit x's own type, whose stored values are then rounded stochastically.
 // kDecoupled fixes the decay's flag at compile time: with the branch on it inside, GCC leaves the 16-bit
 // loops scalar (8x slower than vectorized, measured).
 #define EXTRAP_ADAPTIVE_SPAN(name, restrict_xs)                                                                  \
-  template <Phase P, bool kAmsgrad, bool kDecoupled, typename scalar_t, typename acc>                            \
-  EXTRAP_SIMD_CLONES void name(scalar_t* restrict_xs x, const scalar_t* __restrict__ g, acc* restrict_xs s,      \
+  template <Phase P, bool kAmsgrad, bool kDecoupled, typename scalar_t, typename anchor_t, typename acc>         \
+  EXTRAP_SIMD_CLONES void name(scalar_t* restrict_xs x, const scalar_t* __restrict__ g, anchor_t* restrict_xs s, \
                                acc* __restrict__ m, acc* __restrict__ v, acc* __restrict__ v_max, int64_t begin, \
                                int64_t end, Hyper<acc> h, TensorArgs<acc> t) {                                   \
     h.decoupled = kDecoupled;                                                                                    \
     adaptive_loop<P, kAmsgrad>(x, g, s, m, v, v_max, begin, end, h, t);                                          \
   }
 
-template <Phase P, bool kAmsgrad, typename scalar_t, typename acc>
-inline __attribute__((always_inline)) void adaptive_loop(scalar_t* x, const scalar_t* g, acc* s, acc* m, acc* v,
+template <Phase P, bool kAmsgrad, typename scalar_t, typename anchor_t, typename acc>
+inline __attribute__((always_inline)) void adaptive_loop(scalar_t* x, const scalar_t* g, anchor_t* s, acc* m, acc* v,
                                                          acc* v_max, int64_t begin, int64_t end, const Hyper<acc>& h,
                                                          const TensorArgs<acc>& t) {
-  constexpr bool kMaster = !std::is_same<scalar_t, acc>::value;
+  constexpr bool kMaster = !std::is_same<scalar_t, anchor_t>::value;
+  constexpr int R = kRoundingOf<scalar_t, anchor_t>;
   constexpr bool kReadsX = reads_param<P, kMaster>();
   for (int64_t i = begin; i < end; ++i) {
     acc xv = kReadsX ? static_cast<acc>(x[i]) : acc(0);
-    acc sv = kReadsX ? acc(0) : s[i];
+    acc sv = kReadsX ? acc(0) : static_cast<acc>(s[i]);
     acc mv = m[i], vv = v[i], v_maxv = kAmsgrad ? v_max[i] : acc(0);
     adaptive_element<P, kAmsgrad, kMaster>(xv, static_cast<acc>(g[i]), sv, mv, vv, v_maxv, h, t,
                                            static_cast<uint64_t>(i));
-    if constexpr (stores_anchor<P, kMaster>()) s[i] = sv;
+    if constexpr (R != kNearest) {
+      round_stored_anchor<P, R>(xv, sv, rounding_bits(h.seed, t.step, t.index, static_cast<uint64_t>(i)));
+    }
+    if constexpr (stores_anchor<P, kMaster>()) s[i] = static_cast<anchor_t>(sv);
     if constexpr (P != kExtrapolate) {
       m[i] = mv;
       v[i] = vv;
@@ -298,7 +303,7 @@ EXTRAP_ADAPTIVE_SPAN(run_adaptive_span, __restrict__)
 EXTRAP_ADAPTIVE_SPAN(run_adaptive_span_in_place, )
 #undef EXTRAP_ADAPTIVE_SPAN
 
-template <Phase P, bool kAmsgrad, typename scalar_t, typename acc>
+template <Phase P, bool kAmsgrad, typename scalar_t, typename anchor_t, typename acc>
 void run_adaptive_launch(const Launch& L, bool skip, double inv_scale, acc unscale) {
   const Hyper<acc> h = make_hyper<acc>(L, inv_scale);
   std::vector<TensorArgs<acc>> args;
@@ -313,17 +318,17 @@ void run_adaptive_launch(const Launch& L, bool skip, double inv_scale, acc unsca
     for (int64_t k = lo; k < hi; ++k) {
       const Span& span = spans[k];
       auto* x = L.params[span.tensor].data_ptr<scalar_t>();
-      auto* s = L.anchor(span.tensor).data_ptr<acc>();
+      auto* s = L.anchor(span.tensor).data_ptr<anchor_t>();
       if (skip) {
-        skip_span<P, scalar_t, acc, acc>(x, s, span.begin, span.end);
+        skip_span<P, scalar_t, anchor_t, acc>(x, s, span.begin, span.end);
         continue;
       }
       acc* v_max = kAmsgrad ? L.max_second_moments[span.tensor].data_ptr<acc>() : nullptr;
       const bool in_place = static_cast<void*>(x) == static_cast<void*>(s);
-      auto* run = h.decoupled ? (in_place ? run_adaptive_span_in_place<P, kAmsgrad, true, scalar_t, acc>
-                                          : run_adaptive_span<P, kAmsgrad, true, scalar_t, acc>)
-                              : (in_place ? run_adaptive_span_in_place<P, kAmsgrad, false, scalar_t, acc>
-                                          : run_adaptive_span<P, kAmsgrad, false, scalar_t, acc>);
+      auto* run = h.decoupled ? (in_place ? run_adaptive_span_in_place<P, kAmsgrad, true, scalar_t, anchor_t, acc>
+                                          : run_adaptive_span<P, kAmsgrad, true, scalar_t, anchor_t, acc>)
+                              : (in_place ? run_adaptive_span_in_place<P, kAmsgrad, false, scalar_t, anchor_t, acc>
+                                          : run_adaptive_span<P, kAmsgrad, false, scalar_t, anchor_t, acc>);
       auto* g = L.grads[span.tensor].data_ptr<scalar_t>();
       run(x, g, s, L.momenta[span.tensor].data_ptr<acc>(), L.second_moments[span.tensor].data_ptr<acc>(), v_max,
           span.begin, span.end, h, args[span.tensor]);
@@ -347,8 +352,12 @@ void apply_cpu(const Launch& L) {
     switch (L.family) {  // (each family's loops, its phases fixed at compile time)
       case Family::kAdaptive:
         return with_adaptive_phase(L, [&](auto phase, auto amsgrad) {
-          run_adaptive_launch<decltype(phase)::value, decltype(amsgrad)::value, scalar_t, acc>(L, skip, inv_scale,
-                                                                                               unscale);
+          constexpr Phase P = decltype(phase)::value;
+          constexpr bool A = decltype(amsgrad)::value;
+          with_anchor_type<scalar_t, acc>(L, [&](auto anchor_type) {
+            using anchor_t = typename decltype(anchor_type)::type;
+            run_adaptive_launch<P, A, scalar_t, anchor_t, acc>(L, skip, inv_scale, unscale);
+          });
         });
       case Family::kSgd:
         return with_phase(L, [&](auto phase, auto momentum) {

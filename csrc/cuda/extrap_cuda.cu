@@ -125,18 +125,20 @@ void launch_phase(const Launch& L) {
 }
 
 // The adaptive bases (Adam, AdamW, LAMB): as phase_kernel, with the second moments (and their maxima)
-// moved beside m, and adaptive_element's math. Their state is always acc (a 16-bit x keeps its master).
-template <Phase P, bool kAmsgrad, typename scalar_t, typename acc, typename Table>
+// moved beside m, and adaptive_element's math. The moments are acc; s is anchor_t: acc, or (master_weights=
+// False) a 16-bit x's own type, whose stored values are rounded stochastically.
+template <Phase P, bool kAmsgrad, typename scalar_t, typename anchor_t, typename acc, typename Table>
 __global__ void __launch_bounds__(kAdaptiveThreads)
     adaptive_kernel(Table table, Hyper<acc> h, const acc* trust, const acc* grad_scale, const float* found_inf,
                     const acc* lr, const acc* gamma, const double* beta1, const double* beta2, const acc* loss_scale) {
-  constexpr bool kMaster = !std::is_same<scalar_t, acc>::value;
+  constexpr bool kMaster = !std::is_same<scalar_t, anchor_t>::value;
+  constexpr int R = kRoundingOf<scalar_t, anchor_t>;
   const Chunk chunk = chunk_of_block(table);
   const int entry = chunk.entry;
   const int64_t begin = chunk.begin, end = chunk.end;
   auto* x = static_cast<scalar_t*>(table.x[entry]);
   auto* g = static_cast<scalar_t*>(table.g[entry]);
-  auto* s = static_cast<acc*>(table.s[entry]);
+  auto* s = static_cast<anchor_t*>(table.s[entry]);
   auto* m = static_cast<acc*>(table.m[entry]);
   auto* v = static_cast<acc*>(table.v[entry]);
   auto* v_max = static_cast<acc*>(table.v_max[entry]);
@@ -145,11 +147,13 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
   const acc unscale = grad_unscale(loss_scale);
   read_device_values(h, grad_scale, lr, gamma);
   read_device_betas(h, beta1, beta2);
-  // the look-ahead of kExtrapolate uses the count after the coming update; an update phase's is counted
-  const float step = *table.step[entry] + (P == kExtrapolate ? 1.0f : 0.0f);
+  // the look-ahead of kExtrapolate uses the count after the coming update (an update phase's is counted); the
+  // noise and the rounding are keyed by the stored count
+  const float stored = *table.step[entry];
+  const float step = stored + (P == kExtrapolate ? 1.0f : 0.0f);
   TensorArgs<acc> t{trust != nullptr ? trust[table.tensor[entry]] : acc(1),
                     false,
-                    static_cast<uint32_t>(step),
+                    static_cast<uint32_t>(stored),
                     table.index[entry],
                     acc(0),
                     acc(1),
@@ -161,6 +165,8 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
       skipped_element<P, kMaster>(xv, sv);
     } else {
       adaptive_element<P, kAmsgrad, kMaster>(xv, gv, sv, mv, vv, v_maxv, h, t, static_cast<uint64_t>(i));
+      if (R != kNearest)
+        round_stored_anchor<P, R>(xv, sv, rounding_bits(h.seed, t.step, t.index, static_cast<uint64_t>(i)));
     }
   };
   // (FusedAdam passes a full-precision x as its own anchor: read as s, stored as x)
@@ -171,16 +177,19 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
 
   constexpr int kVec = kVectorWidth<scalar_t>;
   using XVec = Vec<scalar_t, kVec>;
+  using SVec = Vec<anchor_t, kVec>;
   using AVec = Vec<acc, kVec>;
-  const bool vector = aligned<scalar_t, kVec>(x) && aligned<scalar_t, kVec>(g) && (kReadsX || aligned<acc, kVec>(s)) &&
-                      aligned<acc, kVec>(m) && aligned<acc, kVec>(v) && (!kAmsgrad || aligned<acc, kVec>(v_max));
+  const bool vector = aligned<scalar_t, kVec>(x) && aligned<scalar_t, kVec>(g) &&
+                      (kReadsX || aligned<anchor_t, kVec>(s)) && aligned<acc, kVec>(m) && aligned<acc, kVec>(v) &&
+                      (!kAmsgrad || aligned<acc, kVec>(v_max));
   auto at_vector = [&](int64_t i) {
     XVec xr{};
-    AVec sr{}, vmr{};
+    SVec sr{};
+    AVec vmr{};
     if (kReadsX) {
       xr = *reinterpret_cast<const XVec*>(x + i);
     } else {
-      sr = *reinterpret_cast<const AVec*>(s + i);
+      sr = *reinterpret_cast<const SVec*>(s + i);
     }
     const XVec gr = *reinterpret_cast<const XVec*>(g + i);
     AVec mr = *reinterpret_cast<const AVec*>(m + i);
@@ -188,12 +197,13 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
     if (kAmsgrad) vmr = *reinterpret_cast<const AVec*>(v_max + i);
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      acc xv = static_cast<acc>(xr.v[k]);
-      element(xv, static_cast<acc>(gr.v[k]), sr.v[k], mr.v[k], vr.v[k], vmr.v[k], i + k);
+      acc xv = static_cast<acc>(xr.v[k]), sv = static_cast<acc>(sr.v[k]);
+      element(xv, static_cast<acc>(gr.v[k]), sv, mr.v[k], vr.v[k], vmr.v[k], i + k);
       xr.v[k] = static_cast<scalar_t>(xv);
+      sr.v[k] = static_cast<anchor_t>(sv);
     }
     if (store_x) *reinterpret_cast<XVec*>(x + i) = xr;
-    if (store_s) *reinterpret_cast<AVec*>(s + i) = sr;
+    if (store_s) *reinterpret_cast<SVec*>(s + i) = sr;
     if (store_state) {
       *reinterpret_cast<AVec*>(m + i) = mr;
       *reinterpret_cast<AVec*>(v + i) = vr;
@@ -203,13 +213,13 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
   };
   auto at_element = [&](int64_t j) {
     acc xv = kReadsX ? static_cast<acc>(x[j]) : acc(0);
-    acc sv = kReadsX ? acc(0) : s[j];
+    acc sv = kReadsX ? acc(0) : static_cast<acc>(s[j]);
     acc mv = m[j], vv = v[j], v_maxv = kAmsgrad ? v_max[j] : acc(0);
     const acc gv = static_cast<acc>(g[j]);
     element(xv, gv, sv, mv, vv, v_maxv, j);
     if (store_g) g[j] = static_cast<scalar_t>(gv * unscale);
     if (store_x) x[j] = static_cast<scalar_t>(xv);
-    if (store_s) s[j] = sv;
+    if (store_s) s[j] = static_cast<anchor_t>(sv);
     if (store_state) {
       m[j] = mv;
       v[j] = vv;
@@ -223,7 +233,7 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
 // `partials` ([launch blocks, threads, 2]; block `first_block + blockIdx.x`): the threads do not
 // communicate, and the host-side sums (adaptive_norms_cuda) are in a fixed order, so the result is
 // deterministic.
-template <bool kAmsgrad, bool kReadsX, typename scalar_t, typename acc, typename Table>
+template <bool kAmsgrad, bool kReadsX, typename scalar_t, typename anchor_t, typename acc, typename Table>
 __global__ void __launch_bounds__(kThreads)
     adaptive_norms_kernel(Table table, Hyper<acc> h, const acc* grad_scale, const double* beta1, const double* beta2,
                           acc* partials, int64_t first_block) {
@@ -232,7 +242,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t begin = chunk.begin, end = chunk.end;
   const auto* x = static_cast<const scalar_t*>(table.x[entry]);
   const auto* g = static_cast<const scalar_t*>(table.g[entry]);
-  const auto* s = static_cast<const acc*>(table.s[entry]);
+  const auto* s = static_cast<const anchor_t*>(table.s[entry]);
   const auto* m = static_cast<const acc*>(table.m[entry]);
   const auto* v = static_cast<const acc*>(table.v[entry]);
   const auto* v_max = static_cast<const acc*>(table.v_max[entry]);
@@ -243,8 +253,8 @@ __global__ void __launch_bounds__(kThreads)
   bias_corrections(h, step, t.bias1, t.bias2_sqrt);
   acc s_squares = 0, u_squares = 0;
   for (int64_t j = begin + threadIdx.x; j < end; j += kThreads) {
-    adaptive_norm_element<kAmsgrad>(kReadsX ? static_cast<acc>(x[j]) : s[j], static_cast<acc>(g[j]), m[j], v[j],
-                                    kAmsgrad ? v_max[j] : acc(0), h, t, s_squares, u_squares);
+    adaptive_norm_element<kAmsgrad>(kReadsX ? static_cast<acc>(x[j]) : static_cast<acc>(s[j]), static_cast<acc>(g[j]),
+                                    m[j], v[j], kAmsgrad ? v_max[j] : acc(0), h, t, s_squares, u_squares);
   }
   acc* out = partials + ((first_block + blockIdx.x) * kThreads + threadIdx.x) * 2;
   out[0] = s_squares;
@@ -275,7 +285,7 @@ __global__ void __launch_bounds__(kSegmentThreads)
   out[2 * t + 1] = u_squares;
 }
 
-template <Phase P, bool kAmsgrad, typename scalar_t, typename acc>
+template <Phase P, bool kAmsgrad, typename scalar_t, typename anchor_t, typename acc>
 void launch_adaptive(const Launch& L) {
   const Hyper<acc> h = make_hyper<acc>(L, 1.0);
   const acc* trust = L.trust ? L.trust->data_ptr<acc>() : nullptr;
@@ -291,14 +301,14 @@ void launch_adaptive(const Launch& L) {
     using Table = typename decltype(tag)::type;
     multi_tensor_apply<Table>(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas,
                               L.second_moments, L.max_second_moments, [&](Table& table, int blocks) {
-                                launch_checked(adaptive_kernel<P, kAmsgrad, scalar_t, acc, Table>, blocks,
+                                launch_checked(adaptive_kernel<P, kAmsgrad, scalar_t, anchor_t, acc, Table>, blocks,
                                                kAdaptiveThreads, stream, table, h, trust, grad_scale, found_inf, lr,
                                                gamma, beta1, beta2, loss_scale);
                               });
   });
 }
 
-template <bool kAmsgrad, bool kReadsX, typename scalar_t, typename acc>
+template <bool kAmsgrad, bool kReadsX, typename scalar_t, typename anchor_t, typename acc>
 at::Tensor launch_adaptive_norms(const Launch& L) {
   const Hyper<acc> h = make_hyper<acc>(L, 1.0);
   const acc* grad_scale = L.grad_scale ? L.grad_scale->data_ptr<acc>() : nullptr;
@@ -317,8 +327,8 @@ at::Tensor launch_adaptive_norms(const Launch& L) {
     using Table = typename decltype(tag)::type;
     multi_tensor_apply<Table>(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas,
                               L.second_moments, L.max_second_moments, [&](Table& table, int blocks) {
-                                launch_checked(adaptive_norms_kernel<kAmsgrad, kReadsX, scalar_t, acc, Table>, blocks,
-                                               kThreads, stream, table, h, grad_scale, beta1, beta2,
+                                launch_checked(adaptive_norms_kernel<kAmsgrad, kReadsX, scalar_t, anchor_t, acc, Table>,
+                                               blocks, kThreads, stream, table, h, grad_scale, beta1, beta2,
                                                partials.data_ptr<acc>(), first_block);
                                 first_block += blocks;
                               });
@@ -376,7 +386,10 @@ void apply_cuda(const Launch& L) {
     switch (L.family) {  // (each family's kernels, its phases fixed at compile time)
       case Family::kAdaptive:
         return with_adaptive_phase(L, [&](auto phase, auto amsgrad) {
-          launch_adaptive<decltype(phase)::value, decltype(amsgrad)::value, scalar_t, acc>(L);
+          with_anchor_type<scalar_t, acc>(L, [&](auto anchor_type) {
+            using anchor_t = typename decltype(anchor_type)::type;
+            launch_adaptive<decltype(phase)::value, decltype(amsgrad)::value, scalar_t, anchor_t, acc>(L);
+          });
         });
       case Family::kSgd:
         return with_phase(L, [&](auto phase, auto momentum) {
@@ -394,13 +407,17 @@ void apply_cuda(const Launch& L) {
 at::Tensor adaptive_norms_cuda(const Launch& L) {
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, L.params[0].scalar_type(), "extrap_cuda_norms", [&] {
     using acc = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
-    const bool reads_x = L.phase == kExtrapolate && std::is_same<scalar_t, acc>::value;  // x is the anchor
-    if (L.amsgrad()) {
-      return reads_x ? launch_adaptive_norms<true, true, scalar_t, acc>(L)
-                     : launch_adaptive_norms<true, false, scalar_t, acc>(L);
-    }
-    return reads_x ? launch_adaptive_norms<false, true, scalar_t, acc>(L)
-                   : launch_adaptive_norms<false, false, scalar_t, acc>(L);
+    return with_anchor_type<scalar_t, acc>(L, [&](auto anchor_type) {
+      using anchor_t = typename decltype(anchor_type)::type;
+      // the anchor is x itself before a snapshot of x's own precision (full, or 16 bits without a master)
+      const bool reads_x = L.phase == kExtrapolate && std::is_same<scalar_t, anchor_t>::value;
+      if (L.amsgrad()) {
+        return reads_x ? launch_adaptive_norms<true, true, scalar_t, anchor_t, acc>(L)
+                       : launch_adaptive_norms<true, false, scalar_t, anchor_t, acc>(L);
+      }
+      return reads_x ? launch_adaptive_norms<false, true, scalar_t, anchor_t, acc>(L)
+                     : launch_adaptive_norms<false, false, scalar_t, anchor_t, acc>(L);
+    });
   });
 }
 

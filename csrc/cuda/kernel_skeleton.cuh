@@ -119,11 +119,6 @@ void launch_checked(void (*kernel)(Params...), int64_t blocks, int threads, cuda
 
 std::atomic<bool> force_small_tables{false};
 
-template <typename T>
-struct Tag {
-  using type = T;
-};
-
 // body(Tag<LargeTable>) where this launch may pass 26 KB of arguments, else body(Tag<SmallTable>).
 template <typename Body>
 void with_table(Body&& body) {

@@ -53,25 +53,23 @@ def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None, f
     if found_inf is not None and found_inf.item() != 0:
         abandon(phase, b)
         return
-    _APPLY[h.base](phase, b, h, grad_scale)
+    if b.rounds_stochastically:
+        _apply_rounded(phase, b, h, grad_scale)
+    else:
+        _APPLY[h.base](phase, b, h, grad_scale)
     unscale_grads(b, grad_scale, found_inf)
 
 
-def _apply_sgd(phase: Phase, b: Bucket, h: SGDHyper, grad_scale: Tensor | None) -> None:
-    if b.rounds_stochastically:
-        _apply_rounded(phase, b, h, grad_scale)
-        return
-    _apply(phase, b, h, grad_scale)
-
-
-def _apply_rounded(phase: Phase, b: Bucket, h: SGDHyper, grad_scale: Tensor | None) -> None:
-    """16-bit state without a master: the phase on fp32 copies, then every stored value rounded
-    stochastically (values a phase leaves alone are 16-bit numbers, which rounding keeps exactly)."""
+def _apply_rounded(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None) -> None:
+    """16-bit parameters without a master: the phase on fp32 copies, then every stored 16-bit value rounded
+    stochastically (values a phase leaves alone are 16-bit numbers, which rounding keeps exactly). The
+    adaptive bases' moments are fp32 already: updated in place."""
     own = all(s is x for s, x in zip(b.anchors, b.params))
     xs = [x.float() for x in b.params]
     ss = xs if own else [s.float() for s in b.anchors]
-    ms = [m.float() for m in b.momenta]
-    _apply(phase, replace(b, params=xs, anchors=ss, momenta=ms, master=True), h, grad_scale)
+    rounds_m = b.moment_dtype != state_dtype(b.dtype)
+    ms = [m.float() for m in b.momenta] if rounds_m else b.momenta
+    _APPLY[h.base](phase, replace(b, params=xs, anchors=ss, momenta=ms, master=True), h, grad_scale)
     numels = [x.numel() for x in b.params]
     c0, c1, c2 = rounding.bits_flat(h.seed, torch.stack(b.steps), torch.tensor(b.indices), numels, b.device)
 
@@ -81,7 +79,7 @@ def _apply_rounded(phase: Phase, b: Bucket, h: SGDHyper, grad_scale: Tensor | No
 
     if not own:
         store(b.anchors, ss, c0)
-    if ms:
+    if ms and rounds_m:
         store(b.momenta, ms, c1)
     store(b.params, xs, c0 if phase == Phase.UPDATE else c2)  # a local step's x is its anchor
 
@@ -186,4 +184,4 @@ def _apply_adaptive(phase: Phase, b: Bucket, h: AdamHyper, grad_scale: Tensor | 
     torch._foreach_copy_(b.params, x)
 
 
-_APPLY = {"sgd": _apply_sgd, "adam": _apply_adaptive, "lamb": _apply_adaptive}  # each base's form
+_APPLY = {"sgd": _apply, "adam": _apply_adaptive, "lamb": _apply_adaptive}  # each base's form

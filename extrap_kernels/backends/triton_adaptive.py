@@ -12,6 +12,7 @@ from torch import Tensor
 from .. import lamb
 from ..bucket import Bucket, Phase, count_step, state_dtype
 from ..hyper import AdamHyper
+from ..rounding import ROUNDING_KEY
 from .triton_adaptive_math import (
     ROW_STEP,
     ROWS,
@@ -26,9 +27,11 @@ from .triton_common import (
     BLOCK,
     DTYPES,
     EXTRAPOLATE,
+    ROUNDING_MODES,
     UPDATE,
     UPDATE_PAST,
     abandon_block,
+    block_rounding_bits,
     cached_tables,
     found_inf_skips,
     grad_scaling,
@@ -37,6 +40,7 @@ from .triton_common import (
     noise_normal,
     program_block,
     row_pointer,
+    stochastic_round,
 )
 from .triton_lamb import lamb_sums
 
@@ -52,7 +56,9 @@ def _adaptive_block(
     keys,
     PHASE: tl.constexpr,
     X_DTYPE: tl.constexpr,
+    S_DTYPE: tl.constexpr,
     C_DTYPE: tl.constexpr,
+    ROUNDING: tl.constexpr,
     MASTER: tl.constexpr,
     AMSGRAD: tl.constexpr,
     DECOUPLED: tl.constexpr,
@@ -60,30 +66,34 @@ def _adaptive_block(
 ):
     """One adaptive phase over the elements `offs` of one tensor (`mask`: those inside it; None: all).
     `rates`: (lr, gamma, grad_factor, trust, unscale); `coefficients`: adaptive_direction's; `keys`: (index, step,
-    noise_std, seed)."""
+    noise_std, seed, rounding_seed). Without a master (ROUNDING 1 bf16, 2 fp16) s is a 16-bit x's own type and
+    the stored s and x are rounded stochastically; the moments stay C_DTYPE."""
     x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = ptrs  # (the step comes read, in keys)
     lr, gamma, grad_factor, trust, unscale = rates
-    index, step, noise_std, seed = keys
+    index, step, noise_std, seed, rounding_seed = keys
     if skip:
-        abandon_block(x_ptr, s_ptr, offs, mask, PHASE, X_DTYPE, C_DTYPE, MASTER)
+        abandon_block(x_ptr, s_ptr, offs, mask, PHASE, X_DTYPE, S_DTYPE, MASTER)
     else:  # (LAMB's clipping is folded into grad_scale)
         g = tl.load(g_ptr + offs, mask=mask).to(C_DTYPE)
         if UNSCALES:  # AMP's gradient written back unscaled (by the loss scale alone)
             tl.store(g_ptr + offs, (g * unscale).to(X_DTYPE), mask=mask)
         m, v, v_max = load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, AMSGRAD)
+        r_s, _, r_x = block_rounding_bits(rounding_seed, step_ptr, index, offs, ROUNDING)
         if PHASE == EXTRAPOLATE:  # extrapolate along the look-ahead direction; the state is read only
             if MASTER:
                 anchor = tl.load(s_ptr + offs, mask=mask)
             else:
                 anchor = tl.load(x_ptr + offs, mask=mask).to(C_DTYPE)
-                tl.store(s_ptr + offs, anchor, mask=mask)
+                tl.store(s_ptr + offs, anchor.to(S_DTYPE), mask=mask)
             u, _, _, _ = adaptive_direction(anchor, g, m, v, v_max, grad_factor, coefficients, DECOUPLED, AMSGRAD)
-            tl.store(x_ptr + offs, (anchor - gamma * (trust * u)).to(X_DTYPE), mask=mask)
+            x = anchor - gamma * (trust * u)
+            tl.store(x_ptr + offs, stochastic_round(x, r_x, ROUNDING).to(X_DTYPE), mask=mask)
         else:
-            anchor = tl.load(s_ptr + offs, mask=mask)
+            anchor = tl.load(s_ptr + offs, mask=mask).to(C_DTYPE)
             u, m, v, v_max = adaptive_direction(anchor, g, m, v, v_max, grad_factor, coefficients, DECOUPLED, AMSGRAD)
             e = trust * u
             anchor = anchor - lr * e
+            anchor_stored = stochastic_round(anchor, r_s, ROUNDING)  # (as stored: the local step's x too)
             tl.store(m_ptr + offs, m, mask=mask)
             tl.store(v_ptr + offs, v, mask=mask)
             if AMSGRAD:
@@ -91,14 +101,15 @@ def _adaptive_block(
             if PHASE == UPDATE:  # x <- s; a full-precision s is only the snapshot (or x itself)
                 if MASTER:
                     tl.store(s_ptr + offs, anchor, mask=mask)
-                tl.store(x_ptr + offs, anchor.to(X_DTYPE), mask=mask)
+                tl.store(x_ptr + offs, anchor_stored.to(X_DTYPE), mask=mask)
             elif PHASE == UPDATE_PAST:  # past: x <- s - gamma * e
-                tl.store(s_ptr + offs, anchor, mask=mask)
-                tl.store(x_ptr + offs, (anchor - gamma * e).to(X_DTYPE), mask=mask)
+                tl.store(s_ptr + offs, anchor_stored.to(S_DTYPE), mask=mask)
+                tl.store(x_ptr + offs, stochastic_round(anchor - gamma * e, r_x, ROUNDING).to(X_DTYPE), mask=mask)
             else:  # noise: x <- s + sigma * xi
-                tl.store(s_ptr + offs, anchor, mask=mask)
+                tl.store(s_ptr + offs, anchor_stored.to(S_DTYPE), mask=mask)
                 xi = noise_normal(seed, step.to(tl.int64), index, offs).to(C_DTYPE)
-                tl.store(x_ptr + offs, (anchor + noise_std * xi).to(X_DTYPE), mask=mask)
+                x = anchor + noise_std * xi
+                tl.store(x_ptr + offs, stochastic_round(x, r_x, ROUNDING).to(X_DTYPE), mask=mask)
 
 
 @triton.jit
@@ -120,6 +131,7 @@ def _adaptive_kernel(
     sign,
     noise_std,
     seed,
+    rounding_seed,
     beta1,
     one_minus_beta2,
     beta2,
@@ -131,7 +143,9 @@ def _adaptive_kernel(
     beta2_ptr,
     PHASE: tl.constexpr,
     X_DTYPE: tl.constexpr,
+    S_DTYPE: tl.constexpr,
     C_DTYPE: tl.constexpr,
+    ROUNDING: tl.constexpr,
     MASTER: tl.constexpr,
     AMSGRAD: tl.constexpr,
     DECOUPLED: tl.constexpr,
@@ -149,31 +163,30 @@ def _adaptive_kernel(
     ALIGNED: tl.constexpr,
 ):
     t, offs, mask, whole = program_block(numels, block_tensor, block_start, BLOCK, ALIGNED)
-    ptrs = pointers(table, t, X_DTYPE, C_DTYPE, ALIGNED)
-    skip = found_inf_skips(found_inf_ptr, HAS_FOUND_INF)
+    ptrs = pointers(table, t, X_DTYPE, S_DTYPE, C_DTYPE, ALIGNED)
     lr, gamma = launch_rates(lr, gamma, lr_ptr, gamma_ptr, LR_TENSOR, GAMMA_TENSOR)
     grad_factor, trust = grad_scaling(sign, scale_ptr, trust_ptr, t, HAS_SCALE, HAS_TRUST, C_DTYPE)
-    step = tl.load(row_pointer(table, t, ROWS, ROW_STEP, tl.float32, False))
-    if PHASE == EXTRAPOLATE:  # the look-ahead: the count after the coming update
-        step += 1.0
+    step = tl.load(row_pointer(table, t, ROWS, ROW_STEP, tl.float32, False))  # (+1: the look-ahead's count)
+    step += 1.0 if PHASE == EXTRAPOLATE else 0.0
     betas = (beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, beta1_ptr, beta2_ptr)
     coefficients = adaptive_coefficients(
         step, weight_decay, eps, betas, BETA1_TENSOR, BETA2_TENSOR, GRAD_AVERAGING, BIAS_CORRECTION, C_DTYPE
     )
-    keys = (tl.load(indices + t), step, noise_std, seed)
     for WHOLE in tl.static_range(2):  # (one pass runs: triton_common.py, "A kernel calls its block function once")
         if whole == (WHOLE == 1):
             _adaptive_block(
                 ptrs,
                 offs,
                 None if WHOLE == 1 else mask,
-                skip,
+                found_inf_skips(found_inf_ptr, HAS_FOUND_INF),
                 (lr, gamma, grad_factor, trust, grad_unscale(loss_scale_ptr, UNSCALES, C_DTYPE)),
                 coefficients,
-                keys,
+                (tl.load(indices + t), step, noise_std, seed, rounding_seed),
                 PHASE,
                 X_DTYPE,
+                S_DTYPE,
                 C_DTYPE,
+                ROUNDING,
                 MASTER,
                 AMSGRAD,
                 DECOUPLED,
@@ -199,6 +212,7 @@ def apply_adaptive(
         return
     (lr, lr_tensor), (gamma, gamma_tensor) = h.rate("lr", b), h.rate("gamma", b)
     dummy = numels  # any device tensor, for pointer arguments that a constexpr switches off
+    seed = int(h.seed) & 0xFFFFFFFFFFFFFFFF
     _adaptive_kernel[(total,)](
         table,
         numels,
@@ -214,11 +228,14 @@ def apply_adaptive(
         gamma_tensor if gamma_tensor is not None else dummy,
         loss_scale if loss_scale is not None else dummy,
         noise_std=float(h.noise_std),
-        seed=int(h.seed) & 0xFFFFFFFFFFFFFFFF,
+        seed=seed,
+        rounding_seed=seed ^ ROUNDING_KEY,
         **launch_constants,
         PHASE=int(phase),
         X_DTYPE=DTYPES[b.dtype],
+        S_DTYPE=DTYPES[b.storage_dtype],
         C_DTYPE=DTYPES[state_dtype(b.dtype)],
+        ROUNDING=ROUNDING_MODES[b.dtype] if b.rounds_stochastically else 0,
         MASTER=b.has_master,
         AMSGRAD=bool(b.max_second_moments),
         DECOUPLED=bool(h.decoupled),

@@ -104,11 +104,12 @@ def adaptive_direction(s, g, m, v, v_max, grad_factor, coefficients, DECOUPLED: 
 
 
 @triton.jit
-def pointers(table, t, X_DTYPE: tl.constexpr, C_DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
-    """Tensor t's (x, g, s, m, v, v_max, step); the six arrays said 16-byte aligned where the bucket's are."""
+def pointers(table, t, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, C_DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """Tensor t's (x, g, s, m, v, v_max, step), s of S_DTYPE (C_DTYPE, or a 16-bit x's own without a master), the
+    moments of C_DTYPE; the six arrays said 16-byte aligned where the bucket's are."""
     x_ptr = row_pointer(table, t, ROWS, ROW_X, X_DTYPE, ALIGNED)
     g_ptr = row_pointer(table, t, ROWS, ROW_G, X_DTYPE, ALIGNED)
-    s_ptr = row_pointer(table, t, ROWS, ROW_S, C_DTYPE, ALIGNED)
+    s_ptr = row_pointer(table, t, ROWS, ROW_S, S_DTYPE, ALIGNED)
     m_ptr = row_pointer(table, t, ROWS, ROW_M, C_DTYPE, ALIGNED)
     v_ptr = row_pointer(table, t, ROWS, ROW_V, C_DTYPE, ALIGNED)
     v_max_ptr = row_pointer(table, t, ROWS, ROW_V_MAX, C_DTYPE, ALIGNED)

@@ -24,6 +24,8 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # Interpreted programs cost per program, not per element: fewer, larger blocks there.
 BLOCK = 1 << 14 if INTERPRETED else 2048
 DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+# The kernels' ROUNDING constexpr for 16-bit values without a master (0: to nearest): stochastic_round's.
+ROUNDING_MODES = {torch.bfloat16: 1, torch.float16: 2}
 
 # The phases (bucket.Phase), as the kernels compare their PHASE constexpr with them.
 EXTRAPOLATE = tl.constexpr(int(Phase.EXTRAPOLATE))

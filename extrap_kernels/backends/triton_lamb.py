@@ -43,6 +43,7 @@ def _norms_kernel(
     beta1_ptr,
     beta2_ptr,
     X_DTYPE: tl.constexpr,
+    S_DTYPE: tl.constexpr,
     C_DTYPE: tl.constexpr,
     READS_X: tl.constexpr,
     AMSGRAD: tl.constexpr,
@@ -57,7 +58,7 @@ def _norms_kernel(
     """LAMB's reading pass, one block: its sums of s^2 and u^2 (u of the coming update) to block_sums[pid]."""
     pid = tl.program_id(0)
     t, offs, mask, _ = program_block(numels, block_tensor, block_start, BLOCK, False)
-    x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = pointers(table, t, X_DTYPE, C_DTYPE, False)
+    x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = pointers(table, t, X_DTYPE, S_DTYPE, C_DTYPE, False)
     grad_factor, _ = grad_scaling(sign, scale_ptr, scale_ptr, t, HAS_SCALE, False, C_DTYPE)
     betas = (beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, beta1_ptr, beta2_ptr)
     coefficients = adaptive_coefficients(
@@ -71,10 +72,10 @@ def _norms_kernel(
         BIAS_CORRECTION,
         C_DTYPE,
     )
-    if READS_X:  # before a full-precision snapshot the anchor is x itself
+    if READS_X:  # before a snapshot of x's own precision the anchor is x itself
         anchor = tl.load(x_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
     else:
-        anchor = tl.load(s_ptr + offs, mask=mask, other=0.0)
+        anchor = tl.load(s_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
     m, v, v_max = load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, AMSGRAD)
     u, _, _, _ = adaptive_direction(anchor, g, m, v, v_max, grad_factor, coefficients, DECOUPLED, AMSGRAD)
@@ -129,6 +130,7 @@ def lamb_sums(
         block_sums,
         **(launch_constants or constants(b, h)),
         X_DTYPE=DTYPES[b.dtype],
+        S_DTYPE=DTYPES[b.storage_dtype],
         C_DTYPE=DTYPES[dtype],
         READS_X=phase == Phase.EXTRAPOLATE and not b.has_master,
         AMSGRAD=bool(b.max_second_moments),

@@ -5,7 +5,6 @@ reference."""
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -18,6 +17,7 @@ from .triton_common import (
     BLOCK,
     DTYPES,
     EXTRAPOLATE,
+    ROUNDING_MODES,
     UPDATE,
     UPDATE_PAST,
     UPDATE_PAST_ANCHOR_FREE,
@@ -262,7 +262,7 @@ def apply_sgd(phase: Phase, b: Bucket, h: SGDHyper, grad_scale: Tensor | None = 
     trust = trust_ratios(phase, b, h, grad_scale) if h.lars else None
     dummy = numels  # any device tensor, for pointer arguments that a constexpr switches off
     seed = int(h.seed) & 0xFFFFFFFFFFFFFFFF
-    rounding_mode = {torch.bfloat16: 1, torch.float16: 2}[b.dtype] if b.rounds_stochastically else 0
+    rounding_mode = ROUNDING_MODES[b.dtype] if b.rounds_stochastically else 0
     _phase_kernel[(total,)](
         table,
         numels,
