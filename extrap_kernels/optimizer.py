@@ -22,7 +22,8 @@ from .functional import mode_phase
 from .hyper import Hyper, SGDHyper
 from .plan import Plan, flat_params, grad_of
 from .sharded import local, sharding_wrapper
-from .state import SGD_STATE
+from .state import SGD_STATE, TrackedState
+from .writes import VERSION, Versions, retake
 
 
 def eager(method):
@@ -54,6 +55,10 @@ class FusedOptimizer(Optimizer):
         self._init_transient()
 
     def _init_transient(self) -> None:
+        if type(self.state) is defaultdict:  # (torch.optim's own, made just now: nothing else holds it yet)
+            self.state = TrackedState(self.state)
+        # the version counter of each parameter when a step last wrote it: writes between steps are honoured
+        self._versions = Versions()
         # Phase.EXTRAPOLATE or None (a step) -> Plan; a plan checks itself against the param groups and
         # the state at every step (plan.Plan.matches), so nothing here needs to invalidate it
         self._plans: dict = {}
@@ -121,7 +126,7 @@ class FusedOptimizer(Optimizer):
         the Python layer's messages, and run again."""
         grad_scale, found_inf = self._amp_args(grad_scale, found_inf)
         try:
-            plan.run(grads, grad_scale, found_inf)
+            self._run_honouring_writes(plan, grads, grad_scale, found_inf)
             return
         except Rejected as rejected:
             if plan.fresh:
@@ -130,10 +135,20 @@ class FusedOptimizer(Optimizer):
         params = flat_params(groups)
         plan = self._plans[phase_of] = Plan(self, groups, phase_of, params, grads)
         try:
-            plan.run(grads, grad_scale, found_inf)
+            self._run_honouring_writes(plan, grads, grad_scale, found_inf)
         except Rejected as rejected:
             raise rejected.__cause__ from None
 
+    def _run_honouring_writes(self, plan: Plan, grads: list, grad_scale, found_inf) -> None:
+        """Runs a plan from the parameters as they are: one written since this optimizer last wrote it is the
+        new iterate (writes.py), except inside a local iteration, where x is the extrapolated point."""
+        moved, versions = self._versions.moved(plan.stepped, plan.stepped_ids)
+        if moved:
+            if getattr(self, "_extrapolated", None) is not None:
+                moved = [p for p in moved if id(p) not in plan.local_step_ids]
+            retake(self.state, moved)
+        plan.run(grads, grad_scale, found_inf)
+        self._versions.record(plan.stepped_ids, list(map(VERSION, plan.stepped)) if plan.counts_writes else versions)
 
     @eager
     @torch.no_grad()

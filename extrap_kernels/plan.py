@@ -37,6 +37,7 @@ from .checks import check_bucket, check_hyperparameters, check_param
 from .core import Launch, Work, run_launches
 from .hyper import Hyper
 from .sharded import as_real, is_dtensor, kernel_view, local, shard_group
+from .state import TrackedState
 
 grad_of = operator.attrgetter("grad")
 _PARAMS = operator.itemgetter("params")
@@ -114,9 +115,17 @@ class Plan:
             self.by_group[stage.number].append(launch)
         self.reusable = not any(stage.views for stage in staged)
         self.stepped = [p for stage in staged for p in stage.members]
+        self.stepped_ids = list(map(id, self.stepped))
+        # parameters written by torch ops move their version counters (writes.py)
+        self.counts_writes = any(stage.backend.counts_writes for stage in staged)
+        # the parameters a local step() updates from the anchors that extrapolate() took
+        self.local_step_ids = frozenset(
+            id(p) for stage in staged if stage.phase == Phase.UPDATE and self.phase_of is None for p in stage.members
+        )
         # the groups that step with a parameter lacking a gradient (Apex's group counts: group_step.py)
         self.partial_groups = frozenset(n for n, g in enumerate(groups) if any(p.grad is None for p in g["params"]))
-        self.state_ids = self._state_ids(opt)
+        self.state_dicts = list(map(opt.state.__getitem__, self.stepped))  # (each parameter's, created above)
+        self.state_key = self._state_key(opt)
 
     def _stage(self, opt, number: int, group: dict, index: dict) -> list[Staged]:
         """A group's (device, dtype) buckets, each parameter validated, no state created yet."""
@@ -172,10 +181,16 @@ class Plan:
         check_bucket(bucket, stage.backend)
         return Work(stage.phase, bucket, stage.hyper, stage.backend)
 
-    def _state_ids(self, opt) -> list[int]:
-        """The identities of every state value of the stepped parameters, in order: a replaced, added or
-        deleted state tensor (or a replaced state dict) changes them."""
-        return list(map(id, chain.from_iterable(map(dict.values, map(opt.state.__getitem__, self.stepped)))))
+    def _state_key(self, opt) -> tuple:
+        """What identifies the state of the stepped parameters: which dict each maps to (a TrackedState's
+        generation, else the dicts looked up) and the identities of every value in them, in order. A replaced,
+        added or deleted state tensor or dict, or a replaced state, changes it."""
+        state = opt.state
+        if isinstance(state, TrackedState):  # (the same generation: the same dicts as when planned)
+            dicts, generation = self.state_dicts, state.generation
+        else:
+            dicts, generation = list(map(state.__getitem__, self.stepped)), None
+        return id(state), generation, list(map(id, chain.from_iterable(map(dict.values, dicts))))
 
     def indices(self, phase: Phase) -> frozenset[int]:
         """The optimizer indices of the parameters that `phase` runs on (the phases of a plan's launches
@@ -195,7 +210,7 @@ class Plan:
             return False
         if tuple(map(operator.is_not, grads, repeat(None))) != self.mask:
             return False
-        if self._state_ids(opt) != self.state_ids:
+        if self._state_key(opt) != self.state_key:
             return False
         for number, group in enumerate(groups):
             if group is not self.groups[number]:

@@ -9,6 +9,8 @@ checkpoints load, plus the anchor ("anchor") and the anchor-free past mode's "la
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import torch
 from torch import Tensor
 
@@ -139,3 +141,50 @@ SGD_STATE = SGDState(SGDHyper)
 ADAM_STATE = AdaptiveState(AdamHyper)
 LAMB_STATE = AdaptiveState(LambHyper)
 
+
+class TrackedState(defaultdict):
+    """The optimizer's `state` (torch.optim's defaultdict(dict)), counting in `generation` every change of which
+    dict a parameter maps to: an entry set, replaced or deleted. A cached plan then compares one number and the
+    identities of the state tensors in its parameters' dicts (plan.Plan.matches) instead of looking every
+    parameter up, a Python hash call each. torch.optim's load_state_dict builds a plain defaultdict, which the
+    optimizer wraps again (FusedOptimizer.__setstate__); a state replaced by something else is checked by
+    lookup, as before."""
+
+    def __init__(self, items=()):
+        super().__init__(dict, items)
+        self.generation = 0
+
+    def __reduce__(self):  # (pickle, deepcopy: the items, set again)
+        return (TrackedState, (), None, None, iter(self.items()))
+
+    def _changed(self) -> None:
+        self.generation += 1
+
+    def __setitem__(self, key, value) -> None:  # (also how defaultdict creates a missing entry)
+        self._changed()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key) -> None:
+        self._changed()
+        super().__delitem__(key)
+
+    def pop(self, *args):
+        self._changed()
+        return super().pop(*args)
+
+    def popitem(self):
+        self._changed()
+        return super().popitem()
+
+    def clear(self) -> None:
+        self._changed()
+        super().clear()
+
+    def update(self, *args, **kwargs) -> None:
+        self._changed()
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self._changed()
+        return super().setdefault(key, default)

@@ -35,6 +35,8 @@ class Backend:
     devices: Callable[[], tuple[str, ...]] | None  # None: any
     available: Callable[[torch.device], bool]  # can run on this (supported) device in this process
     bases: tuple[str, ...] = ("sgd",)  # the base optimizers it has a kernel for (hyper.Hyper.base)
+    # writes through torch ops, which count in the parameters' version counters (the kernels' do not: writes.py)
+    counts_writes: bool = False
 
     def prepare(self, phase: Phase, bucket: Bucket, hyper: Hyper) -> Call:
         """The call that runs `phase` over `bucket` with `hyper`, every step (calls.Call)."""
@@ -81,8 +83,10 @@ def _cuda_devices() -> tuple[str, ...]:
 
 EVERY_BASE = ("sgd", "adam", "lamb")
 BACKENDS = {
-    "reference": Backend("reference", "..reference", False, None, lambda device: True, bases=EVERY_BASE),
-    "foreach": Backend("foreach", ".foreach", False, None, lambda device: True, bases=EVERY_BASE),
+    "reference": Backend(
+        "reference", "..reference", False, None, lambda device: True, bases=EVERY_BASE, counts_writes=True
+    ),
+    "foreach": Backend("foreach", ".foreach", False, None, lambda device: True, bases=EVERY_BASE, counts_writes=True),
     "cpu": Backend(
         "cpu", ".extension", True, lambda: ("cpu",), lambda device: _ext.load() is not None, bases=EVERY_BASE
     ),

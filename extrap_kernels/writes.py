@@ -1,0 +1,53 @@
+"""Writes to the parameters between steps are honoured (SPEC "Apex drop-in semantics"): a parameter whose
+version counter moved since this optimizer last wrote it (model.load_state_dict, an EMA swap, a clamp) is the
+new iterate. Before the step its stored anchor or fp32 master is re-taken from it (s = x), and an anchor-free
+one, recomputed as x + last_gamma * m, forgets its last gamma; otherwise the step would start from the old
+iterate and undo the write.
+
+The kernels of the extension and of Triton write through raw pointers and leave the counters alone; torch ops
+(the foreach and reference backends) count their own writes, so the versions are read again after those. The
+cost of a step: one read of each stepped parameter's counter, a lookup of what was recorded and a list
+comparison, all C-level loops.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import Tensor
+
+VERSION = operator.attrgetter("_version")
+
+
+class Versions:
+    """The version counter of each parameter (by identity) when this optimizer last wrote it."""
+
+    def __init__(self) -> None:
+        self.written: dict[int, int] = {}
+
+    def moved(self, params: list[Tensor], ids: list[int]) -> tuple[list[Tensor], list[int]]:
+        """The parameters written by someone else since the optimizer last wrote them (none the first time), and
+        every parameter's version now."""
+        now = list(map(VERSION, params))
+        then = list(map(self.written.get, ids))
+        if now == then:
+            return [], now
+        return [p for p, a, b in zip(params, now, then) if b is not None and a != b], now
+
+    def record(self, ids: list[int], versions: list[int]) -> None:
+        self.written.update(zip(ids, versions))
+
+
+@torch.no_grad()
+def retake(state: dict, params: list[Tensor]) -> None:
+    """Each written parameter is its own iterate: its anchor (or master) re-taken from it, an anchor-free one's
+    last gamma set to 0 (then x + 0 * m is x). In place: the cached plan's tensors stay the ones it holds."""
+    for p in params:
+        entry = state.get(p)
+        if not entry:
+            continue
+        if "anchor" in entry:
+            entry["anchor"].copy_(p)
+        if "last_gamma" in entry:
+            entry["last_gamma"].zero_()
