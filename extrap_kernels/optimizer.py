@@ -142,13 +142,13 @@ class FusedOptimizer(Optimizer):
     def _run_honouring_writes(self, plan: Plan, grads: list, grad_scale, found_inf) -> None:
         """Runs a plan from the parameters as they are: one written since this optimizer last wrote it is the
         new iterate (writes.py), except inside a local iteration, where x is the extrapolated point."""
-        moved, versions = self._versions.moved(plan.stepped, plan.stepped_ids)
+        moved, versions = self._versions.moved(plan)
         if moved:
             if getattr(self, "_extrapolated", None) is not None:
                 moved = [p for p in moved if id(p) not in plan.local_step_ids]
             retake(self.state, moved)
         plan.run(grads, grad_scale, found_inf)
-        self._versions.record(plan.stepped_ids, list(map(VERSION, plan.stepped)) if plan.counts_writes else versions)
+        self._versions.record(plan, list(map(VERSION, plan.stepped)) if plan.counts_writes else versions)
 
     @eager
     @torch.no_grad()

@@ -116,6 +116,7 @@ class Plan:
         self.reusable = not any(stage.views for stage in staged)
         self.stepped = [p for stage in staged for p in stage.members]
         self.stepped_ids = list(map(id, self.stepped))
+        self.recorded = None  # (generation, versions): writes.Versions' record of the stepped parameters
         # parameters written by torch ops move their version counters (writes.py)
         self.counts_writes = any(stage.backend.counts_writes for stage in staged)
         # the parameters a local step() updates from the anchors that extrapolate() took

@@ -21,22 +21,39 @@ VERSION = operator.attrgetter("_version")
 
 
 class Versions:
-    """The version counter of each parameter (by identity) when this optimizer last wrote it."""
+    """The version counter of each parameter (by identity) when this optimizer last wrote it. A plan keeps the
+    list of its parameters' recorded versions (`plan.recorded`, with the generation of the record it was read
+    at), so that a step whose kernels move no counter reads the counters and compares two lists, nothing more."""
 
     def __init__(self) -> None:
         self.written: dict[int, int] = {}
+        self.generation = 0  # advanced by every record that changes something
 
-    def moved(self, params: list[Tensor], ids: list[int]) -> tuple[list[Tensor], list[int]]:
-        """The parameters written by someone else since the optimizer last wrote them (none the first time), and
-        every parameter's version now."""
-        now = list(map(VERSION, params))
-        then = list(map(self.written.get, ids))
+    def forget(self) -> None:
+        """Drops every record: the next step takes the parameters as the optimizer's own."""
+        self.written.clear()
+        self.generation += 1
+
+    def _recorded(self, plan) -> list:
+        if plan.recorded is None or plan.recorded[0] != self.generation:
+            plan.recorded = (self.generation, list(map(self.written.get, plan.stepped_ids)))
+        return plan.recorded[1]
+
+    def moved(self, plan) -> tuple[list[Tensor], list[int]]:
+        """The parameters of `plan` written by someone else since the optimizer last wrote them (none the first
+        time), and every parameter's version now."""
+        now = list(map(VERSION, plan.stepped))
+        then = self._recorded(plan)
         if now == then:
             return [], now
-        return [p for p, a, b in zip(params, now, then) if b is not None and a != b], now
+        return [p for p, a, b in zip(plan.stepped, now, then) if b is not None and a != b], now
 
-    def record(self, ids: list[int], versions: list[int]) -> None:
-        self.written.update(zip(ids, versions))
+    def record(self, plan, versions: list[int]) -> None:
+        """The versions `plan`'s parameters have after the optimizer wrote them."""
+        if versions != self._recorded(plan):
+            self.written.update(zip(plan.stepped_ids, versions))
+            self.generation += 1
+            plan.recorded = (self.generation, versions)
 
 
 @torch.no_grad()

@@ -2,8 +2,9 @@
 the CUDA one in its host emulation) against the reference evaluated in float64, one launch on identical
 inputs: random phases, options, dtypes, shapes (0, 1, odd, past a chunk), step counts, AMP scales, LAMB
 clipping, misaligned tensors, and 16-bit anchors without a master (stochastically rounded with the same bits
-as the reference: one 16-bit ulp apart at most where the two computations straddle a threshold). The tolerance is derived from the state dtype and the magnitudes the
-step involves, and a control shows that it is tight enough to catch a bias correction one step off."""
+as the reference: one 16-bit ulp apart at most where the two computations straddle a threshold). The
+tolerance is derived from the state dtype and the magnitudes the step involves, and a control shows that it
+is tight enough to catch a bias correction one step off."""
 
 from __future__ import annotations
 

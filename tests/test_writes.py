@@ -131,7 +131,7 @@ def test_the_optimizers_own_writes_are_not_mistaken_for_a_users(backend):
             opt = make(params)
             for seed in range(4):
                 if forget:
-                    opt._versions.written.clear()
+                    opt._versions.forget()
                 if opt.param_groups[0].get("mode") == "local":
                     _step_grads = torch.Generator().manual_seed(seed)
                     for p in params:

@@ -197,48 +197,32 @@ def adaptive_cover() -> list[tuple[str, str, dict]]:
     for name, (x, c, _) in DTYPES.items():
         for reads_x in (False, True) if x == c else (False,):
             for amsgrad in (False, True):
-                out.append(
-                    (
-                        "norms",
-                        f"norms-{name}{'-x' if reads_x else ''}{'-amsgrad' if amsgrad else ''}",
-                        dict(
-                            X_DTYPE=x,
-                            C_DTYPE=c,
-                            READS_X=reads_x,
-                            AMSGRAD=amsgrad,
-                            DECOUPLED=True,
-                            BIAS_CORRECTION=True,
-                            HAS_SCALE=True,
-                            BETA1_TENSOR=amsgrad,
-                            BETA2_TENSOR=amsgrad,
-                            GRAD_AVERAGING=True,
-                        ),
-                    )
-                )
+                label = f"norms-{name}{'-x' if reads_x else ''}{'-amsgrad' if amsgrad else ''}"
+                out.append(("norms", label, _norms_constexprs(x, c, c, reads_x, amsgrad)))
         out.append(("sums", f"sums-{name}", dict(C_DTYPE=c)))
     for name in ("bf16", "fp16"):  # the reading pass over a 16-bit anchor (s, or x itself) without a master
         x, c, _ = DTYPES[name]
         for reads_x in (False, True):
-            out.append(
-                (
-                    "norms",
-                    f"norms-{name}-no-master{'-x' if reads_x else ''}",
-                    dict(
-                        X_DTYPE=x,
-                        S_DTYPE=x,
-                        C_DTYPE=c,
-                        READS_X=reads_x,
-                        AMSGRAD=False,
-                        DECOUPLED=True,
-                        BIAS_CORRECTION=True,
-                        HAS_SCALE=True,
-                        BETA1_TENSOR=False,
-                        BETA2_TENSOR=False,
-                        GRAD_AVERAGING=True,
-                    ),
-                )
-            )
+            label = f"norms-{name}-no-master{'-x' if reads_x else ''}"
+            out.append(("norms", label, _norms_constexprs(x, x, c, reads_x, False)))
     return out
+
+
+def _norms_constexprs(x, s, c, reads_x: bool, amsgrad: bool) -> dict:
+    """LAMB's reading pass over x of dtype x, its anchor of s, computing in c (amsgrad: with capturable betas)."""
+    return dict(
+        X_DTYPE=x,
+        S_DTYPE=s,
+        C_DTYPE=c,
+        READS_X=reads_x,
+        AMSGRAD=amsgrad,
+        DECOUPLED=True,
+        BIAS_CORRECTION=True,
+        HAS_SCALE=True,
+        BETA1_TENSOR=amsgrad,
+        BETA2_TENSOR=amsgrad,
+        GRAD_AVERAGING=True,
+    )
 
 
 def compile_adaptive(kernel: str, constexprs: dict, arch: int):
