@@ -3,7 +3,8 @@ and torch's fused optimizers, point by point: what a user who changes only the i
 
 Gradients after an AMP step: torch's fused optimizers (and so GradScaler's users) find p.grad unscaled
 after `scaler.step(opt)`; our kernels write g / grad_scale back as they read it, on every backend, and a
-skipped step (found_inf) leaves the gradients as they were."""
+skipped step (found_inf) leaves the gradients as they were. Then Apex's per-group step counts and its
+checkpoints, capturable lr and counts, and the memory per 16-bit element of each drop-in against Apex's."""
 
 from __future__ import annotations
 
@@ -306,3 +307,45 @@ def test_capturable_keeps_lr_on_the_device_and_follows_the_scheduler(backend):
     assert opts[1].param_groups[0]["lr"] is lr and opts[0].param_groups[0]["lr"] == 1e-2 * 0.25
     assert torch.equal(lr, torch.tensor(1e-2 * 0.25))  # (in place, as the float32 of the plain lr)
     torch.testing.assert_close(plain, captured, rtol=1e-6, atol=0)
+
+
+# ---- memory per element: the drop-ins against Apex -----------------------------------------------------------
+# Apex's state for a 16-bit parameter, read from its optimizers' source (apex/optimizers/fused_*.py), in bytes per
+# element with the parameter itself: FusedAdam keeps fp32 exp_avg and exp_avg_sq (zeros_like(p).float()) beside
+# the 16-bit parameter, 2 + 8; FusedLAMB keeps them in the parameter's dtype (zeros_like(p)), 2 + 4; FusedSGD
+# steps the fp32 masters that amp's O2 makes (the 16-bit model, the fp32 master and its fp32 momentum: 2 + 4 + 4),
+# and without amp a 16-bit parameter and its 16-bit momentum (2 + 2).
+APEX_BYTES = {
+    "fused-adam": 10,
+    "fused-lamb": 6,
+    "fused-sgd-amp-o2": 10,
+    "fused-sgd-plain": 4,
+}
+# Ours, where they differ, and why (README's drop-in table): FusedLAMB keeps fp32 moments, since 16-bit moments
+# (SPEC's exp_avg_dtype) are not built yet.
+OURS_BYTES = {**APEX_BYTES, "fused-lamb": 10}
+DROP_INS = {
+    "fused-adam": lambda ps, be: ek.FusedAdam(ps, lr=1e-3, backend=be),  # (Apex's default, master_weights=False)
+    "fused-lamb": lambda ps, be: ek.FusedLAMB(ps, lr=1e-3, backend=be),
+    "fused-sgd-amp-o2": lambda ps, be: ek.FusedSGD(ps, lr=0.1, momentum=0.9, backend=be),  # (an fp32 master)
+    "fused-sgd-plain": lambda ps, be: ek.FusedSGD(ps, lr=0.1, momentum=0.9, master_weights=False, backend=be),
+}
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("name", DROP_INS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_memory_per_element_against_apex(backend, name, dtype):
+    """The bytes a drop-in holds per 16-bit parameter element after its first steps, the parameter included and
+    0-dim counts excluded, are Apex's (or the documented difference)."""
+    params = [torch.nn.Parameter(torch.randn(n).to(dtype)) for n in (1, 33, 1000)]
+    opt = DROP_INS[name](params, backend)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn(p.shape).to(dtype)
+        opt.step()
+    held = sum(
+        p.numel() * p.element_size() + sum(t.numel() * t.element_size() for t in opt.state[p].values() if t.dim() > 0)
+        for p in params
+    )
+    assert held / sum(p.numel() for p in params) == OURS_BYTES[name]
