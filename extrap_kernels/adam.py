@@ -236,7 +236,9 @@ class _ApexAdaptive(ApexDropIn):
 
 class FusedAdam(_ApexAdaptive):
     """Drop-in for `apex.optimizers.FusedAdam`: Adam (adam_w_mode=True: AdamW) in one pass per step.
-    capturable=True keeps the group's step count and lr on the device (lr as a float32 tensor, as Apex's)."""
+    capturable=True keeps the group's step count and lr on the device (lr as a float32 tensor, as Apex's).
+    master_weights=False (Apex's default) keeps no fp32 copy of a 16-bit parameter (fp32 moments: 8 bytes of
+    state per element, as Apex); True keeps one, the state's "anchor"."""
 
     _PICKLED = _ApexAdaptive._PICKLED + ("master_weights",)
 
