@@ -12,6 +12,11 @@
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define EXTRAP_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// Always inlined, as the CUDA build forces: GCC stops inlining plain `inline` functions once the translation
+// unit has grown past its inline-unit-growth budget, and the CPU loops then call the math per element (the
+// anchor-free SGD step ran 6x slower that way, measured)
+#define EXTRAP_HD inline __attribute__((always_inline))
 #else
 #define EXTRAP_HD inline
 #endif
