@@ -188,6 +188,7 @@ void norms_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   if (!L.checked) check_launch(L);
   TORCH_CHECK_VALUE(L.phase != kUpdatePastAnchorFree, "extrap_kernels: adam_norms: phase ", L.phase,
                     " has no adaptive form");
+  TORCH_CHECK_VALUE(!L.accumulates, "extrap_kernels: adam_norms is LAMB's reading pass; Adagrad has no trust ratio");
   torch::jit::push(*stack, norms(std::move(L)));
 }
 

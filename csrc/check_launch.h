@@ -46,20 +46,28 @@ inline void check_lists(const Launch& L) {
 inline void check_base_options(const Launch& L) {
   const size_t n = L.params.size();
   if (L.adaptive()) {
-    // the first moments are the momenta; no SGD-family option applies
-    TORCH_CHECK_VALUE(L.second_moments.size() == n && L.momenta.size() == n &&
+    // the first moments are the momenta (none for Adagrad, which accumulates v); no SGD-family option applies
+    TORCH_CHECK_VALUE(L.second_moments.size() == n && L.momenta.size() == (L.accumulates ? 0 : n) &&
                           (L.max_second_moments.empty() || L.max_second_moments.size() == n),
-                      "extrap_kernels: an adaptive launch takes one first moment (momenta) and one second moment per "
-                      "parameter, and one max_second_moment per parameter or none");
+                      "extrap_kernels: an adaptive launch takes one first moment (momenta; none with accumulates) and "
+                      "one second moment per parameter, and one max_second_moment per parameter or none");
     TORCH_CHECK_VALUE(!L.anchor_free() && L.momentum == 0 && !L.nesterov && !L.wd_after_momentum &&
                           !L.extrapolate_with_momentum && !L.past_grad,
                       "extrap_kernels: the adaptive bases have no anchor-free update, momentum, nesterov, "
                       "wd_after_momentum, extrapolate_with_momentum or past_grad");
-    TORCH_CHECK_VALUE(L.beta1 >= 0 && L.beta1 < 1 && L.beta2 >= 0 && L.beta2 < 1 && L.eps >= 0,
-                      "extrap_kernels: betas must lie in [0, 1) and eps be >= 0, got (", L.beta1, ", ", L.beta2,
-                      ") and ", L.eps);
+    if (L.accumulates) {  // Adagrad: v <- 1 * v + g'^2, m = g'
+      TORCH_CHECK_VALUE(L.beta1 == 0 && L.beta2 == 1 && !L.beta1_tensor && !L.beta2_tensor && !L.bias_correction &&
+                            L.max_second_moments.empty() && L.eps >= 0 && L.lr_decay >= 0,
+                        "extrap_kernels: an accumulating (Adagrad) launch takes betas (0, 1), no beta tensors, bias "
+                        "correction or max_second_moments, and eps, lr_decay >= 0");
+    } else {
+      TORCH_CHECK_VALUE(L.beta1 >= 0 && L.beta1 < 1 && L.beta2 >= 0 && L.beta2 < 1 && L.eps >= 0 && L.lr_decay == 0,
+                        "extrap_kernels: betas must lie in [0, 1) and eps be >= 0, got (", L.beta1, ", ", L.beta2,
+                        ") and ", L.eps, "; lr_decay belongs to accumulating (Adagrad) launches");
+    }
   } else {
-    TORCH_CHECK_VALUE(!L.beta1_tensor && !L.beta2_tensor, "extrap_kernels: beta tensors belong to adaptive launches");
+    TORCH_CHECK_VALUE(!L.beta1_tensor && !L.beta2_tensor && !L.accumulates && L.lr_decay == 0,
+                      "extrap_kernels: beta tensors, accumulates and lr_decay belong to adaptive launches");
     TORCH_CHECK_VALUE(L.max_second_moments.empty(), "extrap_kernels: max_second_moments without second_moments");
     TORCH_CHECK_VALUE(L.momenta.empty() || L.momenta.size() == n,
                       "extrap_kernels: momenta must be empty (momentum 0) or one per parameter");
@@ -108,7 +116,7 @@ inline void check_state(const Launch& L, size_t i, const at::Device& device, at:
   if (!L.momenta.empty()) {
     check(L.momenta[i], L.adaptive() ? cdtype : sdtype, numel, L.adaptive() ? "exp_avg" : "momentum_buffer");
   }
-  if (!L.second_moments.empty()) check(L.second_moments[i], cdtype, numel, "exp_avg_sq");
+  if (!L.second_moments.empty()) check(L.second_moments[i], cdtype, numel, L.accumulates ? "sum" : "exp_avg_sq");
   if (!L.max_second_moments.empty()) check(L.max_second_moments[i], cdtype, numel, "max_exp_avg_sq");
   check(L.steps[i], at::kFloat, 1, "step");
   if (!L.last_gammas.empty()) check(L.last_gammas[i], sdtype, 1, "last_gamma");

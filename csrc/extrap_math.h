@@ -56,6 +56,8 @@ struct Hyper {
   double beta1, beta2;
   acc eps;
   acc grad_gain;        // the weight of g' in m: 1 - beta1, or 1 (LAMB without grad_averaging)
+  acc second_gain;      // the weight of g'^2 in v: 1 - beta2, or 1 (Adagrad's sum, with beta2 = 1)
+  acc lr_decay;         // Adagrad: the direction divided by 1 + (t - 1) * lr_decay (no bias correction)
   bool grad_averaging;  // (what grad_gain is, for betas read on the device: set_betas)
   bool decoupled;       // AdamW / adam_w_mode: e = a + wd * s instead of g' += wd * s
   bool bias_correction;
@@ -67,6 +69,7 @@ EXTRAP_HD void set_betas(Hyper<acc>& h, double beta1, double beta2) {
   h.beta1 = beta1;
   h.beta2 = beta2;
   h.grad_gain = h.grad_averaging ? static_cast<acc>(1.0 - beta1) : acc(1);
+  h.second_gain = static_cast<acc>(1.0 - beta2);
 }
 
 // g' = (g / grad_scale + wd * s) * trust; the sign flip of `maximize` is folded into grad_factor.
@@ -328,10 +331,12 @@ EXTRAP_HD T square_root(T v) {
 }
 
 // The bias corrections of the moments after update `step` (in double, as the reference's Python floats).
+// Without them, bias1 carries Adagrad's learning-rate decay, 1 + (t - 1) * lr_decay (1 for every other base).
 template <typename acc>
 EXTRAP_HD void bias_corrections(const Hyper<acc>& h, float step, acc& bias1, acc& bias2_sqrt) {
   if (!h.bias_correction) {
-    bias1 = bias2_sqrt = acc(1);
+    bias1 = h.lr_decay == acc(0) ? acc(1) : acc(1) + (static_cast<acc>(step) - acc(1)) * h.lr_decay;
+    bias2_sqrt = acc(1);
     return;
   }
   bias1 = static_cast<acc>(1.0 - pow(h.beta1, static_cast<double>(step)));
@@ -341,14 +346,15 @@ EXTRAP_HD void bias_corrections(const Hyper<acc>& h, float step, acc& bias1, acc
 // u, the undamped direction of one element: g' = g / grad_scale (the launch folds LAMB's clipping into
 // grad_scale) with L2 decay unless decoupled; the moments updated in place (callers pass copies to look
 // ahead); a = (m / bias1) / (sqrt(v) / bias2_sqrt + eps), v_max in place of v with amsgrad; u = a, plus
-// the decoupled decay wd * s.
+// the decoupled decay wd * s. Adagrad is the case beta1 = 0, grad_gain = 1 (m = g', which its launchers
+// neither load nor store), beta2 = second_gain = 1 (v <- v + g'^2, its "sum") and no bias correction.
 template <bool kAmsgrad, typename acc>
 EXTRAP_HD acc adaptive_direction(acc s, acc g, acc& m, acc& v, acc& v_max, const Hyper<acc>& h, acc bias1,
                                  acc bias2_sqrt) {
   acc gp = g * h.grad_factor;
   if (!h.decoupled) gp += h.weight_decay * s;
   m = static_cast<acc>(h.beta1) * m + h.grad_gain * gp;
-  v = static_cast<acc>(h.beta2) * v + (static_cast<acc>(1.0 - h.beta2) * gp) * gp;
+  v = static_cast<acc>(h.beta2) * v + (h.second_gain * gp) * gp;
   if (kAmsgrad) v_max = v > v_max ? v : v_max;
   const acc second = kAmsgrad ? v_max : v;
   acc u = (m / bias1) / (square_root(second) / bias2_sqrt + h.eps);

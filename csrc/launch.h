@@ -37,6 +37,10 @@ struct Launch {
   std::vector<at::Tensor> second_moments, max_second_moments;
   double beta1 = 0, beta2 = 0, eps = 0;
   bool decoupled = false, bias_correction = true, grad_averaging = true;
+  // Adagrad (extrap_math.h's adaptive_direction): `momenta` empty, v the running sum of g'^2, beta1 = 0 and
+  // beta2 = 1; lr_decay divides its direction by 1 + (t - 1) * lr_decay
+  bool accumulates = false;
+  double lr_decay = 0;
   // Capturable betas: one-element float64 device tensors read by the kernel itself, replacing beta1/beta2
   // (a CPU launch reads them on the host: see bindings.cpp).
   std::optional<at::Tensor> beta1_tensor, beta2_tensor;
@@ -68,6 +72,7 @@ struct Launch {
   bool counts_step() const { return phase != kExtrapolate; }
   bool adaptive() const { return family == Family::kAdaptive; }
   bool amsgrad() const { return !max_second_moments.empty(); }
+  bool first_moment() const { return !momenta.empty(); }  // (adaptive launches: all but Adagrad's)
 };
 
 // Builds the per-launch hyperparameters once the grad scale is known.
@@ -91,6 +96,8 @@ Hyper<acc> make_hyper(const Launch& L, double inv_scale) {
   h.eps = static_cast<acc>(L.eps);
   h.grad_averaging = L.grad_averaging;
   h.grad_gain = h.grad_averaging ? static_cast<acc>(1.0 - L.beta1) : acc(1);
+  h.second_gain = L.accumulates ? acc(1) : static_cast<acc>(1.0 - L.beta2);
+  h.lr_decay = static_cast<acc>(L.lr_decay);
   h.decoupled = L.decoupled;
   h.bias_correction = L.bias_correction;
   return h;
@@ -144,12 +151,14 @@ void with_phase(const Launch& L, F&& f) {
   }
 }
 
-// The same for the adaptive bases: f(phase, amsgrad), the phases they have (no anchor-free update).
+// The same for the adaptive bases: f(phase, amsgrad, first moment), the phases they have (no anchor-free
+// update) and the moments they keep (Adagrad's launch has no first moment, and never amsgrad).
 template <typename F>
 void with_adaptive_phase(const Launch& L, F&& f) {
   auto run = [&](auto phase) {
-    if (L.amsgrad()) return f(phase, std::true_type{});
-    return f(phase, std::false_type{});
+    if (!L.first_moment()) return f(phase, std::false_type{}, std::false_type{});
+    if (L.amsgrad()) return f(phase, std::true_type{}, std::true_type{});
+    return f(phase, std::false_type{}, std::true_type{});
   };
   switch (L.phase) {
     case kExtrapolate:

@@ -1,6 +1,6 @@
 """extrap-kernels: fused extrapolated-SGD optimizers for PyTorch (docs/SPEC.md).
 
-from extrap_kernels import ExtrapSGD, FusedSGD, ExtrapAdamW, ExtrapLAMB, FusedAdam, FusedLAMB
+from extrap_kernels import ExtrapSGD, FusedSGD, ExtrapAdamW, ExtrapLAMB, FusedAdam, FusedLAMB, FusedAdagrad
 """
 
 import torch as _torch
@@ -19,10 +19,12 @@ if _TorchVersion(_torch.__version__) < OLDEST_TORCH:
     )
 
 from . import backends, core, functional, reference  # noqa: E402
+from .adagrad import ExtrapAdagrad, FusedAdagrad  # noqa: E402
 from .adam import ExtrapAdam, ExtrapAdamW, ExtrapLAMB, FusedAdam, FusedLAMB  # noqa: E402
 from .bucket import Bucket, Phase  # noqa: E402
 from .distributed import train_step  # noqa: E402
-from .hyper import AdamHyper, Hyper, LambHyper, SGDHyper  # noqa: E402
+from .hyper import AdagradHyper, AdamHyper, Hyper, LambHyper, SGDHyper  # noqa: E402
+from .mixed_precision_lamb import FusedMixedPrecisionLamb  # noqa: E402
 from .optimizer import ExtrapSGD, FusedOptimizer, FusedSGD  # noqa: E402
 
 __all__ = [
@@ -33,12 +35,16 @@ __all__ = [
     "ExtrapLAMB",
     "FusedAdam",
     "FusedLAMB",
+    "ExtrapAdagrad",
+    "FusedAdagrad",
+    "FusedMixedPrecisionLamb",
     "FusedOptimizer",
     "Bucket",
     "Hyper",
     "SGDHyper",
     "AdamHyper",
     "LambHyper",
+    "AdagradHyper",
     "Phase",
     "backends",
     "core",

@@ -276,7 +276,9 @@ class FusedAdam(_ApexAdaptive):
 
 
 class FusedLAMB(_ApexAdaptive):
-    """Drop-in for `apex.optimizers.FusedLAMB`: LAMB with Apex's defaults and meaning."""
+    """Drop-in for `apex.optimizers.FusedLAMB`: LAMB with Apex's defaults and meaning. Two keywords Apex's
+    lacks: master_weights=True keeps an fp32 master of a 16-bit parameter, and capturable=True keeps lr and
+    the group's step count on the device, as FusedAdam's (and FusedMixedPrecisionLamb's) do."""
 
     STATE = LAMB_STATE
 
@@ -296,6 +298,7 @@ class FusedLAMB(_ApexAdaptive):
         use_nvlamb: bool = False,
         *,
         master_weights: bool = False,
+        capturable: bool = False,
         backend: str = "auto",
     ):
         if amsgrad:
@@ -314,5 +317,5 @@ class FusedLAMB(_ApexAdaptive):
             master_weights=master_weights,
         )
         check_hyperparameters(master_weights=master_weights)
-        super().__init__(params, defaults, backend)
+        super().__init__(params, defaults, backend, capturable=capturable)
         self.set_grad_none = set_grad_none

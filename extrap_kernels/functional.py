@@ -1,6 +1,6 @@
 """The public functional API, as torch.optim's: one optimizer step over tensor lists.
 
-`sgd`, `adam` and `lamb` take the parameters, their gradients and their state as parallel lists (the
+`sgd`, `adam`, `lamb` and `adagrad` take the parameters, their gradients and their state as parallel lists (the
 caller owns the state, as under torch.optim's functional API: an FSDP2 wrapper, an optimizer-in-backward
 hook, a training loop of its own), the hyperparameters and the mode, and run the step on the same
 backends and kernels as the optimizer classes, validated before anything is written (core.run). Each
@@ -13,7 +13,8 @@ The state is what the classes keep under the same names:
   (mode=None) and SGD's anchor-free past mode (with `last_gammas`) allow on fp32/fp64 parameters;
 - `last_gammas`: 0-dim tensors of the state dtype, starting at 0: the anchor-free past mode's;
 - `momentum_buffers` (SGD, momentum > 0), `exp_avgs`, `exp_avg_sqs` and, with amsgrad, `max_exp_avg_sqs`
-  (Adam, LAMB): zeros like the parameters, in the state dtype.
+  (Adam, LAMB), `state_sums` (Adagrad's "sum"): zeros like the parameters (the sums: the initial
+  accumulator value), in the state dtype.
 Each call runs under torch.no_grad() (the parameters are written in place, as an optimizer's step() does).
 Mode "local" is two calls per iteration: `extrapolate=True` with the gradients at x_t, then the update
 with the gradients at the extrapolated point.
@@ -31,7 +32,7 @@ from .bucket import Bucket, Phase, bucket_phase, state_dtype
 from .checks import check_bucket, check_hyperparameters, scalar_value
 from .hyper import HYPERS, Hyper, SGDHyper
 
-__all__ = ["sgd", "adam", "lamb", "mode_phase"]
+__all__ = ["sgd", "adam", "lamb", "adagrad", "mode_phase"]
 
 
 def mode_phase(mode: str | None, lr, gamma, noise_std: float) -> tuple[Phase, float | Tensor]:
@@ -319,6 +320,60 @@ def lamb(
         grad_averaging=grad_averaging,
         max_grad_norm=max_grad_norm,
         use_nvlamb=use_nvlamb,
+        gamma=gamma,
+        noise_std=noise_std,
+        seed=seed,
+    )
+
+
+@torch.no_grad()
+def adagrad(
+    params: list[Tensor],
+    grads: list[Tensor],
+    state_sums: list[Tensor],
+    steps: list[Tensor],
+    anchors: list[Tensor] | None = None,
+    *,
+    lr: float | Tensor,
+    lr_decay: float = 0.0,
+    weight_decay: float = 0.0,
+    eps: float = 1e-10,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+    gamma: float | Tensor | None = None,
+    mode: str | None = "past",
+    extrapolate: bool = False,
+    noise_std: float = 0.01,
+    seed: int = 0,
+    indices: list[int] | None = None,
+    backend: str = "auto",
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    """One ExtrapAdagrad step (mode None: one torch.optim.Adagrad step; decoupled_weight_decay=True: Apex
+    FusedAdagrad's adagrad_w_mode). `state_sums` are torch.optim.Adagrad's "sum" (its running sum of g'^2,
+    started at initial_accumulator_value), in the state dtype."""
+    _adaptive(
+        "adagrad",
+        params,
+        grads,
+        None,
+        state_sums,
+        None,
+        steps,
+        anchors,
+        mode,
+        extrapolate,
+        backend,
+        indices,
+        grad_scale,
+        found_inf,
+        lr=lr,
+        lr_decay=lr_decay,
+        weight_decay=weight_decay,
+        eps=eps,
+        decoupled=decoupled_weight_decay,
+        maximize=maximize,
         gamma=gamma,
         noise_std=noise_std,
         seed=seed,

@@ -146,6 +146,9 @@ class AdamHyper(Hyper):
 
     base: ClassVar[str] = "adam"
     operator_prefix: ClassVar[str] = "adam_"
+    # Adagrad (AdagradHyper): no first moment (m = g'), v accumulates g'^2, and lr_decay divides the direction
+    accumulates: ClassVar[bool] = False
+    lr_decay: ClassVar[float] = 0.0
 
     betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999)  # (tensors: capturable, read by the kernels)
     eps: float = 1e-8
@@ -160,6 +163,11 @@ class AdamHyper(Hyper):
     def averages(self) -> bool:
         """m <- b1 * m + (1 - b1) * g' (False: + g', LAMB without grad_averaging)."""
         return True
+
+    @property
+    def second_gain(self) -> float | Tensor:
+        """The weight of g'^2 in v <- b2 * v + second_gain * g'^2: 1 - b2 (Adagrad: 1, with b2 = 1)."""
+        return 1.0 if self.accumulates else 1 - self.betas[1]
 
     def layout(self) -> tuple:
         return self.base, self.amsgrad
@@ -190,6 +198,8 @@ class AdamHyper(Hyper):
             decoupled=bool(self.decoupled),
             grad_averaging=self.averages,
             bias_correction=bool(self.bias_correction),
+            accumulates=self.accumulates,
+            lr_decay=float(self.lr_decay),
         )
 
 
@@ -221,5 +231,23 @@ class LambHyper(AdamHyper):
         return True  # (whether or not the trust ratio is on: the shard group is the bucket's either way)
 
 
+@dataclass(frozen=True)
+class AdagradHyper(AdamHyper):
+    """Adagrad (torch.optim.Adagrad's options; adagrad_w_mode, Apex FusedAdagrad's, is `decoupled`) as the
+    adaptive form with no first moment: m = g' (beta1 0), v <- v + g'^2 (its "sum": beta2 and the gain 1),
+    a = g' / (sqrt(v) + eps), divided by 1 + (t - 1) * lr_decay; no bias correction, no amsgrad."""
+
+    base: ClassVar[str] = "adagrad"
+    accumulates: ClassVar[bool] = True
+
+    betas: tuple[float, float] = (0.0, 1.0)  # (fixed: what Adagrad is in the adaptive form)
+    eps: float = 1e-10
+    bias_correction: bool = False
+    lr_decay: float = 0.0
+
+    def layout(self) -> tuple:
+        return (self.base,)
+
+
 # The records by base name (Hyper.base), for code that builds one from a name.
-HYPERS: dict[str, type[Hyper]] = {cls.base: cls for cls in (SGDHyper, AdamHyper, LambHyper)}
+HYPERS: dict[str, type[Hyper]] = {cls.base: cls for cls in (SGDHyper, AdamHyper, LambHyper, AdagradHyper)}

@@ -127,4 +127,4 @@ def apply_sgd(
 
 
 # Each base's form (the adaptive bases: reference_adaptive.py).
-_APPLY = {"sgd": apply_sgd, "adam": reference_adaptive.apply, "lamb": reference_adaptive.apply}
+_APPLY = {"sgd": apply_sgd, **dict.fromkeys(("adam", "lamb", "adagrad"), reference_adaptive.apply)}

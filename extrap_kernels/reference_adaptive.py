@@ -1,11 +1,12 @@
 """The oracle for the adaptive bases: docs/SPEC.md "Base update, Adam family and LAMB" written as
 per-tensor torch ops, with every mode (local, past, noise) and option. `reference.apply` hands it the
-buckets of base "adam" or "lamb" (hyper.AdamHyper, hyper.LambHyper).
+buckets of base "adam", "lamb" or "adagrad" (hyper.AdamHyper, hyper.LambHyper, hyper.AdagradHyper).
 
 As `reference.py` is for the SGD family, this is slow on purpose and the thing the Adam and LAMB kernels
 are tested against; `compute_dtype=torch.float64` evaluates in double precision and rounds only when
 storing. A bucket's `momenta` are the first moments m (exp_avg), `second_moments` the v (exp_avg_sq),
-`max_second_moments` their running maxima (amsgrad).
+`max_second_moments` their running maxima (amsgrad). Adagrad keeps no first moment (`momenta` is empty:
+m = g' each step) and its v is the running sum of g'^2.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ def regularized_grad(g: Tensor, s: Tensor, h: AdamHyper, inv_scale: float, clip:
 
 
 def moments(m: Tensor, v: Tensor, v_max: Tensor | None, g_prime: Tensor, h: AdamHyper):
-    """m <- b1 * m + (1 - b1) * g' (LAMB without grad_averaging: + g'); v <- b2 * v + (1 - b2) * g'^2;
-    amsgrad: v_max <- max(v_max, v). Returns the new (m, v, v_max), storing nothing."""
+    """m <- b1 * m + (1 - b1) * g' (LAMB without grad_averaging: + g'; Adagrad: m = g'); v <- b2 * v +
+    (1 - b2) * g'^2 (Adagrad: v + g'^2); amsgrad: v_max <- max(v_max, v). Returns the new (m, v, v_max),
+    storing nothing."""
     b1, b2 = h.betas
-    m = b1 * m + ((1 - b1) if h.averages else 1.0) * g_prime
-    v = b2 * v + (1 - b2) * g_prime * g_prime
+    m = g_prime if h.accumulates else b1 * m + ((1 - b1) if h.averages else 1.0) * g_prime
+    v = b2 * v + h.second_gain * g_prime * g_prime
     if v_max is not None:
         v_max = torch.maximum(v_max, v)
     return m, v, v_max
@@ -48,9 +50,10 @@ def moments(m: Tensor, v: Tensor, v_max: Tensor | None, g_prime: Tensor, h: Adam
 def direction(s: Tensor, m: Tensor, v: Tensor, v_max: Tensor | None, t: int, h: AdamHyper, shard_group=None) -> Tensor:
     """e, the direction of the update s <- s - eta * e, from the moments after step t:
     a = (m / (1 - b1^t)) / (sqrt(v) / sqrt(1 - b2^t) + eps) (bias_correction=False: no divisions; v_max
-    in place of v with amsgrad); Adam: e = a; AdamW: e = a + wd * s; LAMB: u = a (+ wd * s decoupled),
-    e = trust * u, trust = ||s|| / ||u|| (1 where either is 0; only where wd != 0 unless use_nvlamb; the
-    norms of the whole tensors where s and u are shards, summed over `shard_group`)."""
+    in place of v with amsgrad; Adagrad: a = m / (sqrt(v) + eps) / (1 + (t - 1) * lr_decay)); Adam: e = a;
+    AdamW: e = a + wd * s; LAMB: u = a (+ wd * s decoupled), e = trust * u, trust = ||s|| / ||u|| (1 where
+    either is 0; only where wd != 0 unless use_nvlamb; the norms of the whole tensors where s and u are
+    shards, summed over `shard_group`)."""
     b1, b2 = h.betas
     second = v_max if v_max is not None else v
     if h.bias_correction:
@@ -58,6 +61,8 @@ def direction(s: Tensor, m: Tensor, v: Tensor, v_max: Tensor | None, t: int, h: 
         a = (m / (1 - b1**t)) / (second.sqrt() / (c2.sqrt() if isinstance(c2, Tensor) else math.sqrt(c2)) + h.eps)
     else:
         a = m / (second.sqrt() + h.eps)
+        if h.lr_decay != 0:
+            a = a / (1 + (t - 1) * h.lr_decay)
     e = a + h.weight_decay * s if h.decoupled else a
     if h.scales_by_trust:
         s_norm, u_norm = whole_tensor_norms(
@@ -94,7 +99,8 @@ def apply(
         anchor = bucket.anchor_values(phase)[i].to(cd)
         g_prime = regularized_grad(g.to(cd), anchor, h, inv_scale, clip)
         v_max = bucket.max_second_moments[i].to(cd) if bucket.max_second_moments else None
-        m, v, v_max = moments(bucket.momenta[i].to(cd), bucket.second_moments[i].to(cd), v_max, g_prime, h)
+        m = bucket.momenta[i].to(cd) if bucket.momenta else None  # (none for Adagrad)
+        m, v, v_max = moments(m, bucket.second_moments[i].to(cd), v_max, g_prime, h)
         step = int(bucket.steps[i].item())
         if phase == Phase.EXTRAPOLATE:
             e = direction(anchor, m, v, v_max, step + 1, h, bucket.shard_group)
@@ -104,7 +110,8 @@ def apply(
             continue
         e = direction(anchor, m, v, v_max, step, h, bucket.shard_group)
         anchor = anchor - float(h.lr) * e
-        bucket.momenta[i].copy_(m)
+        if bucket.momenta:
+            bucket.momenta[i].copy_(m)
         bucket.second_moments[i].copy_(v)
         if v_max is not None:
             bucket.max_second_moments[i].copy_(v_max)

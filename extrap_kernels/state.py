@@ -3,7 +3,7 @@ created and converted. An optimizer class holds one of these (`FusedOptimizer.ST
 hooks `state_lists` and `init_state` hand the plan: what a base keeps is written once, here, whatever the
 class's iteration (extrapolating or Apex's).
 
-The keys are torch.optim's (momentum_buffer, exp_avg, exp_avg_sq, max_exp_avg_sq, step), so its
+The keys are torch.optim's (momentum_buffer, exp_avg, exp_avg_sq, max_exp_avg_sq, sum, step), so its
 checkpoints load, plus the anchor ("anchor") and the anchor-free past mode's "last_gamma".
 """
 
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .bucket import Phase, state_dtype
-from .hyper import AdamHyper, Hyper, LambHyper, SGDHyper
+from .hyper import AdagradHyper, AdamHyper, Hyper, LambHyper, SGDHyper
 
 
 def _zeros_like(p: Tensor, dtype: torch.dtype) -> Tensor:
@@ -137,9 +137,25 @@ class AdaptiveState(BaseState):
         return state
 
 
+class AdagradState(AdaptiveState):
+    """Adagrad's: the running sum of g'^2 ("sum", torch.optim.Adagrad's name), started at the group's
+    initial_accumulator_value, and no first moment."""
+
+    FULL_PRECISION = frozenset(("sum",))
+
+    def state_lists(self, group: dict, phase: Phase) -> dict[str, str]:
+        return {"second_moments": "sum"}
+
+    def init_state(self, state: dict, p: Tensor, group: dict, phase: Phase, anchored: bool) -> dict:
+        if "sum" not in state:
+            state["sum"] = _zeros_like(p, state_dtype(p.dtype)).fill_(group.get("initial_accumulator_value", 0.0))
+        return super().init_state(state, p, group, phase, anchored)
+
+
 SGD_STATE = SGDState(SGDHyper)
 ADAM_STATE = AdaptiveState(AdamHyper)
 LAMB_STATE = AdaptiveState(LambHyper)
+ADAGRAD_STATE = AdagradState(AdagradHyper)
 
 
 class TrackedState(defaultdict):

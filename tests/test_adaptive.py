@@ -1,4 +1,5 @@
-"""The adaptive optimizers (ExtrapAdam, ExtrapAdamW, ExtrapLAMB, FusedAdam, FusedLAMB) on every backend that
+"""The adaptive optimizers (ExtrapAdam, ExtrapAdamW, ExtrapLAMB, FusedAdam, FusedLAMB; ExtrapAdagrad and
+FusedAdagrad where a test is the same for them, tests/test_adagrad.py for the rest) on every backend that
 has them here (reference, foreach, and the kernels: cpu, the CUDA launcher's host emulation):
 gamma = 0 is torch.optim.Adam / AdamW, LAMB is Apex's FusedLAMB (written
 here independently, in Apex's two stages), the modes relate x to the anchor as SPEC's iterations say,
@@ -185,7 +186,7 @@ def _twins(cls, mode, backend, **kwargs):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("cls", [ek.ExtrapAdamW, ek.ExtrapLAMB], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [ek.ExtrapAdamW, ek.ExtrapLAMB, ek.ExtrapAdagrad], ids=lambda c: c.__name__)
 @pytest.mark.parametrize("mode", ["past", "noise"])
 def test_one_phase_modes_keep_the_base_trajectory_on_the_anchor(backend, cls, mode):
     """Given the same gradients, the anchor follows the base optimizer whatever gamma; x is s - gamma * e
@@ -207,7 +208,7 @@ def test_one_phase_modes_keep_the_base_trajectory_on_the_anchor(backend, cls, mo
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("cls", [ek.ExtrapAdam, ek.ExtrapLAMB], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [ek.ExtrapAdam, ek.ExtrapLAMB, ek.ExtrapAdagrad], ids=lambda c: c.__name__)
 def test_local_extrapolates_along_the_look_ahead_direction(backend, cls):
     """Mode "local": extrapolate() stores only the snapshot (the moments and the step are read); with
     gamma = lr and the same gradient, the extrapolated point is exactly where the step then lands."""
@@ -229,7 +230,7 @@ def test_local_extrapolates_along_the_look_ahead_direction(backend, cls):
 
 
 @pytest.mark.parametrize("backend", ADAPTIVE_BACKENDS)
-@pytest.mark.parametrize("cls", [ek.ExtrapAdamW, ek.ExtrapLAMB], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [ek.ExtrapAdamW, ek.ExtrapLAMB, ek.ExtrapAdagrad], ids=lambda c: c.__name__)
 @pytest.mark.parametrize("mode", ["past", "local", "noise"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_trajectory_equals_the_reference(backend, cls, mode, dtype):
@@ -267,7 +268,9 @@ def trajectory_against_reference(backend, cls, mode, dtype, device):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("cls", [ek.ExtrapAdam, ek.ExtrapLAMB, ek.FusedAdam], ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "cls", [ek.ExtrapAdam, ek.ExtrapLAMB, ek.FusedAdam, ek.ExtrapAdagrad, ek.FusedAdagrad], ids=lambda c: c.__name__
+)
 def test_checkpoint_resumes_bit_exactly(backend, cls):
     ours, opt, gen = _stepped(cls, 6, 5, backend)
     saved_params, saved = [p.detach().clone() for p in ours], copy.deepcopy(opt.state_dict())
@@ -287,17 +290,27 @@ def test_checkpoint_resumes_bit_exactly(backend, cls):
         assert torch.equal(p.detach(), q.detach())
 
 
-def test_torch_adam_checkpoint_loads():
-    """A torch.optim.Adam state dict (exp_avg, exp_avg_sq, step) continues in ExtrapAdam with gamma=0."""
+@pytest.mark.parametrize(
+    "torch_cls, cls, kwargs",
+    [
+        (torch.optim.Adam, ek.ExtrapAdam, dict(lr=0.01)),
+        (torch.optim.Adagrad, ek.ExtrapAdagrad, dict(lr=0.05, lr_decay=0.1, initial_accumulator_value=0.1)),
+    ],
+    ids=["Adam", "Adagrad"],
+)
+def test_torch_checkpoint_loads(torch_cls, cls, kwargs):
+    """A torch.optim.Adam state dict (exp_avg, exp_avg_sq, step) continues in ExtrapAdam with gamma=0, and a
+    torch.optim.Adagrad one ("sum", step) in ExtrapAdagrad, its lr decay reading the loaded count."""
     ours, gen = _params(7)
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
-    torch_opt = torch.optim.Adam(theirs, lr=0.01, foreach=False)
+    torch_opt = torch_cls(theirs, foreach=False, **kwargs)
     for step in range(3):
         _set_grads(theirs, gen, step)
         torch_opt.step()
-    for p, q in zip(ours, theirs):
-        p.data.copy_(q.detach())
-    opt = ek.ExtrapAdam(ours, lr=0.01, gamma=0.0)
+    with torch.no_grad():
+        for p, q in zip(ours, theirs):
+            p.copy_(q)
+    opt = cls(ours, gamma=0.0, **kwargs)
     opt.load_state_dict(torch_opt.state_dict())
     for step in range(3, 6):
         _set_grads(theirs, gen, step)
@@ -309,7 +322,7 @@ def test_torch_adam_checkpoint_loads():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("cls", [ek.ExtrapAdamW, ek.ExtrapLAMB], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [ek.ExtrapAdamW, ek.ExtrapLAMB, ek.ExtrapAdagrad], ids=lambda c: c.__name__)
 def test_found_inf_changes_nothing(backend, cls):
     ours, opt, gen = _stepped(cls, 8, 3, backend)
     before = [p.detach().clone() for p in ours], copy.deepcopy(opt.state_dict())

@@ -51,6 +51,21 @@ def _fused_lamb(params, backend):
     return ek.FusedLAMB(params, lr=1e-3, max_grad_norm=0.1, backend=backend)
 
 
+def _adagrad(params, backend):
+    return ek.ExtrapAdagrad(params, lr=0.01, weight_decay=1e-2, backend=backend)
+
+
+def _fused_adagrad(params, backend):
+    return ek.FusedAdagrad(params, lr=0.01, backend=backend)
+
+
+def _fused_mixed_precision_lamb(params, backend):
+    reduced = params[0].dtype if params[0].dtype != torch.float32 else None  # (an fp32 master for 16 bits)
+    return ek.FusedMixedPrecisionLamb(
+        params, lr=1e-3, max_grad_norm=0.1, reduced_precision_dtype=reduced, backend=backend
+    )
+
+
 OPTIMIZERS = {
     "sgd-past": _sgd_past,
     "sgd-local": _sgd_local,
@@ -60,6 +75,9 @@ OPTIMIZERS = {
     "fused-sgd": _fused_sgd,
     "fused-adam": _fused_adam,
     "fused-lamb": _fused_lamb,
+    "adagrad": _adagrad,
+    "fused-adagrad": _fused_adagrad,
+    "fused-mixed-precision-lamb": _fused_mixed_precision_lamb,
 }
 
 
@@ -314,17 +332,27 @@ def test_capturable_keeps_lr_on_the_device_and_follows_the_scheduler(backend):
 # element with the parameter itself: FusedAdam keeps fp32 exp_avg and exp_avg_sq (zeros_like(p).float()) beside
 # the 16-bit parameter, 2 + 8; FusedLAMB keeps them in the parameter's dtype (zeros_like(p)), 2 + 4; FusedSGD
 # steps the fp32 masters that amp's O2 makes (the 16-bit model, the fp32 master and its fp32 momentum: 2 + 4 + 4),
-# and without amp a 16-bit parameter and its 16-bit momentum (2 + 2).
+# and without amp a 16-bit parameter and its 16-bit momentum (2 + 2); FusedAdagrad its sum in the parameter's
+# dtype (zeros_like(p)), 2 + 2; FusedMixedPrecisionLamb its moments in the parameter's dtype (2 + 4), or with
+# reduced_precision_dtype an fp32 master (held outside its state) and fp32 moments, 2 + 4 + 8.
 APEX_BYTES = {
+    "fused-mixed-precision-lamb": 6,
+    "fused-mixed-precision-lamb-reduced": 14,
+    "fused-adagrad": 4,
     "fused-adam": 10,
     "fused-lamb": 6,
     "fused-sgd-amp-o2": 10,
     "fused-sgd-plain": 4,
 }
 # Ours, where they differ, and why (README's drop-in table): FusedLAMB keeps fp32 moments, since 16-bit moments
-# (SPEC's exp_avg_dtype) are not built yet.
-OURS_BYTES = {**APEX_BYTES, "fused-lamb": 10}
+# (SPEC's exp_avg_dtype) are not built yet; FusedAdagrad an fp32 sum, since a 16-bit sum of squares saturates.
+OURS_BYTES = {**APEX_BYTES, "fused-lamb": 10, "fused-adagrad": 6, "fused-mixed-precision-lamb": 10}
 DROP_INS = {
+    "fused-mixed-precision-lamb": lambda ps, be: ek.FusedMixedPrecisionLamb(ps, backend=be),
+    "fused-mixed-precision-lamb-reduced": lambda ps, be: ek.FusedMixedPrecisionLamb(
+        ps, reduced_precision_dtype=ps[0].dtype, backend=be
+    ),
+    "fused-adagrad": lambda ps, be: ek.FusedAdagrad(ps, lr=1e-2, backend=be),
     "fused-adam": lambda ps, be: ek.FusedAdam(ps, lr=1e-3, backend=be),  # (Apex's default, master_weights=False)
     "fused-lamb": lambda ps, be: ek.FusedLAMB(ps, lr=1e-3, backend=be),
     "fused-sgd-amp-o2": lambda ps, be: ek.FusedSGD(ps, lr=0.1, momentum=0.9, backend=be),  # (an fp32 master)

@@ -36,8 +36,22 @@ OPTIMIZERS = {
     "extrap-lamb-noise": lambda ps, b, **kw: ek.ExtrapLAMB(ps, **{"lr": 0.01, "mode": "noise", **kw}, backend=b),
     "fused-adam": lambda ps, b, **kw: ek.FusedAdam(ps, **{"lr": 0.01, **kw}, backend=b),
     "fused-lamb": lambda ps, b, **kw: ek.FusedLAMB(ps, **{"lr": 0.01, **kw}, backend=b),
+    "extrap-adagrad-local": lambda ps, b, **kw: ek.ExtrapAdagrad(
+        ps, **{"lr": 0.01, "gamma": 0.005, "mode": "local", **kw}, backend=b
+    ),
+    "fused-adagrad": lambda ps, b, **kw: ek.FusedAdagrad(ps, **{"lr": 0.01, **kw}, backend=b),
+    "fused-mixed-precision-lamb": lambda ps, b, **kw: ek.FusedMixedPrecisionLamb(ps, **{"lr": 0.01, **kw}, backend=b),
 }
-ADAPTIVE = ("extrap-adamw-past", "extrap-adam-local", "extrap-lamb-noise", "fused-adam", "fused-lamb")
+ADAPTIVE = (
+    "extrap-adamw-past",
+    "extrap-adam-local",
+    "extrap-lamb-noise",
+    "fused-adam",
+    "fused-lamb",
+    "extrap-adagrad-local",
+    "fused-adagrad",
+    "fused-mixed-precision-lamb",
+)
 every = pytest.mark.parametrize("backend", BACKENDS)
 every_optimizer = pytest.mark.parametrize("name", list(OPTIMIZERS))
 # every optimizer on every backend that has its base
@@ -182,12 +196,14 @@ def test_lr_schedulers_drive_the_lr(backend, name, schedule):
     if schedule == "StepLR":
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     else:
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.2, total_steps=4)
+        # (Adagrad has no momentum or betas to cycle, as torch.optim.Adagrad has none)
+        cycles = "adagrad" not in name
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.2, total_steps=4, cycle_momentum=cycles)
     lrs = []
     for step in range(3):
         _train(model, opt, 1, start=step)
         sched.step()
-        lrs.append(opt.param_groups[0]["lr"])
+        lrs.append(float(opt.param_groups[0]["lr"]))  # (a tensor lr is updated in place)
     assert len(set(lrs)) == 3
     reference = copy.deepcopy(sched.state_dict())
     assert reference["last_epoch"] == 3
@@ -218,7 +234,12 @@ def test_zero_grad_sets_none_by_default(name):
     assert p.grad is None
     p.grad = torch.ones(3)
     opt.zero_grad(set_to_none=False)
-    if name in ("fused-adam", "fused-lamb"):  # Apex's set_grad_none=True default wins
+    if name in (
+        "fused-adam",
+        "fused-lamb",
+        "fused-adagrad",
+        "fused-mixed-precision-lamb",
+    ):  # Apex's set_grad_none=True default wins
         assert p.grad is None
     else:
         assert p.grad is not None and torch.equal(p.grad, torch.zeros(3))

@@ -15,9 +15,14 @@ def moved_arrays(phase: int, master: bool) -> tuple[str, str]:
     return "sgm", "mxs" if phase != 1 or master else "mx"
 
 
-def adaptive_moved_arrays(phase: int, master: bool) -> tuple[str, str]:
+def adaptive_moved_arrays(phase: int, master: bool, first_moment: bool = True) -> tuple[str, str]:
     """The same for the adaptive bases (v: the second moments; without amsgrad): every phase reads the
-    moments (the extrapolation looks ahead with them) and only the updates store them."""
+    moments (the extrapolation looks ahead with them) and only the updates store them. Adagrad
+    (`first_moment` False) moves no m."""
     if phase == 0:
-        return ("s" if master else "x") + "gmv", "x" if master else "xs"
-    return "sgmv", "xmv" if phase == 1 and not master else "xsmv"
+        reads, writes = ("s" if master else "x") + "gmv", "x" if master else "xs"
+    else:
+        reads, writes = "sgmv", "xmv" if phase == 1 and not master else "xsmv"
+    if not first_moment:
+        reads, writes = reads.replace("m", ""), writes.replace("m", "")
+    return reads, writes

@@ -125,7 +125,7 @@ def cover() -> list[tuple[str, dict]]:
 
 
 ADAPTIVE_BASE = dict(
-    AMSGRAD=False,
+    MOMENTS=2,  # (triton_adaptive_math.FIRST_AND_SECOND: m and v)
     DECOUPLED=True,
     BIAS_CORRECTION=True,
     HAS_TRUST=False,
@@ -155,7 +155,8 @@ def adaptive_cover() -> list[tuple[str, str, dict]]:
                     )
                 )
     switches = [
-        dict(AMSGRAD=True),
+        dict(MOMENTS=3),  # amsgrad's v_max too
+        dict(MOMENTS=1, BIAS_CORRECTION=False),  # Adagrad: its sum v alone
         dict(DECOUPLED=False),
         dict(BIAS_CORRECTION=False),
         dict(HAS_TRUST=True),
@@ -167,7 +168,7 @@ def adaptive_cover() -> list[tuple[str, str, dict]]:
     for name in ("fp32", "bf16"):
         x, c, master = DTYPES[name]
         for switch in switches:
-            label = "+".join(k.lower() for k in switch)
+            label = "+".join(f"{k.lower()}{v}" if k == "MOMENTS" else k.lower() for k, v in switch.items())
             out.append(
                 (
                     "adaptive",
@@ -287,6 +288,7 @@ def compile_adaptive(kernel: str, constexprs: dict, arch: int):
             **{k: "fp32" for k in scalars if k not in ("weight_decay", "sign")},
             "beta1_ptr": "*fp64",
             "beta2_ptr": "*fp64",
+            "lr_decay": "fp32",
         }
         constexprs = dict(constexprs, BLOCK=2048)
     sig.update({k: "constexpr" for k in constexprs})
@@ -344,10 +346,10 @@ def vector_accesses(ptx: str) -> tuple[int, int]:
     return len(re.findall(VECTOR.format(op="ld"), ptx)), len(re.findall(VECTOR.format(op="st"), ptx))
 
 
-def check_vectors(label: str, kernel, size: dict[str, int], moved: tuple[list, list]) -> list[str]:
+def check_vectors(label: str, kernel, size: dict[str, int], moved: tuple[list, list], exact: bool = False) -> list[str]:
     """One hot kernel's 128-bit accesses in its PTX against what its whole block needs: every array it reads
-    and writes (`moved`, SPEC's traffic), `size[a]` bytes per element, in 16-byte accesses. Returns the
-    failure, if any."""
+    and writes (`moved`, SPEC's traffic), `size[a]` bytes per element, in 16-byte accesses (`exact`: no more
+    either, for a kernel that must not move an array its family's others do). Returns the failure, if any."""
     per_thread = 2048 // (32 * kernel.metadata.num_warps)  # elements of a whole block per thread
     reads, writes = moved
     want = (sum(per_thread * size[a] // 16 for a in reads), sum(per_thread * size[a] // 16 for a in writes))
@@ -356,8 +358,8 @@ def check_vectors(label: str, kernel, size: dict[str, int], moved: tuple[list, l
         f"PTX {label}: 128-bit loads {got[0]} (want >= {want[0]}: {reads}), "
         f"stores {got[1]} (want >= {want[1]}: {writes})"
     )
-    if got[0] < want[0] or got[1] < want[1]:
-        return [f"PTX {label}: {got} 128-bit loads/stores, want {want}"]
+    if got[0] < want[0] or got[1] < want[1] or (exact and got != want):
+        return [f"PTX {label}: {got} 128-bit loads/stores, want {want}{' exactly' if exact else ''}"]
     return []
 
 
@@ -420,6 +422,14 @@ def check_ptx(arch: int) -> list[str]:
         failures += check_vectors(
             f"sm_{arch} adaptive{phase}-bf16-no-master", kernel, size, adaptive_moved_arrays(phase, False)
         )
+    for phase in range(4):  # Adagrad (its sum alone): exactly the arrays it moves, no first moment
+        x, c, master = DTYPES["fp32"]
+        adagrad = dict(ADAPTIVE_BASE, MOMENTS=1, BIAS_CORRECTION=False, DECOUPLED=False)
+        kernel = compile_adaptive(
+            "adaptive", dict(adagrad, PHASE=phase, X_DTYPE=x, C_DTYPE=c, MASTER=master, ALIGNED=True), arch
+        )
+        moved = adaptive_moved_arrays(phase, master, first_moment=False)
+        failures += check_vectors(f"sm_{arch} adagrad{phase}-fp32", kernel, dict.fromkeys("xgsv", 4), moved, exact=True)
     return failures
 
 

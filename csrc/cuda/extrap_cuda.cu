@@ -127,7 +127,9 @@ void launch_phase(const Launch& L) {
 // The adaptive bases (Adam, AdamW, LAMB): as phase_kernel, with the second moments (and their maxima)
 // moved beside m, and adaptive_element's math. The moments are acc; s is anchor_t: acc, or (master_weights=
 // False) a 16-bit x's own type, whose stored values are rounded stochastically.
-template <Phase P, bool kAmsgrad, typename scalar_t, typename anchor_t, typename acc, typename Table>
+// kFirst: the launch keeps first moments m (every adaptive base but Adagrad, whose m = g' is neither loaded nor
+// stored).
+template <Phase P, bool kAmsgrad, bool kFirst, typename scalar_t, typename anchor_t, typename acc, typename Table>
 __global__ void __launch_bounds__(kAdaptiveThreads)
     adaptive_kernel(Table table, Hyper<acc> h, const acc* trust, const acc* grad_scale, const float* found_inf,
                     const acc* lr, const acc* gamma, const double* beta1, const double* beta2, const acc* loss_scale) {
@@ -180,8 +182,8 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
   using SVec = Vec<anchor_t, kVec>;
   using AVec = Vec<acc, kVec>;
   const bool vector = aligned<scalar_t, kVec>(x) && aligned<scalar_t, kVec>(g) &&
-                      (kReadsX || aligned<anchor_t, kVec>(s)) && aligned<acc, kVec>(m) && aligned<acc, kVec>(v) &&
-                      (!kAmsgrad || aligned<acc, kVec>(v_max));
+                      (kReadsX || aligned<anchor_t, kVec>(s)) && (!kFirst || aligned<acc, kVec>(m)) &&
+                      aligned<acc, kVec>(v) && (!kAmsgrad || aligned<acc, kVec>(v_max));
   auto at_vector = [&](int64_t i) {
     XVec xr{};
     SVec sr{};
@@ -192,7 +194,8 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
       sr = *reinterpret_cast<const SVec*>(s + i);
     }
     const XVec gr = *reinterpret_cast<const XVec*>(g + i);
-    AVec mr = *reinterpret_cast<const AVec*>(m + i);
+    AVec mr{};
+    if (kFirst) mr = *reinterpret_cast<const AVec*>(m + i);
     AVec vr = *reinterpret_cast<const AVec*>(v + i);
     if (kAmsgrad) vmr = *reinterpret_cast<const AVec*>(v_max + i);
 #pragma unroll
@@ -205,7 +208,7 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
     if (store_x) *reinterpret_cast<XVec*>(x + i) = xr;
     if (store_s) *reinterpret_cast<SVec*>(s + i) = sr;
     if (store_state) {
-      *reinterpret_cast<AVec*>(m + i) = mr;
+      if (kFirst) *reinterpret_cast<AVec*>(m + i) = mr;
       *reinterpret_cast<AVec*>(v + i) = vr;
       if (kAmsgrad) *reinterpret_cast<AVec*>(v_max + i) = vmr;
     }
@@ -214,14 +217,14 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
   auto at_element = [&](int64_t j) {
     acc xv = kReadsX ? static_cast<acc>(x[j]) : acc(0);
     acc sv = kReadsX ? acc(0) : static_cast<acc>(s[j]);
-    acc mv = m[j], vv = v[j], v_maxv = kAmsgrad ? v_max[j] : acc(0);
+    acc mv = kFirst ? m[j] : acc(0), vv = v[j], v_maxv = kAmsgrad ? v_max[j] : acc(0);
     const acc gv = static_cast<acc>(g[j]);
     element(xv, gv, sv, mv, vv, v_maxv, j);
     if (store_g) g[j] = static_cast<scalar_t>(gv * unscale);
     if (store_x) x[j] = static_cast<scalar_t>(xv);
     if (store_s) s[j] = static_cast<anchor_t>(sv);
     if (store_state) {
-      m[j] = mv;
+      if (kFirst) m[j] = mv;
       v[j] = vv;
       if (kAmsgrad) v_max[j] = v_maxv;
     }
@@ -285,7 +288,7 @@ __global__ void __launch_bounds__(kSegmentThreads)
   out[2 * t + 1] = u_squares;
 }
 
-template <Phase P, bool kAmsgrad, typename scalar_t, typename anchor_t, typename acc>
+template <Phase P, bool kAmsgrad, bool kFirst, typename scalar_t, typename anchor_t, typename acc>
 void launch_adaptive(const Launch& L) {
   const Hyper<acc> h = make_hyper<acc>(L, 1.0);
   const acc* trust = L.trust ? L.trust->data_ptr<acc>() : nullptr;
@@ -301,9 +304,9 @@ void launch_adaptive(const Launch& L) {
     using Table = typename decltype(tag)::type;
     multi_tensor_apply<Table>(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas,
                               L.second_moments, L.max_second_moments, [&](Table& table, int blocks) {
-                                launch_checked(adaptive_kernel<P, kAmsgrad, scalar_t, anchor_t, acc, Table>, blocks,
-                                               kAdaptiveThreads, stream, table, h, trust, grad_scale, found_inf, lr,
-                                               gamma, beta1, beta2, loss_scale);
+                                launch_checked(adaptive_kernel<P, kAmsgrad, kFirst, scalar_t, anchor_t, acc, Table>,
+                                               blocks, kAdaptiveThreads, stream, table, h, trust, grad_scale, found_inf,
+                                               lr, gamma, beta1, beta2, loss_scale);
                               });
   });
 }
@@ -385,10 +388,11 @@ void apply_cuda(const Launch& L) {
     using acc = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
     switch (L.family) {  // (each family's kernels, its phases fixed at compile time)
       case Family::kAdaptive:
-        return with_adaptive_phase(L, [&](auto phase, auto amsgrad) {
+        return with_adaptive_phase(L, [&](auto phase, auto amsgrad, auto first) {
           with_anchor_type<scalar_t, acc>(L, [&](auto anchor_type) {
             using anchor_t = typename decltype(anchor_type)::type;
-            launch_adaptive<decltype(phase)::value, decltype(amsgrad)::value, scalar_t, anchor_t, acc>(L);
+            launch_adaptive<decltype(phase)::value, decltype(amsgrad)::value, decltype(first)::value, scalar_t,
+                            anchor_t, acc>(L);
           });
         });
       case Family::kSgd:

@@ -81,7 +81,7 @@ def _cuda_devices() -> tuple[str, ...]:
     return ("cuda", "cpu") if _ext.cuda_emulation_requested() else ("cuda",)
 
 
-EVERY_BASE = ("sgd", "adam", "lamb")
+EVERY_BASE = ("sgd", "adam", "lamb", "adagrad")
 BACKENDS = {
     "reference": Backend(
         "reference", "..reference", False, None, lambda device: True, bases=EVERY_BASE, counts_writes=True

@@ -121,9 +121,31 @@ def _apply(phase: Phase, b: Bucket, h: SGDHyper, grad_scale: Tensor | None) -> N
     record_gamma(phase, b, h.gamma, None)
 
 
+def _moments(b: Bucket, h: AdamHyper, g_prime: list[Tensor], lookahead: bool) -> tuple[list[Tensor], list[Tensor]]:
+    """m and v (v_max with amsgrad) after this gradient: updated in place, or with `lookahead` copies (the
+    state read only). Adagrad keeps no m (m = g') and adds g'^2 to its sum."""
+    b1, b2 = (float(beta) for beta in h.betas)  # (tensor betas read on the host, as the step counts are)
+    if h.accumulates:
+        m = g_prime
+    else:
+        m = torch._foreach_mul(b.momenta, b1) if lookahead else b.momenta
+        if not lookahead:
+            torch._foreach_mul_(m, b1)
+        torch._foreach_add_(m, g_prime, alpha=(1 - b1) if h.averages else 1.0)
+    v = torch._foreach_mul(b.second_moments, b2) if lookahead else b.second_moments
+    if not lookahead:
+        torch._foreach_mul_(v, b2)
+    torch._foreach_addcmul_(v, g_prime, g_prime, value=float(h.second_gain))
+    if b.max_second_moments:
+        v = torch._foreach_maximum(b.max_second_moments, v) if lookahead else b.max_second_moments
+        if not lookahead:
+            torch._foreach_maximum_(v, b.second_moments)
+    return m, v
+
+
 def _apply_adaptive(phase: Phase, b: Bucket, h: AdamHyper, grad_scale: Tensor | None) -> None:
-    """Adam, AdamW and LAMB (reference_adaptive says what each line computes), the step counts read on
-    the host for the bias corrections."""
+    """Adam, AdamW, LAMB and Adagrad (reference_adaptive says what each line computes), the step counts
+    read on the host for the bias corrections."""
     inv_scale = 1.0 / grad_scale.item() if grad_scale is not None else 1.0
     clip = clip_factor(b, h, inv_scale)
     dtype = state_dtype(b.dtype)
@@ -132,21 +154,11 @@ def _apply_adaptive(phase: Phase, b: Bucket, h: AdamHyper, grad_scale: Tensor | 
     g_prime = torch._foreach_mul(grads, (-inv_scale if h.maximize else inv_scale) / clip)
     if h.weight_decay != 0 and not h.decoupled:
         torch._foreach_add_(g_prime, anchors, alpha=h.weight_decay)
-    b1, b2 = (float(beta) for beta in h.betas)  # (tensor betas read on the host, as the step counts are)
     lookahead = phase == Phase.EXTRAPOLATE  # the moments as if updated: copies, the state read only
-    m = torch._foreach_mul(b.momenta, b1) if lookahead else b.momenta
-    v = torch._foreach_mul(b.second_moments, b2) if lookahead else b.second_moments
-    if not lookahead:
-        torch._foreach_mul_(m, b1)
-        torch._foreach_mul_(v, b2)
-    torch._foreach_add_(m, g_prime, alpha=(1 - b1) if h.averages else 1.0)
-    torch._foreach_addcmul_(v, g_prime, g_prime, value=1 - b2)
-    if b.max_second_moments:
-        v = torch._foreach_maximum(b.max_second_moments, v) if lookahead else b.max_second_moments
-        if not lookahead:
-            torch._foreach_maximum_(v, b.second_moments)
+    m, v = _moments(b, h, g_prime, lookahead)
     steps = [int(t) + lookahead for t in torch.stack(b.steps).tolist()]
     if h.bias_correction:
+        b1, b2 = (float(beta) for beta in h.betas)
         denominators = torch._foreach_sqrt(v)
         torch._foreach_div_(denominators, [math.sqrt(1 - b2**t) for t in steps])
         torch._foreach_add_(denominators, h.eps)
@@ -154,6 +166,8 @@ def _apply_adaptive(phase: Phase, b: Bucket, h: AdamHyper, grad_scale: Tensor | 
         torch._foreach_div_(e, denominators)
     else:
         e = torch._foreach_div(m, torch._foreach_add(torch._foreach_sqrt(v), h.eps))
+        if h.lr_decay != 0:  # (Adagrad)
+            torch._foreach_div_(e, [1 + (t - 1) * h.lr_decay for t in steps])
     if h.decoupled and h.weight_decay != 0:
         torch._foreach_add_(e, anchors, alpha=h.weight_decay)
     if h.scales_by_trust:
@@ -184,4 +198,4 @@ def _apply_adaptive(phase: Phase, b: Bucket, h: AdamHyper, grad_scale: Tensor | 
     torch._foreach_copy_(b.params, x)
 
 
-_APPLY = {"sgd": _apply, "adam": _apply_adaptive, "lamb": _apply_adaptive}  # each base's form
+_APPLY = {"sgd": _apply, **dict.fromkeys(("adam", "lamb", "adagrad"), _apply_adaptive)}  # each base's form

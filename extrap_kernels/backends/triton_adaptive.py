@@ -1,6 +1,6 @@
-"""The `triton` backend's adaptive bases (Adam, AdamW, LAMB; SPEC "Base update, Adam family and LAMB"): one
-launch per phase over a bucket, on triton_common.py's cached tables (here with the second moments as two
-more rows), the math csrc/extrap_math.h's adaptive_direction and adaptive_element line for line
+"""The `triton` backend's adaptive bases (Adam, AdamW, LAMB, Adagrad; SPEC "Base update, Adam family and LAMB"
+and "Adagrad"): one launch per phase over a bucket, on triton_common.py's cached tables (here with the second
+moments as two more rows), the math csrc/extrap_math.h's adaptive_direction and adaptive_element line for line
 (triton_adaptive_math.py). LAMB's reading pass runs first (triton_lamb.py)."""
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from ..bucket import Bucket, Phase, count_step, state_dtype
 from ..hyper import AdamHyper
 from ..rounding import ROUNDING_KEY
 from .triton_adaptive_math import (
-    ROW_STEP,
-    ROWS,
+    SUM_ONLY,
+    WITH_MAX,
     adaptive_coefficients,
     adaptive_columns,
     adaptive_direction,
     constants,
     load_moments,
+    moments_kept,
     pointers,
 )
 from .triton_common import (
@@ -39,7 +40,6 @@ from .triton_common import (
     launch_rates,
     noise_normal,
     program_block,
-    row_pointer,
     stochastic_round,
 )
 from .triton_lamb import lamb_sums
@@ -60,14 +60,15 @@ def _adaptive_block(
     C_DTYPE: tl.constexpr,
     ROUNDING: tl.constexpr,
     MASTER: tl.constexpr,
-    AMSGRAD: tl.constexpr,
+    MOMENTS: tl.constexpr,
     DECOUPLED: tl.constexpr,
     UNSCALES: tl.constexpr,
 ):
     """One adaptive phase over the elements `offs` of one tensor (`mask`: those inside it; None: all).
     `rates`: (lr, gamma, grad_factor, trust, unscale); `coefficients`: adaptive_direction's; `keys`: (index, step,
     noise_std, seed, rounding_seed). Without a master (ROUNDING 1 bf16, 2 fp16) s is a 16-bit x's own type and
-    the stored s and x are rounded stochastically; the moments stay C_DTYPE."""
+    the stored s and x are rounded stochastically; the moments stay C_DTYPE. MOMENTS: the moments kept (Adagrad
+    keeps no m: it is g' itself)."""
     x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = ptrs  # (the step comes read, in keys)
     lr, gamma, grad_factor, trust, unscale = rates
     index, step, noise_std, seed, rounding_seed = keys
@@ -77,7 +78,8 @@ def _adaptive_block(
         g = tl.load(g_ptr + offs, mask=mask).to(C_DTYPE)
         if UNSCALES:  # AMP's gradient written back unscaled (by the loss scale alone)
             tl.store(g_ptr + offs, (g * unscale).to(X_DTYPE), mask=mask)
-        m, v, v_max = load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, AMSGRAD)
+        m, v, v_max = load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, MOMENTS)
+        AMSGRAD: tl.constexpr = MOMENTS == WITH_MAX
         r_s, _, r_x = block_rounding_bits(rounding_seed, step_ptr, index, offs, ROUNDING)
         if PHASE == EXTRAPOLATE:  # extrapolate along the look-ahead direction; the state is read only
             if MASTER:
@@ -94,9 +96,10 @@ def _adaptive_block(
             e = trust * u
             anchor = anchor - lr * e
             anchor_stored = stochastic_round(anchor, r_s, ROUNDING)  # (as stored: the local step's x too)
-            tl.store(m_ptr + offs, m, mask=mask)
+            if MOMENTS != SUM_ONLY:
+                tl.store(m_ptr + offs, m, mask=mask)
             tl.store(v_ptr + offs, v, mask=mask)
-            if AMSGRAD:
+            if MOMENTS == WITH_MAX:
                 tl.store(v_max_ptr + offs, v_max, mask=mask)
             if PHASE == UPDATE:  # x <- s; a full-precision s is only the snapshot (or x itself)
                 if MASTER:
@@ -141,13 +144,14 @@ def _adaptive_kernel(
     log_beta2,
     beta1_ptr,
     beta2_ptr,
+    lr_decay,
     PHASE: tl.constexpr,
     X_DTYPE: tl.constexpr,
     S_DTYPE: tl.constexpr,
     C_DTYPE: tl.constexpr,
     ROUNDING: tl.constexpr,
     MASTER: tl.constexpr,
-    AMSGRAD: tl.constexpr,
+    MOMENTS: tl.constexpr,
     DECOUPLED: tl.constexpr,
     BIAS_CORRECTION: tl.constexpr,
     HAS_TRUST: tl.constexpr,
@@ -166,9 +170,8 @@ def _adaptive_kernel(
     ptrs = pointers(table, t, X_DTYPE, S_DTYPE, C_DTYPE, ALIGNED)
     lr, gamma = launch_rates(lr, gamma, lr_ptr, gamma_ptr, LR_TENSOR, GAMMA_TENSOR)
     grad_factor, trust = grad_scaling(sign, scale_ptr, trust_ptr, t, HAS_SCALE, HAS_TRUST, C_DTYPE)
-    step = tl.load(row_pointer(table, t, ROWS, ROW_STEP, tl.float32, False))  # (+1: the look-ahead's count)
-    step += 1.0 if PHASE == EXTRAPOLATE else 0.0
-    betas = (beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, beta1_ptr, beta2_ptr)
+    step = tl.load(ptrs[6]) + (1.0 if PHASE == EXTRAPOLATE else 0.0)  # (ptrs[6]: the step; +1: the look-ahead's)
+    betas = (beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, beta1_ptr, beta2_ptr, lr_decay)
     coefficients = adaptive_coefficients(
         step, weight_decay, eps, betas, BETA1_TENSOR, BETA2_TENSOR, GRAD_AVERAGING, BIAS_CORRECTION, C_DTYPE
     )
@@ -188,7 +191,7 @@ def _adaptive_kernel(
                 C_DTYPE,
                 ROUNDING,
                 MASTER,
-                AMSGRAD,
+                MOMENTS,
                 DECOUPLED,
                 UNSCALES,
             )
@@ -231,13 +234,14 @@ def apply_adaptive(
         seed=seed,
         rounding_seed=seed ^ ROUNDING_KEY,
         **launch_constants,
+        lr_decay=float(h.lr_decay),
         PHASE=int(phase),
         X_DTYPE=DTYPES[b.dtype],
         S_DTYPE=DTYPES[b.storage_dtype],
         C_DTYPE=DTYPES[state_dtype(b.dtype)],
         ROUNDING=ROUNDING_MODES[b.dtype] if b.rounds_stochastically else 0,
         MASTER=b.has_master,
-        AMSGRAD=bool(b.max_second_moments),
+        MOMENTS=moments_kept(b),
         DECOUPLED=bool(h.decoupled),
         BIAS_CORRECTION=bool(h.bias_correction),
         HAS_TRUST=trust is not None,

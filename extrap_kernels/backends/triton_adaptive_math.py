@@ -1,4 +1,4 @@
-"""The `triton` backend's adaptive bases (Adam, AdamW, LAMB; SPEC "Base update, Adam family and LAMB"): the
+"""The `triton` backend's adaptive bases (Adam, AdamW, LAMB, Adagrad; SPEC "Base update, Adam family and LAMB"): the
 per-element math (csrc/extrap_math.h's adaptive_direction, line for line), the table's rows and the
 launch constants that the phase kernel (triton_adaptive.py) and LAMB's reading pass (triton_lamb.py)
 share."""
@@ -16,15 +16,23 @@ from .triton_common import row_pointer
 
 # The table's rows: the addresses of x, g, s, m, v, v_max (a placeholder without amsgrad) and the step.
 ROW_X, ROW_G, ROW_S, ROW_M, ROW_V, ROW_V_MAX, ROW_STEP, ROWS = (tl.constexpr(row) for row in range(8))
+# The moments a launch keeps (the kernels' MOMENTS): Adagrad's sum v alone, m and v, or with amsgrad v_max too.
+SUM_ONLY, FIRST_AND_SECOND, WITH_MAX = (tl.constexpr(kind) for kind in (1, 2, 3))
+
+
+def moments_kept(b: Bucket) -> int:
+    """The bucket's MOMENTS."""
+    return int(WITH_MAX if b.max_second_moments else FIRST_AND_SECOND if b.momenta else SUM_ONLY)
 
 
 def adaptive_columns(b: Bucket) -> tuple:
-    """The tensor lists of the table's rows, in ROW_* order (the first six are streamed)."""
+    """The tensor lists of the table's rows, in ROW_* order (the first six are streamed; Adagrad, which keeps
+    no first moment, has its v in the m row as a placeholder, as v_max is without amsgrad)."""
     return (
         b.params,
         b.grads,
         b.anchors,
-        b.momenta,
+        b.momenta or b.second_moments,
         b.second_moments,
         b.max_second_moments or b.second_moments,
         b.steps,
@@ -41,14 +49,17 @@ def exact_sqrt(x):
 
 
 @triton.jit
-def bias_corrections(step, log_beta1, log_beta2, C_DTYPE: tl.constexpr, BIAS_CORRECTION: tl.constexpr):
-    """1 - beta1^t and sqrt(1 - beta2^t) after update `step`, in double (beta^t as exp(t log beta))."""
+def bias_corrections(step, log_beta1, log_beta2, lr_decay, C_DTYPE: tl.constexpr, BIAS_CORRECTION: tl.constexpr):
+    """1 - beta1^t and sqrt(1 - beta2^t) after update `step`, in double (beta^t as exp(t log beta)); without
+    them bias1 carries Adagrad's learning-rate decay, 1 + (t - 1) * lr_decay (1 where lr_decay is 0)."""
     bias1 = tl.full((), 1.0, C_DTYPE)
     bias2_sqrt = tl.full((), 1.0, C_DTYPE)
     if BIAS_CORRECTION:
         t = step.to(tl.float64)
         bias1 = (1.0 - tl.exp(t * log_beta1)).to(C_DTYPE)
         bias2_sqrt = tl.sqrt(1.0 - tl.exp(t * log_beta2)).to(C_DTYPE)
+    elif lr_decay != 0.0:
+        bias1 = (1.0 + (step.to(C_DTYPE) - 1.0) * lr_decay).to(C_DTYPE)
     return bias1, bias2_sqrt
 
 
@@ -66,9 +77,9 @@ def adaptive_coefficients(
 ):
     """What adaptive_direction takes besides the arrays, for update `step`: (weight_decay, beta1,
     1 - beta2, beta2, grad_gain, eps, bias1, bias2_sqrt). `betas`: the host's (beta1, 1 - beta2, beta2,
-    grad_gain, log beta1, log beta2) and the capturable betas' pointers (float64 tensors, which replace them,
-    read as the kernel runs)."""
-    beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, beta1_ptr, beta2_ptr = betas
+    grad_gain, log beta1, log beta2), the capturable betas' pointers (float64 tensors, which replace them,
+    read as the kernel runs) and Adagrad's lr_decay (its 1 - beta2 is the gain of g'^2: 1, with beta2 = 1)."""
+    beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, beta1_ptr, beta2_ptr, lr_decay = betas
     if BETA1_TENSOR:
         b1 = tl.load(beta1_ptr)
         beta1 = b1.to(C_DTYPE)
@@ -80,7 +91,7 @@ def adaptive_coefficients(
         beta2 = b2.to(C_DTYPE)
         one_minus_beta2 = (1.0 - b2).to(C_DTYPE)
         log_beta2 = tl.log(b2)
-    bias1, bias2_sqrt = bias_corrections(step, log_beta1, log_beta2, C_DTYPE, BIAS_CORRECTION)
+    bias1, bias2_sqrt = bias_corrections(step, log_beta1, log_beta2, lr_decay, C_DTYPE, BIAS_CORRECTION)
     return weight_decay, beta1, one_minus_beta2, beta2, grad_gain, eps, bias1, bias2_sqrt
 
 
@@ -118,12 +129,14 @@ def pointers(table, t, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, C_DTYPE: tl
 
 
 @triton.jit
-def load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, AMSGRAD: tl.constexpr):
-    """(m, v, v_max) of the elements `offs` (v_max zeros without amsgrad)."""
-    m = tl.load(m_ptr + offs, mask=mask)
+def load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, MOMENTS: tl.constexpr):
+    """(m, v, v_max) of the elements `offs` (v_max zeros without amsgrad, m zeros without a first moment)."""
     v = tl.load(v_ptr + offs, mask=mask)
+    m = tl.zeros_like(v)
+    if MOMENTS != SUM_ONLY:
+        m = tl.load(m_ptr + offs, mask=mask)
     v_max = tl.zeros_like(v)
-    if AMSGRAD:
+    if MOMENTS == WITH_MAX:
         v_max = tl.load(v_max_ptr + offs, mask=mask)
     return m, v, v_max
 
@@ -137,7 +150,7 @@ def constants(b: Bucket, h: AdamHyper) -> dict:
         weight_decay=float(h.weight_decay),
         sign=-1.0 if h.maximize else 1.0,
         beta1=beta1,
-        one_minus_beta2=1.0 - beta2,
+        one_minus_beta2=1.0 if h.accumulates else 1.0 - beta2,  # (the gain of g'^2)
         beta2=beta2,
         grad_gain=(1.0 - beta1) if averaging else 1.0,
         eps=float(h.eps),

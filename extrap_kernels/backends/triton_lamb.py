@@ -11,6 +11,8 @@ from torch import Tensor
 from ..bucket import Bucket, Phase, state_dtype
 from ..hyper import AdamHyper
 from .triton_adaptive_math import (
+    FIRST_AND_SECOND,
+    WITH_MAX,
     adaptive_coefficients,
     adaptive_columns,
     adaptive_direction,
@@ -60,7 +62,7 @@ def _norms_kernel(
     t, offs, mask, _ = program_block(numels, block_tensor, block_start, BLOCK, False)
     x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = pointers(table, t, X_DTYPE, S_DTYPE, C_DTYPE, False)
     grad_factor, _ = grad_scaling(sign, scale_ptr, scale_ptr, t, HAS_SCALE, False, C_DTYPE)
-    betas = (beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, beta1_ptr, beta2_ptr)
+    betas = (beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, beta1_ptr, beta2_ptr, 0.0)
     coefficients = adaptive_coefficients(
         tl.load(step_ptr) + 1.0,
         weight_decay,
@@ -77,7 +79,7 @@ def _norms_kernel(
     else:
         anchor = tl.load(s_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
-    m, v, v_max = load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, AMSGRAD)
+    m, v, v_max = load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, WITH_MAX if AMSGRAD else FIRST_AND_SECOND)
     u, _, _, _ = adaptive_direction(anchor, g, m, v, v_max, grad_factor, coefficients, DECOUPLED, AMSGRAD)
     u = tl.where(mask, u, 0.0)  # (0 / 0 where eps is 0)
     tl.store(block_sums + 2 * pid, tl.sum(anchor * anchor, 0))
