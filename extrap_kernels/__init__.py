@@ -23,8 +23,9 @@ from .adagrad import ExtrapAdagrad, FusedAdagrad  # noqa: E402
 from .adam import ExtrapAdam, ExtrapAdamW, ExtrapLAMB, FusedAdam, FusedLAMB  # noqa: E402
 from .bucket import Bucket, Phase  # noqa: E402
 from .distributed import train_step  # noqa: E402
-from .hyper import AdagradHyper, AdamHyper, Hyper, LambHyper, SGDHyper  # noqa: E402
+from .hyper import AdagradHyper, AdamHyper, Hyper, LambHyper, NovoGradHyper, SGDHyper  # noqa: E402
 from .mixed_precision_lamb import FusedMixedPrecisionLamb  # noqa: E402
+from .novograd import ExtrapNovoGrad, FusedNovoGrad  # noqa: E402
 from .optimizer import ExtrapSGD, FusedOptimizer, FusedSGD  # noqa: E402
 
 __all__ = [
@@ -38,6 +39,8 @@ __all__ = [
     "ExtrapAdagrad",
     "FusedAdagrad",
     "FusedMixedPrecisionLamb",
+    "ExtrapNovoGrad",
+    "FusedNovoGrad",
     "FusedOptimizer",
     "Bucket",
     "Hyper",
@@ -45,6 +48,7 @@ __all__ = [
     "AdamHyper",
     "LambHyper",
     "AdagradHyper",
+    "NovoGradHyper",
     "Phase",
     "backends",
     "core",

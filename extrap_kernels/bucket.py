@@ -65,6 +65,8 @@ class Bucket:
     max_second_moments: list[Tensor] = field(default_factory=list)
     # LAMB with max_grad_norm: the norm of all the step's gradients (still scaled), set per step
     global_grad_norm: Tensor | None = None
+    # NovoGrad: each tensor's running gradient norm (0-dim, state dtype; Apex's per-tensor "exp_avg_sq")
+    grad_norms: list[Tensor] = field(default_factory=list)
 
     @property
     def device(self) -> torch.device:
@@ -82,8 +84,8 @@ class Bucket:
     @property
     def moment_dtype(self) -> torch.dtype:
         """The dtype of the momenta and moments: the anchor's for the SGD family; fp32 (fp64) for the adaptive
-        bases' moments whatever the master, as Apex's FusedAdam keeps them."""
-        return state_dtype(self.dtype) if self.second_moments else self.storage_dtype
+        bases' moments (NovoGrad's m too) whatever the master, as Apex's FusedAdam keeps them."""
+        return state_dtype(self.dtype) if self.second_moments or self.grad_norms else self.storage_dtype
 
     @property
     def has_master(self) -> bool:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import required
 
-from .bucket import SUPPORTED_DTYPES, Bucket
+from .bucket import SUPPORTED_DTYPES, Bucket, state_dtype
 
 MODES = ("local", "past", "noise")
 # torch.optim.SGD's words for its own options ("Invalid learning rate: -0.1"); ours go by their names
@@ -97,22 +97,28 @@ def check_bucket(bucket: Bucket, backend) -> None:
             ("step", bucket.steps[i], torch.float32),
         ]
         if bucket.momenta:
-            state.append(("exp_avg" if bucket.second_moments else "momentum_buffer", bucket.momenta[i], mdtype))
+            adaptive = bucket.second_moments or bucket.grad_norms
+            state.append(("exp_avg" if adaptive else "momentum_buffer", bucket.momenta[i], mdtype))
         if bucket.last_gammas:
             state.append(("last_gamma", bucket.last_gammas[i], sdtype))
         if bucket.second_moments:
             state.append(("exp_avg_sq", bucket.second_moments[i], mdtype))
         if bucket.max_second_moments:
             state.append(("max_exp_avg_sq", bucket.max_second_moments[i], mdtype))
+        if bucket.grad_norms:  # (NovoGrad's per-tensor norm, under Apex's name)
+            state.append(("exp_avg_sq", bucket.grad_norms[i], state_dtype(bucket.dtype)))
         for key, t, dtype in state:
             if t.device != x.device or t.dtype != dtype:
                 raise RuntimeError(
                     f"{names[i]}: state {key!r} is {t.dtype} on {t.device}, expected {dtype} on {x.device}"
                 )
-            if key == "last_gamma" and t.numel() != 1:
-                raise RuntimeError(f"{names[i]}: state 'last_gamma' must have one element")
-            if key not in ("step", "last_gamma") and (
-                t.shape != x.shape or (backend.needs_contiguous and not t.is_contiguous())
+            per_tensor = key == "last_gamma" or (key == "exp_avg_sq" and bucket.grad_norms)
+            if per_tensor and t.numel() != 1:
+                raise RuntimeError(f"{names[i]}: state {key!r} must have one element")
+            if (
+                key != "step"
+                and not per_tensor
+                and (t.shape != x.shape or (backend.needs_contiguous and not t.is_contiguous()))
             ):
                 raise RuntimeError(f"{names[i]}: state {key!r} does not match the parameter's shape/layout")
 

@@ -249,5 +249,30 @@ class AdagradHyper(AdamHyper):
         return (self.base,)
 
 
+@dataclass(frozen=True)
+class NovoGradHyper(Hyper):
+    """NovoGrad (Apex FusedNovoGrad's options, SPEC "NovoGrad"): Adam's first moment over a per-tensor second
+    moment, the running norm of each tensor's gradient (L2, or norm_type 0: L-inf)."""
+
+    base: ClassVar[str] = "novograd"
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    bias_correction: bool = True
+    grad_averaging: bool = True  # m <- b1 * m + (1 - b1) * g' (False: + g')
+    reg_inside_moment: bool = False  # Apex's moment mode 0: g' / (norm + eps) + wd * s enters m
+    norm_type: int = 2  # 2: L2, 0: L-inf
+    init_zero: bool = False  # the norm starts at 0 (False: at the first step's norm)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))  # (a checkpoint's groups hold lists)
+
+    @property
+    def whole_tensor_norms(self) -> bool:
+        return True
+
+
 # The records by base name (Hyper.base), for code that builds one from a name.
-HYPERS: dict[str, type[Hyper]] = {cls.base: cls for cls in (SGDHyper, AdamHyper, LambHyper, AdagradHyper)}
+HYPERS: dict[str, type[Hyper]] = {
+    cls.base: cls for cls in (SGDHyper, AdamHyper, LambHyper, AdagradHyper, NovoGradHyper)
+}

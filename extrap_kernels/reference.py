@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import philox, reference_adaptive
+from . import philox, reference_adaptive, reference_novograd
 from .bucket import Bucket, Phase, abandon, count_step, record_gamma, state_dtype, unscale_grads
 from .hyper import Hyper, SGDHyper
 from .lars import whole_tensor_norms
@@ -127,4 +127,8 @@ def apply_sgd(
 
 
 # Each base's form (the adaptive bases: reference_adaptive.py).
-_APPLY = {"sgd": apply_sgd, **dict.fromkeys(("adam", "lamb", "adagrad"), reference_adaptive.apply)}
+_APPLY = {
+    "sgd": apply_sgd,
+    **dict.fromkeys(("adam", "lamb", "adagrad"), reference_adaptive.apply),
+    "novograd": reference_novograd.apply,
+}

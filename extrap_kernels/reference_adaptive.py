@@ -93,8 +93,7 @@ def apply(
     inv_scale = 1.0 / grad_scale.item() if grad_scale is not None else 1.0
     clip = clip_factor(bucket, h, inv_scale)
     cd = compute_dtype or state_dtype(bucket.dtype)
-    gamma = float(h.gamma)
-    for i, (x, g, s) in enumerate(zip(bucket.params, bucket.grads, bucket.anchors)):
+    for i, g in enumerate(bucket.grads):
         put = store(bucket, i, h.seed)  # (16-bit x and anchor without a master: rounded stochastically)
         anchor = bucket.anchor_values(phase)[i].to(cd)
         g_prime = regularized_grad(g.to(cd), anchor, h, inv_scale, clip)
@@ -103,28 +102,41 @@ def apply(
         m, v, v_max = moments(m, bucket.second_moments[i].to(cd), v_max, g_prime, h)
         step = int(bucket.steps[i].item())
         if phase == Phase.EXTRAPOLATE:
-            e = direction(anchor, m, v, v_max, step + 1, h, bucket.shard_group)
-            if not bucket.has_master:
-                s.copy_(x)
-            put(x, anchor - gamma * e, 2)
+            extrapolate(bucket, i, anchor, direction(anchor, m, v, v_max, step + 1, h, bucket.shard_group), h, put)
             continue
         e = direction(anchor, m, v, v_max, step, h, bucket.shard_group)
-        anchor = anchor - float(h.lr) * e
         if bucket.momenta:
             bucket.momenta[i].copy_(m)
         bucket.second_moments[i].copy_(v)
         if v_max is not None:
             bucket.max_second_moments[i].copy_(v_max)
-        if phase == Phase.UPDATE:  # x <- s; a full-precision s was only the snapshot
-            if bucket.has_master:
-                s.copy_(anchor)
-            put(x, anchor, 0)  # (without a master: the anchor's rounding, as s would be stored)
-        elif phase == Phase.UPDATE_PAST:
-            put(s, anchor, 0)
-            put(x, anchor - gamma * e, 2)
-        elif phase == Phase.UPDATE_NOISE:
-            put(s, anchor, 0)
-            xi = philox.normal(h.seed, step, bucket.indices[i], x.numel(), x.device).view_as(x)
-            put(x, anchor + h.noise_std * xi.to(cd), 2)
-        else:
-            raise ValueError(f"phase {phase!r} has no adaptive form")
+        land(phase, bucket, i, anchor, e, h, put, step, cd)
+
+
+def extrapolate(bucket: Bucket, i: int, anchor: Tensor, e: Tensor, h, put) -> None:
+    """Mode "local" step 2 for tensor i of the adaptive bases: s <- x; x <- s - gamma * e (the look-ahead
+    direction); `put` stores as store() does."""
+    x, s = bucket.params[i], bucket.anchors[i]
+    if not bucket.has_master:
+        s.copy_(x)
+    put(x, anchor - float(h.gamma) * e, 2)
+
+
+def land(phase: Phase, bucket: Bucket, i: int, anchor: Tensor, e: Tensor, h, put, step: int, cd) -> None:
+    """The rest of an update of tensor i of the adaptive bases, given its direction e: s <- s - lr * e, then
+    x <- s (UPDATE), s - gamma * e (UPDATE_PAST) or s + sigma * xi (UPDATE_NOISE)."""
+    x, s = bucket.params[i], bucket.anchors[i]
+    anchor = anchor - float(h.lr) * e
+    if phase == Phase.UPDATE:  # x <- s; a full-precision s was only the snapshot
+        if bucket.has_master:
+            s.copy_(anchor)
+        put(x, anchor, 0)  # (without a master: the anchor's rounding, as s would be stored)
+    elif phase == Phase.UPDATE_PAST:
+        put(s, anchor, 0)
+        put(x, anchor - float(h.gamma) * e, 2)
+    elif phase == Phase.UPDATE_NOISE:
+        put(s, anchor, 0)
+        xi = philox.normal(h.seed, step, bucket.indices[i], x.numel(), x.device).view_as(x)
+        put(x, anchor + h.noise_std * xi.to(cd), 2)
+    else:
+        raise ValueError(f"phase {phase!r} has no adaptive form")

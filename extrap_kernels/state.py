@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .bucket import Phase, state_dtype
-from .hyper import AdagradHyper, AdamHyper, Hyper, LambHyper, SGDHyper
+from .hyper import AdagradHyper, AdamHyper, Hyper, LambHyper, NovoGradHyper, SGDHyper
 
 
 def _zeros_like(p: Tensor, dtype: torch.dtype) -> Tensor:
@@ -152,10 +152,29 @@ class AdagradState(AdaptiveState):
         return super().init_state(state, p, group, phase, anchored)
 
 
+class NovoGradState(AdaptiveState):
+    """NovoGrad's: the first moment "exp_avg" and, under Apex's name "exp_avg_sq", each tensor's running
+    gradient norm, one element of the state dtype (Apex keeps them in a group-level list, its fp16 and fp32
+    parameters' apart). Before the first step it is 0 with init_zero, else -1: the first norm is taken as it
+    is (reference_novograd.blend)."""
+
+    FULL_PRECISION = frozenset(("exp_avg", "exp_avg_sq"))
+
+    def state_lists(self, group: dict, phase: Phase) -> dict[str, str]:
+        return {"momenta": "exp_avg", "grad_norms": "exp_avg_sq"}
+
+    def init_state(self, state: dict, p: Tensor, group: dict, phase: Phase, anchored: bool) -> dict:
+        if "exp_avg_sq" not in state:
+            unset = 0.0 if group.get("init_zero", False) else -1.0
+            state["exp_avg_sq"] = torch.tensor(unset, dtype=state_dtype(p.dtype.to_real()), device=p.device)
+        return super().init_state(state, p, group, phase, anchored)
+
+
 SGD_STATE = SGDState(SGDHyper)
 ADAM_STATE = AdaptiveState(AdamHyper)
 LAMB_STATE = AdaptiveState(LambHyper)
 ADAGRAD_STATE = AdagradState(AdagradHyper)
+NOVOGRAD_STATE = NovoGradState(NovoGradHyper)
 
 
 class TrackedState(defaultdict):

@@ -41,6 +41,10 @@ OPTIMIZERS = {
     ),
     "fused-adagrad": lambda ps, b, **kw: ek.FusedAdagrad(ps, **{"lr": 0.01, **kw}, backend=b),
     "fused-mixed-precision-lamb": lambda ps, b, **kw: ek.FusedMixedPrecisionLamb(ps, **{"lr": 0.01, **kw}, backend=b),
+    "extrap-novograd-local": lambda ps, b, **kw: ek.ExtrapNovoGrad(
+        ps, **{"lr": 0.01, "gamma": 0.005, "mode": "local", **kw}, backend=b
+    ),
+    "fused-novograd": lambda ps, b, **kw: ek.FusedNovoGrad(ps, **{"lr": 0.01, **kw}, backend=b),
 }
 ADAPTIVE = (
     "extrap-adamw-past",
@@ -51,6 +55,8 @@ ADAPTIVE = (
     "extrap-adagrad-local",
     "fused-adagrad",
     "fused-mixed-precision-lamb",
+    "extrap-novograd-local",
+    "fused-novograd",
 )
 every = pytest.mark.parametrize("backend", BACKENDS)
 every_optimizer = pytest.mark.parametrize("name", list(OPTIMIZERS))
@@ -234,12 +240,7 @@ def test_zero_grad_sets_none_by_default(name):
     assert p.grad is None
     p.grad = torch.ones(3)
     opt.zero_grad(set_to_none=False)
-    if name in (
-        "fused-adam",
-        "fused-lamb",
-        "fused-adagrad",
-        "fused-mixed-precision-lamb",
-    ):  # Apex's set_grad_none=True default wins
+    if name.startswith("fused-") and name != "fused-sgd":  # Apex's set_grad_none=True default wins
         assert p.grad is None
     else:
         assert p.grad is not None and torch.equal(p.grad, torch.zeros(3))

@@ -81,14 +81,15 @@ def _cuda_devices() -> tuple[str, ...]:
     return ("cuda", "cpu") if _ext.cuda_emulation_requested() else ("cuda",)
 
 
-EVERY_BASE = ("sgd", "adam", "lamb", "adagrad")
+KERNEL_BASES = ("sgd", "adam", "lamb", "adagrad")  # the bases the fused backends have kernels for
+EVERY_BASE = (*KERNEL_BASES, "novograd")  # (NovoGrad's per-tensor norm: the reference and foreach so far)
 BACKENDS = {
     "reference": Backend(
         "reference", "..reference", False, None, lambda device: True, bases=EVERY_BASE, counts_writes=True
     ),
     "foreach": Backend("foreach", ".foreach", False, None, lambda device: True, bases=EVERY_BASE, counts_writes=True),
     "cpu": Backend(
-        "cpu", ".extension", True, lambda: ("cpu",), lambda device: _ext.load() is not None, bases=EVERY_BASE
+        "cpu", ".extension", True, lambda: ("cpu",), lambda device: _ext.load() is not None, bases=KERNEL_BASES
     ),
     "cuda": Backend(
         "cuda",
@@ -96,9 +97,9 @@ BACKENDS = {
         True,
         _cuda_devices,
         lambda device: importlib.import_module(".extension", __package__).cuda_available(device),
-        bases=EVERY_BASE,
+        bases=KERNEL_BASES,
     ),
-    "triton": Backend("triton", ".triton_kernels", True, _triton_devices, _triton_available, bases=EVERY_BASE),
+    "triton": Backend("triton", ".triton_kernels", True, _triton_devices, _triton_available, bases=KERNEL_BASES),
 }
 
 

@@ -11,9 +11,9 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from .. import philox, rounding
+from .. import novograd_math, philox, rounding
 from ..bucket import Bucket, Phase, abandon, count_step, record_gamma, state_dtype, unscale_grads
-from ..hyper import AdamHyper, Hyper, SGDHyper
+from ..hyper import AdamHyper, Hyper, NovoGradHyper, SGDHyper
 from ..lamb import clip_factor
 from ..lars import trust_ratios, whole_tensor_norms
 
@@ -176,6 +176,12 @@ def _apply_adaptive(phase: Phase, b: Bucket, h: AdamHyper, grad_scale: Tensor | 
         )
         trust = torch.where((s_norms > 0) & (u_norms > 0), s_norms / u_norms, torch.ones_like(s_norms))
         torch._foreach_mul_(e, list(trust.unbind()))
+    _land(phase, b, h, anchors, e)
+
+
+def _land(phase: Phase, b: Bucket, h: Hyper, anchors: list[Tensor], e: list[Tensor]) -> None:
+    """The adaptive bases' phase given its direction e: x <- s - gamma * e (EXTRAPOLATE, the snapshot taken),
+    or s <- s - lr * e and then x <- s, s - gamma * e or s + sigma * xi."""
     gamma = float(h.gamma)
     if phase == Phase.EXTRAPOLATE:
         if not b.has_master:
@@ -191,11 +197,47 @@ def _apply_adaptive(phase: Phase, b: Bucket, h: AdamHyper, grad_scale: Tensor | 
         x = torch._foreach_add(new_anchor, e, alpha=-gamma)
     else:
         numels = [p.numel() for p in b.params]
-        xi = philox.normal_flat(h.seed, torch.stack(b.steps), torch.tensor(b.indices), numels, b.device).to(dtype)
+        xi = philox.normal_flat(h.seed, torch.stack(b.steps), torch.tensor(b.indices), numels, b.device)
+        xi = xi.to(state_dtype(b.dtype))
         x = torch._foreach_add(
             new_anchor, [n.view_as(p) for n, p in zip(torch.split(xi, numels), b.params)], alpha=h.noise_std
         )
     torch._foreach_copy_(b.params, x)
 
 
-_APPLY = {"sgd": _apply, **dict.fromkeys(("adam", "lamb", "adagrad"), _apply_adaptive)}  # each base's form
+def _apply_novograd(phase: Phase, b: Bucket, h: NovoGradHyper, grad_scale: Tensor | None) -> None:
+    """NovoGrad (reference_novograd says what each line computes): the per-tensor norms blended as one
+    stack, the step counts read on the host for the bias corrections."""
+    inv_scale = 1.0 / grad_scale.item() if grad_scale is not None else 1.0
+    dtype = state_dtype(b.dtype)
+    anchors = b.anchor_values(phase)
+    grads = [g if g.dtype == dtype else g.to(dtype) for g in b.grads]
+    g_prime = torch._foreach_mul(grads, -inv_scale if h.maximize else inv_scale)
+    if h.norm_type == 2:
+        n = whole_tensor_norms(torch.stack(torch._foreach_norm(g_prime)), b.shard_group)
+    else:
+        n = torch.stack([novograd_math.grad_norm(g, h, b.shard_group) for g in g_prime])
+    norms = novograd_math.blend(n, torch.stack(b.grad_norms), h)
+    lookahead = phase == Phase.EXTRAPOLATE  # the moment and norm as if updated: copies, the state read only
+    bias = [novograd_math.corrections(int(t) + lookahead, h) for t in torch.stack(b.steps).tolist()]
+    denominators = list((norms / torch.tensor([c2 for _, c2 in bias], dtype=dtype) + h.eps).unbind())
+    b1 = h.betas[0]
+    m = torch._foreach_mul(b.momenta, b1) if lookahead else b.momenta
+    if not lookahead:
+        torch._foreach_mul_(m, b1)
+    inside = torch._foreach_div(g_prime, denominators) if h.reg_inside_moment else g_prime
+    if h.reg_inside_moment and h.weight_decay != 0:
+        torch._foreach_add_(inside, anchors, alpha=h.weight_decay)
+    torch._foreach_add_(m, inside, alpha=(1 - b1) if h.grad_averaging else 1.0)
+    e = torch._foreach_div(m, [c1 for c1, _ in bias])
+    if not h.reg_inside_moment:
+        torch._foreach_div_(e, denominators)
+        if h.weight_decay != 0:
+            torch._foreach_add_(e, anchors, alpha=h.weight_decay)
+    if not lookahead:
+        torch._foreach_copy_(b.grad_norms, list(norms.unbind()))
+    _land(phase, b, h, anchors, e)
+
+
+# each base's form
+_APPLY = {"sgd": _apply, **dict.fromkeys(("adam", "lamb", "adagrad"), _apply_adaptive), "novograd": _apply_novograd}
