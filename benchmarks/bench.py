@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 import extrap_kernels as ek
 
+from . import validate
 from .contenders import Contender, contenders, floor_bytes, memory_bytes
 from .workloads import Workload, standard
 
@@ -159,6 +160,10 @@ def run_workload(
         for c in group:
             progress.set_postfix_str(f"{work.name} {str(dtype)[6:]} {c.name} {c.mode}")
             try:
+                invalid = validate.checked(c, device, dtype)  # (a contender that computes wrong is not timed)
+                if invalid:
+                    errors[c] = invalid
+                    continue
                 steps[c] = build(c)
             except (RuntimeError, TypeError, NotImplementedError) as exc:  # e.g. a dtype torch's fused SGD lacks
                 errors[c] = f"{type(exc).__name__}: {exc}"[:200]
@@ -225,6 +230,11 @@ def workload_rows(work: Workload, dtype: torch.dtype, chosen: list[Contender], r
     return rows
 
 
+def _not_timed(row: dict) -> str:
+    """What a row that was not timed shows instead of its figures (report() prints the whole reason)."""
+    return "INVALID: computes wrong, not timed" if row["error"].startswith("invalid") else "failed: not timed"
+
+
 def table(rows: list[dict]) -> str:
     lines = []
     overhead = [r for r in rows if r["overhead"]]
@@ -235,6 +245,10 @@ def table(rows: list[dict]) -> str:
         )
         lines += [head, "-" * len(head)]
         for r in overhead:
+            if r["error"]:
+                row = f"{r['workload']:15s} {r['dtype']:8s} {r['contender']:19s} {r['mode']:13s}"
+                lines.append(f"{row} {_not_timed(r)}")
+                continue
             launches = "-" if r["launches"] is None else str(r["launches"])
             lines.append(
                 f"{r['workload']:15s} {r['dtype']:8s} {r['contender']:19s} {r['mode']:13s} "
@@ -249,6 +263,12 @@ def table(rows: list[dict]) -> str:
     lines += [head, "-" * len(head)]
     for r in rows:
         if r["overhead"]:
+            continue
+        if r["error"]:
+            lines.append(
+                f"{r['workload']:11s} {r['dtype']:8s} {r['contender']:19s} {r['mode']:13s} "
+                f"{r['floor_bytes_per_element']:4d} {r['memory_bytes_per_element']:4d} {_not_timed(r)}"
+            )
             continue
         launches = "-" if r["launches"] is None else str(r["launches"])
         lines.append(
@@ -269,6 +289,9 @@ def report(name: str, bandwidths: dict, rows: list[dict], left_out: list[str]) -
     for key, speeds in bandwidths.items():
         print(f"  {key:22s} " + ", ".join(f"{k} {v:.1f}" for k, v in speeds.items()))
     print(table(rows))
+    for r in rows:
+        if r["error"]:
+            print(f"{r['workload']} {r['dtype']} {r['contender']} {r['mode']}: {r['error']}")
     if left_out:
         print("left out, the run's --seconds having passed: " + ", ".join(left_out))
     print(

@@ -30,6 +30,9 @@ class Contender:
     # "adam": the adaptive rows ("adam-past", "adam-local": ExtrapAdamW; "lamb-past": ExtrapLAMB; "adamw":
     # torch's), against torch's fused AdamW
     family: str = "sgd"
+    # the same algorithm on the reference backend, run in float64 on the CPU: what the contender's first steps
+    # must match before it is timed (validate.py); None: it is the reference itself
+    oracle: Callable[[list[torch.Tensor]], Callable[[], None]] | None = None
 
 
 AMP = "-amp"
@@ -154,11 +157,11 @@ def _torch_sgd(mode: str = "sgd", **flags):
     return make
 
 
-def _ours_adaptive(backend: str, mode: str):
+def _ours_adaptive(backend: str, mode: str, gamma: float = GAMMA):
     def make(params):
         base, extrapolation = mode.removesuffix(AMP).split("-")
         cls = ek.ExtrapLAMB if base == "lamb" else ek.ExtrapAdamW
-        opt = cls(params, lr=LR, gamma=GAMMA, mode=extrapolation, backend=backend)
+        opt = cls(params, lr=LR, gamma=gamma, mode=extrapolation, backend=backend)
         return _iteration(amp(opt, mode, params), extrapolation == "local")
 
     return make
@@ -202,33 +205,48 @@ def contenders(device: str, overhead: bool = False) -> list[Contender]:
         if overhead
         else ("past", "past-stored", "past-nomaster", "local")
     )
+    sgd, adamw = _fused_sgd("reference"), _ours_adaptive("reference", "adam-past", gamma=0.0)  # (the base steps)
     for backend in [b for b in ("cuda", "triton", "cpu") if b in fused]:
         if device == "cpu" and backend in ("triton", "cuda"):
             continue  # the interpreter and the CUDA emulation are test vehicles, not contenders
-        out += [Contender(f"ours-{backend}", m, _ours(backend, m)) for m in modes]
-        out += [Contender(f"ours-{backend}", "fused-sgd", _fused_sgd(backend))]
-        out += [Contender(f"ours-{backend}", "past-amp", _ours(backend, "past-amp"))]  # (what AMP's write costs)
+        name = f"ours-{backend}"
+        out += [Contender(name, m, _ours(backend, m), oracle=_ours("reference", m)) for m in modes]
+        out += [Contender(name, "fused-sgd", _fused_sgd(backend), oracle=sgd)]
+        # (what AMP's write costs)
+        out += [Contender(name, "past-amp", _ours(backend, "past-amp"), oracle=_ours("reference", "past"))]
         if "adam" in ek.backends.BACKENDS[backend].bases:
-            out += [Contender(f"ours-{backend}", m, _ours_adaptive(backend, m), family="adam") for m in ADAPTIVE_MODES]
             out += [
-                Contender(f"ours-{backend}", "adam-past-amp", _ours_adaptive(backend, "adam-past-amp"), family="adam")
+                Contender(name, m, _ours_adaptive(backend, m), family="adam", oracle=_ours_adaptive("reference", m))
+                for m in ADAPTIVE_MODES + ("adam-past-amp",)
             ]
-    out += [Contender("ours-foreach", m, _ours("foreach", m), baseline="foreach-extrap") for m in ("past", "local")]
+    out += [
+        Contender("ours-foreach", m, _ours("foreach", m), baseline="foreach-extrap", oracle=_ours("reference", m))
+        for m in ("past", "local")
+    ]
     out += [Contender("ours-reference", "past", _ours("reference", "past"))]
     out += [
-        Contender("torch-sgd-fused", "sgd", _torch_sgd(fused=True), baseline="torch-fused"),
-        Contender("torch-sgd-fused", "sgd-amp", _torch_sgd("sgd-amp", fused=True)),
-        Contender("torch-sgd-foreach", "sgd", _torch_sgd(foreach=True)),
-        Contender("python-loop-extrap", "past", _python_loop),
+        Contender("torch-sgd-fused", "sgd", _torch_sgd(fused=True), baseline="torch-fused", oracle=sgd),
+        Contender("torch-sgd-fused", "sgd-amp", _torch_sgd("sgd-amp", fused=True), oracle=sgd),
+        Contender("torch-sgd-foreach", "sgd", _torch_sgd(foreach=True), oracle=sgd),
+        Contender("python-loop-extrap", "past", _python_loop, oracle=_ours("reference", "past")),
     ]
     # the adaptive rows: ours written with _foreach ops, torch's fused and foreach AdamW steps
     out += [
-        Contender("ours-foreach", m, _ours_adaptive("foreach", m), baseline="foreach-extrap", family="adam")
+        Contender(
+            "ours-foreach",
+            m,
+            _ours_adaptive("foreach", m),
+            baseline="foreach-extrap",
+            family="adam",
+            oracle=_ours_adaptive("reference", m),
+        )
         for m in ADAPTIVE_MODES
     ]
     out += [
-        Contender("torch-adamw-fused", "adamw", _torch_adamw(fused=True), baseline="torch-fused", family="adam"),
-        Contender("torch-adamw-fused", "adamw-amp", _torch_adamw("adamw-amp", fused=True), family="adam"),
-        Contender("torch-adamw-foreach", "adamw", _torch_adamw(foreach=True), family="adam"),
+        Contender(
+            "torch-adamw-fused", "adamw", _torch_adamw(fused=True), baseline="torch-fused", family="adam", oracle=adamw
+        ),
+        Contender("torch-adamw-fused", "adamw-amp", _torch_adamw("adamw-amp", fused=True), family="adam", oracle=adamw),
+        Contender("torch-adamw-foreach", "adamw", _torch_adamw(foreach=True), family="adam", oracle=adamw),
     ]
     return out
