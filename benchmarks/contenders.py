@@ -123,7 +123,26 @@ def _iteration(opt, local: bool) -> Callable[[], None]:
         opt.extrapolate()
         opt.step()
 
+    iteration.__self__ = opt  # (as a bound step's: optimizer_of finds it)
     return iteration
+
+
+def optimizer_of(step: Callable[[], None]):
+    """The optimizer behind a contender's step (None for one that has none: the hand-written loop)."""
+    return getattr(step, "__self__", None)
+
+
+def state_bytes_per_element(step: Callable[[], None], params: list[torch.Tensor]) -> float:
+    """The bytes of the optimizer's state tensors per parameter element, counted from the tensors it holds
+    (per-tensor scalars, as the step counts, left out), after its first step."""
+    opt = optimizer_of(step)
+    held = sum(
+        t.numel() * t.element_size()
+        for state in opt.state.values()
+        for t in state.values()
+        if torch.is_tensor(t) and t.dim() > 0
+    )
+    return held / sum(p.numel() for p in params)
 
 
 def _ours(backend: str, mode: str):
