@@ -26,7 +26,7 @@ from tqdm import tqdm
 import extrap_kernels as ek
 
 from . import validate
-from .contenders import Contender, contenders, floor_bytes, memory_bytes
+from .contenders import Contender, contenders, deepspeed_cpu_adam, floor_bytes, memory_bytes
 from .workloads import Workload, standard
 
 OUT = Path("out") / "bench"
@@ -399,6 +399,8 @@ def main(argv=None):
         )
         out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
 
+    if device == "cpu" and (missing := deepspeed_cpu_adam()):
+        print(missing)  # (an optional contender: the run goes on without it)
     total = sum(len(contenders(device, w.overhead)) for w in works) * len(dtypes)
     with tqdm(total=total, unit="row", disable=None) as progress:
         for work in works:

@@ -28,7 +28,7 @@ class Contender:
     make: Callable[[list[torch.Tensor]], Callable[[], None]]
     baseline: str = ""  # "torch-fused" / "foreach-extrap": the rows that ratios are taken against
     # "adam": the adaptive rows ("adam-past", "adam-local": ExtrapAdamW; "lamb-past": ExtrapLAMB; "adamw":
-    # torch's), against torch's fused AdamW
+    # torch's; "adamw-fp32m": DeepSpeedCPUAdam's, fp32 moments), against torch's fused AdamW
     family: str = "sgd"
     # the same algorithm on the reference backend, run in float64 on the CPU: what the contender's first steps
     # must match before it is timed (validate.py); None: it is the reference itself
@@ -78,6 +78,8 @@ def floor_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
         return extrapolate + 2 * x + 5 * s + (s if sixteen_bit else 0)
     if mode == "adamw":
         return 7 * x
+    if mode == "adamw-fp32m":  # (DeepSpeedCPUAdam: its moments fp32 whatever the parameter's dtype)
+        return 3 * x + 16
     if anchor_free(mode, dtype):
         return 3 * x + 2 * s
     if mode == "past-nomaster":  # read s g m, write s m x, all 16-bit
@@ -105,6 +107,8 @@ def memory_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
         return 2 * x
     if mode == "adamw":  # torch's: m and v in the parameter dtype
         return 3 * x
+    if mode == "adamw-fp32m":
+        return x + 8
     if mode.startswith(("adam-", "lamb-")):  # the anchor (the fp32 master of a 16-bit x), m and v
         return x + 3 * s
     if mode == "fused-sgd" or anchor_free(mode, dtype):
@@ -211,6 +215,25 @@ def _python_loop(params):
     return step
 
 
+def _deepspeed_cpu_adam(params):
+    """ZeRO-Offload's CPU optimizer, AdamW at the contenders' lr and torch's default decay (0.01)."""
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    return DeepSpeedCPUAdam(params, lr=LR, weight_decay=1e-2, adamw_mode=True).step
+
+
+def deepspeed_cpu_adam() -> str | None:
+    """None where DeepSpeedCPUAdam runs here (deepspeed installed and its C++ op built: minutes the first
+    time, cached after), else why it is left out: it is an optional contender."""
+    if not hasattr(deepspeed_cpu_adam, "reason"):
+        try:
+            _deepspeed_cpu_adam([torch.nn.Parameter(torch.zeros(8))])
+            deepspeed_cpu_adam.reason = None
+        except Exception as exc:  # (ImportError, or the op's build failing: any of them leaves it out)
+            deepspeed_cpu_adam.reason = f"DeepSpeedCPUAdam left out: {type(exc).__name__}: {str(exc)[:160]}"
+    return deepspeed_cpu_adam.reason
+
+
 ADAPTIVE_MODES = ("adam-past", "adam-local", "lamb-past")
 
 
@@ -268,4 +291,6 @@ def contenders(device: str, overhead: bool = False) -> list[Contender]:
         Contender("torch-adamw-fused", "adamw-amp", _torch_adamw("adamw-amp", fused=True), family="adam", oracle=adamw),
         Contender("torch-adamw-foreach", "adamw", _torch_adamw(foreach=True), family="adam", oracle=adamw),
     ]
+    if device == "cpu" and deepspeed_cpu_adam() is None:
+        out += [Contender("deepspeed-cpu-adam", "adamw-fp32m", _deepspeed_cpu_adam, family="adam", oracle=adamw)]
     return out

@@ -6,6 +6,7 @@ in the table, untimed, beside the rows it did time."""
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import replace
 
 import pytest
@@ -70,3 +71,19 @@ def test_an_invalid_contender_is_shown_untimed(capsys):
     bench.report("cpu", {}, rows, [])
     out = capsys.readouterr().out
     assert "broken-sgd" in out and "INVALID: computes wrong, not timed" in out
+
+
+def test_deepspeed_cpu_adam_is_an_optional_contender(monkeypatch):
+    """Where deepspeed is missing (or its op does not build) the contender is left out with the reason, and the
+    others run; where it runs here it is in the table, validated as every other."""
+    from benchmarks import contenders as module
+
+    monkeypatch.delattr(module.deepspeed_cpu_adam, "reason", raising=False)
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # (import deepspeed now raises ImportError)
+    monkeypatch.setitem(sys.modules, "deepspeed.ops.adam", None)
+    assert module.deepspeed_cpu_adam().startswith("DeepSpeedCPUAdam left out: ModuleNotFoundError")
+    names = {c.name for c in module.contenders("cpu")}
+    assert "deepspeed-cpu-adam" not in names and "torch-adamw-fused" in names
+    monkeypatch.setattr(module.deepspeed_cpu_adam, "reason", None)  # (as where it builds)
+    ds = [c for c in module.contenders("cpu") if c.name == "deepspeed-cpu-adam"]
+    assert len(ds) == 1 and ds[0].oracle is not None and ds[0].family == "adam"
