@@ -9,6 +9,7 @@ import torch
 from .adam import FusedLAMB
 from .bucket import Phase
 from .hyper import Hyper
+from .optimizer import eager
 
 
 class FusedMixedPrecisionLamb(FusedLAMB):
@@ -76,6 +77,7 @@ class FusedMixedPrecisionLamb(FusedLAMB):
         phase, hyper = super().launch_args(group)
         return phase, type(hyper).from_group(group, gamma=0.0, max_grad_norm=self.defaults["max_grad_norm"])
 
+    @eager
     @torch.no_grad()
     def step(self, closure=None, grad_scaler=None, *, grad_scale=None, found_inf=None):
         """One step; with `grad_scaler` (a torch.amp.GradScaler: GradScaler.step passes itself) the gradients
@@ -89,5 +91,7 @@ class FusedMixedPrecisionLamb(FusedLAMB):
             device = next(p for group in self.param_groups for p in group["params"]).device
             found_inf = grad_scaler._check_inf_per_device(self)[device]
             grad_scale = grad_scaler._get_scale_async()
-        super().step(grad_scale=grad_scale, found_inf=found_inf)
+        # (the plan's run itself, not super().step(): torch.optim wraps each class's step() with the step hooks,
+        # and FusedLAMB's, once wrapped, would run them a second time)
+        self._run(*self._plan(self.param_groups), grad_scale, found_inf)
         return loss
