@@ -256,11 +256,10 @@ def contenders(device: str, overhead: bool = False) -> list[Contender]:
         out += [Contender(name, "fused-sgd", _fused_sgd(backend), oracle=sgd)]
         # (what AMP's write costs)
         out += [Contender(name, "past-amp", _ours(backend, "past-amp"), oracle=_ours("reference", "past"))]
-        if "adam" in ek.backends.BACKENDS[backend].bases:
-            out += [
-                Contender(name, m, _ours_adaptive(backend, m), family="adam", oracle=_ours_adaptive("reference", m))
-                for m in ADAPTIVE_MODES + ("adam-past-amp",)
-            ]
+        out += [
+            Contender(name, m, _ours_adaptive(backend, m), family="adam", oracle=_ours_adaptive("reference", m))
+            for m in ADAPTIVE_MODES + ("adam-past-amp",)
+        ]
     out += [
         Contender("ours-foreach", m, _ours("foreach", m), baseline="foreach-extrap", oracle=_ours("reference", m))
         for m in ("past", "local")

@@ -133,14 +133,16 @@ Launch pop_launch(const ArgumentPositions& positions, torch::jit::Stack* stack, 
 }
 
 // The launch of a call to an operator of `family`, which the launchers dispatch on: an adaptive
-// operator's launch holds every parameter's second moment.
+// operator's launch holds every parameter's second moment (NovoGrad's, tensor_norms: none).
 template <Family F>
 Launch pop_family_launch(const ArgumentPositions& positions, torch::jit::Stack* stack, int64_t phase) {
   Launch L = pop_launch(positions, stack, phase);
   L.family = F;
   if (F == Family::kAdaptive) {
-    TORCH_CHECK_VALUE(L.second_moments.size() == L.params.size(), "extrap_kernels: an adaptive operator takes ",
-                      "one second moment per parameter (", L.params.size(), "), not ", L.second_moments.size());
+    const size_t seconds = L.tensor_norms ? 0 : L.params.size();
+    TORCH_CHECK_VALUE(L.second_moments.size() == seconds, "extrap_kernels: an adaptive operator takes ",
+                      "one second moment per parameter (", seconds, " with tensor_norms=", L.tensor_norms, "), not ",
+                      L.second_moments.size());
   }
   return L;
 }
@@ -188,7 +190,8 @@ void norms_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   if (!L.checked) check_launch(L);
   TORCH_CHECK_VALUE(L.phase != kUpdatePastAnchorFree, "extrap_kernels: adam_norms: phase ", L.phase,
                     " has no adaptive form");
-  TORCH_CHECK_VALUE(!L.accumulates, "extrap_kernels: adam_norms is LAMB's reading pass; Adagrad has no trust ratio");
+  TORCH_CHECK_VALUE(!L.accumulates && !L.tensor_norms,
+                    "extrap_kernels: adam_norms is LAMB's reading pass; Adagrad and NovoGrad have no trust ratio");
   torch::jit::push(*stack, norms(std::move(L)));
 }
 

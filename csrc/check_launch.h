@@ -46,11 +46,17 @@ inline void check_lists(const Launch& L) {
 inline void check_base_options(const Launch& L) {
   const size_t n = L.params.size();
   if (L.adaptive()) {
-    // the first moments are the momenta (none for Adagrad, which accumulates v); no SGD-family option applies
-    TORCH_CHECK_VALUE(L.second_moments.size() == n && L.momenta.size() == (L.accumulates ? 0 : n) &&
-                          (L.max_second_moments.empty() || L.max_second_moments.size() == n),
+    // the first moments are the momenta (none for Adagrad, which accumulates v; NovoGrad's second moments are
+    // per-tensor norms, passed as trust); no SGD-family option applies
+    const size_t seconds = L.tensor_norms ? 0 : n;
+    TORCH_CHECK_VALUE(L.second_moments.size() == seconds && L.momenta.size() == (L.accumulates ? 0 : n) &&
+                          (L.max_second_moments.empty() || L.max_second_moments.size() == seconds),
                       "extrap_kernels: an adaptive launch takes one first moment (momenta; none with accumulates) and "
-                      "one second moment per parameter, and one max_second_moment per parameter or none");
+                      "one second moment per parameter (none with tensor_norms), and one max_second_moment per "
+                      "parameter or none");
+    TORCH_CHECK_VALUE(!L.tensor_norms || (L.trust && !L.accumulates),
+                      "extrap_kernels: a tensor_norms (NovoGrad) launch takes each tensor's running gradient norm as "
+                      "trust, and does not accumulate");
     TORCH_CHECK_VALUE(!L.anchor_free() && L.momentum == 0 && !L.nesterov && !L.wd_after_momentum &&
                           !L.extrapolate_with_momentum && !L.past_grad,
                       "extrap_kernels: the adaptive bases have no anchor-free update, momentum, nesterov, "
@@ -66,8 +72,9 @@ inline void check_base_options(const Launch& L) {
                         ") and ", L.eps, "; lr_decay belongs to accumulating (Adagrad) launches");
     }
   } else {
-    TORCH_CHECK_VALUE(!L.beta1_tensor && !L.beta2_tensor && !L.accumulates && L.lr_decay == 0,
-                      "extrap_kernels: beta tensors, accumulates and lr_decay belong to adaptive launches");
+    TORCH_CHECK_VALUE(!L.beta1_tensor && !L.beta2_tensor && !L.accumulates && L.lr_decay == 0 && !L.tensor_norms,
+                      "extrap_kernels: beta tensors, accumulates, lr_decay and tensor_norms belong to adaptive "
+                      "launches");
     TORCH_CHECK_VALUE(L.max_second_moments.empty(), "extrap_kernels: max_second_moments without second_moments");
     TORCH_CHECK_VALUE(L.momenta.empty() || L.momenta.size() == n,
                       "extrap_kernels: momenta must be empty (momentum 0) or one per parameter");

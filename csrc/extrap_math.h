@@ -120,7 +120,7 @@ EXTRAP_HD acc past_point(acc s, acc gp, acc d, const Hyper<acc>& h) {
 // Per-tensor values of one launch.
 template <typename acc>
 struct TensorArgs {
-  acc trust;       // LARS ratio, 1 without LARS
+  acc trust;       // LARS (or LAMB) ratio, 1 without; NovoGrad's launch: the tensor's running gradient norm
   bool first;      // the momentum buffer has never been written
   uint32_t step;   // the step count (keys the noise)
   uint32_t index;  // the parameter's index in the optimizer (keys the noise)
@@ -362,19 +362,57 @@ EXTRAP_HD acc adaptive_direction(acc s, acc g, acc& m, acc& v, acc& v_max, const
   return u;
 }
 
+// The moments an adaptive launch keeps (the Triton kernels' MOMENTS, the same numbers).
+enum Moments : int {
+  kSumOnly = 1,         // Adagrad: v, the running sum of g'^2 (its m = g' is neither loaded nor stored)
+  kFirstAndSecond = 2,  // Adam, AdamW, LAMB: m and v
+  kWithMax = 3,         // with amsgrad: m, v and v_max
+  kFirstAndNorm = 4,    // NovoGrad: m; the second moment is one number per tensor, its running gradient norm
+};
+EXTRAP_HD constexpr bool keeps_first(int moments) { return moments != kSumOnly; }
+EXTRAP_HD constexpr bool keeps_second(int moments) { return moments != kFirstAndNorm; }
+EXTRAP_HD constexpr bool keeps_max(int moments) { return moments == kWithMax; }
+
+// NovoGrad's direction (SPEC "NovoGrad", Apex FusedNovoGrad): `norm` is the tensor's running gradient norm after
+// this gradient (the launch blends it: extrap_kernels/novograd_math.py), d = norm / bias2_sqrt + eps. Apex's moment
+// mode 1 (decoupled: reg_inside_moment False) m <- b1 * m + grad_gain * g', u = (m / bias1) / d + wd * s; mode 0
+// m <- b1 * m + grad_gain * (g' / d + wd * s), u = m / bias1. m is updated in place (callers pass a copy to look
+// ahead).
+template <typename acc>
+EXTRAP_HD acc novograd_direction(acc s, acc g, acc& m, acc norm, const Hyper<acc>& h, acc bias1, acc bias2_sqrt) {
+  const acc gp = g * h.grad_factor;
+  const acc d = norm / bias2_sqrt + h.eps;
+  const acc b1 = static_cast<acc>(h.beta1);
+  if (!h.decoupled) {
+    m = b1 * m + h.grad_gain * (gp / d + h.weight_decay * s);
+    return m / bias1;
+  }
+  m = b1 * m + h.grad_gain * gp;
+  return (m / bias1) / d + h.weight_decay * s;
+}
+
+// e, the direction of one element of an adaptive phase: trust * u for the per-element second moments (trust the
+// LAMB ratio, 1 for Adam); NovoGrad's launch passes each tensor's running norm where the ratio would be.
+template <int M, typename acc>
+EXTRAP_HD acc adaptive_step_direction(acc s, acc g, acc& m, acc& v, acc& v_max, const Hyper<acc>& h,
+                                      const TensorArgs<acc>& t) {
+  if (M == kFirstAndNorm) return novograd_direction(s, g, m, t.trust, h, t.bias1, t.bias2_sqrt);
+  return t.trust * adaptive_direction<keeps_max(M)>(s, g, m, v, v_max, h, t.bias1, t.bias2_sqrt);
+}
+
 // One element of one adaptive phase (kExtrapolate, kUpdate, kUpdatePast, kUpdateNoise): as phase_element,
-// with the moments m, v, v_max read and replaced. kExtrapolate ("local") looks ahead: the direction from
+// with the moments M keeps read and replaced. kExtrapolate ("local") looks ahead: the direction from
 // the moments as if updated with this gradient (t.bias* of the count after it), the state read only.
-template <Phase P, bool kAmsgrad, bool kMaster, typename acc>
+template <Phase P, int M, bool kMaster, typename acc>
 EXTRAP_HD void adaptive_element(acc& x, acc g, acc& s, acc& m, acc& v, acc& v_max, const Hyper<acc>& h,
                                 const TensorArgs<acc>& t, uint64_t element) {
   if (P == kExtrapolate) {
     if (!kMaster) s = x;  // the snapshot
     acc m1 = m, v1 = v, v_max1 = v_max;
-    x = s - h.gamma * (t.trust * adaptive_direction<kAmsgrad>(s, g, m1, v1, v_max1, h, t.bias1, t.bias2_sqrt));
+    x = s - h.gamma * adaptive_step_direction<M>(s, g, m1, v1, v_max1, h, t);
     return;
   }
-  const acc e = t.trust * adaptive_direction<kAmsgrad>(s, g, m, v, v_max, h, t.bias1, t.bias2_sqrt);
+  const acc e = adaptive_step_direction<M>(s, g, m, v, v_max, h, t);
   s -= h.lr * e;
   if (P == kUpdate) {
     x = s;

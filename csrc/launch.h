@@ -30,7 +30,8 @@ struct Launch {
   std::vector<int64_t> indices;         // parameter index in the optimizer, keys the noise
   std::vector<at::Tensor> last_gammas;  // kUpdatePastAnchorFree: 0-dim, the dtype of s; the gamma x was
                                         // last extrapolated with (the launch records this one's)
-  std::optional<at::Tensor> trust;      // per-tensor LARS (or LAMB) ratio, the dtype of s
+  std::optional<at::Tensor> trust;      // per-tensor LARS (or LAMB) ratio, the dtype of s; NovoGrad's running
+                                        // gradient norms (tensor_norms), the dtype of its moments
   // The adaptive bases (Adam, AdamW, LAMB): `momenta` hold the first moments m, these the second moments v
   // and, with amsgrad, their running maxima; both empty for the SGD family. LAMB's clipping comes folded
   // into grad_scale, its ratios as `trust`.
@@ -41,6 +42,9 @@ struct Launch {
   // beta2 = 1; lr_decay divides its direction by 1 + (t - 1) * lr_decay
   bool accumulates = false;
   double lr_decay = 0;
+  // NovoGrad (extrap_math.h's novograd_direction): `momenta` the first moments, no second_moments: the second
+  // moment is each tensor's running gradient norm, blended by the caller and passed as `trust`
+  bool tensor_norms = false;
   // Capturable betas: one-element float64 device tensors read by the kernel itself, replacing beta1/beta2
   // (a CPU launch reads them on the host: see bindings.cpp).
   std::optional<at::Tensor> beta1_tensor, beta2_tensor;
@@ -72,7 +76,10 @@ struct Launch {
   bool counts_step() const { return phase != kExtrapolate; }
   bool adaptive() const { return family == Family::kAdaptive; }
   bool amsgrad() const { return !max_second_moments.empty(); }
-  bool first_moment() const { return !momenta.empty(); }  // (adaptive launches: all but Adagrad's)
+  // the moments an adaptive launch keeps (extrap_math.h's Moments)
+  int moments() const {
+    return accumulates ? kSumOnly : tensor_norms ? kFirstAndNorm : amsgrad() ? kWithMax : kFirstAndSecond;
+  }
 };
 
 // Builds the per-launch hyperparameters once the grad scale is known.
@@ -151,14 +158,21 @@ void with_phase(const Launch& L, F&& f) {
   }
 }
 
-// The same for the adaptive bases: f(phase, amsgrad, first moment), the phases they have (no anchor-free
-// update) and the moments they keep (Adagrad's launch has no first moment, and never amsgrad).
+// The same for the adaptive bases: f(phase, moments), both std::integral_constant, for the phases they have (no
+// anchor-free update) and the moments they keep (extrap_math.h's Moments).
 template <typename F>
 void with_adaptive_phase(const Launch& L, F&& f) {
   auto run = [&](auto phase) {
-    if (!L.first_moment()) return f(phase, std::false_type{}, std::false_type{});
-    if (L.amsgrad()) return f(phase, std::true_type{}, std::true_type{});
-    return f(phase, std::false_type{}, std::true_type{});
+    switch (L.moments()) {
+      case kSumOnly:
+        return f(phase, std::integral_constant<int, kSumOnly>{});
+      case kWithMax:
+        return f(phase, std::integral_constant<int, kWithMax>{});
+      case kFirstAndNorm:
+        return f(phase, std::integral_constant<int, kFirstAndNorm>{});
+      default:
+        return f(phase, std::integral_constant<int, kFirstAndSecond>{});
+    }
   };
   switch (L.phase) {
     case kExtrapolate:

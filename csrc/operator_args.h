@@ -49,7 +49,7 @@
   X(wd_after_momentum, "bool", "False", read_flag)         \
   X(extrapolate_with_momentum, "bool", "False", read_flag) \
   X(past_grad, "bool", "False", read_flag)
-// The adaptive bases' (Adam, AdamW, LAMB, Adagrad); their first moments are `momenta` (Adagrad has none):
+// The adaptive bases' (Adam, AdamW, LAMB, Adagrad, NovoGrad); their first moments are `momenta` (Adagrad has none):
 #define EXTRAP_ADAPTIVE_ARGUMENTS(X)                                    \
   X(second_moments, "Tensor(f!)[]?", "None", read_optional_tensors)     \
   X(max_second_moments, "Tensor(g!)[]?", "None", read_optional_tensors) \
@@ -62,7 +62,8 @@
   X(decoupled, "bool", "False", read_flag)                              \
   X(bias_correction, "bool", "True", read_flag)                         \
   X(accumulates, "bool", "False", read_flag)                            \
-  X(lr_decay, "float", "0.", read_number)
+  X(lr_decay, "float", "0.", read_number)                               \
+  X(tensor_norms, "bool", "False", read_flag)
 #define EXTRAP_ALL_ARGUMENTS(X) \
   EXTRAP_TENSOR_ARGUMENTS(X) EXTRAP_STEP_ARGUMENTS(X) EXTRAP_SGD_ARGUMENTS(X) EXTRAP_ADAPTIVE_ARGUMENTS(X)
 

@@ -108,7 +108,7 @@ def _run(
             second_moments=pick(lists.get("second_moments")),
             max_second_moments=pick(lists.get("max_second_moments")),
         )
-        backend_of = backends.for_bucket(backend, bucket.params, bucket.grads, hyper.base)
+        backend_of = backends.for_bucket(backend, bucket.params, bucket.grads)
         check_bucket(bucket, backend_of)
         work.append(core.Work(bucket_phase_, bucket, hyper, backend_of))
     core.run(work, grad_scale, found_inf)

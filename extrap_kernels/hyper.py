@@ -44,6 +44,7 @@ class Hyper:
     lars: ClassVar[bool] = False  # SGD's per-tensor trust ratios from ||s|| and ||g||
     clips: ClassVar[bool] = False  # needs the norm of all the step's gradients (LAMB's max_grad_norm)
     scales_by_trust: ClassVar[bool] = False  # LAMB's per-tensor ||s|| / ||u||
+    blends_grad_norms: ClassVar[bool] = False  # NovoGrad's per-tensor running gradient norms, blended each step
     # the prefix of its family's extension operators (csrc/operator_args.h): "" update_, "adam_" adam_update_
     operator_prefix: ClassVar[str] = ""
 
@@ -250,26 +251,37 @@ class AdagradHyper(AdamHyper):
 
 
 @dataclass(frozen=True)
-class NovoGradHyper(Hyper):
+class NovoGradHyper(AdamHyper):
     """NovoGrad (Apex FusedNovoGrad's options, SPEC "NovoGrad"): Adam's first moment over a per-tensor second
-    moment, the running norm of each tensor's gradient (L2, or norm_type 0: L-inf)."""
+    moment, the running norm of each tensor's gradient (L2, or norm_type 0: L-inf), which the fused backends blend
+    before their launch (novograd_math.running_norms) and pass where LAMB's ratios go. Apex's moment mode 1
+    (reg_inside_moment False) decays outside the moment, as AdamW: `decoupled` follows it."""
 
     base: ClassVar[str] = "novograd"
+    blends_grad_norms: ClassVar[bool] = True
 
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    bias_correction: bool = True
     grad_averaging: bool = True  # m <- b1 * m + (1 - b1) * g' (False: + g')
     reg_inside_moment: bool = False  # Apex's moment mode 0: g' / (norm + eps) + wd * s enters m
     norm_type: int = 2  # 2: L2, 0: L-inf
     init_zero: bool = False  # the norm starts at 0 (False: at the first step's norm)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "betas", tuple(self.betas))  # (a checkpoint's groups hold lists)
+        super().__post_init__()
+        object.__setattr__(self, "decoupled", not self.reg_inside_moment)
+
+    @property
+    def averages(self) -> bool:
+        return bool(self.grad_averaging)
 
     @property
     def whole_tensor_norms(self) -> bool:
         return True
+
+    def layout(self) -> tuple:
+        return (self.base,)
+
+    def operator_kwargs(self, bucket: Bucket) -> dict:
+        return dict(super().operator_kwargs(bucket), tensor_norms=True)
 
 
 # The records by base name (Hyper.base), for code that builds one from a name.

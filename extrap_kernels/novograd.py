@@ -1,7 +1,8 @@
 """NovoGrad (docs/SPEC.md "NovoGrad"): `FusedNovoGrad`, the drop-in for Apex's, and `ExtrapNovoGrad`, the same
 base with extrapolation (modes local, past, noise; gamma=0 is exactly FusedNovoGrad's update, counted per
-parameter). NovoGrad's second moment is one number per tensor, the running norm of its gradient, so it runs on
-the reference and foreach backends so far ("auto" picks foreach); the fused kernels are still owed."""
+parameter). NovoGrad's second moment is one number per tensor, the running norm of its gradient: every backend blends
+the norms of a bucket in one pass before its per-element kernel, which takes them where LAMB's trust ratios
+go and moves x, g, s and m alone (novograd_math.running_norms)."""
 
 from __future__ import annotations
 

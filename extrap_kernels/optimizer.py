@@ -83,7 +83,7 @@ class FusedOptimizer(Optimizer):
             by_key[(p.device, p.dtype)].append(p)
         return {
             key: backends.for_bucket(
-                self.backend, [local(p) for p in ps], [local(p.grad) for p in ps if p.grad is not None], self.STATE.base
+                self.backend, [local(p) for p in ps], [local(p.grad) for p in ps if p.grad is not None]
             ).name
             for key, ps in by_key.items()
         }

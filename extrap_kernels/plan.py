@@ -143,7 +143,7 @@ class Plan:
             phase = bucket_phase(group_phase, dtype)
             # the kernels see local tensors: FSDP2 shards step where they live
             shards, grads = [local(p) for p in members], [local(p.grad) for p in members]
-            backend = backends.for_bucket(opt.backend, shards, grads, hyper.base)
+            backend = backends.for_bucket(opt.backend, shards, grads)
             names = [f"param {index[p]} (shape {tuple(p.shape)})" for p in members]
             for p, x, g, name in zip(members, shards, grads, names):
                 check_param(x, g, backend, name)

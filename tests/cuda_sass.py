@@ -32,34 +32,36 @@ ROOT = Path(__file__).resolve().parents[1]
 # (the last template argument is the launch's table: the 26 KB one, or the 4 KB fallback)
 TABLE = r", extrap::TensorTable<(\d+), (\d+)> ?>"
 KERNEL = re.compile(r"phase_kernel<\(extrap::Phase\)(\d), (true|false), ([\w:]+), ([\w:]+), (\w+)" + TABLE)
-# (the adaptive kernel's flags, amsgrad and a first moment (false: Adagrad), and types: the parameter's, the
-# anchor's (the state dtype, or the parameter's own without a master), and the moments' and arithmetic's)
-ADAPTIVE = re.compile(
-    r"adaptive_kernel<\(extrap::Phase\)(\d), (true|false), (true|false), ([\w:]+), ([\w:]+), (\w+)" + TABLE
-)
-# SGD family: 5 phases x fp32/bf16, less bf16's phase 4; adaptive: 4 phases x fp32/bf16, with a first moment
-# (Adam, LAMB) and without (Adagrad); each with either table
-HOT = 2 * (9 + 8 + 8)
+# (the adaptive kernel's moments, csrc/extrap_math.h's Moments: 1 Adagrad's sum alone, 2 m and v, 3 with amsgrad's
+# v_max, 4 NovoGrad's m alone; and types: the parameter's, the anchor's (the state dtype, or the parameter's own
+# without a master), and the moments' and arithmetic's)
+ADAPTIVE = re.compile(r"adaptive_kernel<\(extrap::Phase\)(\d), (\d), ([\w:]+), ([\w:]+), (\w+)" + TABLE)
+WITH_MAX = 3
+# SGD family: 5 phases x fp32/bf16, less bf16's phase 4; adaptive: 4 phases x fp32/bf16, with m and v (Adam,
+# LAMB), v alone (Adagrad) and m alone (NovoGrad); each with either table
+HOT = 2 * (9 + 8 + 8 + 8)
 SIZES = {"float": 4, "double": 8, "c10::BFloat16": 2, "c10::Half": 2}
 # (arch, phase, momentum, parameter dtype, state dtype) -> the most bytes it may spill. Measured with nvcc 12/13:
 # on sm_80 the noise phase of 16-bit parameters without momentum stores one register to local memory at
 # entry (STL before the loop) and reloads it; no hot kernel (tests below) is among them.
-# On sm_90 the adaptive noise phase of fp64 parameters (a kernel read as ("adaptive", amsgrad)) spills a few
+# On sm_90 the adaptive noise phase of fp64 parameters (a kernel read as ("adaptive", moments)) spills a few
 # bytes the same way; it is not a hot kernel either.
 # On sm_80 the adaptive phases of 16-bit parameters without a master (the stochastic rounding's Philox beside the
 # moments) store one register at entry and reload it, 4 B stored and 8 B loaded; they are not hot kernels yet.
-# So do Adagrad's (no first moment: amsgrad "false", first "false") for fp16 without a master, with nvcc 13.0.
+# So do Adagrad's (moments 1) for fp16 without a master, with nvcc 13.0, and NovoGrad's (moments 4) for some
+# 16-bit phases without a master.
 # On sm_90 (nvcc 13.0) the amsgrad noise phase of bf16 parameters with a master stores 2 B and reloads 4 B the
-# same way; amsgrad kernels are not hot.
+# same way, and so does NovoGrad's noise phase of bf16 parameters without a master; neither is hot.
 KNOWN_SPILLS = {
     (80, 3, "false", "c10::BFloat16", "float"): 4,
     (80, 3, "false", "c10::Half", "float"): 4,
-    (90, 3, ("adaptive", "false", "true"), "double", "double"): 16,
-    (90, 3, ("adaptive", "true", "true"), "c10::BFloat16", "float"): 4,
+    (90, 3, ("adaptive", 2), "double", "double"): 16,
+    (90, 3, ("adaptive", 3), "c10::BFloat16", "float"): 4,
+    (90, 3, ("adaptive", 4), "c10::BFloat16", "c10::BFloat16"): 4,
     **{
-        (80, phase, ("adaptive", amsgrad, first), x, x): 8
+        (80, phase, ("adaptive", moments), x, x): 8
         for phase in range(4)
-        for amsgrad, first in (("false", "true"), ("true", "true"), ("false", "false"))
+        for moments in (1, 2, 3, 4)
         for x in ("c10::BFloat16", "c10::Half")
     },
 }
@@ -156,7 +158,7 @@ def check(arch: int, compiled: tuple[Path, str], cuobjdump: str, cxxfilt: str, o
         if kernel:
             key = (arch, int(kernel[1]), kernel[2], kernel[3], kernel[4])
         elif adaptive:
-            key = (arch, int(adaptive[1]), ("adaptive", adaptive[2], adaptive[3]), adaptive[4], adaptive[5])
+            key = (arch, int(adaptive[1]), ("adaptive", int(adaptive[2])), adaptive[3], adaptive[4])
         allowed = KNOWN_SPILLS.get(key, 0)
         if stores > allowed or loads > allowed:
             failures.append(
@@ -174,13 +176,13 @@ def check(arch: int, compiled: tuple[Path, str], cuobjdump: str, cxxfilt: str, o
                 continue
             reads, writes, kind = *moved_arrays(phase, master), ""
         elif adaptive:
-            phase, amsgrad, first = int(adaptive[1]), adaptive[2] == "true", adaptive[3] == "true"
-            scalar, state = adaptive[4], adaptive[5]
+            phase, moments, scalar, state = int(adaptive[1]), int(adaptive[2]), adaptive[3], adaptive[4]
             master = scalar != state
-            if amsgrad or scalar not in ("float", "c10::BFloat16") or state != "float" or adaptive[6] != "float":
+            hot_types = scalar in ("float", "c10::BFloat16") and state == "float" and adaptive[5] == "float"
+            if moments == WITH_MAX or not hot_types:
                 continue
-            reads, writes = adaptive_moved_arrays(phase, master, first)
-            kind = "adaptive " if first else "adagrad "
+            reads, writes = adaptive_moved_arrays(phase, master, moments)
+            kind = {1: "adagrad ", 2: "adaptive ", 4: "novograd "}[moments]
         else:
             continue
         vector = 4 if SIZES[scalar] >= 4 else 16 // SIZES[scalar]  # extrap_cuda.cu's kVectorWidth

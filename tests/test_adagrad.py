@@ -12,8 +12,8 @@ import itertools
 
 import pytest
 import torch
+from conftest import CPU_BACKENDS
 from test_adaptive import BACKENDS, _in_lockstep, _params, _set_grads
-from test_adaptive_kernels import ADAPTIVE_BACKENDS
 
 import extrap_kernels as ek
 
@@ -109,7 +109,7 @@ def test_errors_are_torch_words():
         ek.FusedAdagrad(p, weight_decay=-1)
 
 
-@pytest.mark.parametrize("backend", [b for b in ADAPTIVE_BACKENDS if b in ("cpu", "cuda")])  # their C++ checks
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b in ("cpu", "cuda")])  # their C++ checks
 def test_kernels_refuse_an_accumulating_launch_that_is_not_adagrad(backend):
     """The operators' own checks: an Adagrad launch with Adam's betas, or with a first moment, is refused
     before anything is written."""

@@ -14,13 +14,12 @@ import math
 
 import pytest
 import torch
-from conftest import assert_within, noise_tolerance
-from test_adaptive_kernels import ADAPTIVE_BACKENDS
+from conftest import CPU_BACKENDS, assert_within, noise_tolerance
 
 import extrap_kernels as ek
 from extrap_kernels import philox
 
-BACKENDS = ["reference"] + ADAPTIVE_BACKENDS
+BACKENDS = ["reference"] + CPU_BACKENDS
 SIZES = [1, 7, 64, 300]
 STEPS = 20
 
@@ -229,7 +228,7 @@ def test_local_extrapolates_along_the_look_ahead_direction(backend, cls):
             torch.testing.assert_close(p.detach(), x, rtol=1e-14, atol=1e-15)
 
 
-@pytest.mark.parametrize("backend", ADAPTIVE_BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("cls", [ek.ExtrapAdamW, ek.ExtrapLAMB, ek.ExtrapAdagrad], ids=lambda c: c.__name__)
 @pytest.mark.parametrize("mode", ["past", "local", "noise"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -322,7 +321,9 @@ def test_torch_checkpoint_loads(torch_cls, cls, kwargs):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("cls", [ek.ExtrapAdamW, ek.ExtrapLAMB, ek.ExtrapAdagrad], ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "cls", [ek.ExtrapAdamW, ek.ExtrapLAMB, ek.ExtrapAdagrad, ek.ExtrapNovoGrad], ids=lambda c: c.__name__
+)
 def test_found_inf_changes_nothing(backend, cls):
     ours, opt, gen = _stepped(cls, 8, 3, backend)
     before = [p.detach().clone() for p in ours], copy.deepcopy(opt.state_dict())
@@ -330,9 +331,10 @@ def test_found_inf_changes_nothing(backend, cls):
     ours[1].grad[0] = float("inf")
     opt.step(found_inf=torch.tensor([1.0]))
     assert all(torch.equal(p.detach(), q) for p, q in zip(ours, before[0]))
-    after = opt.state_dict()["state"]
+    after = opt.state_dict()
     for i, state in before[1]["state"].items():
-        assert all(torch.equal(after[i][k], v) for k, v in state.items())
+        assert all(torch.equal(after["state"][i][k], v) for k, v in state.items())
+    assert after["param_groups"] == before[1]["param_groups"]  # (NovoGrad's count is the group's)
 
 
 def test_errors_are_torch_and_apex_words():
@@ -350,7 +352,7 @@ def test_errors_are_torch_and_apex_words():
     assert ek.ExtrapAdam(p).resolved_backends() == {(torch.device("cpu"), torch.float32): "cpu"}
 
 
-@pytest.mark.parametrize("backend", [b for b in ADAPTIVE_BACKENDS if b in ("cpu", "cuda")])  # their C++ checks
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b in ("cpu", "cuda")])  # their C++ checks
 def test_kernels_refuse_bad_state_before_writing(backend):
     """A second moment of the wrong dtype (a checkpoint edited by hand): the step is refused, naming the
     state, and nothing is written; so is the same launch given to the operator directly (its own checks)."""

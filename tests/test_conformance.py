@@ -28,7 +28,7 @@ OPTIMIZERS = {
         ps, **{"lr": 0.1, "momentum": 0.9, "mode": "noise", **kw}, backend=b
     ),
     "fused-sgd": lambda ps, b, **kw: ek.FusedSGD(ps, **{"lr": 0.1, "momentum": 0.9, **kw}, backend=b),
-    # the adaptive bases (on the backends that have them: foreach and reference so far)
+    # the adaptive bases
     "extrap-adamw-past": lambda ps, b, **kw: ek.ExtrapAdamW(ps, **{"lr": 0.01, "gamma": 0.005, **kw}, backend=b),
     "extrap-adam-local": lambda ps, b, **kw: ek.ExtrapAdam(
         ps, **{"lr": 0.01, "gamma": 0.005, "mode": "local", **kw}, backend=b
@@ -46,30 +46,10 @@ OPTIMIZERS = {
     ),
     "fused-novograd": lambda ps, b, **kw: ek.FusedNovoGrad(ps, **{"lr": 0.01, **kw}, backend=b),
 }
-ADAPTIVE = (
-    "extrap-adamw-past",
-    "extrap-adam-local",
-    "extrap-lamb-noise",
-    "fused-adam",
-    "fused-lamb",
-    "extrap-adagrad-local",
-    "fused-adagrad",
-    "fused-mixed-precision-lamb",
-    "extrap-novograd-local",
-    "fused-novograd",
-)
 every = pytest.mark.parametrize("backend", BACKENDS)
 every_optimizer = pytest.mark.parametrize("name", list(OPTIMIZERS))
-# every optimizer on every backend that has its base
-every_case = pytest.mark.parametrize(
-    "backend, name",
-    [
-        (backend, name)
-        for name in OPTIMIZERS
-        for backend in BACKENDS
-        if name not in ADAPTIVE or backend in ("foreach", "reference")
-    ],
-)
+# every optimizer on every backend
+every_case = pytest.mark.parametrize("backend, name", [(backend, name) for name in OPTIMIZERS for backend in BACKENDS])
 
 
 def _model(seed=0):

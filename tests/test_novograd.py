@@ -1,8 +1,9 @@
 """NovoGrad (docs/SPEC.md "NovoGrad"): FusedNovoGrad is Apex's (written here independently from its
 multi_tensor_novograd kernel and the norm blend before it) for every option, ExtrapNovoGrad with gamma = 0 is
 the same update and its modes relate x to the anchor as SPEC says, foreach equals the reference, Apex's
-checkpoints (the norms in the group) load, and what has no kernel yet says so. On the backends that have it:
-the reference and foreach."""
+checkpoints (the norms in the group) load, and the kernels refuse bad state. On every backend: the reference,
+foreach and the kernels (cpu, the CUDA launcher's host emulation, Triton's interpreter); tests/test_novograd_kernels.py
+checks each kernel's one phase against the float64 reference."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ import math
 
 import pytest
 import torch
-from test_adaptive import _in_lockstep, _params, _set_grads, trajectory_against_reference
+from conftest import CPU_BACKENDS
+from test_adaptive import BACKENDS, _in_lockstep, _params, _set_grads, trajectory_against_reference
 
 import extrap_kernels as ek
-
-BACKENDS = ["reference", "foreach"]
 
 
 def apex_novograd(ps, gs, ms, state, lr, betas, eps, wd, reg_inside_moment, grad_averaging, norm_type, init_zero, bc):
@@ -117,10 +117,11 @@ def test_local_extrapolates_along_the_look_ahead_direction(backend):
             torch.testing.assert_close(p.detach(), x, rtol=1e-14, atol=1e-15)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("mode", ["past", "local", "noise"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_foreach_trajectory_equals_the_reference(mode, dtype):
-    trajectory_against_reference("foreach", ek.ExtrapNovoGrad, mode, dtype, "cpu")
+def test_trajectory_equals_the_reference(backend, mode, dtype):
+    trajectory_against_reference(backend, ek.ExtrapNovoGrad, mode, dtype, "cpu")
 
 
 def test_an_apex_checkpoint_resumes_at_its_count_and_norms():
@@ -154,7 +155,7 @@ def test_an_apex_checkpoint_resumes_at_its_count_and_norms():
         ek.FusedNovoGrad([torch.nn.Parameter(p.detach().clone()) for p in resumed]).load_state_dict(short)
 
 
-def test_errors_and_the_backends_without_a_kernel():
+def test_errors_are_apex_and_torch_words():
     p = [torch.nn.Parameter(torch.ones(3))]
     with pytest.raises(RuntimeError, match="FusedNovoGrad does not support the AMSGrad variant."):
         ek.FusedNovoGrad(p, amsgrad=True)
@@ -164,12 +165,28 @@ def test_errors_and_the_backends_without_a_kernel():
         ek.FusedNovoGrad(p, betas=(1.5, 0.9))
     with pytest.raises(ValueError, match="Invalid mode: 'lookahead'"):
         ek.ExtrapNovoGrad(p, mode="lookahead")
-    opt = ek.FusedNovoGrad(p, backend="cpu")
-    p[0].grad = torch.ones(3)
-    with pytest.raises(ValueError, match="backend 'cpu' has no novograd kernel yet"):
+    assert ek.FusedNovoGrad(p).resolved_backends() == {(torch.device("cpu"), torch.float32): "cpu"}
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("cpu", "cuda")])  # their C++ checks
+def test_kernels_refuse_a_bad_norm_before_writing(backend):
+    """A running norm of the wrong dtype (a checkpoint edited by hand): the step is refused before anything,
+    the norms included, is written; the control (the same state, repaired) steps."""
+    p = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(5))]
+    opt = ek.ExtrapNovoGrad(p, backend=backend)
+    for q in p:
+        q.grad = torch.ones_like(q)
+    opt.step()
+    opt.state[p[1]]["exp_avg_sq"] = opt.state[p[1]]["exp_avg_sq"].double()
+    before = [q.detach().clone() for q in p], copy.deepcopy(opt.state_dict())
+    with pytest.raises(RuntimeError, match="torch.float64"):
         opt.step()
-    assert torch.equal(p[0].detach(), torch.ones(3))
-    assert ek.FusedNovoGrad(p).resolved_backends() == {(torch.device("cpu"), torch.float32): "foreach"}
+    assert all(torch.equal(q.detach(), b) for q, b in zip(p, before[0]))
+    for i, state in before[1]["state"].items():
+        assert all(torch.equal(opt.state_dict()["state"][i][k], v) for k, v in state.items())
+    opt.state[p[1]]["exp_avg_sq"] = opt.state[p[1]]["exp_avg_sq"].float()
+    opt.step()
+    assert not torch.equal(p[0].detach(), before[0][0])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

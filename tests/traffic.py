@@ -15,14 +15,16 @@ def moved_arrays(phase: int, master: bool) -> tuple[str, str]:
     return "sgm", "mxs" if phase != 1 or master else "mx"
 
 
-def adaptive_moved_arrays(phase: int, master: bool, first_moment: bool = True) -> tuple[str, str]:
+def adaptive_moved_arrays(phase: int, master: bool, moments: int = 2) -> tuple[str, str]:
     """The same for the adaptive bases (v: the second moments; without amsgrad): every phase reads the
-    moments (the extrapolation looks ahead with them) and only the updates store them. Adagrad
-    (`first_moment` False) moves no m."""
+    moments (the extrapolation looks ahead with them) and only the updates store them. `moments` is
+    csrc/extrap_math.h's Moments: 2 Adam's m and v, 1 Adagrad's sum v alone (no m), 4 NovoGrad's m alone (its
+    second moment is one norm per tensor, not an array)."""
     if phase == 0:
         reads, writes = ("s" if master else "x") + "gmv", "x" if master else "xs"
     else:
         reads, writes = "sgmv", "xmv" if phase == 1 and not master else "xsmv"
-    if not first_moment:
-        reads, writes = reads.replace("m", ""), writes.replace("m", "")
+    dropped = {1: "m", 2: "", 4: "v"}[moments]
+    if dropped:
+        reads, writes = reads.replace(dropped, ""), writes.replace(dropped, "")
     return reads, writes

@@ -157,6 +157,7 @@ def adaptive_cover() -> list[tuple[str, str, dict]]:
     switches = [
         dict(MOMENTS=3),  # amsgrad's v_max too
         dict(MOMENTS=1, BIAS_CORRECTION=False),  # Adagrad: its sum v alone
+        dict(MOMENTS=4, HAS_TRUST=True),  # NovoGrad: m alone, its norms where the trust ratios go
         dict(DECOUPLED=False),
         dict(BIAS_CORRECTION=False),
         dict(HAS_TRUST=True),
@@ -428,8 +429,17 @@ def check_ptx(arch: int) -> list[str]:
         kernel = compile_adaptive(
             "adaptive", dict(adagrad, PHASE=phase, X_DTYPE=x, C_DTYPE=c, MASTER=master, ALIGNED=True), arch
         )
-        moved = adaptive_moved_arrays(phase, master, first_moment=False)
+        moved = adaptive_moved_arrays(phase, master, moments=1)
         failures += check_vectors(f"sm_{arch} adagrad{phase}-fp32", kernel, dict.fromkeys("xgsv", 4), moved, exact=True)
+    for phase in range(4):  # NovoGrad (m alone; its norms one per tensor): exactly the arrays it moves
+        x, c, master = DTYPES["fp32"]
+        novograd = dict(ADAPTIVE_BASE, MOMENTS=4, HAS_TRUST=True)
+        kernel = compile_adaptive(
+            "adaptive", dict(novograd, PHASE=phase, X_DTYPE=x, C_DTYPE=c, MASTER=master, ALIGNED=True), arch
+        )
+        moved = adaptive_moved_arrays(phase, master, moments=4)
+        size = dict.fromkeys("xgsm", 4)
+        failures += check_vectors(f"sm_{arch} novograd{phase}-fp32", kernel, size, moved, exact=True)
     return failures
 
 

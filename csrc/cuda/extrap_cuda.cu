@@ -127,9 +127,9 @@ void launch_phase(const Launch& L) {
 // The adaptive bases (Adam, AdamW, LAMB): as phase_kernel, with the second moments (and their maxima)
 // moved beside m, and adaptive_element's math. The moments are acc; s is anchor_t: acc, or (master_weights=
 // False) a 16-bit x's own type, whose stored values are rounded stochastically.
-// kFirst: the launch keeps first moments m (every adaptive base but Adagrad, whose m = g' is neither loaded nor
-// stored).
-template <Phase P, bool kAmsgrad, bool kFirst, typename scalar_t, typename anchor_t, typename acc, typename Table>
+// M: the moments the launch keeps (extrap_math.h's Moments: Adagrad's m = g' is neither loaded nor stored, nor is
+// NovoGrad's v, one norm per tensor, which comes as `trust`).
+template <Phase P, int M, typename scalar_t, typename anchor_t, typename acc, typename Table>
 __global__ void __launch_bounds__(kAdaptiveThreads)
     adaptive_kernel(Table table, Hyper<acc> h, const acc* trust, const acc* grad_scale, const float* found_inf,
                     const acc* lr, const acc* gamma, const double* beta1, const double* beta2, const acc* loss_scale) {
@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
     if (skip) {
       skipped_element<P, kMaster>(xv, sv);
     } else {
-      adaptive_element<P, kAmsgrad, kMaster>(xv, gv, sv, mv, vv, v_maxv, h, t, static_cast<uint64_t>(i));
+      adaptive_element<P, M, kMaster>(xv, gv, sv, mv, vv, v_maxv, h, t, static_cast<uint64_t>(i));
       if (R != kNearest)
         round_stored_anchor<P, R>(xv, sv, rounding_bits(h.seed, t.step, t.index, static_cast<uint64_t>(i)));
     }
@@ -182,8 +182,8 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
   using SVec = Vec<anchor_t, kVec>;
   using AVec = Vec<acc, kVec>;
   const bool vector = aligned<scalar_t, kVec>(x) && aligned<scalar_t, kVec>(g) &&
-                      (kReadsX || aligned<anchor_t, kVec>(s)) && (!kFirst || aligned<acc, kVec>(m)) &&
-                      aligned<acc, kVec>(v) && (!kAmsgrad || aligned<acc, kVec>(v_max));
+                      (kReadsX || aligned<anchor_t, kVec>(s)) && (!keeps_first(M) || aligned<acc, kVec>(m)) &&
+                      (!keeps_second(M) || aligned<acc, kVec>(v)) && (!keeps_max(M) || aligned<acc, kVec>(v_max));
   auto at_vector = [&](int64_t i) {
     XVec xr{};
     SVec sr{};
@@ -194,10 +194,10 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
       sr = *reinterpret_cast<const SVec*>(s + i);
     }
     const XVec gr = *reinterpret_cast<const XVec*>(g + i);
-    AVec mr{};
-    if (kFirst) mr = *reinterpret_cast<const AVec*>(m + i);
-    AVec vr = *reinterpret_cast<const AVec*>(v + i);
-    if (kAmsgrad) vmr = *reinterpret_cast<const AVec*>(v_max + i);
+    AVec mr{}, vr{};
+    if (keeps_first(M)) mr = *reinterpret_cast<const AVec*>(m + i);
+    if (keeps_second(M)) vr = *reinterpret_cast<const AVec*>(v + i);
+    if (keeps_max(M)) vmr = *reinterpret_cast<const AVec*>(v_max + i);
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
       acc xv = static_cast<acc>(xr.v[k]), sv = static_cast<acc>(sr.v[k]);
@@ -208,25 +208,26 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
     if (store_x) *reinterpret_cast<XVec*>(x + i) = xr;
     if (store_s) *reinterpret_cast<SVec*>(s + i) = sr;
     if (store_state) {
-      if (kFirst) *reinterpret_cast<AVec*>(m + i) = mr;
-      *reinterpret_cast<AVec*>(v + i) = vr;
-      if (kAmsgrad) *reinterpret_cast<AVec*>(v_max + i) = vmr;
+      if (keeps_first(M)) *reinterpret_cast<AVec*>(m + i) = mr;
+      if (keeps_second(M)) *reinterpret_cast<AVec*>(v + i) = vr;
+      if (keeps_max(M)) *reinterpret_cast<AVec*>(v_max + i) = vmr;
     }
     if (store_g) store_unscaled(g + i, gr, unscale);
   };
   auto at_element = [&](int64_t j) {
     acc xv = kReadsX ? static_cast<acc>(x[j]) : acc(0);
     acc sv = kReadsX ? acc(0) : static_cast<acc>(s[j]);
-    acc mv = kFirst ? m[j] : acc(0), vv = v[j], v_maxv = kAmsgrad ? v_max[j] : acc(0);
+    acc mv = keeps_first(M) ? m[j] : acc(0), vv = keeps_second(M) ? v[j] : acc(0);
+    acc v_maxv = keeps_max(M) ? v_max[j] : acc(0);
     const acc gv = static_cast<acc>(g[j]);
     element(xv, gv, sv, mv, vv, v_maxv, j);
     if (store_g) g[j] = static_cast<scalar_t>(gv * unscale);
     if (store_x) x[j] = static_cast<scalar_t>(xv);
     if (store_s) s[j] = static_cast<anchor_t>(sv);
     if (store_state) {
-      if (kFirst) m[j] = mv;
-      v[j] = vv;
-      if (kAmsgrad) v_max[j] = v_maxv;
+      if (keeps_first(M)) m[j] = mv;
+      if (keeps_second(M)) v[j] = vv;
+      if (keeps_max(M)) v_max[j] = v_maxv;
     }
   };
   walk_chunk<kVec, kAdaptiveThreads>(begin, end, vector, at_vector, at_element);
@@ -288,7 +289,7 @@ __global__ void __launch_bounds__(kSegmentThreads)
   out[2 * t + 1] = u_squares;
 }
 
-template <Phase P, bool kAmsgrad, bool kFirst, typename scalar_t, typename anchor_t, typename acc>
+template <Phase P, int M, typename scalar_t, typename anchor_t, typename acc>
 void launch_adaptive(const Launch& L) {
   const Hyper<acc> h = make_hyper<acc>(L, 1.0);
   const acc* trust = L.trust ? L.trust->data_ptr<acc>() : nullptr;
@@ -304,9 +305,9 @@ void launch_adaptive(const Launch& L) {
     using Table = typename decltype(tag)::type;
     multi_tensor_apply<Table>(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas,
                               L.second_moments, L.max_second_moments, [&](Table& table, int blocks) {
-                                launch_checked(adaptive_kernel<P, kAmsgrad, kFirst, scalar_t, anchor_t, acc, Table>,
-                                               blocks, kAdaptiveThreads, stream, table, h, trust, grad_scale, found_inf,
-                                               lr, gamma, beta1, beta2, loss_scale);
+                                launch_checked(adaptive_kernel<P, M, scalar_t, anchor_t, acc, Table>, blocks,
+                                               kAdaptiveThreads, stream, table, h, trust, grad_scale, found_inf, lr,
+                                               gamma, beta1, beta2, loss_scale);
                               });
   });
 }
@@ -388,11 +389,10 @@ void apply_cuda(const Launch& L) {
     using acc = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
     switch (L.family) {  // (each family's kernels, its phases fixed at compile time)
       case Family::kAdaptive:
-        return with_adaptive_phase(L, [&](auto phase, auto amsgrad, auto first) {
+        return with_adaptive_phase(L, [&](auto phase, auto moments) {
           with_anchor_type<scalar_t, acc>(L, [&](auto anchor_type) {
             using anchor_t = typename decltype(anchor_type)::type;
-            launch_adaptive<decltype(phase)::value, decltype(amsgrad)::value, decltype(first)::value, scalar_t,
-                            anchor_t, acc>(L);
+            launch_adaptive<decltype(phase)::value, decltype(moments)::value, scalar_t, anchor_t, acc>(L);
           });
         });
       case Family::kSgd:

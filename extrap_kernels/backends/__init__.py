@@ -34,7 +34,6 @@ class Backend:
     # the device types it runs on (a function: the emulations' environment is read when asked, not at import)
     devices: Callable[[], tuple[str, ...]] | None  # None: any
     available: Callable[[torch.device], bool]  # can run on this (supported) device in this process
-    bases: tuple[str, ...] = ("sgd",)  # the base optimizers it has a kernel for (hyper.Hyper.base)
     # writes through torch ops, which count in the parameters' version counters (the kernels' do not: writes.py)
     counts_writes: bool = False
 
@@ -81,25 +80,18 @@ def _cuda_devices() -> tuple[str, ...]:
     return ("cuda", "cpu") if _ext.cuda_emulation_requested() else ("cuda",)
 
 
-KERNEL_BASES = ("sgd", "adam", "lamb", "adagrad")  # the bases the fused backends have kernels for
-EVERY_BASE = (*KERNEL_BASES, "novograd")  # (NovoGrad's per-tensor norm: the reference and foreach so far)
 BACKENDS = {
-    "reference": Backend(
-        "reference", "..reference", False, None, lambda device: True, bases=EVERY_BASE, counts_writes=True
-    ),
-    "foreach": Backend("foreach", ".foreach", False, None, lambda device: True, bases=EVERY_BASE, counts_writes=True),
-    "cpu": Backend(
-        "cpu", ".extension", True, lambda: ("cpu",), lambda device: _ext.load() is not None, bases=KERNEL_BASES
-    ),
+    "reference": Backend("reference", "..reference", False, None, lambda device: True, counts_writes=True),
+    "foreach": Backend("foreach", ".foreach", False, None, lambda device: True, counts_writes=True),
+    "cpu": Backend("cpu", ".extension", True, lambda: ("cpu",), lambda device: _ext.load() is not None),
     "cuda": Backend(
         "cuda",
         ".extension",
         True,
         _cuda_devices,
         lambda device: importlib.import_module(".extension", __package__).cuda_available(device),
-        bases=KERNEL_BASES,
     ),
-    "triton": Backend("triton", ".triton_kernels", True, _triton_devices, _triton_available, bases=KERNEL_BASES),
+    "triton": Backend("triton", ".triton_kernels", True, _triton_devices, _triton_available),
 }
 
 
@@ -145,14 +137,10 @@ def resolve(name: str, device: torch.device) -> Backend:
     return backend
 
 
-def for_bucket(name: str, params: list[Tensor], grads: list[Tensor], base: str = "sgd") -> Backend:
-    """The backend for one bucket of a `base` ("sgd", "adam", "lamb") optimizer; "auto" hands strided
-    tensors, and bases without a kernel in the fused backend, to `foreach` rather than failing."""
+def for_bucket(name: str, params: list[Tensor], grads: list[Tensor]) -> Backend:
+    """The backend for one bucket (every backend has a kernel for every base optimizer); "auto" hands strided
+    tensors to `foreach` rather than failing."""
     backend = resolve(name, params[0].device)
-    if base not in backend.bases:
-        if name != "auto":
-            raise ValueError(f"backend {name!r} has no {base} kernel yet: use 'foreach', 'reference' or 'auto'")
-        return BACKENDS["foreach"]
     if name == "auto" and backend.needs_contiguous and not all(t.is_contiguous() for t in (*params, *grads)):
         return BACKENDS["foreach"]
     return backend

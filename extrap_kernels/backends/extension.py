@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import torch
 
-from .. import _ext, lamb
+from .. import _ext, lamb, novograd_math
 from ..bucket import Bucket, Phase
 from ..checks import Rejected
 from ..hyper import Hyper
@@ -79,9 +79,10 @@ def prepared_call(phase: Phase, b: Bucket, h: Hyper, kind: str = "run", backend:
 
 class ExtensionCall(Call):
     """The operator of a phase over a bucket, its unchanging arguments converted once (prepared_call).
-        LARS's and LAMB's trust ratios are computed per step on the device (LAMB's from the extension's
-        reading pass, the operator `adam_norms`), then the operator runs. A call validates its launch in C++ as it
-    runs, unless check() has already (`checked`: a step of several buckets checks them all first)."""
+    LARS's and LAMB's trust ratios are computed per step on the device (LAMB's from the extension's reading
+    pass, the operator `adam_norms`), as are NovoGrad's running norms (stored once the update has run), then
+    the operator runs. A call validates its launch in C++ as it runs, unless check() has already (`checked`: a
+    step of several buckets checks them all first)."""
 
     def __init__(self, phase: Phase, bucket: Bucket, hyper: Hyper, backend) -> None:
         self.phase, self.bucket, self.hyper, self.backend = phase, bucket, hyper, backend.name
@@ -102,8 +103,10 @@ class ExtensionCall(Call):
         return call
 
     def check(self, grads, grad_scale, found_inf) -> None:
+        # (NovoGrad's launch takes its running norms where the trust ratios go: the stored ones stand in)
+        trust = torch.stack(self.bucket.grad_norms) if self.hyper.blends_grad_norms else None
         try:
-            self._call("check")(grads, None, grad_scale, found_inf)
+            self._call("check")(grads, trust, grad_scale, found_inf)
         except REFUSALS as err:
             raise Rejected() from err
 
@@ -116,6 +119,11 @@ class ExtensionCall(Call):
             trust = None
             if hyper.lars:
                 trust = trust_ratios(phase, replace(bucket, grads=list(grads)), hyper, grad_scale)
+            elif hyper.blends_grad_norms:  # (validated first: the norms read the gradients)
+                if not checked:
+                    self.check(grads, grad_scale, found_inf)
+                    checked = True
+                trust = novograd_math.running_norms(replace(bucket, grads=list(grads)), hyper, grad_scale)
             elif self.lamb_inputs:
                 norms = self._call("norms")
                 grad_scale, trust = lamb.step_inputs(
@@ -125,6 +133,8 @@ class ExtensionCall(Call):
                     lambda scale: norms(grads, None, scale, None, checked),
                 )
             self._call()(grads, trust, grad_scale, found_inf, checked, loss_scale)
+            if hyper.blends_grad_norms and phase != Phase.EXTRAPOLATE:
+                novograd_math.store_norms(bucket, trust, found_inf)
         except (ValueError, TypeError, NotImplementedError) as err:  # its checks (csrc/bindings.cpp)
             raise Rejected() from err
 

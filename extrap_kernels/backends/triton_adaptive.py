@@ -9,20 +9,21 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .. import lamb
+from .. import lamb, novograd_math
 from ..bucket import Bucket, Phase, count_step, state_dtype
 from ..hyper import AdamHyper
 from ..rounding import ROUNDING_KEY
 from .triton_adaptive_math import (
+    FIRST_AND_NORM,
     SUM_ONLY,
     WITH_MAX,
     adaptive_coefficients,
     adaptive_columns,
-    adaptive_direction,
     constants,
     load_moments,
     moments_kept,
     pointers,
+    step_direction,
 )
 from .triton_common import (
     BLOCK,
@@ -68,7 +69,7 @@ def _adaptive_block(
     `rates`: (lr, gamma, grad_factor, trust, unscale); `coefficients`: adaptive_direction's; `keys`: (index, step,
     noise_std, seed, rounding_seed). Without a master (ROUNDING 1 bf16, 2 fp16) s is a 16-bit x's own type and
     the stored s and x are rounded stochastically; the moments stay C_DTYPE. MOMENTS: the moments kept (Adagrad
-    keeps no m: it is g' itself)."""
+    keeps no m: it is g' itself; NovoGrad no v: `trust` is then the tensor's running norm)."""
     x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = ptrs  # (the step comes read, in keys)
     lr, gamma, grad_factor, trust, unscale = rates
     index, step, noise_std, seed, rounding_seed = keys
@@ -79,7 +80,6 @@ def _adaptive_block(
         if UNSCALES:  # AMP's gradient written back unscaled (by the loss scale alone)
             tl.store(g_ptr + offs, (g * unscale).to(X_DTYPE), mask=mask)
         m, v, v_max = load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, MOMENTS)
-        AMSGRAD: tl.constexpr = MOMENTS == WITH_MAX
         r_s, _, r_x = block_rounding_bits(rounding_seed, step_ptr, index, offs, ROUNDING)
         if PHASE == EXTRAPOLATE:  # extrapolate along the look-ahead direction; the state is read only
             if MASTER:
@@ -87,18 +87,20 @@ def _adaptive_block(
             else:
                 anchor = tl.load(x_ptr + offs, mask=mask).to(C_DTYPE)
                 tl.store(s_ptr + offs, anchor.to(S_DTYPE), mask=mask)
-            u, _, _, _ = adaptive_direction(anchor, g, m, v, v_max, grad_factor, coefficients, DECOUPLED, AMSGRAD)
-            x = anchor - gamma * (trust * u)
+            e, _, _, _ = step_direction(anchor, g, m, v, v_max, grad_factor, trust, coefficients, DECOUPLED, MOMENTS)
+            x = anchor - gamma * e
             tl.store(x_ptr + offs, stochastic_round(x, r_x, ROUNDING).to(X_DTYPE), mask=mask)
         else:
             anchor = tl.load(s_ptr + offs, mask=mask).to(C_DTYPE)
-            u, m, v, v_max = adaptive_direction(anchor, g, m, v, v_max, grad_factor, coefficients, DECOUPLED, AMSGRAD)
-            e = trust * u
+            e, m, v, v_max = step_direction(
+                anchor, g, m, v, v_max, grad_factor, trust, coefficients, DECOUPLED, MOMENTS
+            )
             anchor = anchor - lr * e
             anchor_stored = stochastic_round(anchor, r_s, ROUNDING)  # (as stored: the local step's x too)
             if MOMENTS != SUM_ONLY:
                 tl.store(m_ptr + offs, m, mask=mask)
-            tl.store(v_ptr + offs, v, mask=mask)
+            if MOMENTS != FIRST_AND_NORM:
+                tl.store(v_ptr + offs, v, mask=mask)
             if MOMENTS == WITH_MAX:
                 tl.store(v_max_ptr + offs, v_max, mask=mask)
             if PHASE == UPDATE:  # x <- s; a full-precision s is only the snapshot (or x itself)
@@ -209,6 +211,10 @@ def apply_adaptive(
     grad_scale, trust = lamb.step_inputs(
         b, h, grad_scale, lambda scale: lamb_sums(phase, b, h, scale, tables, launch_constants)
     )
+    if h.blends_grad_norms:  # NovoGrad's running norms, where the trust ratios go (a new tensor: stored at once)
+        trust = novograd_math.running_norms(b, h, grad_scale)
+        if phase != Phase.EXTRAPOLATE:
+            novograd_math.store_norms(b, trust, found_inf)
     count_step(phase, b, found_inf)
     table, numels, indices, block_tensor, block_start, _, total, aligned = tables
     if total == 0:

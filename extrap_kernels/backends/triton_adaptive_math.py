@@ -16,25 +16,30 @@ from .triton_common import row_pointer
 
 # The table's rows: the addresses of x, g, s, m, v, v_max (a placeholder without amsgrad) and the step.
 ROW_X, ROW_G, ROW_S, ROW_M, ROW_V, ROW_V_MAX, ROW_STEP, ROWS = (tl.constexpr(row) for row in range(8))
-# The moments a launch keeps (the kernels' MOMENTS): Adagrad's sum v alone, m and v, or with amsgrad v_max too.
-SUM_ONLY, FIRST_AND_SECOND, WITH_MAX = (tl.constexpr(kind) for kind in (1, 2, 3))
+# The moments a launch keeps (the kernels' MOMENTS, csrc/extrap_math.h's Moments): Adagrad's sum v alone, m and v,
+# with amsgrad v_max too, or NovoGrad's m with one running gradient norm per tensor (passed as the trust).
+SUM_ONLY, FIRST_AND_SECOND, WITH_MAX, FIRST_AND_NORM = (tl.constexpr(kind) for kind in (1, 2, 3, 4))
 
 
 def moments_kept(b: Bucket) -> int:
     """The bucket's MOMENTS."""
+    if b.grad_norms:
+        return int(FIRST_AND_NORM)
     return int(WITH_MAX if b.max_second_moments else FIRST_AND_SECOND if b.momenta else SUM_ONLY)
 
 
 def adaptive_columns(b: Bucket) -> tuple:
     """The tensor lists of the table's rows, in ROW_* order (the first six are streamed; Adagrad, which keeps
-    no first moment, has its v in the m row as a placeholder, as v_max is without amsgrad)."""
+    no first moment, has its v in the m row as a placeholder, as v_max is without amsgrad; NovoGrad, which keeps no
+    v, its m in the v rows)."""
+    second = b.second_moments or b.momenta
     return (
         b.params,
         b.grads,
         b.anchors,
-        b.momenta or b.second_moments,
-        b.second_moments,
-        b.max_second_moments or b.second_moments,
+        b.momenta or second,
+        second,
+        b.max_second_moments or second,
         b.steps,
     )
 
@@ -115,6 +120,37 @@ def adaptive_direction(s, g, m, v, v_max, grad_factor, coefficients, DECOUPLED: 
 
 
 @triton.jit
+def novograd_direction(s, g, m, norm, grad_factor, coefficients, DECOUPLED: tl.constexpr):
+    """Returns (u, m): NovoGrad's, from the tensor's running gradient norm after this gradient (csrc/extrap_math.h's
+    novograd_direction): d = norm / bias2_sqrt + eps; decoupled (Apex's moment mode 1) u = (m / bias1) / d +
+    wd * s, else g' / d + wd * s enters m and u = m / bias1."""
+    weight_decay, beta1, _, _, grad_gain, eps, bias1, bias2_sqrt = coefficients
+    gp = g * grad_factor
+    d = norm / bias2_sqrt + eps
+    if DECOUPLED:
+        m = beta1 * m + grad_gain * gp
+        u = (m / bias1) / d + weight_decay * s
+    else:
+        m = beta1 * m + grad_gain * (gp / d + weight_decay * s)
+        u = m / bias1
+    return u, m
+
+
+@triton.jit
+def step_direction(s, g, m, v, v_max, grad_factor, trust, coefficients, DECOUPLED: tl.constexpr, MOMENTS: tl.constexpr):
+    """Returns (e, m, v, v_max), csrc/extrap_math.h's adaptive_step_direction: trust * u with per-element second
+    moments; NovoGrad's u, `trust` then being the tensor's running norm."""
+    if MOMENTS == FIRST_AND_NORM:
+        e, m = novograd_direction(s, g, m, trust, grad_factor, coefficients, DECOUPLED)
+    else:
+        u, m, v, v_max = adaptive_direction(
+            s, g, m, v, v_max, grad_factor, coefficients, DECOUPLED, MOMENTS == WITH_MAX
+        )
+        e = trust * u
+    return e, m, v, v_max
+
+
+@triton.jit
 def pointers(table, t, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, C_DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
     """Tensor t's (x, g, s, m, v, v_max, step), s of S_DTYPE (C_DTYPE, or a 16-bit x's own without a master), the
     moments of C_DTYPE; the six arrays said 16-byte aligned where the bucket's are."""
@@ -130,11 +166,16 @@ def pointers(table, t, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, C_DTYPE: tl
 
 @triton.jit
 def load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, MOMENTS: tl.constexpr):
-    """(m, v, v_max) of the elements `offs` (v_max zeros without amsgrad, m zeros without a first moment)."""
-    v = tl.load(v_ptr + offs, mask=mask)
-    m = tl.zeros_like(v)
-    if MOMENTS != SUM_ONLY:
+    """(m, v, v_max) of the elements `offs` (v_max zeros without amsgrad, m zeros without a first moment, v zeros
+    for NovoGrad's per-tensor second moment)."""
+    if MOMENTS == FIRST_AND_NORM:
         m = tl.load(m_ptr + offs, mask=mask)
+        v = tl.zeros_like(m)
+    else:
+        v = tl.load(v_ptr + offs, mask=mask)
+        m = tl.zeros_like(v)
+        if MOMENTS != SUM_ONLY:
+            m = tl.load(m_ptr + offs, mask=mask)
     v_max = tl.zeros_like(v)
     if MOMENTS == WITH_MAX:
         v_max = tl.load(v_max_ptr + offs, mask=mask)

@@ -12,7 +12,7 @@ from ..hyper import Hyper
 from .triton_adaptive import apply_adaptive
 from .triton_sgd import apply_sgd
 
-_APPLY = {"sgd": apply_sgd, **dict.fromkeys(("adam", "lamb", "adagrad"), apply_adaptive)}
+_APPLY = {"sgd": apply_sgd, **dict.fromkeys(("adam", "lamb", "adagrad", "novograd"), apply_adaptive)}
 
 
 def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None, found_inf: Tensor | None = None) -> None:
