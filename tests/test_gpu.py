@@ -236,3 +236,112 @@ def test_gpu_large_and_small_kernel_argument_tables_agree(base):
         return torch.cat([p.detach().flatten() for p in params])
 
     assert torch.equal(trained(False), trained(True))
+
+
+# Every class of the adaptive family, as its Apex or Extrap name, on the GPU backends against the float64
+# reference of the same class on the CPU: Adagrad, NovoGrad and MLPerf's mixed-precision LAMB had no GPU run.
+GPU_CLASSES = {
+    "FusedAdam": (ek.FusedAdam, dict(lr=1e-2, weight_decay=0.01)),
+    "ExtrapAdam-amsgrad": (ek.ExtrapAdam, dict(lr=1e-2, amsgrad=True, gamma=0.05)),
+    "FusedLAMB": (ek.FusedLAMB, dict(lr=1e-2, weight_decay=0.01)),
+    "FusedAdagrad": (ek.FusedAdagrad, dict(lr=1e-2, weight_decay=0.01)),
+    "ExtrapAdagrad": (ek.ExtrapAdagrad, dict(lr=1e-2, gamma=0.05)),
+    "FusedNovoGrad": (ek.FusedNovoGrad, dict(lr=1e-2, weight_decay=0.01)),
+    "ExtrapNovoGrad": (ek.ExtrapNovoGrad, dict(lr=1e-2, gamma=0.05, weight_decay=0.01)),
+    "FusedMixedPrecisionLamb": (ek.FusedMixedPrecisionLamb, dict(lr=1e-2)),
+}
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("name", list(GPU_CLASSES))
+def test_gpu_every_adaptive_class_matches_reference(backend, name):
+    """fp32 on the device against float64 on the CPU, on the same gradients. Each step adds at most 64 fp32
+    roundings of |x| and of the step's move, and a norm's sum over numel terms (LAMB, NovoGrad) at most
+    numel * eps of the move; the gradients do not depend on x, so the errors add up and do not grow."""
+    cls, kwargs = GPU_CLASSES[name]
+    gen = torch.Generator().manual_seed(1)
+    sizes = (1, 5, 4097, 70_001)
+    exact = [torch.nn.Parameter(torch.randn(n, generator=gen, dtype=torch.float64)) for n in sizes]
+    ours = [torch.nn.Parameter(q.detach().float().cuda()) for q in exact]
+    exact = [torch.nn.Parameter(p.detach().cpu().double()) for p in ours]
+    opt, oracle = cls(ours, backend=backend, **kwargs), cls(exact, backend="reference", **kwargs)
+    eps, bound = torch.finfo(torch.float32).eps, 0.0
+    for step in range(8):
+        before = [q.detach().clone() for q in exact]
+        for p, q in zip(ours, exact):
+            g = torch.randn(q.shape, generator=gen).float()
+            p.grad, q.grad = g.cuda(), g.double()
+        opt.step()
+        oracle.step()
+        moved = max(float((q.detach() - b).abs().max()) for q, b in zip(exact, before))
+        x_max = max(float(q.detach().abs().max()) for q in exact)
+        bound += 64 * eps * (x_max + moved) + max(sizes) * eps * moved
+        for i, (p, q) in enumerate(zip(ours, exact)):
+            assert_within(p.detach().cpu(), q.detach(), bound, f"step {step} x {i}")
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("name", ["FusedAdam", "FusedMixedPrecisionLamb"])
+def test_gpu_capturable_step_replays_as_eager(backend, name):
+    """FusedAdam(capturable=True) and FusedMixedPrecisionLamb keep lr and the step count on the device: a
+    step captured in a CUDA graph and replayed, with the lr changed in place by a scheduler between replays,
+    gives what eager steps give, bit for bit, and the count on the device advances with each replay."""
+
+    def setup():
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(n, device="cuda")) for n in (5, 70_001)]
+        if name == "FusedAdam":
+            opt = ek.FusedAdam(params, lr=1e-2, weight_decay=0.01, capturable=True, backend=backend)
+        else:
+            opt = ek.FusedMixedPrecisionLamb(params, lr=1e-2, backend=backend)
+        return params, opt
+
+    grads = [[torch.randn(n, device="cuda") for n in (5, 70_001)] for _ in range(8)]
+    (eager, eager_opt), (graphed, graphed_opt) = setup(), setup()
+    for opt, params in ((eager_opt, eager), (graphed_opt, graphed)):
+        for p, g in zip(params, grads[0]):
+            p.grad = g.clone()
+        opt.step()  # the state is created outside the graph
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            graphed_opt.step()
+    torch.cuda.current_stream().wait_stream(stream)
+    schedulers = [torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5) for o in (eager_opt, graphed_opt)]
+    for k in range(1, 8):
+        for p, q, g in zip(eager, graphed, grads[k]):
+            p.grad.copy_(g)
+            q.grad.copy_(g)
+        eager_opt.step()
+        graph.replay()
+        for scheduler in schedulers:
+            scheduler.step()
+    torch.cuda.synchronize()
+    assert all(torch.equal(p.detach(), q.detach()) for p, q in zip(eager, graphed))
+    counts = [o.param_groups[0]["step"] for o in (eager_opt, graphed_opt)]
+    assert float(counts[0]) == float(counts[1]) == 8
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("master_weights", [False, True])
+def test_gpu_bf16_fused_adam_with_and_without_master(backend, master_weights):
+    """bf16 parameters: without a master (Apex's default) the state is the fp32 moments alone; with one, an
+    fp32 copy too. Both follow the float64 reference within the bf16 rounding of x per step."""
+    gen = torch.Generator().manual_seed(2)
+    exact = [torch.nn.Parameter(torch.randn(n, generator=gen, dtype=torch.float64)) for n in (3, 70_001)]
+    ours = [torch.nn.Parameter(q.detach().to(torch.bfloat16).cuda()) for q in exact]
+    exact = [torch.nn.Parameter(p.detach().cpu().double()) for p in ours]
+    opt = ek.FusedAdam(ours, lr=1e-2, master_weights=master_weights, backend=backend)
+    oracle = ek.FusedAdam(exact, lr=1e-2, backend="reference")
+    for _ in range(5):
+        for p, q in zip(ours, exact):
+            g = torch.randn(q.shape, generator=gen).to(torch.bfloat16)
+            p.grad, q.grad = g.cuda(), g.double()
+        opt.step()
+        oracle.step()
+    held = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if t.numel() > 1)
+    assert held == sum(p.numel() for p in ours) * (12 if master_weights else 8)
+    for p, q in zip(ours, exact):  # each step at most one bf16 rounding of x (no master: it compounds)
+        assert_within(p.detach().cpu().double(), q.detach(), 5 * 2**-8 * (float(q.detach().abs().max()) + 0.1), "x")
