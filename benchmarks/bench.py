@@ -420,7 +420,7 @@ def main(argv=None):
     from .plot import plot
 
     png = plot(out)
-    print(f"wrote {out} and {png}")
+    print(f"wrote {out}" + (f" and {png}" if png else " (no row measured: no plot)"))
 
 
 def _version(module: str) -> str | None:

@@ -14,12 +14,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot(path: Path) -> Path:
+def plot(path: Path) -> Path | None:
+    """Writes the PNG beside the JSON and returns its path; None where the file has no measured row (a run
+    whose --seconds left it no workload), so that the run still ends with its table and JSON."""
     data = json.loads(Path(path).read_text())
     overhead = [r for r in data["rows"] if r["error"] is None and r.get("overhead")]
     rows = [r for r in data["rows"] if r["error"] is None and not r.get("overhead")]
     dtypes = sorted({r["dtype"] for r in rows}, reverse=True)
     panels = len(dtypes) + bool(overhead)
+    if panels == 0:
+        return None
     fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 5), squeeze=False)
     if overhead:
         _host_time(axes[0][-1], overhead, data["meta"]["device"])
