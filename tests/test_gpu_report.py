@@ -51,3 +51,30 @@ def test_the_gpu_image_has_every_package_the_report_needs(tmp_path):
     assert gpu_report.requirement_names(requirements) == ["numpy", "triton", "no-such-package"]
     image = set(gpu_report.requirement_names(gpu_report.ROOT / "benchmarks" / "gpu_image.txt"))
     assert {"torch", "triton", "pytest", "hypothesis"} <= image and "no-such-package" not in image
+
+
+def test_a_carried_extension_skips_the_build(tmp_path, monkeypatch):
+    """Where an extension that imports with CUDA is in the tree, the build step is skipped and says which; where
+    none imports (this machine's has no CUDA), the report builds. The probe's Python is stood in for."""
+    monkeypatch.delenv("GPU_REPORT_DRY", raising=False)
+    monkeypatch.setattr(gpu_report, "device_slug", lambda: "dev")
+    found = tmp_path / "found.py"
+    found.write_text("print('/tree/extrap_kernels/_C.so')\n")
+    monkeypatch.setattr(gpu_report, "PY", sys.executable)
+    monkeypatch.setattr(gpu_report.subprocess, "run", _probe_as(found, gpu_report.subprocess.run))
+    command, _, why = gpu_report.steps(tmp_path)["build"]
+    assert command is None and why.endswith("/tree/extrap_kernels/_C.so")
+    found.write_text("raise SystemExit(1)\n")
+    command, _, _ = gpu_report.steps(tmp_path)["build"]
+    assert command is not None and command[1:3] == ["setup.py", "--quiet"]
+
+
+def _probe_as(script, run):
+    """subprocess.run, with the import probe (`python -c ...`) replaced by `script`."""
+
+    def probe(command, **kwargs):
+        if command[1:2] == ["-c"]:
+            command = [command[0], str(script)]
+        return run(command, **kwargs)
+
+    return probe
