@@ -35,6 +35,19 @@ def _run(params, exact, opt, oracle, local, steps=20, gen=None):
                 oracle.step()
 
 
+def _captured(body) -> torch.cuda.CUDAGraph:
+    """`body` captured in a CUDA graph on a side stream, as torch's recipe does (the caller has warmed it up, so
+    the state exists outside the graph)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            body()
+    torch.cuda.current_stream().wait_stream(stream)
+    return graph
+
+
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("options", OPTIONS, ids=str)
@@ -124,18 +137,16 @@ def test_gpu_graph_capture_equals_eager(backend, mode):
     for k in range(3):  # warm-up creates the state outside the graph
         iteration(eager_params, eager_opt, grads, k)
         iteration(graph_params, graph_opt, grads, k)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
     staged = [torch.empty_like(g[0]) for g in grads]
-    with torch.cuda.stream(stream):
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for p, s in zip(graph_params, staged):
-                p.grad.copy_(s)
-            if mode == "local":
-                graph_opt.extrapolate()
-            graph_opt.step()
-    torch.cuda.current_stream().wait_stream(stream)
+
+    def captured_step():
+        for p, s in zip(graph_params, staged):
+            p.grad.copy_(s)
+        if mode == "local":
+            graph_opt.extrapolate()
+        graph_opt.step()
+
+    graph = _captured(captured_step)
     for k in range(3, 9):
         lr = 0.1 / (k + 1)
         eager_lr.fill_(lr)
@@ -191,13 +202,7 @@ def test_gpu_lamb_is_deterministic_and_captures(backend):
         p.grad, q.grad = g.clone(), g.clone()
     eager_opt.step()
     graphed_opt.step()  # the state is created outside the graph
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            graphed_opt.step()
-    torch.cuda.current_stream().wait_stream(stream)
+    graph = _captured(graphed_opt.step)
     for k in range(1, 6):
         for p, q, g in zip(eager, graphed, grads[k]):
             p.grad.copy_(g)
@@ -302,13 +307,7 @@ def test_gpu_capturable_step_replays_as_eager(backend, name):
         for p, g in zip(params, grads[0]):
             p.grad = g.clone()
         opt.step()  # the state is created outside the graph
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            graphed_opt.step()
-    torch.cuda.current_stream().wait_stream(stream)
+    graph = _captured(graphed_opt.step)
     schedulers = [torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5) for o in (eager_opt, graphed_opt)]
     for k in range(1, 8):
         for p, q, g in zip(eager, graphed, grads[k]):
