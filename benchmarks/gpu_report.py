@@ -112,7 +112,7 @@ def steps(out: Path) -> dict[str, tuple[list[str] | None, int, str]]:
                     "--kernel-name",
                     "regex:phase_kernel",
                     "--launch-count",
-                    "4",
+                    "8",  # (2 dtypes x 2 optimizers x 2 steps: at 4, the H200 call profiled no bf16 launch)
                     "--section",
                     "SpeedOfLight",
                     "--section",
