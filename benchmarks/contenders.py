@@ -27,7 +27,8 @@ class Contender:
     mode: str
     make: Callable[[list[torch.Tensor]], Callable[[], None]]
     baseline: str = ""  # "torch-fused" / "foreach-extrap": the rows that ratios are taken against
-    # "adam": the adaptive rows ("adam-past", "adam-local": ExtrapAdamW; "lamb-past": ExtrapLAMB; "adamw":
+    # "adam": the adaptive rows ("adam-past" (anchor-free on fp32/fp64), "adam-past-stored" (store_anchor=True),
+    # "adam-local": ExtrapAdamW; "lamb-past": ExtrapLAMB; "adamw":
     # torch's; "adamw-fp32m": DeepSpeedCPUAdam's, fp32 moments), against torch's fused AdamW
     family: str = "sgd"
     # the same algorithm on the reference backend, run in float64 on the CPU: what the contender's first steps
@@ -54,6 +55,11 @@ def anchor_free(mode: str, dtype: torch.dtype) -> bool:
     return mode in ("past", "past-nomaster") and state_dtype(dtype) == dtype
 
 
+def adam_anchor_free(mode: str, dtype: torch.dtype) -> bool:
+    """ExtrapAdamW's past mode keeps no anchor on full-precision parameters either (store_anchor=False)."""
+    return mode == "adam-past" and state_dtype(dtype) == dtype
+
+
 def floor_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
     """SPEC.md, "Traffic per element", with momentum on; x and g in `dtype`, s and m in the state dtype.
     past without an anchor (fp32/fp64): read x g m, write x m. past with one, and noise: read s g m,
@@ -68,8 +74,11 @@ def floor_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
     sixteen_bit = master and s != x
     # AdamW (SPEC "Base update, Adam family and LAMB"): past reads s g m v, writes s m v x; local's
     # extrapolation reads x g m v (16-bit: s g m v) and writes s x (16-bit: x), its step reads s g m v and
-    # writes m v x (16-bit: and s); torch's fused AdamW reads x g m v, writes x m v, all in the parameter dtype
-    if mode == "adam-past":
+    # writes m v x (16-bit: and s); torch's fused AdamW reads x g m v, writes x m v, all in the parameter dtype;
+    # the anchor-free past update reads x g m v, writes x m v (m and v of the state dtype)
+    if adam_anchor_free(mode, dtype):
+        return 3 * x + 4 * s
+    if mode in ("adam-past", "adam-past-stored"):
         return 2 * x + 6 * s
     if mode == "lamb-past":  # the global gradient norm reads g, the reading pass s g m v, then adam-past's update
         return x + (x + 3 * s) + 2 * x + 6 * s
@@ -109,6 +118,8 @@ def memory_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
         return 3 * x
     if mode == "adamw-fp32m":
         return x + 8
+    if adam_anchor_free(mode, dtype):  # m and v
+        return x + 2 * s
     if mode.startswith(("adam-", "lamb-")):  # the anchor (the fp32 master of a 16-bit x), m and v
         return x + 3 * s
     if mode == "fused-sgd" or anchor_free(mode, dtype):
@@ -182,9 +193,9 @@ def _torch_sgd(mode: str = "sgd", **flags):
 
 def _ours_adaptive(backend: str, mode: str, gamma: float = GAMMA):
     def make(params):
-        base, extrapolation = mode.removesuffix(AMP).split("-")
+        base, extrapolation, *stored = mode.removesuffix(AMP).split("-")
         cls = ek.ExtrapLAMB if base == "lamb" else ek.ExtrapAdamW
-        opt = cls(params, lr=LR, gamma=gamma, mode=extrapolation, backend=backend)
+        opt = cls(params, lr=LR, gamma=gamma, mode=extrapolation, store_anchor=bool(stored), backend=backend)
         return _iteration(amp(opt, mode, params), extrapolation == "local")
 
     return make
@@ -234,7 +245,7 @@ def deepspeed_cpu_adam() -> str | None:
     return deepspeed_cpu_adam.reason
 
 
-ADAPTIVE_MODES = ("adam-past", "adam-local", "lamb-past")
+ADAPTIVE_MODES = ("adam-past", "adam-past-stored", "adam-local", "lamb-past")
 
 
 def contenders(device: str, overhead: bool = False) -> list[Contender]:

@@ -1,7 +1,8 @@
 // The extension's entry points: the phases registered as PyTorch operators, one set per base family
 // (csrc/operator_args.h), the SGD family's
 //   torch.ops.extrap_kernels.{extrapolate_, update_, update_past_, update_noise_, update_past_anchor_free_}
-// and the adaptive bases' adam_extrapolate_, adam_update_, adam_update_past_, adam_update_noise_ (and
+// and the adaptive bases' adam_extrapolate_, adam_update_, adam_update_past_, adam_update_noise_,
+// adam_update_past_anchor_free_ (Adam's and AdamW's; the recovery weights recorded after it: record_recovery) (and
 // check / adam_check, which validate a launch without running it, and adam_norms, LAMB's reading pass). Each call
 // checks its whole launch once, whatever the device, then hands it to the launcher of that device: the CPU launcher
 // (csrc/cpu), the CUDA launcher (csrc/cuda), or nothing for meta tensors (FakeTensor and torch.compile tracing run the
@@ -52,6 +53,29 @@ constexpr const char* kPhaseOps[] = {"extrapolate_", "update_", "update_past_", 
                                      "update_past_anchor_free_"};  // Phase order
 
 #if defined(EXTRAP_WITH_CUDA) || defined(EXTRAP_CUDA_EMULATION)
+// After the Adam family's anchor-free launch on the device: this update's recovery weights (r0, r1), which the next one
+// reads to recover the anchor (extrap_kernels/recovery.py, the same ops in the same dtype), unless found_inf skipped
+// the update. Device ops on the launch's rates: no host synchronization.
+void record_recovery(const Launch& L) {
+  const auto options = L.last_gammas[0].options().dtype(L.last_gammas[0].scalar_type());
+  const at::Tensor lr = L.lr_tensor ? L.lr_tensor->reshape({}).to(options) : at::scalar_tensor(L.lr, options);
+  const at::Tensor gamma =
+      L.gamma_tensor ? L.gamma_tensor->reshape({}).to(options) : at::scalar_tensor(L.gamma, options);
+  at::Tensor weights;
+  if (L.decoupled) {  // AdamW: r1 = gamma / (1 - lr wd - gamma wd), r0 = wd r1
+    const at::Tensor r1 = gamma / (1 - lr * L.weight_decay - gamma * L.weight_decay);
+    weights = at::stack({L.weight_decay * r1, r1});
+  } else {  // Adam: the decay is inside g', so x = s - gamma * a
+    weights = at::stack({at::zeros_like(gamma), gamma});
+  }
+  if (L.found_inf) {
+    const at::Tensor skipped = L.found_inf->reshape({}).ne(0).to(weights.device());
+    at::_foreach_copy_(L.last_gammas, at::where(skipped, at::stack(L.last_gammas), weights).unbind());
+  } else {
+    at::_foreach_copy_(L.last_gammas, std::vector<at::Tensor>(L.last_gammas.size(), weights));
+  }
+}
+
 // After an anchor-free launch on the device (same stream, so after its kernels read them): x was
 // extrapolated with this gamma, unless found_inf skipped the update. No host synchronization.
 void record_gamma_cuda(const Launch& L) {
@@ -88,7 +112,7 @@ void run_cuda(Launch L) {
     }
   }
   apply_cuda(L);
-  if (L.anchor_free()) record_gamma_cuda(L);
+  if (L.anchor_free()) L.adaptive() ? record_recovery(L) : record_gamma_cuda(L);
 }
 #endif
 
@@ -110,7 +134,7 @@ void run(Launch L) {
     if (L.lr_tensor) L.lr = std::exchange(L.lr_tensor, std::nullopt)->item<double>();
     if (L.gamma_tensor) L.gamma = std::exchange(L.gamma_tensor, std::nullopt)->item<double>();
     read_betas_on_host(L);
-    return apply_cpu(L);
+    return apply_cpu(L);  // (which records the anchor-free updates' gamma or recovery weights)
   }
 #endif
 #ifdef EXTRAP_WITH_CUDA
@@ -253,7 +277,7 @@ void register_family(torch::Library& m) {
   phase(std::integral_constant<Phase, kUpdate>{});
   phase(std::integral_constant<Phase, kUpdatePast>{});
   phase(std::integral_constant<Phase, kUpdateNoise>{});
-  if (F == Family::kSgd) phase(std::integral_constant<Phase, kUpdatePastAnchorFree>{});
+  phase(std::integral_constant<Phase, kUpdatePastAnchorFree>{});
   m.impl((prefix + "check").c_str(), torch::CppFunction::makeFromBoxedFunction<&check_op<F>>());
   if (F == Family::kAdaptive) m.impl("adam_norms", torch::CppFunction::makeFromBoxedFunction<&norms_op>());
 }
@@ -268,7 +292,6 @@ std::vector<std::string> operator_names(Family family) {
   std::vector<std::string> names;
   const std::string prefix = family_prefix(family);
   for (const char* name : kPhaseOps) names.push_back(prefix + name);
-  if (family == Family::kAdaptive) names.pop_back();  // (no anchor-free adaptive update)
   names.push_back(prefix + "check");
   if (family == Family::kAdaptive) names.push_back("adam_norms");
   return names;
@@ -335,7 +358,6 @@ class PreparedCall {
 EXTRAP_LIBRARY(EXTRAP_OPS, m) {
   for (const auto family : {extrap::Family::kSgd, extrap::Family::kAdaptive}) {
     for (size_t phase = 0; phase < std::size(extrap::kPhaseOps); ++phase) {
-      if (family == extrap::Family::kAdaptive && phase == extrap::kUpdatePastAnchorFree) continue;
       m.def(extrap::schema(extrap::kPhaseOps[phase], family, true).c_str());
     }
     m.def(extrap::schema("check", family, false).c_str());

@@ -29,12 +29,19 @@ inline void check_lists(const Launch& L) {
                     "extrap_kernels: params, grads, steps and indices must have the same length");
   if (L.anchor_free()) {
     TORCH_CHECK_VALUE(L.anchors.empty() && L.last_gammas.size() == n && !L.momenta.empty(),
-                      "extrap_kernels: update_past_anchor_free_ takes no anchors, and one last_gamma and one "
-                      "momentum buffer per parameter");
-    // the anchor is recomputed as x + last_gamma * m only where the past direction d is m (SPEC)
-    TORCH_CHECK_VALUE(!L.nesterov && !L.wd_after_momentum && !L.past_grad && !L.trust,
-                      "extrap_kernels: update_past_anchor_free_ needs heavy-ball momentum: no nesterov, "
-                      "wd_after_momentum, past_grad or LARS trust");
+                      "extrap_kernels: update_past_anchor_free_ takes no anchors, and one last_gamma (the Adam "
+                      "family: its recovery weights) and one momentum buffer (exp_avg) per parameter");
+    if (L.adaptive()) {
+      // the anchor comes back from the stored moments where the past direction is a (+ wd * s): Adam's, AdamW's
+      TORCH_CHECK_VALUE(!L.trust && !L.accumulates && !L.tensor_norms,
+                        "extrap_kernels: the adaptive update_past_anchor_free_ is Adam's and AdamW's: no LAMB trust, "
+                        "accumulates (Adagrad) or tensor_norms (NovoGrad)");
+    } else {
+      // the anchor is recomputed as x + last_gamma * m only where the past direction d is m (SPEC)
+      TORCH_CHECK_VALUE(!L.nesterov && !L.wd_after_momentum && !L.past_grad && !L.trust,
+                        "extrap_kernels: update_past_anchor_free_ needs heavy-ball momentum: no nesterov, "
+                        "wd_after_momentum, past_grad or LARS trust");
+    }
   } else {
     TORCH_CHECK_VALUE(L.anchors.size() == n || (L.anchors.empty() && L.phase == kUpdate),
                       "extrap_kernels: anchors must be one per parameter (or empty for update_ on parameters "
@@ -57,10 +64,10 @@ inline void check_base_options(const Launch& L) {
     TORCH_CHECK_VALUE(!L.tensor_norms || (L.trust && !L.accumulates),
                       "extrap_kernels: a tensor_norms (NovoGrad) launch takes each tensor's running gradient norm as "
                       "trust, and does not accumulate");
-    TORCH_CHECK_VALUE(!L.anchor_free() && L.momentum == 0 && !L.nesterov && !L.wd_after_momentum &&
-                          !L.extrapolate_with_momentum && !L.past_grad,
-                      "extrap_kernels: the adaptive bases have no anchor-free update, momentum, nesterov, "
-                      "wd_after_momentum, extrapolate_with_momentum or past_grad");
+    TORCH_CHECK_VALUE(
+        L.momentum == 0 && !L.nesterov && !L.wd_after_momentum && !L.extrapolate_with_momentum && !L.past_grad,
+        "extrap_kernels: the adaptive bases have no momentum, nesterov, wd_after_momentum, "
+        "extrapolate_with_momentum or past_grad");
     if (L.accumulates) {  // Adagrad: v <- 1 * v + g'^2, m = g'
       TORCH_CHECK_VALUE(L.beta1 == 0 && L.beta2 == 1 && !L.beta1_tensor && !L.beta2_tensor && !L.bias_correction &&
                             L.max_second_moments.empty() && L.eps >= 0 && L.lr_decay >= 0,
@@ -126,7 +133,9 @@ inline void check_state(const Launch& L, size_t i, const at::Device& device, at:
   if (!L.second_moments.empty()) check(L.second_moments[i], cdtype, numel, L.accumulates ? "sum" : "exp_avg_sq");
   if (!L.max_second_moments.empty()) check(L.max_second_moments[i], cdtype, numel, "max_exp_avg_sq");
   check(L.steps[i], at::kFloat, 1, "step");
-  if (!L.last_gammas.empty()) check(L.last_gammas[i], sdtype, 1, "last_gamma");
+  if (!L.last_gammas.empty()) {
+    check(L.last_gammas[i], sdtype, L.adaptive() ? 2 : 1, L.adaptive() ? "recovery" : "last_gamma");
+  }
 }
 
 // The per-step tensors: rates and trust ratios in the arithmetic's dtype `cdtype`, betas in float64.

@@ -127,6 +127,9 @@ struct TensorArgs {
   acc last_gamma;  // kUpdatePastAnchorFree: the gamma x was last extrapolated with
   acc bias1;       // adaptive: 1 - beta1^t, and
   acc bias2_sqrt;  //           sqrt(1 - beta2^t) (both 1 without bias correction)
+  // kUpdatePastAnchorFree, the Adam family: the weights (r0, r1) of the update t - 1 that made x, and that
+  // update's bias corrections (1 at t - 1 = 0, where the weights are 0): recovered_adaptive_anchor
+  acc recovery0 = 0, recovery1 = 0, last_bias1 = 1, last_bias2_sqrt = 1;
 };
 
 // ---------------------------------------------------------------------------------------------------
@@ -400,7 +403,18 @@ EXTRAP_HD acc adaptive_step_direction(acc s, acc g, acc& m, acc& v, acc& v_max, 
   return t.trust * adaptive_direction<keeps_max(M)>(s, g, m, v, v_max, h, t.bias1, t.bias2_sqrt);
 }
 
-// One element of one adaptive phase (kExtrapolate, kUpdate, kUpdatePast, kUpdateNoise): as phase_element,
+// kUpdatePastAnchorFree, the Adam family (extrap_kernels/recovery.py; SPEC "Memory-lean variants, adaptive bases
+// and noise mode"): the last update made x = s - gamma * e from the moments it stored, which give its a back as it
+// computed it, so s = x + r0 * x + r1 * a with that update's weights (0, gamma for Adam; AdamW's fold its decay).
+template <bool kAmsgrad, typename acc>
+EXTRAP_HD acc recovered_adaptive_anchor(acc x, acc m, acc v, acc v_max, const Hyper<acc>& h, const TensorArgs<acc>& t) {
+  if (t.recovery1 == acc(0)) return x;  // a fresh or written x is its anchor (and a may be 0 / 0 there, with eps 0)
+  const acc a = (m / t.last_bias1) / (square_root(kAmsgrad ? v_max : v) / t.last_bias2_sqrt + h.eps);
+  return x + t.recovery0 * x + t.recovery1 * a;
+}
+
+// One element of one adaptive phase (kExtrapolate, kUpdate, kUpdatePast, kUpdateNoise; the Adam family's
+// kUpdatePastAnchorFree too): as phase_element,
 // with the moments M keeps read and replaced. kExtrapolate ("local") looks ahead: the direction from
 // the moments as if updated with this gradient (t.bias* of the count after it), the state read only.
 template <Phase P, int M, bool kMaster, typename acc>
@@ -412,11 +426,12 @@ EXTRAP_HD void adaptive_element(acc& x, acc g, acc& s, acc& m, acc& v, acc& v_ma
     x = s - h.gamma * adaptive_step_direction<M>(s, g, m1, v1, v_max1, h, t);
     return;
   }
+  if (P == kUpdatePastAnchorFree) s = recovered_adaptive_anchor<keeps_max(M)>(x, m, v, v_max, h, t);
   const acc e = adaptive_step_direction<M>(s, g, m, v, v_max, h, t);
   s -= h.lr * e;
   if (P == kUpdate) {
     x = s;
-  } else if (P == kUpdatePast) {
+  } else if (P == kUpdatePast || P == kUpdatePastAnchorFree) {
     x = s - h.gamma * e;
   } else {
     x = s + h.noise_std * static_cast<acc>(noise_normal(h.seed, t.step, t.index, element));

@@ -158,8 +158,8 @@ void with_phase(const Launch& L, F&& f) {
   }
 }
 
-// The same for the adaptive bases: f(phase, moments), both std::integral_constant, for the phases they have (no
-// anchor-free update) and the moments they keep (extrap_math.h's Moments).
+// The same for the adaptive bases: f(phase, moments), both std::integral_constant, for the phases they have (the
+// anchor-free update: Adam's and AdamW's alone) and the moments they keep (extrap_math.h's Moments).
 template <typename F>
 void with_adaptive_phase(const Launch& L, F&& f) {
   auto run = [&](auto phase) {
@@ -183,6 +183,11 @@ void with_adaptive_phase(const Launch& L, F&& f) {
       return run(std::integral_constant<Phase, kUpdatePast>{});
     case kUpdateNoise:
       return run(std::integral_constant<Phase, kUpdateNoise>{});
+    case kUpdatePastAnchorFree: {  // (Adam's and AdamW's alone: m and v, with amsgrad v_max; check_launch.h)
+      constexpr auto P = std::integral_constant<Phase, kUpdatePastAnchorFree>{};
+      if (L.amsgrad()) return f(P, std::integral_constant<int, kWithMax>{});
+      return f(P, std::integral_constant<int, kFirstAndSecond>{});
+    }
     default:
       TORCH_CHECK(false, "extrap_kernels: phase ", L.phase, " has no adaptive form");
   }

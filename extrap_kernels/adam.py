@@ -43,7 +43,10 @@ class ExtrapolatingAdaptive(ExtrapolatingOptimizer):
     def launch_args(self, group: dict) -> tuple[Phase, Hyper]:
         check_adaptive(group["lr"], group["betas"], group["eps"], group["weight_decay"])
         phase, gamma = self._mode_phase(group)
-        return phase, self.STATE.hyper.from_group(group, gamma=gamma)  # (the group's keys are its fields)
+        hyper = self.STATE.hyper.from_group(group, gamma=gamma)  # (the group's keys are its fields)
+        if group["mode"] == "past" and not group.get("store_anchor", True) and hyper.anchor_free():
+            phase = Phase.UPDATE_PAST_ANCHOR_FREE  # (16-bit parameters keep their anchor: bucket_phase)
+        return phase, hyper
 
 
 class ExtrapAdam(ExtrapolatingAdaptive):
@@ -51,7 +54,10 @@ class ExtrapAdam(ExtrapolatingAdaptive):
     extrapolates along the direction of the update just applied, "local" is the two-phase EXTRAP
     iteration with the look-ahead direction (the moments as if updated, the state read only), "noise"
     perturbs around the anchor. gamma=None follows the group's lr; gamma=0 is exactly Adam.
-    decoupled_weight_decay=True is AdamW."""
+    decoupled_weight_decay=True is AdamW. On fp32/fp64 parameters mode="past" keeps no anchor: it is recovered
+    from x, the moments and the last update's weights (state "recovery", recovery.py), so the optimizer needs
+    torch.optim.Adam's memory and traffic; store_anchor=True keeps it in the state anyway ("anchor");
+    checkpoints of either kind load into the other."""
 
     def __init__(
         self,
@@ -68,6 +74,7 @@ class ExtrapAdam(ExtrapolatingAdaptive):
         mode: str = "past",
         noise_std: float = 0.01,
         seed: int = 0,
+        store_anchor: bool = False,
         master_weights: bool = True,
         backend: str = "auto",
     ):
@@ -84,6 +91,7 @@ class ExtrapAdam(ExtrapolatingAdaptive):
             mode=mode,
             noise_std=noise_std,
             seed=seed,
+            store_anchor=store_anchor,
             master_weights=master_weights,
         )
         check_hyperparameters(gamma=gamma, mode=mode, noise_std=noise_std, master_weights=master_weights)
@@ -107,6 +115,7 @@ class ExtrapAdamW(ExtrapAdam):
         mode: str = "past",
         noise_std: float = 0.01,
         seed: int = 0,
+        store_anchor: bool = False,
         master_weights: bool = True,
         backend: str = "auto",
     ):
@@ -123,6 +132,7 @@ class ExtrapAdamW(ExtrapAdam):
             mode=mode,
             noise_std=noise_std,
             seed=seed,
+            store_anchor=store_anchor,
             master_weights=master_weights,
             backend=backend,
         )
@@ -152,6 +162,7 @@ class ExtrapLAMB(ExtrapolatingAdaptive):
         mode: str = "past",
         noise_std: float = 0.01,
         seed: int = 0,
+        store_anchor: bool = False,
         master_weights: bool = True,
         backend: str = "auto",
     ):
@@ -172,6 +183,7 @@ class ExtrapLAMB(ExtrapolatingAdaptive):
             mode=mode,
             noise_std=noise_std,
             seed=seed,
+            store_anchor=store_anchor,
             master_weights=master_weights,
         )
         check_hyperparameters(gamma=gamma, mode=mode, noise_std=noise_std, master_weights=master_weights)

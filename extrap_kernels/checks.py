@@ -99,8 +99,8 @@ def check_bucket(bucket: Bucket, backend) -> None:
         if bucket.momenta:
             adaptive = bucket.second_moments or bucket.grad_norms
             state.append(("exp_avg" if adaptive else "momentum_buffer", bucket.momenta[i], mdtype))
-        if bucket.last_gammas:
-            state.append(("last_gamma", bucket.last_gammas[i], sdtype))
+        if bucket.last_gammas:  # (the Adam family's anchor-free update keeps its recovery weights there)
+            state.append(("recovery" if bucket.second_moments else "last_gamma", bucket.last_gammas[i], sdtype))
         if bucket.second_moments:
             state.append(("exp_avg_sq", bucket.second_moments[i], mdtype))
         if bucket.max_second_moments:
@@ -112,9 +112,10 @@ def check_bucket(bucket: Bucket, backend) -> None:
                 raise RuntimeError(
                     f"{names[i]}: state {key!r} is {t.dtype} on {t.device}, expected {dtype} on {x.device}"
                 )
-            per_tensor = key == "last_gamma" or (key == "exp_avg_sq" and bucket.grad_norms)
-            if per_tensor and t.numel() != 1:
-                raise RuntimeError(f"{names[i]}: state {key!r} must have one element")
+            per_tensor = key in ("last_gamma", "recovery") or (key == "exp_avg_sq" and bucket.grad_norms)
+            elements = 2 if key == "recovery" else 1
+            if per_tensor and t.numel() != elements:
+                raise RuntimeError(f"{names[i]}: state {key!r} must have {elements} element{'s' * (elements > 1)}")
             if (
                 key != "step"
                 and not per_tensor

@@ -58,8 +58,8 @@ def _phase(mode: str | None, extrapolate: bool, phase: Phase, anchors, last_gamm
         if last_gammas is None or not hyper.anchor_free():
             raise ValueError(
                 "mode='past' without anchors is the anchor-free past update: it needs last_gammas "
-                "and heavy-ball momentum (momentum > 0, no Nesterov, past='update'); otherwise give "
-                "anchors"
+                "and heavy-ball momentum (momentum > 0, no Nesterov, past='update') for SGD, recoveries "
+                "for Adam and AdamW; otherwise give anchors"
             )
         return Phase.UPDATE_PAST_ANCHOR_FREE
     return phase
@@ -193,6 +193,7 @@ def _adaptive(
     indices,
     grad_scale,
     found_inf,
+    recoveries=None,
     **options,
 ) -> None:
     check_hyperparameters(
@@ -205,9 +206,14 @@ def _adaptive(
     phase, gamma = mode_phase(mode, options["lr"], options.pop("gamma"), options["noise_std"])
     amsgrad = {"amsgrad": True} if max_exp_avg_sqs is not None else {}  # (LAMB has no amsgrad)
     hyper = HYPERS[base](gamma=gamma, **amsgrad, **options)
-    phase = _phase(mode, extrapolate, phase, anchors if anchors is not None else [], None, hyper)
+    phase = _phase(mode, extrapolate, phase, anchors, recoveries, hyper)
     lists = dict(
-        anchors=anchors, steps=steps, momenta=exp_avgs, second_moments=exp_avg_sqs, max_second_moments=max_exp_avg_sqs
+        anchors=anchors,
+        steps=steps,
+        momenta=exp_avgs,
+        second_moments=exp_avg_sqs,
+        max_second_moments=max_exp_avg_sqs,
+        last_gammas=recoveries,
     )
     _run(phase, hyper, mode, backend, params, grads, lists, indices, grad_scale, found_inf)
 
@@ -237,9 +243,12 @@ def adam(
     backend: str = "auto",
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    recoveries: list[Tensor] | None = None,
 ) -> None:
     """One ExtrapAdam step (decoupled_weight_decay=True: ExtrapAdamW; mode None: one torch.optim.Adam step);
-    amsgrad where `max_exp_avg_sqs` is given."""
+    amsgrad where `max_exp_avg_sqs` is given. mode="past" without anchors is the anchor-free past update on
+    fp32/fp64 parameters: `recoveries` are the classes' state "recovery" (one 2-element tensor of the state dtype
+    per parameter, zeros to start; recovery.py), read and recorded by the step."""
     _adaptive(
         "adam",
         params,
@@ -255,6 +264,7 @@ def adam(
         indices,
         grad_scale,
         found_inf,
+        recoveries,
         lr=lr,
         betas=tuple(betas),
         eps=eps,

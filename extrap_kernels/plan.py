@@ -167,7 +167,8 @@ class Plan:
         shards = [as_real(x) for x in stage.shards]
         lists = {"momenta": []}
         for key, name in opt.state_lists(stage.group, stage.phase).items():
-            lists[key] = [kernel_view(st[name]) if name != "last_gamma" else st[name] for st in states]
+            per_tensor = name in ("last_gamma", "recovery")  # (one value, or two: no view of the parameter's shape)
+            lists[key] = [st[name] if per_tensor else kernel_view(st[name]) for st in states]
         bucket = Bucket(
             params=shards,
             grads=[as_real(g) for g in stage.grads],

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from . import philox
+from . import philox, recovery
 from .bucket import Bucket, Phase, abandon, count_step, state_dtype
 from .hyper import AdamHyper
 from .lamb import clip_factor
@@ -96,11 +96,15 @@ def apply(
     for i, g in enumerate(bucket.grads):
         put = store(bucket, i, h.seed)  # (16-bit x and anchor without a master: rounded stochastically)
         anchor = bucket.anchor_values(phase)[i].to(cd)
-        g_prime = regularized_grad(g.to(cd), anchor, h, inv_scale, clip)
         v_max = bucket.max_second_moments[i].to(cd) if bucket.max_second_moments else None
         m = bucket.momenta[i].to(cd) if bucket.momenta else None  # (none for Adagrad)
-        m, v, v_max = moments(m, bucket.second_moments[i].to(cd), v_max, g_prime, h)
+        v = bucket.second_moments[i].to(cd)
         step = int(bucket.steps[i].item())
+        if recovery.recovers(phase, bucket, h):  # x_t and update t's moments give s_t back
+            second = v_max if v_max is not None else v
+            anchor = recovery.recovered(anchor, m, second, bucket.last_gammas[i].to(cd), step - 1, h)
+        g_prime = regularized_grad(g.to(cd), anchor, h, inv_scale, clip)
+        m, v, v_max = moments(m, v, v_max, g_prime, h)
         if phase == Phase.EXTRAPOLATE:
             extrapolate(bucket, i, anchor, direction(anchor, m, v, v_max, step + 1, h, bucket.shard_group), h, put)
             continue
@@ -111,6 +115,7 @@ def apply(
         if v_max is not None:
             bucket.max_second_moments[i].copy_(v_max)
         land(phase, bucket, i, anchor, e, h, put, step, cd)
+    recovery.record(phase, bucket, h, None)
 
 
 def extrapolate(bucket: Bucket, i: int, anchor: Tensor, e: Tensor, h, put) -> None:
@@ -133,6 +138,8 @@ def land(phase: Phase, bucket: Bucket, i: int, anchor: Tensor, e: Tensor, h, put
         put(x, anchor, 0)  # (without a master: the anchor's rounding, as s would be stored)
     elif phase == Phase.UPDATE_PAST:
         put(s, anchor, 0)
+        put(x, anchor - float(h.gamma) * e, 2)
+    elif phase == Phase.UPDATE_PAST_ANCHOR_FREE:  # (s is not kept: the next update recovers it)
         put(x, anchor - float(h.gamma) * e, 2)
     elif phase == Phase.UPDATE_NOISE:
         put(s, anchor, 0)

@@ -4,7 +4,8 @@ hooks `state_lists` and `init_state` hand the plan: what a base keeps is written
 class's iteration (extrapolating or Apex's).
 
 The keys are torch.optim's (momentum_buffer, exp_avg, exp_avg_sq, max_exp_avg_sq, sum, step), so its
-checkpoints load, plus the anchor ("anchor") and the anchor-free past mode's "last_gamma".
+checkpoints load, plus the anchor ("anchor") and the anchor-free past mode's "last_gamma" (the SGD family) or
+"recovery" (the Adam family: recovery.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections import defaultdict
 import torch
 from torch import Tensor
 
+from . import recovery
 from .bucket import Phase, state_dtype
 from .hyper import AdagradHyper, AdamHyper, Hyper, LambHyper, NovoGradHyper, SGDHyper
 
@@ -49,7 +51,7 @@ class BaseState:
         parameter's own."""
         if key == "step":
             return torch.float32
-        if key == "last_gamma":
+        if key in ("last_gamma", recovery.KEY):
             return state_dtype(p.dtype.to_real())
         if key in self.FULL_PRECISION:
             return state_dtype(p.dtype)
@@ -115,18 +117,35 @@ class AdaptiveState(BaseState):
         lists = {"momenta": "exp_avg", "second_moments": "exp_avg_sq"}
         if group.get("amsgrad", False):
             lists["max_second_moments"] = "max_exp_avg_sq"
+        if phase == Phase.UPDATE_PAST_ANCHOR_FREE:
+            lists["last_gammas"] = recovery.KEY
         return lists
 
     def init_state(self, state: dict, p: Tensor, group: dict, phase: Phase, anchored: bool) -> dict:
-        if "step" not in state:
-            state["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
         """The moments are fp32 (fp64) whatever the master; the anchor is the fp32 master of a 16-bit parameter,
         or with master_weights=False a copy in the parameter's dtype (a stored anchor of the other kind is
-        converted; none is kept where the class keeps none, x being its own)."""
+        converted; none is kept where the class keeps none, x being its own). The anchor-free past update keeps
+        the recovery weights instead (recovery.py), and a state of the other kind is converted, so that
+        checkpoints load either way: a stored anchor s becomes x (x <- s, weights 0), recovery weights become the
+        anchor they recover."""
+        if "step" not in state:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
         sdtype = state_dtype(p.dtype)
         for key in self.state_lists(group, phase).values():
             if key not in state:
-                state[key] = _zeros_like(p, sdtype)
+                state[key] = _zeros_like(p, sdtype) if key != recovery.KEY else p.new_zeros(2, dtype=sdtype)
+        if phase == Phase.UPDATE_PAST_ANCHOR_FREE:
+            if "anchor" in state:
+                p.copy_(state.pop("anchor"))
+                state[recovery.KEY].zero_()
+            return state
+        if recovery.KEY in state:  # (anchored: the past and noise modes, and local's snapshot between steps)
+            weights = state.pop(recovery.KEY)
+            if anchored and "anchor" not in state:
+                second = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
+                hyper = self.hyper.from_group(group, gamma=0.0)
+                anchor = recovery.recovered(p, state["exp_avg"], second, weights, int(state["step"]), hyper)
+                state["anchor"] = anchor.to(sdtype)
         adtype = self.dtype_of("anchor", p, group)
         if not anchored:
             state.pop("anchor", None)  # (x is the iterate: a master from a checkpoint rounds to it)

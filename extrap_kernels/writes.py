@@ -59,12 +59,14 @@ class Versions:
 @torch.no_grad()
 def retake(state: dict, params: list[Tensor]) -> None:
     """Each written parameter is its own iterate: its anchor (or master) re-taken from it, an anchor-free one's
-    last gamma set to 0 (then x + 0 * m is x). In place: the cached plan's tensors stay the ones it holds."""
+    last gamma (or the Adam family's recovery weights) set to 0 (then the recovered anchor is x). In place: the
+    cached plan's tensors stay the ones it holds."""
     for p in params:
         entry = state.get(p)
         if not entry:
             continue
         if "anchor" in entry:
             entry["anchor"].copy_(p)
-        if "last_gamma" in entry:
-            entry["last_gamma"].zero_()
+        for key in ("last_gamma", "recovery"):  # (0: the anchor is x itself)
+            if key in entry:
+                entry[key].zero_()

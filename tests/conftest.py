@@ -17,6 +17,7 @@ os.environ.setdefault("EXTRAP_CUDA_EMULATION", "1")
 from hypothesis import HealthCheck, settings
 
 import extrap_kernels as ek
+from extrap_kernels import recovery
 
 settings.register_profile(
     "ci",
@@ -100,11 +101,17 @@ def assert_within(actual: torch.Tensor, expected: torch.Tensor, atol, what: str)
         )
 
 
-def anchor_of(state: dict, param: torch.Tensor) -> torch.Tensor:
-    """x_t of a parameter's optimizer state, in float64: stored, or (anchor-free past) recomputed as
-    x + last_gamma * m."""
+def anchor_of(state: dict, param: torch.Tensor, opt: torch.optim.Optimizer | None = None) -> torch.Tensor:
+    """s_t of a parameter's optimizer state, in float64: stored, or (anchor-free past) recovered: the SGD
+    family's x + last_gamma * m, the Adam family's from x, the moments and "recovery" (`opt` gives the group)."""
     if "anchor" in state:
         return state["anchor"].double()
+    if recovery.KEY in state:
+        group = next(g for g in opt.param_groups if any(q is param for q in g["params"]))
+        hyper = opt.STATE.hyper.from_group(group, gamma=0.0)
+        second = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
+        args = (state["exp_avg"].double(), second.double(), state[recovery.KEY].double())
+        return recovery.recovered(param.detach().double(), *args, int(state["step"]), hyper)
     return param.detach().double() + state["last_gamma"].double() * state["momentum_buffer"].double()
 
 

@@ -14,7 +14,7 @@ import math
 
 import pytest
 import torch
-from conftest import CPU_BACKENDS, assert_within, noise_tolerance
+from conftest import CPU_BACKENDS, anchor_of, assert_within, noise_tolerance
 
 import extrap_kernels as ek
 from extrap_kernels import philox
@@ -194,7 +194,7 @@ def test_one_phase_modes_keep_the_base_trajectory_on_the_anchor(backend, cls, mo
     previous = [p.detach().clone() for p in base]
     for step in _in_lockstep(ours, base, opt, base_opt, gen):
         for i, (p, b) in enumerate(zip(ours, base)):
-            anchor = opt.state[p]["anchor"]
+            anchor = anchor_of(opt.state[p], p, opt)
             torch.testing.assert_close(anchor, b.detach(), rtol=1e-13, atol=1e-15)
             if mode == "past":
                 e = (previous[i] - b.detach()) / 0.01  # s_new = s_old - lr * e
@@ -257,13 +257,18 @@ def trajectory_against_reference(backend, cls, mode, dtype, device):
             else:
                 opt.step()
                 oracle.step()
-        s_max = max(float(oracle.state[q]["anchor"].abs().max()) for q in exact)
+        s_max = max(float(anchor_of(oracle.state[q], q, oracle).abs().max()) for q in exact)
         bound += 64 * eps * (s_max + 0.01 * 2 / math.sqrt(1 - 0.999))  # |e| <= |a| + wd |s|, |a| < 2 / sqrt(1 - b2)
         for i, (p, q) in enumerate(zip(ours, exact)):
             ulp = torch.finfo(dtype).eps * q.detach().abs() if dtype != torch.float32 else 0.0
             assert_within(p.detach().cpu(), q.detach(), bound + ulp + 0.05 * bound, f"step {step} x {i}")
             if mode != "local":  # (local: a full-precision anchor is only the snapshot, taken next time)
-                assert_within(opt.state[p]["anchor"].cpu(), oracle.state[q]["anchor"], bound, f"step {step} s {i}")
+                assert_within(
+                    anchor_of(opt.state[p], p, opt).cpu(),
+                    anchor_of(oracle.state[q], q, oracle),
+                    bound,
+                    f"step {step} s {i}",
+                )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -357,7 +362,7 @@ def test_kernels_refuse_bad_state_before_writing(backend):
     """A second moment of the wrong dtype (a checkpoint edited by hand): the step is refused, naming the
     state, and nothing is written; so is the same launch given to the operator directly (its own checks)."""
     p = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(5))]
-    opt = ek.ExtrapAdamW(p, backend=backend)
+    opt = ek.ExtrapAdamW(p, store_anchor=True, backend=backend)
     for q in p:
         q.grad = torch.ones_like(q)
     opt.step()

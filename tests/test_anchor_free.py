@@ -7,17 +7,21 @@ checkpoints, skipped steps and errors are checked."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
+from anchor_kinds import (
+    SIZES,
+    check_anchor_free_checkpoint_loads_stored,
+    check_stored_checkpoint_loads_exactly,
+    seeded_grads,
+    seeded_params,
+)
 from conftest import CPU_BACKENDS, anchor_of, state_eps
 
 import extrap_kernels as ek
 from extrap_kernels.bucket import Phase
 
 ALL = CPU_BACKENDS + ["reference"]
-SIZES = (1, 33, 1000)
 STEPS = 200
 OPTIONS = dict(lr=0.05, momentum=0.9, weight_decay=1e-4)
 # What separates the two runs in one step, each rounding at most eps/2 of M (the largest |s|, |x| or
@@ -28,17 +32,6 @@ OPTIONS = dict(lr=0.05, momentum=0.9, weight_decay=1e-4)
 ROUNDINGS_APART_PER_STEP = 6
 
 
-def _params(dtype=torch.float32, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(n, generator=gen, dtype=torch.float64).to(dtype)) for n in SIZES]
-
-
-def _grads(params, step):
-    gen = torch.Generator().manual_seed(100 + step)
-    for p in params:
-        p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype)
-
-
 def _gamma(step):
     """A schedule that changes every step, so that the last gamma is never the current one."""
     return 0.02 + 0.03 * ((step * 7) % 11) / 10
@@ -47,15 +40,15 @@ def _gamma(step):
 @pytest.mark.parametrize("backend", ALL)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_follows_the_stored_anchor_trajectory(backend, dtype):
-    lean, lean_opt = _params(dtype), None
-    stored = _params(dtype)
+    lean, lean_opt = seeded_params(dtype), None
+    stored = seeded_params(dtype)
     lean_opt = ek.ExtrapSGD(lean, backend=backend, **OPTIONS)
     stored_opt = ek.ExtrapSGD(stored, backend=backend, store_anchor=True, **OPTIONS)
     magnitude, wrong_gamma_effect = 1.0, 0.0
     for step in range(STEPS):
         for opt, params in ((lean_opt, lean), (stored_opt, stored)):
             opt.param_groups[0]["gamma"] = _gamma(step)
-            _grads(params, step)
+            seeded_grads(params, step)
             opt.step()
         for p, q in zip(lean, stored):
             m = stored_opt.state[q]["momentum_buffer"]
@@ -85,12 +78,12 @@ def test_follows_the_stored_anchor_trajectory(backend, dtype):
 
 @pytest.mark.parametrize("backend", ALL)
 def test_state_memory_equals_torch_sgd(backend):
-    params, reference = _params(), _params()
+    params, reference = seeded_params(), seeded_params()
     opt = ek.ExtrapSGD(params, backend=backend, **OPTIONS)
     sgd = torch.optim.SGD(reference, **OPTIONS)
     for step in range(2):
-        _grads(params, step)
-        _grads(reference, step)
+        seeded_grads(params, step)
+        seeded_grads(reference, step)
         opt.step()
         sgd.step()
 
@@ -101,79 +94,49 @@ def test_state_memory_equals_torch_sgd(backend):
 
     assert state_bytes(opt, params) == state_bytes(sgd, reference) == 4 * sum(SIZES)
     assert {k for p in params for k in opt.state[p]} == {"momentum_buffer", "step", "last_gamma"}
-    bf16 = _params(torch.bfloat16)  # a 16-bit parameter keeps its fp32 master anchor
+    bf16 = seeded_params(torch.bfloat16)  # a 16-bit parameter keeps its fp32 master anchor
     opt16 = ek.ExtrapSGD(bf16, backend=backend, **OPTIONS)
-    _grads(bf16, 0)
+    seeded_grads(bf16, 0)
     opt16.step()
     assert {k for p in bf16 for k in opt16.state[p]} == {"anchor", "momentum_buffer", "step"}
+
+
+def _maker(backend):
+    """The optimizer of the checkpoint checks (anchor_kinds.py), with or without a stored anchor."""
+    return lambda params, store_anchor: ek.ExtrapSGD(params, store_anchor=store_anchor, backend=backend, **OPTIONS)
 
 
 def _train(opt, params, steps, start=0):
     for step in range(start, start + steps):
         opt.param_groups[0]["gamma"] = _gamma(step)
-        _grads(params, step)
+        seeded_grads(params, step)
         opt.step()
 
 
 @pytest.mark.parametrize("backend", ALL)
 @pytest.mark.parametrize("how", ["option_switched_off", "checkpoint_without_the_option"])
 def test_a_stored_anchor_checkpoint_loads_exactly(backend, how):
-    """A stored-anchor state run anchor-free (the group's store_anchor set to False after loading, or a
-    checkpoint from before the option, whose groups take the default) converts to x <- s and
-    last_gamma <- 0, which recompute s exactly: the next step equals the stored run's bit for bit."""
-    stored = _params()
-    stored_opt = ek.ExtrapSGD(stored, backend=backend, store_anchor=True, **OPTIONS)
-    _train(stored_opt, stored, 5)
-    lean = [torch.nn.Parameter(p.detach().clone()) for p in stored]
-    lean_opt = ek.ExtrapSGD(lean, backend=backend, **OPTIONS)
-    saved = copy.deepcopy(stored_opt.state_dict())
-    if how == "checkpoint_without_the_option":
-        del saved["param_groups"][0]["store_anchor"]
-    lean_opt.load_state_dict(saved)
-    if how == "option_switched_off":  # load_state_dict restores the saved groups' options, this one too
-        lean_opt.param_groups[0]["store_anchor"] = False
-    _train(stored_opt, stored, 1, start=5)
-    _train(lean_opt, lean, 1, start=5)
-    for p, q in zip(lean, stored):
-        assert "anchor" not in lean_opt.state[p]
-        assert torch.equal(p, q)
-        assert torch.equal(lean_opt.state[p]["momentum_buffer"], stored_opt.state[q]["momentum_buffer"])
+    check_stored_checkpoint_loads_exactly(_maker(backend), _train, how, ("momentum_buffer",))
 
 
 @pytest.mark.parametrize("backend", ALL)
 def test_an_anchor_free_checkpoint_loads_with_a_stored_anchor(backend):
-    """Loaded with store_anchor=True, the anchor is recomputed once, s = x + last_gamma * m, and the run
-    goes on as the anchor-free one does, a few roundings apart."""
-    lean = _params()
-    lean_opt = ek.ExtrapSGD(lean, backend=backend, **OPTIONS)
-    _train(lean_opt, lean, 5)
-    stored = [torch.nn.Parameter(p.detach().clone()) for p in lean]
-    stored_opt = ek.ExtrapSGD(stored, backend=backend, store_anchor=True, **OPTIONS)
-    stored_opt.load_state_dict(copy.deepcopy(lean_opt.state_dict()))
-    stored_opt.param_groups[0]["store_anchor"] = True  # (the loaded group says False)
-    _train(lean_opt, lean, 5, start=5)
-    _train(stored_opt, stored, 5, start=5)
-    magnitude = max(float(t.abs().max()) for p in stored for t in (p.detach(), stored_opt.state[p]["anchor"]))
-    for p, q in zip(lean, stored):
-        assert "last_gamma" not in stored_opt.state[q] and "anchor" in stored_opt.state[q]
-        torch.testing.assert_close(
-            p.detach(), q.detach(), rtol=0, atol=5 * ROUNDINGS_APART_PER_STEP * state_eps(torch.float32) / 2 * magnitude
-        )
+    check_anchor_free_checkpoint_loads_stored(_maker(backend), _train, "last_gamma", ROUNDINGS_APART_PER_STEP)
 
 
 @pytest.mark.parametrize("backend", ALL)
 def test_a_tensor_gamma_is_recorded_as_it_was(backend):
     """A capturable gamma (a tensor a schedule changes in place) is recorded as the kernels read it:
     the run equals the one with the same gammas as numbers."""
-    numbers, tensors = _params(), _params()
+    numbers, tensors = seeded_params(), seeded_params()
     opt_n = ek.ExtrapSGD(numbers, backend=backend, **OPTIONS)
     gamma = torch.tensor(_gamma(0))
     opt_t = ek.ExtrapSGD(tensors, backend=backend, gamma=gamma, **OPTIONS)
     for step in range(6):
         opt_n.param_groups[0]["gamma"] = _gamma(step)
         gamma.fill_(_gamma(step))
-        _grads(numbers, step)
-        _grads(tensors, step)
+        seeded_grads(numbers, step)
+        seeded_grads(tensors, step)
         opt_n.step()
         opt_t.step()
     for p, q in zip(numbers, tensors):

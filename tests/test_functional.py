@@ -121,6 +121,9 @@ def test_adaptive_is_the_class(backend, base, mode):
     xs = [p.clone() for p in params]
     m, v = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
     steps, anchors = [torch.tensor(0.0) for _ in params], [p.clone() for p in params]
+    recoveries = None
+    if base == "adamw" and mode == "past":  # (the class's default: the anchor-free past update)
+        anchors, recoveries = None, [p.new_zeros(2) for p in params]
 
     def step(g, **kw):
         if base == "adamw":
@@ -132,6 +135,7 @@ def test_adaptive_is_the_class(backend, base, mode):
                 None,
                 steps,
                 anchors,
+                recoveries=recoveries,
                 lr=0.01,
                 gamma=0.02,
                 mode=mode,
@@ -161,6 +165,8 @@ def test_refusals_write_nothing():
     momenta, steps = [torch.zeros_like(p) for p in params], [torch.tensor(0.0) for _ in params]
     with pytest.raises(ValueError, match="anchor-free past update"):
         functional.sgd(xs, grads[0], momenta, steps, lr=0.1, momentum=0.9, nesterov=True)
+    with pytest.raises(ValueError, match="recoveries for Adam and AdamW"):  # (past, neither anchors nor recoveries)
+        functional.adam(xs, grads[0], momenta, [torch.zeros_like(p) for p in params], None, steps, lr=0.1)
     with pytest.raises(ValueError, match="Invalid learning rate"):
         functional.sgd(xs, grads[0], momenta, steps, lr=-1.0, momentum=0.9, mode=None)
     with pytest.raises(ValueError, match="momentum_buffers"):

@@ -33,7 +33,7 @@ def test_every_specialization_compiles_for_sm80_and_sm90():
     # (the controls: the SGD family's and the adaptive kernel's unaligned past phase, per arch)
     assert result.stdout.count("(control): 128-bit loads/stores (0, 0)") == 4, result.stdout
     adaptive = re.findall(r"^PTX sm_(\d+) adaptive\d-\w+: 128-bit loads", result.stdout, re.M)
-    assert len(adaptive) == 2 * 8, result.stdout  # 4 adaptive phases x fp32/bf16
+    assert len(adaptive) == 2 * 9, result.stdout  # 4 adaptive phases x fp32/bf16, and the anchor-free fp32
     # Adagrad's (v alone) and NovoGrad's (m alone) fp32 phases, whose arrays are checked exactly
     for base in ("adagrad", "novograd"):
         lines = re.findall(rf"^PTX sm_(\d+) {base}\d-fp32: 128-bit loads", result.stdout, re.M)

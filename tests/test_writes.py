@@ -32,7 +32,8 @@ CASES = [
     ),
     ("sgd-noise", lambda ps, be: ek.ExtrapSGD(ps, lr=0.01, mode="noise", noise_std=0.01, backend=be), torch.float32),
     ("sgd-past-bf16", lambda ps, be: ek.ExtrapSGD(ps, lr=0.01, momentum=0.9, backend=be), torch.bfloat16),
-    ("adamw-past", lambda ps, be: ek.ExtrapAdamW(ps, lr=0.01, backend=be), torch.float32),
+    ("adamw-past-anchor-free", lambda ps, be: ek.ExtrapAdamW(ps, lr=0.01, backend=be), torch.float32),
+    ("adamw-past-stored", lambda ps, be: ek.ExtrapAdamW(ps, lr=0.01, store_anchor=True, backend=be), torch.float32),
     (
         "adamw-past-no-master",
         lambda ps, be: ek.ExtrapAdamW(ps, lr=0.01, master_weights=False, backend=be),
@@ -73,13 +74,13 @@ def test_a_written_parameter_is_the_new_iterate(case, backend):
     """After p.fill_(5) one step moves x by lr-sized amounts from 5 (within 0.25: LAMB scales its step by |x|;
     the extrapolation and the noise included). The control, a write through .data that the counters do not see,
     ends elsewhere: a stored anchor undoes it (x back near its old values, |x| ~ 1), and the anchor-free past
-    mode shifts it by its recorded last_gamma * m."""
+    mode shifts it by its recorded gamma times the last direction."""
     params = _written_then_stepped(case, backend, lambda p: p.fill_(WRITTEN))
     for p in params:
         assert bool(((p.detach().float() - WRITTEN).abs() < 0.25).all()), p
     unseen = _written_then_stepped(case, backend, lambda p: p.data.fill_(WRITTEN))
     assert not all(torch.equal(p, q) for p, q in zip(params, unseen))
-    if case[0] != "sgd-past-anchor-free":  # (x is its iterate there, but for the recorded gamma's shift)
+    if not case[0].endswith("anchor-free"):  # (x is its iterate there, but for the recorded gamma's shift)
         assert any(bool(((p.detach().float() - WRITTEN).abs() > 1.0).any()) for p in unseen)
 
 

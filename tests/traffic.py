@@ -22,6 +22,8 @@ def adaptive_moved_arrays(phase: int, master: bool, moments: int = 2) -> tuple[s
     second moment is one norm per tensor, not an array)."""
     if phase == 0:
         reads, writes = ("s" if master else "x") + "gmv", "x" if master else "xs"
+    elif phase == 4:  # the anchor-free past update recovers s from x and the moments: torch's fused AdamW's
+        reads, writes = "xgmv", "xmv"
     else:
         reads, writes = "sgmv", "xmv" if phase == 1 and not master else "xsmv"
     dropped = {1: "m", 2: "", 4: "v"}[moments]

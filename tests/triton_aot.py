@@ -177,6 +177,13 @@ def adaptive_cover() -> list[tuple[str, str, dict]]:
                     dict(ADAPTIVE_BASE, PHASE=2, X_DTYPE=x, C_DTYPE=c, MASTER=master, ALIGNED=True, **switch),
                 )
             )
+    for name in ("fp32", "fp64"):  # Adam's and AdamW's anchor-free past update (full-precision x alone)
+        x, c, master = DTYPES[name]
+        for label, switch in (("", {}), ("-amsgrad", dict(MOMENTS=3)), ("-adam", dict(DECOUPLED=False))):
+            for more in ({}, dict(LR_TENSOR=True, GAMMA_TENSOR=True, HAS_FOUND_INF=True)):
+                extra = "-capturable" if more else ""
+                constexprs = dict(ADAPTIVE_BASE, PHASE=4, X_DTYPE=x, C_DTYPE=c, MASTER=master, ALIGNED=True)
+                out.append(("adaptive", f"adaptive4-{name}{label}{extra}", dict(constexprs, **switch, **more)))
     for name, rounding in (("bf16", 1), ("fp16", 2)):  # a 16-bit x and anchor without a master, every phase
         x, c, _ = DTYPES[name]
         for phase in range(4):
@@ -391,8 +398,8 @@ def check_ptx(arch: int) -> list[str]:
         failures += check_vectors(
             f"sm_{arch} phase2-{name}-amp", compile_kernel(amp, arch), size, (reads, writes + "g")
         )
-    for phase in range(4):  # the adaptive phases without amsgrad
-        for name in ("fp32", "bf16"):
+    for phase in range(5):  # the adaptive phases without amsgrad (the anchor-free past update: fp32 alone)
+        for name in ("fp32", "bf16") if phase < 4 else ("fp32",):
             x, c, master = DTYPES[name]
             kernel = compile_adaptive(
                 "adaptive", dict(ADAPTIVE_BASE, PHASE=phase, X_DTYPE=x, C_DTYPE=c, MASTER=master, ALIGNED=True), arch

@@ -345,6 +345,25 @@ void run_adaptive_launch(const Launch& L, bool skip, double inv_scale, acc unsca
   });
 }
 
+// After an anchor-free adaptive update: the weights (r0, r1) the next one recovers its anchor with (Adam: 0 and
+// gamma; AdamW: wd r1 and gamma / (1 - lr wd - gamma wd)), written on the host in the state dtype with the ops of
+// extrap_kernels/recovery.py's weights() in their order, so that every backend records the same bits. (Tensor ops
+// per step cost more host time than the kernel at 161 small tensors.)
+template <typename acc>
+void record_recovery_weights(const Launch& L) {
+  const acc lr = static_cast<acc>(L.lr), gamma = static_cast<acc>(L.gamma), wd = static_cast<acc>(L.weight_decay);
+  acc r0 = 0, r1 = gamma;
+  if (L.decoupled) {
+    r1 = gamma / ((acc(1) - lr * wd) - gamma * wd);
+    r0 = wd * r1;
+  }
+  for (const at::Tensor& weights : L.last_gammas) {
+    acc* w = weights.data_ptr<acc>();
+    w[0] = r0;
+    w[1] = r1;
+  }
+}
+
 }  // namespace
 
 void apply_cpu(const Launch& L) {
@@ -366,6 +385,7 @@ void apply_cpu(const Launch& L) {
             using anchor_t = typename decltype(anchor_type)::type;
             run_adaptive_launch<P, M, scalar_t, anchor_t, acc>(L, skip, inv_scale, unscale);
           });
+          if (P == kUpdatePastAnchorFree && !skip) record_recovery_weights<acc>(L);
         });
       case Family::kSgd:
         return with_phase(L, [&](auto phase, auto momentum) {

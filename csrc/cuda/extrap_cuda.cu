@@ -161,6 +161,12 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
                     acc(1),
                     acc(1)};
   bias_corrections(h, step, t.bias1, t.bias2_sqrt);
+  if (P == kUpdatePastAnchorFree) {  // the weights and corrections of the update that made x (counted: stored - 1)
+    const auto* weights = static_cast<const acc*>(table.last_gamma[entry]);
+    t.recovery0 = weights[0];
+    t.recovery1 = weights[1];
+    if (stored > 1.0f) bias_corrections(h, stored - 1.0f, t.last_bias1, t.last_bias2_sqrt);
+  }
 
   auto element = [&](acc& xv, acc gv, acc& sv, acc& mv, acc& vv, acc& v_maxv, int64_t i) {
     if (skip) {

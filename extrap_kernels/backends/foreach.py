@@ -11,7 +11,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from .. import novograd_math, philox, rounding
+from .. import novograd_math, philox, recovery, rounding
 from ..bucket import Bucket, Phase, abandon, count_step, record_gamma, state_dtype, unscale_grads
 from ..hyper import AdamHyper, Hyper, NovoGradHyper, SGDHyper
 from ..lamb import clip_factor
@@ -57,6 +57,7 @@ def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None, f
         _apply_rounded(phase, b, h, grad_scale)
     else:
         _APPLY[h.base](phase, b, h, grad_scale)
+    recovery.record(phase, b, h, None)
     unscale_grads(b, grad_scale, found_inf)
 
 
@@ -150,6 +151,10 @@ def _apply_adaptive(phase: Phase, b: Bucket, h: AdamHyper, grad_scale: Tensor | 
     clip = clip_factor(b, h, inv_scale)
     dtype = state_dtype(b.dtype)
     anchors = b.anchor_values(phase)
+    if recovery.recovers(phase, b, h):  # x_t and update t's moments give s_t back (the steps are counted)
+        seconds = b.max_second_moments or b.second_moments
+        last = [int(t) - 1 for t in torch.stack(b.steps).tolist()]
+        anchors = recovery.recovered_all(b.params, b.momenta, seconds, b.last_gammas, last, h)
     grads = [g if g.dtype == dtype else g.to(dtype) for g in b.grads]
     g_prime = torch._foreach_mul(grads, (-inv_scale if h.maximize else inv_scale) / clip)
     if h.weight_decay != 0 and not h.decoupled:
@@ -188,12 +193,12 @@ def _land(phase: Phase, b: Bucket, h: Hyper, anchors: list[Tensor], e: list[Tens
             torch._foreach_copy_(b.anchors, b.params)
         torch._foreach_copy_(b.params, torch._foreach_add(anchors, e, alpha=-gamma))
         return
-    new_anchor = torch._foreach_add(b.anchors, e, alpha=-float(h.lr))
-    if phase != Phase.UPDATE or b.has_master:
-        torch._foreach_copy_(b.anchors, new_anchor)
+    new_anchor = torch._foreach_add(anchors, e, alpha=-float(h.lr))
+    if phase in (Phase.UPDATE_PAST, Phase.UPDATE_NOISE) or (phase == Phase.UPDATE and b.has_master):
+        torch._foreach_copy_(b.anchors, new_anchor)  # (the anchor-free update keeps none)
     if phase == Phase.UPDATE:
         x = new_anchor
-    elif phase == Phase.UPDATE_PAST:
+    elif phase in (Phase.UPDATE_PAST, Phase.UPDATE_PAST_ANCHOR_FREE):
         x = torch._foreach_add(new_anchor, e, alpha=-gamma)
     else:
         numels = [p.numel() for p in b.params]

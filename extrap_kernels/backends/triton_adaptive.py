@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .. import lamb, novograd_math
+from .. import lamb, novograd_math, recovery
 from ..bucket import Bucket, Phase, count_step, state_dtype
 from ..hyper import AdamHyper
 from ..rounding import ROUNDING_KEY
@@ -23,6 +23,7 @@ from .triton_adaptive_math import (
     load_moments,
     moments_kept,
     pointers,
+    recovered_anchor,
     step_direction,
 )
 from .triton_common import (
@@ -32,6 +33,7 @@ from .triton_common import (
     ROUNDING_MODES,
     UPDATE,
     UPDATE_PAST,
+    UPDATE_PAST_ANCHOR_FREE,
     abandon_block,
     block_rounding_bits,
     cached_tables,
@@ -69,8 +71,9 @@ def _adaptive_block(
     `rates`: (lr, gamma, grad_factor, trust, unscale); `coefficients`: adaptive_direction's; `keys`: (index, step,
     noise_std, seed, rounding_seed). Without a master (ROUNDING 1 bf16, 2 fp16) s is a 16-bit x's own type and
     the stored s and x are rounded stochastically; the moments stay C_DTYPE. MOMENTS: the moments kept (Adagrad
-    keeps no m: it is g' itself; NovoGrad no v: `trust` is then the tensor's running norm)."""
-    x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = ptrs  # (the step comes read, in keys)
+    keeps no m: it is g' itself; NovoGrad no v: `trust` is then the tensor's running norm). The anchor-free past
+    update (Adam's and AdamW's, on full-precision x) recovers s from x and the stored moments, and stores no s."""
+    x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, recovery_ptr = ptrs  # (the step comes read, in keys)
     lr, gamma, grad_factor, trust, unscale = rates
     index, step, noise_std, seed, rounding_seed = keys
     if skip:
@@ -91,7 +94,11 @@ def _adaptive_block(
             x = anchor - gamma * e
             tl.store(x_ptr + offs, stochastic_round(x, r_x, ROUNDING).to(X_DTYPE), mask=mask)
         else:
-            anchor = tl.load(s_ptr + offs, mask=mask).to(C_DTYPE)
+            if PHASE == UPDATE_PAST_ANCHOR_FREE:  # x_t and update t's moments give s_t back (recovery.py)
+                x = tl.load(x_ptr + offs, mask=mask)
+                anchor = recovered_anchor(x, m, v, v_max, recovery_ptr, coefficients, MOMENTS == WITH_MAX)
+            else:
+                anchor = tl.load(s_ptr + offs, mask=mask).to(C_DTYPE)
             e, m, v, v_max = step_direction(
                 anchor, g, m, v, v_max, grad_factor, trust, coefficients, DECOUPLED, MOMENTS
             )
@@ -107,8 +114,9 @@ def _adaptive_block(
                 if MASTER:
                     tl.store(s_ptr + offs, anchor, mask=mask)
                 tl.store(x_ptr + offs, anchor_stored.to(X_DTYPE), mask=mask)
-            elif PHASE == UPDATE_PAST:  # past: x <- s - gamma * e
-                tl.store(s_ptr + offs, anchor_stored.to(S_DTYPE), mask=mask)
+            elif PHASE == UPDATE_PAST or PHASE == UPDATE_PAST_ANCHOR_FREE:  # past: x <- s - gamma * e
+                if PHASE == UPDATE_PAST:  # (the anchor-free update keeps no s: the next one recovers it)
+                    tl.store(s_ptr + offs, anchor_stored.to(S_DTYPE), mask=mask)
                 tl.store(x_ptr + offs, stochastic_round(anchor - gamma * e, r_x, ROUNDING).to(X_DTYPE), mask=mask)
             else:  # noise: x <- s + sigma * xi
                 tl.store(s_ptr + offs, anchor_stored.to(S_DTYPE), mask=mask)
@@ -175,7 +183,7 @@ def _adaptive_kernel(
     step = tl.load(ptrs[6]) + (1.0 if PHASE == EXTRAPOLATE else 0.0)  # (ptrs[6]: the step; +1: the look-ahead's)
     betas = (beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, beta1_ptr, beta2_ptr, lr_decay)
     coefficients = adaptive_coefficients(
-        step, weight_decay, eps, betas, BETA1_TENSOR, BETA2_TENSOR, GRAD_AVERAGING, BIAS_CORRECTION, C_DTYPE
+        step, weight_decay, eps, betas, BETA1_TENSOR, BETA2_TENSOR, GRAD_AVERAGING, BIAS_CORRECTION, C_DTYPE, PHASE
     )
     for WHOLE in tl.static_range(2):  # (one pass runs: triton_common.py, "A kernel calls its block function once")
         if whole == (WHOLE == 1):
@@ -202,8 +210,10 @@ def _adaptive_kernel(
 def apply_adaptive(
     phase: Phase, b: Bucket, h: AdamHyper, grad_scale: Tensor | None = None, found_inf: Tensor | None = None
 ) -> None:
-    """One adaptive phase over the bucket (LAMB: its reading pass first), counting the step of an update."""
-    if phase not in (Phase.EXTRAPOLATE, Phase.UPDATE, Phase.UPDATE_PAST, Phase.UPDATE_NOISE):
+    """One adaptive phase over the bucket (LAMB: its reading pass first), counting the step of an update (and
+    after the anchor-free one, recording its recovery weights)."""
+    phases = (Phase.EXTRAPOLATE, Phase.UPDATE, Phase.UPDATE_PAST, Phase.UPDATE_NOISE)
+    if phase not in phases and not recovery.recovers(phase, b, h):  # (anchor-free: Adam's and AdamW's alone)
         raise ValueError(f"phase {phase!r} has no adaptive form")
     loss_scale = grad_scale  # (AMP's: LAMB folds its clipping into the grad_scale the kernel divides by)
     tables = cached_tables(b, adaptive_columns(b), streamed=6)  # (once, as the constants: LAMB's passes share them)
@@ -218,7 +228,7 @@ def apply_adaptive(
     count_step(phase, b, found_inf)
     table, numels, indices, block_tensor, block_start, _, total, aligned = tables
     if total == 0:
-        return
+        return recovery.record(phase, b, h, found_inf)
     (lr, lr_tensor), (gamma, gamma_tensor) = h.rate("lr", b), h.rate("gamma", b)
     dummy = numels  # any device tensor, for pointer arguments that a constexpr switches off
     seed = int(h.seed) & 0xFFFFFFFFFFFFFFFF
@@ -259,3 +269,4 @@ def apply_adaptive(
         BLOCK=BLOCK,
         ALIGNED=aligned,
     )
+    recovery.record(phase, b, h, found_inf)

@@ -12,10 +12,11 @@ import triton.language as tl
 
 from ..bucket import Bucket
 from ..hyper import AdamHyper
-from .triton_common import row_pointer
+from .triton_common import UPDATE_PAST_ANCHOR_FREE, row_pointer
 
-# The table's rows: the addresses of x, g, s, m, v, v_max (a placeholder without amsgrad) and the step.
-ROW_X, ROW_G, ROW_S, ROW_M, ROW_V, ROW_V_MAX, ROW_STEP, ROWS = (tl.constexpr(row) for row in range(8))
+# The table's rows: the addresses of x, g, s, m, v, v_max (a placeholder without amsgrad), the step and the anchor-free
+# update's recovery weights (recovery.py; a placeholder in the other phases).
+ROW_X, ROW_G, ROW_S, ROW_M, ROW_V, ROW_V_MAX, ROW_STEP, ROW_RECOVERY, ROWS = (tl.constexpr(row) for row in range(9))
 # The moments a launch keeps (the kernels' MOMENTS, csrc/extrap_math.h's Moments): Adagrad's sum v alone, m and v,
 # with amsgrad v_max too, or NovoGrad's m with one running gradient norm per tensor (passed as the trust).
 SUM_ONLY, FIRST_AND_SECOND, WITH_MAX, FIRST_AND_NORM = (tl.constexpr(kind) for kind in (1, 2, 3, 4))
@@ -41,6 +42,7 @@ def adaptive_columns(b: Bucket) -> tuple:
         second,
         b.max_second_moments or second,
         b.steps,
+        b.last_gammas or b.steps,
     )
 
 
@@ -79,9 +81,12 @@ def adaptive_coefficients(
     GRAD_AVERAGING: tl.constexpr,
     BIAS_CORRECTION: tl.constexpr,
     C_DTYPE: tl.constexpr,
+    PHASE: tl.constexpr,
 ):
     """What adaptive_direction takes besides the arrays, for update `step`: (weight_decay, beta1,
-    1 - beta2, beta2, grad_gain, eps, bias1, bias2_sqrt). `betas`: the host's (beta1, 1 - beta2, beta2,
+    1 - beta2, beta2, grad_gain, eps, bias1, bias2_sqrt, last_bias1, last_bias2_sqrt), the last two those of the
+    update step - 1 that the anchor-free phase recovers its anchor with (recovered_anchor; 1 at step 1, and in the
+    other phases). `betas`: the host's (beta1, 1 - beta2, beta2,
     grad_gain, log beta1, log beta2), the capturable betas' pointers (float64 tensors, which replace them,
     read as the kernel runs) and Adagrad's lr_decay (its 1 - beta2 is the gain of g'^2: 1, with beta2 = 1)."""
     beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, beta1_ptr, beta2_ptr, lr_decay = betas
@@ -97,13 +102,20 @@ def adaptive_coefficients(
         one_minus_beta2 = (1.0 - b2).to(C_DTYPE)
         log_beta2 = tl.log(b2)
     bias1, bias2_sqrt = bias_corrections(step, log_beta1, log_beta2, lr_decay, C_DTYPE, BIAS_CORRECTION)
-    return weight_decay, beta1, one_minus_beta2, beta2, grad_gain, eps, bias1, bias2_sqrt
+    last_bias1 = tl.full((), 1.0, C_DTYPE)
+    last_bias2_sqrt = tl.full((), 1.0, C_DTYPE)
+    if PHASE == UPDATE_PAST_ANCHOR_FREE:
+        last = tl.maximum(step - 1.0, 1.0)  # (the count before; where it is 0 the corrections are 1: below)
+        last1, last2_sqrt = bias_corrections(last, log_beta1, log_beta2, lr_decay, C_DTYPE, BIAS_CORRECTION)
+        last_bias1 = tl.where(step > 1.0, last1, last_bias1)
+        last_bias2_sqrt = tl.where(step > 1.0, last2_sqrt, last_bias2_sqrt)
+    return weight_decay, beta1, one_minus_beta2, beta2, grad_gain, eps, bias1, bias2_sqrt, last_bias1, last_bias2_sqrt
 
 
 @triton.jit
 def adaptive_direction(s, g, m, v, v_max, grad_factor, coefficients, DECOUPLED: tl.constexpr, AMSGRAD: tl.constexpr):
     """Returns (u, m, v, v_max): the moments updated with g' and the undamped direction."""
-    weight_decay, beta1, one_minus_beta2, beta2, grad_gain, eps, bias1, bias2_sqrt = coefficients
+    weight_decay, beta1, one_minus_beta2, beta2, grad_gain, eps, bias1, bias2_sqrt, _, _ = coefficients
     gp = g * grad_factor
     if not DECOUPLED:
         gp += weight_decay * s
@@ -120,11 +132,26 @@ def adaptive_direction(s, g, m, v, v_max, grad_factor, coefficients, DECOUPLED: 
 
 
 @triton.jit
+def recovered_anchor(x, m, v, v_max, recovery_ptr, coefficients, AMSGRAD: tl.constexpr):
+    """s_t of the anchor-free past update (csrc/extrap_math.h's recovered_adaptive_anchor): x_t + r0 * x_t + r1 * a_t,
+    a_t from the moments update t stored, with its bias corrections; x itself where r1 is 0 (a fresh or written
+    x, where a may be 0 / 0 with eps 0)."""
+    eps, last_bias1, last_bias2_sqrt = coefficients[5], coefficients[8], coefficients[9]
+    second = v
+    if AMSGRAD:
+        second = v_max
+    a = (m / last_bias1) / (exact_sqrt(second) / last_bias2_sqrt + eps)
+    r0 = tl.load(recovery_ptr)
+    r1 = tl.load(recovery_ptr + 1)
+    return tl.where(r1 != 0, x + r0 * x + r1 * a, x)
+
+
+@triton.jit
 def novograd_direction(s, g, m, norm, grad_factor, coefficients, DECOUPLED: tl.constexpr):
     """Returns (u, m): NovoGrad's, from the tensor's running gradient norm after this gradient (csrc/extrap_math.h's
     novograd_direction): d = norm / bias2_sqrt + eps; decoupled (Apex's moment mode 1) u = (m / bias1) / d +
     wd * s, else g' / d + wd * s enters m and u = m / bias1."""
-    weight_decay, beta1, _, _, grad_gain, eps, bias1, bias2_sqrt = coefficients
+    weight_decay, beta1, _, _, grad_gain, eps, bias1, bias2_sqrt, _, _ = coefficients
     gp = g * grad_factor
     d = norm / bias2_sqrt + eps
     if DECOUPLED:
@@ -152,8 +179,8 @@ def step_direction(s, g, m, v, v_max, grad_factor, trust, coefficients, DECOUPLE
 
 @triton.jit
 def pointers(table, t, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, C_DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
-    """Tensor t's (x, g, s, m, v, v_max, step), s of S_DTYPE (C_DTYPE, or a 16-bit x's own without a master), the
-    moments of C_DTYPE; the six arrays said 16-byte aligned where the bucket's are."""
+    """Tensor t's (x, g, s, m, v, v_max, step, recovery), s of S_DTYPE (C_DTYPE, or a 16-bit x's own without a
+    master), the moments and weights of C_DTYPE; the six arrays said 16-byte aligned where the bucket's are."""
     x_ptr = row_pointer(table, t, ROWS, ROW_X, X_DTYPE, ALIGNED)
     g_ptr = row_pointer(table, t, ROWS, ROW_G, X_DTYPE, ALIGNED)
     s_ptr = row_pointer(table, t, ROWS, ROW_S, S_DTYPE, ALIGNED)
@@ -161,7 +188,8 @@ def pointers(table, t, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, C_DTYPE: tl
     v_ptr = row_pointer(table, t, ROWS, ROW_V, C_DTYPE, ALIGNED)
     v_max_ptr = row_pointer(table, t, ROWS, ROW_V_MAX, C_DTYPE, ALIGNED)
     step_ptr = row_pointer(table, t, ROWS, ROW_STEP, tl.float32, False)
-    return x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr
+    recovery_ptr = row_pointer(table, t, ROWS, ROW_RECOVERY, C_DTYPE, False)
+    return x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, recovery_ptr
 
 
 @triton.jit

@@ -60,7 +60,7 @@ def _norms_kernel(
     """LAMB's reading pass, one block: its sums of s^2 and u^2 (u of the coming update) to block_sums[pid]."""
     pid = tl.program_id(0)
     t, offs, mask, _ = program_block(numels, block_tensor, block_start, BLOCK, False)
-    x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr = pointers(table, t, X_DTYPE, S_DTYPE, C_DTYPE, False)
+    x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, _ = pointers(table, t, X_DTYPE, S_DTYPE, C_DTYPE, False)
     grad_factor, _ = grad_scaling(sign, scale_ptr, scale_ptr, t, HAS_SCALE, False, C_DTYPE)
     betas = (beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, beta1_ptr, beta2_ptr, 0.0)
     coefficients = adaptive_coefficients(
@@ -73,6 +73,7 @@ def _norms_kernel(
         GRAD_AVERAGING,
         BIAS_CORRECTION,
         C_DTYPE,
+        0,
     )
     if READS_X:  # before a snapshot of x's own precision the anchor is x itself
         anchor = tl.load(x_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
