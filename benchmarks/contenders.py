@@ -28,7 +28,7 @@ class Contender:
     make: Callable[[list[torch.Tensor]], Callable[[], None]]
     baseline: str = ""  # "torch-fused" / "foreach-extrap": the rows that ratios are taken against
     # "adam": the adaptive rows ("adam-past" (anchor-free on fp32/fp64), "adam-past-stored" (store_anchor=True),
-    # "adam-local": ExtrapAdamW; "lamb-past": ExtrapLAMB; "adamw":
+    # "adam-local": ExtrapAdamW; "lamb-past", "lamb-past-stored": ExtrapLAMB; "adamw":
     # torch's; "adamw-fp32m": DeepSpeedCPUAdam's, fp32 moments), against torch's fused AdamW
     family: str = "sgd"
     # the same algorithm on the reference backend, run in float64 on the CPU: what the contender's first steps
@@ -56,8 +56,9 @@ def anchor_free(mode: str, dtype: torch.dtype) -> bool:
 
 
 def adam_anchor_free(mode: str, dtype: torch.dtype) -> bool:
-    """ExtrapAdamW's past mode keeps no anchor on full-precision parameters either (store_anchor=False)."""
-    return mode == "adam-past" and state_dtype(dtype) == dtype
+    """ExtrapAdamW's and ExtrapLAMB's past mode keeps no anchor on full-precision parameters either
+    (store_anchor=False)."""
+    return mode in ("adam-past", "lamb-past") and state_dtype(dtype) == dtype
 
 
 def floor_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
@@ -76,12 +77,16 @@ def floor_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
     # extrapolation reads x g m v (16-bit: s g m v) and writes s x (16-bit: x), its step reads s g m v and
     # writes m v x (16-bit: and s); torch's fused AdamW reads x g m v, writes x m v, all in the parameter dtype;
     # the anchor-free past update reads x g m v, writes x m v (m and v of the state dtype)
+    # LAMB: the global gradient norm reads g, the reading pass s g m v (anchor-free: x g m v, recovering s), then
+    # adam-past's update
+    if mode == "lamb-past" and adam_anchor_free(mode, dtype):
+        return x + (2 * x + 2 * s) + 3 * x + 4 * s
+    if mode in ("lamb-past", "lamb-past-stored"):
+        return x + (x + 3 * s) + 2 * x + 6 * s
     if adam_anchor_free(mode, dtype):
         return 3 * x + 4 * s
     if mode in ("adam-past", "adam-past-stored"):
         return 2 * x + 6 * s
-    if mode == "lamb-past":  # the global gradient norm reads g, the reading pass s g m v, then adam-past's update
-        return x + (x + 3 * s) + 2 * x + 6 * s
     if mode == "adam-local":
         extrapolate = 2 * x + 3 * s if sixteen_bit else 3 * x + 3 * s
         return extrapolate + 2 * x + 5 * s + (s if sixteen_bit else 0)
@@ -245,7 +250,7 @@ def deepspeed_cpu_adam() -> str | None:
     return deepspeed_cpu_adam.reason
 
 
-ADAPTIVE_MODES = ("adam-past", "adam-past-stored", "adam-local", "lamb-past")
+ADAPTIVE_MODES = ("adam-past", "adam-past-stored", "adam-local", "lamb-past", "lamb-past-stored")
 
 
 def contenders(device: str, overhead: bool = False) -> list[Contender]:

@@ -58,22 +58,25 @@ constexpr const char* kPhaseOps[] = {"extrapolate_", "update_", "update_past_", 
 // the update. Device ops on the launch's rates: no host synchronization.
 void record_recovery(const Launch& L) {
   const auto options = L.last_gammas[0].options().dtype(L.last_gammas[0].scalar_type());
-  const at::Tensor lr = L.lr_tensor ? L.lr_tensor->reshape({}).to(options) : at::scalar_tensor(L.lr, options);
-  const at::Tensor gamma =
-      L.gamma_tensor ? L.gamma_tensor->reshape({}).to(options) : at::scalar_tensor(L.gamma, options);
+  at::Tensor lr = L.lr_tensor ? L.lr_tensor->reshape({}).to(options) : at::scalar_tensor(L.lr, options);
+  at::Tensor gamma = L.gamma_tensor ? L.gamma_tensor->reshape({}).to(options) : at::scalar_tensor(L.gamma, options);
+  if (L.trust) {  // LAMB: each tensor's rates scaled by its trust ratio, one row of weights per tensor
+    lr = lr * *L.trust;
+    gamma = gamma * *L.trust;
+  }
   at::Tensor weights;
   if (L.decoupled) {  // AdamW: r1 = gamma / (1 - lr wd - gamma wd), r0 = wd r1
     const at::Tensor r1 = gamma / (1 - lr * L.weight_decay - gamma * L.weight_decay);
-    weights = at::stack({L.weight_decay * r1, r1});
+    weights = at::stack({L.weight_decay * r1, r1}, -1);
   } else {  // Adam: the decay is inside g', so x = s - gamma * a
-    weights = at::stack({at::zeros_like(gamma), gamma});
+    weights = at::stack({at::zeros_like(gamma), gamma}, -1);
   }
+  if (weights.dim() == 1) weights = weights.expand({static_cast<int64_t>(L.last_gammas.size()), 2});
   if (L.found_inf) {
     const at::Tensor skipped = L.found_inf->reshape({}).ne(0).to(weights.device());
-    at::_foreach_copy_(L.last_gammas, at::where(skipped, at::stack(L.last_gammas), weights).unbind());
-  } else {
-    at::_foreach_copy_(L.last_gammas, std::vector<at::Tensor>(L.last_gammas.size(), weights));
+    weights = at::where(skipped, at::stack(L.last_gammas), weights);
   }
+  at::_foreach_copy_(L.last_gammas, weights.unbind());
 }
 
 // After an anchor-free launch on the device (same stream, so after its kernels read them): x was
@@ -211,9 +214,7 @@ at::Tensor norms(Launch L) {
 void norms_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   static const ArgumentPositions positions(op.schema());
   Launch L = pop_family_launch<Family::kAdaptive>(positions, stack, -1);
-  if (!L.checked) check_launch(L);
-  TORCH_CHECK_VALUE(L.phase != kUpdatePastAnchorFree, "extrap_kernels: adam_norms: phase ", L.phase,
-                    " has no adaptive form");
+  if (!L.checked) check_launch(L);  // (before the anchor-free update it reads s as that update recovers it)
   TORCH_CHECK_VALUE(!L.accumulates && !L.tensor_norms,
                     "extrap_kernels: adam_norms is LAMB's reading pass; Adagrad and NovoGrad have no trust ratio");
   torch::jit::push(*stack, norms(std::move(L)));

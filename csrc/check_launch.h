@@ -32,9 +32,10 @@ inline void check_lists(const Launch& L) {
                       "extrap_kernels: update_past_anchor_free_ takes no anchors, and one last_gamma (the Adam "
                       "family: its recovery weights) and one momentum buffer (exp_avg) per parameter");
     if (L.adaptive()) {
-      // the anchor comes back from the stored moments where the past direction is a (+ wd * s): Adam's, AdamW's
-      TORCH_CHECK_VALUE(!L.trust && !L.accumulates && !L.tensor_norms,
-                        "extrap_kernels: the adaptive update_past_anchor_free_ is Adam's and AdamW's: no LAMB trust, "
+      // the anchor comes back from the stored moments where the past direction is trust * (a (+ wd * s)): Adam's,
+      // AdamW's and LAMB's (its trust ratio folded into the recorded weights)
+      TORCH_CHECK_VALUE(!L.accumulates && !L.tensor_norms,
+                        "extrap_kernels: the adaptive update_past_anchor_free_ is Adam's, AdamW's and LAMB's: no "
                         "accumulates (Adagrad) or tensor_norms (NovoGrad)");
     } else {
       // the anchor is recomputed as x + last_gamma * m only where the past direction d is m (SPEC)

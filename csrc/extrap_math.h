@@ -346,6 +346,15 @@ EXTRAP_HD void bias_corrections(const Hyper<acc>& h, float step, acc& bias1, acc
   bias2_sqrt = static_cast<acc>(square_root(1.0 - pow(h.beta2, static_cast<double>(step))));
 }
 
+// The anchor-free update's per-tensor recovery values (TensorArgs): the weights (r0, r1) recorded by update `made`,
+// the one that made x, and its bias corrections (left at 1 where made is 0: a fresh x, whose weights are 0).
+template <typename acc>
+EXTRAP_HD void recovery_args(const Hyper<acc>& h, const acc* weights, float made, TensorArgs<acc>& t) {
+  t.recovery0 = weights[0];
+  t.recovery1 = weights[1];
+  if (made > 0.0f) bias_corrections(h, made, t.last_bias1, t.last_bias2_sqrt);
+}
+
 // u, the undamped direction of one element: g' = g / grad_scale (the launch folds LAMB's clipping into
 // grad_scale) with L2 decay unless decoupled; the moments updated in place (callers pass copies to look
 // ahead); a = (m / bias1) / (sqrt(v) / bias2_sqrt + eps), v_max in place of v with amsgrad; u = a, plus
@@ -436,6 +445,17 @@ EXTRAP_HD void adaptive_element(acc& x, acc g, acc& s, acc& m, acc& v, acc& v_ma
   } else {
     x = s + h.noise_std * static_cast<acc>(noise_normal(h.seed, t.step, t.index, element));
   }
+}
+
+// Where LAMB's reading pass takes an element's anchor from: the anchor array, x itself (before a snapshot of x's own
+// precision) or, for the anchor-free update, x and the moments that give it back (recovered_adaptive_anchor).
+enum AnchorFrom : int { kAnchorArray = 0, kParamItself = 1, kRecoveredFromParam = 2 };
+
+template <int kFrom, bool kAmsgrad, typename acc>
+EXTRAP_HD acc reading_pass_anchor(acc x, acc s, acc m, acc v, acc v_max, const Hyper<acc>& h,
+                                  const TensorArgs<acc>& t) {
+  if (kFrom == kRecoveredFromParam) return recovered_adaptive_anchor<kAmsgrad>(x, m, v, v_max, h, t);
+  return kFrom == kParamItself ? x : s;
 }
 
 // LAMB's reading pass, one element: adds s^2 and u^2 (u the direction of the coming update, or of the

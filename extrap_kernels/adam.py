@@ -141,7 +141,9 @@ class ExtrapAdamW(ExtrapAdam):
 class ExtrapLAMB(ExtrapolatingAdaptive):
     """LAMB (Apex FusedLAMB's arguments, defaults and meaning) with extrapolation: the gradients are
     clipped by their global norm (max_grad_norm), the Adam direction (decoupled weight decay with
-    adam_w_mode) is scaled per tensor by ||s|| / ||u||, and extrapolation reads that direction."""
+    adam_w_mode) is scaled per tensor by ||s|| / ||u||, and extrapolation reads that direction. On fp32/fp64
+    parameters mode="past" keeps no anchor, as ExtrapAdamW's: the recorded weights ("recovery") hold each tensor's
+    trust ratio (recovery.py); store_anchor=True keeps it."""
 
     STATE = LAMB_STATE
 

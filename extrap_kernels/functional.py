@@ -59,7 +59,7 @@ def _phase(mode: str | None, extrapolate: bool, phase: Phase, anchors, last_gamm
             raise ValueError(
                 "mode='past' without anchors is the anchor-free past update: it needs last_gammas "
                 "and heavy-ball momentum (momentum > 0, no Nesterov, past='update') for SGD, recoveries "
-                "for Adam and AdamW; otherwise give anchors"
+                "for Adam, AdamW and LAMB; otherwise give anchors"
             )
         return Phase.UPDATE_PAST_ANCHOR_FREE
     return phase
@@ -304,8 +304,11 @@ def lamb(
     backend: str = "auto",
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    recoveries: list[Tensor] | None = None,
 ) -> None:
-    """One ExtrapLAMB step (mode None: one Apex FusedLAMB step), clipped by the global norm of all `grads`."""
+    """One ExtrapLAMB step (mode None: one Apex FusedLAMB step), clipped by the global norm of all `grads`.
+    mode="past" without anchors is the anchor-free past update, with `recoveries` as in `adam` (the recorded
+    weights include each tensor's trust ratio)."""
     _adaptive(
         "lamb",
         params,
@@ -321,6 +324,7 @@ def lamb(
         indices,
         grad_scale,
         found_inf,
+        recoveries,
         lr=lr,
         betas=tuple(betas),
         eps=eps,

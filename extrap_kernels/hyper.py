@@ -174,10 +174,11 @@ class AdamHyper(Hyper):
         return self.base, self.amsgrad
 
     def anchor_free(self) -> bool:
-        """Adam's and AdamW's past direction comes back from the stored moments, so x, they and the last
-        update's weights give the anchor back (recovery.py; on full-precision parameters: bucket.bucket_phase).
-        LAMB's would need its trust ratio too, Adagrad's the last gradient, NovoGrad's its last norm: not yet."""
-        return self.base == "adam"
+        """Adam's, AdamW's and LAMB's past direction comes back from the stored moments, so x, they and the last
+        update's weights (LAMB's with its trust ratio folded in) give the anchor back (recovery.py; on
+        full-precision parameters: bucket.bucket_phase). Adagrad's would need the last gradient, NovoGrad's its
+        last norm: not yet."""
+        return self.base in ("adam", "lamb")
 
     def kernel_betas(self, bucket: Bucket) -> tuple[tuple[float, Tensor | None], tuple[float, Tensor | None]]:
         """The betas as a fused kernel takes them, as `rate` does lr: each a number, or (capturable) a

@@ -5,7 +5,9 @@ mode"). Update t made x_t = s_t - gamma_t * e_t with e_t = a_t (Adam: L2 decay i
     s_t = x_t + r0 * x_t + r1 * a_t,   r1 = gamma_t / (1 - eta_t wd - gamma_t wd),  r0 = wd * r1   (AdamW)
                                        r1 = gamma_t,                               r0 = 0         (Adam)
 
-so the anchor need not be stored. Each parameter keeps its (r0, r1), "recovery" (a 2-element tensor of the state
+so the anchor need not be stored. LAMB's update is the same with eta_t and gamma_t scaled by the tensor's trust
+ratio of step t (e_t = trust * u_t): its weights fold the ratio in, and its reading pass recovers s too (the ratio
+is ||s|| / ||u||). Each parameter keeps its (r0, r1), "recovery" (a 2-element tensor of the state
 dtype), recorded by every update with its own lr, gamma and weight decay (a scheduler may change them): 0 and 0
 before the first update and after a write to x (writes.py), where s = x. The update recomputes a_t with the
 bias corrections of step t, exactly as step t computed it, then runs the past update from the recovered s and
@@ -27,32 +29,35 @@ KEY = "recovery"
 
 def recovers(phase: Phase, b: Bucket, h) -> bool:
     """Whether this launch is the Adam family's anchor-free past update (SGD's recomputes from last_gamma)."""
-    return phase == Phase.UPDATE_PAST_ANCHOR_FREE and h.base == "adam"
+    return phase == Phase.UPDATE_PAST_ANCHOR_FREE and h.base in ("adam", "lamb")
 
 
-def weights(h: AdamHyper, dtype: torch.dtype, device: torch.device) -> Tensor:
+def weights(h: AdamHyper, dtype: torch.dtype, device: torch.device, trust: Tensor | None = None) -> Tensor:
     """(r0, r1) after an update with h's lr, gamma and weight decay, on the device (lr and gamma may be device
-    tensors: capturable; nothing is read on the host)."""
+    tensors: capturable; nothing is read on the host). With LAMB's per-tensor `trust` ratios (the update's, the
+    state dtype) lr and gamma are scaled by them first: a [tensors, 2] tensor, a row per tensor."""
     lr = torch.as_tensor(h.lr, dtype=dtype).to(device).reshape(())
     gamma = torch.as_tensor(h.gamma, dtype=dtype).to(device).reshape(())
+    if trust is not None:
+        trust = trust.to(device, dtype)
+        lr, gamma = lr * trust, gamma * trust
     if not h.decoupled:
-        return torch.stack([torch.zeros_like(gamma), gamma])
+        return torch.stack([torch.zeros_like(gamma), gamma], -1)
     r1 = gamma / (1 - lr * h.weight_decay - gamma * h.weight_decay)
-    return torch.stack([h.weight_decay * r1, r1])
+    return torch.stack([h.weight_decay * r1, r1], -1)
 
 
-def record(phase: Phase, b: Bucket, h: AdamHyper, found_inf: Tensor | None) -> None:
-    """After an anchor-free update: each parameter's (r0, r1) for the next one to recover its anchor. A skipped
-    update (found_inf) left x as it was, and so the weights. Device tensors only: no host sync."""
+def record(phase: Phase, b: Bucket, h: AdamHyper, found_inf: Tensor | None, trust: Tensor | None = None) -> None:
+    """After an anchor-free update: each parameter's (r0, r1) for the next one to recover its anchor (`trust`:
+    LAMB's ratios of this update). A skipped update (found_inf) left x as it was, and so the weights. Device
+    tensors only: no host sync."""
     if not recovers(phase, b, h) or not b.last_gammas:
         return
     olds = b.last_gammas
-    new = weights(h, olds[0].dtype, olds[0].device)
-    if found_inf is None:
-        torch._foreach_copy_(olds, [new] * len(olds))
-    else:
-        kept = torch.where(found_inf.reshape(()).to(new.device) != 0, torch.stack(olds), new)
-        torch._foreach_copy_(olds, list(kept.unbind()))
+    new = weights(h, olds[0].dtype, olds[0].device, trust).expand(len(olds), 2)
+    if found_inf is not None:
+        new = torch.where(found_inf.reshape(()).to(new.device) != 0, torch.stack(olds), new)
+    torch._foreach_copy_(olds, list(new.unbind()))
 
 
 def last_corrections(t: int, h: AdamHyper) -> tuple[float, float]:

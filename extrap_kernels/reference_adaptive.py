@@ -48,12 +48,19 @@ def moments(m: Tensor, v: Tensor, v_max: Tensor | None, g_prime: Tensor, h: Adam
 
 
 def direction(s: Tensor, m: Tensor, v: Tensor, v_max: Tensor | None, t: int, h: AdamHyper, shard_group=None) -> Tensor:
+    """direction_and_trust's e."""
+    return direction_and_trust(s, m, v, v_max, t, h, shard_group)[0]
+
+
+def direction_and_trust(
+    s: Tensor, m: Tensor, v: Tensor, v_max: Tensor | None, t: int, h: AdamHyper, shard_group=None
+) -> tuple[Tensor, Tensor | None]:
     """e, the direction of the update s <- s - eta * e, from the moments after step t:
     a = (m / (1 - b1^t)) / (sqrt(v) / sqrt(1 - b2^t) + eps) (bias_correction=False: no divisions; v_max
     in place of v with amsgrad; Adagrad: a = m / (sqrt(v) + eps) / (1 + (t - 1) * lr_decay)); Adam: e = a;
     AdamW: e = a + wd * s; LAMB: u = a (+ wd * s decoupled), e = trust * u, trust = ||s|| / ||u|| (1 where
     either is 0; only where wd != 0 unless use_nvlamb; the norms of the whole tensors where s and u are
-    shards, summed over `shard_group`)."""
+    shards, summed over `shard_group`); and LAMB's trust (None where it does not scale by one)."""
     b1, b2 = h.betas
     second = v_max if v_max is not None else v
     if h.bias_correction:
@@ -69,8 +76,8 @@ def direction(s: Tensor, m: Tensor, v: Tensor, v_max: Tensor | None, t: int, h: 
             torch.stack([torch.linalg.vector_norm(s), torch.linalg.vector_norm(e)]), shard_group
         )
         trust = torch.where((s_norm > 0) & (u_norm > 0), s_norm / u_norm, torch.ones_like(s_norm))
-        e = trust * e
-    return e
+        return trust * e, trust
+    return e, None
 
 
 def apply(
@@ -93,6 +100,7 @@ def apply(
     inv_scale = 1.0 / grad_scale.item() if grad_scale is not None else 1.0
     clip = clip_factor(bucket, h, inv_scale)
     cd = compute_dtype or state_dtype(bucket.dtype)
+    trusts = []  # (LAMB's, which its anchor-free update records)
     for i, g in enumerate(bucket.grads):
         put = store(bucket, i, h.seed)  # (16-bit x and anchor without a master: rounded stochastically)
         anchor = bucket.anchor_values(phase)[i].to(cd)
@@ -108,14 +116,15 @@ def apply(
         if phase == Phase.EXTRAPOLATE:
             extrapolate(bucket, i, anchor, direction(anchor, m, v, v_max, step + 1, h, bucket.shard_group), h, put)
             continue
-        e = direction(anchor, m, v, v_max, step, h, bucket.shard_group)
+        e, trust = direction_and_trust(anchor, m, v, v_max, step, h, bucket.shard_group)
+        trusts.append(trust)
         if bucket.momenta:
             bucket.momenta[i].copy_(m)
         bucket.second_moments[i].copy_(v)
         if v_max is not None:
             bucket.max_second_moments[i].copy_(v_max)
         land(phase, bucket, i, anchor, e, h, put, step, cd)
-    recovery.record(phase, bucket, h, None)
+    recovery.record(phase, bucket, h, None, torch.stack(trusts) if trusts and trusts[0] is not None else None)
 
 
 def extrapolate(bucket: Bucket, i: int, anchor: Tensor, e: Tensor, h, put) -> None:

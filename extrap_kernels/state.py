@@ -133,7 +133,9 @@ class AdaptiveState(BaseState):
         sdtype = state_dtype(p.dtype)
         for key in self.state_lists(group, phase).values():
             if key not in state:
-                state[key] = _zeros_like(p, sdtype) if key != recovery.KEY else p.new_zeros(2, dtype=sdtype)
+                # (the weights are a plain tensor, as the step: every FSDP2 shard keeps its tensor's two)
+                weights = torch.zeros(2, dtype=sdtype, device=p.device)
+                state[key] = _zeros_like(p, sdtype) if key != recovery.KEY else weights
         if phase == Phase.UPDATE_PAST_ANCHOR_FREE:
             if "anchor" in state:
                 p.copy_(state.pop("anchor"))

@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 from conftest import CPU_BACKENDS, anchor_of, assert_within, noise_tolerance
+from test_anchor_free_adam import ROUNDINGS_APART_PER_STEP
 
 import extrap_kernels as ek
 from extrap_kernels import philox
@@ -195,7 +196,11 @@ def test_one_phase_modes_keep_the_base_trajectory_on_the_anchor(backend, cls, mo
     for step in _in_lockstep(ours, base, opt, base_opt, gen):
         for i, (p, b) in enumerate(zip(ours, base)):
             anchor = anchor_of(opt.state[p], p, opt)
-            torch.testing.assert_close(anchor, b.detach(), rtol=1e-13, atol=1e-15)
+            # (past mode recovers the anchor: each step a few roundings of the tensor's largest |s|, |x| or
+            # gamma |e| apart, test_anchor_free_adam's bound, LAMB's trust ratio included)
+            magnitude = max(1.0, float(anchor.abs().max()), float(p.detach().abs().max()))
+            apart = (step + 1) * ROUNDINGS_APART_PER_STEP * torch.finfo(torch.float64).eps / 2 * magnitude
+            assert_within(anchor, b.detach(), apart, f"anchor {i} at step {step}")
             if mode == "past":
                 e = (previous[i] - b.detach()) / 0.01  # s_new = s_old - lr * e
                 torch.testing.assert_close(p.detach(), anchor - 0.3 * e, rtol=1e-9, atol=1e-12)

@@ -27,7 +27,7 @@ from extrap_kernels.bucket import Phase
 
 ALL = CPU_BACKENDS + ["reference"]
 STEPS = 100
-CLASSES = {"adam": ek.ExtrapAdam, "adamw": ek.ExtrapAdamW}
+CLASSES = {"adam": ek.ExtrapAdam, "adamw": ek.ExtrapAdamW, "lamb": ek.ExtrapLAMB}
 OPTIONS = dict(weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8)
 # What separates the two runs in one step, each rounding at most eps/2 of M (the largest |s|, |x| or gamma * |e|
 # of the run, |r1 * a| being at most about gamma * |e|): the recovered anchor's sum and two products (3) from
@@ -35,8 +35,11 @@ OPTIONS = dict(weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8)
 # recomputed with the kernel's own operations from the same moments (0 on the kernels; the reference's bias
 # corrections are Python's, b^t, against the kernels' exp(t log b): 2), the stored run's rounding of
 # x = s - gamma * e, which the recovery takes back (1), and the two runs' own roundings of s - lr * e and of x from
-# anchors one rounding apart (2): 13; 16 leaves 3 for Adam's L2 echo of an anchor error in g' (wd * lr, far below).
-# Errors in s are not amplified: AdamW's s shrinks by 1 - lr * wd, and a does not depend on s.
+# anchors one rounding apart (2): 13; 16 leaves 3 for Adam's L2 echo of an anchor error in g' (wd * lr, far below)
+# and LAMB's trust ratio, whose norms of anchors a few roundings apart differ relatively by as few roundings: they
+# move trust * (lr + gamma) * |e| by a few roundings of that term, itself far below M (lr, gamma < 0.06).
+# Errors in s are not amplified: AdamW's s shrinks by 1 - lr * wd, and a does not depend on s. (Measured: the
+# worst step at 0.06 of this bound for LAMB and AdamW alike, on every CPU backend.)
 ROUNDINGS_APART_PER_STEP = 16
 
 
@@ -61,7 +64,7 @@ def recovered_anchor(opt, p):
     """s of `p` as the next update recovers it, in float64."""
     st, group = opt.state[p], opt.param_groups[0]
     hyper = opt.launch_args(group)[1]
-    second = st["max_exp_avg_sq"] if group["amsgrad"] else st["exp_avg_sq"]
+    second = st["max_exp_avg_sq"] if group.get("amsgrad") else st["exp_avg_sq"]
     r, x = st["recovery"].double(), p.detach().double()
     return recovery.recovered(x, st["exp_avg"].double(), second.double(), r, int(st["step"]), hyper)
 
@@ -71,8 +74,9 @@ def _trajectories_apart(backend, dtype, kind, amsgrad):
     its bound at that step, through STEPS steps (at most 1: within the bound)."""
     lean, stored = seeded_params(dtype), seeded_params(dtype)
     cls = CLASSES[kind]
-    lean_opt = cls(lean, amsgrad=amsgrad, backend=backend, **OPTIONS)
-    stored_opt = cls(stored, amsgrad=amsgrad, store_anchor=True, backend=backend, **OPTIONS)
+    options = dict(OPTIONS, backend=backend, **({} if kind == "lamb" else dict(amsgrad=amsgrad)))
+    lean_opt = cls(lean, **options)
+    stored_opt = cls(stored, store_anchor=True, **options)
     magnitude, worst = 1.0, 0.0
     for step in range(STEPS):
         _train(lean_opt, lean, 1, start=step)
@@ -92,7 +96,7 @@ def _trajectories_apart(backend, dtype, kind, amsgrad):
 
 @pytest.mark.parametrize("backend", ALL)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("kind, amsgrad", [("adam", False), ("adamw", False), ("adamw", True)])
+@pytest.mark.parametrize("kind, amsgrad", [("adam", False), ("adamw", False), ("adamw", True), ("lamb", False)])
 def test_follows_the_stored_anchor_trajectory(backend, dtype, kind, amsgrad):
     assert _trajectories_apart(backend, dtype, kind, amsgrad) <= 1
 
@@ -106,10 +110,11 @@ def test_the_bound_catches_the_bias_correction_one_step_off(monkeypatch):
 
 
 @pytest.mark.parametrize("backend", ALL)
-def test_state_memory_equals_torch_adamw(backend):
+@pytest.mark.parametrize("kind", ["adamw", "lamb"])
+def test_state_memory_equals_torch_adamw(backend, kind):
     """Per element, AdamW's 8 bytes (exp_avg, exp_avg_sq); per tensor, the step and the two weights."""
     params, reference = seeded_params(), seeded_params()
-    opt = ek.ExtrapAdamW(params, lr=0.01, backend=backend)
+    opt = CLASSES[kind](params, lr=0.01, backend=backend)
     adamw = torch.optim.AdamW(reference, lr=0.01)
     for step in range(2):
         seeded_grads(params, step)
@@ -124,7 +129,7 @@ def test_state_memory_equals_torch_adamw(backend):
     assert {k for p in params for k in opt.state[p]} == {"exp_avg", "exp_avg_sq", "step", "recovery"}
     assert all(opt.state[p]["recovery"].shape == (2,) for p in params)
     bf16 = seeded_params(torch.bfloat16)  # a 16-bit parameter keeps its fp32 master anchor
-    opt16 = ek.ExtrapAdamW(bf16, lr=0.01, backend=backend)
+    opt16 = CLASSES[kind](bf16, lr=0.01, backend=backend)
     seeded_grads(bf16, 0)
     opt16.step()
     assert {k for p in bf16 for k in opt16.state[p]} == {"anchor", "exp_avg", "exp_avg_sq", "step"}
@@ -184,7 +189,8 @@ def test_a_tensor_lr_and_gamma_are_recorded_as_they_were(backend):
 
 
 def test_the_phase_is_chosen_where_it_applies():
-    """Past mode drops the anchor for Adam and AdamW, not for LAMB (yet), other modes or store_anchor=True."""
+    """Past mode drops the anchor for Adam, AdamW and LAMB, not for Adagrad (yet), other modes, store_anchor=True
+    or Apex's drop-ins."""
 
     def phase(cls, **options):
         opt = cls([torch.nn.Parameter(torch.ones(2))], lr=0.1, **options)
@@ -192,13 +198,15 @@ def test_the_phase_is_chosen_where_it_applies():
 
     assert phase(ek.ExtrapAdam) == phase(ek.ExtrapAdamW, amsgrad=True) == Phase.UPDATE_PAST_ANCHOR_FREE
     assert phase(ek.ExtrapAdamW, maximize=True, weight_decay=0.1) == Phase.UPDATE_PAST_ANCHOR_FREE
-    assert phase(ek.ExtrapAdamW, store_anchor=True) == phase(ek.ExtrapLAMB) == Phase.UPDATE_PAST
+    assert phase(ek.ExtrapLAMB) == phase(ek.ExtrapLAMB, adam_w_mode=False) == Phase.UPDATE_PAST_ANCHOR_FREE
+    assert phase(ek.ExtrapAdamW, store_anchor=True) == phase(ek.ExtrapLAMB, store_anchor=True) == Phase.UPDATE_PAST
+    assert phase(ek.ExtrapAdagrad) == Phase.UPDATE_PAST
     assert phase(ek.ExtrapAdamW, mode="noise") == Phase.UPDATE_NOISE
-    assert phase(ek.FusedAdam) == Phase.UPDATE
+    assert phase(ek.FusedAdam) == phase(ek.FusedLAMB) == Phase.UPDATE
 
 
 @pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="extension not built")
-@pytest.mark.parametrize("bad", ["anchors", "no weights", "one weight", "weights dtype", "lamb trust", "adagrad"])
+@pytest.mark.parametrize("bad", ["anchors", "no weights", "one weight", "weights dtype", "adagrad", "novograd"])
 def test_the_operator_refuses_what_it_cannot_recover(bad):
     """adam_update_past_anchor_free_ checks its launch (the Python layer never builds these) and writes nothing."""
     x, g, m, v, step = torch.ones(4), torch.ones(4), torch.ones(4), torch.ones(4), torch.tensor(3.0)
@@ -212,13 +220,14 @@ def test_the_operator_refuses_what_it_cannot_recover(bad):
         steps=[step],
         indices=[0],
         last_gammas=[] if bad == "no weights" else [weights],
-        second_moments=[v],
+        second_moments=[] if bad == "novograd" else [v],
         lr=0.1,
         gamma=0.05,
         beta1=0.0 if bad == "adagrad" else 0.9,
         beta2=1.0 if bad == "adagrad" else 0.999,
         accumulates=bad == "adagrad",
-        trust=torch.ones(1) if bad == "lamb trust" else None,
+        tensor_norms=bad == "novograd",
+        trust=torch.ones(1) if bad == "novograd" else None,
     )
     before = [t.clone() for t in (x, m, v, step, weights)]
     ek._ext.load()

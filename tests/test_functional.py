@@ -104,50 +104,25 @@ def test_sgd_is_extrap_sgd(backend, mode):
 @pytest.mark.parametrize("mode", ["past", "local"])
 def test_adaptive_is_the_class(backend, base, mode):
     params, grads = _problem(1)
+    options = dict(lr=0.01, gamma=0.02, mode=mode, backend=backend)
     if base == "adamw":
-        expected = _class_run(
-            lambda ps: ek.ExtrapAdamW(ps, lr=0.01, gamma=0.02, mode=mode, backend=backend),
-            params,
-            grads,
-            mode == "local",
-        )
+        make = lambda ps: ek.ExtrapAdamW(ps, **options)  # noqa: E731
     else:
-        expected = _class_run(
-            lambda ps: ek.ExtrapLAMB(ps, lr=0.01, gamma=0.02, mode=mode, max_grad_norm=0.5, backend=backend),
-            params,
-            grads,
-            mode == "local",
-        )
+        make = lambda ps: ek.ExtrapLAMB(ps, max_grad_norm=0.5, **options)  # noqa: E731
+    expected = _class_run(make, params, grads, mode == "local")
     xs = [p.clone() for p in params]
     m, v = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
     steps, anchors = [torch.tensor(0.0) for _ in params], [p.clone() for p in params]
     recoveries = None
-    if base == "adamw" and mode == "past":  # (the class's default: the anchor-free past update)
+    if mode == "past":  # (the classes' default: the anchor-free past update)
         anchors, recoveries = None, [p.new_zeros(2) for p in params]
 
     def step(g, **kw):
+        common = dict(options, recoveries=recoveries, **kw)
         if base == "adamw":
-            functional.adam(
-                xs,
-                g,
-                m,
-                v,
-                None,
-                steps,
-                anchors,
-                recoveries=recoveries,
-                lr=0.01,
-                gamma=0.02,
-                mode=mode,
-                weight_decay=0.01,
-                decoupled_weight_decay=True,
-                backend=backend,
-                **kw,
-            )
+            functional.adam(xs, g, m, v, None, steps, anchors, weight_decay=0.01, decoupled_weight_decay=True, **common)
         else:
-            functional.lamb(
-                xs, g, m, v, steps, anchors, lr=0.01, gamma=0.02, mode=mode, max_grad_norm=0.5, backend=backend, **kw
-            )
+            functional.lamb(xs, g, m, v, steps, anchors, max_grad_norm=0.5, **common)
 
     for i in range(STEPS):
         if mode == "local":
@@ -165,7 +140,8 @@ def test_refusals_write_nothing():
     momenta, steps = [torch.zeros_like(p) for p in params], [torch.tensor(0.0) for _ in params]
     with pytest.raises(ValueError, match="anchor-free past update"):
         functional.sgd(xs, grads[0], momenta, steps, lr=0.1, momentum=0.9, nesterov=True)
-    with pytest.raises(ValueError, match="recoveries for Adam and AdamW"):  # (past, neither anchors nor recoveries)
+    # (past, neither anchors nor recoveries)
+    with pytest.raises(ValueError, match="recoveries for Adam, AdamW and LAMB"):
         functional.adam(xs, grads[0], momenta, [torch.zeros_like(p) for p in params], None, steps, lr=0.1)
     with pytest.raises(ValueError, match="Invalid learning rate"):
         functional.sgd(xs, grads[0], momenta, steps, lr=-1.0, momentum=0.9, mode=None)

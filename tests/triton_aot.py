@@ -208,6 +208,9 @@ def adaptive_cover() -> list[tuple[str, str, dict]]:
             for amsgrad in (False, True):
                 label = f"norms-{name}{'-x' if reads_x else ''}{'-amsgrad' if amsgrad else ''}"
                 out.append(("norms", label, _norms_constexprs(x, c, c, reads_x, amsgrad)))
+        for amsgrad in (False, True) if x == c else ():  # before the anchor-free update: s recovered from x
+            label = f"norms-{name}-recovered{'-amsgrad' if amsgrad else ''}"
+            out.append(("norms", label, _norms_constexprs(x, c, c, False, amsgrad, 4)))
         out.append(("sums", f"sums-{name}", dict(C_DTYPE=c)))
     for name in ("bf16", "fp16"):  # the reading pass over a 16-bit anchor (s, or x itself) without a master
         x, c, _ = DTYPES[name]
@@ -217,13 +220,15 @@ def adaptive_cover() -> list[tuple[str, str, dict]]:
     return out
 
 
-def _norms_constexprs(x, s, c, reads_x: bool, amsgrad: bool) -> dict:
-    """LAMB's reading pass over x of dtype x, its anchor of s, computing in c (amsgrad: with capturable betas)."""
+def _norms_constexprs(x, s, c, reads_x: bool, amsgrad: bool, phase: int = 0) -> dict:
+    """LAMB's reading pass over x of dtype x, its anchor of s, computing in c (amsgrad: with capturable betas;
+    `phase`: the anchor-free update's, which recovers s, or 0)."""
     return dict(
         X_DTYPE=x,
         S_DTYPE=s,
         C_DTYPE=c,
         READS_X=reads_x,
+        PHASE=phase,
         AMSGRAD=amsgrad,
         DECOUPLED=True,
         BIAS_CORRECTION=True,

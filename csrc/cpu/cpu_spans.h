@@ -53,11 +53,9 @@ inline TensorArgs<acc> adaptive_args(const Launch& L, const Hyper<acc>& h, size_
                        acc(1),
                        acc(1)};
   bias_corrections(h, step, args.bias1, args.bias2_sqrt);
-  if (L.anchor_free()) {  // the Adam family's: the weights and corrections of the update that made x
-    const acc* weights = L.last_gammas[t].data_ptr<acc>();
-    args.recovery0 = weights[0];
-    args.recovery1 = weights[1];
-    if (stored > 1.0f) bias_corrections(h, stored - 1.0f, args.last_bias1, args.last_bias2_sqrt);
+  if (L.anchor_free()) {  // the Adam family's: x was made by the update before this update's count (counted
+    // already by an update phase; LAMB's reading pass runs before it)
+    recovery_args(h, L.last_gammas[t].data_ptr<acc>(), step - 1.0f, args);
   }
   return args;
 }

@@ -346,19 +346,23 @@ void run_adaptive_launch(const Launch& L, bool skip, double inv_scale, acc unsca
 }
 
 // After an anchor-free adaptive update: the weights (r0, r1) the next one recovers its anchor with (Adam: 0 and
-// gamma; AdamW: wd r1 and gamma / (1 - lr wd - gamma wd)), written on the host in the state dtype with the ops of
-// extrap_kernels/recovery.py's weights() in their order, so that every backend records the same bits. (Tensor ops
-// per step cost more host time than the kernel at 161 small tensors.)
+// gamma; AdamW: wd r1 and gamma / (1 - lr wd - gamma wd); LAMB: lr and gamma scaled by the tensor's trust ratio),
+// written on the host in the state dtype with the ops of extrap_kernels/recovery.py's weights() in their order, so
+// that every backend records the same bits. (Tensor ops per step cost more host time than the kernel at 161 small
+// tensors.)
 template <typename acc>
 void record_recovery_weights(const Launch& L) {
-  const acc lr = static_cast<acc>(L.lr), gamma = static_cast<acc>(L.gamma), wd = static_cast<acc>(L.weight_decay);
-  acc r0 = 0, r1 = gamma;
-  if (L.decoupled) {
-    r1 = gamma / ((acc(1) - lr * wd) - gamma * wd);
-    r0 = wd * r1;
-  }
-  for (const at::Tensor& weights : L.last_gammas) {
-    acc* w = weights.data_ptr<acc>();
+  const acc* trust = L.trust ? L.trust->data_ptr<acc>() : nullptr;
+  const acc wd = static_cast<acc>(L.weight_decay);
+  for (size_t t = 0; t < L.last_gammas.size(); ++t) {
+    const acc lr = trust ? static_cast<acc>(L.lr) * trust[t] : static_cast<acc>(L.lr);
+    const acc gamma = trust ? static_cast<acc>(L.gamma) * trust[t] : static_cast<acc>(L.gamma);
+    acc r0 = 0, r1 = gamma;
+    if (L.decoupled) {
+      r1 = gamma / ((acc(1) - lr * wd) - gamma * wd);
+      r0 = wd * r1;
+    }
+    acc* w = L.last_gammas[t].data_ptr<acc>();
     w[0] = r0;
     w[1] = r1;
   }

@@ -14,8 +14,9 @@ namespace {
 
 // LAMB's reading pass over one span: its sums of s^2 and u^2. kLanes running sums, element i into lane
 // i % kLanes: independent sums the compiler keeps in vector registers (one running sum is a dependency
-// chain it may not reorder), added in a fixed order. (kDecoupled: as in extrap_cpu.cpp's adaptive spans.)
-template <bool kAmsgrad, bool kReadsX, bool kDecoupled, typename scalar_t, typename anchor_t, typename acc>
+// chain it may not reorder), added in a fixed order. (kDecoupled: as in extrap_cpu.cpp's adaptive spans; kFrom:
+// extrap_math.h's AnchorFrom.)
+template <bool kAmsgrad, int kFrom, bool kDecoupled, typename scalar_t, typename anchor_t, typename acc>
 EXTRAP_SIMD_CLONES void norm_span(const scalar_t* __restrict__ x, const anchor_t* __restrict__ anchor,
                                   const scalar_t* __restrict__ g, const acc* __restrict__ m, const acc* __restrict__ v,
                                   const acc* __restrict__ v_max, int64_t begin, int64_t end, Hyper<acc> h,
@@ -23,20 +24,18 @@ EXTRAP_SIMD_CLONES void norm_span(const scalar_t* __restrict__ x, const anchor_t
   constexpr int kLanes = 16;
   h.decoupled = kDecoupled;
   acc s_lanes[kLanes] = {}, u_lanes[kLanes] = {};
+  auto element = [&](int64_t j, int lane) {
+    const acc xj = kFrom != kAnchorArray ? static_cast<acc>(x[j]) : acc(0);
+    const acc sj = kFrom == kAnchorArray ? static_cast<acc>(anchor[j]) : acc(0);
+    const acc v_maxj = kAmsgrad ? v_max[j] : acc(0);
+    adaptive_norm_element<kAmsgrad>(reading_pass_anchor<kFrom, kAmsgrad>(xj, sj, m[j], v[j], v_maxj, h, t),
+                                    static_cast<acc>(g[j]), m[j], v[j], v_maxj, h, t, s_lanes[lane], u_lanes[lane]);
+  };
   int64_t i = begin;
   for (; i + kLanes <= end; i += kLanes) {
-    for (int lane = 0; lane < kLanes; ++lane) {
-      const int64_t j = i + lane;
-      adaptive_norm_element<kAmsgrad>(kReadsX ? static_cast<acc>(x[j]) : static_cast<acc>(anchor[j]),
-                                      static_cast<acc>(g[j]), m[j], v[j], kAmsgrad ? v_max[j] : acc(0), h, t,
-                                      s_lanes[lane], u_lanes[lane]);
-    }
+    for (int lane = 0; lane < kLanes; ++lane) element(i + lane, lane);
   }
-  for (int lane = 0; i < end; ++i, ++lane) {
-    adaptive_norm_element<kAmsgrad>(kReadsX ? static_cast<acc>(x[i]) : static_cast<acc>(anchor[i]),
-                                    static_cast<acc>(g[i]), m[i], v[i], kAmsgrad ? v_max[i] : acc(0), h, t,
-                                    s_lanes[lane], u_lanes[lane]);
-  }
+  for (int lane = 0; i < end; ++i, ++lane) element(i, lane);
   acc s_squares = 0, u_squares = 0;
   for (int lane = 0; lane < kLanes; ++lane) {
     s_squares += s_lanes[lane];
@@ -48,21 +47,21 @@ EXTRAP_SIMD_CLONES void norm_span(const scalar_t* __restrict__ x, const anchor_t
 
 // LAMB's reading pass: each span's sums, then each tensor's, added in span order (the same result for
 // any number of threads). The anchor is anchor_t: acc, or a 16-bit x's own type without a master.
-template <bool kAmsgrad, bool kReadsX, typename scalar_t, typename anchor_t, typename acc>
+template <bool kAmsgrad, int kFrom, typename scalar_t, typename anchor_t, typename acc>
 at::Tensor run_adaptive_norms(const Launch& L, double inv_scale) {
   const Hyper<acc> h = make_hyper<acc>(L, inv_scale);
   std::vector<TensorArgs<acc>> args;
   for (size_t t = 0; t < L.params.size(); ++t) args.push_back(adaptive_args(L, h, t, true));
   const std::vector<Span> spans = spans_of(L.params, kChunk);
   std::vector<acc> sums(2 * spans.size(), acc(0));
-  auto* run = h.decoupled ? norm_span<kAmsgrad, kReadsX, true, scalar_t, anchor_t, acc>
-                          : norm_span<kAmsgrad, kReadsX, false, scalar_t, anchor_t, acc>;
+  auto* run = h.decoupled ? norm_span<kAmsgrad, kFrom, true, scalar_t, anchor_t, acc>
+                          : norm_span<kAmsgrad, kFrom, false, scalar_t, anchor_t, acc>;
   at::parallel_for(0, static_cast<int64_t>(spans.size()), 1, [&](int64_t lo, int64_t hi) {
     for (int64_t k = lo; k < hi; ++k) {
       const Span& span = spans[k];
-      run(L.params[span.tensor].data_ptr<scalar_t>(), kReadsX ? nullptr : L.anchor(span.tensor).data_ptr<anchor_t>(),
-          L.grads[span.tensor].data_ptr<scalar_t>(), L.momenta[span.tensor].data_ptr<acc>(),
-          L.second_moments[span.tensor].data_ptr<acc>(),
+      const anchor_t* s = kFrom == kAnchorArray ? L.anchor(span.tensor).data_ptr<anchor_t>() : nullptr;
+      run(L.params[span.tensor].data_ptr<scalar_t>(), s, L.grads[span.tensor].data_ptr<scalar_t>(),
+          L.momenta[span.tensor].data_ptr<acc>(), L.second_moments[span.tensor].data_ptr<acc>(),
           kAmsgrad ? L.max_second_moments[span.tensor].data_ptr<acc>() : nullptr, span.begin, span.end, h,
           args[span.tensor], &sums[2 * k]);
     }
@@ -126,14 +125,10 @@ at::Tensor adaptive_norms_cpu(const Launch& L) {
     using acc = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
     return with_anchor_type<scalar_t, acc>(L, [&](auto anchor_type) {
       using anchor_t = typename decltype(anchor_type)::type;
-      // the anchor is x itself before a snapshot of x's own precision (full, or 16 bits without a master)
-      const bool reads_x = L.phase == kExtrapolate && std::is_same<scalar_t, anchor_t>::value;
-      if (L.amsgrad()) {
-        return reads_x ? run_adaptive_norms<true, true, scalar_t, anchor_t, acc>(L, inv_scale)
-                       : run_adaptive_norms<true, false, scalar_t, anchor_t, acc>(L, inv_scale);
-      }
-      return reads_x ? run_adaptive_norms<false, true, scalar_t, anchor_t, acc>(L, inv_scale)
-                     : run_adaptive_norms<false, false, scalar_t, anchor_t, acc>(L, inv_scale);
+      return with_reading_anchor<scalar_t, anchor_t>(L, [&](auto from, auto amsgrad) {
+        return run_adaptive_norms<decltype(amsgrad)::value, decltype(from)::value, scalar_t, anchor_t, acc>(L,
+                                                                                                            inv_scale);
+      });
     });
   });
 }

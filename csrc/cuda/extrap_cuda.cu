@@ -161,11 +161,8 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
                     acc(1),
                     acc(1)};
   bias_corrections(h, step, t.bias1, t.bias2_sqrt);
-  if (P == kUpdatePastAnchorFree) {  // the weights and corrections of the update that made x (counted: stored - 1)
-    const auto* weights = static_cast<const acc*>(table.last_gamma[entry]);
-    t.recovery0 = weights[0];
-    t.recovery1 = weights[1];
-    if (stored > 1.0f) bias_corrections(h, stored - 1.0f, t.last_bias1, t.last_bias2_sqrt);
+  if (P == kUpdatePastAnchorFree) {  // x was made by the update before this one (counted already: stored - 1)
+    recovery_args(h, static_cast<const acc*>(table.last_gamma[entry]), stored - 1.0f, t);
   }
 
   auto element = [&](acc& xv, acc gv, acc& sv, acc& mv, acc& vv, acc& v_maxv, int64_t i) {
@@ -242,8 +239,8 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
 // LAMB's reading pass: each thread sums s^2 and u^2 over its elements of one chunk into its own slot of
 // `partials` ([launch blocks, threads, 2]; block `first_block + blockIdx.x`): the threads do not
 // communicate, and the host-side sums (adaptive_norms_cuda) are in a fixed order, so the result is
-// deterministic.
-template <bool kAmsgrad, bool kReadsX, typename scalar_t, typename anchor_t, typename acc, typename Table>
+// deterministic. kFrom: where the anchor comes from (extrap_math.h's AnchorFrom).
+template <bool kAmsgrad, int kFrom, typename scalar_t, typename anchor_t, typename acc, typename Table>
 __global__ void __launch_bounds__(kThreads)
     adaptive_norms_kernel(Table table, Hyper<acc> h, const acc* grad_scale, const double* beta1, const double* beta2,
                           acc* partials, int64_t first_block) {
@@ -261,10 +258,16 @@ __global__ void __launch_bounds__(kThreads)
   const float step = *table.step[entry] + 1.0f;  // the count after the coming update
   TensorArgs<acc> t{acc(1), false, static_cast<uint32_t>(step), table.index[entry], acc(0), acc(1), acc(1)};
   bias_corrections(h, step, t.bias1, t.bias2_sqrt);
+  if (kFrom == kRecoveredFromParam) {  // x was made by the update of the count stored
+    recovery_args(h, static_cast<const acc*>(table.last_gamma[entry]), step - 1.0f, t);
+  }
   acc s_squares = 0, u_squares = 0;
   for (int64_t j = begin + threadIdx.x; j < end; j += kThreads) {
-    adaptive_norm_element<kAmsgrad>(kReadsX ? static_cast<acc>(x[j]) : static_cast<acc>(s[j]), static_cast<acc>(g[j]),
-                                    m[j], v[j], kAmsgrad ? v_max[j] : acc(0), h, t, s_squares, u_squares);
+    const acc xj = kFrom != kAnchorArray ? static_cast<acc>(x[j]) : acc(0);
+    const acc sj = kFrom == kAnchorArray ? static_cast<acc>(s[j]) : acc(0);
+    const acc v_maxj = kAmsgrad ? v_max[j] : acc(0);
+    adaptive_norm_element<kAmsgrad>(reading_pass_anchor<kFrom, kAmsgrad>(xj, sj, m[j], v[j], v_maxj, h, t),
+                                    static_cast<acc>(g[j]), m[j], v[j], v_maxj, h, t, s_squares, u_squares);
   }
   acc* out = partials + ((first_block + blockIdx.x) * kThreads + threadIdx.x) * 2;
   out[0] = s_squares;
@@ -318,7 +321,7 @@ void launch_adaptive(const Launch& L) {
   });
 }
 
-template <bool kAmsgrad, bool kReadsX, typename scalar_t, typename anchor_t, typename acc>
+template <bool kAmsgrad, int kFrom, typename scalar_t, typename anchor_t, typename acc>
 at::Tensor launch_adaptive_norms(const Launch& L) {
   const Hyper<acc> h = make_hyper<acc>(L, 1.0);
   const acc* grad_scale = L.grad_scale ? L.grad_scale->data_ptr<acc>() : nullptr;
@@ -337,7 +340,7 @@ at::Tensor launch_adaptive_norms(const Launch& L) {
     using Table = typename decltype(tag)::type;
     multi_tensor_apply<Table>(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas,
                               L.second_moments, L.max_second_moments, [&](Table& table, int blocks) {
-                                launch_checked(adaptive_norms_kernel<kAmsgrad, kReadsX, scalar_t, anchor_t, acc, Table>,
+                                launch_checked(adaptive_norms_kernel<kAmsgrad, kFrom, scalar_t, anchor_t, acc, Table>,
                                                blocks, kThreads, stream, table, h, grad_scale, beta1, beta2,
                                                partials.data_ptr<acc>(), first_block);
                                 first_block += blocks;
@@ -419,14 +422,9 @@ at::Tensor adaptive_norms_cuda(const Launch& L) {
     using acc = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
     return with_anchor_type<scalar_t, acc>(L, [&](auto anchor_type) {
       using anchor_t = typename decltype(anchor_type)::type;
-      // the anchor is x itself before a snapshot of x's own precision (full, or 16 bits without a master)
-      const bool reads_x = L.phase == kExtrapolate && std::is_same<scalar_t, anchor_t>::value;
-      if (L.amsgrad()) {
-        return reads_x ? launch_adaptive_norms<true, true, scalar_t, anchor_t, acc>(L)
-                       : launch_adaptive_norms<true, false, scalar_t, anchor_t, acc>(L);
-      }
-      return reads_x ? launch_adaptive_norms<false, true, scalar_t, anchor_t, acc>(L)
-                     : launch_adaptive_norms<false, false, scalar_t, anchor_t, acc>(L);
+      return with_reading_anchor<scalar_t, anchor_t>(L, [&](auto from, auto amsgrad) {
+        return launch_adaptive_norms<decltype(amsgrad)::value, decltype(from)::value, scalar_t, anchor_t, acc>(L);
+      });
     });
   });
 }

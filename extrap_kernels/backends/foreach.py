@@ -56,8 +56,8 @@ def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None, f
     if b.rounds_stochastically:
         _apply_rounded(phase, b, h, grad_scale)
     else:
-        _APPLY[h.base](phase, b, h, grad_scale)
-    recovery.record(phase, b, h, None)
+        trust = _APPLY[h.base](phase, b, h, grad_scale)  # (LAMB's ratios, which its anchor-free update records)
+        recovery.record(phase, b, h, None, trust)
     unscale_grads(b, grad_scale, found_inf)
 
 
@@ -146,7 +146,7 @@ def _moments(b: Bucket, h: AdamHyper, g_prime: list[Tensor], lookahead: bool) ->
 
 def _apply_adaptive(phase: Phase, b: Bucket, h: AdamHyper, grad_scale: Tensor | None) -> None:
     """Adam, AdamW, LAMB and Adagrad (reference_adaptive says what each line computes), the step counts
-    read on the host for the bias corrections."""
+    read on the host for the bias corrections. Returns LAMB's trust ratios (None for the others)."""
     inv_scale = 1.0 / grad_scale.item() if grad_scale is not None else 1.0
     clip = clip_factor(b, h, inv_scale)
     dtype = state_dtype(b.dtype)
@@ -182,6 +182,7 @@ def _apply_adaptive(phase: Phase, b: Bucket, h: AdamHyper, grad_scale: Tensor | 
         trust = torch.where((s_norms > 0) & (u_norms > 0), s_norms / u_norms, torch.ones_like(s_norms))
         torch._foreach_mul_(e, list(trust.unbind()))
     _land(phase, b, h, anchors, e)
+    return trust if h.scales_by_trust else None
 
 
 def _land(phase: Phase, b: Bucket, h: Hyper, anchors: list[Tensor], e: list[Tensor]) -> None:

@@ -213,7 +213,7 @@ def apply_adaptive(
     """One adaptive phase over the bucket (LAMB: its reading pass first), counting the step of an update (and
     after the anchor-free one, recording its recovery weights)."""
     phases = (Phase.EXTRAPOLATE, Phase.UPDATE, Phase.UPDATE_PAST, Phase.UPDATE_NOISE)
-    if phase not in phases and not recovery.recovers(phase, b, h):  # (anchor-free: Adam's and AdamW's alone)
+    if phase not in phases and not recovery.recovers(phase, b, h):  # (anchor-free: the Adam family's alone)
         raise ValueError(f"phase {phase!r} has no adaptive form")
     loss_scale = grad_scale  # (AMP's: LAMB folds its clipping into the grad_scale the kernel divides by)
     tables = cached_tables(b, adaptive_columns(b), streamed=6)  # (once, as the constants: LAMB's passes share them)
@@ -228,7 +228,7 @@ def apply_adaptive(
     count_step(phase, b, found_inf)
     table, numels, indices, block_tensor, block_start, _, total, aligned = tables
     if total == 0:
-        return recovery.record(phase, b, h, found_inf)
+        return recovery.record(phase, b, h, found_inf, trust)
     (lr, lr_tensor), (gamma, gamma_tensor) = h.rate("lr", b), h.rate("gamma", b)
     dummy = numels  # any device tensor, for pointer arguments that a constexpr switches off
     seed = int(h.seed) & 0xFFFFFFFFFFFFFFFF
@@ -269,4 +269,4 @@ def apply_adaptive(
         BLOCK=BLOCK,
         ALIGNED=aligned,
     )
-    recovery.record(phase, b, h, found_inf)
+    recovery.record(phase, b, h, found_inf, None if h.blends_grad_norms else trust)

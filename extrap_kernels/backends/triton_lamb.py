@@ -19,8 +19,9 @@ from .triton_adaptive_math import (
     constants,
     load_moments,
     pointers,
+    recovered_anchor,
 )
-from .triton_common import BLOCK, DTYPES, cached_tables, grad_scaling, program_block
+from .triton_common import BLOCK, DTYPES, UPDATE_PAST_ANCHOR_FREE, cached_tables, grad_scaling, program_block
 
 SEGMENT = 128  # blocks a program of the per-tensor sums adds at a time
 
@@ -48,6 +49,7 @@ def _norms_kernel(
     S_DTYPE: tl.constexpr,
     C_DTYPE: tl.constexpr,
     READS_X: tl.constexpr,
+    PHASE: tl.constexpr,
     AMSGRAD: tl.constexpr,
     DECOUPLED: tl.constexpr,
     BIAS_CORRECTION: tl.constexpr,
@@ -57,10 +59,13 @@ def _norms_kernel(
     GRAD_AVERAGING: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """LAMB's reading pass, one block: its sums of s^2 and u^2 (u of the coming update) to block_sums[pid]."""
+    """LAMB's reading pass, one block: its sums of s^2 and u^2 (u of the coming update) to block_sums[pid]. The
+    anchor-free update's (PHASE) takes s as that update recovers it, from x and the moments stored before it."""
     pid = tl.program_id(0)
     t, offs, mask, _ = program_block(numels, block_tensor, block_start, BLOCK, False)
-    x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, _ = pointers(table, t, X_DTYPE, S_DTYPE, C_DTYPE, False)
+    x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, recovery_ptr = pointers(
+        table, t, X_DTYPE, S_DTYPE, C_DTYPE, False
+    )
     grad_factor, _ = grad_scaling(sign, scale_ptr, scale_ptr, t, HAS_SCALE, False, C_DTYPE)
     betas = (beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, beta1_ptr, beta2_ptr, 0.0)
     coefficients = adaptive_coefficients(
@@ -73,14 +78,17 @@ def _norms_kernel(
         GRAD_AVERAGING,
         BIAS_CORRECTION,
         C_DTYPE,
-        0,
+        PHASE,  # (the count of the coming update: the anchor-free one's last corrections are the stored count's)
     )
-    if READS_X:  # before a snapshot of x's own precision the anchor is x itself
+    m, v, v_max = load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, WITH_MAX if AMSGRAD else FIRST_AND_SECOND)
+    if PHASE == UPDATE_PAST_ANCHOR_FREE:  # x_t and update t's moments give s_t back (recovery.py)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+        anchor = tl.where(mask, recovered_anchor(x, m, v, v_max, recovery_ptr, coefficients, AMSGRAD), 0.0)
+    elif READS_X:  # before a snapshot of x's own precision the anchor is x itself
         anchor = tl.load(x_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
     else:
         anchor = tl.load(s_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
-    m, v, v_max = load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, WITH_MAX if AMSGRAD else FIRST_AND_SECOND)
     u, _, _, _ = adaptive_direction(anchor, g, m, v, v_max, grad_factor, coefficients, DECOUPLED, AMSGRAD)
     u = tl.where(mask, u, 0.0)  # (0 / 0 where eps is 0)
     tl.store(block_sums + 2 * pid, tl.sum(anchor * anchor, 0))
@@ -136,6 +144,7 @@ def lamb_sums(
         S_DTYPE=DTYPES[b.storage_dtype],
         C_DTYPE=DTYPES[dtype],
         READS_X=phase == Phase.EXTRAPOLATE and not b.has_master,
+        PHASE=int(phase) if phase == Phase.UPDATE_PAST_ANCHOR_FREE else 0,
         AMSGRAD=bool(b.max_second_moments),
         DECOUPLED=bool(h.decoupled),
         BIAS_CORRECTION=bool(h.bias_correction),
