@@ -127,12 +127,20 @@ inline void check_state(const Launch& L, size_t i, const at::Device& device, at:
                       key, "' does not match the parameter's shape/layout");
   };
   const int64_t numel = L.params[i].numel();
+  // the adaptive bases' moments: cdtype, or all of the launch's in one 16-bit type (exp_avg_dtype) over fp32
+  // arithmetic, Adam's, AdamW's and LAMB's alone
+  const at::ScalarType mdtype = L.rounds_moments() ? L.second_moments[0].scalar_type() : cdtype;
+  if (mdtype != cdtype) {
+    TORCH_CHECK_VALUE(cdtype == at::kFloat && !L.accumulates && !L.tensor_norms, name_of(L, i),
+                      ": 16-bit moments (exp_avg_dtype) need fp32 arithmetic and Adam, AdamW or LAMB, got ", mdtype,
+                      " moments for ", L.params[i].scalar_type(), " parameters");
+  }
   if (!L.anchors.empty()) check(L.anchors[i], sdtype, numel, "anchor");
   if (!L.momenta.empty()) {
-    check(L.momenta[i], L.adaptive() ? cdtype : sdtype, numel, L.adaptive() ? "exp_avg" : "momentum_buffer");
+    check(L.momenta[i], L.adaptive() ? mdtype : sdtype, numel, L.adaptive() ? "exp_avg" : "momentum_buffer");
   }
-  if (!L.second_moments.empty()) check(L.second_moments[i], cdtype, numel, L.accumulates ? "sum" : "exp_avg_sq");
-  if (!L.max_second_moments.empty()) check(L.max_second_moments[i], cdtype, numel, "max_exp_avg_sq");
+  if (!L.second_moments.empty()) check(L.second_moments[i], mdtype, numel, L.accumulates ? "sum" : "exp_avg_sq");
+  if (!L.max_second_moments.empty()) check(L.max_second_moments[i], mdtype, numel, "max_exp_avg_sq");
   check(L.steps[i], at::kFloat, 1, "step");
   if (!L.last_gammas.empty()) {
     check(L.last_gammas[i], sdtype, L.adaptive() ? 2 : 1, L.adaptive() ? "recovery" : "last_gamma");

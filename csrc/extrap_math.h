@@ -201,6 +201,15 @@ EXTRAP_HD Philox4 rounding_bits(uint64_t seed, uint32_t step, uint32_t index, ui
   return noise_bits(seed ^ kRoundingKey, step, index, element);
 }
 
+// The adaptive bases' 16-bit moments (exp_avg_dtype / exp_avg_sq_dtype) draw their rounding bits under a key of
+// their own, apart from the noise's and the parameter's: Philox output c0 rounds m, c1 v (SPEC "16-bit optimizer
+// state, adaptive bases").
+constexpr uint64_t kMomentKey = 0x13198A2E03707344ull;  // (pi's next hex digits)
+
+EXTRAP_HD Philox4 moment_bits(uint64_t seed, uint32_t step, uint32_t index, uint64_t element) {
+  return noise_bits(seed ^ kMomentKey, step, index, element);
+}
+
 EXTRAP_HD uint32_t float_bits(float v) {
 #ifdef __CUDA_ARCH__
   return __float_as_uint(v);
@@ -321,8 +330,9 @@ EXTRAP_HD constexpr bool skip_stores_param() {
 // ---------------------------------------------------------------------------------------------------
 // The adaptive bases: Adam, AdamW and LAMB (SPEC "Base update, Adam family and LAMB"). The moments m
 // ("exp_avg"), v ("exp_avg_sq") and, with amsgrad, v_max ("max_exp_avg_sq") are fp32 state (fp64 for fp64
-// parameters) whatever the master (a 16-bit x without one is its own anchor, or keeps a 16-bit one); a
-// phase's direction e is trust * u, trust the LAMB ratio of the tensor (1 for Adam).
+// parameters; or 16-bit, rounded stochastically: adaptive_direction's RM) whatever the master (a 16-bit x without one
+// is its own anchor, or keeps a 16-bit one); a phase's direction e is trust * u, trust the LAMB ratio of the tensor (1
+// for Adam).
 // ---------------------------------------------------------------------------------------------------
 template <typename T>
 EXTRAP_HD T square_root(T v) {
@@ -360,13 +370,21 @@ EXTRAP_HD void recovery_args(const Hyper<acc>& h, const acc* weights, float made
 // ahead); a = (m / bias1) / (sqrt(v) / bias2_sqrt + eps), v_max in place of v with amsgrad; u = a, plus
 // the decoupled decay wd * s. Adagrad is the case beta1 = 0, grad_gain = 1 (m = g', which its launchers
 // neither load nor store), beta2 = second_gain = 1 (v <- v + g'^2, its "sum") and no bias correction.
-template <bool kAmsgrad, typename acc>
+// RM: the rounding of 16-bit moments (extrap_math.h's Rounding; kNearest: moments of acc, or a look-ahead that
+// stores nothing): m and v go to their 16-bit neighbours with `bits` (moment_bits: c0 m, c1 v) before the direction
+// reads them, so that the stored moments are the ones the step used (the anchor-free update recovers its anchor
+// from them). v_max, the larger of two 16-bit values, needs no rounding.
+template <bool kAmsgrad, int RM = kNearest, typename acc>
 EXTRAP_HD acc adaptive_direction(acc s, acc g, acc& m, acc& v, acc& v_max, const Hyper<acc>& h, acc bias1,
-                                 acc bias2_sqrt) {
+                                 acc bias2_sqrt, const Philox4& bits = Philox4{0, 0, 0, 0}) {
   acc gp = g * h.grad_factor;
   if (!h.decoupled) gp += h.weight_decay * s;
   m = static_cast<acc>(h.beta1) * m + h.grad_gain * gp;
   v = static_cast<acc>(h.beta2) * v + (h.second_gain * gp) * gp;
+  if (RM != kNearest) {
+    m = stochastic_round<RM>(m, bits.c0);
+    v = stochastic_round<RM>(v, bits.c1);
+  }
   if (kAmsgrad) v_max = v > v_max ? v : v_max;
   const acc second = kAmsgrad ? v_max : v;
   acc u = (m / bias1) / (square_root(second) / bias2_sqrt + h.eps);
@@ -405,11 +423,14 @@ EXTRAP_HD acc novograd_direction(acc s, acc g, acc& m, acc norm, const Hyper<acc
 
 // e, the direction of one element of an adaptive phase: trust * u for the per-element second moments (trust the
 // LAMB ratio, 1 for Adam); NovoGrad's launch passes each tensor's running norm where the ratio would be.
-template <int M, typename acc>
+// RM: the 16-bit moments' rounding (adaptive_direction), keyed by the element, the count t.step and the parameter.
+template <int M, int RM = kNearest, typename acc>
 EXTRAP_HD acc adaptive_step_direction(acc s, acc g, acc& m, acc& v, acc& v_max, const Hyper<acc>& h,
-                                      const TensorArgs<acc>& t) {
+                                      const TensorArgs<acc>& t, uint64_t element = 0) {
   if (M == kFirstAndNorm) return novograd_direction(s, g, m, t.trust, h, t.bias1, t.bias2_sqrt);
-  return t.trust * adaptive_direction<keeps_max(M)>(s, g, m, v, v_max, h, t.bias1, t.bias2_sqrt);
+  if (RM == kNearest) return t.trust * adaptive_direction<keeps_max(M)>(s, g, m, v, v_max, h, t.bias1, t.bias2_sqrt);
+  const Philox4 bits = moment_bits(h.seed, t.step, t.index, element);
+  return t.trust * adaptive_direction<keeps_max(M), RM>(s, g, m, v, v_max, h, t.bias1, t.bias2_sqrt, bits);
 }
 
 // kUpdatePastAnchorFree, the Adam family (extrap_kernels/recovery.py; SPEC "Memory-lean variants, adaptive bases
@@ -425,8 +446,9 @@ EXTRAP_HD acc recovered_adaptive_anchor(acc x, acc m, acc v, acc v_max, const Hy
 // One element of one adaptive phase (kExtrapolate, kUpdate, kUpdatePast, kUpdateNoise; the Adam family's
 // kUpdatePastAnchorFree too): as phase_element,
 // with the moments M keeps read and replaced. kExtrapolate ("local") looks ahead: the direction from
-// the moments as if updated with this gradient (t.bias* of the count after it), the state read only.
-template <Phase P, int M, bool kMaster, typename acc>
+// the moments as if updated with this gradient (t.bias* of the count after it), the state read only. RM: an update's
+// rounding of 16-bit moments (adaptive_direction; the look-ahead, storing nothing, rounds none).
+template <Phase P, int M, bool kMaster, int RM = kNearest, typename acc>
 EXTRAP_HD void adaptive_element(acc& x, acc g, acc& s, acc& m, acc& v, acc& v_max, const Hyper<acc>& h,
                                 const TensorArgs<acc>& t, uint64_t element) {
   if (P == kExtrapolate) {
@@ -436,7 +458,7 @@ EXTRAP_HD void adaptive_element(acc& x, acc g, acc& s, acc& m, acc& v, acc& v_ma
     return;
   }
   if (P == kUpdatePastAnchorFree) s = recovered_adaptive_anchor<keeps_max(M)>(x, m, v, v_max, h, t);
-  const acc e = adaptive_step_direction<M>(s, g, m, v, v_max, h, t);
+  const acc e = adaptive_step_direction<M, RM>(s, g, m, v, v_max, h, t, element);
   s -= h.lr * e;
   if (P == kUpdate) {
     x = s;
@@ -459,11 +481,14 @@ EXTRAP_HD acc reading_pass_anchor(acc x, acc s, acc m, acc v, acc v_max, const H
 }
 
 // LAMB's reading pass, one element: adds s^2 and u^2 (u the direction of the coming update, or of the
-// look-ahead: the moments as if updated, t.bias* of that count) to the tensor's sums. Nothing is stored.
-template <bool kAmsgrad, typename acc>
+// look-ahead: the moments as if updated, t.bias* of that count) to the tensor's sums. Nothing is stored. RM: the
+// coming update's rounding of 16-bit moments, which its direction reads (t.step that update's count; none before
+// a look-ahead).
+template <bool kAmsgrad, int RM = kNearest, typename acc>
 EXTRAP_HD void adaptive_norm_element(acc s, acc g, acc m, acc v, acc v_max, const Hyper<acc>& h,
-                                     const TensorArgs<acc>& t, acc& s_squares, acc& u_squares) {
-  const acc u = adaptive_direction<kAmsgrad>(s, g, m, v, v_max, h, t.bias1, t.bias2_sqrt);
+                                     const TensorArgs<acc>& t, acc& s_squares, acc& u_squares, uint64_t element = 0) {
+  const Philox4 bits = RM == kNearest ? Philox4{0, 0, 0, 0} : moment_bits(h.seed, t.step, t.index, element);
+  const acc u = adaptive_direction<kAmsgrad, RM>(s, g, m, v, v_max, h, t.bias1, t.bias2_sqrt, bits);
   s_squares += s * s;
   u_squares += u * u;
 }

@@ -76,6 +76,13 @@ struct Launch {
   bool counts_step() const { return phase != kExtrapolate; }
   bool adaptive() const { return family == Family::kAdaptive; }
   bool amsgrad() const { return !max_second_moments.empty(); }
+  // 16-bit moments (exp_avg_dtype / exp_avg_sq_dtype, the Adam family's m, v and v_max alike): each stored value
+  // rounded stochastically (extrap_math.h's moment_bits, keyed by `seed`); else they are the arithmetic's dtype
+  bool rounds_moments() const {
+    if (!adaptive() || second_moments.empty()) return false;
+    const at::ScalarType type = second_moments[0].scalar_type();
+    return type == at::kBFloat16 || type == at::kHalf;
+  }
   // the moments an adaptive launch keeps (extrap_math.h's Moments)
   int moments() const {
     return accumulates ? kSumOnly : tensor_norms ? kFirstAndNorm : amsgrad() ? kWithMax : kFirstAndSecond;
@@ -130,6 +137,21 @@ template <typename scalar_t, typename acc, typename F>
 decltype(auto) with_anchor_type(const Launch& L, F&& f) {
   if constexpr (!std::is_same<scalar_t, acc>::value) {
     if (L.rounds_stochastically()) return f(Tag<scalar_t>{});
+  }
+  return f(Tag<acc>{});
+}
+
+// Calls f(Tag<moment_t>) with the type an adaptive launch's moments are held in: the arithmetic's `acc`, or the
+// 16-bit type of exp_avg_dtype (Adam, AdamW and LAMB alone: the moments M of kFirstAndSecond and kWithMax; fp32
+// arithmetic), whose stored values the launchers round stochastically. Other launches get acc only, so that no
+// loop is compiled for moments they cannot have.
+template <int M, typename acc, typename F>
+decltype(auto) with_moment_type(const Launch& L, F&& f) {
+  if constexpr (std::is_same<acc, float>::value && (M == kFirstAndSecond || M == kWithMax)) {
+    if (L.rounds_moments()) {
+      if (L.second_moments[0].scalar_type() == at::kBFloat16) return f(Tag<at::BFloat16>{});
+      return f(Tag<at::Half>{});
+    }
   }
   return f(Tag<acc>{});
 }

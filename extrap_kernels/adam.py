@@ -12,7 +12,7 @@ from torch import Tensor
 
 from . import group_step
 from .bucket import Phase
-from .checks import check_hyperparameters, scalar_value
+from .checks import check_hyperparameters, check_moment_dtypes, scalar_value
 from .hyper import Hyper
 from .optimizer import ApexDropIn, ExtrapolatingOptimizer
 from .state import ADAM_STATE, LAMB_STATE
@@ -34,6 +34,11 @@ def check_adaptive(lr, betas, eps, weight_decay) -> None:
             raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
 
 
+def check_group_moments(group: dict) -> None:
+    """A param group's moment dtypes (set by the class, or by the user in the group)."""
+    check_moment_dtypes(group.get("exp_avg_dtype", torch.float32), group.get("exp_avg_sq_dtype", torch.float32))
+
+
 class ExtrapolatingAdaptive(ExtrapolatingOptimizer):
     """The adaptive bases with extrapolation: the phase of each group's mode (ExtrapolatingOptimizer), the
     moments and the anchor of the base (state.AdaptiveState)."""
@@ -42,6 +47,7 @@ class ExtrapolatingAdaptive(ExtrapolatingOptimizer):
 
     def launch_args(self, group: dict) -> tuple[Phase, Hyper]:
         check_adaptive(group["lr"], group["betas"], group["eps"], group["weight_decay"])
+        check_group_moments(group)
         phase, gamma = self._mode_phase(group)
         hyper = self.STATE.hyper.from_group(group, gamma=gamma)  # (the group's keys are its fields)
         if group["mode"] == "past" and not group.get("store_anchor", True) and hyper.anchor_free():
@@ -57,7 +63,9 @@ class ExtrapAdam(ExtrapolatingAdaptive):
     decoupled_weight_decay=True is AdamW. On fp32/fp64 parameters mode="past" keeps no anchor: it is recovered
     from x, the moments and the last update's weights (state "recovery", recovery.py), so the optimizer needs
     torch.optim.Adam's memory and traffic; store_anchor=True keeps it in the state anyway ("anchor");
-    checkpoints of either kind load into the other."""
+    checkpoints of either kind load into the other. exp_avg_dtype = exp_avg_sq_dtype = torch.bfloat16 (or float16;
+    Transformer Engine's names) stores the moments in 16 bits, each rounded stochastically before the step reads it
+    (docs/SPEC.md: 4 bytes of state per fp32 element in mode "past")."""
 
     def __init__(
         self,
@@ -76,6 +84,8 @@ class ExtrapAdam(ExtrapolatingAdaptive):
         seed: int = 0,
         store_anchor: bool = False,
         master_weights: bool = True,
+        exp_avg_dtype: torch.dtype = torch.float32,
+        exp_avg_sq_dtype: torch.dtype = torch.float32,
         backend: str = "auto",
     ):
         check_adaptive(lr, betas, eps, weight_decay)
@@ -93,8 +103,11 @@ class ExtrapAdam(ExtrapolatingAdaptive):
             seed=seed,
             store_anchor=store_anchor,
             master_weights=master_weights,
+            exp_avg_dtype=exp_avg_dtype,
+            exp_avg_sq_dtype=exp_avg_sq_dtype,
         )
         check_hyperparameters(gamma=gamma, mode=mode, noise_std=noise_std, master_weights=master_weights)
+        check_moment_dtypes(exp_avg_dtype, exp_avg_sq_dtype)
         super().__init__(params, defaults, backend)
 
 
@@ -117,6 +130,8 @@ class ExtrapAdamW(ExtrapAdam):
         seed: int = 0,
         store_anchor: bool = False,
         master_weights: bool = True,
+        exp_avg_dtype: torch.dtype = torch.float32,
+        exp_avg_sq_dtype: torch.dtype = torch.float32,
         backend: str = "auto",
     ):
         super().__init__(
@@ -134,6 +149,8 @@ class ExtrapAdamW(ExtrapAdam):
             seed=seed,
             store_anchor=store_anchor,
             master_weights=master_weights,
+            exp_avg_dtype=exp_avg_dtype,
+            exp_avg_sq_dtype=exp_avg_sq_dtype,
             backend=backend,
         )
 
@@ -166,6 +183,8 @@ class ExtrapLAMB(ExtrapolatingAdaptive):
         seed: int = 0,
         store_anchor: bool = False,
         master_weights: bool = True,
+        exp_avg_dtype: torch.dtype = torch.float32,
+        exp_avg_sq_dtype: torch.dtype = torch.float32,
         backend: str = "auto",
     ):
         check_adaptive(lr, betas, eps, weight_decay)
@@ -187,8 +206,11 @@ class ExtrapLAMB(ExtrapolatingAdaptive):
             seed=seed,
             store_anchor=store_anchor,
             master_weights=master_weights,
+            exp_avg_dtype=exp_avg_dtype,
+            exp_avg_sq_dtype=exp_avg_sq_dtype,
         )
         check_hyperparameters(gamma=gamma, mode=mode, noise_std=noise_std, master_weights=master_weights)
+        check_moment_dtypes(exp_avg_dtype, exp_avg_sq_dtype)
         super().__init__(params, defaults, backend)
 
 
@@ -209,6 +231,7 @@ class _ApexAdaptive(ApexDropIn):
 
     def launch_args(self, group: dict) -> tuple[Phase, Hyper]:
         check_adaptive(group["lr"], group["betas"], group["eps"], group["weight_decay"])
+        check_group_moments(group)
         return Phase.UPDATE, self.STATE.hyper.from_group(group, gamma=0.0)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -252,7 +275,8 @@ class FusedAdam(_ApexAdaptive):
     """Drop-in for `apex.optimizers.FusedAdam`: Adam (adam_w_mode=True: AdamW) in one pass per step.
     capturable=True keeps the group's step count and lr on the device (lr as a float32 tensor, as Apex's).
     master_weights=False (Apex's default) keeps no fp32 copy of a 16-bit parameter (fp32 moments: 8 bytes of
-    state per element, as Apex); True keeps one, the state's "anchor"."""
+    state per element, as Apex); True keeps one, the state's "anchor". exp_avg_dtype and exp_avg_sq_dtype are
+    Transformer Engine's FusedAdam's (16-bit moments, rounded stochastically here: ExtrapAdam's)."""
 
     _PICKLED = _ApexAdaptive._PICKLED + ("master_weights",)
 
@@ -270,6 +294,8 @@ class FusedAdam(_ApexAdaptive):
         capturable: bool = False,
         master_weights: bool = False,
         *,
+        exp_avg_dtype: torch.dtype = torch.float32,
+        exp_avg_sq_dtype: torch.dtype = torch.float32,
         backend: str = "auto",
     ):
         if amsgrad:
@@ -283,8 +309,11 @@ class FusedAdam(_ApexAdaptive):
             weight_decay=weight_decay,
             decoupled=adam_w_mode,
             master_weights=master_weights,
+            exp_avg_dtype=exp_avg_dtype,
+            exp_avg_sq_dtype=exp_avg_sq_dtype,
         )
         check_hyperparameters(master_weights=master_weights)
+        check_moment_dtypes(exp_avg_dtype, exp_avg_sq_dtype)
         super().__init__(params, defaults, backend, capturable=capturable)
         self.set_grad_none, self.master_weights = set_grad_none, master_weights
 
@@ -313,6 +342,8 @@ class FusedLAMB(_ApexAdaptive):
         *,
         master_weights: bool = False,
         capturable: bool = False,
+        exp_avg_dtype: torch.dtype = torch.float32,
+        exp_avg_sq_dtype: torch.dtype = torch.float32,
         backend: str = "auto",
     ):
         if amsgrad:
@@ -329,7 +360,10 @@ class FusedLAMB(_ApexAdaptive):
             max_grad_norm=max_grad_norm,
             use_nvlamb=use_nvlamb,
             master_weights=master_weights,
+            exp_avg_dtype=exp_avg_dtype,
+            exp_avg_sq_dtype=exp_avg_sq_dtype,
         )
         check_hyperparameters(master_weights=master_weights)
+        check_moment_dtypes(exp_avg_dtype, exp_avg_sq_dtype)
         super().__init__(params, defaults, backend, capturable=capturable)
         self.set_grad_none = set_grad_none

@@ -34,6 +34,13 @@ def state_dtype(param_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if param_dtype == torch.float64 else torch.float32
 
 
+def moment_dtype_for(param_dtype: torch.dtype, wanted: torch.dtype | None) -> torch.dtype:
+    """The dtype the adaptive bases' moments of a `param_dtype` parameter are held in: `wanted` (the group's
+    exp_avg_dtype) where it is 16-bit and the arithmetic fp32, else the state dtype."""
+    sdtype = state_dtype(param_dtype)
+    return wanted if wanted in (torch.bfloat16, torch.float16) and sdtype == torch.float32 else sdtype
+
+
 def bucket_phase(phase: Phase, dtype: torch.dtype) -> Phase:
     """The phase a group's bucket of `dtype` runs: a 16-bit x keeps its fp32 master as the anchor, so
     an anchor-free group runs the stored-anchor past update there."""
@@ -67,6 +74,9 @@ class Bucket:
     global_grad_norm: Tensor | None = None
     # NovoGrad: each tensor's running gradient norm (0-dim, state dtype; Apex's per-tensor "exp_avg_sq")
     grad_norms: list[Tensor] = field(default_factory=list)
+    # The group's exp_avg_dtype (Adam, AdamW, LAMB): 16-bit, the moments are stored in it, each stored value
+    # rounded stochastically (moment_dtype)
+    moment_storage: torch.dtype | None = None
 
     @property
     def device(self) -> torch.device:
@@ -84,8 +94,16 @@ class Bucket:
     @property
     def moment_dtype(self) -> torch.dtype:
         """The dtype of the momenta and moments: the anchor's for the SGD family; fp32 (fp64) for the adaptive
-        bases' moments (NovoGrad's m too) whatever the master, as Apex's FusedAdam keeps them."""
-        return state_dtype(self.dtype) if self.second_moments or self.grad_norms else self.storage_dtype
+        bases' moments (NovoGrad's m too) whatever the master, as Apex's FusedAdam keeps them, or the 16-bit
+        moment_storage of Adam, AdamW and LAMB."""
+        if self.second_moments:
+            return moment_dtype_for(self.dtype, self.moment_storage)
+        return state_dtype(self.dtype) if self.grad_norms else self.storage_dtype
+
+    @property
+    def rounds_moments(self) -> bool:
+        """The adaptive bases' moments are 16-bit: an update rounds each stored value stochastically."""
+        return bool(self.second_moments) and self.moment_dtype in (torch.bfloat16, torch.float16)
 
     @property
     def has_master(self) -> bool:

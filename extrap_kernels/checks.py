@@ -61,6 +61,22 @@ def check_hyperparameters(**values) -> None:
         raise ValueError(f"Invalid past: {values['past']!r}; choose 'update' or 'grad'")
 
 
+MOMENT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_moment_dtypes(exp_avg_dtype, exp_avg_sq_dtype) -> None:
+    """Transformer Engine's exp_avg_dtype and exp_avg_sq_dtype: fp32 (the default), bf16 or fp16, for now the
+    same for both (one launch holds one moment type)."""
+    for name, dtype in (("exp_avg_dtype", exp_avg_dtype), ("exp_avg_sq_dtype", exp_avg_sq_dtype)):
+        if dtype not in MOMENT_DTYPES:
+            raise TypeError(f"Invalid {name}: {dtype!r}; choose one of {MOMENT_DTYPES}")
+    if exp_avg_dtype != exp_avg_sq_dtype:
+        raise ValueError(
+            f"exp_avg_dtype ({exp_avg_dtype}) and exp_avg_sq_dtype ({exp_avg_sq_dtype}) must be the same: "
+            "one of them 16-bit and the other fp32 is not supported yet"
+        )
+
+
 def check_param(param: Tensor, grad: Tensor, backend, name: str) -> None:
     """A parameter and its gradient can go through `backend` (a complex one as its real view, as
     torch.optim does: every phase is elementwise)."""
@@ -88,6 +104,12 @@ def check_bucket(bucket: Bucket, backend) -> None:
     """The whole bucket, optimizer state included, can go through `backend`."""
     sdtype, mdtype = bucket.storage_dtype, bucket.moment_dtype
     names = bucket.names or [f"param {i}" for i in bucket.indices]
+    wanted = bucket.moment_storage
+    if bucket.second_moments and wanted in (torch.bfloat16, torch.float16) and mdtype != wanted:
+        raise RuntimeError(
+            f"{names[0]}: 16-bit moments (exp_avg_dtype={wanted}) need fp32, bf16 or fp16 parameters, not "
+            f"{bucket.dtype}: put the {bucket.dtype} parameters in a param group with exp_avg_dtype=torch.float32"
+        )
     for i, (x, g) in enumerate(zip(bucket.params, bucket.grads)):
         check_param(x, g, backend, names[i])
         if x.dtype != bucket.dtype or x.device != bucket.device:

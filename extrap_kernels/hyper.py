@@ -156,6 +156,9 @@ class AdamHyper(Hyper):
     decoupled: bool = False  # AdamW / adam_w_mode: e = a + wd * s instead of g' += wd * s
     amsgrad: bool = False
     bias_correction: bool = True
+    # 16-bit moments (Transformer Engine's exp_avg_dtype; exp_avg_sq_dtype is the same): m, v and v_max stored
+    # in it, rounded stochastically (SPEC "16-bit optimizer state, adaptive bases")
+    exp_avg_dtype: torch.dtype = torch.float32
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))  # (a checkpoint's groups hold lists)
@@ -171,7 +174,7 @@ class AdamHyper(Hyper):
         return 1.0 if self.accumulates else 1 - self.betas[1]
 
     def layout(self) -> tuple:
-        return self.base, self.amsgrad
+        return self.base, self.amsgrad, self.exp_avg_dtype
 
     def anchor_free(self) -> bool:
         """Adam's, AdamW's and LAMB's past direction comes back from the stored moments, so x, they and the last

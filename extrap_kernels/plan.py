@@ -178,6 +178,7 @@ class Plan:
             names=stage.names,
             shard_group=stage.shard_group,
             master=stage.group.get("master_weights", True),
+            moment_storage=stage.group.get("exp_avg_dtype"),
             **lists,
         )
         check_bucket(bucket, stage.backend)

@@ -73,6 +73,8 @@ def recovered_all(xs, ms, seconds, rs, steps: list[int], h: AdamHyper) -> list[T
     """recovered() of every tensor of a bucket in _foreach ops, the same ops in the same order (the foreach
     backend: a few passes over the lists, not a dozen per tensor). With eps > 0, a is finite, and where the
     weights are 0 x + 0 * x + 0 * a is x exactly; eps = 0 needs recovered()'s guard against 0 / 0."""
+    if ms and ms[0].dtype != xs[0].dtype:  # (16-bit moments: a in x's precision, as the kernels compute it)
+        ms, seconds = [m.to(xs[0].dtype) for m in ms], [v.to(xs[0].dtype) for v in seconds]
     if h.eps == 0:
         return [recovered(*args, h) for args in zip(xs, ms, seconds, rs, steps)]
     bias1, bias2_sqrt = zip(*(last_corrections(t, h) for t in steps))
@@ -90,5 +92,6 @@ def recovered(x: Tensor, m: Tensor, second: Tensor, r: Tensor, t: int, h: AdamHy
     """s_t from x_t, the moments update t stored (`second`: v, or v_max with amsgrad) and its (r0, r1); x itself
     where r1 is 0 (a fresh or written x, where a may be 0 / 0 with eps 0). No host sync."""
     bias1, bias2_sqrt = last_corrections(t, h)
+    m, second = m.to(x.dtype), second.to(x.dtype)  # (16-bit moments: a in x's precision)
     a = (m / bias1) / (second.sqrt() / bias2_sqrt + h.eps)
     return torch.where(r[1] != 0, x + r[0] * x + r[1] * a, x)

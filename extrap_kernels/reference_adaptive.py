@@ -21,7 +21,7 @@ from .bucket import Bucket, Phase, abandon, count_step, state_dtype
 from .hyper import AdamHyper
 from .lamb import clip_factor
 from .lars import whole_tensor_norms
-from .rounding import store
+from .rounding import round_moments, store
 
 
 def regularized_grad(g: Tensor, s: Tensor, h: AdamHyper, inv_scale: float, clip: float) -> Tensor:
@@ -112,7 +112,12 @@ def apply(
             second = v_max if v_max is not None else v
             anchor = recovery.recovered(anchor, m, second, bucket.last_gammas[i].to(cd), step - 1, h)
         g_prime = regularized_grad(g.to(cd), anchor, h, inv_scale, clip)
-        m, v, v_max = moments(m, v, v_max, g_prime, h)
+        if phase != Phase.EXTRAPOLATE and bucket.rounds_moments:  # (16-bit: rounded before the direction reads them)
+            m, v, _ = moments(m, v, None, g_prime, h)
+            m, v = (t.to(cd) for t in round_moments(bucket, i, h.seed, m, v))
+            v_max = torch.maximum(v_max, v) if v_max is not None else None
+        else:
+            m, v, v_max = moments(m, v, v_max, g_prime, h)
         if phase == Phase.EXTRAPOLATE:
             extrapolate(bucket, i, anchor, direction(anchor, m, v, v_max, step + 1, h, bucket.shard_group), h, put)
             continue

@@ -15,12 +15,18 @@ from torch import Tensor
 from . import philox
 
 ROUNDING_KEY = 0x243F6A8885A308D3  # XORed into the seed: bits apart from the noise mode's
+# the adaptive bases' 16-bit moments (exp_avg_dtype): bits apart from the noise's and the parameter's; Philox output
+# c0 rounds m, c1 v (csrc/extrap_math.h's kMomentKey)
+MOMENT_KEY = 0x13198A2E03707344
 _TWO_POW_24 = 16777216.0
 
 
-def bits_flat(seed: int, steps: Tensor, indices: Tensor, numels: list[int], device) -> tuple[Tensor, Tensor, Tensor]:
-    """(c0, c1, c2) for the elements of many tensors, concatenated (int64 tensors holding uint32)."""
-    return philox.bits_flat((int(seed) & 0xFFFFFFFFFFFFFFFF) ^ ROUNDING_KEY, steps, indices, numels, device)[:3]
+def bits_flat(
+    seed: int, steps: Tensor, indices: Tensor, numels: list[int], device, key: int = ROUNDING_KEY
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(c0, c1, c2) for the elements of many tensors, concatenated (int64 tensors holding uint32), under `key`
+    (the parameter's rounding, or MOMENT_KEY)."""
+    return philox.bits_flat((int(seed) & 0xFFFFFFFFFFFFFFFF) ^ key, steps, indices, numels, device)[:3]
 
 
 def stochastic_round(value: Tensor, dtype: torch.dtype, random: Tensor) -> Tensor:
@@ -42,6 +48,19 @@ def stochastic_round(value: Tensor, dtype: torch.dtype, random: Tensor) -> Tenso
     tiny = torch.where(uniform < v.abs() * _TWO_POW_24, 1.0 / _TWO_POW_24, 0.0).to(torch.float32).copysign(v)
     out = torch.where(drop > 23, tiny, rounded)
     return torch.where(exponent == 0xFF, v, out).to(dtype)
+
+
+def round_moments(bucket, i: int, seed: int, m: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """An update's first and second moments of parameter `i` of `bucket`, computed at full precision, as the bucket
+    stores them: rounded stochastically to its 16-bit moment dtype (Philox c0 m, c1 v under MOMENT_KEY, keyed by the
+    update's count), or unchanged where the moments are full precision. The direction is then taken from these."""
+    if not bucket.rounds_moments:
+        return m, v
+    x = bucket.params[i]
+    index = torch.tensor([bucket.indices[i]])
+    bits = bits_flat(seed, bucket.steps[i].reshape(1), index, [x.numel()], x.device, MOMENT_KEY)
+    dtype = bucket.moment_dtype
+    return tuple(stochastic_round(t.reshape(-1), dtype, bits[k]).view_as(t) for k, t in enumerate((m, v)))
 
 
 def store(bucket, i: int, seed: int):

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from . import recovery
-from .bucket import Phase, state_dtype
+from .bucket import Phase, moment_dtype_for, state_dtype
 from .hyper import AdagradHyper, AdamHyper, Hyper, LambHyper, NovoGradHyper, SGDHyper
 
 
@@ -26,6 +26,13 @@ def _zeros_like(p: Tensor, dtype: torch.dtype) -> Tensor:
 
 def _copy_of(p: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.empty_like(p, dtype=dtype, memory_format=torch.contiguous_format).copy_(p)
+
+
+def moment_dtype(p: Tensor, group: dict) -> torch.dtype:
+    """The dtype the adaptive bases' moments of `p` are held in: the group's 16-bit exp_avg_dtype over fp32
+    arithmetic (Adam, AdamW and LAMB; exp_avg_sq_dtype is the same: checks.check_moment_dtypes), else the state
+    dtype."""
+    return moment_dtype_for(p.dtype, group.get("exp_avg_dtype"))
 
 
 class BaseState:
@@ -38,7 +45,8 @@ class BaseState:
     def base(self) -> str:
         return self.hyper.base
 
-    # the state keys held in fp32 (fp64) whatever the master: the adaptive bases' moments
+    # the state keys held in fp32 (fp64) whatever the master: the adaptive bases' moments (or in the 16-bit
+    # exp_avg_dtype of an Adam-family group: moment_dtype)
     FULL_PRECISION: frozenset[str] = frozenset()
 
     def state_lists(self, group: dict, phase: Phase) -> dict[str, str]:
@@ -54,7 +62,7 @@ class BaseState:
         if key in ("last_gamma", recovery.KEY):
             return state_dtype(p.dtype.to_real())
         if key in self.FULL_PRECISION:
-            return state_dtype(p.dtype)
+            return moment_dtype(p, group)
         return state_dtype(p.dtype) if group.get("master_weights", True) else p.dtype
 
     def init_state(self, state: dict, p: Tensor, group: dict, phase: Phase, anchored: bool) -> dict:
@@ -135,7 +143,11 @@ class AdaptiveState(BaseState):
             if key not in state:
                 # (the weights are a plain tensor, as the step: every FSDP2 shard keeps its tensor's two)
                 weights = torch.zeros(2, dtype=sdtype, device=p.device)
-                state[key] = _zeros_like(p, sdtype) if key != recovery.KEY else weights
+                state[key] = _zeros_like(p, self.dtype_of(key, p, group)) if key != recovery.KEY else weights
+        for key in self.FULL_PRECISION & state.keys():  # (exp_avg_dtype switched: the moments converted, to nearest)
+            mdtype = self.dtype_of(key, p, group)
+            if state[key].dtype != mdtype and state[key].dtype in (sdtype, torch.bfloat16, torch.float16):
+                state[key] = state[key].to(mdtype)
         if phase == Phase.UPDATE_PAST_ANCHOR_FREE:
             if "anchor" in state:
                 p.copy_(state.pop("anchor"))

@@ -34,8 +34,8 @@ TABLE = r", extrap::TensorTable<(\d+), (\d+)> ?>"
 KERNEL = re.compile(r"phase_kernel<\(extrap::Phase\)(\d), (true|false), ([\w:]+), ([\w:]+), (\w+)" + TABLE)
 # (the adaptive kernel's moments, csrc/extrap_math.h's Moments: 1 Adagrad's sum alone, 2 m and v, 3 with amsgrad's
 # v_max, 4 NovoGrad's m alone; and types: the parameter's, the anchor's (the state dtype, or the parameter's own
-# without a master), and the moments' and arithmetic's)
-ADAPTIVE = re.compile(r"adaptive_kernel<\(extrap::Phase\)(\d), (\d), ([\w:]+), ([\w:]+), (\w+)" + TABLE)
+# without a master), the moments' (the arithmetic's, or 16-bit: exp_avg_dtype) and the arithmetic's)
+ADAPTIVE = re.compile(r"adaptive_kernel<\(extrap::Phase\)(\d), (\d), ([\w:]+), ([\w:]+), ([\w:]+), (\w+)" + TABLE)
 WITH_MAX = 3
 # SGD family: 5 phases x fp32/bf16, less bf16's phase 4; adaptive: 4 phases x fp32/bf16 with m and v (Adam,
 # LAMB) and fp32's anchor-free phase 4 (Adam's), v alone (Adagrad) and m alone (NovoGrad); each with either table
@@ -179,6 +179,7 @@ def check(arch: int, compiled: tuple[Path, str], cuobjdump: str, cxxfilt: str, o
             phase, moments, scalar, state = int(adaptive[1]), int(adaptive[2]), adaptive[3], adaptive[4]
             master = scalar != state
             hot_types = scalar in ("float", "c10::BFloat16") and state == "float" and adaptive[5] == "float"
+            hot_types = hot_types and adaptive[6] == "float"  # (16-bit moments: 8-byte accesses on fp32 x, not hot)
             if moments == WITH_MAX or not hot_types or (phase == 4 and (master or moments != 2)):
                 continue  # (phase 4: Adam's anchor-free update, which full-precision parameters alone run)
             reads, writes = adaptive_moved_arrays(phase, master, moments)

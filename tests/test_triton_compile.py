@@ -34,6 +34,8 @@ def test_every_specialization_compiles_for_sm80_and_sm90():
     assert result.stdout.count("(control): 128-bit loads/stores (0, 0)") == 4, result.stdout
     adaptive = re.findall(r"^PTX sm_(\d+) adaptive\d-\w+: 128-bit loads", result.stdout, re.M)
     assert len(adaptive) == 2 * 9, result.stdout  # 4 adaptive phases x fp32/bf16, and the anchor-free fp32
+    sixteen = re.findall(r"^PTX sm_(\d+) moments16-adaptive\d-fp32: 128-bit loads", result.stdout, re.M)
+    assert len(sixteen) == 2 * 3, result.stdout  # the update phases over bf16 moments: past, local's, anchor-free
     # Adagrad's (v alone) and NovoGrad's (m alone) fp32 phases, whose arrays are checked exactly
     for base in ("adagrad", "novograd"):
         lines = re.findall(rf"^PTX sm_(\d+) {base}\d-fp32: 128-bit loads", result.stdout, re.M)

@@ -203,6 +203,37 @@ def adaptive_cover() -> list[tuple[str, str, dict]]:
                     ),
                 )
             )
+    for phase in range(5):  # 16-bit moments (exp_avg_dtype) on fp32 x, and on a bf16 x without a master
+        for moments, rounding in ((tl.bfloat16, 1), (tl.float16, 2)):
+            mname = "bf16" if rounding == 1 else "fp16"
+            sixteen = dict(M_DTYPE=moments, MOMENT_ROUNDING=rounding if phase else 0)
+            x, c, master = DTYPES["fp32"]
+            out.append(
+                (
+                    "adaptive",
+                    f"adaptive{phase}-fp32-{mname}-moments",
+                    dict(ADAPTIVE_BASE, PHASE=phase, X_DTYPE=x, C_DTYPE=c, MASTER=master, ALIGNED=True, **sixteen),
+                )
+            )
+            if phase == 2:
+                out.append(
+                    (
+                        "adaptive",
+                        f"adaptive2-fp32-{mname}-moments-amsgrad",
+                        dict(ADAPTIVE_BASE, PHASE=2, X_DTYPE=x, C_DTYPE=c, MASTER=master, ALIGNED=True, MOMENTS=3)
+                        | sixteen,
+                    )
+                )
+            if phase < 4:
+                x, c, _ = DTYPES["bf16"]
+                no_master = dict(S_DTYPE=x, ROUNDING=1, MASTER=False)
+                out.append(
+                    (
+                        "adaptive",
+                        f"adaptive{phase}-bf16-no-master-{mname}-moments",
+                        dict(ADAPTIVE_BASE, PHASE=phase, X_DTYPE=x, C_DTYPE=c, ALIGNED=True, **no_master, **sixteen),
+                    )
+                )
     for name, (x, c, _) in DTYPES.items():
         for reads_x in (False, True) if x == c else (False,):
             for amsgrad in (False, True):
@@ -217,6 +248,13 @@ def adaptive_cover() -> list[tuple[str, str, dict]]:
         for reads_x in (False, True):
             label = f"norms-{name}-no-master{'-x' if reads_x else ''}"
             out.append(("norms", label, _norms_constexprs(x, x, c, reads_x, False)))
+    for rounding in (0, 1, 2):  # over 16-bit moments: rounded as the coming update rounds them, or not (look-ahead)
+        x, c, _ = DTYPES["fp32"]
+        moments = tl.float16 if rounding == 2 else tl.bfloat16
+        for amsgrad, phase in ((False, 0), (True, 0), (False, 4)):
+            label = f"norms-fp32-moments{rounding}{'-amsgrad' if amsgrad else ''}{'-recovered' if phase else ''}"
+            constexprs = _norms_constexprs(x, c, c, False, amsgrad, phase)
+            out.append(("norms", label, dict(constexprs, M_DTYPE=moments, MOMENT_ROUNDING=rounding)))
     return out
 
 
@@ -244,7 +282,8 @@ def compile_adaptive(kernel: str, constexprs: dict, arch: int):
     anchor is of the state dtype and rounded to nearest unless the constexprs say otherwise (S_DTYPE, ROUNDING)."""
     state = {tl.float32: "fp32", tl.float64: "fp64"}[constexprs["C_DTYPE"]]
     if kernel != "sums":
-        constexprs = dict({"S_DTYPE": constexprs["C_DTYPE"]}, **constexprs)
+        defaults = {"S_DTYPE": constexprs["C_DTYPE"], "M_DTYPE": constexprs["C_DTYPE"], "MOMENT_ROUNDING": 0}
+        constexprs = dict(defaults, **constexprs)
     scalars = [
         "weight_decay",
         "sign",
@@ -267,6 +306,7 @@ def compile_adaptive(kernel: str, constexprs: dict, arch: int):
         sig = {
             "table": "*i64",
             "numels": "*i64",
+            "indices": "*i64",
             "block_tensor": "*i32",
             "block_start": "*i64",
             "scale_ptr": f"*{state}",
@@ -274,6 +314,7 @@ def compile_adaptive(kernel: str, constexprs: dict, arch: int):
             **{k: "fp32" for k in scalars},
             "beta1_ptr": "*fp64",
             "beta2_ptr": "*fp64",
+            "moment_seed": "u64",
         }
         constexprs = dict(constexprs, BLOCK=2048)
     else:
@@ -298,6 +339,7 @@ def compile_adaptive(kernel: str, constexprs: dict, arch: int):
             "noise_std": "fp32",
             "seed": "u64",
             "rounding_seed": "u64",
+            "moment_seed": "u64",
             **{k: "fp32" for k in scalars if k not in ("weight_decay", "sign")},
             "beta1_ptr": "*fp64",
             "beta2_ptr": "*fp64",
@@ -434,6 +476,15 @@ def check_ptx(arch: int) -> list[str]:
         size = dict.fromkeys("xgs", 2) | dict.fromkeys("mv", 4)
         failures += check_vectors(
             f"sm_{arch} adaptive{phase}-bf16-no-master", kernel, size, adaptive_moved_arrays(phase, False)
+        )
+    for phase in (1, 2, 4):  # 16-bit moments on fp32 x (the update phases: they round and store them)
+        x, c, master = DTYPES["fp32"]
+        sixteen = dict(M_DTYPE=tl.bfloat16, MOMENT_ROUNDING=1)
+        constexprs = dict(ADAPTIVE_BASE, PHASE=phase, X_DTYPE=x, C_DTYPE=c, MASTER=master, ALIGNED=True, **sixteen)
+        kernel = compile_adaptive("adaptive", constexprs, arch)
+        size = dict.fromkeys("xgs", 4) | dict.fromkeys("mv", 2)
+        failures += check_vectors(
+            f"sm_{arch} moments16-adaptive{phase}-fp32", kernel, size, adaptive_moved_arrays(phase, master)
         )
     for phase in range(4):  # Adagrad (its sum alone): exactly the arrays it moves, no first moment
         x, c, master = DTYPES["fp32"]

@@ -264,37 +264,39 @@ void run_launch(const Launch& L, bool skip, double inv_scale, acc unscale) {
 // passes x as s to run_adaptive_span_in_place, the same loop without the promise. s is anchor_t: acc, or
 // (master_weights=False) a 16-bit x's own type, whose stored values are then rounded stochastically.
 // kDecoupled fixes the decay's flag at compile time: with the branch on it inside, GCC leaves the 16-bit
-// loops scalar (8x slower than vectorized, measured). M: the moments the launch keeps (extrap_math.h's Moments).
-#define EXTRAP_ADAPTIVE_SPAN(name, restrict_xs)                                                                  \
-  template <Phase P, int M, bool kDecoupled, typename scalar_t, typename anchor_t, typename acc>                 \
-  EXTRAP_SIMD_CLONES void name(scalar_t* restrict_xs x, const scalar_t* __restrict__ g, anchor_t* restrict_xs s, \
-                               acc* __restrict__ m, acc* __restrict__ v, acc* __restrict__ v_max, int64_t begin, \
-                               int64_t end, Hyper<acc> h, TensorArgs<acc> t) {                                   \
-    h.decoupled = kDecoupled;                                                                                    \
-    adaptive_loop<P, M>(x, g, s, m, v, v_max, begin, end, h, t);                                                 \
+// loops scalar (8x slower than vectorized, measured). M: the moments the launch keeps (extrap_math.h's Moments),
+// held as moment_t: acc, or 16-bit (exp_avg_dtype), whose stored values an update rounds stochastically.
+#define EXTRAP_ADAPTIVE_SPAN(name, restrict_xs)                                                                     \
+  template <Phase P, int M, bool kDecoupled, typename scalar_t, typename anchor_t, typename moment_t, typename acc> \
+  EXTRAP_SIMD_CLONES void name(scalar_t* restrict_xs x, const scalar_t* __restrict__ g, anchor_t* restrict_xs s,    \
+                               moment_t* __restrict__ m, moment_t* __restrict__ v, moment_t* __restrict__ v_max,    \
+                               int64_t begin, int64_t end, Hyper<acc> h, TensorArgs<acc> t) {                       \
+    h.decoupled = kDecoupled;                                                                                       \
+    adaptive_loop<P, M>(x, g, s, m, v, v_max, begin, end, h, t);                                                    \
   }
 
-template <Phase P, int M, typename scalar_t, typename anchor_t, typename acc>
-inline __attribute__((always_inline)) void adaptive_loop(scalar_t* x, const scalar_t* g, anchor_t* s, acc* m, acc* v,
-                                                         acc* v_max, int64_t begin, int64_t end, const Hyper<acc>& h,
-                                                         const TensorArgs<acc>& t) {
+template <Phase P, int M, typename scalar_t, typename anchor_t, typename moment_t, typename acc>
+inline __attribute__((always_inline)) void adaptive_loop(scalar_t* x, const scalar_t* g, anchor_t* s, moment_t* m,
+                                                         moment_t* v, moment_t* v_max, int64_t begin, int64_t end,
+                                                         const Hyper<acc>& h, const TensorArgs<acc>& t) {
   constexpr bool kMaster = !std::is_same<scalar_t, anchor_t>::value;
   constexpr int R = kRoundingOf<scalar_t, anchor_t>;
+  constexpr int RM = kRoundingOf<moment_t, moment_t>;
   constexpr bool kReadsX = reads_param<P, kMaster>();
   for (int64_t i = begin; i < end; ++i) {
     acc xv = kReadsX ? static_cast<acc>(x[i]) : acc(0);
     acc sv = kReadsX ? acc(0) : static_cast<acc>(s[i]);
-    acc mv = keeps_first(M) ? m[i] : acc(0), vv = keeps_second(M) ? v[i] : acc(0);
-    acc v_maxv = keeps_max(M) ? v_max[i] : acc(0);
-    adaptive_element<P, M, kMaster>(xv, static_cast<acc>(g[i]), sv, mv, vv, v_maxv, h, t, static_cast<uint64_t>(i));
+    acc mv = keeps_first(M) ? static_cast<acc>(m[i]) : acc(0), vv = keeps_second(M) ? static_cast<acc>(v[i]) : acc(0);
+    acc v_maxv = keeps_max(M) ? static_cast<acc>(v_max[i]) : acc(0);
+    adaptive_element<P, M, kMaster, RM>(xv, static_cast<acc>(g[i]), sv, mv, vv, v_maxv, h, t, static_cast<uint64_t>(i));
     if constexpr (R != kNearest) {
       round_stored_anchor<P, R>(xv, sv, rounding_bits(h.seed, t.step, t.index, static_cast<uint64_t>(i)));
     }
     if constexpr (stores_anchor<P, kMaster>()) s[i] = static_cast<anchor_t>(sv);
-    if constexpr (P != kExtrapolate) {
-      if constexpr (keeps_first(M)) m[i] = mv;
-      if constexpr (keeps_second(M)) v[i] = vv;
-      if constexpr (keeps_max(M)) v_max[i] = v_maxv;
+    if constexpr (P != kExtrapolate) {  // (16-bit moments were rounded to values of their type: exact here)
+      if constexpr (keeps_first(M)) m[i] = static_cast<moment_t>(mv);
+      if constexpr (keeps_second(M)) v[i] = static_cast<moment_t>(vv);
+      if constexpr (keeps_max(M)) v_max[i] = static_cast<moment_t>(v_maxv);
     }
     x[i] = static_cast<scalar_t>(xv);
   }
@@ -304,16 +306,16 @@ EXTRAP_ADAPTIVE_SPAN(run_adaptive_span_in_place, )
 #undef EXTRAP_ADAPTIVE_SPAN
 
 // The span loop for a launch's flags, fixed at compile time: the decay's kind, and x its own anchor (in place).
-template <Phase P, int M, typename scalar_t, typename anchor_t, typename acc>
+template <Phase P, int M, typename scalar_t, typename anchor_t, typename moment_t, typename acc>
 auto* adaptive_span_of(bool decoupled, bool in_place) {
   if (decoupled)
-    return in_place ? run_adaptive_span_in_place<P, M, true, scalar_t, anchor_t, acc>
-                    : run_adaptive_span<P, M, true, scalar_t, anchor_t, acc>;
-  return in_place ? run_adaptive_span_in_place<P, M, false, scalar_t, anchor_t, acc>
-                  : run_adaptive_span<P, M, false, scalar_t, anchor_t, acc>;
+    return in_place ? run_adaptive_span_in_place<P, M, true, scalar_t, anchor_t, moment_t, acc>
+                    : run_adaptive_span<P, M, true, scalar_t, anchor_t, moment_t, acc>;
+  return in_place ? run_adaptive_span_in_place<P, M, false, scalar_t, anchor_t, moment_t, acc>
+                  : run_adaptive_span<P, M, false, scalar_t, anchor_t, moment_t, acc>;
 }
 
-template <Phase P, int M, typename scalar_t, typename anchor_t, typename acc>
+template <Phase P, int M, typename scalar_t, typename anchor_t, typename moment_t, typename acc>
 void run_adaptive_launch(const Launch& L, bool skip, double inv_scale, acc unscale) {
   const Hyper<acc> h = make_hyper<acc>(L, inv_scale);
   std::vector<TensorArgs<acc>> args;
@@ -333,12 +335,12 @@ void run_adaptive_launch(const Launch& L, bool skip, double inv_scale, acc unsca
         skip_span<P, scalar_t, anchor_t, acc>(x, s, span.begin, span.end);
         continue;
       }
-      acc* v = keeps_second(M) ? L.second_moments[span.tensor].data_ptr<acc>() : nullptr;
-      acc* v_max = keeps_max(M) ? L.max_second_moments[span.tensor].data_ptr<acc>() : nullptr;
+      moment_t* v = keeps_second(M) ? L.second_moments[span.tensor].data_ptr<moment_t>() : nullptr;
+      moment_t* v_max = keeps_max(M) ? L.max_second_moments[span.tensor].data_ptr<moment_t>() : nullptr;
       const bool in_place = static_cast<void*>(x) == static_cast<void*>(s);
-      auto* run = adaptive_span_of<P, M, scalar_t, anchor_t, acc>(h.decoupled, in_place);
+      auto* run = adaptive_span_of<P, M, scalar_t, anchor_t, moment_t, acc>(h.decoupled, in_place);
       auto* g = L.grads[span.tensor].data_ptr<scalar_t>();
-      acc* m = keeps_first(M) ? L.momenta[span.tensor].data_ptr<acc>() : nullptr;
+      moment_t* m = keeps_first(M) ? L.momenta[span.tensor].data_ptr<moment_t>() : nullptr;
       run(x, g, s, m, v, v_max, span.begin, span.end, h, args[span.tensor]);
       if (L.loss_scale) unscale_span(g, span.begin, span.end, unscale);
     }
@@ -386,8 +388,11 @@ void apply_cpu(const Launch& L) {
           constexpr Phase P = decltype(phase)::value;
           constexpr int M = decltype(moments)::value;
           with_anchor_type<scalar_t, acc>(L, [&](auto anchor_type) {
-            using anchor_t = typename decltype(anchor_type)::type;
-            run_adaptive_launch<P, M, scalar_t, anchor_t, acc>(L, skip, inv_scale, unscale);
+            with_moment_type<M, acc>(L, [&](auto moment_type) {
+              using anchor_t = typename decltype(anchor_type)::type;
+              using moment_t = typename decltype(moment_type)::type;
+              run_adaptive_launch<P, M, scalar_t, anchor_t, moment_t, acc>(L, skip, inv_scale, unscale);
+            });
           });
           if (P == kUpdatePastAnchorFree && !skip) record_recovery_weights<acc>(L);
         });

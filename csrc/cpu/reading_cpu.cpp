@@ -15,21 +15,25 @@ namespace {
 // LAMB's reading pass over one span: its sums of s^2 and u^2. kLanes running sums, element i into lane
 // i % kLanes: independent sums the compiler keeps in vector registers (one running sum is a dependency
 // chain it may not reorder), added in a fixed order. (kDecoupled: as in extrap_cpu.cpp's adaptive spans; kFrom:
-// extrap_math.h's AnchorFrom.)
-template <bool kAmsgrad, int kFrom, bool kDecoupled, typename scalar_t, typename anchor_t, typename acc>
+// extrap_math.h's AnchorFrom; RM: the coming update's rounding of 16-bit moments, moment_t, which its direction
+// reads, t.step that update's count.)
+template <bool kAmsgrad, int kFrom, bool kDecoupled, int RM, typename scalar_t, typename anchor_t, typename moment_t,
+          typename acc>
 EXTRAP_SIMD_CLONES void norm_span(const scalar_t* __restrict__ x, const anchor_t* __restrict__ anchor,
-                                  const scalar_t* __restrict__ g, const acc* __restrict__ m, const acc* __restrict__ v,
-                                  const acc* __restrict__ v_max, int64_t begin, int64_t end, Hyper<acc> h,
-                                  TensorArgs<acc> t, acc* sums) {
+                                  const scalar_t* __restrict__ g, const moment_t* __restrict__ m,
+                                  const moment_t* __restrict__ v, const moment_t* __restrict__ v_max, int64_t begin,
+                                  int64_t end, Hyper<acc> h, TensorArgs<acc> t, acc* sums) {
   constexpr int kLanes = 16;
   h.decoupled = kDecoupled;
   acc s_lanes[kLanes] = {}, u_lanes[kLanes] = {};
   auto element = [&](int64_t j, int lane) {
     const acc xj = kFrom != kAnchorArray ? static_cast<acc>(x[j]) : acc(0);
     const acc sj = kFrom == kAnchorArray ? static_cast<acc>(anchor[j]) : acc(0);
-    const acc v_maxj = kAmsgrad ? v_max[j] : acc(0);
-    adaptive_norm_element<kAmsgrad>(reading_pass_anchor<kFrom, kAmsgrad>(xj, sj, m[j], v[j], v_maxj, h, t),
-                                    static_cast<acc>(g[j]), m[j], v[j], v_maxj, h, t, s_lanes[lane], u_lanes[lane]);
+    const acc mj = static_cast<acc>(m[j]), vj = static_cast<acc>(v[j]);
+    const acc v_maxj = kAmsgrad ? static_cast<acc>(v_max[j]) : acc(0);
+    adaptive_norm_element<kAmsgrad, RM>(reading_pass_anchor<kFrom, kAmsgrad>(xj, sj, mj, vj, v_maxj, h, t),
+                                        static_cast<acc>(g[j]), mj, vj, v_maxj, h, t, s_lanes[lane], u_lanes[lane],
+                                        static_cast<uint64_t>(j));
   };
   int64_t i = begin;
   for (; i + kLanes <= end; i += kLanes) {
@@ -46,23 +50,31 @@ EXTRAP_SIMD_CLONES void norm_span(const scalar_t* __restrict__ x, const anchor_t
 }
 
 // LAMB's reading pass: each span's sums, then each tensor's, added in span order (the same result for
-// any number of threads). The anchor is anchor_t: acc, or a 16-bit x's own type without a master.
-template <bool kAmsgrad, int kFrom, typename scalar_t, typename anchor_t, typename acc>
+// any number of threads). The anchor is anchor_t: acc, or a 16-bit x's own type without a master; the moments
+// moment_t (acc, or 16-bit: rounded as the coming update rounds them, none before a look-ahead).
+template <bool kAmsgrad, int kFrom, typename scalar_t, typename anchor_t, typename moment_t, typename acc>
 at::Tensor run_adaptive_norms(const Launch& L, double inv_scale) {
   const Hyper<acc> h = make_hyper<acc>(L, inv_scale);
   std::vector<TensorArgs<acc>> args;
-  for (size_t t = 0; t < L.params.size(); ++t) args.push_back(adaptive_args(L, h, t, true));
+  for (size_t t = 0; t < L.params.size(); ++t) {
+    args.push_back(adaptive_args(L, h, t, true));
+    args.back().step += 1;  // (the coming update's count keys its rounding)
+  }
   const std::vector<Span> spans = spans_of(L.params, kChunk);
   std::vector<acc> sums(2 * spans.size(), acc(0));
-  auto* run = h.decoupled ? norm_span<kAmsgrad, kFrom, true, scalar_t, anchor_t, acc>
-                          : norm_span<kAmsgrad, kFrom, false, scalar_t, anchor_t, acc>;
+  constexpr int RM = kRoundingOf<moment_t, moment_t>;
+  auto* run = L.phase == kExtrapolate
+                  ? (h.decoupled ? norm_span<kAmsgrad, kFrom, true, kNearest, scalar_t, anchor_t, moment_t, acc>
+                                 : norm_span<kAmsgrad, kFrom, false, kNearest, scalar_t, anchor_t, moment_t, acc>)
+                  : (h.decoupled ? norm_span<kAmsgrad, kFrom, true, RM, scalar_t, anchor_t, moment_t, acc>
+                                 : norm_span<kAmsgrad, kFrom, false, RM, scalar_t, anchor_t, moment_t, acc>);
   at::parallel_for(0, static_cast<int64_t>(spans.size()), 1, [&](int64_t lo, int64_t hi) {
     for (int64_t k = lo; k < hi; ++k) {
       const Span& span = spans[k];
       const anchor_t* s = kFrom == kAnchorArray ? L.anchor(span.tensor).data_ptr<anchor_t>() : nullptr;
       run(L.params[span.tensor].data_ptr<scalar_t>(), s, L.grads[span.tensor].data_ptr<scalar_t>(),
-          L.momenta[span.tensor].data_ptr<acc>(), L.second_moments[span.tensor].data_ptr<acc>(),
-          kAmsgrad ? L.max_second_moments[span.tensor].data_ptr<acc>() : nullptr, span.begin, span.end, h,
+          L.momenta[span.tensor].data_ptr<moment_t>(), L.second_moments[span.tensor].data_ptr<moment_t>(),
+          kAmsgrad ? L.max_second_moments[span.tensor].data_ptr<moment_t>() : nullptr, span.begin, span.end, h,
           args[span.tensor], &sums[2 * k]);
     }
   });
@@ -126,8 +138,11 @@ at::Tensor adaptive_norms_cpu(const Launch& L) {
     return with_anchor_type<scalar_t, acc>(L, [&](auto anchor_type) {
       using anchor_t = typename decltype(anchor_type)::type;
       return with_reading_anchor<scalar_t, anchor_t>(L, [&](auto from, auto amsgrad) {
-        return run_adaptive_norms<decltype(amsgrad)::value, decltype(from)::value, scalar_t, anchor_t, acc>(L,
-                                                                                                            inv_scale);
+        constexpr bool kAmsgrad = decltype(amsgrad)::value;
+        return with_moment_type<kAmsgrad ? kWithMax : kFirstAndSecond, acc>(L, [&](auto moment_type) {
+          using moment_t = typename decltype(moment_type)::type;
+          return run_adaptive_norms<kAmsgrad, decltype(from)::value, scalar_t, anchor_t, moment_t, acc>(L, inv_scale);
+        });
       });
     });
   });

@@ -125,25 +125,27 @@ void launch_phase(const Launch& L) {
 }
 
 // The adaptive bases (Adam, AdamW, LAMB): as phase_kernel, with the second moments (and their maxima)
-// moved beside m, and adaptive_element's math. The moments are acc; s is anchor_t: acc, or (master_weights=
-// False) a 16-bit x's own type, whose stored values are rounded stochastically.
+// moved beside m, and adaptive_element's math. The moments are moment_t: acc, or 16-bit (exp_avg_dtype), rounded
+// stochastically by an update; s is anchor_t: acc, or (master_weights=False) a 16-bit x's own type, whose stored
+// values are rounded stochastically.
 // M: the moments the launch keeps (extrap_math.h's Moments: Adagrad's m = g' is neither loaded nor stored, nor is
 // NovoGrad's v, one norm per tensor, which comes as `trust`).
-template <Phase P, int M, typename scalar_t, typename anchor_t, typename acc, typename Table>
+template <Phase P, int M, typename scalar_t, typename anchor_t, typename moment_t, typename acc, typename Table>
 __global__ void __launch_bounds__(kAdaptiveThreads)
     adaptive_kernel(Table table, Hyper<acc> h, const acc* trust, const acc* grad_scale, const float* found_inf,
                     const acc* lr, const acc* gamma, const double* beta1, const double* beta2, const acc* loss_scale) {
   constexpr bool kMaster = !std::is_same<scalar_t, anchor_t>::value;
   constexpr int R = kRoundingOf<scalar_t, anchor_t>;
+  constexpr int RM = kRoundingOf<moment_t, moment_t>;
   const Chunk chunk = chunk_of_block(table);
   const int entry = chunk.entry;
   const int64_t begin = chunk.begin, end = chunk.end;
   auto* x = static_cast<scalar_t*>(table.x[entry]);
   auto* g = static_cast<scalar_t*>(table.g[entry]);
   auto* s = static_cast<anchor_t*>(table.s[entry]);
-  auto* m = static_cast<acc*>(table.m[entry]);
-  auto* v = static_cast<acc*>(table.v[entry]);
-  auto* v_max = static_cast<acc*>(table.v_max[entry]);
+  auto* m = static_cast<moment_t*>(table.m[entry]);
+  auto* v = static_cast<moment_t*>(table.v[entry]);
+  auto* v_max = static_cast<moment_t*>(table.v_max[entry]);
   const bool skip = found_inf != nullptr && *found_inf != 0.0f;
   const bool store_g = loss_scale != nullptr && !skip;
   const acc unscale = grad_unscale(loss_scale);
@@ -169,7 +171,7 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
     if (skip) {
       skipped_element<P, kMaster>(xv, sv);
     } else {
-      adaptive_element<P, M, kMaster>(xv, gv, sv, mv, vv, v_maxv, h, t, static_cast<uint64_t>(i));
+      adaptive_element<P, M, kMaster, RM>(xv, gv, sv, mv, vv, v_maxv, h, t, static_cast<uint64_t>(i));
       if (R != kNearest)
         round_stored_anchor<P, R>(xv, sv, rounding_bits(h.seed, t.step, t.index, static_cast<uint64_t>(i)));
     }
@@ -183,54 +185,59 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
   constexpr int kVec = kVectorWidth<scalar_t>;
   using XVec = Vec<scalar_t, kVec>;
   using SVec = Vec<anchor_t, kVec>;
-  using AVec = Vec<acc, kVec>;
+  using MVec = Vec<moment_t, kVec>;
   const bool vector = aligned<scalar_t, kVec>(x) && aligned<scalar_t, kVec>(g) &&
-                      (kReadsX || aligned<anchor_t, kVec>(s)) && (!keeps_first(M) || aligned<acc, kVec>(m)) &&
-                      (!keeps_second(M) || aligned<acc, kVec>(v)) && (!keeps_max(M) || aligned<acc, kVec>(v_max));
+                      (kReadsX || aligned<anchor_t, kVec>(s)) && (!keeps_first(M) || aligned<moment_t, kVec>(m)) &&
+                      (!keeps_second(M) || aligned<moment_t, kVec>(v)) &&
+                      (!keeps_max(M) || aligned<moment_t, kVec>(v_max));
   auto at_vector = [&](int64_t i) {
     XVec xr{};
     SVec sr{};
-    AVec vmr{};
+    MVec vmr{};
     if (kReadsX) {
       xr = *reinterpret_cast<const XVec*>(x + i);
     } else {
       sr = *reinterpret_cast<const SVec*>(s + i);
     }
     const XVec gr = *reinterpret_cast<const XVec*>(g + i);
-    AVec mr{}, vr{};
-    if (keeps_first(M)) mr = *reinterpret_cast<const AVec*>(m + i);
-    if (keeps_second(M)) vr = *reinterpret_cast<const AVec*>(v + i);
-    if (keeps_max(M)) vmr = *reinterpret_cast<const AVec*>(v_max + i);
+    MVec mr{}, vr{};
+    if (keeps_first(M)) mr = *reinterpret_cast<const MVec*>(m + i);
+    if (keeps_second(M)) vr = *reinterpret_cast<const MVec*>(v + i);
+    if (keeps_max(M)) vmr = *reinterpret_cast<const MVec*>(v_max + i);
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
       acc xv = static_cast<acc>(xr.v[k]), sv = static_cast<acc>(sr.v[k]);
-      element(xv, static_cast<acc>(gr.v[k]), sv, mr.v[k], vr.v[k], vmr.v[k], i + k);
+      acc mv = static_cast<acc>(mr.v[k]), vv = static_cast<acc>(vr.v[k]), v_maxv = static_cast<acc>(vmr.v[k]);
+      element(xv, static_cast<acc>(gr.v[k]), sv, mv, vv, v_maxv, i + k);
       xr.v[k] = static_cast<scalar_t>(xv);
       sr.v[k] = static_cast<anchor_t>(sv);
+      mr.v[k] = static_cast<moment_t>(mv);  // (16-bit moments were rounded to values of their type: exact)
+      vr.v[k] = static_cast<moment_t>(vv);
+      vmr.v[k] = static_cast<moment_t>(v_maxv);
     }
     if (store_x) *reinterpret_cast<XVec*>(x + i) = xr;
     if (store_s) *reinterpret_cast<SVec*>(s + i) = sr;
     if (store_state) {
-      if (keeps_first(M)) *reinterpret_cast<AVec*>(m + i) = mr;
-      if (keeps_second(M)) *reinterpret_cast<AVec*>(v + i) = vr;
-      if (keeps_max(M)) *reinterpret_cast<AVec*>(v_max + i) = vmr;
+      if (keeps_first(M)) *reinterpret_cast<MVec*>(m + i) = mr;
+      if (keeps_second(M)) *reinterpret_cast<MVec*>(v + i) = vr;
+      if (keeps_max(M)) *reinterpret_cast<MVec*>(v_max + i) = vmr;
     }
     if (store_g) store_unscaled(g + i, gr, unscale);
   };
   auto at_element = [&](int64_t j) {
     acc xv = kReadsX ? static_cast<acc>(x[j]) : acc(0);
     acc sv = kReadsX ? acc(0) : static_cast<acc>(s[j]);
-    acc mv = keeps_first(M) ? m[j] : acc(0), vv = keeps_second(M) ? v[j] : acc(0);
-    acc v_maxv = keeps_max(M) ? v_max[j] : acc(0);
+    acc mv = keeps_first(M) ? static_cast<acc>(m[j]) : acc(0), vv = keeps_second(M) ? static_cast<acc>(v[j]) : acc(0);
+    acc v_maxv = keeps_max(M) ? static_cast<acc>(v_max[j]) : acc(0);
     const acc gv = static_cast<acc>(g[j]);
     element(xv, gv, sv, mv, vv, v_maxv, j);
     if (store_g) g[j] = static_cast<scalar_t>(gv * unscale);
     if (store_x) x[j] = static_cast<scalar_t>(xv);
     if (store_s) s[j] = static_cast<anchor_t>(sv);
     if (store_state) {
-      if (keeps_first(M)) m[j] = mv;
-      if (keeps_second(M)) v[j] = vv;
-      if (keeps_max(M)) v_max[j] = v_maxv;
+      if (keeps_first(M)) m[j] = static_cast<moment_t>(mv);
+      if (keeps_second(M)) v[j] = static_cast<moment_t>(vv);
+      if (keeps_max(M)) v_max[j] = static_cast<moment_t>(v_maxv);
     }
   };
   walk_chunk<kVec, kAdaptiveThreads>(begin, end, vector, at_vector, at_element);
@@ -239,8 +246,10 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
 // LAMB's reading pass: each thread sums s^2 and u^2 over its elements of one chunk into its own slot of
 // `partials` ([launch blocks, threads, 2]; block `first_block + blockIdx.x`): the threads do not
 // communicate, and the host-side sums (adaptive_norms_cuda) are in a fixed order, so the result is
-// deterministic. kFrom: where the anchor comes from (extrap_math.h's AnchorFrom).
-template <bool kAmsgrad, int kFrom, typename scalar_t, typename anchor_t, typename acc, typename Table>
+// deterministic. kFrom: where the anchor comes from (extrap_math.h's AnchorFrom); RM: the coming update's rounding of
+// 16-bit moments (moment_t), which its direction reads (none before a look-ahead).
+template <bool kAmsgrad, int kFrom, int RM, typename scalar_t, typename anchor_t, typename moment_t, typename acc,
+          typename Table>
 __global__ void __launch_bounds__(kThreads)
     adaptive_norms_kernel(Table table, Hyper<acc> h, const acc* grad_scale, const double* beta1, const double* beta2,
                           acc* partials, int64_t first_block) {
@@ -250,9 +259,9 @@ __global__ void __launch_bounds__(kThreads)
   const auto* x = static_cast<const scalar_t*>(table.x[entry]);
   const auto* g = static_cast<const scalar_t*>(table.g[entry]);
   const auto* s = static_cast<const anchor_t*>(table.s[entry]);
-  const auto* m = static_cast<const acc*>(table.m[entry]);
-  const auto* v = static_cast<const acc*>(table.v[entry]);
-  const auto* v_max = static_cast<const acc*>(table.v_max[entry]);
+  const auto* m = static_cast<const moment_t*>(table.m[entry]);
+  const auto* v = static_cast<const moment_t*>(table.v[entry]);
+  const auto* v_max = static_cast<const moment_t*>(table.v_max[entry]);
   read_device_values(h, grad_scale, static_cast<const acc*>(nullptr), static_cast<const acc*>(nullptr));
   read_device_betas(h, beta1, beta2);
   const float step = *table.step[entry] + 1.0f;  // the count after the coming update
@@ -265,9 +274,11 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t j = begin + threadIdx.x; j < end; j += kThreads) {
     const acc xj = kFrom != kAnchorArray ? static_cast<acc>(x[j]) : acc(0);
     const acc sj = kFrom == kAnchorArray ? static_cast<acc>(s[j]) : acc(0);
-    const acc v_maxj = kAmsgrad ? v_max[j] : acc(0);
-    adaptive_norm_element<kAmsgrad>(reading_pass_anchor<kFrom, kAmsgrad>(xj, sj, m[j], v[j], v_maxj, h, t),
-                                    static_cast<acc>(g[j]), m[j], v[j], v_maxj, h, t, s_squares, u_squares);
+    const acc mj = static_cast<acc>(m[j]), vj = static_cast<acc>(v[j]);
+    const acc v_maxj = kAmsgrad ? static_cast<acc>(v_max[j]) : acc(0);
+    adaptive_norm_element<kAmsgrad, RM>(reading_pass_anchor<kFrom, kAmsgrad>(xj, sj, mj, vj, v_maxj, h, t),
+                                        static_cast<acc>(g[j]), mj, vj, v_maxj, h, t, s_squares, u_squares,
+                                        static_cast<uint64_t>(j));
   }
   acc* out = partials + ((first_block + blockIdx.x) * kThreads + threadIdx.x) * 2;
   out[0] = s_squares;
@@ -298,7 +309,7 @@ __global__ void __launch_bounds__(kSegmentThreads)
   out[2 * t + 1] = u_squares;
 }
 
-template <Phase P, int M, typename scalar_t, typename anchor_t, typename acc>
+template <Phase P, int M, typename scalar_t, typename anchor_t, typename moment_t, typename acc>
 void launch_adaptive(const Launch& L) {
   const Hyper<acc> h = make_hyper<acc>(L, 1.0);
   const acc* trust = L.trust ? L.trust->data_ptr<acc>() : nullptr;
@@ -314,14 +325,14 @@ void launch_adaptive(const Launch& L) {
     using Table = typename decltype(tag)::type;
     multi_tensor_apply<Table>(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas,
                               L.second_moments, L.max_second_moments, [&](Table& table, int blocks) {
-                                launch_checked(adaptive_kernel<P, M, scalar_t, anchor_t, acc, Table>, blocks,
+                                launch_checked(adaptive_kernel<P, M, scalar_t, anchor_t, moment_t, acc, Table>, blocks,
                                                kAdaptiveThreads, stream, table, h, trust, grad_scale, found_inf, lr,
                                                gamma, beta1, beta2, loss_scale);
                               });
   });
 }
 
-template <bool kAmsgrad, int kFrom, typename scalar_t, typename anchor_t, typename acc>
+template <bool kAmsgrad, int kFrom, int RM, typename scalar_t, typename anchor_t, typename moment_t, typename acc>
 at::Tensor launch_adaptive_norms(const Launch& L) {
   const Hyper<acc> h = make_hyper<acc>(L, 1.0);
   const acc* grad_scale = L.grad_scale ? L.grad_scale->data_ptr<acc>() : nullptr;
@@ -332,19 +343,19 @@ at::Tensor launch_adaptive_norms(const Launch& L) {
   std::vector<int64_t> first_of(n + 1, 0);  // tensor t's blocks, in launch order (empty tensors have none)
   for (int64_t t = 0; t < n; ++t) first_of[t + 1] = first_of[t] + (L.params[t].numel() + kChunkSize - 1) / kChunkSize;
   const int64_t blocks_in_all = first_of[n];
-  const auto options = L.momenta[0].options();
+  const auto options = L.momenta[0].options().dtype(c10::CppTypeToScalarType<acc>::value);
   if (blocks_in_all == 0) return at::zeros({n, 2}, options);
   at::Tensor partials = at::empty({blocks_in_all, kThreads, 2}, options);  // every slot is written
   int64_t first_block = 0;
   with_table([&](auto tag) {
     using Table = typename decltype(tag)::type;
-    multi_tensor_apply<Table>(L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas,
-                              L.second_moments, L.max_second_moments, [&](Table& table, int blocks) {
-                                launch_checked(adaptive_norms_kernel<kAmsgrad, kFrom, scalar_t, anchor_t, acc, Table>,
-                                               blocks, kThreads, stream, table, h, grad_scale, beta1, beta2,
-                                               partials.data_ptr<acc>(), first_block);
-                                first_block += blocks;
-                              });
+    multi_tensor_apply<Table>(
+        L.params, L.grads, L.anchors, L.momenta, L.steps, L.indices, L.last_gammas, L.second_moments,
+        L.max_second_moments, [&](Table& table, int blocks) {
+          launch_checked(adaptive_norms_kernel<kAmsgrad, kFrom, RM, scalar_t, anchor_t, moment_t, acc, Table>, blocks,
+                         kThreads, stream, table, h, grad_scale, beta1, beta2, partials.data_ptr<acc>(), first_block);
+          first_block += blocks;
+        });
   });
   const at::Tensor block_sums = partials.sum(1).contiguous();  // [blocks, 2]
   at::Tensor sums = at::empty({n, 2}, options);
@@ -399,9 +410,13 @@ void apply_cuda(const Launch& L) {
     switch (L.family) {  // (each family's kernels, its phases fixed at compile time)
       case Family::kAdaptive:
         return with_adaptive_phase(L, [&](auto phase, auto moments) {
+          constexpr int M = decltype(moments)::value;
           with_anchor_type<scalar_t, acc>(L, [&](auto anchor_type) {
-            using anchor_t = typename decltype(anchor_type)::type;
-            launch_adaptive<decltype(phase)::value, decltype(moments)::value, scalar_t, anchor_t, acc>(L);
+            with_moment_type<M, acc>(L, [&](auto moment_type) {
+              using anchor_t = typename decltype(anchor_type)::type;
+              using moment_t = typename decltype(moment_type)::type;
+              launch_adaptive<decltype(phase)::value, M, scalar_t, anchor_t, moment_t, acc>(L);
+            });
           });
         });
       case Family::kSgd:
@@ -423,7 +438,16 @@ at::Tensor adaptive_norms_cuda(const Launch& L) {
     return with_anchor_type<scalar_t, acc>(L, [&](auto anchor_type) {
       using anchor_t = typename decltype(anchor_type)::type;
       return with_reading_anchor<scalar_t, anchor_t>(L, [&](auto from, auto amsgrad) {
-        return launch_adaptive_norms<decltype(amsgrad)::value, decltype(from)::value, scalar_t, anchor_t, acc>(L);
+        constexpr bool kAmsgrad = decltype(amsgrad)::value;
+        constexpr int kFrom = decltype(from)::value;
+        return with_moment_type<kAmsgrad ? kWithMax : kFirstAndSecond, acc>(L, [&](auto moment_type) {
+          using moment_t = typename decltype(moment_type)::type;
+          constexpr int RM = kRoundingOf<moment_t, moment_t>;
+          if (RM != kNearest && L.phase != kExtrapolate) {  // (a look-ahead rounds nothing)
+            return launch_adaptive_norms<kAmsgrad, kFrom, RM, scalar_t, anchor_t, moment_t, acc>(L);
+          }
+          return launch_adaptive_norms<kAmsgrad, kFrom, kNearest, scalar_t, anchor_t, moment_t, acc>(L);
+        });
       });
     });
   });

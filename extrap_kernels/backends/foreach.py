@@ -64,11 +64,11 @@ def apply(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None = None, f
 def _apply_rounded(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None) -> None:
     """16-bit parameters without a master: the phase on fp32 copies, then every stored 16-bit value rounded
     stochastically (values a phase leaves alone are 16-bit numbers, which rounding keeps exactly). The
-    adaptive bases' moments are fp32 already: updated in place."""
+    adaptive bases' moments are updated in place (16-bit ones rounded by _rounded_moments)."""
     own = all(s is x for s, x in zip(b.anchors, b.params))
     xs = [x.float() for x in b.params]
     ss = xs if own else [s.float() for s in b.anchors]
-    rounds_m = b.moment_dtype != state_dtype(b.dtype)
+    rounds_m = not b.second_moments and b.moment_dtype != state_dtype(b.dtype)
     ms = [m.float() for m in b.momenta] if rounds_m else b.momenta
     _APPLY[h.base](phase, replace(b, params=xs, anchors=ss, momenta=ms, master=True), h, grad_scale)
     numels = [x.numel() for x in b.params]
@@ -144,6 +144,40 @@ def _moments(b: Bucket, h: AdamHyper, g_prime: list[Tensor], lookahead: bool) ->
     return m, v
 
 
+def _rounded_moments(
+    b: Bucket, h: AdamHyper, g_prime: list[Tensor], lookahead: bool
+) -> tuple[list[Tensor], list[Tensor]]:
+    """16-bit moments (exp_avg_dtype), as _moments: updated on fp32 copies; an update rounds each stochastically
+    (rounding.MOMENT_KEY's c0 m, c1 v) and stores it, exactly, and v_max, the larger of it and the rounded v, in
+    place. Returns the fp32 m and v (v_max) the direction reads: an update's the stored ones."""
+    dtype = state_dtype(b.dtype)
+    work = replace(
+        b,
+        momenta=[m.to(dtype) for m in b.momenta],
+        second_moments=[v.to(dtype) for v in b.second_moments],
+        max_second_moments=[v.to(dtype) for v in b.max_second_moments] if lookahead else [],
+    )
+    if lookahead:
+        return _moments(work, h, g_prime, True)
+    m, v = _moments(work, h, g_prime, False)
+    numels = [t.numel() for t in m]
+    bits = rounding.bits_flat(
+        h.seed, torch.stack(b.steps), torch.tensor(b.indices), numels, b.device, rounding.MOMENT_KEY
+    )
+
+    def rounded(values: list[Tensor], random: Tensor) -> list[Tensor]:
+        flat = rounding.stochastic_round(torch.cat([t.reshape(-1) for t in values]), b.moment_dtype, random)
+        return [r.view_as(t) for r, t in zip(torch.split(flat, numels), values)]
+
+    m, v = rounded(m, bits[0]), rounded(v, bits[1])
+    torch._foreach_copy_(b.momenta, m)
+    torch._foreach_copy_(b.second_moments, v)
+    if b.max_second_moments:
+        torch._foreach_maximum_(b.max_second_moments, v)
+        v = b.max_second_moments
+    return [t.to(dtype) for t in m], [t.to(dtype) for t in v]
+
+
 def _apply_adaptive(phase: Phase, b: Bucket, h: AdamHyper, grad_scale: Tensor | None) -> None:
     """Adam, AdamW, LAMB and Adagrad (reference_adaptive says what each line computes), the step counts
     read on the host for the bias corrections. Returns LAMB's trust ratios (None for the others)."""
@@ -160,7 +194,10 @@ def _apply_adaptive(phase: Phase, b: Bucket, h: AdamHyper, grad_scale: Tensor | 
     if h.weight_decay != 0 and not h.decoupled:
         torch._foreach_add_(g_prime, anchors, alpha=h.weight_decay)
     lookahead = phase == Phase.EXTRAPOLATE  # the moments as if updated: copies, the state read only
-    m, v = _moments(b, h, g_prime, lookahead)
+    if b.rounds_moments:
+        m, v = _rounded_moments(b, h, g_prime, lookahead)
+    else:
+        m, v = _moments(b, h, g_prime, lookahead)
     steps = [int(t) + lookahead for t in torch.stack(b.steps).tolist()]
     if h.bias_correction:
         b1, b2 = (float(beta) for beta in h.betas)

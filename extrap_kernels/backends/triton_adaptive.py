@@ -12,7 +12,7 @@ from torch import Tensor
 from .. import lamb, novograd_math, recovery
 from ..bucket import Bucket, Phase, count_step, state_dtype
 from ..hyper import AdamHyper
-from ..rounding import ROUNDING_KEY
+from ..rounding import MOMENT_KEY, ROUNDING_KEY
 from .triton_adaptive_math import (
     FIRST_AND_NORM,
     SUM_ONLY,
@@ -21,6 +21,8 @@ from .triton_adaptive_math import (
     adaptive_columns,
     constants,
     load_moments,
+    moment_bits,
+    moment_rounding,
     moments_kept,
     pointers,
     recovered_anchor,
@@ -62,6 +64,7 @@ def _adaptive_block(
     S_DTYPE: tl.constexpr,
     C_DTYPE: tl.constexpr,
     ROUNDING: tl.constexpr,
+    MOMENT_ROUNDING: tl.constexpr,
     MASTER: tl.constexpr,
     MOMENTS: tl.constexpr,
     DECOUPLED: tl.constexpr,
@@ -69,28 +72,33 @@ def _adaptive_block(
 ):
     """One adaptive phase over the elements `offs` of one tensor (`mask`: those inside it; None: all).
     `rates`: (lr, gamma, grad_factor, trust, unscale); `coefficients`: adaptive_direction's; `keys`: (index, step,
-    noise_std, seed, rounding_seed). Without a master (ROUNDING 1 bf16, 2 fp16) s is a 16-bit x's own type and
-    the stored s and x are rounded stochastically; the moments stay C_DTYPE. MOMENTS: the moments kept (Adagrad
-    keeps no m: it is g' itself; NovoGrad no v: `trust` is then the tensor's running norm). The anchor-free past
-    update (Adam's and AdamW's, on full-precision x) recovers s from x and the stored moments, and stores no s."""
+    noise_std, seed, rounding_seed, moment_seed). Without a master (ROUNDING 1 bf16, 2 fp16) s is a 16-bit x's own
+    type and the stored s and x are rounded stochastically; 16-bit moments (MOMENT_ROUNDING 1 bf16, 2 fp16; 0 in the
+    look-ahead, which stores none) are rounded before the direction reads them, under their own key. MOMENTS: the
+    moments kept (Adagrad keeps no m: it is g' itself; NovoGrad no v: `trust` is then the tensor's running norm).
+    The anchor-free past update (Adam's and AdamW's, on full-precision x) recovers s from x and the stored moments,
+    and stores no s."""
     x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, recovery_ptr = ptrs  # (the step comes read, in keys)
     lr, gamma, grad_factor, trust, unscale = rates
-    index, step, noise_std, seed, rounding_seed = keys
+    index, step, noise_std, seed, rounding_seed, moment_seed = keys
     if skip:
         abandon_block(x_ptr, s_ptr, offs, mask, PHASE, X_DTYPE, S_DTYPE, MASTER)
     else:  # (LAMB's clipping is folded into grad_scale)
         g = tl.load(g_ptr + offs, mask=mask).to(C_DTYPE)
         if UNSCALES:  # AMP's gradient written back unscaled (by the loss scale alone)
             tl.store(g_ptr + offs, (g * unscale).to(X_DTYPE), mask=mask)
-        m, v, v_max = load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, MOMENTS)
+        m, v, v_max = load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, MOMENTS, C_DTYPE)
         r_s, _, r_x = block_rounding_bits(rounding_seed, step_ptr, index, offs, ROUNDING)
+        moment_random = moment_bits(moment_seed, step, index, offs, MOMENT_ROUNDING)
         if PHASE == EXTRAPOLATE:  # extrapolate along the look-ahead direction; the state is read only
             if MASTER:
                 anchor = tl.load(s_ptr + offs, mask=mask)
             else:
                 anchor = tl.load(x_ptr + offs, mask=mask).to(C_DTYPE)
                 tl.store(s_ptr + offs, anchor.to(S_DTYPE), mask=mask)
-            e, _, _, _ = step_direction(anchor, g, m, v, v_max, grad_factor, trust, coefficients, DECOUPLED, MOMENTS)
+            e, _, _, _ = step_direction(
+                anchor, g, m, v, v_max, grad_factor, trust, coefficients, DECOUPLED, MOMENTS, moment_random, 0
+            )
             x = anchor - gamma * e
             tl.store(x_ptr + offs, stochastic_round(x, r_x, ROUNDING).to(X_DTYPE), mask=mask)
         else:
@@ -100,16 +108,27 @@ def _adaptive_block(
             else:
                 anchor = tl.load(s_ptr + offs, mask=mask).to(C_DTYPE)
             e, m, v, v_max = step_direction(
-                anchor, g, m, v, v_max, grad_factor, trust, coefficients, DECOUPLED, MOMENTS
+                anchor,
+                g,
+                m,
+                v,
+                v_max,
+                grad_factor,
+                trust,
+                coefficients,
+                DECOUPLED,
+                MOMENTS,
+                moment_random,
+                MOMENT_ROUNDING,
             )
             anchor = anchor - lr * e
             anchor_stored = stochastic_round(anchor, r_s, ROUNDING)  # (as stored: the local step's x too)
-            if MOMENTS != SUM_ONLY:
-                tl.store(m_ptr + offs, m, mask=mask)
+            if MOMENTS != SUM_ONLY:  # (16-bit moments were rounded to values of their type: exact here)
+                tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
             if MOMENTS != FIRST_AND_NORM:
-                tl.store(v_ptr + offs, v, mask=mask)
+                tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
             if MOMENTS == WITH_MAX:
-                tl.store(v_max_ptr + offs, v_max, mask=mask)
+                tl.store(v_max_ptr + offs, v_max.to(v_max_ptr.dtype.element_ty), mask=mask)
             if PHASE == UPDATE:  # x <- s; a full-precision s is only the snapshot (or x itself)
                 if MASTER:
                     tl.store(s_ptr + offs, anchor, mask=mask)
@@ -145,6 +164,7 @@ def _adaptive_kernel(
     noise_std,
     seed,
     rounding_seed,
+    moment_seed,
     beta1,
     one_minus_beta2,
     beta2,
@@ -159,7 +179,9 @@ def _adaptive_kernel(
     X_DTYPE: tl.constexpr,
     S_DTYPE: tl.constexpr,
     C_DTYPE: tl.constexpr,
+    M_DTYPE: tl.constexpr,
     ROUNDING: tl.constexpr,
+    MOMENT_ROUNDING: tl.constexpr,
     MASTER: tl.constexpr,
     MOMENTS: tl.constexpr,
     DECOUPLED: tl.constexpr,
@@ -177,7 +199,7 @@ def _adaptive_kernel(
     ALIGNED: tl.constexpr,
 ):
     t, offs, mask, whole = program_block(numels, block_tensor, block_start, BLOCK, ALIGNED)
-    ptrs = pointers(table, t, X_DTYPE, S_DTYPE, C_DTYPE, ALIGNED)
+    ptrs = pointers(table, t, X_DTYPE, S_DTYPE, C_DTYPE, M_DTYPE, ALIGNED)
     lr, gamma = launch_rates(lr, gamma, lr_ptr, gamma_ptr, LR_TENSOR, GAMMA_TENSOR)
     grad_factor, trust = grad_scaling(sign, scale_ptr, trust_ptr, t, HAS_SCALE, HAS_TRUST, C_DTYPE)
     step = tl.load(ptrs[6]) + (1.0 if PHASE == EXTRAPOLATE else 0.0)  # (ptrs[6]: the step; +1: the look-ahead's)
@@ -194,12 +216,13 @@ def _adaptive_kernel(
                 found_inf_skips(found_inf_ptr, HAS_FOUND_INF),
                 (lr, gamma, grad_factor, trust, grad_unscale(loss_scale_ptr, UNSCALES, C_DTYPE)),
                 coefficients,
-                (tl.load(indices + t), step, noise_std, seed, rounding_seed),
+                (tl.load(indices + t), step, noise_std, seed, rounding_seed, moment_seed),
                 PHASE,
                 X_DTYPE,
                 S_DTYPE,
                 C_DTYPE,
                 ROUNDING,
+                MOMENT_ROUNDING,
                 MASTER,
                 MOMENTS,
                 DECOUPLED,
@@ -249,13 +272,16 @@ def apply_adaptive(
         noise_std=float(h.noise_std),
         seed=seed,
         rounding_seed=seed ^ ROUNDING_KEY,
+        moment_seed=seed ^ MOMENT_KEY,
         **launch_constants,
         lr_decay=float(h.lr_decay),
         PHASE=int(phase),
         X_DTYPE=DTYPES[b.dtype],
         S_DTYPE=DTYPES[b.storage_dtype],
         C_DTYPE=DTYPES[state_dtype(b.dtype)],
+        M_DTYPE=DTYPES[b.moment_dtype],
         ROUNDING=ROUNDING_MODES[b.dtype] if b.rounds_stochastically else 0,
+        MOMENT_ROUNDING=moment_rounding(b, phase),
         MASTER=b.has_master,
         MOMENTS=moments_kept(b),
         DECOUPLED=bool(h.decoupled),

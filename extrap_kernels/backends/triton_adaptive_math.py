@@ -12,7 +12,7 @@ import triton.language as tl
 
 from ..bucket import Bucket
 from ..hyper import AdamHyper
-from .triton_common import UPDATE_PAST_ANCHOR_FREE, row_pointer
+from .triton_common import ROUNDING_MODES, UPDATE_PAST_ANCHOR_FREE, rounding_bits, row_pointer, stochastic_round
 
 # The table's rows: the addresses of x, g, s, m, v, v_max (a placeholder without amsgrad), the step and the anchor-free
 # update's recovery weights (recovery.py; a placeholder in the other phases).
@@ -27,6 +27,12 @@ def moments_kept(b: Bucket) -> int:
     if b.grad_norms:
         return int(FIRST_AND_NORM)
     return int(WITH_MAX if b.max_second_moments else FIRST_AND_SECOND if b.momenta else SUM_ONLY)
+
+
+def moment_rounding(b: Bucket, phase) -> int:
+    """The kernels' MOMENT_ROUNDING: 1 (bf16) or 2 (fp16) where a phase stores 16-bit moments (exp_avg_dtype),
+    rounded stochastically; 0 for full-precision moments and for the look-ahead, which stores none."""
+    return ROUNDING_MODES[b.moment_dtype] if b.rounds_moments and phase != 0 else 0
 
 
 def adaptive_columns(b: Bucket) -> tuple:
@@ -113,14 +119,41 @@ def adaptive_coefficients(
 
 
 @triton.jit
-def adaptive_direction(s, g, m, v, v_max, grad_factor, coefficients, DECOUPLED: tl.constexpr, AMSGRAD: tl.constexpr):
-    """Returns (u, m, v, v_max): the moments updated with g' and the undamped direction."""
+def moment_bits(moment_seed, step, index, offs, MOMENT_ROUNDING: tl.constexpr):
+    """The 16-bit moments' rounding bits (m, v) of the elements `offs`: the noise's counter under the key seed ^
+    MOMENT_KEY, keyed by the count of the update that stores them (zeros where none is rounded)."""
+    r_m = tl.zeros_like(offs).to(tl.uint32)
+    r_v = r_m
+    if MOMENT_ROUNDING != 0:
+        r_m, r_v, _ = rounding_bits(moment_seed, step.to(tl.int64), index, offs)
+    return r_m, r_v
+
+
+@triton.jit
+def adaptive_direction(
+    s,
+    g,
+    m,
+    v,
+    v_max,
+    grad_factor,
+    coefficients,
+    DECOUPLED: tl.constexpr,
+    AMSGRAD: tl.constexpr,
+    moment_random,
+    MOMENT_ROUNDING: tl.constexpr,
+):
+    """Returns (u, m, v, v_max): the moments updated with g' (16-bit ones rounded stochastically with
+    `moment_random`, moment_bits', before the direction reads them) and the undamped direction."""
     weight_decay, beta1, one_minus_beta2, beta2, grad_gain, eps, bias1, bias2_sqrt, _, _ = coefficients
     gp = g * grad_factor
     if not DECOUPLED:
         gp += weight_decay * s
     m = beta1 * m + grad_gain * gp
     v = beta2 * v + (one_minus_beta2 * gp) * gp
+    if MOMENT_ROUNDING != 0:
+        m = stochastic_round(m, moment_random[0], MOMENT_ROUNDING)
+        v = stochastic_round(v, moment_random[1], MOMENT_ROUNDING)
     second = v
     if AMSGRAD:
         v_max = tl.maximum(v_max, v)
@@ -164,49 +197,71 @@ def novograd_direction(s, g, m, norm, grad_factor, coefficients, DECOUPLED: tl.c
 
 
 @triton.jit
-def step_direction(s, g, m, v, v_max, grad_factor, trust, coefficients, DECOUPLED: tl.constexpr, MOMENTS: tl.constexpr):
+def step_direction(
+    s,
+    g,
+    m,
+    v,
+    v_max,
+    grad_factor,
+    trust,
+    coefficients,
+    DECOUPLED: tl.constexpr,
+    MOMENTS: tl.constexpr,
+    moment_random,
+    MOMENT_ROUNDING: tl.constexpr,
+):
     """Returns (e, m, v, v_max), csrc/extrap_math.h's adaptive_step_direction: trust * u with per-element second
-    moments; NovoGrad's u, `trust` then being the tensor's running norm."""
+    moments (16-bit ones rounded: adaptive_direction); NovoGrad's u, `trust` then being the tensor's running norm."""
     if MOMENTS == FIRST_AND_NORM:
         e, m = novograd_direction(s, g, m, trust, grad_factor, coefficients, DECOUPLED)
     else:
         u, m, v, v_max = adaptive_direction(
-            s, g, m, v, v_max, grad_factor, coefficients, DECOUPLED, MOMENTS == WITH_MAX
+            s, g, m, v, v_max, grad_factor, coefficients, DECOUPLED, MOMENTS == WITH_MAX, moment_random, MOMENT_ROUNDING
         )
         e = trust * u
     return e, m, v, v_max
 
 
 @triton.jit
-def pointers(table, t, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, C_DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+def pointers(
+    table,
+    t,
+    X_DTYPE: tl.constexpr,
+    S_DTYPE: tl.constexpr,
+    C_DTYPE: tl.constexpr,
+    M_DTYPE: tl.constexpr,
+    ALIGNED: tl.constexpr,
+):
     """Tensor t's (x, g, s, m, v, v_max, step, recovery), s of S_DTYPE (C_DTYPE, or a 16-bit x's own without a
-    master), the moments and weights of C_DTYPE; the six arrays said 16-byte aligned where the bucket's are."""
+    master), the moments of M_DTYPE (C_DTYPE, or 16-bit: exp_avg_dtype) and the weights of C_DTYPE; the six arrays
+    said 16-byte aligned where the bucket's are."""
     x_ptr = row_pointer(table, t, ROWS, ROW_X, X_DTYPE, ALIGNED)
     g_ptr = row_pointer(table, t, ROWS, ROW_G, X_DTYPE, ALIGNED)
     s_ptr = row_pointer(table, t, ROWS, ROW_S, S_DTYPE, ALIGNED)
-    m_ptr = row_pointer(table, t, ROWS, ROW_M, C_DTYPE, ALIGNED)
-    v_ptr = row_pointer(table, t, ROWS, ROW_V, C_DTYPE, ALIGNED)
-    v_max_ptr = row_pointer(table, t, ROWS, ROW_V_MAX, C_DTYPE, ALIGNED)
+    m_ptr = row_pointer(table, t, ROWS, ROW_M, M_DTYPE, ALIGNED)
+    v_ptr = row_pointer(table, t, ROWS, ROW_V, M_DTYPE, ALIGNED)
+    v_max_ptr = row_pointer(table, t, ROWS, ROW_V_MAX, M_DTYPE, ALIGNED)
     step_ptr = row_pointer(table, t, ROWS, ROW_STEP, tl.float32, False)
     recovery_ptr = row_pointer(table, t, ROWS, ROW_RECOVERY, C_DTYPE, False)
     return x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, recovery_ptr
 
 
 @triton.jit
-def load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, MOMENTS: tl.constexpr):
-    """(m, v, v_max) of the elements `offs` (v_max zeros without amsgrad, m zeros without a first moment, v zeros
-    for NovoGrad's per-tensor second moment)."""
+def load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, MOMENTS: tl.constexpr, C_DTYPE: tl.constexpr):
+    """(m, v, v_max) of the elements `offs` in C_DTYPE (16-bit moments converted; v_max zeros without amsgrad, m
+    zeros without a first moment, v zeros for NovoGrad's per-tensor second moment)."""
     if MOMENTS == FIRST_AND_NORM:
-        m = tl.load(m_ptr + offs, mask=mask)
+        m = tl.load(m_ptr + offs, mask=mask).to(C_DTYPE)
         v = tl.zeros_like(m)
     else:
-        v = tl.load(v_ptr + offs, mask=mask)
+        v = tl.load(v_ptr + offs, mask=mask).to(C_DTYPE)
         m = tl.zeros_like(v)
         if MOMENTS != SUM_ONLY:
-            m = tl.load(m_ptr + offs, mask=mask)
+            m = tl.load(m_ptr + offs, mask=mask).to(C_DTYPE)
     v_max = tl.zeros_like(v)
     if MOMENTS == WITH_MAX:
-        v_max = tl.load(v_max_ptr + offs, mask=mask)
+        v_max = tl.load(v_max_ptr + offs, mask=mask).to(C_DTYPE)
     return m, v, v_max
 
 

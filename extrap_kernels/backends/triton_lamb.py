@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..bucket import Bucket, Phase, state_dtype
 from ..hyper import AdamHyper
+from ..rounding import MOMENT_KEY
 from .triton_adaptive_math import (
     FIRST_AND_SECOND,
     WITH_MAX,
@@ -18,6 +19,8 @@ from .triton_adaptive_math import (
     adaptive_direction,
     constants,
     load_moments,
+    moment_bits,
+    moment_rounding,
     pointers,
     recovered_anchor,
 )
@@ -30,6 +33,7 @@ SEGMENT = 128  # blocks a program of the per-tensor sums adds at a time
 def _norms_kernel(
     table,
     numels,
+    indices,
     block_tensor,
     block_start,
     scale_ptr,
@@ -45,9 +49,12 @@ def _norms_kernel(
     log_beta2,
     beta1_ptr,
     beta2_ptr,
+    moment_seed,
     X_DTYPE: tl.constexpr,
     S_DTYPE: tl.constexpr,
     C_DTYPE: tl.constexpr,
+    M_DTYPE: tl.constexpr,
+    MOMENT_ROUNDING: tl.constexpr,
     READS_X: tl.constexpr,
     PHASE: tl.constexpr,
     AMSGRAD: tl.constexpr,
@@ -60,16 +67,19 @@ def _norms_kernel(
     BLOCK: tl.constexpr,
 ):
     """LAMB's reading pass, one block: its sums of s^2 and u^2 (u of the coming update) to block_sums[pid]. The
-    anchor-free update's (PHASE) takes s as that update recovers it, from x and the moments stored before it."""
+    anchor-free update's (PHASE) takes s as that update recovers it, from x and the moments stored before it. 16-bit
+    moments (MOMENT_ROUNDING; 0 before a look-ahead) are rounded as the coming update will round them, keyed by its
+    count."""
     pid = tl.program_id(0)
     t, offs, mask, _ = program_block(numels, block_tensor, block_start, BLOCK, False)
     x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, recovery_ptr = pointers(
-        table, t, X_DTYPE, S_DTYPE, C_DTYPE, False
+        table, t, X_DTYPE, S_DTYPE, C_DTYPE, M_DTYPE, False
     )
     grad_factor, _ = grad_scaling(sign, scale_ptr, scale_ptr, t, HAS_SCALE, False, C_DTYPE)
     betas = (beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, beta1_ptr, beta2_ptr, 0.0)
+    step = tl.load(step_ptr) + 1.0  # (the count of the coming update)
     coefficients = adaptive_coefficients(
-        tl.load(step_ptr) + 1.0,
+        step,
         weight_decay,
         eps,
         betas,
@@ -80,7 +90,7 @@ def _norms_kernel(
         C_DTYPE,
         PHASE,  # (the count of the coming update: the anchor-free one's last corrections are the stored count's)
     )
-    m, v, v_max = load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, WITH_MAX if AMSGRAD else FIRST_AND_SECOND)
+    m, v, v_max = load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, WITH_MAX if AMSGRAD else FIRST_AND_SECOND, C_DTYPE)
     if PHASE == UPDATE_PAST_ANCHOR_FREE:  # x_t and update t's moments give s_t back (recovery.py)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0)
         anchor = tl.where(mask, recovered_anchor(x, m, v, v_max, recovery_ptr, coefficients, AMSGRAD), 0.0)
@@ -89,7 +99,10 @@ def _norms_kernel(
     else:
         anchor = tl.load(s_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
-    u, _, _, _ = adaptive_direction(anchor, g, m, v, v_max, grad_factor, coefficients, DECOUPLED, AMSGRAD)
+    moment_random = moment_bits(moment_seed, step, tl.load(indices + t), offs, MOMENT_ROUNDING)
+    u, _, _, _ = adaptive_direction(
+        anchor, g, m, v, v_max, grad_factor, coefficients, DECOUPLED, AMSGRAD, moment_random, MOMENT_ROUNDING
+    )
     u = tl.where(mask, u, 0.0)  # (0 / 0 where eps is 0)
     tl.store(block_sums + 2 * pid, tl.sum(anchor * anchor, 0))
     tl.store(block_sums + 2 * pid + 1, tl.sum(u * u, 0))
@@ -126,7 +139,7 @@ def lamb_sums(
     """The reading pass: per tensor, the sums of s^2 and u^2 ([tensors, 2], the state dtype). `tables` and
     `launch_constants`: the bucket's, where the caller has them already."""
     tables = tables or cached_tables(b, adaptive_columns(b), streamed=6)
-    table, numels, _, block_tensor, block_start, first_of_tensor, total, _ = tables
+    table, numels, indices, block_tensor, block_start, first_of_tensor, total, _ = tables
     dtype = state_dtype(b.dtype)
     block_sums = torch.empty(total, 2, dtype=dtype, device=b.device)
     sums = torch.zeros(len(b.params), 2, dtype=dtype, device=b.device)
@@ -135,14 +148,18 @@ def lamb_sums(
     _norms_kernel[(total,)](
         table,
         numels,
+        indices,
         block_tensor,
         block_start,
         grad_scale if grad_scale is not None else numels,
         block_sums,
         **(launch_constants or constants(b, h)),
+        moment_seed=(int(h.seed) & 0xFFFFFFFFFFFFFFFF) ^ MOMENT_KEY,
         X_DTYPE=DTYPES[b.dtype],
         S_DTYPE=DTYPES[b.storage_dtype],
         C_DTYPE=DTYPES[dtype],
+        M_DTYPE=DTYPES[b.moment_dtype],
+        MOMENT_ROUNDING=moment_rounding(b, phase),
         READS_X=phase == Phase.EXTRAPOLATE and not b.has_master,
         PHASE=int(phase) if phase == Phase.UPDATE_PAST_ANCHOR_FREE else 0,
         AMSGRAD=bool(b.max_second_moments),
