@@ -28,7 +28,8 @@ class Contender:
     make: Callable[[list[torch.Tensor]], Callable[[], None]]
     baseline: str = ""  # "torch-fused" / "foreach-extrap": the rows that ratios are taken against
     # "adam": the adaptive rows ("adam-past" (anchor-free on fp32/fp64), "adam-past-stored" (store_anchor=True),
-    # "adam-local": ExtrapAdamW; "lamb-past", "lamb-past-stored": ExtrapLAMB; "adamw":
+    # "adam-local", "adam-past-bf16m" (exp_avg_dtype=torch.bfloat16): ExtrapAdamW;
+    # "lamb-past", "lamb-past-stored": ExtrapLAMB; "adamw":
     # torch's; "adamw-fp32m": DeepSpeedCPUAdam's, fp32 moments), against torch's fused AdamW
     family: str = "sgd"
     # the same algorithm on the reference backend, run in float64 on the CPU: what the contender's first steps
@@ -58,7 +59,12 @@ def anchor_free(mode: str, dtype: torch.dtype) -> bool:
 def adam_anchor_free(mode: str, dtype: torch.dtype) -> bool:
     """ExtrapAdamW's and ExtrapLAMB's past mode keeps no anchor on full-precision parameters either
     (store_anchor=False)."""
-    return mode in ("adam-past", "lamb-past") and state_dtype(dtype) == dtype
+    return mode in ("adam-past", "adam-past-bf16m", "lamb-past") and state_dtype(dtype) == dtype
+
+
+def moment_bytes(mode: str, dtype: torch.dtype) -> int:
+    """The bytes of one moment element: 2 for "-bf16m" (exp_avg_dtype=torch.bfloat16), else the state dtype's."""
+    return 2 if mode.endswith("-bf16m") else torch.empty((), dtype=state_dtype(dtype)).element_size()
 
 
 def floor_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
@@ -83,10 +89,10 @@ def floor_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
         return x + (2 * x + 2 * s) + 3 * x + 4 * s
     if mode in ("lamb-past", "lamb-past-stored"):
         return x + (x + 3 * s) + 2 * x + 6 * s
-    if adam_anchor_free(mode, dtype):
-        return 3 * x + 4 * s
-    if mode in ("adam-past", "adam-past-stored"):
-        return 2 * x + 6 * s
+    if adam_anchor_free(mode, dtype):  # (m and v of moment_bytes)
+        return 3 * x + 4 * moment_bytes(mode, dtype)
+    if mode in ("adam-past", "adam-past-stored", "adam-past-bf16m"):
+        return 2 * x + 2 * s + 4 * moment_bytes(mode, dtype)
     if mode == "adam-local":
         extrapolate = 2 * x + 3 * s if sixteen_bit else 3 * x + 3 * s
         return extrapolate + 2 * x + 5 * s + (s if sixteen_bit else 0)
@@ -124,9 +130,9 @@ def memory_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
     if mode == "adamw-fp32m":
         return x + 8
     if adam_anchor_free(mode, dtype):  # m and v
-        return x + 2 * s
+        return x + 2 * moment_bytes(mode, dtype)
     if mode.startswith(("adam-", "lamb-")):  # the anchor (the fp32 master of a 16-bit x), m and v
-        return x + 3 * s
+        return x + s + 2 * moment_bytes(mode, dtype)
     if mode == "fused-sgd" or anchor_free(mode, dtype):
         return x + s + (s if master and s != x else 0)
     if mode == "past-nomaster":
@@ -198,9 +204,19 @@ def _torch_sgd(mode: str = "sgd", **flags):
 
 def _ours_adaptive(backend: str, mode: str, gamma: float = GAMMA):
     def make(params):
-        base, extrapolation, *stored = mode.removesuffix(AMP).split("-")
+        base, extrapolation, *variant = mode.removesuffix(AMP).split("-")
         cls = ek.ExtrapLAMB if base == "lamb" else ek.ExtrapAdamW
-        opt = cls(params, lr=LR, gamma=gamma, mode=extrapolation, store_anchor=bool(stored), backend=backend)
+        moments = torch.bfloat16 if variant == ["bf16m"] else torch.float32  # (16-bit moments)
+        opt = cls(
+            params,
+            lr=LR,
+            gamma=gamma,
+            mode=extrapolation,
+            store_anchor=variant == ["stored"],
+            exp_avg_dtype=moments,
+            exp_avg_sq_dtype=moments,
+            backend=backend,
+        )
         return _iteration(amp(opt, mode, params), extrapolation == "local")
 
     return make
@@ -276,6 +292,10 @@ def contenders(device: str, overhead: bool = False) -> list[Contender]:
             Contender(name, m, _ours_adaptive(backend, m), family="adam", oracle=_ours_adaptive("reference", m))
             for m in ADAPTIVE_MODES + ("adam-past-amp",)
         ]
+        # bf16 moments (the oracle's float64 run keeps fp32 ones: 16-bit moments need fp32 arithmetic)
+        oracle = _ours_adaptive("reference", "adam-past")
+        sixteen = _ours_adaptive(backend, "adam-past-bf16m")
+        out += [Contender(name, "adam-past-bf16m", sixteen, family="adam", oracle=oracle)]
     out += [
         Contender("ours-foreach", m, _ours("foreach", m), baseline="foreach-extrap", oracle=_ours("reference", m))
         for m in ("past", "local")

@@ -58,6 +58,8 @@ KNOWN_SPILLS = {
     (90, 3, ("adaptive", 2), "double", "double"): 16,
     (90, 3, ("adaptive", 3), "c10::BFloat16", "float"): 4,
     (90, 3, ("adaptive", 4), "c10::BFloat16", "c10::BFloat16"): 4,
+    (90, 1, ("adaptive", 2), "c10::Half", "c10::Half"): 8,  # (fp16 without a master, nvcc 13.0, since the
+    # 16-bit moments' template parameter: one register at entry, as sm_80's below)
     **{
         (80, phase, ("adaptive", moments), x, x): 8
         for phase in range(4)
@@ -160,6 +162,11 @@ def check(arch: int, compiled: tuple[Path, str], cuobjdump: str, cxxfilt: str, o
         elif adaptive:
             key = (arch, int(adaptive[1]), ("adaptive", int(adaptive[2])), adaptive[3], adaptive[4])
         allowed = KNOWN_SPILLS.get(key, 0)
+        # 16-bit moments (exp_avg_dtype; not hot kernels yet): the moments' Philox beside the parameter's keeps a
+        # few registers at entry (measured with nvcc 13.0: up to 32 B stored, 80 B loaded, fp16 amsgrad without a
+        # master on sm_90; LAMB's amsgrad reading pass 8 B and 32 B on sm_80)
+        if re.search(r"adaptive(_norms)?_kernel<.*c10::(BFloat16|Half), float, extrap::TensorTable", names[mangled]):
+            allowed = max(allowed, 96)
         if stores > allowed or loads > allowed:
             failures.append(
                 f"sm_{arch} {names[mangled]}: spills ({stores} B stored, {loads} B loaded; {allowed} B known)"
