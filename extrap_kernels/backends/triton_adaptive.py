@@ -1,7 +1,13 @@
 """The `triton` backend's adaptive bases (Adam, AdamW, LAMB, Adagrad; SPEC "Base update, Adam family and LAMB"
 and "Adagrad"): one launch per phase over a bucket, on triton_common.py's cached tables (here with the second
 moments as two more rows), the math csrc/extrap_math.h's adaptive_direction and adaptive_element line for line
-(triton_adaptive_math.py). LAMB's reading pass runs first (triton_lamb.py)."""
+(triton_adaptive_math.py). LAMB's reading pass runs first (triton_lamb.py).
+
+Without a master (ROUNDING 1 bf16, 2 fp16) s is a 16-bit x's own type and the stored s and x are rounded
+stochastically; 16-bit moments (MOMENT_ROUNDING 1 bf16, 2 fp16; 0 in the look-ahead, which stores none) are rounded
+before the direction reads them, under their own key. MOMENTS: the moments kept (Adagrad keeps no m: it is g'
+itself; NovoGrad no v: `trust` is then the tensor's running norm). The anchor-free past update (Adam's and AdamW's,
+on full-precision x) recovers s from x and the stored moments, and stores no s."""
 
 from __future__ import annotations
 
@@ -14,8 +20,6 @@ from ..bucket import Bucket, Phase, count_step, state_dtype
 from ..hyper import AdamHyper
 from ..rounding import MOMENT_KEY, ROUNDING_KEY
 from .triton_adaptive_math import (
-    FIRST_AND_NORM,
-    SUM_ONLY,
     WITH_MAX,
     adaptive_coefficients,
     adaptive_columns,
@@ -27,6 +31,7 @@ from .triton_adaptive_math import (
     pointers,
     recovered_anchor,
     step_direction,
+    store_moments,
 )
 from .triton_common import (
     BLOCK,
@@ -70,14 +75,9 @@ def _adaptive_block(
     DECOUPLED: tl.constexpr,
     UNSCALES: tl.constexpr,
 ):
-    """One adaptive phase over the elements `offs` of one tensor (`mask`: those inside it; None: all).
-    `rates`: (lr, gamma, grad_factor, trust, unscale); `coefficients`: adaptive_direction's; `keys`: (index, step,
-    noise_std, seed, rounding_seed, moment_seed). Without a master (ROUNDING 1 bf16, 2 fp16) s is a 16-bit x's own
-    type and the stored s and x are rounded stochastically; 16-bit moments (MOMENT_ROUNDING 1 bf16, 2 fp16; 0 in the
-    look-ahead, which stores none) are rounded before the direction reads them, under their own key. MOMENTS: the
-    moments kept (Adagrad keeps no m: it is g' itself; NovoGrad no v: `trust` is then the tensor's running norm).
-    The anchor-free past update (Adam's and AdamW's, on full-precision x) recovers s from x and the stored moments,
-    and stores no s."""
+    """One adaptive phase over the elements `offs` of one tensor (`mask`: those inside it; None: all); `rates`:
+    (lr, gamma, grad_factor, trust, unscale), `keys`: (index, step, noise_std, seed, rounding_seed, moment_seed).
+    ROUNDING, MOMENT_ROUNDING, MOMENTS and the anchor-free update: the module's docstring."""
     x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, recovery_ptr = ptrs  # (the step comes read, in keys)
     lr, gamma, grad_factor, trust, unscale = rates
     index, step, noise_std, seed, rounding_seed, moment_seed = keys
@@ -123,12 +123,7 @@ def _adaptive_block(
             )
             anchor = anchor - lr * e
             anchor_stored = stochastic_round(anchor, r_s, ROUNDING)  # (as stored: the local step's x too)
-            if MOMENTS != SUM_ONLY:  # (16-bit moments were rounded to values of their type: exact here)
-                tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
-            if MOMENTS != FIRST_AND_NORM:
-                tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
-            if MOMENTS == WITH_MAX:
-                tl.store(v_max_ptr + offs, v_max.to(v_max_ptr.dtype.element_ty), mask=mask)
+            store_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, m, v, v_max, MOMENTS)
             if PHASE == UPDATE:  # x <- s; a full-precision s is only the snapshot (or x itself)
                 if MASTER:
                     tl.store(s_ptr + offs, anchor, mask=mask)

@@ -265,6 +265,18 @@ def load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, MOMENTS: tl.constexpr, C_D
     return m, v, v_max
 
 
+@triton.jit
+def store_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, m, v, v_max, MOMENTS: tl.constexpr):
+    """An update's moments, those MOMENTS keeps, stored in their arrays' type (16-bit moments were rounded to
+    values of their type: exact)."""
+    if MOMENTS != SUM_ONLY:
+        tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
+    if MOMENTS != FIRST_AND_NORM:
+        tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
+    if MOMENTS == WITH_MAX:
+        tl.store(v_max_ptr + offs, v_max.to(v_max_ptr.dtype.element_ty), mask=mask)
+
+
 def constants(b: Bucket, h: AdamHyper) -> dict:
     """The arguments both kernels take besides the tables, as the CPU and CUDA launchers derive them
     (launch.h); capturable betas as float64 device tensors, which the kernels read."""
