@@ -28,13 +28,6 @@ def _copy_of(p: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.empty_like(p, dtype=dtype, memory_format=torch.contiguous_format).copy_(p)
 
 
-def moment_dtype(p: Tensor, group: dict) -> torch.dtype:
-    """The dtype the adaptive bases' moments of `p` are held in: the group's 16-bit exp_avg_dtype over fp32
-    arithmetic (Adam, AdamW and LAMB; exp_avg_sq_dtype is the same: checks.check_moment_dtypes), else the state
-    dtype."""
-    return moment_dtype_for(p.dtype, group.get("exp_avg_dtype"))
-
-
 class BaseState:
     """What every base keeps: the step count, and the anchor where the class keeps one."""
 
@@ -46,7 +39,7 @@ class BaseState:
         return self.hyper.base
 
     # the state keys held in fp32 (fp64) whatever the master: the adaptive bases' moments (or in the 16-bit
-    # exp_avg_dtype of an Adam-family group: moment_dtype)
+    # exp_avg_dtype of an Adam-family group: bucket.moment_dtype_for)
     FULL_PRECISION: frozenset[str] = frozenset()
 
     def state_lists(self, group: dict, phase: Phase) -> dict[str, str]:
@@ -62,7 +55,7 @@ class BaseState:
         if key in ("last_gamma", recovery.KEY):
             return state_dtype(p.dtype.to_real())
         if key in self.FULL_PRECISION:
-            return moment_dtype(p, group)
+            return moment_dtype_for(p.dtype, group.get("exp_avg_dtype"))
         return state_dtype(p.dtype) if group.get("master_weights", True) else p.dtype
 
     def init_state(self, state: dict, p: Tensor, group: dict, phase: Phase, anchored: bool) -> dict:
