@@ -312,9 +312,7 @@ def compile_adaptive(kernel: str, constexprs: dict, arch: int):
             "scale_ptr": f"*{state}",
             "block_sums": f"*{state}",
             **{k: "fp32" for k in scalars},
-            "beta1_ptr": "*fp64",
-            "beta2_ptr": "*fp64",
-            "moment_seed": "u64",
+            "seed": "u64",
         }
         constexprs = dict(constexprs, BLOCK=2048)
     else:
@@ -338,14 +336,13 @@ def compile_adaptive(kernel: str, constexprs: dict, arch: int):
             "sign": "fp32",
             "noise_std": "fp32",
             "seed": "u64",
-            "rounding_seed": "u64",
-            "moment_seed": "u64",
             **{k: "fp32" for k in scalars if k not in ("weight_decay", "sign")},
-            "beta1_ptr": "*fp64",
-            "beta2_ptr": "*fp64",
             "lr_decay": "fp32",
         }
         constexprs = dict(constexprs, BLOCK=2048)
+    for beta in ("beta1", "beta2") if kernel != "sums" else ():  # (a capturable beta: its float64 tensor instead)
+        if constexprs.get(f"{beta.upper()}_TENSOR"):
+            sig[beta] = "*fp64"
     sig.update({k: "constexpr" for k in constexprs})
     compiled = triton.compile(
         ASTSource(fn=fn, signature=sig, constexprs=constexprs), target=GPUTarget("cuda", arch, 32)
@@ -377,7 +374,6 @@ def signature(state: tl.dtype) -> dict[str, str]:
         "sign": "fp32",
         "noise_std": "fp32",
         "seed": "u64",
-        "rounding_seed": "u64",
     }
 
 

@@ -18,7 +18,6 @@ from torch import Tensor
 from .. import lamb, novograd_math, recovery
 from ..bucket import Bucket, Phase, count_step, state_dtype
 from ..hyper import AdamHyper
-from ..rounding import MOMENT_KEY, ROUNDING_KEY
 from .triton_adaptive_math import (
     WITH_MAX,
     adaptive_coefficients,
@@ -76,11 +75,11 @@ def _adaptive_block(
     UNSCALES: tl.constexpr,
 ):
     """One adaptive phase over the elements `offs` of one tensor (`mask`: those inside it; None: all); `rates`:
-    (lr, gamma, grad_factor, trust, unscale), `keys`: (index, step, noise_std, seed, rounding_seed, moment_seed).
+    (lr, gamma, grad_factor, trust, unscale), `keys`: (index, step, noise_std, seed).
     ROUNDING, MOMENT_ROUNDING, MOMENTS and the anchor-free update: the module's docstring."""
     x_ptr, g_ptr, s_ptr, m_ptr, v_ptr, v_max_ptr, step_ptr, recovery_ptr = ptrs  # (the step comes read, in keys)
     lr, gamma, grad_factor, trust, unscale = rates
-    index, step, noise_std, seed, rounding_seed, moment_seed = keys
+    index, step, noise_std, seed = keys
     if skip:
         abandon_block(x_ptr, s_ptr, offs, mask, PHASE, X_DTYPE, S_DTYPE, MASTER)
     else:  # (LAMB's clipping is folded into grad_scale)
@@ -88,39 +87,33 @@ def _adaptive_block(
         if UNSCALES:  # AMP's gradient written back unscaled (by the loss scale alone)
             tl.store(g_ptr + offs, (g * unscale).to(X_DTYPE), mask=mask)
         m, v, v_max = load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, MOMENTS, C_DTYPE)
-        r_s, _, r_x = block_rounding_bits(rounding_seed, step_ptr, index, offs, ROUNDING)
-        moment_random = moment_bits(moment_seed, step, index, offs, MOMENT_ROUNDING)
-        if PHASE == EXTRAPOLATE:  # extrapolate along the look-ahead direction; the state is read only
-            if MASTER:
-                anchor = tl.load(s_ptr + offs, mask=mask)
-            else:
-                anchor = tl.load(x_ptr + offs, mask=mask).to(C_DTYPE)
-                tl.store(s_ptr + offs, anchor.to(S_DTYPE), mask=mask)
-            e, _, _, _ = step_direction(
-                anchor, g, m, v, v_max, grad_factor, trust, coefficients, DECOUPLED, MOMENTS, moment_random, 0
-            )
-            x = anchor - gamma * e
-            tl.store(x_ptr + offs, stochastic_round(x, r_x, ROUNDING).to(X_DTYPE), mask=mask)
+        r_s, _, r_x = block_rounding_bits(seed, step_ptr, index, offs, ROUNDING)
+        moment_random = moment_bits(seed, step, index, offs, MOMENT_ROUNDING)
+        if PHASE == EXTRAPOLATE and not MASTER:  # (the look-ahead reads the state only; the snapshot is x)
+            anchor = tl.load(x_ptr + offs, mask=mask).to(C_DTYPE)
+            tl.store(s_ptr + offs, anchor.to(S_DTYPE), mask=mask)
+        elif PHASE == UPDATE_PAST_ANCHOR_FREE:  # x_t and update t's moments give s_t back (recovery.py)
+            x = tl.load(x_ptr + offs, mask=mask)
+            anchor = recovered_anchor(x, m, v, v_max, recovery_ptr, coefficients, MOMENTS == WITH_MAX)
         else:
-            if PHASE == UPDATE_PAST_ANCHOR_FREE:  # x_t and update t's moments give s_t back (recovery.py)
-                x = tl.load(x_ptr + offs, mask=mask)
-                anchor = recovered_anchor(x, m, v, v_max, recovery_ptr, coefficients, MOMENTS == WITH_MAX)
-            else:
-                anchor = tl.load(s_ptr + offs, mask=mask).to(C_DTYPE)
-            e, m, v, v_max = step_direction(
-                anchor,
-                g,
-                m,
-                v,
-                v_max,
-                grad_factor,
-                trust,
-                coefficients,
-                DECOUPLED,
-                MOMENTS,
-                moment_random,
-                MOMENT_ROUNDING,
-            )
+            anchor = tl.load(s_ptr + offs, mask=mask).to(C_DTYPE)
+        e, m, v, v_max = step_direction(
+            anchor,
+            g,
+            m,
+            v,
+            v_max,
+            grad_factor,
+            trust,
+            coefficients,
+            DECOUPLED,
+            MOMENTS,
+            moment_random,
+            MOMENT_ROUNDING,
+        )
+        if PHASE == EXTRAPOLATE:  # extrapolate along the look-ahead direction
+            tl.store(x_ptr + offs, stochastic_round(anchor - gamma * e, r_x, ROUNDING).to(X_DTYPE), mask=mask)
+        else:
             anchor = anchor - lr * e
             anchor_stored = stochastic_round(anchor, r_s, ROUNDING)  # (as stored: the local step's x too)
             store_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, m, v, v_max, MOMENTS)
@@ -158,8 +151,6 @@ def _adaptive_kernel(
     sign,
     noise_std,
     seed,
-    rounding_seed,
-    moment_seed,
     beta1,
     one_minus_beta2,
     beta2,
@@ -167,8 +158,6 @@ def _adaptive_kernel(
     eps,
     log_beta1,
     log_beta2,
-    beta1_ptr,
-    beta2_ptr,
     lr_decay,
     PHASE: tl.constexpr,
     X_DTYPE: tl.constexpr,
@@ -198,7 +187,7 @@ def _adaptive_kernel(
     lr, gamma = launch_rates(lr, gamma, lr_ptr, gamma_ptr, LR_TENSOR, GAMMA_TENSOR)
     grad_factor, trust = grad_scaling(sign, scale_ptr, trust_ptr, t, HAS_SCALE, HAS_TRUST, C_DTYPE)
     step = tl.load(ptrs[6]) + (1.0 if PHASE == EXTRAPOLATE else 0.0)  # (ptrs[6]: the step; +1: the look-ahead's)
-    betas = (beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, beta1_ptr, beta2_ptr, lr_decay)
+    betas = (beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, lr_decay)
     coefficients = adaptive_coefficients(
         step, weight_decay, eps, betas, BETA1_TENSOR, BETA2_TENSOR, GRAD_AVERAGING, BIAS_CORRECTION, C_DTYPE, PHASE
     )
@@ -211,7 +200,7 @@ def _adaptive_kernel(
                 found_inf_skips(found_inf_ptr, HAS_FOUND_INF),
                 (lr, gamma, grad_factor, trust, grad_unscale(loss_scale_ptr, UNSCALES, C_DTYPE)),
                 coefficients,
-                (tl.load(indices + t), step, noise_std, seed, rounding_seed, moment_seed),
+                (tl.load(indices + t), step, noise_std, seed),
                 PHASE,
                 X_DTYPE,
                 S_DTYPE,
@@ -266,8 +255,6 @@ def apply_adaptive(
         loss_scale if loss_scale is not None else dummy,
         noise_std=float(h.noise_std),
         seed=seed,
-        rounding_seed=seed ^ ROUNDING_KEY,
-        moment_seed=seed ^ MOMENT_KEY,
         **launch_constants,
         lr_decay=float(h.lr_decay),
         PHASE=int(phase),

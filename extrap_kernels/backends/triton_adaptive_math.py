@@ -12,7 +12,14 @@ import triton.language as tl
 
 from ..bucket import Bucket
 from ..hyper import AdamHyper
-from .triton_common import ROUNDING_MODES, UPDATE_PAST_ANCHOR_FREE, rounding_bits, row_pointer, stochastic_round
+from .triton_common import (
+    MOMENT_KEY,
+    ROUNDING_MODES,
+    UPDATE_PAST_ANCHOR_FREE,
+    rounding_bits,
+    row_pointer,
+    stochastic_round,
+)
 
 # The table's rows: the addresses of x, g, s, m, v, v_max (a placeholder without amsgrad), the step and the anchor-free
 # update's recovery weights (recovery.py; a placeholder in the other phases).
@@ -92,18 +99,18 @@ def adaptive_coefficients(
     """What adaptive_direction takes besides the arrays, for update `step`: (weight_decay, beta1,
     1 - beta2, beta2, grad_gain, eps, bias1, bias2_sqrt, last_bias1, last_bias2_sqrt), the last two those of the
     update step - 1 that the anchor-free phase recovers its anchor with (recovered_anchor; 1 at step 1, and in the
-    other phases). `betas`: the host's (beta1, 1 - beta2, beta2,
-    grad_gain, log beta1, log beta2), the capturable betas' pointers (float64 tensors, which replace them,
-    read as the kernel runs) and Adagrad's lr_decay (its 1 - beta2 is the gain of g'^2: 1, with beta2 = 1)."""
-    beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, beta1_ptr, beta2_ptr, lr_decay = betas
+    other phases). `betas`: the host's (beta1, 1 - beta2, beta2, grad_gain, log beta1, log beta2) and Adagrad's
+    lr_decay (its 1 - beta2 is the gain of g'^2: 1, with beta2 = 1); with BETA1_TENSOR (BETA2_TENSOR) beta1 (beta2)
+    is the capturable beta's float64 tensor instead, read as the kernel runs, and what derives from it with it."""
+    beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, lr_decay = betas
     if BETA1_TENSOR:
-        b1 = tl.load(beta1_ptr)
+        b1 = tl.load(beta1)
         beta1 = b1.to(C_DTYPE)
         log_beta1 = tl.log(b1)
         if GRAD_AVERAGING:
             grad_gain = (1.0 - b1).to(C_DTYPE)
     if BETA2_TENSOR:
-        b2 = tl.load(beta2_ptr)
+        b2 = tl.load(beta2)
         beta2 = b2.to(C_DTYPE)
         one_minus_beta2 = (1.0 - b2).to(C_DTYPE)
         log_beta2 = tl.log(b2)
@@ -119,13 +126,13 @@ def adaptive_coefficients(
 
 
 @triton.jit
-def moment_bits(moment_seed, step, index, offs, MOMENT_ROUNDING: tl.constexpr):
+def moment_bits(seed, step, index, offs, MOMENT_ROUNDING: tl.constexpr):
     """The 16-bit moments' rounding bits (m, v) of the elements `offs`: the noise's counter under the key seed ^
     MOMENT_KEY, keyed by the count of the update that stores them (zeros where none is rounded)."""
     r_m = tl.zeros_like(offs).to(tl.uint32)
     r_v = r_m
     if MOMENT_ROUNDING != 0:
-        r_m, r_v, _ = rounding_bits(moment_seed, step.to(tl.int64), index, offs)
+        r_m, r_v, _ = rounding_bits(seed, step.to(tl.int64), index, offs, MOMENT_KEY)
     return r_m, r_v
 
 
@@ -279,22 +286,20 @@ def store_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, m, v, v_max, MOMENTS: tl.
 
 def constants(b: Bucket, h: AdamHyper) -> dict:
     """The arguments both kernels take besides the tables, as the CPU and CUDA launchers derive them
-    (launch.h); capturable betas as float64 device tensors, which the kernels read."""
+    (launch.h); capturable betas as float64 device tensors in beta1's and beta2's place, which the kernels read."""
     (beta1, beta1_tensor), (beta2, beta2_tensor) = h.kernel_betas(b)
     averaging = h.averages
     return dict(
         weight_decay=float(h.weight_decay),
         sign=-1.0 if h.maximize else 1.0,
-        beta1=beta1,
+        beta1=beta1_tensor if beta1_tensor is not None else beta1,
         one_minus_beta2=1.0 if h.accumulates else 1.0 - beta2,  # (the gain of g'^2)
-        beta2=beta2,
+        beta2=beta2_tensor if beta2_tensor is not None else beta2,
         grad_gain=(1.0 - beta1) if averaging else 1.0,
         eps=float(h.eps),
         # (beta 0: its powers are 0 from the first step on, exp(t * -inf))
         log_beta1=math.log(beta1) if beta1 > 0 else -math.inf,
         log_beta2=math.log(beta2) if beta2 > 0 else -math.inf,
-        beta1_ptr=beta1_tensor if beta1_tensor is not None else b.steps[0],
-        beta2_ptr=beta2_tensor if beta2_tensor is not None else b.steps[0],
         BETA1_TENSOR=beta1_tensor is not None,
         BETA2_TENSOR=beta2_tensor is not None,
         GRAD_AVERAGING=averaging,

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import rounding
 from ..bucket import Bucket, Phase
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -33,6 +34,9 @@ UPDATE = tl.constexpr(int(Phase.UPDATE))
 UPDATE_PAST = tl.constexpr(int(Phase.UPDATE_PAST))
 UPDATE_NOISE = tl.constexpr(int(Phase.UPDATE_NOISE))
 UPDATE_PAST_ANCHOR_FREE = tl.constexpr(int(Phase.UPDATE_PAST_ANCHOR_FREE))
+# The keys the kernels XOR into the one seed they take (rounding.py): the rounding's bits apart from the noise's.
+ROUNDING_KEY = tl.constexpr(rounding.ROUNDING_KEY)
+MOMENT_KEY = tl.constexpr(rounding.MOMENT_KEY)
 
 
 # ---- the noise and the rounding: csrc/extrap_math.h, line for line ----------------------------------
@@ -81,19 +85,20 @@ def stochastic_round(v, random, ROUNDING: tl.constexpr):
 
 
 @triton.jit
-def rounding_bits(rounding_seed, step, index, element):
-    """The stochastic rounding's bits: the noise's counter under the key seed ^ ROUNDING_KEY; (c0, c1, c2)."""
-    r0, r1, r2, _ = philox_at(rounding_seed, step, index, element)
+def rounding_bits(seed, step, index, element, KEY: tl.constexpr):
+    """The stochastic rounding's bits: the noise's counter under the key seed ^ KEY (ROUNDING_KEY, or MOMENT_KEY for
+    16-bit moments); (c0, c1, c2). (The seed is any integer type: a small one comes as int32.)"""
+    r0, r1, r2, _ = philox_at(tl.full((), KEY, tl.uint64) ^ seed, step, index, element)
     return r0, r1, r2
 
 
 @triton.jit
-def block_rounding_bits(rounding_seed, step_ptr, index, offs, ROUNDING: tl.constexpr):
+def block_rounding_bits(seed, step_ptr, index, offs, ROUNDING: tl.constexpr):
     """The block's rounding bits for s, m and x (zeros where nothing is rounded stochastically)."""
     zeros = tl.zeros_like(offs).to(tl.uint32)
     r_s, r_m, r_x = zeros, zeros, zeros
     if ROUNDING != 0:
-        r_s, r_m, r_x = rounding_bits(rounding_seed, tl.load(step_ptr).to(tl.int64), index, offs)
+        r_s, r_m, r_x = rounding_bits(seed, tl.load(step_ptr).to(tl.int64), index, offs, ROUNDING_KEY)
     return r_s, r_m, r_x
 
 

@@ -10,7 +10,6 @@ from torch import Tensor
 
 from ..bucket import Bucket, Phase, state_dtype
 from ..hyper import AdamHyper
-from ..rounding import MOMENT_KEY
 from .triton_adaptive_math import (
     FIRST_AND_SECOND,
     WITH_MAX,
@@ -47,9 +46,7 @@ def _norms_kernel(
     eps,
     log_beta1,
     log_beta2,
-    beta1_ptr,
-    beta2_ptr,
-    moment_seed,
+    seed,
     X_DTYPE: tl.constexpr,
     S_DTYPE: tl.constexpr,
     C_DTYPE: tl.constexpr,
@@ -76,7 +73,7 @@ def _norms_kernel(
         table, t, X_DTYPE, S_DTYPE, C_DTYPE, M_DTYPE, False
     )
     grad_factor, _ = grad_scaling(sign, scale_ptr, scale_ptr, t, HAS_SCALE, False, C_DTYPE)
-    betas = (beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, beta1_ptr, beta2_ptr, 0.0)
+    betas = (beta1, one_minus_beta2, beta2, grad_gain, log_beta1, log_beta2, 0.0)
     step = tl.load(step_ptr) + 1.0  # (the count of the coming update)
     coefficients = adaptive_coefficients(
         step,
@@ -99,7 +96,7 @@ def _norms_kernel(
     else:
         anchor = tl.load(s_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
-    moment_random = moment_bits(moment_seed, step, tl.load(indices + t), offs, MOMENT_ROUNDING)
+    moment_random = moment_bits(seed, step, tl.load(indices + t), offs, MOMENT_ROUNDING)
     u, _, _, _ = adaptive_direction(
         anchor, g, m, v, v_max, grad_factor, coefficients, DECOUPLED, AMSGRAD, moment_random, MOMENT_ROUNDING
     )
@@ -154,7 +151,7 @@ def lamb_sums(
         grad_scale if grad_scale is not None else numels,
         block_sums,
         **(launch_constants or constants(b, h)),
-        moment_seed=(int(h.seed) & 0xFFFFFFFFFFFFFFFF) ^ MOMENT_KEY,
+        seed=int(h.seed) & 0xFFFFFFFFFFFFFFFF,
         X_DTYPE=DTYPES[b.dtype],
         S_DTYPE=DTYPES[b.storage_dtype],
         C_DTYPE=DTYPES[dtype],

@@ -12,7 +12,6 @@ from torch import Tensor
 from ..bucket import Bucket, Phase, count_step, record_gamma, state_dtype
 from ..hyper import SGDHyper
 from ..lars import trust_ratios
-from ..rounding import ROUNDING_KEY
 from .triton_common import (
     BLOCK,
     DTYPES,
@@ -119,10 +118,10 @@ def _phase_block(
     UNSCALES: tl.constexpr,
 ):
     """One phase over the elements `offs` of one tensor (`mask`: those inside it; None: all of them).
-    `rates`: (lr, gamma, grad_factor, trust, unscale); `keys`: (index, noise_std, seed, rounding_seed)."""
+    `rates`: (lr, gamma, grad_factor, trust, unscale); `keys`: (index, noise_std, seed)."""
     x_ptr, g_ptr, s_ptr, m_ptr, step_ptr, last_gamma_ptr = ptrs
     lr, gamma, grad_factor, trust, unscale = rates
-    index, noise_std, seed, rounding_seed = keys
+    index, noise_std, seed = keys
     if skip:
         abandon_block(x_ptr, s_ptr, offs, mask, PHASE, X_DTYPE, S_DTYPE, MASTER)
     else:
@@ -132,7 +131,7 @@ def _phase_block(
         m = tl.zeros_like(g)
         if MOMENTUM:
             m = tl.load(m_ptr + offs, mask=mask).to(C_DTYPE)
-        r_s, r_m, r_x = block_rounding_bits(rounding_seed, step_ptr, index, offs, ROUNDING)
+        r_s, r_m, r_x = block_rounding_bits(seed, step_ptr, index, offs, ROUNDING)
         if PHASE == EXTRAPOLATE:  # extrapolate: s <- x; x <- s - gamma * e
             momentum, _, weight_decay = coefficients
             if MASTER:
@@ -196,7 +195,6 @@ def _phase_kernel(
     sign,
     noise_std,
     seed,
-    rounding_seed,
     PHASE: tl.constexpr,
     X_DTYPE: tl.constexpr,
     S_DTYPE: tl.constexpr,
@@ -218,14 +216,14 @@ def _phase_kernel(
     ALIGNED: tl.constexpr,
 ):
     # S_DTYPE stores s and m; C_DTYPE computes (they differ for 16-bit state without a master, ROUNDING 1
-    # bf16 or 2 fp16: every stored value rounded stochastically with the bits keyed by rounding_seed)
+    # bf16 or 2 fp16: every stored value rounded stochastically with the bits keyed by seed ^ ROUNDING_KEY)
     t, offs, mask, whole = program_block(numels, block_tensor, block_start, BLOCK, ALIGNED)
     ptrs = sgd_pointers(table, t, X_DTYPE, S_DTYPE, ALIGNED)
     skip = found_inf_skips(found_inf_ptr, HAS_FOUND_INF)
     lr, gamma = launch_rates(lr, gamma, lr_ptr, gamma_ptr, LR_TENSOR, GAMMA_TENSOR)
     grad_factor, trust = grad_scaling(sign, scale_ptr, trust_ptr, t, HAS_SCALE, HAS_TRUST, C_DTYPE)
     rates = (lr, gamma, grad_factor, trust, grad_unscale(loss_scale_ptr, UNSCALES, C_DTYPE))
-    keys = (tl.load(indices + t), noise_std, seed, rounding_seed)
+    keys = (tl.load(indices + t), noise_std, seed)
     for WHOLE in tl.static_range(2):  # (one pass runs: triton_common.py, "A kernel calls its block function once")
         if whole == (WHOLE == 1):
             _phase_block(
@@ -283,7 +281,6 @@ def apply_sgd(phase: Phase, b: Bucket, h: SGDHyper, grad_scale: Tensor | None = 
         -1.0 if h.maximize else 1.0,
         float(h.noise_std),
         seed,
-        seed ^ ROUNDING_KEY,
         PHASE=int(phase),
         X_DTYPE=DTYPES[b.dtype],
         S_DTYPE=DTYPES[b.storage_dtype],
