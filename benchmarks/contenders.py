@@ -52,19 +52,21 @@ def amp(opt, mode: str, params: list[torch.Tensor]):
 
 def anchor_free(mode: str, dtype: torch.dtype) -> bool:
     """ExtrapSGD's past mode keeps no anchor on full-precision parameters (with the contenders' plain
-    heavy-ball momentum)."""
-    return mode in ("past", "past-nomaster") and state_dtype(dtype) == dtype
+    heavy-ball momentum), nor on 16-bit ones without a master (past-nomaster: it recovers s from the 16-bit x)."""
+    return mode == "past-nomaster" or (mode == "past" and state_dtype(dtype) == dtype)
 
 
 def adam_anchor_free(mode: str, dtype: torch.dtype) -> bool:
     """ExtrapAdamW's and ExtrapLAMB's past mode keeps no anchor on full-precision parameters either
-    (store_anchor=False)."""
-    return mode in ("adam-past", "adam-past-bf16m", "lamb-past") and state_dtype(dtype) == dtype
+    (store_anchor=False), nor on 16-bit ones without a master (adam-past-lean: bf16 moments, master_weights=False)."""
+    full_precision = state_dtype(dtype) == dtype
+    return mode == "adam-past-lean" or (mode in ("adam-past", "adam-past-bf16m", "lamb-past") and full_precision)
 
 
 def moment_bytes(mode: str, dtype: torch.dtype) -> int:
-    """The bytes of one moment element: 2 for "-bf16m" (exp_avg_dtype=torch.bfloat16), else the state dtype's."""
-    return 2 if mode.endswith("-bf16m") else torch.empty((), dtype=state_dtype(dtype)).element_size()
+    """The bytes of one moment element: 2 for "-bf16m" and "-lean" (exp_avg_dtype=torch.bfloat16), else the state
+    dtype's."""
+    return 2 if mode.endswith(("-bf16m", "-lean")) else torch.empty((), dtype=state_dtype(dtype)).element_size()
 
 
 def floor_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
@@ -100,10 +102,8 @@ def floor_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
         return 7 * x
     if mode == "adamw-fp32m":  # (DeepSpeedCPUAdam: its moments fp32 whatever the parameter's dtype)
         return 3 * x + 16
-    if anchor_free(mode, dtype):
-        return 3 * x + 2 * s
-    if mode == "past-nomaster":  # read s g m, write s m x, all 16-bit
-        return 6 * x
+    if anchor_free(mode, dtype):  # (m of x's own dtype without a master)
+        return 3 * x + 2 * (x if mode == "past-nomaster" else s)
     if mode in ("past", "past-stored", "noise"):
         return 2 * x + 4 * s
     if mode == "fused-sgd":
@@ -133,10 +133,10 @@ def memory_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
         return x + 2 * moment_bytes(mode, dtype)
     if mode.startswith(("adam-", "lamb-")):  # the anchor (the fp32 master of a 16-bit x), m and v
         return x + s + 2 * moment_bytes(mode, dtype)
+    if mode == "past-nomaster":  # x and m, 16-bit (anchor-free)
+        return 2 * x
     if mode == "fused-sgd" or anchor_free(mode, dtype):
         return x + s + (s if master and s != x else 0)
-    if mode == "past-nomaster":
-        return 3 * x
     return x + 2 * s
 
 
@@ -206,7 +206,8 @@ def _ours_adaptive(backend: str, mode: str, gamma: float = GAMMA):
     def make(params):
         base, extrapolation, *variant = mode.removesuffix(AMP).split("-")
         cls = ek.ExtrapLAMB if base == "lamb" else ek.ExtrapAdamW
-        moments = torch.bfloat16 if variant == ["bf16m"] else torch.float32  # (16-bit moments)
+        lean = variant == ["lean"]  # (16-bit moments and no master: the leanest state, 6 bytes per bf16 element)
+        moments = torch.bfloat16 if variant == ["bf16m"] or lean else torch.float32  # (16-bit moments)
         opt = cls(
             params,
             lr=LR,
@@ -215,6 +216,7 @@ def _ours_adaptive(backend: str, mode: str, gamma: float = GAMMA):
             store_anchor=variant == ["stored"],
             exp_avg_dtype=moments,
             exp_avg_sq_dtype=moments,
+            master_weights=not lean,
             backend=backend,
         )
         return _iteration(amp(opt, mode, params), extrapolation == "local")
@@ -294,8 +296,8 @@ def contenders(device: str, overhead: bool = False) -> list[Contender]:
         ]
         # bf16 moments (the oracle's float64 run keeps fp32 ones: 16-bit moments need fp32 arithmetic)
         oracle = _ours_adaptive("reference", "adam-past")
-        sixteen = _ours_adaptive(backend, "adam-past-bf16m")
-        out += [Contender(name, "adam-past-bf16m", sixteen, family="adam", oracle=oracle)]
+        for mode in ("adam-past-bf16m", "adam-past-lean"):
+            out += [Contender(name, mode, _ours_adaptive(backend, mode), family="adam", oracle=oracle)]
     out += [
         Contender("ours-foreach", m, _ours("foreach", m), baseline="foreach-extrap", oracle=_ours("reference", m))
         for m in ("past", "local")

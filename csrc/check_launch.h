@@ -143,7 +143,7 @@ inline void check_state(const Launch& L, size_t i, const at::Device& device, at:
   if (!L.max_second_moments.empty()) check(L.max_second_moments[i], mdtype, numel, "max_exp_avg_sq");
   check(L.steps[i], at::kFloat, 1, "step");
   if (!L.last_gammas.empty()) {
-    check(L.last_gammas[i], sdtype, L.adaptive() ? 2 : 1, L.adaptive() ? "recovery" : "last_gamma");
+    check(L.last_gammas[i], cdtype, L.adaptive() ? 2 : 1, L.adaptive() ? "recovery" : "last_gamma");
   }
 }
 
@@ -179,8 +179,9 @@ inline void check_launch(const Launch& L) {
   const auto dtype = L.params[0].scalar_type();
   const auto cdtype = state_dtype(dtype);                 // the arithmetic's (and the rate and trust tensors')
   const auto sdtype = L.master_weights ? cdtype : dtype;  // the stored anchor's and momentum's
-  TORCH_CHECK_VALUE(!L.anchor_free() || cdtype == dtype,
-                    "extrap_kernels: update_past_anchor_free_ needs fp32 or fp64 parameters (a 16-bit one rounds x)");
+  TORCH_CHECK_VALUE(!L.anchor_free() || sdtype == dtype,
+                    "extrap_kernels: update_past_anchor_free_ needs fp32 or fp64 parameters, or 16-bit ones without a "
+                    "master (master_weights=False): a master is the anchor itself");
   TORCH_CHECK_VALUE(!L.anchors.empty() || sdtype == dtype,
                     "extrap_kernels: 16-bit parameters need their fp32 master anchors");
   for (size_t i = 0; i < L.params.size(); ++i) {

@@ -217,18 +217,16 @@ void with_adaptive_phase(const Launch& L, F&& f) {
 
 // Calls f(from, amsgrad) for LAMB's reading pass, both std::integral_constant: where it takes the anchor from
 // (extrap_math.h's AnchorFrom: x itself before a snapshot of x's own precision, full or 16 bits without a master;
-// recovered from x and the moments before the anchor-free update, on full-precision x alone) and whether v_max is
-// kept.
+// recovered from x and the moments before the anchor-free update, x of full precision or 16 bits without a master)
+// and whether v_max is kept.
 template <typename scalar_t, typename anchor_t, typename F>
 decltype(auto) with_reading_anchor(const Launch& L, F&& f) {
   auto run = [&](auto from) {
     if (L.amsgrad()) return f(from, std::true_type{});
     return f(from, std::false_type{});
   };
-  if constexpr (std::is_same<scalar_t, anchor_t>::value) {
-    if constexpr (sizeof(scalar_t) > 2) {  // (check_launch.h refuses the anchor-free update on 16-bit x)
-      if (L.anchor_free()) return run(std::integral_constant<int, kRecoveredFromParam>{});
-    }
+  if constexpr (std::is_same<scalar_t, anchor_t>::value) {  // (x of full precision, or 16 bits without a master)
+    if (L.anchor_free()) return run(std::integral_constant<int, kRecoveredFromParam>{});
     if (L.phase == kExtrapolate) return run(std::integral_constant<int, kParamItself>{});
   }
   return run(std::integral_constant<int, kAnchorArray>{});

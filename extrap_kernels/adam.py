@@ -51,7 +51,7 @@ class ExtrapolatingAdaptive(ExtrapolatingOptimizer):
         phase, gamma = self._mode_phase(group)
         hyper = self.STATE.hyper.from_group(group, gamma=gamma)  # (the group's keys are its fields)
         if group["mode"] == "past" and not group.get("store_anchor", True) and hyper.anchor_free():
-            phase = Phase.UPDATE_PAST_ANCHOR_FREE  # (16-bit parameters keep their anchor: bucket_phase)
+            phase = Phase.UPDATE_PAST_ANCHOR_FREE  # (16-bit ones keep a master there: bucket_phase)
         return phase, hyper
 
 
@@ -60,12 +60,13 @@ class ExtrapAdam(ExtrapolatingAdaptive):
     extrapolates along the direction of the update just applied, "local" is the two-phase EXTRAP
     iteration with the look-ahead direction (the moments as if updated, the state read only), "noise"
     perturbs around the anchor. gamma=None follows the group's lr; gamma=0 is exactly Adam.
-    decoupled_weight_decay=True is AdamW. On fp32/fp64 parameters mode="past" keeps no anchor: it is recovered
-    from x, the moments and the last update's weights (state "recovery", recovery.py), so the optimizer needs
-    torch.optim.Adam's memory and traffic; store_anchor=True keeps it in the state anyway ("anchor");
-    checkpoints of either kind load into the other. exp_avg_dtype = exp_avg_sq_dtype = torch.bfloat16 (or float16;
-    Transformer Engine's names) stores the moments in 16 bits, each rounded stochastically before the step reads it
-    (docs/SPEC.md: 4 bytes of state per fp32 element in mode "past")."""
+    decoupled_weight_decay=True is AdamW. On fp32/fp64 parameters, and on 16-bit ones with master_weights=False,
+    mode="past" keeps no anchor: it is recovered from x, the moments and the last update's weights (state
+    "recovery", recovery.py), so the optimizer needs torch.optim.Adam's memory and traffic; store_anchor=True keeps
+    it in the state anyway ("anchor"); checkpoints of either kind load into the other. exp_avg_dtype =
+    exp_avg_sq_dtype = torch.bfloat16 (or float16; Transformer Engine's names) stores the moments in 16 bits, each
+    rounded stochastically before the step reads it (docs/SPEC.md: 4 bytes of state per fp32 element in mode
+    "past"; 4 with a bf16 parameter without a master)."""
 
     def __init__(
         self,
@@ -159,8 +160,8 @@ class ExtrapLAMB(ExtrapolatingAdaptive):
     """LAMB (Apex FusedLAMB's arguments, defaults and meaning) with extrapolation: the gradients are
     clipped by their global norm (max_grad_norm), the Adam direction (decoupled weight decay with
     adam_w_mode) is scaled per tensor by ||s|| / ||u||, and extrapolation reads that direction. On fp32/fp64
-    parameters mode="past" keeps no anchor, as ExtrapAdamW's: the recorded weights ("recovery") hold each tensor's
-    trust ratio (recovery.py); store_anchor=True keeps it."""
+    parameters (16-bit ones with master_weights=False) mode="past" keeps no anchor, as ExtrapAdamW's: the
+    recorded weights ("recovery") hold each tensor's trust ratio (recovery.py); store_anchor=True keeps it."""
 
     STATE = LAMB_STATE
 

@@ -12,6 +12,8 @@ from torch import Tensor
 
 # Parameter dtypes with a kernel; their state is fp32 (fp64 for fp64 parameters).
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+# The 16-bit ones: a parameter without a master, or 16-bit moments, stored rounded stochastically.
+SIXTEEN_BIT = (torch.bfloat16, torch.float16)
 
 
 class Phase(enum.IntEnum):
@@ -21,8 +23,8 @@ class Phase(enum.IntEnum):
     UPDATE = 1  # two-phase, step 4 (and plain fused SGD): base update of s; x <- s
     UPDATE_PAST = 2  # one-phase "past": base update of s; x <- s - gamma * e
     UPDATE_NOISE = 3  # one-phase "noise": base update of s; x <- s + sigma * xi
-    # one-phase "past" without a stored anchor (heavy-ball momentum, full precision): the anchor is
-    # recomputed as s = x + last_gamma * m; base update of s; x <- s - gamma * m
+    # one-phase "past" without a stored anchor (heavy-ball momentum or the Adam family; full precision, or 16-bit
+    # without a master): the anchor is recomputed as s = x + last_gamma * m; base update of s; x <- s - gamma * m
     UPDATE_PAST_ANCHOR_FREE = 4
 
 
@@ -38,13 +40,14 @@ def moment_dtype_for(param_dtype: torch.dtype, wanted: torch.dtype | None) -> to
     """The dtype the adaptive bases' moments of a `param_dtype` parameter are held in: `wanted` (the group's
     exp_avg_dtype) where it is 16-bit and the arithmetic fp32, else the state dtype."""
     sdtype = state_dtype(param_dtype)
-    return wanted if wanted in (torch.bfloat16, torch.float16) and sdtype == torch.float32 else sdtype
+    return wanted if wanted in SIXTEEN_BIT and sdtype == torch.float32 else sdtype
 
 
-def bucket_phase(phase: Phase, dtype: torch.dtype) -> Phase:
-    """The phase a group's bucket of `dtype` runs: a 16-bit x keeps its fp32 master as the anchor, so
-    an anchor-free group runs the stored-anchor past update there."""
-    if phase == Phase.UPDATE_PAST_ANCHOR_FREE and state_dtype(dtype) != dtype:
+def bucket_phase(phase: Phase, dtype: torch.dtype, master: bool = True) -> Phase:
+    """The phase a group's bucket of `dtype` runs: a 16-bit x with a master (`master`: the group's
+    master_weights) keeps its fp32 master as the anchor, so an anchor-free group runs the stored-anchor past
+    update there; without one the anchor is recovered from the 16-bit x itself (x rounded stochastically)."""
+    if phase == Phase.UPDATE_PAST_ANCHOR_FREE and master and state_dtype(dtype) != dtype:
         return Phase.UPDATE_PAST
     return phase
 
@@ -103,7 +106,7 @@ class Bucket:
     @property
     def rounds_moments(self) -> bool:
         """The adaptive bases' moments are 16-bit: an update rounds each stored value stochastically."""
-        return bool(self.second_moments) and self.moment_dtype in (torch.bfloat16, torch.float16)
+        return bool(self.second_moments) and self.moment_dtype in SIXTEEN_BIT
 
     @property
     def has_master(self) -> bool:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import required
 
-from .bucket import SUPPORTED_DTYPES, Bucket, state_dtype
+from .bucket import SIXTEEN_BIT, SUPPORTED_DTYPES, Bucket, state_dtype
 
 MODES = ("local", "past", "noise")
 # torch.optim.SGD's words for its own options ("Invalid learning rate: -0.1"); ours go by their names
@@ -61,7 +61,7 @@ def check_hyperparameters(**values) -> None:
         raise ValueError(f"Invalid past: {values['past']!r}; choose 'update' or 'grad'")
 
 
-MOMENT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+MOMENT_DTYPES = (torch.float32, *SIXTEEN_BIT)
 
 
 def check_moment_dtypes(exp_avg_dtype, exp_avg_sq_dtype) -> None:
@@ -105,7 +105,7 @@ def check_bucket(bucket: Bucket, backend) -> None:
     sdtype, mdtype = bucket.storage_dtype, bucket.moment_dtype
     names = bucket.names or [f"param {i}" for i in bucket.indices]
     wanted = bucket.moment_storage
-    if bucket.second_moments and wanted in (torch.bfloat16, torch.float16) and mdtype != wanted:
+    if bucket.second_moments and wanted in SIXTEEN_BIT and mdtype != wanted:
         raise RuntimeError(
             f"{names[0]}: 16-bit moments (exp_avg_dtype={wanted}) need fp32, bf16 or fp16 parameters, not "
             f"{bucket.dtype}: put the {bucket.dtype} parameters in a param group with exp_avg_dtype=torch.float32"
@@ -122,7 +122,8 @@ def check_bucket(bucket: Bucket, backend) -> None:
             adaptive = bucket.second_moments or bucket.grad_norms
             state.append(("exp_avg" if adaptive else "momentum_buffer", bucket.momenta[i], mdtype))
         if bucket.last_gammas:  # (the Adam family's anchor-free update keeps its recovery weights there)
-            state.append(("recovery" if bucket.second_moments else "last_gamma", bucket.last_gammas[i], sdtype))
+            key = "recovery" if bucket.second_moments else "last_gamma"
+            state.append((key, bucket.last_gammas[i], state_dtype(bucket.dtype)))  # (the arithmetic's)
         if bucket.second_moments:
             state.append(("exp_avg_sq", bucket.second_moments[i], mdtype))
         if bucket.max_second_moments:

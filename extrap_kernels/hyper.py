@@ -119,7 +119,7 @@ class SGDHyper(Hyper):
     def anchor_free(self) -> bool:
         """With heavy-ball momentum (no Nesterov, no Apex wd_after_momentum, no LARS) and past="update", the
         update direction d is m, so x = s - gamma * m gives the anchor back and it need not be stored (on
-        full-precision parameters: bucket.bucket_phase)."""
+        full-precision parameters, or 16-bit ones without a master: bucket.bucket_phase)."""
         return (
             self.momentum != 0
             and not self.nesterov
@@ -179,8 +179,8 @@ class AdamHyper(Hyper):
     def anchor_free(self) -> bool:
         """Adam's, AdamW's and LAMB's past direction comes back from the stored moments, so x, they and the last
         update's weights (LAMB's with its trust ratio folded in) give the anchor back (recovery.py; on
-        full-precision parameters: bucket.bucket_phase). Adagrad's would need the last gradient, NovoGrad's its
-        last norm: not yet."""
+        full-precision parameters, or 16-bit ones without a master: bucket.bucket_phase). Adagrad's would need the
+        last gradient, NovoGrad's its last norm: not yet."""
         return self.base in ("adam", "lamb")
 
     def kernel_betas(self, bucket: Bucket) -> tuple[tuple[float, Tensor | None], tuple[float, Tensor | None]]:

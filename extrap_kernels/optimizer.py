@@ -276,9 +276,10 @@ class ExtrapSGD(ExtrapolatingOptimizer):
     mode="noise": one phase, the parameters perturbed by counter-based Gaussian noise around the anchor.
     gamma=None uses the group's current lr (it follows LR schedulers); gamma=0 is exactly SGD.
     With heavy-ball momentum (momentum > 0, no Nesterov, no LARS, past="update") and fp32/fp64
-    parameters, mode="past" keeps no anchor: it is recomputed from x and the momentum buffer (state
-    "last_gamma"), so the optimizer needs the memory and bandwidth of torch.optim.SGD. store_anchor=True
-    keeps it in the state anyway ("anchor"); checkpoints of either kind load into the other.
+    parameters (or 16-bit ones with master_weights=False), mode="past" keeps no anchor: it is recomputed
+    from x and the momentum buffer (state "last_gamma"), so the optimizer needs the memory and bandwidth of
+    torch.optim.SGD. store_anchor=True keeps it in the state anyway ("anchor"); checkpoints of either kind
+    load into the other.
     """
 
     def __init__(
@@ -345,7 +346,7 @@ class ExtrapSGD(ExtrapolatingOptimizer):
             seed=group["seed"],
         )
         if group["mode"] == "past" and not group.get("store_anchor", False) and hyper.anchor_free():
-            phase = Phase.UPDATE_PAST_ANCHOR_FREE  # (16-bit parameters keep their master: bucket_phase)
+            phase = Phase.UPDATE_PAST_ANCHOR_FREE  # (16-bit ones keep a master there: bucket_phase)
         return phase, hyper
 
 

@@ -140,7 +140,7 @@ class Plan:
                 by_key[(p.device, p.dtype)].append(p)
         staged = []
         for (_, dtype), members in by_key.items():
-            phase = bucket_phase(group_phase, dtype)
+            phase = bucket_phase(group_phase, dtype, group.get("master_weights", True))
             # the kernels see local tensors: FSDP2 shards step where they live
             shards, grads = [local(p) for p in members], [local(p.grad) for p in members]
             backend = backends.for_bucket(opt.backend, shards, grads)
@@ -232,7 +232,7 @@ class Plan:
         for launch in self.by_group[number]:
             old = launch.work
             if (
-                old.phase != bucket_phase(phase, old.bucket.dtype)
+                old.phase != bucket_phase(phase, old.bucket.dtype, group.get("master_weights", True))
                 or old.bucket.master != group.get("master_weights", True)
                 or old.hyper.layout() != hyper.layout()
             ):

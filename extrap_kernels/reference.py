@@ -116,7 +116,7 @@ def apply_sgd(
             put(s, anchor, 0)
             put(x, anchor - gamma * (g_prime if h.past_grad else d), 2)
         elif phase == Phase.UPDATE_PAST_ANCHOR_FREE:  # x <- s - gamma * m; s is not kept
-            x.copy_(anchor - gamma * d)
+            put(x, anchor - gamma * d, 2)
         elif phase == Phase.UPDATE_NOISE:  # x <- s + sigma * xi
             put(s, anchor, 0)
             xi = philox.normal(h.seed, step, bucket.indices[i], x.numel(), x.device).view_as(x)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from . import recovery
-from .bucket import Phase, moment_dtype_for, state_dtype
+from .bucket import SIXTEEN_BIT, Phase, moment_dtype_for, state_dtype
 from .hyper import AdagradHyper, AdamHyper, Hyper, LambHyper, NovoGradHyper, SGDHyper
 
 
@@ -139,7 +139,7 @@ class AdaptiveState(BaseState):
                 state[key] = _zeros_like(p, self.dtype_of(key, p, group)) if key != recovery.KEY else weights
         for key in self.FULL_PRECISION & state.keys():  # (exp_avg_dtype switched: the moments converted, to nearest)
             mdtype = self.dtype_of(key, p, group)
-            if state[key].dtype != mdtype and state[key].dtype in (sdtype, torch.bfloat16, torch.float16):
+            if state[key].dtype != mdtype and state[key].dtype in (sdtype, *SIXTEEN_BIT):
                 state[key] = state[key].to(mdtype)
         if phase == Phase.UPDATE_PAST_ANCHOR_FREE:
             if "anchor" in state:

@@ -275,12 +275,13 @@ def _bytes_per_element(opt, params) -> float:
 @pytest.mark.parametrize("backend", ALL)
 def test_memory_per_element(backend):
     """Parameter included: fp32 ExtrapAdamW past (anchor-free) with bf16 moments 8 bytes (torch's fused AdamW
-    12); bf16 FusedAdam without a master 6 (Apex 10); bf16 ExtrapAdamW past without a master, its bf16 anchor
-    stored, 8."""
+    12); bf16 FusedAdam without a master 6 (Apex 10); bf16 ExtrapAdamW past without a master, its anchor recovered
+    from the bf16 x, 6 (torch's fused AdamW's figure, with extrapolation on); 8 with store_anchor=True."""
     for kind, dtype, extra, expected in (
         ("adamw-past", torch.float32, {}, 8),
         ("fused-adam", torch.bfloat16, {}, 6),
-        ("adamw-past", torch.bfloat16, dict(master_weights=False), 8),
+        ("adamw-past", torch.bfloat16, dict(master_weights=False), 6),
+        ("adamw-past", torch.bfloat16, dict(master_weights=False, store_anchor=True), 8),
     ):
         params = _params(dtype)
         opt = _make(kind, params, backend, **extra)

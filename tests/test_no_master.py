@@ -151,6 +151,75 @@ def test_mean_of_rounded_trajectories_is_the_fp32_trajectory(backend, dtype):
     assert bool(((nearest[0].detach().double() - fp32).abs() > 6 * ulp * math.sqrt(steps / runs) / 2).any())
 
 
+LEAN = dict(lr=1e-4, gamma=1e-3, weight_decay=0.0)
+MOMENTUM = 0.9
+
+
+def _lean(kind, params, backend, **extra):
+    """The anchor-free past mode with extrapolation on, weight decay off (the direction does not depend on x)."""
+    if kind == "sgd":
+        return ek.ExtrapSGD(params, momentum=MOMENTUM, backend=backend, **LEAN, **extra)
+    return ek.ExtrapAdamW(params, backend=backend, **LEAN, **extra)
+
+
+def _directions(kind, grads):
+    """The past direction of each step, float64, from the gradients alone: SGD's momentum m, AdamW's a."""
+    m, v, out = torch.zeros_like(grads[0]), torch.zeros_like(grads[0]), []
+    for t, g in enumerate(grads, start=1):
+        if kind == "sgd":
+            m = g.clone() if t == 1 else MOMENTUM * m + g
+            out.append(m)
+        else:
+            m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+            out.append((m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8))
+    return out
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_anchor_free_without_a_master_keeps_updates_on_average(backend, kind):
+    """bf16 x without a master in the anchor-free past mode: each anchor is recovered from the stochastically
+    rounded x (SGD: s = x + gamma * m; AdamW: from x, the moments and the recorded weights), so every rounding of x
+    is carried into the anchor; being unbiased, the mean of R seeded runs is still the fp32 trajectory, with lr * e
+    a sixteenth of a bf16 ulp. Without weight decay the dynamics are linear in the rounded values, so the mean is
+    exact and only the variance grows: x's rounding, <= ulp_x^2 / 4 a step, and SGD's bf16 momentum's, <= ulp_m^2 /
+    4, which reaches the anchor through gamma + lr / (1 - momentum). 6 standard errors of the mean bound it (false
+    failure ~2e-9 per element); the same iteration rounded to nearest (the control) exceeds the bound."""
+    sizes, steps, runs = (64,), 8, 48
+    gen = torch.Generator().manual_seed(3)
+    grads = [(torch.ones(sizes[0]) + 0.1 * torch.randn(sizes[0], generator=gen)).bfloat16() for _ in range(steps)]
+    start = _params(torch.bfloat16, sizes=sizes)[0].detach()
+
+    def trajectory(opt, param):
+        for g in grads:
+            param.grad = g.to(param.dtype)
+            opt.step()
+        return param.detach().double()
+
+    full = torch.nn.Parameter(start.float())
+    fp32 = trajectory(_lean(kind, [full], backend), full)
+    means = torch.zeros(sizes[0], dtype=torch.float64)
+    for seed in range(runs):
+        param = torch.nn.Parameter(start.clone())
+        opt = _lean(kind, [param], backend, master_weights=False, seed=seed)
+        means += trajectory(opt, param) / runs
+        assert "anchor" not in opt.state[param]  # (recovered from the bf16 x)
+    eps = torch.finfo(torch.bfloat16).eps
+    # (a bound on the spacing wherever x went: |x| <= max(|start|, |end|) + the drift and the jump gamma * e)
+    ulp_x = eps * (torch.maximum(start.double().abs(), fp32.abs()) + 2e-3).clamp_min(2.0**-14)
+    directions = _directions(kind, [g.double() for g in grads])
+    ulp_m = eps * max(float(e.abs().max()) for e in directions) if kind == "sgd" else 0.0
+    carried = LEAN["gamma"] + LEAN["lr"] / (1 - MOMENTUM)
+    bound = 6 * torch.sqrt(steps * (ulp_x**2 + (carried * ulp_m) ** 2) / 4 / runs)
+    assert bool(((means - fp32).abs() <= bound).all())
+    assert bool(((fp32 - start.double()).abs() > bound).any())  # it did move
+    x, previous = start.clone(), torch.zeros(sizes[0], dtype=torch.float64)  # the control: rounded to nearest
+    for e in directions:
+        s = x.double() + LEAN["gamma"] * previous - LEAN["lr"] * e
+        x, previous = (s - LEAN["gamma"] * e).bfloat16(), e
+    assert bool(((x.double() - fp32).abs() > bound).any())
+
+
 @pytest.mark.parametrize("backend", ALL)
 def test_deterministic_for_a_seed_and_apart_from_the_noise(backend):
     runs = []
@@ -180,19 +249,19 @@ def test_the_launch_layout_does_not_change_the_bits(backend):
 
 
 @pytest.mark.parametrize("backend", ALL)
-def test_state_bytes_and_checkpoints(backend):
-    """bf16 without a master holds 6 bytes per parameter element (x, s, m) instead of 10; its state_dict
+@pytest.mark.parametrize("store_anchor", [False, True])
+def test_state_bytes_and_checkpoints(backend, store_anchor):
+    """bf16 without a master holds 4 bytes per parameter element in the anchor-free past mode (x, m: SGD's, the
+    anchor recomputed from the bf16 x) and 6 with store_anchor=True (x, s, m), instead of 10; its state_dict
     resumes bit-exactly; found_inf changes nothing."""
     params = _params(torch.bfloat16)
-    opt = _make("past", params, backend)
+    make = lambda ps: _make("past", ps, backend, store_anchor=store_anchor)  # noqa: E731
+    opt = make(params)
     _train("past", opt, params, 3)
-    held = sum(
-        p.numel() * p.element_size() + sum(t.numel() * t.element_size() for t in opt.state[p].values() if t.dim() > 0)
-        for p in params
-    )
-    assert held == 6 * sum(SIZES)
-    opt2, resumed = _resumes_and_skips(opt, params, lambda ps: _make("past", ps, backend), _train, "past")
-    assert opt2.state[resumed[0]]["anchor"].dtype == torch.bfloat16
+    assert _bytes_per_element(opt, params) == (6 if store_anchor else 4)
+    opt2, resumed = _resumes_and_skips(opt, params, make, _train, "past")
+    assert ("anchor" in opt2.state[resumed[0]]) == store_anchor
+    assert opt2.state[resumed[0]]["momentum_buffer"].dtype == torch.bfloat16
 
 
 def _resumes_and_skips(opt, params, make, train, kind):
@@ -220,8 +289,12 @@ def test_switching_master_weights_converts_the_state(backend):
     opt = ek.ExtrapSGD(params, backend=backend, **OPTIONS)
     _train("past", opt, params, 2)
     opt.param_groups[0]["master_weights"] = False
-    _train("past", opt, params, 1, start=2)
-    assert {t.dtype for p in params for k, t in opt.state[p].items() if k != "step"} == {torch.bfloat16}
+    _train("past", opt, params, 1, start=2)  # (anchor-free without a master: the master became x)
+    assert {k: t.dtype for k, t in opt.state[params[0]].items()} == {
+        "step": torch.float32,
+        "momentum_buffer": torch.bfloat16,
+        "last_gamma": torch.float32,
+    }
     opt.param_groups[0]["master_weights"] = True
     _train("past", opt, params, 1, start=3)
     assert {t.dtype for p in params for k, t in opt.state[p].items() if k != "step"} == {torch.float32}
@@ -266,7 +339,8 @@ def test_adaptive_backends_round_as_the_reference(backend, kind, dtype):
     _train_adaptive(kind, ref, oracle, steps)
     total = sum(p.numel() for p in ours)
     for p, q in zip(ours, oracle):
-        assert ("anchor" in opt.state[p]) == kind.startswith(("adam", "lamb"))  # the drop-ins keep none
+        # the drop-ins keep none, nor does the anchor-free past mode (recovered from the 16-bit x)
+        assert ("anchor" in opt.state[p]) == (kind in ("adam-local", "adam-noise", "lamb-local"))
         _assert_rounded_alike(p.detach(), q.detach(), dtype, steps, total)
         if "anchor" in opt.state[p]:
             _assert_rounded_alike(opt.state[p]["anchor"], ref.state[q]["anchor"], dtype, steps, total)
@@ -316,9 +390,11 @@ def test_fused_adam_without_a_master_keeps_updates_on_average(backend, dtype):
 
 
 def _bytes_per_element(opt, params) -> float:
-    """The parameter and every optimizer state tensor of more than one element, per parameter element."""
+    """The parameter and every optimizer state tensor of its shape (not the step, the last gamma or the two recovery
+    weights), per parameter element."""
     held = sum(
-        p.numel() * p.element_size() + sum(t.numel() * t.element_size() for t in opt.state[p].values() if t.dim() > 0)
+        p.numel() * p.element_size()
+        + sum(t.numel() * t.element_size() for t in opt.state[p].values() if t.shape == p.shape)
         for p in params
     )
     return held / sum(p.numel() for p in params)
@@ -327,9 +403,10 @@ def _bytes_per_element(opt, params) -> float:
 @pytest.mark.parametrize("backend", ALL)
 def test_adaptive_state_bytes_checkpoints_and_found_inf(backend):
     """bf16 FusedAdam holds x and fp32 moments, 10 bytes per element as Apex's FusedAdam (14 with
-    master_weights=True); ExtrapAdamW without a master 12 (its bf16 anchor). A state_dict resumes bit-exactly
-    and found_inf changes nothing."""
-    for kind, expected, master_expected in (("fused-adam", 10, 14), ("adam-past", 12, 14), ("fused-lamb", 10, 14)):
+    master_weights=True); ExtrapAdamW past without a master 10 as well (its anchor recovered from the bf16 x; 12
+    with store_anchor=True). A state_dict resumes bit-exactly and found_inf changes nothing."""
+    kinds = (("fused-adam", 10, 14), ("adam-past", 10, 14), ("fused-lamb", 10, 14))
+    for kind, expected, master_expected in kinds:
         params = _params(torch.bfloat16)
         opt = _make_adaptive(kind, params, backend)
         _train_adaptive(kind, opt, params, 3)

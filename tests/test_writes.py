@@ -35,7 +35,12 @@ CASES = [
     ("adamw-past-anchor-free", lambda ps, be: ek.ExtrapAdamW(ps, lr=0.01, backend=be), torch.float32),
     ("adamw-past-stored", lambda ps, be: ek.ExtrapAdamW(ps, lr=0.01, store_anchor=True, backend=be), torch.float32),
     (
-        "adamw-past-no-master",
+        "adamw-past-no-master-stored",
+        lambda ps, be: ek.ExtrapAdamW(ps, lr=0.01, master_weights=False, store_anchor=True, backend=be),
+        torch.bfloat16,
+    ),
+    (
+        "adamw-past-no-master-anchor-free",
         lambda ps, be: ek.ExtrapAdamW(ps, lr=0.01, master_weights=False, backend=be),
         torch.bfloat16,
     ),

@@ -83,9 +83,9 @@ def cover() -> list[tuple[str, dict]]:
             ),
         )
     )
-    for name, rounding in (("bf16", 1), ("fp16", 2)):  # 16-bit state without a master, every phase
+    for name, rounding in (("bf16", 1), ("fp16", 2)):  # 16-bit state without a master, every phase (4: anchor-free)
         x, _, _ = DTYPES[name]
-        for phase in range(4):
+        for phase in range(5):
             out.append(
                 (
                     f"phase{phase}-{name}-no-master",
@@ -186,7 +186,7 @@ def adaptive_cover() -> list[tuple[str, str, dict]]:
                 out.append(("adaptive", f"adaptive4-{name}{label}{extra}", dict(constexprs, **switch, **more)))
     for name, rounding in (("bf16", 1), ("fp16", 2)):  # a 16-bit x and anchor without a master, every phase
         x, c, _ = DTYPES[name]
-        for phase in range(4):
+        for phase in range(5):
             out.append(
                 (
                     "adaptive",
@@ -224,16 +224,15 @@ def adaptive_cover() -> list[tuple[str, str, dict]]:
                         | sixteen,
                     )
                 )
-            if phase < 4:
-                x, c, _ = DTYPES["bf16"]
-                no_master = dict(S_DTYPE=x, ROUNDING=1, MASTER=False)
-                out.append(
-                    (
-                        "adaptive",
-                        f"adaptive{phase}-bf16-no-master-{mname}-moments",
-                        dict(ADAPTIVE_BASE, PHASE=phase, X_DTYPE=x, C_DTYPE=c, ALIGNED=True, **no_master, **sixteen),
-                    )
+            x, c, _ = DTYPES["bf16"]  # (phase 4, the anchor-free update, recovers s from the bf16 x)
+            no_master = dict(S_DTYPE=x, ROUNDING=1, MASTER=False)
+            out.append(
+                (
+                    "adaptive",
+                    f"adaptive{phase}-bf16-no-master-{mname}-moments",
+                    dict(ADAPTIVE_BASE, PHASE=phase, X_DTYPE=x, C_DTYPE=c, ALIGNED=True, **no_master, **sixteen),
                 )
+            )
     for name, (x, c, _) in DTYPES.items():
         for reads_x in (False, True) if x == c else (False,):
             for amsgrad in (False, True):
@@ -248,6 +247,7 @@ def adaptive_cover() -> list[tuple[str, str, dict]]:
         for reads_x in (False, True):
             label = f"norms-{name}-no-master{'-x' if reads_x else ''}"
             out.append(("norms", label, _norms_constexprs(x, x, c, reads_x, False)))
+        out.append(("norms", f"norms-{name}-no-master-recovered", _norms_constexprs(x, x, c, False, False, 4)))
     for rounding in (0, 1, 2):  # over 16-bit moments: rounded as the coming update rounds them, or not (look-ahead)
         x, c, _ = DTYPES["fp32"]
         moments = tl.float16 if rounding == 2 else tl.bfloat16
@@ -462,7 +462,7 @@ def check_ptx(arch: int) -> list[str]:
                 print(f"PTX sm_{arch} adaptive2-fp32-unaligned (control): 128-bit loads/stores {unaligned}")
                 if unaligned != (0, 0):
                     failures.append(f"PTX adaptive control: the unaligned kernel has 128-bit accesses {unaligned}")
-    for phase in range(4):  # bf16 without a master (FusedAdam's default): x and s 16-bit, the moments fp32
+    for phase in range(5):  # bf16 without a master (FusedAdam's default): x and s 16-bit, the moments fp32
         x, c, _ = DTYPES["bf16"]
         kernel = compile_adaptive(
             "adaptive",

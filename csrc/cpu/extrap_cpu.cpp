@@ -400,11 +400,12 @@ void apply_cpu(const Launch& L) {
         return with_phase(L, [&](auto phase, auto momentum) {
           constexpr Phase P = decltype(phase)::value;
           constexpr bool M = decltype(momentum)::value;
+          bool rounded = false;  // (16-bit state without a master: s and m of x's own type)
           if constexpr (!std::is_same<scalar_t, acc>::value) {
-            if (L.rounds_stochastically())
-              return run_launch<P, M, scalar_t, scalar_t, acc>(L, skip, inv_scale, unscale);
+            rounded = L.rounds_stochastically();
+            if (rounded) run_launch<P, M, scalar_t, scalar_t, acc>(L, skip, inv_scale, unscale);
           }
-          run_launch<P, M, scalar_t, acc, acc>(L, skip, inv_scale, unscale);
+          if (!rounded) run_launch<P, M, scalar_t, acc, acc>(L, skip, inv_scale, unscale);
           if (P == kUpdatePastAnchorFree && !skip) {  // x was extrapolated with this gamma (read next update)
             for (const at::Tensor& last : L.last_gammas) *last.data_ptr<acc>() = static_cast<acc>(L.gamma);
           }

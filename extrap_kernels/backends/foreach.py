@@ -70,7 +70,8 @@ def _apply_rounded(phase: Phase, b: Bucket, h: Hyper, grad_scale: Tensor | None)
     ss = xs if own else [s.float() for s in b.anchors]
     rounds_m = not b.second_moments and b.moment_dtype != state_dtype(b.dtype)
     ms = [m.float() for m in b.momenta] if rounds_m else b.momenta
-    _APPLY[h.base](phase, replace(b, params=xs, anchors=ss, momenta=ms, master=True), h, grad_scale)
+    trust = _APPLY[h.base](phase, replace(b, params=xs, anchors=ss, momenta=ms, master=True), h, grad_scale)
+    recovery.record(phase, b, h, None, trust)  # (the anchor-free update from a 16-bit x: its weights)
     numels = [x.numel() for x in b.params]
     c0, c1, c2 = rounding.bits_flat(h.seed, torch.stack(b.steps), torch.tensor(b.indices), numels, b.device)
 

@@ -6,8 +6,9 @@ moments as two more rows), the math csrc/extrap_math.h's adaptive_direction and 
 Without a master (ROUNDING 1 bf16, 2 fp16) s is a 16-bit x's own type and the stored s and x are rounded
 stochastically; 16-bit moments (MOMENT_ROUNDING 1 bf16, 2 fp16; 0 in the look-ahead, which stores none) are rounded
 before the direction reads them, under their own key. MOMENTS: the moments kept (Adagrad keeps no m: it is g'
-itself; NovoGrad no v: `trust` is then the tensor's running norm). The anchor-free past update (Adam's and AdamW's,
-on full-precision x) recovers s from x and the stored moments, and stores no s."""
+itself; NovoGrad no v: `trust` is then the tensor's running norm). The anchor-free past update (Adam's, AdamW's and
+LAMB's, on full-precision x or a 16-bit one without a master) recovers s from x and the stored moments, and stores
+no s."""
 
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def _adaptive_block(
             anchor = tl.load(x_ptr + offs, mask=mask).to(C_DTYPE)
             tl.store(s_ptr + offs, anchor.to(S_DTYPE), mask=mask)
         elif PHASE == UPDATE_PAST_ANCHOR_FREE:  # x_t and update t's moments give s_t back (recovery.py)
-            x = tl.load(x_ptr + offs, mask=mask)
+            x = tl.load(x_ptr + offs, mask=mask).to(C_DTYPE)
             anchor = recovered_anchor(x, m, v, v_max, recovery_ptr, coefficients, MOMENTS == WITH_MAX)
         else:
             anchor = tl.load(s_ptr + offs, mask=mask).to(C_DTYPE)

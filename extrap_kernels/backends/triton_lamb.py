@@ -89,7 +89,7 @@ def _norms_kernel(
     )
     m, v, v_max = load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, WITH_MAX if AMSGRAD else FIRST_AND_SECOND, C_DTYPE)
     if PHASE == UPDATE_PAST_ANCHOR_FREE:  # x_t and update t's moments give s_t back (recovery.py)
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
         anchor = tl.where(mask, recovered_anchor(x, m, v, v_max, recovery_ptr, coefficients, AMSGRAD), 0.0)
     elif READS_X:  # before a snapshot of x's own precision the anchor is x itself
         anchor = tl.load(x_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)

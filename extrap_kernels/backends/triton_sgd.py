@@ -84,14 +84,15 @@ def base_update(
 
 # ---- the multi-tensor kernel ----------------------------------------------------------------------
 @triton.jit
-def sgd_pointers(table, t, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
-    """Tensor t's (x, g, s, m, step, last gamma); the four arrays said 16-byte aligned where the bucket's are."""
+def sgd_pointers(table, t, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, C_DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """Tensor t's (x, g, s, m, step, last gamma), the last gamma of the arithmetic's C_DTYPE; the four arrays said
+    16-byte aligned where the bucket's are."""
     x_ptr = row_pointer(table, t, ROWS, ROW_X, X_DTYPE, ALIGNED)
     g_ptr = row_pointer(table, t, ROWS, ROW_G, X_DTYPE, ALIGNED)
     s_ptr = row_pointer(table, t, ROWS, ROW_S, S_DTYPE, ALIGNED)
     m_ptr = row_pointer(table, t, ROWS, ROW_M, S_DTYPE, ALIGNED)
     step_ptr = row_pointer(table, t, ROWS, ROW_STEP, tl.float32, False)
-    last_gamma_ptr = row_pointer(table, t, ROWS, ROW_LAST_GAMMA, S_DTYPE, False)
+    last_gamma_ptr = row_pointer(table, t, ROWS, ROW_LAST_GAMMA, C_DTYPE, False)
     return x_ptr, g_ptr, s_ptr, m_ptr, step_ptr, last_gamma_ptr
 
 
@@ -146,7 +147,7 @@ def _phase_block(
         else:
             step = tl.load(step_ptr)
             if PHASE == UPDATE_PAST_ANCHOR_FREE:  # anchor-free past: x = s - last_gamma * m gives the anchor back
-                anchor = tl.load(x_ptr + offs, mask=mask) + tl.load(last_gamma_ptr) * m
+                anchor = tl.load(x_ptr + offs, mask=mask).to(C_DTYPE) + tl.load(last_gamma_ptr) * m
             else:
                 anchor = tl.load(s_ptr + offs, mask=mask).to(C_DTYPE)
             anchor, m, d, gp = base_update(
@@ -218,7 +219,7 @@ def _phase_kernel(
     # S_DTYPE stores s and m; C_DTYPE computes (they differ for 16-bit state without a master, ROUNDING 1
     # bf16 or 2 fp16: every stored value rounded stochastically with the bits keyed by seed ^ ROUNDING_KEY)
     t, offs, mask, whole = program_block(numels, block_tensor, block_start, BLOCK, ALIGNED)
-    ptrs = sgd_pointers(table, t, X_DTYPE, S_DTYPE, ALIGNED)
+    ptrs = sgd_pointers(table, t, X_DTYPE, S_DTYPE, C_DTYPE, ALIGNED)
     skip = found_inf_skips(found_inf_ptr, HAS_FOUND_INF)
     lr, gamma = launch_rates(lr, gamma, lr_ptr, gamma_ptr, LR_TENSOR, GAMMA_TENSOR)
     grad_factor, trust = grad_scaling(sign, scale_ptr, trust_ptr, t, HAS_SCALE, HAS_TRUST, C_DTYPE)
