@@ -33,6 +33,7 @@ ROWS = {
     ("ours", "local"): "ExtrapSGD local",
     ("torch-adamw-fused", "adamw"): "torch AdamW (fused=True)",
     ("ours", "adam-past"): "ExtrapAdamW past",
+    ("ours", "adam-past-lean"): "ExtrapAdamW past, lean",
 }
 RESULTS = ROOT / "python" / "results" / "char-lstm"
 
@@ -76,6 +77,7 @@ def step_table(device: str, repeats: int = 10, shapes=None) -> str:
             ratio = f"{seconds[key] / baseline:.2f}x" if baseline else "-"
             lines.append(f"{label:26s} {str(dtype)[6:]:9s} {seconds[key] * 1e3:8.1f} {ratio:>14s} {memory[key]:10.0f}")
     lines.append("state B/el: bytes of optimizer state per parameter element, the parameter itself not counted")
+    lines.append("lean: bf16 moments (exp_avg_dtype) and no fp32 master (master_weights=False), rounded stochastically")
     lines += notes
     if any("torch SGD" in note for note in notes):
         lines.append(

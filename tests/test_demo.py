@@ -15,7 +15,8 @@ import demo  # noqa: E402
 def test_the_step_table_counts_each_optimizers_state():
     """fp32: torch's SGD and the anchor-free past mode hold a momentum (4 B), local an anchor besides (8),
     torch's AdamW m and v (8), ExtrapAdamW's anchor-free past mode the same (8); bf16: ours add the fp32 master,
-    torch's AdamW keeps bf16 moments (4)."""
+    torch's AdamW keeps bf16 moments (4); the lean ExtrapAdamW (bf16 moments, no master) 4 in both, torch's bf16
+    figure with extrapolation on."""
     table = demo.step_table("cpu", repeats=3, shapes=((300, 7), (17,), (1,)))
     held = {}
     for line in table.splitlines():
@@ -30,6 +31,7 @@ def test_the_step_table_counts_each_optimizers_state():
     assert held[("ExtrapSGD past", "bfloat16")] == 8
     assert held[("ExtrapAdamW past", "bfloat16")] == 12
     assert held[("torch AdamW (fused=True)", "bfloat16")] == 4
+    assert held[("ExtrapAdamW past, lean", "float32")] == held[("ExtrapAdamW past, lean", "bfloat16")] == 4
 
 
 def test_the_results_table_reads_the_committed_runs():
