@@ -60,13 +60,16 @@ def adam_anchor_free(mode: str, dtype: torch.dtype) -> bool:
     """ExtrapAdamW's and ExtrapLAMB's past mode keeps no anchor on full-precision parameters either
     (store_anchor=False), nor on 16-bit ones without a master (adam-past-lean: bf16 moments, master_weights=False)."""
     full_precision = state_dtype(dtype) == dtype
-    return mode == "adam-past-lean" or (mode in ("adam-past", "adam-past-bf16m", "lamb-past") and full_precision)
+    anchor_free_modes = ("adam-past", "adam-past-bf16m", "adam-past-comp", "lamb-past")
+    return mode == "adam-past-lean" or (mode in anchor_free_modes and full_precision)
 
 
 def moment_bytes(mode: str, dtype: torch.dtype) -> int:
-    """The bytes of one moment element: 2 for "-bf16m" and "-lean" (exp_avg_dtype=torch.bfloat16), else the state
-    dtype's."""
-    return 2 if mode.endswith(("-bf16m", "-lean")) else torch.empty((), dtype=state_dtype(dtype)).element_size()
+    """The bytes of one moment element: 2 for "-bf16m", "-lean" and "-comp" (exp_avg_dtype=torch.bfloat16), else the
+    state dtype's."""
+    if mode.endswith(("-bf16m", "-lean", "-comp")):
+        return 2
+    return torch.empty((), dtype=state_dtype(dtype)).element_size()
 
 
 def floor_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
@@ -93,6 +96,8 @@ def floor_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
         return x + (x + 3 * s) + 2 * x + 6 * s
     if adam_anchor_free(mode, dtype):  # (m and v of moment_bytes)
         return 3 * x + 4 * moment_bytes(mode, dtype)
+    if mode == "adam-past-comp":  # (16-bit x: its remainder read and written beside it)
+        return 5 * x + 4 * moment_bytes(mode, dtype)
     if mode in ("adam-past", "adam-past-stored", "adam-past-bf16m"):
         return 2 * x + 2 * s + 4 * moment_bytes(mode, dtype)
     if mode == "adam-local":
@@ -131,6 +136,8 @@ def memory_bytes(mode: str, dtype: torch.dtype, master: bool = True) -> int:
         return x + 8
     if adam_anchor_free(mode, dtype):  # m and v
         return x + 2 * moment_bytes(mode, dtype)
+    if mode == "adam-past-comp":  # x, its remainder, m and v
+        return 2 * x + 2 * moment_bytes(mode, dtype)
     if mode.startswith(("adam-", "lamb-")):  # the anchor (the fp32 master of a 16-bit x), m and v
         return x + s + 2 * moment_bytes(mode, dtype)
     if mode == "past-nomaster":  # x and m, 16-bit (anchor-free)
@@ -207,7 +214,8 @@ def _ours_adaptive(backend: str, mode: str, gamma: float = GAMMA):
         base, extrapolation, *variant = mode.removesuffix(AMP).split("-")
         cls = ek.ExtrapLAMB if base == "lamb" else ek.ExtrapAdamW
         lean = variant == ["lean"]  # (16-bit moments and no master: the leanest state, 6 bytes per bf16 element)
-        moments = torch.bfloat16 if variant == ["bf16m"] or lean else torch.float32  # (16-bit moments)
+        comp = variant == ["comp"]  # (16-bit moments and the compensated anchor: 8 bytes per bf16 element)
+        moments = torch.bfloat16 if variant == ["bf16m"] or lean or comp else torch.float32  # (16-bit moments)
         opt = cls(
             params,
             lr=LR,
@@ -216,7 +224,7 @@ def _ours_adaptive(backend: str, mode: str, gamma: float = GAMMA):
             store_anchor=variant == ["stored"],
             exp_avg_dtype=moments,
             exp_avg_sq_dtype=moments,
-            master_weights=not lean,
+            master_weights="compensated" if comp else not lean,
             backend=backend,
         )
         return _iteration(amp(opt, mode, params), extrapolation == "local")
@@ -321,6 +329,9 @@ def contenders(device: str, overhead: bool = False) -> list[Contender]:
         )
         for m in ADAPTIVE_MODES
     ]
+    # the compensated anchor with bf16 moments (the foreach backend steps it for now)
+    compensated, oracle = _ours_adaptive("foreach", "adam-past-comp"), _ours_adaptive("reference", "adam-past")
+    out += [Contender("ours-foreach", "adam-past-comp", compensated, family="adam", oracle=oracle)]
     out += [
         Contender(
             "torch-adamw-fused", "adamw", _torch_adamw(fused=True), baseline="torch-fused", family="adam", oracle=adamw

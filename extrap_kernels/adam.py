@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import group_step
+from . import compensation, group_step
 from .bucket import Phase
 from .checks import check_hyperparameters, check_moment_dtypes, scalar_value
 from .hyper import Hyper
@@ -84,7 +84,7 @@ class ExtrapAdam(ExtrapolatingAdaptive):
         noise_std: float = 0.01,
         seed: int = 0,
         store_anchor: bool = False,
-        master_weights: bool = True,
+        master_weights: bool | str = True,
         exp_avg_dtype: torch.dtype = torch.float32,
         exp_avg_sq_dtype: torch.dtype = torch.float32,
         backend: str = "auto",
@@ -130,7 +130,7 @@ class ExtrapAdamW(ExtrapAdam):
         noise_std: float = 0.01,
         seed: int = 0,
         store_anchor: bool = False,
-        master_weights: bool = True,
+        master_weights: bool | str = True,
         exp_avg_dtype: torch.dtype = torch.float32,
         exp_avg_sq_dtype: torch.dtype = torch.float32,
         backend: str = "auto",
@@ -183,7 +183,7 @@ class ExtrapLAMB(ExtrapolatingAdaptive):
         noise_std: float = 0.01,
         seed: int = 0,
         store_anchor: bool = False,
-        master_weights: bool = True,
+        master_weights: bool | str = True,
         exp_avg_dtype: torch.dtype = torch.float32,
         exp_avg_sq_dtype: torch.dtype = torch.float32,
         backend: str = "auto",
@@ -276,8 +276,9 @@ class FusedAdam(_ApexAdaptive):
     """Drop-in for `apex.optimizers.FusedAdam`: Adam (adam_w_mode=True: AdamW) in one pass per step.
     capturable=True keeps the group's step count and lr on the device (lr as a float32 tensor, as Apex's).
     master_weights=False (Apex's default) keeps no fp32 copy of a 16-bit parameter (fp32 moments: 8 bytes of
-    state per element, as Apex); True keeps one, the state's "anchor". exp_avg_dtype and exp_avg_sq_dtype are
-    Transformer Engine's FusedAdam's (16-bit moments, rounded stochastically here: ExtrapAdam's)."""
+    state per element, as Apex); True keeps one, the state's "anchor". exp_avg_dtype, exp_avg_sq_dtype and
+    store_param_remainders are Transformer Engine's FusedAdam's (16-bit moments, rounded stochastically here:
+    ExtrapAdam's; the master of a bf16 parameter as its 16 low bits: master_weights="compensated")."""
 
     _PICKLED = _ApexAdaptive._PICKLED + ("master_weights",)
 
@@ -293,12 +294,14 @@ class FusedAdam(_ApexAdaptive):
         amsgrad: bool = False,
         set_grad_none: bool = True,
         capturable: bool = False,
-        master_weights: bool = False,
+        master_weights: bool | str = False,
         *,
         exp_avg_dtype: torch.dtype = torch.float32,
         exp_avg_sq_dtype: torch.dtype = torch.float32,
+        store_param_remainders: bool = False,
         backend: str = "auto",
     ):
+        master_weights = compensation.remainders_as_master(store_param_remainders, master_weights)
         if amsgrad:
             raise RuntimeError("FusedAdam does not support the AMSGrad variant.")
         check_adaptive(lr, betas, eps, weight_decay)
@@ -341,12 +344,14 @@ class FusedLAMB(_ApexAdaptive):
         max_grad_norm: float = 1.0,
         use_nvlamb: bool = False,
         *,
-        master_weights: bool = False,
+        master_weights: bool | str = False,
         capturable: bool = False,
         exp_avg_dtype: torch.dtype = torch.float32,
         exp_avg_sq_dtype: torch.dtype = torch.float32,
+        store_param_remainders: bool = False,
         backend: str = "auto",
     ):
+        master_weights = compensation.remainders_as_master(store_param_remainders, master_weights)
         if amsgrad:
             raise RuntimeError("FusedLAMB does not support the AMSGrad variant.")
         check_adaptive(lr, betas, eps, weight_decay)

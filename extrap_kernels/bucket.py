@@ -46,8 +46,9 @@ def moment_dtype_for(param_dtype: torch.dtype, wanted: torch.dtype | None) -> to
 def bucket_phase(phase: Phase, dtype: torch.dtype, master: bool = True) -> Phase:
     """The phase a group's bucket of `dtype` runs: a 16-bit x with a master (`master`: the group's
     master_weights) keeps its fp32 master as the anchor, so an anchor-free group runs the stored-anchor past
-    update there; without one the anchor is recovered from the 16-bit x itself (x rounded stochastically)."""
-    if phase == Phase.UPDATE_PAST_ANCHOR_FREE and master and state_dtype(dtype) != dtype:
+    update there; without one the anchor is recovered from the 16-bit x itself (x rounded stochastically), and with
+    a compensated one from x's fp32 value (compensation.py)."""
+    if phase == Phase.UPDATE_PAST_ANCHOR_FREE and master not in (False, "compensated") and state_dtype(dtype) != dtype:
         return Phase.UPDATE_PAST
     return phase
 
@@ -80,6 +81,9 @@ class Bucket:
     # The group's exp_avg_dtype (Adam, AdamW, LAMB): 16-bit, the moments are stored in it, each stored value
     # rounded stochastically (moment_dtype)
     moment_storage: torch.dtype | None = None
+    # master_weights="compensated": each bf16 x's remainder, the 16 low bits of its fp32 value (compensation.py);
+    # the phase runs on the joined fp32 values, x its own anchor
+    remainders: list[Tensor] = field(default_factory=list)
 
     @property
     def device(self) -> torch.device:

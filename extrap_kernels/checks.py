@@ -54,9 +54,12 @@ def check_hyperparameters(**values) -> None:
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
     if "mode" in values and values["mode"] not in MODES:
         raise ValueError(f"Invalid mode: {values['mode']!r}; choose one of {MODES}")
-    for flag in ("store_anchor", "master_weights"):
-        if flag in values and not isinstance(values[flag], bool):
-            raise TypeError(f"Invalid {flag}: {values[flag]!r} (must be True or False)")
+    if "store_anchor" in values and not isinstance(values["store_anchor"], bool):
+        raise TypeError(f"Invalid store_anchor: {values['store_anchor']!r} (must be True or False)")
+    if "master_weights" in values and not (
+        isinstance(values["master_weights"], bool) or values["master_weights"] == "compensated"
+    ):
+        raise TypeError(f"Invalid master_weights: {values['master_weights']!r} (must be True, False or 'compensated')")
     if "past" in values and values["past"] not in ("update", "grad"):
         raise ValueError(f"Invalid past: {values['past']!r}; choose 'update' or 'grad'")
 
@@ -130,6 +133,8 @@ def check_bucket(bucket: Bucket, backend) -> None:
             state.append(("max_exp_avg_sq", bucket.max_second_moments[i], mdtype))
         if bucket.grad_norms:  # (NovoGrad's per-tensor norm, under Apex's name)
             state.append(("exp_avg_sq", bucket.grad_norms[i], state_dtype(bucket.dtype)))
+        if bucket.remainders:  # (the compensated anchor's low halves)
+            state.append(("param_remainder", bucket.remainders[i], torch.int16))
         for key, t, dtype in state:
             if t.device != x.device or t.dtype != dtype:
                 raise RuntimeError(

@@ -302,7 +302,7 @@ class ExtrapSGD(ExtrapolatingOptimizer):
         seed: int = 0,
         store_anchor: bool = False,
         *,
-        master_weights: bool = True,
+        master_weights: bool | str = True,
         backend: str = "auto",
     ):
         defaults = dict(
@@ -356,7 +356,8 @@ class ApexDropIn(FusedOptimizer):
     parameter kept in the optimizer state as its anchor."""
 
     def has_anchor(self, param: Tensor, group: dict) -> bool:
-        return state_dtype(param.dtype) != param.dtype and group.get("master_weights", True)
+        master = group.get("master_weights", True)  # (a compensated one is x's remainder, not a copy: compensation.py)
+        return state_dtype(param.dtype) != param.dtype and master not in (False, "compensated")
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Apex's: None with set_grad_none, else torch.optim's zero_grad, whose default on torch 2.x is
@@ -384,7 +385,7 @@ class FusedSGD(ApexDropIn):
         materialize_master_grads: bool = True,
         set_grad_none: bool = False,
         *,
-        master_weights: bool = True,
+        master_weights: bool | str = True,
         seed: int = 0,
         backend: str = "auto",
     ):

@@ -31,7 +31,7 @@ from itertools import chain, repeat
 
 from torch import Tensor
 
-from . import backends
+from . import backends, compensation
 from .bucket import Bucket, Phase, bucket_phase
 from .checks import check_bucket, check_hyperparameters, check_param
 from .core import Launch, Work, run_launches
@@ -143,8 +143,12 @@ class Plan:
             phase = bucket_phase(group_phase, dtype, group.get("master_weights", True))
             # the kernels see local tensors: FSDP2 shards step where they live
             shards, grads = [local(p) for p in members], [local(p.grad) for p in members]
-            backend = backends.for_bucket(opt.backend, shards, grads)
             names = [f"param {index[p]} (shape {tuple(p.shape)})" for p in members]
+            chosen = opt.backend
+            if compensation.compensated(group, dtype):  # (stepped over x's fp32 values: compensation.BACKENDS)
+                compensation.check(group, phase, dtype, chosen, names[0])
+                chosen = "foreach" if chosen == "auto" else chosen
+            backend = backends.for_bucket(chosen, shards, grads)
             for p, x, g, name in zip(members, shards, grads, names):
                 check_param(x, g, backend, name)
                 if phase == Phase.UPDATE_NOISE and is_dtensor(p):
@@ -177,8 +181,9 @@ class Plan:
             indices=[index[p] for p in stage.members],
             names=stage.names,
             shard_group=stage.shard_group,
-            master=stage.group.get("master_weights", True),
+            master=stage.group.get("master_weights", True) is not False,  # ("compensated": the master's dtypes)
             moment_storage=stage.group.get("exp_avg_dtype"),
+            remainders=[kernel_view(st[compensation.KEY]) for st in states if compensation.KEY in st],
             **lists,
         )
         check_bucket(bucket, stage.backend)
@@ -233,7 +238,8 @@ class Plan:
             old = launch.work
             if (
                 old.phase != bucket_phase(phase, old.bucket.dtype, group.get("master_weights", True))
-                or old.bucket.master != group.get("master_weights", True)
+                or (old.bucket.master, bool(old.bucket.remainders))
+                != (group.get("master_weights", True) is not False, compensation.compensated(group, old.bucket.dtype))
                 or old.hyper.layout() != hyper.layout()
             ):
                 return False

@@ -15,7 +15,7 @@ from collections import defaultdict
 import torch
 from torch import Tensor
 
-from . import recovery
+from . import compensation, recovery
 from .bucket import SIXTEEN_BIT, Phase, moment_dtype_for, state_dtype
 from .hyper import AdagradHyper, AdamHyper, Hyper, LambHyper, NovoGradHyper, SGDHyper
 
@@ -26,6 +26,28 @@ def _zeros_like(p: Tensor, dtype: torch.dtype) -> Tensor:
 
 def _copy_of(p: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.empty_like(p, dtype=dtype, memory_format=torch.contiguous_format).copy_(p)
+
+
+def _compensate(state: dict, p: Tensor, group: dict) -> Tensor:
+    """master_weights="compensated" (compensation.py): x's fp32 value is x over its "param_remainder". Entering it,
+    an fp32 anchor or master in the state (a checkpoint, or the option switched) becomes x's value exactly (x its
+    high half, the remainder its low; an anchor-free record restarts at 0, the anchor being x); leaving it, the
+    remainder is dropped. Returns x's fp32 value where it was compensated (the anchor the other kind takes), else
+    x."""
+    if compensation.compensated(group, p.dtype):
+        if "anchor" in state and state["anchor"].dtype == torch.float32:
+            high, low = compensation.split(state.pop("anchor"))
+            p.copy_(high)
+            state[compensation.KEY] = low
+            for key in ("last_gamma", recovery.KEY):
+                if key in state:
+                    state[key].zero_()
+        elif compensation.KEY not in state:
+            state[compensation.KEY] = _zeros_like(p, torch.int16)
+        return p
+    if compensation.KEY in state:
+        return compensation.join(p, state.pop(compensation.KEY))
+    return p
 
 
 class BaseState:
@@ -52,6 +74,8 @@ class BaseState:
         parameter's own."""
         if key == "step":
             return torch.float32
+        if key == compensation.KEY:  # (bits, not a value)
+            return torch.int16
         if key in ("last_gamma", recovery.KEY):
             return state_dtype(p.dtype.to_real())
         if key in self.FULL_PRECISION:
@@ -84,6 +108,7 @@ class SGDState(BaseState):
         if "step" not in state:  # a loaded torch.optim.SGD state has a momentum buffer but no step
             first = 1.0 if "momentum_buffer" in state else 0.0
             state["step"] = torch.tensor(first, dtype=torch.float32, device=p.device)
+        source = _compensate(state, p, group)
         # fp32 (fp64) state; with master_weights=False a 16-bit parameter keeps its own dtype, and a state of
         # the other kind (a checkpoint, or the option switched) is converted
         sdtype = state_dtype(p.dtype) if group.get("master_weights", True) else p.dtype
@@ -100,7 +125,7 @@ class SGDState(BaseState):
                 state["last_gamma"] = torch.zeros((), dtype=state_dtype(p.dtype.to_real()), device=p.device)
             return state
         if anchored and "anchor" not in state:
-            anchor = _copy_of(p, sdtype)
+            anchor = _copy_of(source, sdtype)
             if "last_gamma" in state and "momentum_buffer" in state:
                 anchor.add_(state["momentum_buffer"] * state["last_gamma"])
             state["anchor"] = anchor
@@ -131,6 +156,7 @@ class AdaptiveState(BaseState):
         anchor they recover."""
         if "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
+        source = _compensate(state, p, group)
         sdtype = state_dtype(p.dtype)
         for key in self.state_lists(group, phase).values():
             if key not in state:
@@ -151,13 +177,13 @@ class AdaptiveState(BaseState):
             if anchored and "anchor" not in state:
                 second = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
                 hyper = self.hyper.from_group(group, gamma=0.0)
-                anchor = recovery.recovered(p, state["exp_avg"], second, weights, int(state["step"]), hyper)
+                anchor = recovery.recovered(source, state["exp_avg"], second, weights, int(state["step"]), hyper)
                 state["anchor"] = anchor.to(sdtype)
         adtype = self.dtype_of("anchor", p, group)
         if not anchored:
             state.pop("anchor", None)  # (x is the iterate: a master from a checkpoint rounds to it)
         elif "anchor" not in state:
-            state["anchor"] = _copy_of(p, adtype)
+            state["anchor"] = _copy_of(source, adtype)
         elif state["anchor"].dtype != adtype and state["anchor"].dtype in (p.dtype, sdtype):
             state["anchor"] = state["anchor"].to(adtype)
         return state

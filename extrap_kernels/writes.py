@@ -67,6 +67,6 @@ def retake(state: dict, params: list[Tensor]) -> None:
             continue
         if "anchor" in entry:
             entry["anchor"].copy_(p)
-        for key in ("last_gamma", "recovery"):  # (0: the anchor is x itself)
+        for key in ("last_gamma", "recovery", "param_remainder"):  # (0: the anchor is x itself, x its fp32 value)
             if key in entry:
                 entry[key].zero_()
