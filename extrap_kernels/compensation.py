@@ -1,5 +1,5 @@
 """The compensated anchor (master_weights="compensated"; Transformer Engine's store_param_remainders=True for the
-drop-ins; docs/SPEC.md "16-bit optimizer state"): a bf16 parameter keeps, instead of a 4-byte fp32 master, the
+drop-ins; docs/SPEC.md "The compensated anchor"): a bf16 parameter keeps, instead of a 4-byte fp32 master, the
 16 low bits of its fp32 value, "param_remainder" (int16). The fp32 x is the bf16 x's bits over the remainder's, so
 it comes back exactly: the step runs on it as on an fp32 parameter, and stores the new fp32 x split again. Where
 x is its own anchor (gamma = 0, the drop-ins) that fp32 x is the master bit for bit; with extrapolation the
@@ -8,7 +8,8 @@ parameter's, bit for bit.
 
 The split rounds the fp32 value half up (away from zero) at the 16th bit, as Transformer Engine does: the
 remainder is then the low half as a signed number, negative exactly where the high half was carried up, which
-the join undoes. The bf16 x differs from the nearest rounding of the fp32 value only at an exact tie."""
+the join undoes. The bf16 x differs from the nearest rounding of the fp32 value only at an exact tie. The Triton
+kernels split and join the same way in the kernel (triton_common.joined, store_split)."""
 
 from __future__ import annotations
 
@@ -23,11 +24,14 @@ KEY = "param_remainder"
 
 
 def split(full: Tensor) -> tuple[Tensor, Tensor]:
-    """(x, remainder): the bf16 value of the fp32 `full`, rounded half up at the 16th bit, and the int16 low half."""
+    """(x, remainder): the bf16 value of the fp32 `full`, rounded half up at the 16th bit, and the int16 low half.
+    An inf or nan is x itself with remainder 0 (a carry would turn a nan with high low bits, CUDA's canonical
+    0x7FFFFFFF among them, into -0: the model must see the nan)."""
     bits = full.contiguous().view(torch.int32)
-    low = torch.bitwise_and(bits, 0xFFFF)
+    finite = torch.bitwise_and(bits, 0x7F800000) != 0x7F800000
+    low = torch.where(finite, torch.bitwise_and(bits, 0xFFFF), 0)
     high = torch.bitwise_right_shift(bits, 16) + (low >= 0x8000).to(torch.int32)  # (the carry, into the exponent too)
-    x = high.to(torch.int16).view(torch.bfloat16)
+    x = torch.where(finite, high.to(torch.int16).view(torch.bfloat16), full.to(torch.bfloat16))
     return x.view_as(full), (low - torch.where(low >= 0x8000, 0x10000, 0)).to(torch.int16).view_as(full)
 
 
@@ -43,9 +47,11 @@ def compensated(group: dict, dtype: torch.dtype) -> bool:
     return group.get("master_weights", True) == "compensated" and dtype in (torch.bfloat16, torch.float16)
 
 
-# The backends that step a compensated bucket for now (over the joined fp32 values: calls.ApplyCall); the fused
-# kernels do not take remainders yet, and backend "auto" picks the foreach one there.
-BACKENDS = ("foreach", "reference")
+# The backends that step a compensated bucket: the Triton kernels join and split x in the kernel (the s row holds
+# the remainders), the host ones run over the joined fp32 values (ON_FULL: calls.ApplyCall); the extension's
+# kernels (cpu, cuda) do not take remainders yet, and backend "auto" picks triton or foreach there.
+BACKENDS = ("triton", "foreach", "reference")
+ON_FULL = ("foreach", "reference")
 
 
 def check(group: dict, phase, dtype: torch.dtype, backend: str, name: str) -> None:

@@ -167,6 +167,11 @@ def check(arch: int, compiled: tuple[Path, str], cuobjdump: str, cxxfilt: str, o
         # master on sm_90; LAMB's amsgrad reading pass 8 B and 32 B on sm_80)
         if re.search(r"adaptive(_norms)?_kernel<.*c10::(BFloat16|Half), float, extrap::TensorTable", names[mangled]):
             allowed = max(allowed, 96)
+        # LAMB's amsgrad reading pass recovering s from x (kFrom 2) spills the same 8 B and 32 B on sm_80 over fp32
+        # moments too where x is 16-bit without a master (measured with nvcc 13.0); not a hot kernel
+        recovering = r"adaptive_norms_kernel<true, 2, 0, c10::(BFloat16|Half), c10::(BFloat16|Half), float,"
+        if re.search(recovering, names[mangled]):
+            allowed = max(allowed, 32)
         if stores > allowed or loads > allowed:
             failures.append(
                 f"sm_{arch} {names[mangled]}: spills ({stores} B stored, {loads} B loaded; {allowed} B known)"

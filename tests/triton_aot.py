@@ -92,6 +92,9 @@ def cover() -> list[tuple[str, dict]]:
                     dict(BASE, PHASE=phase, X_DTYPE=x, S_DTYPE=x, MASTER=False, C_DTYPE=tl.float32, ROUNDING=rounding),
                 )
             )
+    for phase in (1, 4):  # the compensated anchor (bf16 x over its int16 remainders in the s row): x its own anchor
+        compensated = dict(BASE, PHASE=phase, X_DTYPE=tl.bfloat16, S_DTYPE=tl.int16, MASTER=False, C_DTYPE=tl.float32)
+        out.append((f"phase{phase}-bf16-compensated", compensated))
     switches = [
         dict(MOMENTUM=False),
         dict(NESTEROV=True),
@@ -203,6 +206,14 @@ def adaptive_cover() -> list[tuple[str, str, dict]]:
                     ),
                 )
             )
+    for phase, moments in ((1, tl.float32), (4, tl.float32), (4, tl.bfloat16)):  # the compensated anchor
+        x, c, _ = DTYPES["bf16"]
+        compensated = dict(S_DTYPE=tl.int16, MASTER=False, M_DTYPE=moments, MOMENT_ROUNDING=int(moments == tl.bfloat16))
+        constexprs = dict(ADAPTIVE_BASE, PHASE=phase, X_DTYPE=x, C_DTYPE=c, ALIGNED=True, **compensated)
+        out.append(("adaptive", f"adaptive{phase}-bf16-compensated-{str(moments)}", constexprs))
+    for phase in (0, 4):  # LAMB's reading pass over a compensated x (before the update, and the anchor-free one)
+        x, c, _ = DTYPES["bf16"]
+        out.append(("norms", f"norms-bf16-compensated{phase}", _norms_constexprs(x, tl.int16, c, False, False, phase)))
     for phase in range(5):  # 16-bit moments (exp_avg_dtype) on fp32 x, and on a bf16 x without a master
         for moments, rounding in ((tl.bfloat16, 1), (tl.float16, 2)):
             mname = "bf16" if rounding == 1 else "fp16"
@@ -473,6 +484,12 @@ def check_ptx(arch: int) -> list[str]:
         failures += check_vectors(
             f"sm_{arch} adaptive{phase}-bf16-no-master", kernel, size, adaptive_moved_arrays(phase, False)
         )
+    for phase in (1, 4):  # the compensated anchor: x and its remainders (the s row) 16-bit, the moments fp32
+        x, c, _ = DTYPES["bf16"]
+        constexprs = dict(ADAPTIVE_BASE, PHASE=phase, X_DTYPE=x, S_DTYPE=tl.int16, C_DTYPE=c, MASTER=False)
+        kernel = compile_adaptive("adaptive", dict(constexprs, ALIGNED=True), arch)
+        size = dict.fromkeys("xgs", 2) | dict.fromkeys("mv", 4)  # (x joined with its remainder, and both stored)
+        failures += check_vectors(f"sm_{arch} adaptive{phase}-bf16-compensated", kernel, size, ("xsgmv", "xsmv"))
     for phase in (1, 2, 4):  # 16-bit moments on fp32 x (the update phases: they round and store them)
         x, c, master = DTYPES["fp32"]
         sixteen = dict(M_DTYPE=tl.bfloat16, MOMENT_ROUNDING=1)

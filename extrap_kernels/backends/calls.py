@@ -58,6 +58,6 @@ class ApplyCall(Call):
         if not checked:
             self.check(grads, grad_scale, found_inf)
         bucket = replace(self.bucket, grads=list(grads), global_grad_norm=self.global_grad_norm)
-        if bucket.remainders:  # (a compensated anchor: the phase over the parameters' fp32 values)
+        if bucket.remainders and self.backend.name in compensation.ON_FULL:  # (over the parameters' fp32 values)
             return compensation.apply_on_full(self.apply, self.phase, bucket, self.hyper, grad_scale, found_inf)
         self.apply(self.phase, bucket, self.hyper, grad_scale, found_inf)

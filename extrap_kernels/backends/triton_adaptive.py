@@ -42,15 +42,18 @@ from .triton_common import (
     UPDATE_PAST,
     UPDATE_PAST_ANCHOR_FREE,
     abandon_block,
+    anchor_dtype,
     block_rounding_bits,
     cached_tables,
     found_inf_skips,
     grad_scaling,
     grad_unscale,
     launch_rates,
+    load_value,
     noise_normal,
     program_block,
     stochastic_round,
+    store_param,
 )
 from .triton_lamb import lamb_sums
 
@@ -94,10 +97,10 @@ def _adaptive_block(
             anchor = tl.load(x_ptr + offs, mask=mask).to(C_DTYPE)
             tl.store(s_ptr + offs, anchor.to(S_DTYPE), mask=mask)
         elif PHASE == UPDATE_PAST_ANCHOR_FREE:  # x_t and update t's moments give s_t back (recovery.py)
-            x = tl.load(x_ptr + offs, mask=mask).to(C_DTYPE)
+            x = load_value(x_ptr, x_ptr, s_ptr, offs, mask, S_DTYPE, C_DTYPE)  # (compensated: S_DTYPE int16)
             anchor = recovered_anchor(x, m, v, v_max, recovery_ptr, coefficients, MOMENTS == WITH_MAX)
         else:
-            anchor = tl.load(s_ptr + offs, mask=mask).to(C_DTYPE)
+            anchor = load_value(s_ptr, x_ptr, s_ptr, offs, mask, S_DTYPE, C_DTYPE)
         e, m, v, v_max = step_direction(
             anchor,
             g,
@@ -121,11 +124,12 @@ def _adaptive_block(
             if PHASE == UPDATE:  # x <- s; a full-precision s is only the snapshot (or x itself)
                 if MASTER:
                     tl.store(s_ptr + offs, anchor, mask=mask)
-                tl.store(x_ptr + offs, anchor_stored.to(X_DTYPE), mask=mask)
+                store_param(x_ptr, s_ptr, offs, mask, anchor_stored, S_DTYPE, X_DTYPE)
             elif PHASE == UPDATE_PAST or PHASE == UPDATE_PAST_ANCHOR_FREE:  # past: x <- s - gamma * e
                 if PHASE == UPDATE_PAST:  # (the anchor-free update keeps no s: the next one recovers it)
                     tl.store(s_ptr + offs, anchor_stored.to(S_DTYPE), mask=mask)
-                tl.store(x_ptr + offs, stochastic_round(anchor - gamma * e, r_x, ROUNDING).to(X_DTYPE), mask=mask)
+                x = stochastic_round(anchor - gamma * e, r_x, ROUNDING)
+                store_param(x_ptr, s_ptr, offs, mask, x, S_DTYPE, X_DTYPE)
             else:  # noise: x <- s + sigma * xi
                 tl.store(s_ptr + offs, anchor_stored.to(S_DTYPE), mask=mask)
                 xi = noise_normal(seed, step.to(tl.int64), index, offs).to(C_DTYPE)
@@ -260,12 +264,12 @@ def apply_adaptive(
         lr_decay=float(h.lr_decay),
         PHASE=int(phase),
         X_DTYPE=DTYPES[b.dtype],
-        S_DTYPE=DTYPES[b.storage_dtype],
+        S_DTYPE=anchor_dtype(b),
         C_DTYPE=DTYPES[state_dtype(b.dtype)],
         M_DTYPE=DTYPES[b.moment_dtype],
         ROUNDING=ROUNDING_MODES[b.dtype] if b.rounds_stochastically else 0,
         MOMENT_ROUNDING=moment_rounding(b, phase),
-        MASTER=b.has_master,
+        MASTER=b.has_master and not b.remainders,
         MOMENTS=moments_kept(b),
         DECOUPLED=bool(h.decoupled),
         BIAS_CORRECTION=bool(h.bias_correction),

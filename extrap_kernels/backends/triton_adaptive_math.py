@@ -50,7 +50,7 @@ def adaptive_columns(b: Bucket) -> tuple:
     return (
         b.params,
         b.grads,
-        b.anchors,
+        b.remainders or b.anchors,  # (a compensated bucket's remainders: triton_common.anchor_dtype)
         b.momenta or second,
         second,
         b.max_second_moments or second,

@@ -112,8 +112,50 @@ def abandon_block(
     if PHASE == EXTRAPOLATE:
         if not MASTER:
             tl.store(s_ptr + offs, tl.load(x_ptr + offs, mask=mask).to(S_DTYPE), mask=mask)
-    elif PHASE == UPDATE:
+    elif PHASE == UPDATE and S_DTYPE != tl.int16:  # (a compensated x is its own anchor: nothing moves)
         tl.store(x_ptr + offs, tl.load(s_ptr + offs, mask=mask).to(X_DTYPE), mask=mask)
+
+
+@triton.jit
+def joined(x_ptr, remainder_ptr, offs, mask):
+    """The fp32 values of bf16 x over their int16 remainders (extrap_kernels/compensation.py's join)."""
+    high = tl.load(x_ptr + offs, mask=mask).to(tl.int16, bitcast=True).to(tl.int32)
+    remainder = tl.load(remainder_ptr + offs, mask=mask).to(tl.int32)
+    high = high - (remainder < 0).to(tl.int32)
+    return ((high << 16) | (remainder & 0xFFFF)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def store_split(x_ptr, remainder_ptr, offs, mask, value):
+    """fp32 `value` stored as its bf16 x, rounded half up at the 16th bit, and its int16 low half (compensation.py's
+    split: an inf or nan as x itself over remainder 0)."""
+    bits = value.to(tl.float32).to(tl.int32, bitcast=True)
+    finite = (bits & 0x7F800000) != 0x7F800000
+    low = tl.where(finite, bits & 0xFFFF, 0)
+    high = (bits >> 16) + (low >= 0x8000).to(tl.int32)
+    x = tl.where(finite, high.to(tl.int16).to(tl.bfloat16, bitcast=True), value.to(tl.bfloat16))
+    tl.store(x_ptr + offs, x, mask=mask)
+    tl.store(remainder_ptr + offs, (low - tl.where(low >= 0x8000, 0x10000, 0)).to(tl.int16), mask=mask)
+
+
+@triton.jit
+def load_value(ptr, x_ptr, s_ptr, offs, mask, S_DTYPE: tl.constexpr, C_DTYPE: tl.constexpr):
+    """The values at `ptr` (x's or the anchor's) in C_DTYPE; with a compensated anchor (S_DTYPE int16: the s row
+    holds x's remainders, x its own anchor) x's fp32 value, whichever is asked for."""
+    if S_DTYPE == tl.int16:
+        value = joined(x_ptr, s_ptr, offs, mask)
+    else:
+        value = tl.load(ptr + offs, mask=mask).to(C_DTYPE)
+    return value
+
+
+@triton.jit
+def store_param(x_ptr, s_ptr, offs, mask, value, S_DTYPE: tl.constexpr, X_DTYPE: tl.constexpr):
+    """x <- value: split over its remainder where S_DTYPE is int16, else converted to X_DTYPE."""
+    if S_DTYPE == tl.int16:
+        store_split(x_ptr, s_ptr, offs, mask, value)
+    else:
+        tl.store(x_ptr + offs, value.to(X_DTYPE), mask=mask)
 
 
 @triton.jit
@@ -198,6 +240,12 @@ def program_block(numels, block_tensor, block_start, BLOCK: tl.constexpr, ALIGNE
 # ---- tables, cached -------------------------------------------------------------------------------
 _TABLES: OrderedDict = OrderedDict()
 _MAX_TABLES = 64
+
+
+def anchor_dtype(b: Bucket):
+    """The dtype of the table's anchor row: the stored anchor's, or int16 where the row holds a compensated
+    bucket's remainders (x its own anchor: extrap_kernels/compensation.py)."""
+    return tl.int16 if b.remainders else DTYPES[b.storage_dtype]
 
 
 def cached_tables(b: Bucket, columns: tuple, streamed: int = 4):

@@ -23,7 +23,16 @@ from .triton_adaptive_math import (
     pointers,
     recovered_anchor,
 )
-from .triton_common import BLOCK, DTYPES, UPDATE_PAST_ANCHOR_FREE, cached_tables, grad_scaling, program_block
+from .triton_common import (
+    BLOCK,
+    DTYPES,
+    UPDATE_PAST_ANCHOR_FREE,
+    anchor_dtype,
+    cached_tables,
+    grad_scaling,
+    load_value,
+    program_block,
+)
 
 SEGMENT = 128  # blocks a program of the per-tensor sums adds at a time
 
@@ -89,12 +98,12 @@ def _norms_kernel(
     )
     m, v, v_max = load_moments(m_ptr, v_ptr, v_max_ptr, offs, mask, WITH_MAX if AMSGRAD else FIRST_AND_SECOND, C_DTYPE)
     if PHASE == UPDATE_PAST_ANCHOR_FREE:  # x_t and update t's moments give s_t back (recovery.py)
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
+        x = load_value(x_ptr, x_ptr, s_ptr, offs, mask, S_DTYPE, C_DTYPE)  # (compensated: S_DTYPE int16)
         anchor = tl.where(mask, recovered_anchor(x, m, v, v_max, recovery_ptr, coefficients, AMSGRAD), 0.0)
     elif READS_X:  # before a snapshot of x's own precision the anchor is x itself
         anchor = tl.load(x_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
     else:
-        anchor = tl.load(s_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
+        anchor = tl.where(mask, load_value(s_ptr, x_ptr, s_ptr, offs, mask, S_DTYPE, C_DTYPE), 0.0)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(C_DTYPE)
     moment_random = moment_bits(seed, step, tl.load(indices + t), offs, MOMENT_ROUNDING)
     u, _, _, _ = adaptive_direction(
@@ -153,7 +162,7 @@ def lamb_sums(
         **(launch_constants or constants(b, h)),
         seed=int(h.seed) & 0xFFFFFFFFFFFFFFFF,
         X_DTYPE=DTYPES[b.dtype],
-        S_DTYPE=DTYPES[b.storage_dtype],
+        S_DTYPE=anchor_dtype(b),
         C_DTYPE=DTYPES[dtype],
         M_DTYPE=DTYPES[b.moment_dtype],
         MOMENT_ROUNDING=moment_rounding(b, phase),

@@ -21,16 +21,19 @@ from .triton_common import (
     UPDATE_PAST,
     UPDATE_PAST_ANCHOR_FREE,
     abandon_block,
+    anchor_dtype,
     block_rounding_bits,
     cached_tables,
     found_inf_skips,
     grad_scaling,
     grad_unscale,
     launch_rates,
+    load_value,
     noise_normal,
     program_block,
     row_pointer,
     stochastic_round,
+    store_param,
 )
 
 # The table's rows: the addresses of x, g, s, m, the step and the last gamma (m and the last gamma hold
@@ -40,7 +43,8 @@ ROW_X, ROW_G, ROW_S, ROW_M, ROW_STEP, ROW_LAST_GAMMA, ROWS = (tl.constexpr(row) 
 
 def sgd_columns(b: Bucket) -> tuple:
     """The tensor lists of the table's rows, in ROW_* order."""
-    return (b.params, b.grads, b.anchors, b.momenta or b.anchors, b.steps, b.last_gammas or b.steps)
+    anchors = b.remainders or b.anchors  # (a compensated bucket's remainders: triton_common.anchor_dtype)
+    return (b.params, b.grads, anchors, b.momenta or b.anchors, b.steps, b.last_gammas or b.steps)
 
 
 # ---- the math: csrc/extrap_math.h, line for line -------------------------------------------------
@@ -90,7 +94,10 @@ def sgd_pointers(table, t, X_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, C_DTYPE
     x_ptr = row_pointer(table, t, ROWS, ROW_X, X_DTYPE, ALIGNED)
     g_ptr = row_pointer(table, t, ROWS, ROW_G, X_DTYPE, ALIGNED)
     s_ptr = row_pointer(table, t, ROWS, ROW_S, S_DTYPE, ALIGNED)
-    m_ptr = row_pointer(table, t, ROWS, ROW_M, S_DTYPE, ALIGNED)
+    if S_DTYPE == tl.int16:  # (the compensated anchor's remainders in the s row: m of the arithmetic's dtype)
+        m_ptr = row_pointer(table, t, ROWS, ROW_M, C_DTYPE, ALIGNED)
+    else:
+        m_ptr = row_pointer(table, t, ROWS, ROW_M, S_DTYPE, ALIGNED)
     step_ptr = row_pointer(table, t, ROWS, ROW_STEP, tl.float32, False)
     last_gamma_ptr = row_pointer(table, t, ROWS, ROW_LAST_GAMMA, C_DTYPE, False)
     return x_ptr, g_ptr, s_ptr, m_ptr, step_ptr, last_gamma_ptr
@@ -147,19 +154,19 @@ def _phase_block(
         else:
             step = tl.load(step_ptr)
             if PHASE == UPDATE_PAST_ANCHOR_FREE:  # anchor-free past: x = s - last_gamma * m gives the anchor back
-                anchor = tl.load(x_ptr + offs, mask=mask).to(C_DTYPE) + tl.load(last_gamma_ptr) * m
+                anchor = load_value(x_ptr, x_ptr, s_ptr, offs, mask, S_DTYPE, C_DTYPE) + tl.load(last_gamma_ptr) * m
             else:
-                anchor = tl.load(s_ptr + offs, mask=mask).to(C_DTYPE)
+                anchor = load_value(s_ptr, x_ptr, s_ptr, offs, mask, S_DTYPE, C_DTYPE)
             anchor, m, d, gp = base_update(
                 anchor, m, g, lr, coefficients, grad_factor, trust, step <= 1.0, MOMENTUM, NESTEROV, WD_AFTER_MOMENTUM
             )
             anchor_stored = stochastic_round(anchor, r_s, ROUNDING)  # (as stored: the local step's x too)
             if MOMENTUM:
-                tl.store(m_ptr + offs, stochastic_round(m, r_m, ROUNDING).to(S_DTYPE), mask=mask)
+                tl.store(m_ptr + offs, stochastic_round(m, r_m, ROUNDING).to(m_ptr.dtype.element_ty), mask=mask)
             if PHASE == UPDATE:  # x <- s; a full-precision s is only the snapshot (or x itself)
                 if MASTER:
                     tl.store(s_ptr + offs, anchor, mask=mask)
-                tl.store(x_ptr + offs, anchor_stored.to(X_DTYPE), mask=mask)
+                store_param(x_ptr, s_ptr, offs, mask, anchor_stored, S_DTYPE, X_DTYPE)
             elif PHASE == UPDATE_PAST or PHASE == UPDATE_PAST_ANCHOR_FREE:
                 # past: x <- s - gamma * e (s stored unless recomputed)
                 if PHASE == UPDATE_PAST:
@@ -168,7 +175,7 @@ def _phase_block(
                     x = anchor - gamma * gp
                 else:
                     x = anchor - gamma * d
-                tl.store(x_ptr + offs, stochastic_round(x, r_x, ROUNDING).to(X_DTYPE), mask=mask)
+                store_param(x_ptr, s_ptr, offs, mask, stochastic_round(x, r_x, ROUNDING), S_DTYPE, X_DTYPE)
             else:  # noise: x <- s + sigma * xi
                 tl.store(s_ptr + offs, anchor_stored.to(S_DTYPE), mask=mask)
                 xi = noise_normal(seed, step.to(tl.int64), index, offs).to(C_DTYPE)
@@ -284,10 +291,10 @@ def apply_sgd(phase: Phase, b: Bucket, h: SGDHyper, grad_scale: Tensor | None = 
         seed,
         PHASE=int(phase),
         X_DTYPE=DTYPES[b.dtype],
-        S_DTYPE=DTYPES[b.storage_dtype],
+        S_DTYPE=anchor_dtype(b),
         C_DTYPE=DTYPES[state_dtype(b.dtype)],
         ROUNDING=rounding_mode,
-        MASTER=b.has_master,
+        MASTER=b.has_master and not b.remainders,
         MOMENTUM=bool(b.momenta),
         NESTEROV=bool(h.nesterov),
         WD_AFTER_MOMENTUM=bool(h.wd_after_momentum),
