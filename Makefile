@@ -45,10 +45,12 @@ format: $(VENV)/.lint-deps
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/clang-format -i $(CSRC_FILES)
 
-# The same extension built by CMake (CMakeLists.txt) instead of setup.py, and imported.
+# The same extension built by CMake (CMakeLists.txt) instead of setup.py, and imported. Unoptimized (a Debug build
+# at -O0, in a tenth of the time): this checks the build; make test checks the optimized kernels.
 cmake-check: $(VENV)/.deps
 	mkdir -p build
-	cmake -S . -B build/cmake -G Ninja -DPython3_EXECUTABLE=$(abspath $(PY)) -DCMAKE_BUILD_TYPE=Release > build/cmake.log 2>&1 || (cat build/cmake.log; exit 1)
+	cmake -S . -B build/cmake -G Ninja -DPython3_EXECUTABLE=$(abspath $(PY)) -DCMAKE_BUILD_TYPE=Debug \
+	  -DCMAKE_CXX_FLAGS_DEBUG=-O0 > build/cmake.log 2>&1 || (cat build/cmake.log; exit 1)
 	cmake --build build/cmake
 	$(PY) -c "import sys, torch, importlib.util, glob; \
 	path = glob.glob('build/cmake/_C*.so')[0]; \
@@ -69,7 +71,8 @@ cuda-check: $(VENV)/.deps
 # The whole CUDA extension (setup.py's CUDAExtension: C++ and CUDA objects, linked) built against the
 # CUDA build of torch $(TORCH_VERSION) in its own virtualenv, then imported. That torch comes from PyPI, so
 # the machine's CPU wheel (pip's find-links) is kept out; its nvidia packages bring the cu13 headers
-# (cublas, cusparse) that torch's CUDA headers name and /usr/local/cuda lacks. No GPU needed.
+# (cublas, cusparse) that torch's CUDA headers name and /usr/local/cuda lacks. No GPU needed. For sm_90 alone, and
+# its C++ unoptimized (setup.py's EXTRAP_UNOPTIMIZED): cuda-check compiled the device code for both architectures.
 CUDA_VENV ?= .venv-cuda
 CUDA_HOME ?= /usr/local/cuda
 $(CUDA_VENV)/.deps:
@@ -82,8 +85,8 @@ $(CUDA_VENV)/.deps:
 cuda-torch-check: $(CUDA_VENV)/.deps
 	rm -rf build/cuda-torch
 	set -e; cu13=$$($(CUDA_VENV)/bin/python -c "import nvidia, os; print(os.path.join(nvidia.__path__[0], 'cu13', 'include'))"); \
-	CPATH=$$cu13 CUDA_HOME=$(CUDA_HOME) EXTRAP_FORCE_CUDA=1 $(CUDA_VENV)/bin/python setup.py --quiet build_ext \
-	  --build-lib build/cuda-torch/lib --build-temp build/cuda-torch/tmp > build/cuda-torch.log 2>&1 \
+	CPATH=$$cu13 CUDA_HOME=$(CUDA_HOME) EXTRAP_FORCE_CUDA=1 EXTRAP_UNOPTIMIZED=1 TORCH_CUDA_ARCH_LIST=9.0 \
+	  $(CUDA_VENV)/bin/python setup.py --quiet build_ext --build-lib build/cuda-torch/lib --build-temp build/cuda-torch/tmp > build/cuda-torch.log 2>&1 \
 	  || (tail -50 build/cuda-torch.log; exit 1)
 	readelf -S build/cuda-torch/lib/extrap_kernels/_C*.so | grep -q nv_fatbin
 	cd build/cuda-torch/lib && ../../../$(CUDA_VENV)/bin/python -c "import torch, extrap_kernels._C as C; \
@@ -91,7 +94,7 @@ cuda-torch-check: $(CUDA_VENV)/.deps
 
 # The README's library install in fresh virtualenvs that have torch: `pip install --no-build-isolation
 # --no-deps .` in one without the `wheel` package, `-e .` in one with it; then an import and one step of the
-# fused CPU kernel.
+# fused CPU kernel. Unoptimized (setup.py's EXTRAP_UNOPTIMIZED): this checks the install, make test the kernels.
 INSTALL_CHECK := import torch, extrap_kernels as ek; p = torch.nn.Parameter(torch.ones(3)); p.grad = torch.ones(3); \
 	opt = ek.ExtrapSGD([p], lr=0.5, momentum=0.9); opt.step(); assert opt.resolved_backends() == \
 	{(torch.device('cpu'), torch.float32): 'cpu'}, opt.resolved_backends(); print('installed:', ek.__file__, p.tolist())
@@ -103,7 +106,8 @@ install-check:
 	  $$venv/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) setuptools ninja; \
 	  if [ "$$(basename $$venv)" = wheel ]; then $$venv/bin/pip install --quiet --disable-pip-version-check wheel; fi; \
 	  echo "install-check: pip install --no-build-isolation --no-deps $$* (venv $$(basename $$venv))"; \
-	  $$venv/bin/pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps $$* > build/install-check/$$(basename $$venv).log 2>&1 \
+	  EXTRAP_UNOPTIMIZED=1 $$venv/bin/pip install --quiet --disable-pip-version-check --no-build-isolation \
+	    --no-deps $$* > build/install-check/$$(basename $$venv).log 2>&1 \
 	    || (tail -30 build/install-check/$$(basename $$venv).log; exit 1); \
 	  (cd build/install-check && ./$$(basename $$venv)/bin/python -c "$(INSTALL_CHECK)"); \
 	done

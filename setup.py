@@ -3,7 +3,8 @@ package's metadata is in pyproject.toml.
 
 `pip install --no-build-isolation --no-deps .` (or `-e .`): torch must already be installed, since the
 extension is compiled against it. EXTRAP_FORCE_CUDA=1 builds the CUDA sources even where no GPU is visible
-(nvcc and a CUDA build of torch are enough); EXTRAP_NO_CUDA=1 skips them.
+(nvcc and a CUDA build of torch are enough); EXTRAP_NO_CUDA=1 skips them. EXTRAP_UNOPTIMIZED=1 compiles the C++ at
+-O0, in a tenth of the time: for checks of the build itself (CI's install and CUDA-torch builds), never for use.
 """
 
 import glob
@@ -36,8 +37,11 @@ def _want_cuda():
 
 def _extension():
     cpu_sources = ["csrc/bindings.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    # (-fno-math-errno: sqrt without the errno branch, which keeps GCC from vectorizing the adaptive loops)
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno"]  # at::parallel_for is OpenMP in torch's CPU builds
+    # (-fno-math-errno: sqrt without the errno branch, which keeps GCC from vectorizing the adaptive loops; -g0:
+    # Python's CFLAGS ask for debug information, which for the kernels' thousands of loop instances took a third
+    # of the compile time and 90% of a 140 MB object)
+    opt = "-O0" if os.environ.get("EXTRAP_UNOPTIMIZED") == "1" else "-O3"
+    cxx = [opt, "-g0", "-std=c++17", "-fopenmp", "-fno-math-errno"]  # at::parallel_for is OpenMP in torch's builds
     include = [os.path.join(ROOT, "csrc")]
     if not _want_cuda():
         return CppExtension("extrap_kernels._C", cpu_sources, include_dirs=include, extra_compile_args={"cxx": cxx})

@@ -21,7 +21,7 @@ from extrap_kernels import recovery
 
 settings.register_profile(
     "ci",
-    max_examples=int(os.environ.get("EXTRAP_EXAMPLES", "200")),
+    max_examples=int(os.environ.get("EXTRAP_EXAMPLES", "100")),
     deadline=None,
     derandomize=False,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

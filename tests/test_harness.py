@@ -32,7 +32,7 @@ import train  # noqa: E402
 )
 def test_harness_trains_and_logs(tmp_path, optimizer):
     args = train.parser().parse_args(
-        ["--task", "digits", "--epochs", "2", "--batch-size", "64", "--out", str(tmp_path), "--quiet", *optimizer]
+        ["--task", "digits", "--epochs", "2", "--batch-size", "256", "--out", str(tmp_path), "--quiet", *optimizer]
     )
     result = train.run(args)
     logged = json.loads((tmp_path / f"{result['label']}.json").read_text())
