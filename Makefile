@@ -98,16 +98,19 @@ cuda-torch-check: $(CUDA_VENV)/.deps
 INSTALL_CHECK := import torch, extrap_kernels as ek; p = torch.nn.Parameter(torch.ones(3)); p.grad = torch.ones(3); \
 	opt = ek.ExtrapSGD([p], lr=0.5, momentum=0.9); opt.step(); assert opt.resolved_backends() == \
 	{(torch.device('cpu'), torch.float32): 'cpu'}, opt.resolved_backends(); print('installed:', ek.__file__, p.tolist())
+# On a copy of the tracked tree: an editable install builds the extension into its tree, and this one, unoptimized,
+# would take the place of the optimized module that the virtualenv of make test and make demo imports.
 install-check:
-	rm -rf build/install-check && mkdir -p build/install-check
+	rm -rf build/install-check && mkdir -p build/install-check/tree
+	git ls-files -z | xargs -0 cp --parents -t build/install-check/tree
 	set -e; for case in "plain ." "wheel -e ."; do \
 	  set -- $$case; venv=build/install-check/$$1; shift; \
 	  $(PYTHON) -m venv $$venv; \
 	  $$venv/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) setuptools ninja; \
 	  if [ "$$(basename $$venv)" = wheel ]; then $$venv/bin/pip install --quiet --disable-pip-version-check wheel; fi; \
 	  echo "install-check: pip install --no-build-isolation --no-deps $$* (venv $$(basename $$venv))"; \
-	  EXTRAP_UNOPTIMIZED=1 $$venv/bin/pip install --quiet --disable-pip-version-check --no-build-isolation \
-	    --no-deps $$* > build/install-check/$$(basename $$venv).log 2>&1 \
+	  (cd build/install-check/tree && EXTRAP_UNOPTIMIZED=1 ../$$(basename $$venv)/bin/pip install --quiet \
+	    --disable-pip-version-check --no-build-isolation --no-deps $$* > ../$$(basename $$venv).log 2>&1) \
 	    || (tail -30 build/install-check/$$(basename $$venv).log; exit 1); \
 	  (cd build/install-check && ./$$(basename $$venv)/bin/python -c "$(INSTALL_CHECK)"); \
 	done
