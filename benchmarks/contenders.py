@@ -304,7 +304,7 @@ def contenders(device: str, overhead: bool = False) -> list[Contender]:
         ]
         # bf16 moments (the oracle's float64 run keeps fp32 ones: 16-bit moments need fp32 arithmetic)
         oracle = _ours_adaptive("reference", "adam-past")
-        for mode in ("adam-past-bf16m", "adam-past-lean"):
+        for mode in ("adam-past-bf16m", "adam-past-lean", "adam-past-comp"):  # (-comp: the compensated anchor too)
             out += [Contender(name, mode, _ours_adaptive(backend, mode), family="adam", oracle=oracle)]
     out += [
         Contender("ours-foreach", m, _ours("foreach", m), baseline="foreach-extrap", oracle=_ours("reference", m))
@@ -329,9 +329,6 @@ def contenders(device: str, overhead: bool = False) -> list[Contender]:
         )
         for m in ADAPTIVE_MODES
     ]
-    # the compensated anchor with bf16 moments (the foreach backend steps it for now)
-    compensated, oracle = _ours_adaptive("foreach", "adam-past-comp"), _ours_adaptive("reference", "adam-past")
-    out += [Contender("ours-foreach", "adam-past-comp", compensated, family="adam", oracle=oracle)]
     out += [
         Contender(
             "torch-adamw-fused", "adamw", _torch_adamw(fused=True), baseline="torch-fused", family="adam", oracle=adamw

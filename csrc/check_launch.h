@@ -27,10 +27,16 @@ inline void check_lists(const Launch& L) {
                     L.phase);
   TORCH_CHECK_VALUE(L.grads.size() == n && L.steps.size() == n && L.indices.size() == n,
                     "extrap_kernels: params, grads, steps and indices must have the same length");
+  if (L.compensated()) {  // (int16 anchors: the remainders of bf16 parameters, each its own anchor)
+    TORCH_CHECK_VALUE(L.anchors.size() == n && (L.phase == kUpdate || L.anchor_free()),
+                      "extrap_kernels: int16 anchors are a compensated bf16 parameter's remainders, one per "
+                      "parameter, for update_ and update_past_anchor_free_ alone (x is its own anchor)");
+  }
   if (L.anchor_free()) {
-    TORCH_CHECK_VALUE(L.anchors.empty() && L.last_gammas.size() == n && !L.momenta.empty(),
-                      "extrap_kernels: update_past_anchor_free_ takes no anchors, and one last_gamma (the Adam "
-                      "family: its recovery weights) and one momentum buffer (exp_avg) per parameter");
+    TORCH_CHECK_VALUE((L.anchors.empty() || L.compensated()) && L.last_gammas.size() == n && !L.momenta.empty(),
+                      "extrap_kernels: update_past_anchor_free_ takes no anchors (but a compensated parameter's "
+                      "remainders), and one last_gamma (the Adam family: its recovery weights) and one momentum "
+                      "buffer (exp_avg) per parameter");
     if (L.adaptive()) {
       // the anchor comes back from the stored moments where the past direction is trust * (a (+ wd * s)): Adam's,
       // AdamW's and LAMB's (its trust ratio folded into the recorded weights)
@@ -135,7 +141,11 @@ inline void check_state(const Launch& L, size_t i, const at::Device& device, at:
                       ": 16-bit moments (exp_avg_dtype) need fp32 arithmetic and Adam, AdamW or LAMB, got ", mdtype,
                       " moments for ", L.params[i].scalar_type(), " parameters");
   }
-  if (!L.anchors.empty()) check(L.anchors[i], sdtype, numel, "anchor");
+  if (L.compensated()) {
+    check(L.anchors[i], at::kShort, numel, "param_remainder");
+  } else if (!L.anchors.empty()) {
+    check(L.anchors[i], sdtype, numel, "anchor");
+  }
   if (!L.momenta.empty()) {
     check(L.momenta[i], L.adaptive() ? mdtype : sdtype, numel, L.adaptive() ? "exp_avg" : "momentum_buffer");
   }
@@ -179,7 +189,11 @@ inline void check_launch(const Launch& L) {
   const auto dtype = L.params[0].scalar_type();
   const auto cdtype = state_dtype(dtype);                 // the arithmetic's (and the rate and trust tensors')
   const auto sdtype = L.master_weights ? cdtype : dtype;  // the stored anchor's and momentum's
-  TORCH_CHECK_VALUE(!L.anchor_free() || sdtype == dtype,
+  TORCH_CHECK_TYPE(!L.compensated() || (dtype == at::kBFloat16 && L.master_weights),
+                   "extrap_kernels: int16 anchors "
+                   "(a compensated parameter's remainders) belong to bf16 parameters with master_weights, got ",
+                   dtype);
+  TORCH_CHECK_VALUE(!L.anchor_free() || sdtype == dtype || L.compensated(),
                     "extrap_kernels: update_past_anchor_free_ needs fp32 or fp64 parameters, or 16-bit ones without a "
                     "master (master_weights=False): a master is the anchor itself");
   TORCH_CHECK_VALUE(!L.anchors.empty() || sdtype == dtype,

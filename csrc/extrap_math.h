@@ -255,6 +255,32 @@ EXTRAP_HD float stochastic_round(float v, uint32_t random) {
   return bits_float((u + (random & mask)) & ~mask);
 }
 
+// ---------------------------------------------------------------------------------------------------
+// The compensated anchor (master_weights="compensated"; extrap_kernels/compensation.py): a bf16 x keeps the 16 low
+// bits of its fp32 value as an int16 remainder, and the step runs on the joined fp32 value, x its own anchor. The
+// split rounds half up at the 16th bit, so the remainder is the low half as a signed number, negative exactly where
+// the high half was carried up, which the join undoes. (The launchers hold the remainders where the anchor goes.)
+// ---------------------------------------------------------------------------------------------------
+// The fp32 value of the bf16 bits `high` over `remainder`, exactly as split_value made them.
+EXTRAP_HD float joined_value(uint16_t high, int16_t remainder) {
+  const uint32_t top = static_cast<uint32_t>(high) - (remainder < 0 ? 1u : 0u);
+  return bits_float((top << 16) | static_cast<uint16_t>(remainder));
+}
+
+// The bf16 bits of `value` rounded half up at the 16th bit, its low half in `remainder`. An inf or nan is kept in x
+// (a nan as a nan: its quiet bit set) over remainder 0: a carry would turn a nan with high low bits, CUDA's canonical
+// 0x7FFFFFFF among them, into -0, and the model must see the nan.
+EXTRAP_HD uint16_t split_value(float value, int16_t& remainder) {
+  const uint32_t u = float_bits(value);
+  if ((u & 0x7F800000u) == 0x7F800000u) {
+    remainder = 0;
+    return static_cast<uint16_t>((u >> 16) | ((u & 0x007FFFFFu) != 0u ? 0x0040u : 0u));
+  }
+  const uint32_t low = u & 0xFFFFu;
+  remainder = static_cast<int16_t>(static_cast<uint16_t>(low));
+  return static_cast<uint16_t>((u >> 16) + (low >= 0x8000u ? 1u : 0u));
+}
+
 // What a phase reads and stores: launchers move s and m only where these say so (SPEC's traffic). Every
 // phase reads exactly one of x and s: x for a full-precision snapshot and where the anchor is recomputed
 // from it, s (the anchor, or x itself where x is its own anchor) everywhere else.

@@ -24,7 +24,8 @@ struct Launch {
   std::vector<at::Tensor> params;       // x, fp32/fp64/bf16/fp16
   std::vector<at::Tensor> grads;        // g, the dtype of x
   std::vector<at::Tensor> anchors;      // s: fp32 master for 16-bit x, else the dtype of x; EMPTY: x is its
-                                        // own anchor (plain fused SGD on full-precision parameters, kUpdate)
+                                        // own anchor (plain fused SGD on full-precision parameters, kUpdate);
+                                        // int16: a bf16 x's remainders, x its own anchor (compensated())
   std::vector<at::Tensor> momenta;      // m, the dtype of s; empty when momentum == 0
   std::vector<at::Tensor> steps;        // 0-dim float32 step counts; update phases count this update themselves
   std::vector<int64_t> indices;         // parameter index in the optimizer, keys the noise
@@ -72,6 +73,9 @@ struct Launch {
   // The tensor holding s for parameter i (x itself where the parameters are their own anchors).
   const at::Tensor& anchor(size_t i) const { return anchors.empty() ? params[i] : anchors[i]; }
   bool anchor_free() const { return phase == kUpdatePastAnchorFree; }
+  // The compensated anchor (master_weights="compensated"; extrap_math.h's joined_value): `anchors` hold the int16
+  // remainders of bf16 parameters, each x its own anchor, for kUpdate and the anchor-free update (compensable)
+  bool compensated() const { return !anchors.empty() && anchors[0].scalar_type() == at::kShort; }
   bool rounds_stochastically() const { return !master_weights && !params.empty() && params[0].element_size() == 2; }
   bool counts_step() const { return phase != kExtrapolate; }
   bool adaptive() const { return family == Family::kAdaptive; }
@@ -124,6 +128,16 @@ constexpr int kRoundingOf = !std::is_same<scalar_t, state_t>::value || sizeof(sc
                                 ? kNearest
                                 : (std::is_same<scalar_t, at::BFloat16>::value ? kStochasticBF16 : kStochasticFP16);
 
+// The phases a compensated bf16 x steps in: those where x is its own anchor (kUpdate: the drop-ins) or gives it back
+// (the anchor-free update); no loop is compiled for the others.
+constexpr bool compensable(Phase P) { return P == kUpdate || P == kUpdatePastAnchorFree; }
+
+// A compensated x's fp32 value, and its store (extrap_math.h's joined_value and split_value).
+EXTRAP_HD float joined(at::BFloat16 x, int16_t remainder) { return joined_value(x.x, remainder); }
+EXTRAP_HD void store_split(at::BFloat16& x, int16_t& remainder, float value) {
+  x = at::BFloat16(split_value(value, remainder), at::BFloat16::from_bits());
+}
+
 // A type handed to a generic lambda: f(Tag<T>{}) reads it as typename decltype(tag)::type.
 template <typename T>
 struct Tag {
@@ -132,9 +146,13 @@ struct Tag {
 
 // Calls f(Tag<anchor_t>) with the type an adaptive launch's anchors are held in: the arithmetic's `acc` (the fp32
 // master of a 16-bit x, or x's own full precision), or without a master (master_weights=False) the 16-bit x's
-// own type, whose stored values the launchers round stochastically (the moments stay acc).
-template <typename scalar_t, typename acc, typename F>
+// own type, whose stored values the launchers round stochastically (the moments stay acc); or int16_t, a compensated
+// bf16 x's remainders, where kCompensable (the launch's phase is compensable, or a reading pass).
+template <typename scalar_t, typename acc, bool kCompensable, typename F>
 decltype(auto) with_anchor_type(const Launch& L, F&& f) {
+  if constexpr (kCompensable && std::is_same<scalar_t, at::BFloat16>::value) {
+    if (L.compensated()) return f(Tag<int16_t>{});
+  }
   if constexpr (!std::is_same<scalar_t, acc>::value) {
     if (L.rounds_stochastically()) return f(Tag<scalar_t>{});
   }
@@ -154,6 +172,20 @@ decltype(auto) with_moment_type(const Launch& L, F&& f) {
     }
   }
   return f(Tag<acc>{});
+}
+
+// Calls f(Tag<state_t>) with the type an SGD-family launch of phase P holds s and m in: the arithmetic's `acc`, a
+// 16-bit x's own type without a master (rounded stochastically), or int16_t for a compensated bf16 x in a
+// compensable phase: s its remainders, m then of acc (the launchers' momentum type).
+template <Phase P, typename scalar_t, typename acc, typename F>
+void with_state_type(const Launch& L, F&& f) {
+  if constexpr (compensable(P) && std::is_same<scalar_t, at::BFloat16>::value) {
+    if (L.compensated()) return f(Tag<int16_t>{});
+  }
+  if constexpr (!std::is_same<scalar_t, acc>::value) {
+    if (L.rounds_stochastically()) return f(Tag<scalar_t>{});
+  }
+  f(Tag<acc>{});
 }
 
 // Calls f(phase, momentum) with both as compile-time constants (std::integral_constant), so that each
@@ -218,18 +250,24 @@ void with_adaptive_phase(const Launch& L, F&& f) {
 // Calls f(from, amsgrad) for LAMB's reading pass, both std::integral_constant: where it takes the anchor from
 // (extrap_math.h's AnchorFrom: x itself before a snapshot of x's own precision, full or 16 bits without a master;
 // recovered from x and the moments before the anchor-free update, x of full precision or 16 bits without a master)
-// and whether v_max is kept.
+// and whether v_max is kept. A compensated x (anchor_t int16_t) is its own anchor as its joined value, recovered
+// from before the anchor-free update.
 template <typename scalar_t, typename anchor_t, typename F>
 decltype(auto) with_reading_anchor(const Launch& L, F&& f) {
   auto run = [&](auto from) {
     if (L.amsgrad()) return f(from, std::true_type{});
     return f(from, std::false_type{});
   };
-  if constexpr (std::is_same<scalar_t, anchor_t>::value) {  // (x of full precision, or 16 bits without a master)
+  if constexpr (std::is_same<anchor_t, int16_t>::value) {
     if (L.anchor_free()) return run(std::integral_constant<int, kRecoveredFromParam>{});
-    if (L.phase == kExtrapolate) return run(std::integral_constant<int, kParamItself>{});
+    return run(std::integral_constant<int, kParamItself>{});
+  } else {
+    if constexpr (std::is_same<scalar_t, anchor_t>::value) {  // (x of full precision, or 16 bits without a master)
+      if (L.anchor_free()) return run(std::integral_constant<int, kRecoveredFromParam>{});
+      if (L.phase == kExtrapolate) return run(std::integral_constant<int, kParamItself>{});
+    }
+    return run(std::integral_constant<int, kAnchorArray>{});
   }
-  return run(std::integral_constant<int, kAnchorArray>{});
 }
 
 // CPU launches of at least this many elements (64 MB or more over a phase's arrays: past the last-level

@@ -8,8 +8,9 @@ parameter's, bit for bit.
 
 The split rounds the fp32 value half up (away from zero) at the 16th bit, as Transformer Engine does: the
 remainder is then the low half as a signed number, negative exactly where the high half was carried up, which
-the join undoes. The bf16 x differs from the nearest rounding of the fp32 value only at an exact tie. The Triton
-kernels split and join the same way in the kernel (triton_common.joined, store_split)."""
+the join undoes. The bf16 x differs from the nearest rounding of the fp32 value only at an exact tie. The fused
+kernels split and join the same way (triton_common.joined and store_split; csrc/extrap_math.h's joined_value and
+split_value)."""
 
 from __future__ import annotations
 
@@ -47,17 +48,16 @@ def compensated(group: dict, dtype: torch.dtype) -> bool:
     return group.get("master_weights", True) == "compensated" and dtype in (torch.bfloat16, torch.float16)
 
 
-# The backends that step a compensated bucket: the Triton kernels join and split x in the kernel (the s row holds
-# the remainders), the host ones run over the joined fp32 values (ON_FULL: calls.ApplyCall); the extension's
-# kernels (cpu, cuda) do not take remainders yet, and backend "auto" picks triton or foreach there.
-BACKENDS = ("triton", "foreach", "reference")
+# The backends that step a compensated bucket: the fused ones join and split x in the kernel (the anchor's row holds
+# the remainders: the Triton kernels' S_DTYPE int16, csrc/launch.h's compensated), the host ones run over the joined
+# fp32 values (ON_FULL: calls.ApplyCall).
 ON_FULL = ("foreach", "reference")
 
 
-def check(group: dict, phase, dtype: torch.dtype, backend: str, name: str) -> None:
+def check(group: dict, phase, dtype: torch.dtype, name: str) -> None:
     """Refuses, before anything is written, a compensated bucket that cannot rebuild its anchor from x: an fp16 x
-    (not the high half of an fp32 value), a phase with a separate anchor (mode "local" or "noise", or
-    store_anchor=True), or a fused backend (named: "auto" routes to foreach)."""
+    (not the high half of an fp32 value), or a phase with a separate anchor (mode "local" or "noise", or
+    store_anchor=True)."""
     if dtype != torch.bfloat16:
         raise ValueError(
             f"{name}: master_weights='compensated' needs bf16 parameters (an fp16 x is not the high half "
@@ -69,11 +69,6 @@ def check(group: dict, phase, dtype: torch.dtype, backend: str, name: str) -> No
             f"{name}: master_weights='compensated' keeps the anchor in x itself: it runs the anchor-free past mode "
             "(mode='past', store_anchor=False; heavy-ball momentum or the Adam family) and Apex's drop-ins, not "
             f"mode={group.get('mode')!r} with store_anchor={group.get('store_anchor', False)}; use master_weights=True"
-        )
-    if backend not in BACKENDS + ("auto",):
-        raise ValueError(
-            f"{name}: master_weights='compensated' runs on the {' and '.join(BACKENDS)} backends for "
-            f"now, not {backend!r}; use backend='auto' or 'foreach'"
         )
 
 

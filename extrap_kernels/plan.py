@@ -144,13 +144,9 @@ class Plan:
             # the kernels see local tensors: FSDP2 shards step where they live
             shards, grads = [local(p) for p in members], [local(p.grad) for p in members]
             names = [f"param {index[p]} (shape {tuple(p.shape)})" for p in members]
-            chosen = opt.backend
-            if compensation.compensated(group, dtype):  # (where the remainders are taken: compensation.BACKENDS)
-                compensation.check(group, phase, dtype, chosen, names[0])
-                if chosen == "auto":  # (the Triton kernels on a GPU, else foreach: the interpreter is a test vehicle)
-                    on_gpu = shards[0].device.type != "cpu" and "triton" in backends.available(shards[0].device)
-                    chosen = "triton" if on_gpu else "foreach"
-            backend = backends.for_bucket(chosen, shards, grads)
+            if compensation.compensated(group, dtype):
+                compensation.check(group, phase, dtype, names[0])
+            backend = backends.for_bucket(opt.backend, shards, grads)
             for p, x, g, name in zip(members, shards, grads, names):
                 check_param(x, g, backend, name)
                 if phase == Phase.UPDATE_NOISE and is_dtensor(p):

@@ -38,9 +38,11 @@ KERNEL = re.compile(r"phase_kernel<\(extrap::Phase\)(\d), (true|false), ([\w:]+)
 ADAPTIVE = re.compile(r"adaptive_kernel<\(extrap::Phase\)(\d), (\d), ([\w:]+), ([\w:]+), ([\w:]+), (\w+)" + TABLE)
 WITH_MAX = 3
 # SGD family: 5 phases x fp32/bf16, less bf16's phase 4; adaptive: 4 phases x fp32/bf16 with m and v (Adam,
-# LAMB) and fp32's anchor-free phase 4 (Adam's), v alone (Adagrad) and m alone (NovoGrad); each with either table
-HOT = 2 * (9 + 9 + 8 + 8)
-SIZES = {"float": 4, "double": 8, "c10::BFloat16": 2, "c10::Half": 2}
+# LAMB) and fp32's anchor-free phase 4 (Adam's), v alone (Adagrad) and m alone (NovoGrad); the compensated anchor
+# (a bf16 x over its int16 remainders, "short" in the anchor's place) in phases 1 and 4 of the SGD family with
+# momentum and of Adam with fp32 m and v; each with either table
+HOT = 2 * (9 + 9 + 8 + 8 + 4)
+SIZES = {"float": 4, "double": 8, "c10::BFloat16": 2, "c10::Half": 2, "short": 2}
 # (arch, phase, momentum, parameter dtype, state dtype) -> the most bytes it may spill. Measured with nvcc 12/13:
 # on sm_80 the noise phase of 16-bit parameters without momentum stores one register to local memory at
 # entry (STL before the loop) and reloads it; no hot kernel (tests below) is among them.
@@ -184,22 +186,33 @@ def check(arch: int, compiled: tuple[Path, str], cuobjdump: str, cxxfilt: str, o
         if kernel:
             phase, momentum, scalar, state = int(kernel[1]), kernel[2] == "true", kernel[3], kernel[4]
             master = scalar != state
-            if not momentum or scalar not in ("float", "c10::BFloat16") or state != "float" or (phase == 4 and master):
+            if state == "short" and momentum:  # (the compensated anchor: its m is fp32)
+                reads, writes, kind, state = *moved_arrays(phase, master, compensated=True), "compensated ", "float"
+            elif not momentum or scalar not in ("float", "c10::BFloat16") or state != "float":
                 continue
-            reads, writes, kind = *moved_arrays(phase, master), ""
+            elif phase == 4 and master:
+                continue
+            else:
+                reads, writes, kind = *moved_arrays(phase, master), ""
         elif adaptive:
             phase, moments, scalar, state = int(adaptive[1]), int(adaptive[2]), adaptive[3], adaptive[4]
             master = scalar != state
             hot_types = scalar in ("float", "c10::BFloat16") and state == "float" and adaptive[5] == "float"
             hot_types = hot_types and adaptive[6] == "float"  # (16-bit moments: 8-byte accesses on fp32 x, not hot)
-            if moments == WITH_MAX or not hot_types or (phase == 4 and (master or moments != 2)):
+            compensated = state == "short" and moments == 2 and adaptive[5] == "float"
+            if compensated:  # (phases 1 and 4 of a bf16 x over its remainders, fp32 m and v)
+                reads, writes = adaptive_moved_arrays(phase, master, moments, compensated=True)
+                kind, state = "compensated adaptive ", "float"
+            elif moments == WITH_MAX or not hot_types or (phase == 4 and (master or moments != 2)):
                 continue  # (phase 4: Adam's anchor-free update, which full-precision parameters alone run)
-            reads, writes = adaptive_moved_arrays(phase, master, moments)
-            kind = {1: "adagrad ", 2: "adaptive ", 4: "novograd "}[moments]
+            else:
+                reads, writes = adaptive_moved_arrays(phase, master, moments)
+                kind = {1: "adagrad ", 2: "adaptive ", 4: "novograd "}[moments]
         else:
             continue
         vector = 4 if SIZES[scalar] >= 4 else 16 // SIZES[scalar]  # extrap_cuda.cu's kVectorWidth
         size = {"x": SIZES[scalar], "g": SIZES[scalar], "s": SIZES[state], "m": SIZES[state], "v": SIZES[state]}
+        size["r"] = SIZES["short"]  # (the compensated anchor's remainders)
         want = (sum(vector * size[a] // 16 for a in reads), sum(vector * size[a] // 16 for a in writes))
         got = (counts.get("LDG.E.128", 0), counts.get("STG.E.128", 0))
         scalar_path = counts.get("LDG.E", 0) + counts.get("LDG.E.U16", 0) > 0

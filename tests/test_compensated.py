@@ -18,7 +18,7 @@ import extrap_kernels as ek
 from extrap_kernels import compensation
 from extrap_kernels.compensation import join, split
 
-BACKENDS = [b for b in compensation.BACKENDS if b in CPU_BACKENDS + ["reference"]]
+BACKENDS = CPU_BACKENDS + ["reference"]  # (every backend: the fused ones join and split x in the kernel)
 SIZES = (1, 33, 1000)
 STEPS = 12
 
@@ -212,7 +212,7 @@ def test_a_write_to_x_is_its_new_fp32_value():
 
 @pytest.mark.parametrize(
     "bad",
-    ["fp16", "local", "noise", "store_anchor", "fused-backend", "remainders-without-master", "unknown-kind"],
+    ["fp16", "local", "noise", "store_anchor", "remainders-without-master", "unknown-kind"],
 )
 def test_refusals_say_what_to_use_and_write_nothing(bad):
     dtype = torch.float16 if bad == "fp16" else torch.bfloat16
@@ -228,27 +228,43 @@ def test_refusals_say_what_to_use_and_write_nothing(bad):
         with pytest.raises(TypeError, match="'compensated'"):
             ek.ExtrapAdamW(params, master_weights="half")
         return
-    if bad == "fused-backend" and "cpu" not in CPU_BACKENDS:
-        pytest.skip("the extension is not built")
-    options = dict(
-        mode=bad if bad in ("local", "noise") else "past",
-        store_anchor=bad == "store_anchor",
-        backend="cpu" if bad == "fused-backend" else "auto",
-    )
+    options = dict(mode=bad if bad in ("local", "noise") else "past", store_anchor=bad == "store_anchor")
     opt = ek.ExtrapAdamW(params, lr=0.1, master_weights="compensated", **options)
-    words = {"fp16": "needs bf16", "fused-backend": "backend='auto'"}.get(bad, "master_weights=True")
+    words = "needs bf16" if bad == "fp16" else "master_weights=True"
     with pytest.raises(ValueError, match=words):
         opt.extrapolate() if bad == "local" else opt.step()
     assert all(torch.equal(a, p) for a, p in zip(before, params)) and not opt.state
 
 
-def test_auto_steps_a_compensated_bucket_on_foreach():
-    """backend="auto" steps compensated bf16 parameters where the remainders are taken (foreach here), and the
-    full-precision ones of the same group on the fused kernels as before."""
-    auto_params, foreach_params = _params() + _params(torch.float32), _params() + _params(torch.float32)
+def test_auto_steps_a_compensated_bucket_on_the_fused_kernels():
+    """backend="auto" steps compensated bf16 parameters on the backend it picks for any other bucket here (the
+    extension's cpu kernel where it is built), beside the full-precision ones of the same group."""
+    fused = "cpu" if "cpu" in CPU_BACKENDS else "foreach"
+    auto_params, fused_params = _params() + _params(torch.float32), _params() + _params(torch.float32)
     auto = ek.ExtrapAdamW(auto_params, lr=1e-3, master_weights="compensated")
-    on_foreach = ek.ExtrapAdamW(foreach_params, lr=1e-3, master_weights="compensated", backend="foreach")
+    on_fused = ek.ExtrapAdamW(fused_params, lr=1e-3, master_weights="compensated", backend=fused)
     _train(auto, auto_params, steps=3)
-    _train(on_foreach, foreach_params, steps=3)
+    _train(on_fused, fused_params, steps=3)
     bf16 = len(SIZES)
-    assert torch.equal(_bits(_full(auto, auto_params[:bf16])), _bits(_full(on_foreach, foreach_params[:bf16])))
+    assert torch.equal(_bits(_full(auto, auto_params[:bf16])), _bits(_full(on_fused, fused_params[:bf16])))
+    assert torch.equal(_bits(auto_params[bf16:]), _bits(fused_params[bf16:]))
+
+
+@pytest.mark.parametrize("backend", [b for b in ("cpu", "cuda") if b in CPU_BACKENDS])
+@pytest.mark.parametrize("bad", ["fp16", "phase", "shape"])
+def test_the_operators_refuse_remainders_they_cannot_join(backend, bad):
+    """The extension's operators take int16 anchors as a bf16 x's remainders for update_ and the anchor-free update
+    alone, one per parameter of its shape; anything else is refused before a tensor is written."""
+    from extrap_kernels.backends import extension
+    from extrap_kernels.bucket import Phase
+
+    dtype = torch.float16 if bad == "fp16" else torch.bfloat16
+    x, g = torch.randn(8).to(dtype), torch.randn(8).to(dtype)
+    remainder = torch.zeros(7 if bad == "shape" else 8, dtype=torch.int16)
+    m, step = torch.zeros(8), torch.zeros((), dtype=torch.float32)
+    before = (x.clone(), remainder.clone())
+    phase = Phase.UPDATE_PAST if bad == "phase" else Phase.UPDATE
+    run = extension.operator(phase, extension.extension(backend, x.device))
+    with pytest.raises((ValueError, TypeError), match="remainder"):
+        run([x], [g], [remainder], [m], [step], [0], [], lr=0.1, momentum=0.9)
+    assert torch.equal(x, before[0]) and torch.equal(remainder, before[1]) and float(step) == 0

@@ -167,9 +167,27 @@ EXTRAP_SIMD_CLONES void run_span_in_place(scalar_t* __restrict__ x, const scalar
   }
 }
 
+// The compensated anchor (state_t int16_t: s holds a bf16 x's remainders, extrap_math.h's joined_value): x is its own
+// anchor, joined with its remainder on load and split on store, m of the arithmetic's type. Only kUpdate (the
+// drop-ins) and the anchor-free update run it (launch.h's compensable), neither storing a separate anchor.
+template <Phase P, bool kMomentum, int F, typename acc>
+EXTRAP_SIMD_CLONES void run_span_compensated(at::BFloat16* __restrict__ x, const at::BFloat16* __restrict__ g,
+                                             int16_t* __restrict__ r, acc* __restrict__ m, int64_t begin, int64_t end,
+                                             Hyper<acc> h, TensorArgs<acc> t) {
+  fix_flags<F>(h, t);
+  for (int64_t i = begin; i < end; ++i) {
+    acc xv = joined(x[i], r[i]), sv = xv;
+    acc mv = kMomentum ? m[i] : acc(0);
+    phase_element<P, kMomentum, false>(xv, static_cast<acc>(g[i]), sv, mv, h, t, static_cast<uint64_t>(i));
+    if constexpr (stores_momentum<P, kMomentum>()) m[i] = mv;
+    store_split(x[i], r[i], xv);
+  }
+}
+
 template <Phase P, typename scalar_t, typename state_t, typename acc>
 void skip_span(scalar_t* x, state_t* s, int64_t begin, int64_t end) {
   constexpr bool kMaster = !std::is_same<scalar_t, state_t>::value;
+  if constexpr (std::is_same<state_t, int16_t>::value) return;  // (a compensated x is its own anchor)
   if constexpr (!skip_stores_anchor<P, kMaster>() && !skip_stores_param<P>()) return;  // nothing moves
   for (int64_t i = begin; i < end; ++i) {
     acc xv = static_cast<acc>(x[i]), sv = static_cast<acc>(s[i]);
@@ -186,19 +204,26 @@ void unscale_span(scalar_t* __restrict__ g, int64_t begin, int64_t end, acc unsc
   for (int64_t i = begin; i < end; ++i) g[i] = static_cast<scalar_t>(static_cast<acc>(g[i]) * unscale);
 }
 
-template <Phase P, bool kMomentum, int F, typename scalar_t, typename state_t, typename acc>
-void run_item(scalar_t* x, const scalar_t* g, state_t* s, state_t* m, int64_t begin, int64_t end, const Hyper<acc>& h,
-              const TensorArgs<acc>& t, bool stream) {
-  if constexpr (P == kUpdate && std::is_same<scalar_t, state_t>::value) {
-    if (static_cast<void*>(x) == static_cast<void*>(s)) {
-      return run_span_in_place<kMomentum, F, scalar_t, acc>(x, g, m, begin, end, h, t);
+template <Phase P, bool kMomentum, int F, typename scalar_t, typename state_t, typename momentum_t, typename acc>
+void run_item(scalar_t* x, const scalar_t* g, state_t* s, momentum_t* m, int64_t begin, int64_t end,
+              const Hyper<acc>& h, const TensorArgs<acc>& t, bool stream) {
+  if constexpr (std::is_same<state_t, int16_t>::value) {
+    run_span_compensated<P, kMomentum, F, acc>(x, g, s, m, begin, end, h, t);
+  } else {
+    if constexpr (P == kUpdate && std::is_same<scalar_t, state_t>::value) {
+      if (static_cast<void*>(x) == static_cast<void*>(s)) {
+        return run_span_in_place<kMomentum, F, scalar_t, acc>(x, g, m, begin, end, h, t);
+      }
     }
+    run_span<P, kMomentum, F, scalar_t, state_t, acc>(x, g, s, m, begin, end, h, t, stream);
   }
-  run_span<P, kMomentum, F, scalar_t, state_t, acc>(x, g, s, m, begin, end, h, t, stream);
 }
 
+// state_t: s's and m's type (launch.h's with_state_type; int16_t: the compensated anchor's remainders, m of acc).
 template <Phase P, bool kMomentum, typename scalar_t, typename state_t, typename acc>
 void run_launch(const Launch& L, bool skip, double inv_scale, acc unscale) {
+  constexpr bool kCompensated = std::is_same<state_t, int16_t>::value;
+  using momentum_t = std::conditional_t<kCompensated, acc, state_t>;
   const int64_t n = static_cast<int64_t>(L.params.size());
   const Hyper<acc> h = make_hyper<acc>(L, inv_scale);
   std::vector<TensorArgs<acc>> args(n);
@@ -214,9 +239,10 @@ void run_launch(const Launch& L, bool skip, double inv_scale, acc unscale) {
     first[t + 1] = first[t] + L.params[t].numel();
   }
   const int64_t total = first[n];
-  // (an anchor-free update writes only x and m, which it reads: nothing to stream)
-  const bool stream =
-      P != kUpdatePastAnchorFree && kRoundingOf<scalar_t, state_t> == kNearest && total >= kCpuStreamAbove;
+  // (an anchor-free update writes only x and m, which it reads, a compensated one x and its remainders: nothing to
+  // stream)
+  const bool stream = P != kUpdatePastAnchorFree && !kCompensated && kRoundingOf<scalar_t, state_t> == kNearest &&
+                      total >= kCpuStreamAbove;
   // The threads split the launch's elements evenly, whatever the tensor sizes (a model's list mixes
   // 64-element biases with million-element weights); a small launch runs on the calling thread, where
   // waking the pool would cost more than the work.
@@ -228,13 +254,13 @@ void run_launch(const Launch& L, bool skip, double inv_scale, acc unscale) {
       const int64_t end = std::min(hi, first[t + 1]) - first[t];
       if (begin >= end) continue;  // an empty tensor
       auto* x = L.params[t].data_ptr<scalar_t>();
-      auto* s = P == kUpdatePastAnchorFree ? nullptr : L.anchor(t).data_ptr<state_t>();
+      auto* s = P == kUpdatePastAnchorFree && !kCompensated ? nullptr : L.anchor(t).data_ptr<state_t>();
       if (skip) {
         skip_span<P, scalar_t, state_t, acc>(x, s, begin, end);
         continue;
       }
       auto* g = L.grads[t].data_ptr<scalar_t>();
-      state_t* m = kMomentum ? L.momenta[t].data_ptr<state_t>() : nullptr;
+      momentum_t* m = kMomentum ? L.momenta[t].data_ptr<momentum_t>() : nullptr;
       auto run = [&](int64_t from, int64_t to) {
         switch (flags[t]) {
           case kPlain:
@@ -279,26 +305,33 @@ template <Phase P, int M, typename scalar_t, typename anchor_t, typename moment_
 inline __attribute__((always_inline)) void adaptive_loop(scalar_t* x, const scalar_t* g, anchor_t* s, moment_t* m,
                                                          moment_t* v, moment_t* v_max, int64_t begin, int64_t end,
                                                          const Hyper<acc>& h, const TensorArgs<acc>& t) {
-  constexpr bool kMaster = !std::is_same<scalar_t, anchor_t>::value;
+  // anchor_t int16_t: s holds a compensated bf16 x's remainders (x its own anchor, joined on load, split on store)
+  constexpr bool kCompensated = std::is_same<anchor_t, int16_t>::value;
+  constexpr bool kMaster = !std::is_same<scalar_t, anchor_t>::value && !kCompensated;
   constexpr int R = kRoundingOf<scalar_t, anchor_t>;
   constexpr int RM = kRoundingOf<moment_t, moment_t>;
   constexpr bool kReadsX = reads_param<P, kMaster>();
   for (int64_t i = begin; i < end; ++i) {
     acc xv = kReadsX ? static_cast<acc>(x[i]) : acc(0);
     acc sv = kReadsX ? acc(0) : static_cast<acc>(s[i]);
+    if constexpr (kCompensated) sv = xv = joined(x[i], s[i]);
     acc mv = keeps_first(M) ? static_cast<acc>(m[i]) : acc(0), vv = keeps_second(M) ? static_cast<acc>(v[i]) : acc(0);
     acc v_maxv = keeps_max(M) ? static_cast<acc>(v_max[i]) : acc(0);
     adaptive_element<P, M, kMaster, RM>(xv, static_cast<acc>(g[i]), sv, mv, vv, v_maxv, h, t, static_cast<uint64_t>(i));
     if constexpr (R != kNearest) {
       round_stored_anchor<P, R>(xv, sv, rounding_bits(h.seed, t.step, t.index, static_cast<uint64_t>(i)));
     }
-    if constexpr (stores_anchor<P, kMaster>()) s[i] = static_cast<anchor_t>(sv);
+    if constexpr (stores_anchor<P, kMaster>() && !kCompensated) s[i] = static_cast<anchor_t>(sv);
     if constexpr (P != kExtrapolate) {  // (16-bit moments were rounded to values of their type: exact here)
       if constexpr (keeps_first(M)) m[i] = static_cast<moment_t>(mv);
       if constexpr (keeps_second(M)) v[i] = static_cast<moment_t>(vv);
       if constexpr (keeps_max(M)) v_max[i] = static_cast<moment_t>(v_maxv);
     }
-    x[i] = static_cast<scalar_t>(xv);
+    if constexpr (kCompensated) {
+      store_split(x[i], s[i], xv);
+    } else {
+      x[i] = static_cast<scalar_t>(xv);
+    }
   }
 }
 EXTRAP_ADAPTIVE_SPAN(run_adaptive_span, __restrict__)
@@ -391,7 +424,7 @@ void apply_cpu(const Launch& L) {
         return with_adaptive_phase(L, [&](auto phase, auto moments) {
           constexpr Phase P = decltype(phase)::value;
           constexpr int M = decltype(moments)::value;
-          with_anchor_type<scalar_t, acc>(L, [&](auto anchor_type) {
+          with_anchor_type<scalar_t, acc, compensable(P)>(L, [&](auto anchor_type) {
             with_moment_type<M, acc>(L, [&](auto moment_type) {
               using anchor_t = typename decltype(anchor_type)::type;
               using moment_t = typename decltype(moment_type)::type;
@@ -404,12 +437,9 @@ void apply_cpu(const Launch& L) {
         return with_phase(L, [&](auto phase, auto momentum) {
           constexpr Phase P = decltype(phase)::value;
           constexpr bool M = decltype(momentum)::value;
-          bool rounded = false;  // (16-bit state without a master: s and m of x's own type)
-          if constexpr (!std::is_same<scalar_t, acc>::value) {
-            rounded = L.rounds_stochastically();
-            if (rounded) run_launch<P, M, scalar_t, scalar_t, acc>(L, skip, inv_scale, unscale);
-          }
-          if (!rounded) run_launch<P, M, scalar_t, acc, acc>(L, skip, inv_scale, unscale);
+          with_state_type<P, scalar_t, acc>(L, [&](auto state_type) {
+            run_launch<P, M, scalar_t, typename decltype(state_type)::type, acc>(L, skip, inv_scale, unscale);
+          });
           if (P == kUpdatePastAnchorFree && !skip) {  // x was extrapolated with this gamma (read next update)
             for (const at::Tensor& last : L.last_gammas) *last.data_ptr<acc>() = static_cast<acc>(L.gamma);
           }

@@ -27,7 +27,8 @@ EXTRAP_SIMD_CLONES void norm_span(const scalar_t* __restrict__ x, const anchor_t
   h.decoupled = kDecoupled;
   acc s_lanes[kLanes] = {}, u_lanes[kLanes] = {};
   auto element = [&](int64_t j, int lane) {
-    const acc xj = kFrom != kAnchorArray ? static_cast<acc>(x[j]) : acc(0);
+    acc xj = kFrom != kAnchorArray ? static_cast<acc>(x[j]) : acc(0);
+    if constexpr (std::is_same<anchor_t, int16_t>::value) xj = joined(x[j], anchor[j]);  // (compensated)
     const acc sj = kFrom == kAnchorArray ? static_cast<acc>(anchor[j]) : acc(0);
     const acc mj = static_cast<acc>(m[j]), vj = static_cast<acc>(v[j]);
     const acc v_maxj = kAmsgrad ? static_cast<acc>(v_max[j]) : acc(0);
@@ -50,7 +51,8 @@ EXTRAP_SIMD_CLONES void norm_span(const scalar_t* __restrict__ x, const anchor_t
 }
 
 // LAMB's reading pass: each span's sums, then each tensor's, added in span order (the same result for
-// any number of threads). The anchor is anchor_t: acc, or a 16-bit x's own type without a master; the moments
+// any number of threads). The anchor is anchor_t: acc, or a 16-bit x's own type without a master (or int16_t: a
+// compensated x's remainders, x its own anchor: launch.h's with_reading_anchor); the moments
 // moment_t (acc, or 16-bit: rounded as the coming update rounds them, none before a look-ahead).
 template <bool kAmsgrad, int kFrom, typename scalar_t, typename anchor_t, typename moment_t, typename acc>
 at::Tensor run_adaptive_norms(const Launch& L, double inv_scale) {
@@ -71,7 +73,8 @@ at::Tensor run_adaptive_norms(const Launch& L, double inv_scale) {
   at::parallel_for(0, static_cast<int64_t>(spans.size()), 1, [&](int64_t lo, int64_t hi) {
     for (int64_t k = lo; k < hi; ++k) {
       const Span& span = spans[k];
-      const anchor_t* s = kFrom == kAnchorArray ? L.anchor(span.tensor).data_ptr<anchor_t>() : nullptr;
+      constexpr bool kReadsAnchors = kFrom == kAnchorArray || std::is_same<anchor_t, int16_t>::value;
+      const anchor_t* s = kReadsAnchors ? L.anchor(span.tensor).data_ptr<anchor_t>() : nullptr;
       run(L.params[span.tensor].data_ptr<scalar_t>(), s, L.grads[span.tensor].data_ptr<scalar_t>(),
           L.momenta[span.tensor].data_ptr<moment_t>(), L.second_moments[span.tensor].data_ptr<moment_t>(),
           kAmsgrad ? L.max_second_moments[span.tensor].data_ptr<moment_t>() : nullptr, span.begin, span.end, h,
@@ -135,7 +138,7 @@ at::Tensor adaptive_norms_cpu(const Launch& L) {
   const double inv_scale = L.grad_scale ? 1.0 / L.grad_scale->item<double>() : 1.0;
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, L.params[0].scalar_type(), "extrap_cpu_norms", [&] {
     using acc = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
-    return with_anchor_type<scalar_t, acc>(L, [&](auto anchor_type) {
+    return with_anchor_type<scalar_t, acc, true>(L, [&](auto anchor_type) {
       using anchor_t = typename decltype(anchor_type)::type;
       return with_reading_anchor<scalar_t, anchor_t>(L, [&](auto from, auto amsgrad) {
         constexpr bool kAmsgrad = decltype(amsgrad)::value;

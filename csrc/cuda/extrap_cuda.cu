@@ -19,12 +19,16 @@
 namespace extrap {
 namespace {
 
-// s and m are state_t: acc, or (master_weights=False) a 16-bit x's own type.
+// s and m are state_t: acc, or (master_weights=False) a 16-bit x's own type; or (state_t int16_t: launch.h's
+// with_state_type) s holds a compensated bf16 x's remainders, x its own anchor joined on load and split on store, and
+// m is acc.
 template <Phase P, bool kMomentum, typename scalar_t, typename state_t, typename acc, typename Table>
 __global__ void __launch_bounds__(kThreads)
     phase_kernel(Table table, Hyper<acc> h, const acc* trust, const acc* grad_scale, const float* found_inf,
                  const acc* lr, const acc* gamma, const acc* loss_scale) {
-  constexpr bool kMaster = !std::is_same<scalar_t, state_t>::value;
+  constexpr bool kCompensated = std::is_same<state_t, int16_t>::value;
+  using momentum_t = std::conditional_t<kCompensated, acc, state_t>;
+  constexpr bool kMaster = !std::is_same<scalar_t, state_t>::value && !kCompensated;
   constexpr int R = kRoundingOf<scalar_t, state_t>;
   const Chunk chunk = chunk_of_block(table);
   const int entry = chunk.entry;
@@ -32,7 +36,7 @@ __global__ void __launch_bounds__(kThreads)
   auto* x = static_cast<scalar_t*>(table.x[entry]);
   auto* g = static_cast<scalar_t*>(table.g[entry]);
   auto* s = static_cast<state_t*>(table.s[entry]);
-  auto* m = static_cast<state_t*>(table.m[entry]);
+  auto* m = static_cast<momentum_t*>(table.m[entry]);
   const bool skip = found_inf != nullptr && *found_inf != 0.0f;
   const bool store_g = loss_scale != nullptr && !skip;
   const acc unscale = grad_unscale(loss_scale);
@@ -51,53 +55,55 @@ __global__ void __launch_bounds__(kThreads)
         round_stored<P, R>(xv, sv, mv, rounding_bits(h.seed, t.step, t.index, static_cast<uint64_t>(i)));
     }
   };
-  // (plain fused SGD passes x as its own anchor: it is read twice and, as kUpdate, stored once)
-  const bool store_s = skip ? skip_stores_anchor<P, kMaster>() : stores_anchor<P, kMaster>();
+  // (plain fused SGD passes x as its own anchor: it is read twice and, as kUpdate, stored once; a compensated x is
+  // read and stored with its remainders, and a skipped step moves neither)
+  const bool store_x = kCompensated ? !skip : !skip || skip_stores_param<P>();
+  const bool store_s = kCompensated ? store_x : (skip ? skip_stores_anchor<P, kMaster>() : stores_anchor<P, kMaster>());
   const bool store_m = !skip && stores_momentum<P, kMomentum>();
-  const bool store_x = !skip || skip_stores_param<P>();
   // each phase reads one of x and s (SPEC's traffic: a write-only x is not loaded), and m where it is used:
   // the extrapolation reads it only to extrapolate along it
-  constexpr bool kReadsX = reads_param<P, kMaster>();
+  constexpr bool kReadsX = reads_param<P, kMaster>() || kCompensated;
+  constexpr bool kReadsS = !reads_param<P, kMaster>() || kCompensated;
   const bool load_m = kMomentum && (P != kExtrapolate || h.extrapolate_with_momentum);
 
   constexpr int kVec = kVectorWidth<scalar_t>;
   using XVec = Vec<scalar_t, kVec>;
   using SVec = Vec<state_t, kVec>;
+  using MVec = Vec<momentum_t, kVec>;
   const bool vector = aligned<scalar_t, kVec>(x) && aligned<scalar_t, kVec>(g) &&
-                      (kReadsX || aligned<state_t, kVec>(s)) && (!load_m || aligned<state_t, kVec>(m));
+                      (!kReadsS || aligned<state_t, kVec>(s)) && (!load_m || aligned<momentum_t, kVec>(m));
   auto at_vector = [&](int64_t i) {
     XVec xr{};
     SVec sr{};
-    if (kReadsX) {
-      xr = *reinterpret_cast<const XVec*>(x + i);
-    } else {
-      sr = *reinterpret_cast<const SVec*>(s + i);
-    }
+    if (kReadsX) xr = *reinterpret_cast<const XVec*>(x + i);
+    if (kReadsS) sr = *reinterpret_cast<const SVec*>(s + i);
     const XVec gr = *reinterpret_cast<const XVec*>(g + i);
-    SVec mr{};
-    if (load_m) mr = *reinterpret_cast<const SVec*>(m + i);
+    MVec mr{};
+    if (load_m) mr = *reinterpret_cast<const MVec*>(m + i);
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      acc xv = static_cast<acc>(xr.v[k]), sv = static_cast<acc>(sr.v[k]), mv = static_cast<acc>(mr.v[k]);
+      acc xv, sv, mv = static_cast<acc>(mr.v[k]);
+      load_param_and_anchor(xr.v[k], sr.v[k], xv, sv);
       element(xv, static_cast<acc>(gr.v[k]), sv, mv, i + k);
-      xr.v[k] = static_cast<scalar_t>(xv);
-      sr.v[k] = static_cast<state_t>(sv);
-      mr.v[k] = static_cast<state_t>(mv);
+      store_param_and_anchor(xr.v[k], sr.v[k], xv, sv);
+      mr.v[k] = static_cast<momentum_t>(mv);
     }
     if (store_x) *reinterpret_cast<XVec*>(x + i) = xr;
     if (store_s) *reinterpret_cast<SVec*>(s + i) = sr;
-    if (store_m) *reinterpret_cast<SVec*>(m + i) = mr;
+    if (store_m) *reinterpret_cast<MVec*>(m + i) = mr;
     if (store_g) store_unscaled(g + i, gr, unscale);
   };
   auto at_element = [&](int64_t j) {
-    acc xv = kReadsX ? static_cast<acc>(x[j]) : acc(0);
-    acc sv = kReadsX ? acc(0) : static_cast<acc>(s[j]);
-    acc mv = load_m ? static_cast<acc>(m[j]) : acc(0);
+    scalar_t xe = kReadsX ? x[j] : scalar_t(0);
+    state_t se = kReadsS ? s[j] : state_t(0);
+    acc xv, sv, mv = load_m ? static_cast<acc>(m[j]) : acc(0);
+    load_param_and_anchor(xe, se, xv, sv);
     const acc gv = static_cast<acc>(g[j]);
     element(xv, gv, sv, mv, j);
-    if (store_x) x[j] = static_cast<scalar_t>(xv);
-    if (store_s) s[j] = static_cast<state_t>(sv);
-    if (store_m) m[j] = static_cast<state_t>(mv);
+    store_param_and_anchor(xe, se, xv, sv);
+    if (store_x) x[j] = xe;
+    if (store_s) s[j] = se;
+    if (store_m) m[j] = static_cast<momentum_t>(mv);
     if (store_g) g[j] = static_cast<scalar_t>(gv * unscale);
   };
   walk_chunk<kVec, kThreads>(begin, end, vector, at_vector, at_element);
@@ -127,14 +133,16 @@ void launch_phase(const Launch& L) {
 // The adaptive bases (Adam, AdamW, LAMB): as phase_kernel, with the second moments (and their maxima)
 // moved beside m, and adaptive_element's math. The moments are moment_t: acc, or 16-bit (exp_avg_dtype), rounded
 // stochastically by an update; s is anchor_t: acc, or (master_weights=False) a 16-bit x's own type, whose stored
-// values are rounded stochastically.
+// values are rounded stochastically; or int16_t, a compensated bf16 x's remainders (x its own anchor, joined on load
+// and split on store, as phase_kernel's).
 // M: the moments the launch keeps (extrap_math.h's Moments: Adagrad's m = g' is neither loaded nor stored, nor is
 // NovoGrad's v, one norm per tensor, which comes as `trust`).
 template <Phase P, int M, typename scalar_t, typename anchor_t, typename moment_t, typename acc, typename Table>
 __global__ void __launch_bounds__(kAdaptiveThreads)
     adaptive_kernel(Table table, Hyper<acc> h, const acc* trust, const acc* grad_scale, const float* found_inf,
                     const acc* lr, const acc* gamma, const double* beta1, const double* beta2, const acc* loss_scale) {
-  constexpr bool kMaster = !std::is_same<scalar_t, anchor_t>::value;
+  constexpr bool kCompensated = std::is_same<anchor_t, int16_t>::value;
+  constexpr bool kMaster = !std::is_same<scalar_t, anchor_t>::value && !kCompensated;
   constexpr int R = kRoundingOf<scalar_t, anchor_t>;
   constexpr int RM = kRoundingOf<moment_t, moment_t>;
   const Chunk chunk = chunk_of_block(table);
@@ -176,29 +184,28 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
         round_stored_anchor<P, R>(xv, sv, rounding_bits(h.seed, t.step, t.index, static_cast<uint64_t>(i)));
     }
   };
-  // (FusedAdam passes a full-precision x as its own anchor: read as s, stored as x)
-  const bool store_s = skip ? skip_stores_anchor<P, kMaster>() : stores_anchor<P, kMaster>();
+  // (FusedAdam passes a full-precision x as its own anchor: read as s, stored as x; a compensated x is read and
+  // stored with its remainders, and a skipped step moves neither)
+  const bool store_x = kCompensated ? !skip : !skip || skip_stores_param<P>();
+  const bool store_s = kCompensated ? store_x : (skip ? skip_stores_anchor<P, kMaster>() : stores_anchor<P, kMaster>());
   const bool store_state = !skip && P != kExtrapolate;
-  const bool store_x = !skip || skip_stores_param<P>();
-  constexpr bool kReadsX = reads_param<P, kMaster>();
+  constexpr bool kReadsX = reads_param<P, kMaster>() || kCompensated;
+  constexpr bool kReadsS = !reads_param<P, kMaster>() || kCompensated;
 
   constexpr int kVec = kVectorWidth<scalar_t>;
   using XVec = Vec<scalar_t, kVec>;
   using SVec = Vec<anchor_t, kVec>;
   using MVec = Vec<moment_t, kVec>;
   const bool vector = aligned<scalar_t, kVec>(x) && aligned<scalar_t, kVec>(g) &&
-                      (kReadsX || aligned<anchor_t, kVec>(s)) && (!keeps_first(M) || aligned<moment_t, kVec>(m)) &&
+                      (!kReadsS || aligned<anchor_t, kVec>(s)) && (!keeps_first(M) || aligned<moment_t, kVec>(m)) &&
                       (!keeps_second(M) || aligned<moment_t, kVec>(v)) &&
                       (!keeps_max(M) || aligned<moment_t, kVec>(v_max));
   auto at_vector = [&](int64_t i) {
     XVec xr{};
     SVec sr{};
     MVec vmr{};
-    if (kReadsX) {
-      xr = *reinterpret_cast<const XVec*>(x + i);
-    } else {
-      sr = *reinterpret_cast<const SVec*>(s + i);
-    }
+    if (kReadsX) xr = *reinterpret_cast<const XVec*>(x + i);
+    if (kReadsS) sr = *reinterpret_cast<const SVec*>(s + i);
     const XVec gr = *reinterpret_cast<const XVec*>(g + i);
     MVec mr{}, vr{};
     if (keeps_first(M)) mr = *reinterpret_cast<const MVec*>(m + i);
@@ -206,11 +213,11 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
     if (keeps_max(M)) vmr = *reinterpret_cast<const MVec*>(v_max + i);
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      acc xv = static_cast<acc>(xr.v[k]), sv = static_cast<acc>(sr.v[k]);
+      acc xv, sv;
+      load_param_and_anchor(xr.v[k], sr.v[k], xv, sv);
       acc mv = static_cast<acc>(mr.v[k]), vv = static_cast<acc>(vr.v[k]), v_maxv = static_cast<acc>(vmr.v[k]);
       element(xv, static_cast<acc>(gr.v[k]), sv, mv, vv, v_maxv, i + k);
-      xr.v[k] = static_cast<scalar_t>(xv);
-      sr.v[k] = static_cast<anchor_t>(sv);
+      store_param_and_anchor(xr.v[k], sr.v[k], xv, sv);
       mr.v[k] = static_cast<moment_t>(mv);  // (16-bit moments were rounded to values of their type: exact)
       vr.v[k] = static_cast<moment_t>(vv);
       vmr.v[k] = static_cast<moment_t>(v_maxv);
@@ -225,15 +232,18 @@ __global__ void __launch_bounds__(kAdaptiveThreads)
     if (store_g) store_unscaled(g + i, gr, unscale);
   };
   auto at_element = [&](int64_t j) {
-    acc xv = kReadsX ? static_cast<acc>(x[j]) : acc(0);
-    acc sv = kReadsX ? acc(0) : static_cast<acc>(s[j]);
+    scalar_t xe = kReadsX ? x[j] : scalar_t(0);
+    anchor_t se = kReadsS ? s[j] : anchor_t(0);
+    acc xv, sv;
+    load_param_and_anchor(xe, se, xv, sv);
     acc mv = keeps_first(M) ? static_cast<acc>(m[j]) : acc(0), vv = keeps_second(M) ? static_cast<acc>(v[j]) : acc(0);
     acc v_maxv = keeps_max(M) ? static_cast<acc>(v_max[j]) : acc(0);
     const acc gv = static_cast<acc>(g[j]);
     element(xv, gv, sv, mv, vv, v_maxv, j);
     if (store_g) g[j] = static_cast<scalar_t>(gv * unscale);
-    if (store_x) x[j] = static_cast<scalar_t>(xv);
-    if (store_s) s[j] = static_cast<anchor_t>(sv);
+    store_param_and_anchor(xe, se, xv, sv);
+    if (store_x) x[j] = xe;
+    if (store_s) s[j] = se;
     if (store_state) {
       if (keeps_first(M)) m[j] = static_cast<moment_t>(mv);
       if (keeps_second(M)) v[j] = static_cast<moment_t>(vv);
@@ -272,7 +282,8 @@ __global__ void __launch_bounds__(kThreads)
   }
   acc s_squares = 0, u_squares = 0;
   for (int64_t j = begin + threadIdx.x; j < end; j += kThreads) {
-    const acc xj = kFrom != kAnchorArray ? static_cast<acc>(x[j]) : acc(0);
+    acc xj = kFrom != kAnchorArray ? static_cast<acc>(x[j]) : acc(0);
+    if constexpr (std::is_same<anchor_t, int16_t>::value) xj = joined(x[j], s[j]);  // (a compensated x's value)
     const acc sj = kFrom == kAnchorArray ? static_cast<acc>(s[j]) : acc(0);
     const acc mj = static_cast<acc>(m[j]), vj = static_cast<acc>(v[j]);
     const acc v_maxj = kAmsgrad ? static_cast<acc>(v_max[j]) : acc(0);
@@ -411,7 +422,7 @@ void apply_cuda(const Launch& L) {
       case Family::kAdaptive:
         return with_adaptive_phase(L, [&](auto phase, auto moments) {
           constexpr int M = decltype(moments)::value;
-          with_anchor_type<scalar_t, acc>(L, [&](auto anchor_type) {
+          with_anchor_type<scalar_t, acc, compensable(decltype(phase)::value)>(L, [&](auto anchor_type) {
             with_moment_type<M, acc>(L, [&](auto moment_type) {
               using anchor_t = typename decltype(anchor_type)::type;
               using moment_t = typename decltype(moment_type)::type;
@@ -423,10 +434,8 @@ void apply_cuda(const Launch& L) {
         return with_phase(L, [&](auto phase, auto momentum) {
           constexpr Phase P = decltype(phase)::value;
           constexpr bool M = decltype(momentum)::value;
-          if constexpr (!std::is_same<scalar_t, acc>::value) {
-            if (L.rounds_stochastically()) return launch_phase<P, M, scalar_t, scalar_t, acc>(L);
-          }
-          launch_phase<P, M, scalar_t, acc, acc>(L);
+          with_state_type<P, scalar_t, acc>(
+              L, [&](auto state_type) { launch_phase<P, M, scalar_t, typename decltype(state_type)::type, acc>(L); });
         });
     }
   });
@@ -435,7 +444,7 @@ void apply_cuda(const Launch& L) {
 at::Tensor adaptive_norms_cuda(const Launch& L) {
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, L.params[0].scalar_type(), "extrap_cuda_norms", [&] {
     using acc = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
-    return with_anchor_type<scalar_t, acc>(L, [&](auto anchor_type) {
+    return with_anchor_type<scalar_t, acc, true>(L, [&](auto anchor_type) {
       using anchor_t = typename decltype(anchor_type)::type;
       return with_reading_anchor<scalar_t, anchor_t>(L, [&](auto from, auto amsgrad) {
         constexpr bool kAmsgrad = decltype(amsgrad)::value;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <atomic>
+#include <type_traits>
 #include <utility>
 
 #include "../launch.h"
@@ -68,6 +69,27 @@ __device__ __forceinline__ void walk_chunk(int64_t begin, int64_t end, bool vect
     tail = vector_end;
   }
   for (int64_t j = tail + threadIdx.x; j < end; j += kBlockThreads) at_element(j);
+}
+
+// An element's x and s in the arithmetic's type, and their stores. A compensated x (anchor_t int16_t: s holds its
+// remainders, x its own anchor) is both as its joined value, split again on store (launch.h's joined, store_split).
+template <typename acc, typename scalar_t, typename anchor_t>
+__device__ __forceinline__ void load_param_and_anchor(scalar_t x, anchor_t s, acc& xv, acc& sv) {
+  if constexpr (std::is_same<anchor_t, int16_t>::value) {
+    sv = xv = joined(x, s);
+  } else {
+    xv = static_cast<acc>(x);
+    sv = static_cast<acc>(s);
+  }
+}
+template <typename acc, typename scalar_t, typename anchor_t>
+__device__ __forceinline__ void store_param_and_anchor(scalar_t& x, anchor_t& s, acc xv, acc sv) {
+  if constexpr (std::is_same<anchor_t, int16_t>::value) {
+    store_split(x, s, xv);
+  } else {
+    x = static_cast<scalar_t>(xv);
+    s = static_cast<anchor_t>(sv);
+  }
 }
 
 // The launch's values as the kernel runs: 1 / grad_scale folded into the gradient factor, and the

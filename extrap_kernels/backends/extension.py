@@ -47,12 +47,14 @@ def operator(phase: Phase, ext=None, prefix: str = ""):
 
 def tensor_args(phase: Phase, b: Bucket) -> tuple:
     """The operator's positional arguments after params and grads: anchors (empty where the parameters
-    are their own anchors, plain fused SGD, or where the anchors are recomputed), momenta, steps, indices,
-    last_gammas (the anchor-free update's; else empty)."""
+    are their own anchors, plain fused SGD, or where the anchors are recomputed; a compensated bucket's int16
+    remainders, which the kernels join with x: csrc/launch.h's compensated), momenta, steps, indices, last_gammas
+    (the anchor-free update's; else empty)."""
     own = phase == Phase.UPDATE_PAST_ANCHOR_FREE or (
         phase == Phase.UPDATE and all(s is x for s, x in zip(b.anchors, b.params))
     )
-    return [] if own else b.anchors, b.momenta, b.steps, b.indices, b.last_gammas
+    anchors = b.remainders or ([] if own else b.anchors)
+    return anchors, b.momenta, b.steps, b.indices, b.last_gammas
 
 
 def prepared_call(phase: Phase, b: Bucket, h: Hyper, kind: str = "run", backend: str = "cpu"):
