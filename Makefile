@@ -92,6 +92,10 @@ cuda-torch-check: $(CUDA_VENV)/.deps
 	cd build/cuda-torch/lib && ../../../$(CUDA_VENV)/bin/python -c "import torch, extrap_kernels._C as C; \
 	assert C.has_cuda; print('CUDA extension built and imported against torch', torch.__version__, C.__file__)"
 
+# Copies the tracked tree (the files a clean clone has) into the folder that follows it, for the checks that build
+# or install from a copy.
+COPY_TRACKED_TO = git ls-files -z | xargs -0 cp --parents -t
+
 # The README's library install in fresh virtualenvs that have torch: `pip install --no-build-isolation
 # --no-deps .` in one without the `wheel` package, `-e .` in one with it; then an import and one step of the
 # fused CPU kernel. Unoptimized (setup.py's EXTRAP_UNOPTIMIZED): this checks the install, make test the kernels.
@@ -102,7 +106,7 @@ INSTALL_CHECK := import torch, extrap_kernels as ek; p = torch.nn.Parameter(torc
 # would take the place of the optimized module that the virtualenv of make test and make demo imports.
 install-check:
 	rm -rf build/install-check && mkdir -p build/install-check/tree
-	git ls-files -z | xargs -0 cp --parents -t build/install-check/tree
+	$(COPY_TRACKED_TO) build/install-check/tree
 	set -e; for case in "plain ." "wheel -e ."; do \
 	  set -- $$case; venv=build/install-check/$$1; shift; \
 	  $(PYTHON) -m venv $$venv; \
@@ -167,7 +171,7 @@ $(GPU_IMAGE_VENV)/.deps: requirements-dev.txt
 
 gpu-image-check: $(GPU_IMAGE_VENV)/.deps
 	rm -rf $(GPU_IMAGE_TREE) && mkdir -p $(GPU_IMAGE_TREE)
-	git ls-files -z | xargs -0 cp --parents -t $(GPU_IMAGE_TREE)
+	$(COPY_TRACKED_TO) $(GPU_IMAGE_TREE)
 	set -e; py=$(abspath $(GPU_IMAGE_VENV))/bin/python; cd $(GPU_IMAGE_TREE); \
 	$$py -c "import torch, triton; print('gpu-image-check: torch', torch.__version__, 'CUDA', torch.version.cuda, 'triton', triton.__version__)"; \
 	cu13=$$($$py -c "import nvidia, os; print(os.path.join(nvidia.__path__[0], 'cu13', 'include'))"); \

@@ -31,6 +31,9 @@ from extrap_kernels.hyper import SGDHyper
 
 # 0, 1, odd, power-of-two, and sizes across the CPU kernel's 65536-element chunks
 SIZES = [0, 1, 2, 3, 5, 17, 64, 255, 1000, 4097, 65536 + 3]
+# The trajectories' sizes: the same but for the one past the CPU kernel's chunk, which the one-phase test crosses (a
+# trajectory repeats that launch; with it, a quarter of the examples held 64K elements and took most of CI's test time)
+TRAJECTORY_SIZES = SIZES[:-1]
 STEPS = 20
 
 
@@ -63,7 +66,7 @@ def test_trajectory_matches_reference(backend):
     @given(
         opts=options(),
         dtype=st.sampled_from(DTYPES),
-        sizes=st.lists(st.sampled_from(SIZES), min_size=1, max_size=6),
+        sizes=st.lists(st.sampled_from(TRAJECTORY_SIZES), min_size=1, max_size=6),
         grad_scale=st.sampled_from([None, 1024.0, 3.0]),
         data_seed=st.integers(0, 2**31 - 1),
     )
