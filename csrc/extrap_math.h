@@ -396,9 +396,16 @@ EXTRAP_HD void recovery_args(const Hyper<acc>& h, const acc* weights, float made
 // computes a twice: 6 divisions and 2 square roots an element took 1.3x torch's fused AdamW, measured). Each
 // reciprocal adds one rounding; the update and the recovery compute a alike, so the recovery gives back exactly the
 // a the update used.
+// On the GPU, where the divisions hide behind the memory traffic, the quotient stays the formula's: the reciprocals'
+// registers made nvcc spill in 16-bit and reading-pass kernels (make cuda-check), and its update and recovery still
+// compute a alike.
 template <typename acc>
 EXTRAP_HD acc adam_quotient(acc m, acc second, acc bias1, acc bias2_sqrt, acc eps) {
+#ifdef __CUDA_ARCH__
+  return (m / bias1) / (square_root(second) / bias2_sqrt + eps);
+#else
   return (m * (acc(1) / bias1)) / (square_root(second) * (acc(1) / bias2_sqrt) + eps);
+#endif
 }
 
 // u, the undamped direction of one element: g' = g / grad_scale (the launch folds LAMB's clipping into
