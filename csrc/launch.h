@@ -144,10 +144,11 @@ struct Tag {
   using type = T;
 };
 
-// Calls f(Tag<anchor_t>) with the type an adaptive launch's anchors are held in: the arithmetic's `acc` (the fp32
-// master of a 16-bit x, or x's own full precision), or without a master (master_weights=False) the 16-bit x's
-// own type, whose stored values the launchers round stochastically (the moments stay acc); or int16_t, a compensated
-// bf16 x's remainders, where kCompensable (the launch's phase is compensable, or a reading pass).
+// Calls f(Tag<anchor_t>) with the type a launch's anchors are held in: the arithmetic's `acc` (the fp32 master of a
+// 16-bit x, or x's own full precision), or without a master (master_weights=False) the 16-bit x's own type, whose
+// stored values the launchers round stochastically; or int16_t, a compensated bf16 x's remainders, where kCompensable
+// (the launch's phase is compensable, or a reading pass). The adaptive bases' moments are apart (with_moment_type);
+// the SGD family's momentum is of the anchor's type, but acc beside a compensated anchor.
 template <typename scalar_t, typename acc, bool kCompensable, typename F>
 decltype(auto) with_anchor_type(const Launch& L, F&& f) {
   if constexpr (kCompensable && std::is_same<scalar_t, at::BFloat16>::value) {
@@ -172,20 +173,6 @@ decltype(auto) with_moment_type(const Launch& L, F&& f) {
     }
   }
   return f(Tag<acc>{});
-}
-
-// Calls f(Tag<state_t>) with the type an SGD-family launch of phase P holds s and m in: the arithmetic's `acc`, a
-// 16-bit x's own type without a master (rounded stochastically), or int16_t for a compensated bf16 x in a
-// compensable phase: s its remainders, m then of acc (the launchers' momentum type).
-template <Phase P, typename scalar_t, typename acc, typename F>
-void with_state_type(const Launch& L, F&& f) {
-  if constexpr (compensable(P) && std::is_same<scalar_t, at::BFloat16>::value) {
-    if (L.compensated()) return f(Tag<int16_t>{});
-  }
-  if constexpr (!std::is_same<scalar_t, acc>::value) {
-    if (L.rounds_stochastically()) return f(Tag<scalar_t>{});
-  }
-  f(Tag<acc>{});
 }
 
 // Calls f(phase, momentum) with both as compile-time constants (std::integral_constant), so that each

@@ -219,7 +219,7 @@ void run_item(scalar_t* x, const scalar_t* g, state_t* s, momentum_t* m, int64_t
   }
 }
 
-// state_t: s's and m's type (launch.h's with_state_type; int16_t: the compensated anchor's remainders, m of acc).
+// state_t: s's and m's type (launch.h's with_anchor_type; int16_t: the compensated anchor's remainders, m of acc).
 template <Phase P, bool kMomentum, typename scalar_t, typename state_t, typename acc>
 void run_launch(const Launch& L, bool skip, double inv_scale, acc unscale) {
   constexpr bool kCompensated = std::is_same<state_t, int16_t>::value;
@@ -437,7 +437,7 @@ void apply_cpu(const Launch& L) {
         return with_phase(L, [&](auto phase, auto momentum) {
           constexpr Phase P = decltype(phase)::value;
           constexpr bool M = decltype(momentum)::value;
-          with_state_type<P, scalar_t, acc>(L, [&](auto state_type) {
+          with_anchor_type<scalar_t, acc, compensable(P)>(L, [&](auto state_type) {
             run_launch<P, M, scalar_t, typename decltype(state_type)::type, acc>(L, skip, inv_scale, unscale);
           });
           if (P == kUpdatePastAnchorFree && !skip) {  // x was extrapolated with this gamma (read next update)

@@ -20,7 +20,7 @@ namespace extrap {
 namespace {
 
 // s and m are state_t: acc, or (master_weights=False) a 16-bit x's own type; or (state_t int16_t: launch.h's
-// with_state_type) s holds a compensated bf16 x's remainders, x its own anchor joined on load and split on store, and
+// with_anchor_type) s holds a compensated bf16 x's remainders, x its own anchor joined on load and split on store, and
 // m is acc.
 template <Phase P, bool kMomentum, typename scalar_t, typename state_t, typename acc, typename Table>
 __global__ void __launch_bounds__(kThreads)
@@ -434,7 +434,7 @@ void apply_cuda(const Launch& L) {
         return with_phase(L, [&](auto phase, auto momentum) {
           constexpr Phase P = decltype(phase)::value;
           constexpr bool M = decltype(momentum)::value;
-          with_state_type<P, scalar_t, acc>(
+          with_anchor_type<scalar_t, acc, compensable(P)>(
               L, [&](auto state_type) { launch_phase<P, M, scalar_t, typename decltype(state_type)::type, acc>(L); });
         });
     }
