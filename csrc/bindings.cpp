@@ -25,6 +25,7 @@
 #include <utility>
 
 #include "check_launch.h"
+#include "identity.h"
 #include "launch.h"
 #include "operator_args.h"
 
@@ -408,6 +409,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init<const std::string&, const py::dict&>(), py::arg("name"), py::arg("arguments"))
       .def("__call__", &extrap::PreparedCall::call, py::arg("grads"), py::arg("trust"), py::arg("grad_scale"),
            py::arg("found_inf"), py::arg("checked") = false, py::arg("loss_scale") = py::none());
+  extrap::identity::bind(m);
   m.attr("emulates_cuda") = extrap::kEmulatesCuda;
 #if defined(EXTRAP_WITH_CUDA) || defined(EXTRAP_CUDA_EMULATION)
   m.def("large_kernel_args", &extrap::large_kernel_args,

@@ -31,7 +31,7 @@ from itertools import chain, repeat
 
 from torch import Tensor
 
-from . import backends, compensation
+from . import backends, compensation, identity
 from .bucket import Bucket, Phase, bucket_phase
 from .checks import check_bucket, check_hyperparameters, check_param
 from .core import Launch, Work, run_launches
@@ -96,8 +96,9 @@ class Plan:
         self.groups = list(groups)
         self.phase_of = phase_of
         self.backend = opt.backend
-        self.param_ids = list(map(id, params))
-        self.mask = tuple(map(operator.is_not, grads, repeat(None)))
+        self.compare = identity.comparisons()
+        self.params = tuple(params)
+        self.present = tuple(map(operator.is_not, grads, repeat(None)))  # (which parameters have a gradient)
         self.group_keys = [group_key(g) for g in groups]
         self.fresh = True  # not yet run: a refusal is the user's error, not a stale plan
         self._indices: dict = {}
@@ -126,7 +127,8 @@ class Plan:
         # the groups that step with a parameter lacking a gradient (Apex's group counts: group_step.py)
         self.partial_groups = frozenset(n for n, g in enumerate(groups) if any(p.grad is None for p in g["params"]))
         self.state_dicts = list(map(opt.state.__getitem__, self.stepped))  # (each parameter's, created above)
-        self.state_key = self._state_key(opt)
+        self.state_key, dicts = self._state_dicts(opt)
+        self.state_values = tuple(chain.from_iterable(map(dict.values, dicts)))
 
     def _stage(self, opt, number: int, group: dict, index: dict) -> list[Staged]:
         """A group's (device, dtype) buckets, each parameter validated, no state created yet."""
@@ -187,16 +189,15 @@ class Plan:
         check_bucket(bucket, stage.backend)
         return Work(stage.phase, bucket, stage.hyper, stage.backend)
 
-    def _state_key(self, opt) -> tuple:
-        """What identifies the state of the stepped parameters: which dict each maps to (a TrackedState's
-        generation, else the dicts looked up) and the identities of every value in them, in order. A replaced,
-        added or deleted state tensor or dict, or a replaced state, changes it."""
+    def _state_dicts(self, opt) -> tuple[tuple, list[dict]]:
+        """What identifies the state of the stepped parameters, with their dicts: which state it is and, where
+        it is a TrackedState, its generation (the same generation: the same dicts as when planned; another
+        state's dicts are looked up). With the identities of every value in those dicts, in order (compared in
+        `matches`), a replaced, added or deleted state tensor or dict, or a replaced state, changes it."""
         state = opt.state
-        if isinstance(state, TrackedState):  # (the same generation: the same dicts as when planned)
-            dicts, generation = self.state_dicts, state.generation
-        else:
-            dicts, generation = list(map(state.__getitem__, self.stepped)), None
-        return id(state), generation, list(map(id, chain.from_iterable(map(dict.values, dicts))))
+        if isinstance(state, TrackedState):
+            return (id(state), state.generation), self.state_dicts
+        return (id(state), None), list(map(state.__getitem__, self.stepped))
 
     def indices(self, phase: Phase) -> frozenset[int]:
         """The optimizer indices of the parameters that `phase` runs on (the phases of a plan's launches
@@ -212,11 +213,11 @@ class Plan:
         layout re-derives that group's launch arguments here (validated first: a bad value raises)."""
         if not self.reusable or opt.backend != self.backend or len(groups) != len(self.groups):
             return False
-        if list(map(id, params)) != self.param_ids:
+        compare = self.compare
+        if not compare.same_objects(params, self.params) or not compare.same_presence(grads, self.present):
             return False
-        if tuple(map(operator.is_not, grads, repeat(None))) != self.mask:
-            return False
-        if self._state_key(opt) != self.state_key:
+        state_key, dicts = self._state_dicts(opt)
+        if state_key != self.state_key or not compare.same_values(dicts, self.state_values):
             return False
         for number, group in enumerate(groups):
             if group is not self.groups[number]:

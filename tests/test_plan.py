@@ -4,6 +4,7 @@ Every test runs the same sequence twice: once as a user would (the plan built at
 reused), and once with the plan thrown away before every step (planned anew each time: the oracle).
 Between steps it changes something a plan is built from. Both runs must end bit-identical: a plan that
 missed the change would keep stepping the old tensors, options or buckets, and the runs would differ.
+Each test runs with the extension's identity comparisons (csrc/identity.h) and with their Python fallback.
 """
 
 from __future__ import annotations
@@ -15,8 +16,20 @@ import torch
 from conftest import CPU_BACKENDS
 
 import extrap_kernels as ek
+from extrap_kernels import identity
 
 SHAPES = [(4,), (2, 3), (5,)]
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def comparisons(request, monkeypatch):
+    """The plan's identity comparisons: the extension's (where it is built), or the Python fallback."""
+    if request.param == "compiled":
+        if identity.comparisons() is identity.PYTHON:
+            pytest.skip("the extension is not built")
+    else:
+        monkeypatch.setattr(identity, "comparisons", lambda: identity.PYTHON)
+    return request.param
 
 
 def _params(seed=0, dtype=torch.float32):

@@ -356,9 +356,10 @@ template <Phase P, int M, typename scalar_t, typename anchor_t, typename moment_
 void run_adaptive_launch(const Launch& L, bool skip, double inv_scale, acc unscale) {
   const Hyper<acc> h = make_hyper<acc>(L, inv_scale);
   std::vector<TensorArgs<acc>> args;
+  AdaptiveArgs<acc> args_of(L, h, P == kExtrapolate);
   int64_t total = 0;
   for (size_t t = 0; t < L.params.size(); ++t) {
-    args.push_back(adaptive_args(L, h, t, P == kExtrapolate));
+    args.push_back(args_of(t));
     total += L.params[t].numel();
   }
   const std::vector<Span> spans = spans_of(L.params, kChunk);

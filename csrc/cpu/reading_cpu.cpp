@@ -58,8 +58,9 @@ template <bool kAmsgrad, int kFrom, typename scalar_t, typename anchor_t, typena
 at::Tensor run_adaptive_norms(const Launch& L, double inv_scale) {
   const Hyper<acc> h = make_hyper<acc>(L, inv_scale);
   std::vector<TensorArgs<acc>> args;
+  AdaptiveArgs<acc> args_of(L, h, true);
   for (size_t t = 0; t < L.params.size(); ++t) {
-    args.push_back(adaptive_args(L, h, t, true));
+    args.push_back(args_of(t));
     args.back().step += 1;  // (the coming update's count keys its rounding)
   }
   const std::vector<Span> spans = spans_of(L.params, kChunk);
